@@ -1,0 +1,19 @@
+//! Workload identity: SPIFFE IDs, X.509-SVIDs, trust bundles, SVID validation
+//! and the hot-swappable store. The one place both the sidecar and the control
+//! plane take identity from.
+
+pub mod bundle;
+pub mod file_source;
+pub mod rotation;
+pub mod spiffe_id;
+pub mod store;
+pub mod svid;
+pub mod verify;
+
+pub use bundle::{BundleError, TrustBundle, TrustBundleSet, pem_encode};
+pub use file_source::{FileSource, FileSourceError};
+pub use rotation::{RotationPolicy, SvidSource, SvidUpdate, run_rotation};
+pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
+pub use store::{Svid, SvidLoadError, SvidResolver, SvidStore};
+pub use svid::{LeafReport, LeafRule, SvidError, SvidLeaf, Timestamp, inspect_leaf, peer_spiffe_id};
+pub use verify::{ExpectedIdentity, PeerRole, SpiffeClientVerifier, SpiffeServerVerifier, verify_peer_svid};

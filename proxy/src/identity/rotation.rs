@@ -1,0 +1,186 @@
+//! The rotation schedule: refresh an SVID at about half its lifetime (with
+//! jitter so a fleet does not renew in lockstep), back off exponentially on
+//! failure, and keep serving the current SVID until it really expires.
+//!
+//! The schedule is independent of where SVIDs come from: anything that
+//! implements [`SvidSource`] (files on disk, the control plane) plugs in.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rand::Rng;
+
+use super::bundle::TrustBundleSet;
+use super::store::{Svid, SvidStore};
+
+/// When to refresh, and how to retry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RotationPolicy {
+    /// Fraction of the lifetime after which to refresh (0.5 = half-life).
+    pub refresh_fraction: f64,
+    /// Refresh time is moved by up to ± this fraction of the lifetime.
+    pub jitter_fraction: f64,
+    /// First retry delay after a failure; doubles each further failure.
+    pub initial_backoff: Duration,
+    /// Retry delays never exceed this.
+    pub max_backoff: Duration,
+}
+
+impl Default for RotationPolicy {
+    fn default() -> Self {
+        RotationPolicy {
+            refresh_fraction: 0.5,
+            jitter_fraction: 0.1,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RotationPolicy {
+    /// Delay from `now` until the SVID valid from `not_before` to `not_after`
+    /// should be refreshed. `jitter` in [-1, 1] picks the point in the jitter
+    /// window. Zero when that point has passed.
+    pub fn refresh_delay(
+        &self,
+        not_before: SystemTime,
+        not_after: SystemTime,
+        now: SystemTime,
+        jitter: f64,
+    ) -> Duration {
+        let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+        let fraction = (self.refresh_fraction + self.jitter_fraction * jitter.clamp(-1.0, 1.0)).clamp(0.0, 1.0);
+        let refresh_at = not_before + lifetime.mul_f64(fraction);
+        refresh_at.duration_since(now).unwrap_or_default()
+    }
+
+    /// Delay before retry number `failures` (1 for the first retry). `jitter`
+    /// in [0, 1] shortens it by up to `jitter_fraction`, so a fleet that failed
+    /// together does not retry together.
+    pub fn backoff_delay(&self, failures: u32, jitter: f64) -> Duration {
+        let exponent = failures.saturating_sub(1).min(30);
+        let base = self
+            .initial_backoff
+            .saturating_mul(1u32 << exponent)
+            .min(self.max_backoff);
+        base.mul_f64(1.0 - self.jitter_fraction * jitter.clamp(0.0, 1.0))
+    }
+}
+
+/// What a source hands over: a new SVID and, if they changed, new bundles.
+#[derive(Debug)]
+pub struct SvidUpdate {
+    pub svid: Svid,
+    pub bundles: Option<TrustBundleSet>,
+}
+
+/// Where SVIDs come from.
+pub trait SvidSource: Send + Sync {
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Obtains a fresh SVID (for a CA-backed source, with a new key).
+    fn fetch(&self) -> impl Future<Output = Result<SvidUpdate, Self::Error>> + Send;
+}
+
+/// Keeps `store` supplied from `source` until `shutdown` completes.
+///
+/// Fetches at once when the store is empty, then at about half-life of each
+/// SVID. On failure retries with capped exponential backoff while the current
+/// SVID keeps serving; once it expires it is dropped so handshakes fail
+/// clearly instead of presenting an expired certificate.
+pub async fn run_rotation<S: SvidSource>(
+    store: Arc<SvidStore>,
+    source: S,
+    policy: RotationPolicy,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut failures: u32 = 0;
+    loop {
+        let now = SystemTime::now();
+        let current = store.current();
+        let mut delay = match (&current, failures) {
+            (None, 0) => Duration::ZERO,
+            (Some(svid), 0) => {
+                let jitter = rand::rng().random_range(-1.0..=1.0);
+                policy.refresh_delay(svid.not_before(), svid.not_after(), now, jitter)
+            }
+            (_, n) => policy.backoff_delay(n, rand::rng().random_range(0.0..=1.0)),
+        };
+        if let Some(svid) = &current {
+            // Wake up at expiry at the latest, to drop the expired SVID.
+            delay = delay.min(svid.time_left(now));
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        if let Some(svid) = store.current()
+            && !svid.is_valid_at(SystemTime::now())
+        {
+            tracing::error!(spiffe_id = %svid.spiffe_id(), serial = svid.serial(), "SVID expired and could not be renewed; handshakes will fail until a new SVID arrives");
+            store.clear_svid();
+        }
+        let fetched = tokio::select! {
+            () = &mut shutdown => return,
+            fetched = source.fetch() => fetched,
+        };
+        let outcome = match fetched {
+            Ok(update) => {
+                let (id, serial) = (update.svid.spiffe_id().clone(), update.svid.serial().to_owned());
+                store
+                    .install(update.svid, update.bundles)
+                    .map(|()| (id, serial))
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok((id, serial)) => {
+                failures = 0;
+                tracing::info!(spiffe_id = %id, serial, "SVID rotated");
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                let time_left = store
+                    .current()
+                    .map(|s| s.time_left(SystemTime::now()).as_secs());
+                tracing::warn!(%error, failures, time_left_secs = ?time_left, "SVID refresh failed; keeping the current SVID and retrying with backoff");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn refresh_at_half_life_within_jitter() {
+        let policy = RotationPolicy::default();
+        let nb = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let na = nb + HOUR;
+        assert_eq!(policy.refresh_delay(nb, na, nb, 0.0), Duration::from_secs(1800));
+        assert_eq!(policy.refresh_delay(nb, na, nb, -1.0), Duration::from_secs(1440));
+        assert_eq!(policy.refresh_delay(nb, na, nb, 1.0), Duration::from_secs(2160));
+        // Measured from now, not from issuance.
+        let later = nb + Duration::from_secs(600);
+        assert_eq!(policy.refresh_delay(nb, na, later, 0.0), Duration::from_secs(1200));
+        // Past the refresh point: refresh now.
+        assert_eq!(policy.refresh_delay(nb, na, nb + Duration::from_secs(3000), 0.0), Duration::ZERO);
+        // Out-of-range jitter is clamped.
+        assert_eq!(policy.refresh_delay(nb, na, nb, 7.0), Duration::from_secs(2160));
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let policy = RotationPolicy::default();
+        let delays: Vec<u64> = (1..=9).map(|n| policy.backoff_delay(n, 0.0).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(policy.backoff_delay(u32::MAX, 0.0), Duration::from_secs(60));
+        assert_eq!(policy.backoff_delay(7, 1.0), Duration::from_secs(54));
+    }
+}

@@ -1,0 +1,244 @@
+//! SVID validation for rustls, both directions.
+//!
+//! A peer's chain is validated against the bundle of the peer's *own* trust
+//! domain only (never a merged bundle), then the X.509-SVID leaf rules apply,
+//! then the expected-identity matcher. The bundles are read from the
+//! [`SvidStore`] on every handshake, so bundle rotation needs no new config.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+
+use super::bundle::TrustBundleSet;
+use super::spiffe_id::{SpiffeId, TrustDomain};
+use super::store::SvidStore;
+use super::svid::{SvidError, SvidLeaf, Timestamp};
+use crate::tls::crypto_provider;
+
+/// Which peers a verifier accepts, once their chain is valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpectedIdentity {
+    /// Any workload of any trust domain whose bundle we hold.
+    AnyTrusted,
+    /// Any workload of this trust domain.
+    TrustDomain(TrustDomain),
+    /// One of these IDs exactly.
+    OneOf(BTreeSet<SpiffeId>),
+}
+
+impl ExpectedIdentity {
+    pub fn exactly(id: SpiffeId) -> Self {
+        ExpectedIdentity::OneOf(BTreeSet::from([id]))
+    }
+
+    pub fn matches(&self, id: &SpiffeId) -> bool {
+        match self {
+            ExpectedIdentity::AnyTrusted => true,
+            ExpectedIdentity::TrustDomain(td) => id.is_member_of(td),
+            ExpectedIdentity::OneOf(ids) => ids.contains(id),
+        }
+    }
+}
+
+impl fmt::Display for ExpectedIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedIdentity::AnyTrusted => f.write_str("any trusted workload"),
+            ExpectedIdentity::TrustDomain(td) => write!(f, "a workload of trust domain {td}"),
+            ExpectedIdentity::OneOf(ids) => {
+                let list: Vec<&str> = ids.iter().map(SpiffeId::as_str).collect();
+                write!(f, "{}", list.join(" or "))
+            }
+        }
+    }
+}
+
+/// Which side of the connection the peer is: decides the EKU required.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRole {
+    Client,
+    Server,
+}
+
+/// Validates a peer's SVID chain and returns its leaf facts.
+pub fn verify_peer_svid(
+    bundles: &TrustBundleSet,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    role: PeerRole,
+    expected: &ExpectedIdentity,
+) -> Result<SvidLeaf, SvidError> {
+    let now_ts = Timestamp(i64::try_from(now.as_secs()).unwrap_or(i64::MAX));
+    let leaf = SvidLeaf::parse(end_entity, now_ts)?;
+    let td = leaf.spiffe_id.trust_domain_name();
+    let bundle = bundles
+        .get(td)
+        .ok_or_else(|| SvidError::UnknownTrustDomain(td.to_owned()))?;
+    let untrusted = |reason: String| SvidError::UntrustedChain {
+        trust_domain: td.to_owned(),
+        reason,
+    };
+    let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|e| untrusted(format!("{e:?}")))?;
+    let usage = match role {
+        PeerRole::Client => webpki::KeyUsage::client_auth(),
+        PeerRole::Server => webpki::KeyUsage::server_auth(),
+    };
+    cert.verify_for_usage(
+        signature_algorithms().all,
+        bundle.anchors(),
+        intermediates,
+        now,
+        usage,
+        None,
+        None,
+    )
+    .map_err(|e| untrusted(describe_webpki_error(&e)))?;
+    if !expected.matches(&leaf.spiffe_id) {
+        return Err(SvidError::UnexpectedIdentity {
+            actual: leaf.spiffe_id.to_string(),
+            expected: expected.to_string(),
+        });
+    }
+    Ok(leaf)
+}
+
+fn describe_webpki_error(e: &webpki::Error) -> String {
+    match e {
+        webpki::Error::UnknownIssuer => "issued by a CA that is not in the bundle".into(),
+        webpki::Error::InvalidSignatureForPublicKey => "a signature in the chain is invalid".into(),
+        webpki::Error::CaUsedAsEndEntity => "a CA certificate was presented as the leaf".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn signature_algorithms() -> &'static WebPkiSupportedAlgorithms {
+    &crypto_provider().signature_verification_algorithms
+}
+
+fn to_rustls_error(e: SvidError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(e))))
+}
+
+/// Server side: verifies the client's SVID.
+#[derive(Debug)]
+pub struct SpiffeClientVerifier {
+    store: Arc<SvidStore>,
+    expected: ExpectedIdentity,
+    mandatory: bool,
+}
+
+impl SpiffeClientVerifier {
+    /// `mandatory = false` lets clients without a certificate complete the
+    /// handshake (permissive mode); a certificate that is presented must
+    /// still be valid.
+    pub fn new(store: Arc<SvidStore>, expected: ExpectedIdentity, mandatory: bool) -> Self {
+        Self {
+            store,
+            expected,
+            mandatory,
+        }
+    }
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let bundles = self.store.bundles();
+        verify_peer_svid(&bundles, end_entity, intermediates, now, PeerRole::Client, &self.expected)
+            .map(|_| ClientCertVerified::assertion())
+            .map_err(to_rustls_error)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, signature_algorithms())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, signature_algorithms())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        signature_algorithms().supported_schemes()
+    }
+}
+
+/// Client side: verifies the server's SVID against the identity expected for
+/// the destination. The TLS server name is not used: the SPIFFE ID is the name.
+#[derive(Debug)]
+pub struct SpiffeServerVerifier {
+    store: Arc<SvidStore>,
+    expected: ExpectedIdentity,
+}
+
+impl SpiffeServerVerifier {
+    pub fn new(store: Arc<SvidStore>, expected: ExpectedIdentity) -> Self {
+        Self { store, expected }
+    }
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let bundles = self.store.bundles();
+        verify_peer_svid(&bundles, end_entity, intermediates, now, PeerRole::Server, &self.expected)
+            .map(|_| ServerCertVerified::assertion())
+            .map_err(to_rustls_error)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, signature_algorithms())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, signature_algorithms())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        signature_algorithms().supported_schemes()
+    }
+}

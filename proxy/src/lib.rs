@@ -1,0 +1,5 @@
+//! Warden's sidecar data plane, and the workload-identity core
+//! ([`identity`]) that the control plane shares.
+
+pub mod identity;
+pub mod tls;

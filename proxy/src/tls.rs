@@ -1,0 +1,96 @@
+//! TLS configuration built from the SVID store. Configs are built once and
+//! shared; the certificate and the bundles are read from the store on every
+//! handshake, so rotation never rebuilds a config.
+//!
+//! Warden uses one crypto provider, *ring*, passed explicitly to every
+//! builder: no process-wide default is needed, so a second provider pulled in
+//! by some dependency can never make a builder panic.
+
+use std::sync::{Arc, OnceLock};
+
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, ServerConfig};
+
+use crate::identity::{ExpectedIdentity, SpiffeClientVerifier, SpiffeServerVerifier, SvidResolver, SvidStore};
+
+/// The process's one crypto provider.
+pub fn crypto_provider() -> &'static Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+}
+
+/// Also installs the provider as rustls' process default, for libraries that
+/// build their own configs with `ServerConfig::builder()`. Harmless if called
+/// twice.
+pub fn install_default_provider() {
+    let _ = CryptoProvider::install_default(CryptoProvider::clone(crypto_provider()));
+}
+
+/// Whether peers must present an SVID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// mTLS: a handshake without a valid client SVID fails.
+    Required,
+    /// A client may connect without a certificate (it is then unauthenticated);
+    /// a certificate it does present must be a valid SVID.
+    Optional,
+}
+
+/// Protocol versions: TLS 1.3 only by default, 1.2 by opt-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersions {
+    #[default]
+    Tls13Only,
+    Tls12And13,
+}
+
+impl TlsVersions {
+    fn versions(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+        static TLS12_AND_13: &[&rustls::SupportedProtocolVersion] =
+            &[&rustls::version::TLS13, &rustls::version::TLS12];
+        match self {
+            TlsVersions::Tls13Only => TLS13_ONLY,
+            TlsVersions::Tls12And13 => TLS12_AND_13,
+        }
+    }
+}
+
+/// A server config presenting the store's SVID and verifying client SVIDs.
+pub fn server_config(
+    store: Arc<SvidStore>,
+    client_auth: ClientAuth,
+    expected_clients: ExpectedIdentity,
+    versions: TlsVersions,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let verifier = SpiffeClientVerifier::new(
+        store.clone(),
+        expected_clients,
+        client_auth == ClientAuth::Required,
+    );
+    let mut config = ServerConfig::builder_with_provider(crypto_provider().clone())
+        .with_protocol_versions(versions.versions())?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_cert_resolver(Arc::new(SvidResolver::new(store)));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// A client config presenting the store's SVID and accepting only a server
+/// whose SVID matches `expected_server`.
+pub fn client_config(
+    store: Arc<SvidStore>,
+    expected_server: ExpectedIdentity,
+    versions: TlsVersions,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let verifier = SpiffeServerVerifier::new(store.clone(), expected_server);
+    let mut config = ClientConfig::builder_with_provider(crypto_provider().clone())
+        .with_protocol_versions(versions.versions())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(SvidResolver::new(store)));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
