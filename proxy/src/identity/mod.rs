@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod file_source;
+pub mod keygen;
 pub mod rotation;
 pub mod spiffe_id;
 pub mod store;
@@ -12,6 +13,7 @@ pub mod verify;
 
 pub use bundle::{BundleError, TrustBundle, TrustBundleSet, pem_encode};
 pub use file_source::{FileSource, FileSourceError};
+pub use keygen::{KeyAndCsr, KeygenError, new_key_and_csr};
 pub use rotation::{RotationPolicy, SvidSource, SvidUpdate, run_rotation};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use store::{Svid, SvidLoadError, SvidResolver, SvidStore};

@@ -1,0 +1,159 @@
+//! Checking a certificate signing request before the CA signs anything.
+//!
+//! The CA never copies extensions from a CSR: it takes the public key and the
+//! SPIFFE ID, and builds every other field itself. Requests for anything else
+//! (CA rights, extra SANs) are refused rather than silently dropped, so a
+//! misconfigured client learns what it did wrong.
+
+use rustls_pki_types::CertificateSigningRequestDer;
+use rustls_pki_types::pem::PemObject;
+use warden_proxy::identity::svid::check_public_key;
+use warden_proxy::identity::{LeafRule, SpiffeId, SpiffeIdError};
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::FromDer;
+
+/// Why the CA refused to sign. [`CsrError::code`] gives a stable
+/// machine-readable reason for audit records and API responses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CsrError {
+    #[error("CSR is not a valid PKCS#10 request: {0}")]
+    Malformed(String),
+    #[error("CSR signature does not verify with its own public key")]
+    BadSignature,
+    #[error("CSR key is too weak: RSA of {0} bits (at least 2048 are required)")]
+    WeakKey(usize),
+    #[error("CSR key is not supported: {0}")]
+    UnsupportedKey(String),
+    #[error("CSR asks for CA rights ({0}): an X.509-SVID is always a leaf")]
+    RequestsCa(&'static str),
+    #[error("CSR carries {0} URI SANs: an X.509-SVID carries exactly one SPIFFE ID")]
+    MultipleUriSans(usize),
+    #[error("CSR carries a {0} SAN: Warden SVIDs carry only the SPIFFE ID")]
+    UnsupportedSan(String),
+    #[error("CSR URI SAN {uri:?} is not a valid SPIFFE ID: {reason}")]
+    InvalidSpiffeId { uri: String, reason: SpiffeIdError },
+    #[error("CSR asks for {requested} but this request is bound to {bound}")]
+    IdentityMismatch { requested: String, bound: String },
+    #[error("CSR names no SPIFFE ID and the request binds none")]
+    MissingSpiffeId,
+    #[error("{id} is outside this CA's trust domain {trust_domain}")]
+    ForeignTrustDomain { id: String, trust_domain: String },
+    #[error("{0} has no path: a workload SVID must not carry the trust domain's own ID")]
+    RootPathId(String),
+    #[error("requested TTL of {requested_secs}s exceeds this CA's maximum of {max_secs}s")]
+    TtlTooLong { requested_secs: u64, max_secs: u64 },
+    #[error("requested TTL of {0}s is below the minimum of 60s")]
+    TtlTooShort(u64),
+    #[error("the CA expires before this SVID could be valid")]
+    CaExpired,
+    #[error("signing failed: {0}")]
+    Internal(String),
+}
+
+impl CsrError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            CsrError::Malformed(_) => "malformed_csr",
+            CsrError::BadSignature => "bad_signature",
+            CsrError::WeakKey(_) => "weak_key",
+            CsrError::UnsupportedKey(_) => "unsupported_key",
+            CsrError::RequestsCa(_) => "requests_ca",
+            CsrError::MultipleUriSans(_) => "multiple_uri_sans",
+            CsrError::UnsupportedSan(_) => "unsupported_san",
+            CsrError::InvalidSpiffeId { .. } => "invalid_spiffe_id",
+            CsrError::IdentityMismatch { .. } => "identity_mismatch",
+            CsrError::MissingSpiffeId => "missing_spiffe_id",
+            CsrError::ForeignTrustDomain { .. } => "foreign_trust_domain",
+            CsrError::RootPathId(_) => "root_path_id",
+            CsrError::TtlTooLong { .. } => "ttl_too_long",
+            CsrError::TtlTooShort(_) => "ttl_too_short",
+            CsrError::CaExpired => "ca_expired",
+            CsrError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// What the CA takes from an acceptable CSR.
+#[derive(Debug)]
+pub(crate) struct CheckedCsr {
+    /// The SPIFFE ID the CSR names, if it names one.
+    pub requested_id: Option<SpiffeId>,
+    /// The DER SubjectPublicKeyInfo to certify.
+    pub spki_der: Vec<u8>,
+}
+
+/// Accepts a CSR as PEM (`CERTIFICATE REQUEST`) or DER.
+pub(crate) fn decode(csr: &[u8]) -> Result<Vec<u8>, CsrError> {
+    let trimmed = csr.trim_ascii_start();
+    if trimmed.starts_with(b"-----BEGIN") {
+        CertificateSigningRequestDer::from_pem_slice(trimmed)
+            .map(|der| der.as_ref().to_vec())
+            .map_err(|e| CsrError::Malformed(format!("PEM: {e}")))
+    } else {
+        Ok(csr.to_vec())
+    }
+}
+
+pub(crate) fn check(csr_der: &[u8]) -> Result<CheckedCsr, CsrError> {
+    let (rest, csr) = X509CertificationRequest::from_der(csr_der)
+        .map_err(|e| CsrError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CsrError::Malformed(format!("{} trailing bytes", rest.len())));
+    }
+    csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
+    let spki = &csr.certification_request_info.subject_pki;
+    check_public_key(spki).map_err(|rule| match rule {
+        LeafRule::WeakRsaKey(bits) => CsrError::WeakKey(bits),
+        other => CsrError::UnsupportedKey(other.to_string()),
+    })?;
+
+    let mut uris = Vec::new();
+    for ext in csr.requested_extensions().into_iter().flatten() {
+        match ext {
+            ParsedExtension::BasicConstraints(bc) if bc.ca => {
+                return Err(CsrError::RequestsCa("basicConstraints cA=true"));
+            }
+            ParsedExtension::KeyUsage(ku) if ku.key_cert_sign() => {
+                return Err(CsrError::RequestsCa("keyUsage keyCertSign"));
+            }
+            ParsedExtension::KeyUsage(ku) if ku.crl_sign() => {
+                return Err(CsrError::RequestsCa("keyUsage cRLSign"));
+            }
+            ParsedExtension::SubjectAlternativeName(san) => {
+                for name in &san.general_names {
+                    match name {
+                        GeneralName::URI(uri) => uris.push((*uri).to_owned()),
+                        other => return Err(CsrError::UnsupportedSan(san_kind(other).into())),
+                    }
+                }
+            }
+            ParsedExtension::ParseError { error } => {
+                return Err(CsrError::Malformed(format!("requested extension: {error}")));
+            }
+            _ => {}
+        }
+    }
+    let requested_id = match uris.as_slice() {
+        [] => None,
+        [uri] => Some(SpiffeId::parse(uri).map_err(|reason| CsrError::InvalidSpiffeId {
+            uri: uri.clone(),
+            reason,
+        })?),
+        many => return Err(CsrError::MultipleUriSans(many.len())),
+    };
+    Ok(CheckedCsr {
+        requested_id,
+        spki_der: spki.raw.to_vec(),
+    })
+}
+
+fn san_kind(name: &GeneralName<'_>) -> &'static str {
+    match name {
+        GeneralName::DNSName(_) => "DNS name",
+        GeneralName::IPAddress(_) => "IP address",
+        GeneralName::RFC822Name(_) => "email",
+        GeneralName::DirectoryName(_) => "directory name",
+        _ => "non-URI",
+    }
+}

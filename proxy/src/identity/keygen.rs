@@ -1,0 +1,38 @@
+//! Key and CSR generation. Keys are made where they are used (the sidecar)
+//! and never leave it: only the CSR travels to the CA.
+
+use rcgen::{CertificateParams, DnType, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
+
+use super::spiffe_id::SpiffeId;
+
+/// A fresh ECDSA P-256 key and a CSR for `spiffe_id`.
+pub struct KeyAndCsr {
+    /// PKCS#8 PEM of the private key.
+    pub key_pem: String,
+    /// The CSR, DER-encoded.
+    pub csr_der: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot generate a key and CSR: {0}")]
+pub struct KeygenError(String);
+
+/// Generates an ECDSA P-256 key and a CSR carrying `spiffe_id` as its only
+/// URI SAN.
+pub fn new_key_and_csr(spiffe_id: &SpiffeId) -> Result<KeyAndCsr, KeygenError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| KeygenError(e.to_string()))?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::OrganizationName, "Warden");
+    let uri = spiffe_id
+        .as_str()
+        .try_into()
+        .map_err(|e: rcgen::Error| KeygenError(e.to_string()))?;
+    params.subject_alt_names = vec![SanType::URI(uri)];
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| KeygenError(e.to_string()))?;
+    Ok(KeyAndCsr {
+        key_pem: key.serialize_pem(),
+        csr_der: csr.der().to_vec(),
+    })
+}
