@@ -1,1 +1,141 @@
-fn main() {}
+//! `warden`: the one binary for people and machines. Argument parsing lives
+//! here; each command group is a module under `cli/`.
+
+mod cli;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "warden",
+    version,
+    about = "Warden: a service-mesh sidecar that gives every workload a SPIFFE identity and enforces it",
+    long_about = None,
+)]
+struct Cli {
+    /// Log filter, RUST_LOG syntax (for example `info` or `warden_proxy=debug`).
+    #[arg(long, global = true, env = "WARDEN_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create and manage the certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Issue and inspect X.509-SVIDs.
+    #[command(subcommand)]
+    Svid(SvidCommand),
+    /// Work with SPIFFE IDs.
+    #[command(subcommand)]
+    Id(IdCommand),
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a CA: a new ECDSA P-256 root, or with --root-cert/--root-key an
+    /// intermediate under an existing root. Never overwrites an existing CA.
+    Init(CaInitArgs),
+}
+
+#[derive(Args)]
+struct CaInitArgs {
+    /// Trust domain the CA issues identities for, e.g. `example.org`.
+    #[arg(long)]
+    trust_domain: String,
+    /// Directory to create the CA in (created if missing).
+    #[arg(long)]
+    dir: PathBuf,
+    /// PEM certificate of an existing CA to sign ours under (bring your own
+    /// PKI); may be followed by its chain up to the root.
+    #[arg(long, requires = "root_key")]
+    root_cert: Option<PathBuf>,
+    /// PEM private key of --root-cert.
+    #[arg(long, requires = "root_cert")]
+    root_key: Option<PathBuf>,
+    /// Lifetime of the CA certificate.
+    #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
+    ca_ttl: Duration,
+    /// SVID lifetime when a request does not name one.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    default_svid_ttl: Duration,
+    /// Longest SVID lifetime the CA will sign.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    max_svid_ttl: Duration,
+}
+
+#[derive(Subcommand)]
+enum SvidCommand {
+    /// Make a key here and have the local CA sign an SVID for it (a developer
+    /// convenience; in a mesh the sidecar gets its SVID from the control plane).
+    Issue(SvidIssueArgs),
+    /// Show an SVID's identity, validity and every SPIFFE rule it breaks.
+    /// Exits 1 if it breaks any, or if --bundle does not validate it.
+    Inspect(SvidInspectArgs),
+}
+
+#[derive(Args)]
+struct SvidIssueArgs {
+    /// CA directory made by `warden ca init`.
+    #[arg(long)]
+    ca_dir: PathBuf,
+    /// The workload's SPIFFE ID, e.g. `spiffe://example.org/ns/prod/sa/api`.
+    #[arg(long)]
+    spiffe_id: String,
+    /// Lifetime of the SVID (at most the CA's maximum).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: Option<Duration>,
+    /// Directory to write svid.pem, svid.key (0600) and bundle.pem to;
+    /// existing files are replaced atomically.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct SvidInspectArgs {
+    /// Certificate file: PEM (leaf first, chain may follow) or DER.
+    file: PathBuf,
+    /// Also validate the chain against this trust bundle (PEM or SPIFFE JSON).
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum IdCommand {
+    /// Validate a SPIFFE ID: exit 0 if valid, else 1 and the rule it breaks.
+    Check {
+        /// The SPIFFE ID to check.
+        id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    warden_proxy::tls::install_default_provider();
+    let result = match cli.command {
+        Command::Ca(CaCommand::Init(args)) => cli::ca::init(args),
+        Command::Svid(SvidCommand::Issue(args)) => cli::svid::issue(args),
+        Command::Svid(SvidCommand::Inspect(args)) => cli::svid::inspect(args),
+        Command::Id(IdCommand::Check { id }) => cli::id::check(&id),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

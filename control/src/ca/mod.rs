@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, PublicKeyData, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    BasicConstraints, DistinguishedName, PublicKeyData, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber, SubjectPublicKeyInfo,
 };
 use rustls_pki_types::CertificateDer;
@@ -392,6 +392,7 @@ impl CertificateAuthority {
         let public_key =
             SubjectPublicKeyInfo::from_der(&checked.spki_der).map_err(|e| CsrError::UnsupportedKey(e.to_string()))?;
         let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::OrganizationName, "Warden");
         let uri = spiffe_id
             .as_str()

@@ -242,3 +242,22 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         signature_algorithms().supported_schemes()
     }
 }
+
+/// Explains a TLS failure to an operator: for a refused SVID, the rule it
+/// broke in words (rustls alone would print a debug dump).
+pub fn describe_tls_error(e: &rustls::Error) -> String {
+    if let rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) = e
+        && let Some(svid) = other.0.downcast_ref::<SvidError>()
+    {
+        return format!("peer SVID refused: {svid}");
+    }
+    e.to_string()
+}
+
+/// [`describe_tls_error`] for the `io::Error`s that tokio-rustls returns.
+pub fn describe_io_error(e: &std::io::Error) -> String {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(tls) => describe_tls_error(tls),
+        None => e.to_string(),
+    }
+}
