@@ -56,6 +56,17 @@ impl TlsVersions {
     }
 }
 
+/// Session resumption is off on both sides: a resumed session skips
+/// certificate verification, so a peer whose SVID has since expired, been
+/// rotated away or revoked could resume under its old identity. Warden's
+/// connections between sidecars are long-lived and pooled, so full
+/// handshakes are rare and this costs little.
+fn disable_server_resumption(config: &mut ServerConfig) {
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    // rustls' default ticketer never issues TLS 1.2 tickets; keep it.
+}
+
 /// A server config presenting the store's SVID and verifying client SVIDs.
 pub fn server_config(
     store: Arc<SvidStore>,
@@ -73,6 +84,7 @@ pub fn server_config(
         .with_protocol_versions(versions.versions())?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(SvidResolver::new(store)));
+    disable_server_resumption(&mut config);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
@@ -91,6 +103,7 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(SvidResolver::new(store)));
+    config.resumption = rustls::client::Resumption::disabled();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }

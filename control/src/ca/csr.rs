@@ -101,12 +101,14 @@ pub(crate) fn check(csr_der: &[u8]) -> Result<CheckedCsr, CsrError> {
     if !rest.is_empty() {
         return Err(CsrError::Malformed(format!("{} trailing bytes", rest.len())));
     }
-    csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
+    // The key first: a weak key deserves that reason, not "bad signature"
+    // (ring cannot verify RSA signatures under 2048 bits at all).
     let spki = &csr.certification_request_info.subject_pki;
     check_public_key(spki).map_err(|rule| match rule {
         LeafRule::WeakRsaKey(bits) => CsrError::WeakKey(bits),
         other => CsrError::UnsupportedKey(other.to_string()),
     })?;
+    csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
 
     let mut uris = Vec::new();
     for ext in csr.requested_extensions().into_iter().flatten() {
