@@ -197,17 +197,24 @@ fn validate_trust_domain(td: &str) -> Result<(), SpiffeIdError> {
     if td.is_empty() {
         return Err(SpiffeIdError::MissingTrustDomain);
     }
-    for c in td.chars() {
-        match c {
-            'a'..='z' | '0'..='9' | '.' | '-' | '_' => {}
-            'A'..='Z' => return Err(SpiffeIdError::UppercaseTrustDomain(c)),
-            other => return Err(forbidden_char(other).unwrap_or(SpiffeIdError::TrustDomainChar(other))),
-        }
+    // Byte scan: every allowed character is ASCII, so the first byte that is
+    // not allowed starts the offending character.
+    if let Some(i) = td.bytes().position(|b| !matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_')) {
+        let c = first_char(&td[i..]);
+        return Err(if c.is_ascii_uppercase() {
+            SpiffeIdError::UppercaseTrustDomain(c)
+        } else {
+            forbidden_char(c).unwrap_or(SpiffeIdError::TrustDomainChar(c))
+        });
     }
     if td.len() > MAX_TRUST_DOMAIN_LEN {
         return Err(SpiffeIdError::TrustDomainTooLong(td.len()));
     }
     Ok(())
+}
+
+fn first_char(s: &str) -> char {
+    s.chars().next().unwrap_or('\0')
 }
 
 /// Characters that betray a URI feature the spec forbids; named so the error
@@ -224,33 +231,33 @@ fn forbidden_char(c: char) -> Option<SpiffeIdError> {
 }
 
 fn validate_path(path: &str) -> Result<(), SpiffeIdError> {
-    if path.is_empty() {
+    let bytes = path.as_bytes();
+    if bytes.is_empty() {
         return Ok(());
     }
-    // `path` starts with '/' by construction; every segment follows one slash.
-    let segments: Vec<&str> = path[1..].split('/').collect();
-    let last = segments.len() - 1;
-    for (i, segment) in segments.iter().enumerate() {
-        if let Some(c) = segment.chars().find(|c| !is_path_char(*c)) {
-            let forbidden = if c == ':' || c == '@' { None } else { forbidden_char(c) };
-            return Err(forbidden.unwrap_or(SpiffeIdError::PathChar(c)));
-        }
-        if segment.is_empty() {
-            return Err(if i == last {
-                SpiffeIdError::TrailingSlash
-            } else {
-                SpiffeIdError::EmptySegment
-            });
-        }
-        if *segment == "." || *segment == ".." {
-            return Err(SpiffeIdError::DotSegment);
+    // `path` starts with '/' by construction; scan segment by segment.
+    let mut segment_start = 1;
+    for i in 1..=bytes.len() {
+        let end_of_segment = i == bytes.len() || bytes[i] == b'/';
+        if end_of_segment {
+            match &bytes[segment_start..i] {
+                [] if i == bytes.len() => return Err(SpiffeIdError::TrailingSlash),
+                [] => return Err(SpiffeIdError::EmptySegment),
+                b"." | b".." => return Err(SpiffeIdError::DotSegment),
+                _ => segment_start = i + 1,
+            }
+        } else if !is_path_byte(bytes[i]) {
+            let c = first_char(&path[i..]);
+            // ':' and '@' are legal URI path characters, just not SPIFFE ones.
+            let feature = if c == ':' || c == '@' { None } else { forbidden_char(c) };
+            return Err(feature.unwrap_or(SpiffeIdError::PathChar(c)));
         }
     }
     Ok(())
 }
 
-fn is_path_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')
+fn is_path_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')
 }
 
 impl fmt::Display for SpiffeId {
