@@ -16,11 +16,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use rcgen::{CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig, ServerConnection};
+use rustls::{
+    ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig, ServerConnection,
+};
 use warden_control::ca::{CertificateAuthority, InitOptions, SignRequest};
-use warden_proxy::identity::{ExpectedIdentity, SpiffeId, Svid, SvidStore, TrustBundleSet, new_key_and_csr};
+use warden_proxy::identity::{
+    ExpectedIdentity, SpiffeId, Svid, SvidStore, TrustBundleSet, new_key_and_csr,
+};
 use warden_proxy::tls::{ClientAuth, TlsVersions, client_config, crypto_provider, server_config};
 
 const SHORT_ID: &str = "spiffe://example.org/ns/prod/sa/api";
@@ -36,15 +43,24 @@ fn long_id() -> String {
 fn bench_spiffe_id(c: &mut Criterion) {
     let long = long_id();
     let mut g = c.benchmark_group("spiffe_id");
-    g.bench_function("parse_short", |b| b.iter(|| SpiffeId::parse(black_box(SHORT_ID))));
-    g.bench_function("baseline_to_owned_short", |b| b.iter(|| black_box(SHORT_ID).to_owned()));
-    g.bench_function("parse_2000_bytes", |b| b.iter(|| SpiffeId::parse(black_box(&long))));
-    g.bench_function("baseline_to_owned_2000_bytes", |b| b.iter(|| black_box(long.as_str()).to_owned()));
+    g.bench_function("parse_short", |b| {
+        b.iter(|| SpiffeId::parse(black_box(SHORT_ID)))
+    });
+    g.bench_function("baseline_to_owned_short", |b| {
+        b.iter(|| black_box(SHORT_ID).to_owned())
+    });
+    g.bench_function("parse_2000_bytes", |b| {
+        b.iter(|| SpiffeId::parse(black_box(&long)))
+    });
+    g.bench_function("baseline_to_owned_2000_bytes", |b| {
+        b.iter(|| black_box(long.as_str()).to_owned())
+    });
     g.finish();
 }
 
 fn new_ca(dir: &std::path::Path) -> CertificateAuthority {
-    CertificateAuthority::init(dir, &InitOptions::new("example.org".parse().expect("td"))).expect("CA")
+    CertificateAuthority::init(dir, &InitOptions::new("example.org".parse().expect("td")))
+        .expect("CA")
 }
 
 fn bench_ca(c: &mut Criterion) {
@@ -54,18 +70,28 @@ fn bench_ca(c: &mut Criterion) {
     let csr = new_key_and_csr(&id).expect("csr").csr_der;
 
     // Baseline: rcgen signing a leaf for a key with no CSR handling at all.
-    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(tmp.path().join("ca.key")).expect("key")).expect("key");
-    let ca_cert = rustls::pki_types::pem::PemObject::from_pem_file(tmp.path().join("ca.crt")).expect("cert");
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(tmp.path().join("ca.key")).expect("key"))
+            .expect("key");
+    let ca_cert =
+        rustls::pki_types::pem::PemObject::from_pem_file(tmp.path().join("ca.crt")).expect("cert");
     let issuer = Issuer::from_ca_cert_der(&ca_cert, ca_key).expect("issuer");
     let leaf_key = KeyPair::generate().expect("keygen");
     let params = leaf_params(SanType::URI(SHORT_ID.try_into().expect("uri")));
 
     let mut g = c.benchmark_group("ca");
     g.bench_function("sign_csr", |b| {
-        b.iter(|| ca.sign_csr(black_box(&csr), &SignRequest::default()).expect("signed"))
+        b.iter(|| {
+            ca.sign_csr(black_box(&csr), &SignRequest::default())
+                .expect("signed")
+        })
     });
     g.bench_function("baseline_rcgen_sign", |b| {
-        b.iter(|| params.signed_by(black_box(&leaf_key), &issuer).expect("signed"))
+        b.iter(|| {
+            params
+                .signed_by(black_box(&leaf_key), &issuer)
+                .expect("signed")
+        })
     });
     g.finish();
 }
@@ -76,14 +102,18 @@ fn leaf_params(san: SanType) -> CertificateParams {
     params.subject_alt_names = vec![san];
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     params
 }
 
 /// Drives a client and a server connection to the end of the handshake.
 fn handshake(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>) {
     let name = ServerName::try_from("server.test").expect("name");
-    let mut client = Connection::Client(ClientConnection::new(client.clone(), name).expect("client"));
+    let mut client =
+        Connection::Client(ClientConnection::new(client.clone(), name).expect("client"));
     let mut server = Connection::Server(ServerConnection::new(server.clone()).expect("server"));
     let mut buf = Vec::with_capacity(8192);
     for _ in 0..16 {
@@ -110,7 +140,9 @@ fn transfer(from: &mut Connection, to: &mut Connection, buf: &mut Vec<u8>) {
 
 fn store_for(ca: &CertificateAuthority, id: &str) -> Arc<SvidStore> {
     let kc = new_key_and_csr(&SpiffeId::parse(id).expect("id")).expect("csr");
-    let issued = ca.sign_csr(&kc.csr_der, &SignRequest::default()).expect("signed");
+    let issued = ca
+        .sign_csr(&kc.csr_der, &SignRequest::default())
+        .expect("signed");
     let svid = Svid::from_pem(issued.chain_pem().as_bytes(), kc.key_pem.as_bytes()).expect("svid");
     Arc::new(SvidStore::with(svid, TrustBundleSet::new().with(ca.bundle().clone())).expect("store"))
 }
@@ -119,8 +151,14 @@ fn bench_mtls(c: &mut Criterion) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let ca = new_ca(tmp.path());
     let server_id = "spiffe://example.org/ns/prod/sa/server";
-    let server = server_config(store_for(&ca, server_id), ClientAuth::Required, ExpectedIdentity::AnyTrusted, TlsVersions::default(), &[])
-        .expect("server config");
+    let server = server_config(
+        store_for(&ca, server_id),
+        ClientAuth::Required,
+        ExpectedIdentity::AnyTrusted,
+        TlsVersions::default(),
+        &[],
+    )
+    .expect("server config");
     let client = client_config(
         store_for(&ca, "spiffe://example.org/ns/prod/sa/client"),
         ExpectedIdentity::exactly(SpiffeId::parse(server_id).expect("id")),
@@ -141,15 +179,23 @@ fn bench_mtls(c: &mut Criterion) {
     let roots = Arc::new(roots);
     let leaf = |dns: &str| -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let key = KeyPair::generate().expect("keygen");
-        let cert = leaf_params(SanType::DnsName(dns.try_into().expect("dns"))).signed_by(&key, &issuer).expect("leaf");
-        (vec![cert.der().clone()], PrivateKeyDer::try_from(key.serialize_der()).expect("key"))
+        let cert = leaf_params(SanType::DnsName(dns.try_into().expect("dns")))
+            .signed_by(&key, &issuer)
+            .expect("leaf");
+        (
+            vec![cert.der().clone()],
+            PrivateKeyDer::try_from(key.serialize_der()).expect("key"),
+        )
     };
     let (server_chain, server_key) = leaf("server.test");
     let (client_chain, client_key) = leaf("client.test");
     let provider = crypto_provider().clone();
-    let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-        .build()
-        .expect("client verifier");
+    let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots.clone(),
+        provider.clone(),
+    )
+    .build()
+    .expect("client verifier");
     let mut base_server = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("versions")
@@ -169,7 +215,9 @@ fn bench_mtls(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("mtls");
     g.bench_function("warden_spiffe", |b| b.iter(|| handshake(&client, &server)));
-    g.bench_function("baseline_rustls_webpki", |b| b.iter(|| handshake(&base_client, &base_server)));
+    g.bench_function("baseline_rustls_webpki", |b| {
+        b.iter(|| handshake(&base_client, &base_server))
+    });
     g.finish();
 }
 

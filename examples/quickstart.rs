@@ -13,7 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use warden_control::ca::{CertificateAuthority, InitOptions, SignRequest};
 use warden_proxy::identity::{
-    ExpectedIdentity, SpiffeId, Svid, SvidStore, TrustBundleSet, describe_io_error, new_key_and_csr, peer_spiffe_id,
+    ExpectedIdentity, SpiffeId, Svid, SvidStore, TrustBundleSet, describe_io_error,
+    new_key_and_csr, peer_spiffe_id,
 };
 use warden_proxy::tls::{ClientAuth, TlsVersions, client_config, server_config};
 
@@ -26,14 +27,24 @@ const FRONTEND: &str = "spiffe://demo.warden/ns/shop/sa/frontend";
 fn issue(ca: &CertificateAuthority, id: &str) -> Result<Svid, Error> {
     let kc = new_key_and_csr(&SpiffeId::parse(id)?)?;
     let issued = ca.sign_csr(&kc.csr_der, &SignRequest::default())?;
-    Ok(Svid::from_pem(issued.chain_pem().as_bytes(), kc.key_pem.as_bytes())?)
+    Ok(Svid::from_pem(
+        issued.chain_pem().as_bytes(),
+        kc.key_pem.as_bytes(),
+    )?)
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
-    let ca = CertificateAuthority::init(&dir.path().join("ca"), &InitOptions::new("demo.warden".parse()?))?;
-    println!("1. CA for trust domain {} created in {}", ca.trust_domain(), dir.path().join("ca").display());
+    let ca = CertificateAuthority::init(
+        &dir.path().join("ca"),
+        &InitOptions::new("demo.warden".parse()?),
+    )?;
+    println!(
+        "1. CA for trust domain {} created in {}",
+        ca.trust_domain(),
+        dir.path().join("ca").display()
+    );
     let bundles = TrustBundleSet::new().with(ca.bundle().clone());
 
     let orders = Arc::new(SvidStore::with(issue(&ca, ORDERS)?, bundles.clone())?);
@@ -42,7 +53,13 @@ async fn main() -> Result<(), Error> {
 
     // "orders" accepts mTLS from any workload of the trust domain and tells
     // the caller who it thinks the caller is.
-    let server = server_config(orders.clone(), ClientAuth::Required, ExpectedIdentity::AnyTrusted, TlsVersions::default(), &[])?;
+    let server = server_config(
+        orders.clone(),
+        ClientAuth::Required,
+        ExpectedIdentity::AnyTrusted,
+        TlsVersions::default(),
+        &[],
+    )?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let acceptor = tokio_rustls::TlsAcceptor::from(server);
@@ -67,7 +84,12 @@ async fn main() -> Result<(), Error> {
     });
 
     // "frontend" calls "orders" and insists on talking to exactly that identity.
-    let client = client_config(frontend.clone(), ExpectedIdentity::exactly(SpiffeId::parse(ORDERS)?), TlsVersions::default(), &[])?;
+    let client = client_config(
+        frontend.clone(),
+        ExpectedIdentity::exactly(SpiffeId::parse(ORDERS)?),
+        TlsVersions::default(),
+        &[],
+    )?;
     let call = |config: Arc<rustls::ClientConfig>| async move {
         let tcp = TcpStream::connect(addr).await?;
         let connector = tokio_rustls::TlsConnector::from(config);
@@ -80,22 +102,41 @@ async fn main() -> Result<(), Error> {
     let (server_id, reply) = call(client.clone()).await?;
     println!("3. mTLS on {addr}: frontend sees {server_id}; orders says {reply:?}");
 
-    let before = orders.current().map(|s| s.serial().to_owned()).unwrap_or_default();
+    let before = orders
+        .current()
+        .map(|s| s.serial().to_owned())
+        .unwrap_or_default();
     orders.install(issue(&ca, ORDERS)?, None)?;
-    let after = orders.current().map(|s| s.serial().to_owned()).unwrap_or_default();
+    let after = orders
+        .current()
+        .map(|s| s.serial().to_owned())
+        .unwrap_or_default();
     call(client.clone()).await?;
-    println!("4. hot rotation: orders serial {before} -> {after}; same TLS config, next handshake fine");
+    println!(
+        "4. hot rotation: orders serial {before} -> {after}; same TLS config, next handshake fine"
+    );
 
     let rogue_dir = dir.path().join("rogue");
-    let rogue_ca = CertificateAuthority::init(&rogue_dir, &InitOptions::new("demo.warden".parse()?))?;
-    let rogue = Arc::new(SvidStore::with(issue(&rogue_ca, FRONTEND)?, TrustBundleSet::new().with(rogue_ca.bundle().clone()))?);
+    let rogue_ca =
+        CertificateAuthority::init(&rogue_dir, &InitOptions::new("demo.warden".parse()?))?;
+    let rogue = Arc::new(SvidStore::with(
+        issue(&rogue_ca, FRONTEND)?,
+        TrustBundleSet::new().with(rogue_ca.bundle().clone()),
+    )?);
     rogue.set_bundles(bundles);
-    let rogue_client = client_config(rogue, ExpectedIdentity::exactly(SpiffeId::parse(ORDERS)?), TlsVersions::default(), &[])?;
+    let rogue_client = client_config(
+        rogue,
+        ExpectedIdentity::exactly(SpiffeId::parse(ORDERS)?),
+        TlsVersions::default(),
+        &[],
+    )?;
     match call(rogue_client).await {
         Ok(_) => println!("5. UNEXPECTED: a certificate from a rogue CA was accepted"),
         Err(_) => println!("5. a frontend SVID from a rogue CA was refused"),
     }
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    println!("\nNext: the sidecar data plane, Cedar policies and the control plane (see README.md, Status).");
+    println!(
+        "\nNext: the sidecar data plane, Cedar policies and the control plane (see README.md, Status)."
+    );
     Ok(())
 }

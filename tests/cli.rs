@@ -18,12 +18,19 @@ fn stderr(out: &std::process::Output) -> String {
 fn id_check_exit_codes_and_rules() {
     let ok = warden(&["id", "check", "spiffe://example.org/ns/prod/sa/api"]);
     assert!(ok.status.success());
-    assert!(stdout(&ok).contains("namespace:    prod"), "{}", stdout(&ok));
+    assert!(
+        stdout(&ok).contains("namespace:    prod"),
+        "{}",
+        stdout(&ok)
+    );
     for (id, rule) in [
         ("spiffe://Example.org/x", "trust domain must be lowercase"),
         ("spiffe://example.org:443/x", "must not carry a port"),
         ("spiffe://user@example.org/x", "must not carry userinfo"),
-        ("spiffe://example.org/a%2Fb", "percent-encoding is not allowed"),
+        (
+            "spiffe://example.org/a%2Fb",
+            "percent-encoding is not allowed",
+        ),
         ("spiffe://example.org/a/../b", "`.` or `..` segment"),
         ("spiffe://example.org/a/", "must not end with a slash"),
         ("spiffe://example.org/a?x", "a query is not allowed"),
@@ -41,18 +48,44 @@ fn ca_init_writes_a_0600_key_and_never_overwrites() {
     let ca = tmp.path().join("ca");
     ca_init(&ca, "example.org");
     for (file, mode) in [("ca.key", 0o600), ("ca.crt", 0o644), ("bundle.pem", 0o644)] {
-        let m = std::fs::metadata(ca.join(file)).expect("stat").permissions().mode() & 0o777;
+        let m = std::fs::metadata(ca.join(file))
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(m, mode, "{file}");
     }
     let before = std::fs::read(ca.join("ca.key")).expect("read");
-    let again = warden(&["ca", "init", "--trust-domain", "example.org", "--dir", path_str(&ca)]);
+    let again = warden(&[
+        "ca",
+        "init",
+        "--trust-domain",
+        "example.org",
+        "--dir",
+        path_str(&ca),
+    ]);
     assert_eq!(again.status.code(), Some(1));
-    assert!(stderr(&again).contains("already exists; refusing to overwrite"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already exists; refusing to overwrite"),
+        "{}",
+        stderr(&again)
+    );
     assert_eq!(std::fs::read(ca.join("ca.key")).expect("read"), before);
 
-    let bad_td = warden(&["ca", "init", "--trust-domain", "Example.org", "--dir", path_str(&tmp.path().join("x"))]);
+    let bad_td = warden(&[
+        "ca",
+        "init",
+        "--trust-domain",
+        "Example.org",
+        "--dir",
+        path_str(&tmp.path().join("x")),
+    ]);
     assert_eq!(bad_td.status.code(), Some(1));
-    assert!(stderr(&bad_td).contains("--trust-domain \"Example.org\" is not a valid trust domain"), "{}", stderr(&bad_td));
+    assert!(
+        stderr(&bad_td).contains("--trust-domain \"Example.org\" is not a valid trust domain"),
+        "{}",
+        stderr(&bad_td)
+    );
 }
 
 #[test]
@@ -62,13 +95,31 @@ fn ca_init_intermediate_under_an_existing_root() {
     ca_init(&root, "example.org");
     let int = tmp.path().join("int");
     warden_ok(&[
-        "ca", "init", "--trust-domain", "example.org", "--dir", path_str(&int),
-        "--root-cert", path_str(&root.join("ca.crt")), "--root-key", path_str(&root.join("ca.key")),
+        "ca",
+        "init",
+        "--trust-domain",
+        "example.org",
+        "--dir",
+        path_str(&int),
+        "--root-cert",
+        path_str(&root.join("ca.crt")),
+        "--root-key",
+        path_str(&root.join("ca.key")),
     ]);
     let out = svid_issue(&int, "spiffe://example.org/api", &tmp.path().join("svid"));
-    let inspect = warden(&["svid", "inspect", path_str(&out.join("svid.pem")), "--bundle", path_str(&root.join("bundle.pem"))]);
+    let inspect = warden(&[
+        "svid",
+        "inspect",
+        path_str(&out.join("svid.pem")),
+        "--bundle",
+        path_str(&root.join("bundle.pem")),
+    ]);
     assert!(inspect.status.success(), "{}", stdout(&inspect));
-    assert!(stdout(&inspect).contains("chain:       2 certificate(s)"), "{}", stdout(&inspect));
+    assert!(
+        stdout(&inspect).contains("chain:       2 certificate(s)"),
+        "{}",
+        stdout(&inspect)
+    );
     assert!(stdout(&inspect).contains("bundle:      chain validates"));
 }
 
@@ -78,9 +129,27 @@ fn svid_issue_and_inspect() {
     let ca = tmp.path().join("ca");
     ca_init(&ca, "example.org");
     let out = tmp.path().join("svid");
-    let printed = warden_ok(&["svid", "issue", "--ca-dir", path_str(&ca), "--spiffe-id", "spiffe://example.org/api", "--ttl", "15m", "--out", path_str(&out)]);
-    assert!(printed.contains("issued spiffe://example.org/api"), "{printed}");
-    let mode = std::fs::metadata(out.join("svid.key")).expect("stat").permissions().mode() & 0o777;
+    let printed = warden_ok(&[
+        "svid",
+        "issue",
+        "--ca-dir",
+        path_str(&ca),
+        "--spiffe-id",
+        "spiffe://example.org/api",
+        "--ttl",
+        "15m",
+        "--out",
+        path_str(&out),
+    ]);
+    assert!(
+        printed.contains("issued spiffe://example.org/api"),
+        "{printed}"
+    );
+    let mode = std::fs::metadata(out.join("svid.key"))
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
 
     let inspect = warden(&["svid", "inspect", path_str(&out.join("svid.pem")), "--json"]);
@@ -93,16 +162,48 @@ fn svid_issue_and_inspect() {
 
     // Refusals name the reason.
     for (id, ttl, msg) in [
-        ("spiffe://other.org/api", "1h", "outside this CA's trust domain"),
+        (
+            "spiffe://other.org/api",
+            "1h",
+            "outside this CA's trust domain",
+        ),
         ("spiffe://example.org", "1h", "has no path"),
-        ("spiffe://example.org/api", "48h", "exceeds this CA's maximum"),
+        (
+            "spiffe://example.org/api",
+            "48h",
+            "exceeds this CA's maximum",
+        ),
     ] {
-        let r = warden(&["svid", "issue", "--ca-dir", path_str(&ca), "--spiffe-id", id, "--ttl", ttl, "--out", path_str(&out)]);
+        let r = warden(&[
+            "svid",
+            "issue",
+            "--ca-dir",
+            path_str(&ca),
+            "--spiffe-id",
+            id,
+            "--ttl",
+            ttl,
+            "--out",
+            path_str(&out),
+        ]);
         assert_eq!(r.status.code(), Some(1), "{id}");
         assert!(stderr(&r).contains(msg), "{id}: {}", stderr(&r));
     }
-    let missing = warden(&["svid", "issue", "--ca-dir", path_str(&tmp.path().join("none")), "--spiffe-id", "spiffe://example.org/a", "--out", path_str(&out)]);
-    assert!(stderr(&missing).contains("holds no CA"), "{}", stderr(&missing));
+    let missing = warden(&[
+        "svid",
+        "issue",
+        "--ca-dir",
+        path_str(&tmp.path().join("none")),
+        "--spiffe-id",
+        "spiffe://example.org/a",
+        "--out",
+        path_str(&out),
+    ]);
+    assert!(
+        stderr(&missing).contains("holds no CA"),
+        "{}",
+        stderr(&missing)
+    );
 }
 
 #[test]
@@ -125,18 +226,32 @@ fn inspect_lists_every_broken_rule_and_names_bad_files() {
     }
 
     let garbage = tmp.path().join("garbage.pem");
-    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").expect("write");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
     let out = warden(&["svid", "inspect", path_str(&garbage)]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("garbage.pem"), "{}", stderr(&out));
 
     let missing = warden(&["svid", "inspect", path_str(&tmp.path().join("nope.pem"))]);
-    assert!(stderr(&missing).contains("cannot read") && stderr(&missing).contains("nope.pem"), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("cannot read") && stderr(&missing).contains("nope.pem"),
+        "{}",
+        stderr(&missing)
+    );
 }
 
 #[test]
 fn help_is_there_for_every_command() {
-    for args in [&["--help"][..], &["ca", "init", "--help"], &["svid", "issue", "--help"], &["svid", "inspect", "--help"], &["id", "check", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["ca", "init", "--help"],
+        &["svid", "issue", "--help"],
+        &["svid", "inspect", "--help"],
+        &["id", "check", "--help"],
+    ] {
         let out = warden(args);
         assert!(out.status.success(), "{args:?}");
         assert!(stdout(&out).contains("Usage:"), "{args:?}");

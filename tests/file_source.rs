@@ -15,7 +15,11 @@ fn setup() -> (tempfile::TempDir, FileSource) {
     let tmp = tempfile::tempdir().expect("tempdir");
     ca_init(&tmp.path().join("ca"), "example.org");
     let dir = svid_issue(&tmp.path().join("ca"), ID, &tmp.path().join("svid"));
-    let source = FileSource::new(dir.join("svid.pem"), dir.join("svid.key"), dir.join("bundle.pem"));
+    let source = FileSource::new(
+        dir.join("svid.pem"),
+        dir.join("svid.key"),
+        dir.join("bundle.pem"),
+    );
     (tmp, source)
 }
 
@@ -29,21 +33,36 @@ fn load_errors_name_the_file_and_the_problem() {
     let other = svid_issue(&tmp.path().join("ca"), ID, &tmp.path().join("other"));
     std::fs::copy(other.join("svid.key"), dir.join("svid.key")).expect("copy");
     match source.load() {
-        Err(FileSourceError::Svid { path, source: SvidLoadError::KeyMismatch }) => assert_eq!(path, dir.join("svid.key")),
+        Err(FileSourceError::Svid {
+            path,
+            source: SvidLoadError::KeyMismatch,
+        }) => assert_eq!(path, dir.join("svid.key")),
         other => panic!("expected a key mismatch, got {other:?}"),
     }
     std::fs::copy(other.join("svid.pem"), dir.join("svid.pem")).expect("copy");
     assert!(source.load().is_ok(), "consistent again");
 
     // Garbage certificate.
-    std::fs::write(dir.join("svid.pem"), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").expect("write");
+    std::fs::write(
+        dir.join("svid.pem"),
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
     let err = source.load().expect_err("garbage");
-    assert!(err.to_string().starts_with(&dir.join("svid.pem").display().to_string()), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with(&dir.join("svid.pem").display().to_string()),
+        "{err}"
+    );
 
     // A bundle from another CA does not validate the SVID.
     std::fs::copy(other.join("svid.pem"), dir.join("svid.pem")).expect("copy");
     ca_init(&tmp.path().join("ca2"), "example.org");
-    std::fs::copy(tmp.path().join("ca2").join("bundle.pem"), dir.join("bundle.pem")).expect("copy");
+    std::fs::copy(
+        tmp.path().join("ca2").join("bundle.pem"),
+        dir.join("bundle.pem"),
+    )
+    .expect("copy");
     match source.load() {
         Err(FileSourceError::Chain { path, .. }) => assert_eq!(path, dir.join("bundle.pem")),
         other => panic!("expected a chain error, got {other:?}"),
@@ -61,8 +80,13 @@ async fn watcher_keeps_the_last_good_svid_until_the_files_agree() {
     let dir = tmp.path().join("svid");
     let store = Arc::new(SvidStore::new());
     let mut changes = store.subscribe();
-    let watcher = source.clone().watch(store.clone(), Duration::from_millis(20));
-    tokio::time::timeout(Duration::from_secs(10), changes.changed()).await.expect("first load").expect("store alive");
+    let watcher = source
+        .clone()
+        .watch(store.clone(), Duration::from_millis(20));
+    tokio::time::timeout(Duration::from_secs(10), changes.changed())
+        .await
+        .expect("first load")
+        .expect("store alive");
     let first = store.current().expect("loaded").serial().to_owned();
 
     // Half a rotation: only the key changes. The store keeps the old SVID.
@@ -101,9 +125,15 @@ fn federated_bundles_load_from_pem_and_spiffe_json() {
         .expect("federated JSON");
     let bundles = update.bundles.expect("bundles");
     assert_eq!(bundles.len(), 2);
-    assert_eq!(bundles.get("other.org").expect("other").roots(), other.roots());
+    assert_eq!(
+        bundles.get("other.org").expect("other").roots(),
+        other.roots()
+    );
 
     std::fs::write(&json, "{\"keys\": [}").expect("write");
-    let err = source.with_federated(td, &json).load().expect_err("bad JSON");
+    let err = source
+        .with_federated(td, &json)
+        .load()
+        .expect_err("bad JSON");
     assert!(err.to_string().contains("other.json"), "{err}");
 }

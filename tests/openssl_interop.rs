@@ -8,8 +8,15 @@ use std::process::Command;
 use support::*;
 
 fn openssl(args: &[&str]) -> (bool, String) {
-    let out = Command::new("openssl").args(args).output().expect("openssl (apt-get install openssl)");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl (apt-get install openssl)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -18,10 +25,21 @@ fn openssl_verifies_and_reads_a_root_issued_svid() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let ca = tmp.path().join("ca");
     ca_init(&ca, "example.org");
-    let out = svid_issue(&ca, "spiffe://example.org/ns/prod/sa/api", &tmp.path().join("svid"));
+    let out = svid_issue(
+        &ca,
+        "spiffe://example.org/ns/prod/sa/api",
+        &tmp.path().join("svid"),
+    );
     let (bundle, svid) = (out.join("bundle.pem"), out.join("svid.pem"));
     for purpose in ["sslclient", "sslserver"] {
-        let (ok, text) = openssl(&["verify", "-purpose", purpose, "-CAfile", path_str(&bundle), path_str(&svid)]);
+        let (ok, text) = openssl(&[
+            "verify",
+            "-purpose",
+            purpose,
+            "-CAfile",
+            path_str(&bundle),
+            path_str(&svid),
+        ]);
         assert!(ok, "openssl verify -purpose {purpose}: {text}");
         assert!(text.contains(": OK"), "{text}");
     }
@@ -37,14 +55,26 @@ fn openssl_verifies_and_reads_a_root_issued_svid() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
-    assert!(!text.contains("Certificate Sign"), "leaf must not have keyCertSign:\n{text}");
+    assert!(
+        !text.contains("Certificate Sign"),
+        "leaf must not have keyCertSign:\n{text}"
+    );
     // Exactly one URI SAN.
     assert_eq!(text.matches("URI:").count(), 1, "{text}");
 
     // And a certificate from another CA does not verify against this bundle.
     ca_init(&tmp.path().join("other"), "example.org");
-    let other = svid_issue(&tmp.path().join("other"), "spiffe://example.org/x", &tmp.path().join("o"));
-    let (ok, _) = openssl(&["verify", "-CAfile", path_str(&bundle), path_str(&other.join("svid.pem"))]);
+    let other = svid_issue(
+        &tmp.path().join("other"),
+        "spiffe://example.org/x",
+        &tmp.path().join("o"),
+    );
+    let (ok, _) = openssl(&[
+        "verify",
+        "-CAfile",
+        path_str(&bundle),
+        path_str(&other.join("svid.pem")),
+    ]);
     assert!(!ok, "a foreign CA's SVID must not verify");
 }
 
@@ -55,16 +85,34 @@ fn openssl_verifies_an_svid_from_an_intermediate() {
     ca_init(&root, "example.org");
     let int = tmp.path().join("int");
     warden_ok(&[
-        "ca", "init", "--trust-domain", "example.org", "--dir", path_str(&int),
-        "--root-cert", path_str(&root.join("ca.crt")), "--root-key", path_str(&root.join("ca.key")),
+        "ca",
+        "init",
+        "--trust-domain",
+        "example.org",
+        "--dir",
+        path_str(&int),
+        "--root-cert",
+        path_str(&root.join("ca.crt")),
+        "--root-key",
+        path_str(&root.join("ca.key")),
     ]);
     let out = svid_issue(&int, "spiffe://example.org/api", &tmp.path().join("svid"));
     // svid.pem holds leaf + intermediate; openssl wants the intermediate as -untrusted.
     let (ok, text) = openssl(&[
-        "verify", "-CAfile", path_str(&root.join("bundle.pem")), "-untrusted", path_str(&int.join("chain.pem")),
+        "verify",
+        "-CAfile",
+        path_str(&root.join("bundle.pem")),
+        "-untrusted",
+        path_str(&int.join("chain.pem")),
         path_str(&out.join("svid.pem")),
     ]);
     assert!(ok, "{text}");
-    let (_, int_text) = openssl(&["x509", "-in", path_str(&int.join("ca.crt")), "-noout", "-text"]);
+    let (_, int_text) = openssl(&[
+        "x509",
+        "-in",
+        path_str(&int.join("ca.crt")),
+        "-noout",
+        "-text",
+    ]);
     assert!(int_text.contains("CA:TRUE, pathlen:0"), "{int_text}");
 }

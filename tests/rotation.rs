@@ -26,16 +26,33 @@ async fn rotating_files_one_at_a_time_drops_no_connection() {
     svid_issue(&ca, SERVER_ID, &server_dir);
     svid_issue(&ca, CLIENT_ID, &root.join("client"));
 
-    let source = FileSource::new(server_dir.join("svid.pem"), server_dir.join("svid.key"), server_dir.join("bundle.pem"));
+    let source = FileSource::new(
+        server_dir.join("svid.pem"),
+        server_dir.join("svid.key"),
+        server_dir.join("bundle.pem"),
+    );
     let store = Arc::new(SvidStore::new());
     let first = source.load().expect("initial files");
     let first_serial = first.svid.serial().to_owned();
     store.install(first.svid, first.bundles).expect("install");
     let watcher = source.watch(store.clone(), Duration::from_millis(100));
-    let server = server_config(store.clone(), ClientAuth::Required, ExpectedIdentity::AnyTrusted, TlsVersions::default(), &[]).expect("server config");
+    let server = server_config(
+        store.clone(),
+        ClientAuth::Required,
+        ExpectedIdentity::AnyTrusted,
+        TlsVersions::default(),
+        &[],
+    )
+    .expect("server config");
     let (addr, mut accepted, _server) = spawn_identity_server(server).await;
     let expected = ExpectedIdentity::exactly(SpiffeId::parse(SERVER_ID).expect("id"));
-    let client = client_config(store_from_dir(&root.join("client"), "example.org"), expected, TlsVersions::default(), &[]).expect("client config");
+    let client = client_config(
+        store_from_dir(&root.join("client"), "example.org"),
+        expected,
+        TlsVersions::default(),
+        &[],
+    )
+    .expect("client config");
 
     // Rotate every second, alternating which file is replaced first, with a
     // 300 ms window in which key and certificate do not match.
@@ -47,10 +64,16 @@ async fn rotating_files_one_at_a_time_drops_no_connection() {
                 std::thread::sleep(Duration::from_millis(700));
                 let staging = svid_issue(&ca, SERVER_ID, &root.join(format!("staging-{i}")));
                 serials.push(load_svid(&staging).serial().to_owned());
-                let order = if i % 2 == 0 { ["svid.key", "svid.pem"] } else { ["svid.pem", "svid.key"] };
-                std::fs::rename(staging.join(order[0]), server_dir.join(order[0])).expect("replace first file");
+                let order = if i % 2 == 0 {
+                    ["svid.key", "svid.pem"]
+                } else {
+                    ["svid.pem", "svid.key"]
+                };
+                std::fs::rename(staging.join(order[0]), server_dir.join(order[0]))
+                    .expect("replace first file");
                 std::thread::sleep(Duration::from_millis(300));
-                std::fs::rename(staging.join(order[1]), server_dir.join(order[1])).expect("replace second file");
+                std::fs::rename(staging.join(order[1]), server_dir.join(order[1]))
+                    .expect("replace second file");
             }
             serials
         })
@@ -85,25 +108,53 @@ async fn rotating_files_one_at_a_time_drops_no_connection() {
     }
     watcher.abort();
 
-    assert!(failures.is_empty(), "{} connection(s) failed during rotation: {failures:?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} connection(s) failed during rotation: {failures:?}",
+        failures.len()
+    );
     let mut server_errors = Vec::new();
     while let Ok(a) = accepted.try_recv() {
         if let Err(e) = a.peer {
             server_errors.push(e);
         }
     }
-    assert!(server_errors.is_empty(), "server-side handshake failures: {server_errors:?}");
-    assert!(last_presented, "the last rotated SVID ({last}) was never presented");
-    assert!(seen.len() > 2 * ROTATIONS, "too few connections to prove anything: {}", seen.len());
+    assert!(
+        server_errors.is_empty(),
+        "server-side handshake failures: {server_errors:?}"
+    );
+    assert!(
+        last_presented,
+        "the last rotated SVID ({last}) was never presented"
+    );
+    assert!(
+        seen.len() > 2 * ROTATIONS,
+        "too few connections to prove anything: {}",
+        seen.len()
+    );
 
     // Every serial presented is one we issued, in issue order: the server
     // never went back to an older SVID and never presented a half-swapped pair.
     let order: Vec<String> = std::iter::once(first_serial).chain(issued).collect();
     let positions: Vec<usize> = seen
         .iter()
-        .map(|s| order.iter().position(|o| o == s).unwrap_or_else(|| panic!("unknown serial {s}")))
+        .map(|s| {
+            order
+                .iter()
+                .position(|o| o == s)
+                .unwrap_or_else(|| panic!("unknown serial {s}"))
+        })
         .collect();
-    assert!(positions.windows(2).all(|w| w[0] <= w[1]), "serials went backwards: {positions:?}");
-    let distinct = positions.iter().collect::<std::collections::BTreeSet<_>>().len();
-    assert!(distinct >= ROTATIONS / 2, "only {distinct} distinct serials seen across {ROTATIONS} rotations");
+    assert!(
+        positions.windows(2).all(|w| w[0] <= w[1]),
+        "serials went backwards: {positions:?}"
+    );
+    let distinct = positions
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    assert!(
+        distinct >= ROTATIONS / 2,
+        "only {distinct} distinct serials seen across {ROTATIONS} rotations"
+    );
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use warden_control::ca::{CertificateAuthority, InitOptions, SignRequest};
 use warden_proxy::identity::{
-    RotationPolicy, SpiffeId, Svid, SvidSource, SvidStore, SvidUpdate, TrustBundleSet, new_key_and_csr, run_rotation,
+    RotationPolicy, SpiffeId, Svid, SvidSource, SvidStore, SvidUpdate, TrustBundleSet,
+    new_key_and_csr, run_rotation,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -36,13 +37,19 @@ impl SvidSource for Shared {
             .fail_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
-        s.fetches.lock().expect("lock").push((Instant::now(), !failing));
+        s.fetches
+            .lock()
+            .expect("lock")
+            .push((Instant::now(), !failing));
         if failing {
             return Err(Unreachable);
         }
         let kc = new_key_and_csr(&s.id).expect("csr");
-        let issued = s.ca.sign_csr(&kc.csr_der, &SignRequest::default()).expect("signed");
-        let svid = Svid::from_pem(issued.chain_pem().as_bytes(), kc.key_pem.as_bytes()).expect("svid");
+        let issued =
+            s.ca.sign_csr(&kc.csr_der, &SignRequest::default())
+                .expect("signed");
+        let svid =
+            Svid::from_pem(issued.chain_pem().as_bytes(), kc.key_pem.as_bytes()).expect("svid");
         Ok(SvidUpdate {
             svid,
             bundles: Some(TrustBundleSet::new().with(s.ca.bundle().clone())),
@@ -51,7 +58,8 @@ impl SvidSource for Shared {
 }
 
 fn source(dir: &std::path::Path, fail_first: u32) -> Shared {
-    let ca = CertificateAuthority::init(dir, &InitOptions::new("example.org".parse().expect("td"))).expect("CA");
+    let ca = CertificateAuthority::init(dir, &InitOptions::new("example.org".parse().expect("td")))
+        .expect("CA");
     Shared(Arc::new(CaSource {
         ca,
         id: SpiffeId::parse("spiffe://example.org/api").expect("id"),
@@ -76,9 +84,14 @@ async fn refreshes_at_about_half_life() {
     let src = source(tmp.path(), 0);
     let store = Arc::new(SvidStore::new());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run_rotation(store.clone(), src.clone(), RotationPolicy::default(), async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(run_rotation(
+        store.clone(),
+        src.clone(),
+        RotationPolicy::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     wait_for_fetches(&src, 4).await;
     let _ = stop.send(());
     task.await.expect("rotation task");
@@ -101,26 +114,40 @@ async fn backs_off_exponentially_and_keeps_the_current_svid() {
     let src = source(tmp.path(), 0);
     let store = Arc::new(SvidStore::new());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run_rotation(store.clone(), src.clone(), RotationPolicy::default(), async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(run_rotation(
+        store.clone(),
+        src.clone(),
+        RotationPolicy::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     wait_for_fetches(&src, 1).await;
     let first = store.current().expect("first SVID").serial().to_owned();
     // The control plane goes away for the next 9 attempts.
     src.0.fail_next.store(9, Ordering::SeqCst);
     wait_for_fetches(&src, 6).await;
-    assert_eq!(store.current().expect("kept while renewals fail").serial(), first);
+    assert_eq!(
+        store.current().expect("kept while renewals fail").serial(),
+        first
+    );
     wait_for_fetches(&src, 11).await;
     let _ = stop.send(());
     task.await.expect("rotation task");
 
     let fetches = src.0.fetches.lock().expect("lock").clone();
-    let gaps: Vec<f64> = fetches.windows(2).map(|p| (p[1].0 - p[0].0).as_secs_f64()).collect();
+    let gaps: Vec<f64> = fetches
+        .windows(2)
+        .map(|p| (p[1].0 - p[0].0).as_secs_f64())
+        .collect();
     // gap[0] is the half-life refresh that failed; then retries 1, 2, 4 ... capped at 60 s,
     // each shortened by at most 10% jitter.
     let expected = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0];
     for (gap, want) in gaps[1..].iter().zip(expected) {
-        assert!(*gap <= want + 0.01 && *gap >= want * 0.9 - 0.01, "retry gaps {gaps:?}, expected about {expected:?}");
+        assert!(
+            *gap <= want + 0.01 && *gap >= want * 0.9 - 0.01,
+            "retry gaps {gaps:?}, expected about {expected:?}"
+        );
     }
     assert!(fetches[10].1, "the 11th fetch succeeds");
     // While renewal failed, the first SVID stayed in place; then it was replaced.

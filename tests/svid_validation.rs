@@ -12,7 +12,8 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use support::*;
 use warden_control::ca::{CertificateAuthority, CsrError, SignRequest};
 use warden_proxy::identity::{
-    ExpectedIdentity, LeafRule, PeerRole, SpiffeIdError, SvidError, TrustBundleSet, verify_peer_svid,
+    ExpectedIdentity, LeafRule, PeerRole, SpiffeIdError, SvidError, TrustBundleSet,
+    verify_peer_svid,
 };
 
 const ID: &str = "spiffe://example.org/ns/prod/sa/api";
@@ -34,7 +35,15 @@ impl Fixture {
     }
 
     fn check(&self, leaf: &CertificateDer<'_>) -> Result<(), SvidError> {
-        verify_peer_svid(&self.bundles, leaf, &[], UnixTime::now(), PeerRole::Client, &ExpectedIdentity::AnyTrusted).map(|_| ())
+        verify_peer_svid(
+            &self.bundles,
+            leaf,
+            &[],
+            UnixTime::now(),
+            PeerRole::Client,
+            &ExpectedIdentity::AnyTrusted,
+        )
+        .map(|_| ())
     }
 
     fn check_params(&self, params: &rcgen::CertificateParams) -> Result<(), SvidError> {
@@ -55,12 +64,21 @@ fn a_well_formed_svid_passes() {
 #[test]
 fn san_rules() {
     let f = Fixture::new();
-    assert_eq!(f.check_params(&svid_params(&[ID, "spiffe://example.org/other"])), rule(LeafRule::MultipleUriSans(2)));
+    assert_eq!(
+        f.check_params(&svid_params(&[ID, "spiffe://example.org/other"])),
+        rule(LeafRule::MultipleUriSans(2))
+    );
     assert_eq!(f.check_params(&svid_params(&[])), rule(LeafRule::NoUriSan));
-    assert_eq!(f.check_params(&svid_params(&["spiffe://example.org"])), rule(LeafRule::RootPathId("spiffe://example.org".into())));
+    assert_eq!(
+        f.check_params(&svid_params(&["spiffe://example.org"])),
+        rule(LeafRule::RootPathId("spiffe://example.org".into()))
+    );
     assert_eq!(
         f.check_params(&svid_params(&["spiffe://example.org/a/../b"])),
-        rule(LeafRule::InvalidSpiffeId { uri: "spiffe://example.org/a/../b".into(), reason: SpiffeIdError::DotSegment })
+        rule(LeafRule::InvalidSpiffeId {
+            uri: "spiffe://example.org/a/../b".into(),
+            reason: SpiffeIdError::DotSegment
+        })
     );
 }
 
@@ -89,7 +107,10 @@ fn ca_and_key_usage_rules() {
 
     let mut server_only = svid_params(&[ID]);
     server_only.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    assert_eq!(f.check_params(&server_only), rule(LeafRule::MissingEku("clientAuth")));
+    assert_eq!(
+        f.check_params(&server_only),
+        rule(LeafRule::MissingEku("clientAuth"))
+    );
 }
 
 #[test]
@@ -99,12 +120,18 @@ fn validity_rules() {
     let mut expired = svid_params(&[ID]);
     expired.not_before = (now - Duration::from_secs(7200)).into();
     expired.not_after = (now - Duration::from_secs(3600)).into();
-    assert!(matches!(f.check_params(&expired), Err(SvidError::Rule(LeafRule::Expired(_)))));
+    assert!(matches!(
+        f.check_params(&expired),
+        Err(SvidError::Rule(LeafRule::Expired(_)))
+    ));
 
     let mut future = svid_params(&[ID]);
     future.not_before = (now + Duration::from_secs(3600)).into();
     future.not_after = (now + Duration::from_secs(7200)).into();
-    assert!(matches!(f.check_params(&future), Err(SvidError::Rule(LeafRule::NotYetValid(_)))));
+    assert!(matches!(
+        f.check_params(&future),
+        Err(SvidError::Rule(LeafRule::NotYetValid(_)))
+    ));
 }
 
 #[test]
@@ -121,13 +148,23 @@ fn trust_rules() {
     let (leaf, _) = rogue.sign(&svid_params(&[ID]));
     assert_eq!(
         f.check(&leaf),
-        Err(SvidError::UntrustedChain { trust_domain: "example.org".into(), reason: "issued by a CA that is not in the bundle".into() })
+        Err(SvidError::UntrustedChain {
+            trust_domain: "example.org".into(),
+            reason: "issued by a CA that is not in the bundle".into()
+        })
     );
     // Identity matcher.
     let (good, _) = f.raw.sign(&svid_params(&[ID]));
     let expected = ExpectedIdentity::exactly("spiffe://example.org/other".parse().expect("id"));
     assert!(matches!(
-        verify_peer_svid(&f.bundles, &good, &[], UnixTime::now(), PeerRole::Server, &expected),
+        verify_peer_svid(
+            &f.bundles,
+            &good,
+            &[],
+            UnixTime::now(),
+            PeerRole::Server,
+            &expected
+        ),
         Err(SvidError::UnexpectedIdentity { .. })
     ));
 }
@@ -135,21 +172,43 @@ fn trust_rules() {
 #[test]
 fn garbage_der_is_malformed_never_a_panic() {
     let f = Fixture::new();
-    for bytes in [&b""[..], b"\x30", b"\x30\x82\xff\xff", b"not a certificate at all", &[0u8; 512][..]] {
-        assert!(matches!(f.check(&CertificateDer::from(bytes.to_vec())), Err(SvidError::Malformed(_))), "{bytes:?}");
+    for bytes in [
+        &b""[..],
+        b"\x30",
+        b"\x30\x82\xff\xff",
+        b"not a certificate at all",
+        &[0u8; 512][..],
+    ] {
+        assert!(
+            matches!(
+                f.check(&CertificateDer::from(bytes.to_vec())),
+                Err(SvidError::Malformed(_))
+            ),
+            "{bytes:?}"
+        );
     }
     // A valid certificate with bytes flipped all over it: never a panic, never accepted.
     let (good, _) = f.raw.sign(&svid_params(&[ID]));
     for i in 0..good.len() {
         let mut bad = good.to_vec();
         bad[i] ^= 0x5a;
-        assert!(f.check(&CertificateDer::from(bad)).is_err(), "flipping byte {i} still validated");
+        assert!(
+            f.check(&CertificateDer::from(bad)).is_err(),
+            "flipping byte {i} still validated"
+        );
     }
 }
 
 fn openssl(args: &[&str]) -> std::process::Output {
-    let out = Command::new("openssl").args(args).output().expect("openssl (apt-get install openssl)");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -158,25 +217,71 @@ fn rsa_1024_is_weak_in_certificates_and_csrs() {
     let f = Fixture::new();
     let key = f.dir.path().join("rsa1024.key");
     let key_s = key.to_str().expect("utf-8");
-    openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024", "-out", key_s]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:1024",
+        "-out",
+        key_s,
+    ]);
     let spki = openssl(&["pkey", "-in", key_s, "-pubout", "-outform", "DER"]).stdout;
 
     // A certificate for an RSA-1024 key, signed by our CA's key.
     let public = SubjectPublicKeyInfo::from_der(&spki).expect("RSA SPKI");
-    let leaf = svid_params(&[ID]).signed_by(&public, &f.raw.issuer).expect("sign");
+    let leaf = svid_params(&[ID])
+        .signed_by(&public, &f.raw.issuer)
+        .expect("sign");
     assert_eq!(f.check(leaf.der()), rule(LeafRule::WeakRsaKey(1024)));
 
     // A CSR for one, made by OpenSSL: the CA refuses it.
-    let csr = openssl(&["req", "-new", "-key", key_s, "-subj", "/O=test", "-addext", &format!("subjectAltName=URI:{ID}"), "-outform", "DER"]).stdout;
+    let csr = openssl(&[
+        "req",
+        "-new",
+        "-key",
+        key_s,
+        "-subj",
+        "/O=test",
+        "-addext",
+        &format!("subjectAltName=URI:{ID}"),
+        "-outform",
+        "DER",
+    ])
+    .stdout;
     let ca = CertificateAuthority::load(&f.dir.path().join("ca")).expect("load CA");
-    assert_eq!(ca.sign_csr(&csr, &SignRequest::default()).expect_err("weak"), CsrError::WeakKey(1024));
+    assert_eq!(
+        ca.sign_csr(&csr, &SignRequest::default())
+            .expect_err("weak"),
+        CsrError::WeakKey(1024)
+    );
 
     // RSA-2048 from OpenSSL is fine, and so is OpenSSL's CSR encoding.
     let key2048 = f.dir.path().join("rsa2048.key");
     let key2048_s = key2048.to_str().expect("utf-8");
-    openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key2048_s]);
-    let csr = openssl(&["req", "-new", "-key", key2048_s, "-subj", "/O=test", "-addext", &format!("subjectAltName=URI:{ID}")]).stdout;
-    let issued = ca.sign_csr(&csr, &SignRequest::default()).expect("PEM CSR from OpenSSL");
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        key2048_s,
+    ]);
+    let csr = openssl(&[
+        "req",
+        "-new",
+        "-key",
+        key2048_s,
+        "-subj",
+        "/O=test",
+        "-addext",
+        &format!("subjectAltName=URI:{ID}"),
+    ])
+    .stdout;
+    let issued = ca
+        .sign_csr(&csr, &SignRequest::default())
+        .expect("PEM CSR from OpenSSL");
     assert_eq!(f.check(&issued.chain[0]), Ok(()));
 }
 
@@ -185,13 +290,31 @@ fn openssl_csr_asking_for_ca_rights_is_refused() {
     let f = Fixture::new();
     let key = f.dir.path().join("p256.key");
     let key_s = key.to_str().expect("utf-8");
-    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key_s]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        key_s,
+    ]);
     let csr = openssl(&[
-        "req", "-new", "-key", key_s, "-subj", "/O=test",
-        "-addext", &format!("subjectAltName=URI:{ID}"),
-        "-addext", "basicConstraints=critical,CA:TRUE",
+        "req",
+        "-new",
+        "-key",
+        key_s,
+        "-subj",
+        "/O=test",
+        "-addext",
+        &format!("subjectAltName=URI:{ID}"),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
     ])
     .stdout;
     let ca = CertificateAuthority::load(&f.dir.path().join("ca")).expect("load CA");
-    assert_eq!(ca.sign_csr(&csr, &SignRequest::default()).expect_err("CA"), CsrError::RequestsCa("basicConstraints cA=true"));
+    assert_eq!(
+        ca.sign_csr(&csr, &SignRequest::default()).expect_err("CA"),
+        CsrError::RequestsCa("basicConstraints cA=true")
+    );
 }

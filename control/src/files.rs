@@ -76,7 +76,10 @@ mod tests {
         write_new(&key, b"secret", PRIVATE_MODE).expect("first write");
         let mode = std::fs::metadata(&key).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(matches!(write_new(&key, b"other", PRIVATE_MODE), Err(FileError::Exists(_))));
+        assert!(matches!(
+            write_new(&key, b"other", PRIVATE_MODE),
+            Err(FileError::Exists(_))
+        ));
         assert_eq!(std::fs::read(&key).expect("read"), b"secret");
     }
 
@@ -89,6 +92,10 @@ mod tests {
         assert_eq!(std::fs::read(&key).expect("read"), b"two");
         let mode = std::fs::metadata(&key).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1, "no temp file left");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("ls").count(),
+            1,
+            "no temp file left"
+        );
     }
 }

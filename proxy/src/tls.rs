@@ -11,7 +11,9 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, ServerConfig};
 
-use crate::identity::{ExpectedIdentity, SpiffeClientVerifier, SpiffeServerVerifier, SvidResolver, SvidStore};
+use crate::identity::{
+    ExpectedIdentity, SpiffeClientVerifier, SpiffeServerVerifier, SvidResolver, SvidStore,
+};
 
 /// The process's one crypto provider.
 pub fn crypto_provider() -> &'static Arc<CryptoProvider> {

@@ -8,8 +8,12 @@ use super::read_file;
 use crate::CaInitArgs;
 
 pub fn init(args: CaInitArgs) -> anyhow::Result<ExitCode> {
-    let trust_domain = TrustDomain::new(&args.trust_domain)
-        .with_context(|| format!("--trust-domain {:?} is not a valid trust domain", args.trust_domain))?;
+    let trust_domain = TrustDomain::new(&args.trust_domain).with_context(|| {
+        format!(
+            "--trust-domain {:?} is not a valid trust domain",
+            args.trust_domain
+        )
+    })?;
     let mut options = InitOptions::new(trust_domain);
     options.ca_ttl = args.ca_ttl;
     options.default_svid_ttl = args.default_svid_ttl;
@@ -22,10 +26,24 @@ pub fn init(args: CaInitArgs) -> anyhow::Result<ExitCode> {
         });
     }
     let ca = CertificateAuthority::init(&args.dir, &options)?;
-    let kind = if options.parent.is_some() { "intermediate CA" } else { "root CA" };
-    println!("created {kind} for trust domain {} in {}", ca.trust_domain(), args.dir.display());
-    println!("  valid until:  {}", Timestamp::from_system_time(ca.not_after()));
+    let kind = if options.parent.is_some() {
+        "intermediate CA"
+    } else {
+        "root CA"
+    };
+    println!(
+        "created {kind} for trust domain {} in {}",
+        ca.trust_domain(),
+        args.dir.display()
+    );
+    println!(
+        "  valid until:  {}",
+        Timestamp::from_system_time(ca.not_after())
+    );
     println!("  trust bundle: {}", args.dir.join("bundle.pem").display());
-    println!("  signing key:  {} (mode 0600)", args.dir.join("ca.key").display());
+    println!(
+        "  signing key:  {} (mode 0600)",
+        args.dir.join("ca.key").display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -23,11 +23,18 @@ pub fn issue(args: SvidIssueArgs) -> anyhow::Result<ExitCode> {
         bound_id: Some(spiffe_id),
         ttl: args.ttl,
     };
-    let svid = ca.sign_csr(&kc.csr_der, &request).context("the CA refused to sign")?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let svid = ca
+        .sign_csr(&kc.csr_der, &request)
+        .context("the CA refused to sign")?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
     // Key first, then certificate: a watcher that reads in between sees a
     // mismatched pair and keeps its last good SVID.
-    let (key, cert, bundle) = (args.out.join("svid.key"), args.out.join("svid.pem"), args.out.join("bundle.pem"));
+    let (key, cert, bundle) = (
+        args.out.join("svid.key"),
+        args.out.join("svid.pem"),
+        args.out.join("bundle.pem"),
+    );
     write_replace(&key, kc.key_pem.as_bytes(), PRIVATE_MODE)?;
     write_replace(&cert, svid.chain_pem().as_bytes(), PUBLIC_MODE)?;
     write_replace(&bundle, ca.bundle().to_pem().as_bytes(), PUBLIC_MODE)?;
@@ -60,7 +67,8 @@ struct InspectOutput {
 pub fn inspect(args: SvidInspectArgs) -> anyhow::Result<ExitCode> {
     let file = args.file.display().to_string();
     let bytes = read_file(&args.file)?;
-    let chain: Vec<CertificateDer<'static>> = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+    let chain: Vec<CertificateDer<'static>> = if bytes.trim_ascii_start().starts_with(b"-----BEGIN")
+    {
         CertificateDer::pem_slice_iter(&bytes)
             .collect::<Result<_, _>>()
             .map_err(|e| anyhow::anyhow!("{file}: malformed PEM: {e}"))?
@@ -86,7 +94,14 @@ pub fn inspect(args: SvidInspectArgs) -> anyhow::Result<ExitCode> {
             let bundles = TrustBundleSet::new().with(bundle);
             let mut result = Ok(());
             for role in [PeerRole::Client, PeerRole::Server] {
-                if let Err(e) = verify_peer_svid(&bundles, leaf, &chain[1..], UnixTime::now(), role, &ExpectedIdentity::AnyTrusted) {
+                if let Err(e) = verify_peer_svid(
+                    &bundles,
+                    leaf,
+                    &chain[1..],
+                    UnixTime::now(),
+                    role,
+                    &ExpectedIdentity::AnyTrusted,
+                ) {
                     result = Err(e.to_string());
                     break;
                 }
@@ -116,7 +131,11 @@ pub fn inspect(args: SvidInspectArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_text(&out);
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn print_text(out: &InspectOutput) {
@@ -156,4 +175,3 @@ fn describe_left(seconds: i64) -> String {
         format!("expired {} ago", human(seconds.unsigned_abs()))
     }
 }
-

@@ -7,11 +7,16 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use warden_proxy::identity::{SpiffeId, Svid, SvidLeaf, SvidStore, Timestamp, TrustBundle, TrustBundleSet, peer_spiffe_id};
+use warden_proxy::identity::{
+    SpiffeId, Svid, SvidLeaf, SvidStore, Timestamp, TrustBundle, TrustBundleSet, peer_spiffe_id,
+};
 
 pub fn warden_bin() -> &'static str {
     env!("CARGO_BIN_EXE_warden")
@@ -44,12 +49,28 @@ pub fn path_str(p: &Path) -> &str {
 
 /// `warden ca init` in `dir`.
 pub fn ca_init(dir: &Path, trust_domain: &str) {
-    warden_ok(&["ca", "init", "--trust-domain", trust_domain, "--dir", path_str(dir)]);
+    warden_ok(&[
+        "ca",
+        "init",
+        "--trust-domain",
+        trust_domain,
+        "--dir",
+        path_str(dir),
+    ]);
 }
 
 /// `warden svid issue` into `out`; returns the out dir.
 pub fn svid_issue(ca_dir: &Path, id: &str, out: &Path) -> PathBuf {
-    warden_ok(&["svid", "issue", "--ca-dir", path_str(ca_dir), "--spiffe-id", id, "--out", path_str(out)]);
+    warden_ok(&[
+        "svid",
+        "issue",
+        "--ca-dir",
+        path_str(ca_dir),
+        "--spiffe-id",
+        id,
+        "--out",
+        path_str(out),
+    ]);
     out.to_owned()
 }
 
@@ -83,8 +104,12 @@ pub struct RawCa {
 
 impl RawCa {
     pub fn load(ca_dir: &Path) -> Self {
-        let key = KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca.key")).expect("ca.key")).expect("key");
-        let cert = CertificateDer::from_pem_slice_first(&std::fs::read(ca_dir.join("ca.crt")).expect("ca.crt"));
+        let key =
+            KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca.key")).expect("ca.key"))
+                .expect("key");
+        let cert = CertificateDer::from_pem_slice_first(
+            &std::fs::read(ca_dir.join("ca.crt")).expect("ca.crt"),
+        );
         RawCa {
             issuer: Issuer::from_ca_cert_der(&cert, key).expect("issuer"),
         }
@@ -105,7 +130,10 @@ trait FirstPem {
 impl FirstPem for CertificateDer<'static> {
     fn from_pem_slice_first(pem: &[u8]) -> CertificateDer<'static> {
         use rustls::pki_types::pem::PemObject;
-        CertificateDer::pem_slice_iter(pem).next().expect("a certificate").expect("PEM")
+        CertificateDer::pem_slice_iter(pem)
+            .next()
+            .expect("a certificate")
+            .expect("PEM")
     }
 }
 
@@ -114,11 +142,19 @@ impl FirstPem for CertificateDer<'static> {
 pub fn svid_params(uris: &[&str]) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::OrganizationName, "test");
-    params.subject_alt_names = uris.iter().map(|u| SanType::URI((*u).try_into().expect("ia5"))).collect();
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "test");
+    params.subject_alt_names = uris
+        .iter()
+        .map(|u| SanType::URI((*u).try_into().expect("ia5")))
+        .collect();
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     let now = SystemTime::now();
     params.not_before = (now - Duration::from_secs(60)).into();
     params.not_after = (now + Duration::from_secs(3600)).into();
@@ -136,24 +172,34 @@ pub struct Accepted {
 /// newline. Handshake outcomes are sent to the returned channel.
 pub async fn spawn_identity_server(
     config: Arc<rustls::ServerConfig>,
-) -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Accepted>, tokio::task::JoinHandle<()>) {
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Accepted>,
+    tokio::task::JoinHandle<()>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let peer = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                let peer = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+                {
                     Err(_) => Err("handshake timed out".to_string()),
                     Ok(Err(e)) => Err(warden_proxy::identity::describe_io_error(&e)),
                     Ok(Ok(mut tls)) => {
                         let peer = match tls.get_ref().1.peer_certificates() {
                             None => Ok(None),
-                            Some(chain) => peer_spiffe_id(chain).map(Some).map_err(|e| e.to_string()),
+                            Some(chain) => {
+                                peer_spiffe_id(chain).map(Some).map_err(|e| e.to_string())
+                            }
                         };
                         let line = match &peer {
                             Ok(Some(id)) => format!("{id}\n"),
@@ -182,7 +228,10 @@ pub struct Connected {
 
 /// Connects, completes the handshake and reads the server's line. Any
 /// failure (handshake, or the server closing on us) is an `Err`.
-pub async fn connect(config: Arc<rustls::ClientConfig>, addr: std::net::SocketAddr) -> Result<Connected, String> {
+pub async fn connect(
+    config: Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+) -> Result<Connected, String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let connector = tokio_rustls::TlsConnector::from(config);
     let name = ServerName::try_from("warden.test").expect("name");
@@ -235,13 +284,20 @@ impl FixedCert {
         use rustls::pki_types::PrivateKeyDer;
         use rustls::pki_types::pem::PemObject;
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key");
-        let signing = warden_proxy::tls::crypto_provider().key_provider.load_private_key(key).expect("load key");
+        let signing = warden_proxy::tls::crypto_provider()
+            .key_provider
+            .load_private_key(key)
+            .expect("load key");
         FixedCert(Arc::new(rustls::sign::CertifiedKey::new(chain, signing)))
     }
 }
 
 impl rustls::client::ResolvesClientCert for FixedCert {
-    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
         Some(self.0.clone())
     }
     fn has_certs(&self) -> bool {
@@ -250,7 +306,10 @@ impl rustls::client::ResolvesClientCert for FixedCert {
 }
 
 impl rustls::server::ResolvesServerCert for FixedCert {
-    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
         Some(self.0.clone())
     }
 }
@@ -266,12 +325,13 @@ pub fn client_presenting(
     let store = Arc::new(SvidStore::new());
     store.set_bundles(bundles);
     let verifier = warden_proxy::identity::SpiffeServerVerifier::new(store, expected);
-    let config = rustls::ClientConfig::builder_with_provider(warden_proxy::tls::crypto_provider().clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_cert_resolver(Arc::new(FixedCert::new(chain, key_pem)));
+    let config =
+        rustls::ClientConfig::builder_with_provider(warden_proxy::tls::crypto_provider().clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_cert_resolver(Arc::new(FixedCert::new(chain, key_pem)));
     Arc::new(config)
 }
 
@@ -284,11 +344,16 @@ pub fn server_presenting(
 ) -> Arc<rustls::ServerConfig> {
     let store = Arc::new(SvidStore::new());
     store.set_bundles(bundles);
-    let verifier = warden_proxy::identity::SpiffeClientVerifier::new(store, warden_proxy::identity::ExpectedIdentity::AnyTrusted, true);
-    let config = rustls::ServerConfig::builder_with_provider(warden_proxy::tls::crypto_provider().clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("versions")
-        .with_client_cert_verifier(Arc::new(verifier))
-        .with_cert_resolver(Arc::new(FixedCert::new(chain, key_pem)));
+    let verifier = warden_proxy::identity::SpiffeClientVerifier::new(
+        store,
+        warden_proxy::identity::ExpectedIdentity::AnyTrusted,
+        true,
+    );
+    let config =
+        rustls::ServerConfig::builder_with_provider(warden_proxy::tls::crypto_provider().clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .with_client_cert_verifier(Arc::new(verifier))
+            .with_cert_resolver(Arc::new(FixedCert::new(chain, key_pem)));
     Arc::new(config)
 }

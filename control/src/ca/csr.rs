@@ -99,7 +99,10 @@ pub(crate) fn check(csr_der: &[u8]) -> Result<CheckedCsr, CsrError> {
     let (rest, csr) = X509CertificationRequest::from_der(csr_der)
         .map_err(|e| CsrError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(CsrError::Malformed(format!("{} trailing bytes", rest.len())));
+        return Err(CsrError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
     }
     // The key first: a weak key deserves that reason, not "bad signature"
     // (ring cannot verify RSA signatures under 2048 bits at all).
@@ -138,10 +141,12 @@ pub(crate) fn check(csr_der: &[u8]) -> Result<CheckedCsr, CsrError> {
     }
     let requested_id = match uris.as_slice() {
         [] => None,
-        [uri] => Some(SpiffeId::parse(uri).map_err(|reason| CsrError::InvalidSpiffeId {
-            uri: uri.clone(),
-            reason,
-        })?),
+        [uri] => Some(
+            SpiffeId::parse(uri).map_err(|reason| CsrError::InvalidSpiffeId {
+                uri: uri.clone(),
+                reason,
+            })?,
+        ),
         many => return Err(CsrError::MultipleUriSans(many.len())),
     };
     Ok(CheckedCsr {

@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, DistinguishedName, PublicKeyData, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber, SubjectPublicKeyInfo,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
+    SubjectPublicKeyInfo,
 };
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -129,7 +130,10 @@ pub struct IssuedSvid {
 
 impl IssuedSvid {
     pub fn chain_pem(&self) -> String {
-        self.chain.iter().map(|c| pem_encode("CERTIFICATE", c)).collect()
+        self.chain
+            .iter()
+            .map(|c| pem_encode("CERTIFICATE", c))
+            .collect()
     }
 }
 
@@ -156,7 +160,9 @@ fn ca_params(trust_domain: &TrustDomain, ttl: Duration, path_len: Option<u8>) ->
     params
         .distinguished_name
         .push(DnType::CommonName, format!("Warden CA {trust_domain}"));
-    params.distinguished_name.push(DnType::OrganizationName, "Warden");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Warden");
     params.is_ca = IsCa::Ca(match path_len {
         Some(n) => BasicConstraints::Constrained(n),
         None => BasicConstraints::Unconstrained,
@@ -236,12 +242,15 @@ impl CertificateAuthority {
             source,
         })?;
 
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| CaError::Generate(e.to_string()))?;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| CaError::Generate(e.to_string()))?;
         let td = &options.trust_domain;
         let (cert_der, intermediates, roots) = match &options.parent {
             None => {
                 let params = ca_params(td, options.ca_ttl, None);
-                let cert = params.self_signed(&key).map_err(|e| CaError::Generate(e.to_string()))?;
+                let cert = params
+                    .self_signed(&key)
+                    .map_err(|e| CaError::Generate(e.to_string()))?;
                 (cert.der().clone(), Vec::new(), vec![cert.der().clone()])
             }
             Some(parent) => {
@@ -250,15 +259,22 @@ impl CertificateAuthority {
                 let parent_cert = parent_chain
                     .first()
                     .ok_or_else(|| invalid(parent_path, "holds no certificate"))?;
-                let parent_key = KeyPair::from_pem(&parent.key_pem)
-                    .map_err(|e| invalid(Path::new("--root-key"), format!("unreadable key: {e}")))?;
+                let parent_key = KeyPair::from_pem(&parent.key_pem).map_err(|e| {
+                    invalid(Path::new("--root-key"), format!("unreadable key: {e}"))
+                })?;
                 let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(parent_cert)
                     .map_err(|e| invalid(parent_path, format!("not a certificate: {e}")))?;
                 if parsed.public_key().raw != parent_key.subject_public_key_info().as_slice() {
-                    return Err(invalid(Path::new("--root-key"), "the key does not belong to the --root-cert certificate"));
+                    return Err(invalid(
+                        Path::new("--root-key"),
+                        "the key does not belong to the --root-cert certificate",
+                    ));
                 }
                 if !parsed.is_ca() {
-                    return Err(invalid(parent_path, "the certificate is not a CA (basicConstraints cA=false)"));
+                    return Err(invalid(
+                        parent_path,
+                        "the certificate is not a CA (basicConstraints cA=false)",
+                    ));
                 }
                 let parent_not_after = cert_not_after(parent_path, parent_cert)?;
                 let ttl = parent_not_after
@@ -268,30 +284,58 @@ impl CertificateAuthority {
                 let issuer = Issuer::from_ca_cert_der(parent_cert, parent_key)
                     .map_err(|e| invalid(parent_path, format!("cannot sign with it: {e}")))?;
                 let params = ca_params(td, ttl, Some(0));
-                let cert = params
-                    .signed_by(&key, &issuer)
-                    .map_err(|e| invalid(Path::new("--root-key"), format!("signing failed (does the key match the certificate?): {e}")))?;
+                let cert = params.signed_by(&key, &issuer).map_err(|e| {
+                    invalid(
+                        Path::new("--root-key"),
+                        format!("signing failed (does the key match the certificate?): {e}"),
+                    )
+                })?;
                 let mut intermediates = vec![cert.der().clone()];
                 // The parent's chain minus its root goes on the wire too.
-                let root = parent_chain.last().cloned().unwrap_or_else(|| parent_cert.clone());
-                intermediates.extend(parent_chain.iter().take(parent_chain.len().saturating_sub(1)).cloned());
+                let root = parent_chain
+                    .last()
+                    .cloned()
+                    .unwrap_or_else(|| parent_cert.clone());
+                intermediates.extend(
+                    parent_chain
+                        .iter()
+                        .take(parent_chain.len().saturating_sub(1))
+                        .cloned(),
+                );
                 (cert.der().clone(), intermediates, vec![root])
             }
         };
-        let bundle = TrustBundle::new(td.clone(), roots).map_err(|e| CaError::Generate(e.to_string()))?;
+        let bundle =
+            TrustBundle::new(td.clone(), roots).map_err(|e| CaError::Generate(e.to_string()))?;
         let settings = CaSettings {
             trust_domain: td.clone(),
             default_svid_ttl_secs: options.default_svid_ttl.as_secs(),
             max_svid_ttl_secs: options.max_svid_ttl.as_secs(),
         };
-        let chain_pem: String = intermediates.iter().map(|c| pem_encode("CERTIFICATE", c)).collect();
+        let chain_pem: String = intermediates
+            .iter()
+            .map(|c| pem_encode("CERTIFICATE", c))
+            .collect();
         // The key first: if anything after it fails, the CA is incomplete but
         // nothing is overwritten on the next attempt by accident.
-        files::write_new(&dir.join(KEY_FILE), key.serialize_pem().as_bytes(), PRIVATE_MODE)?;
-        files::write_new(&dir.join(CERT_FILE), pem_encode("CERTIFICATE", &cert_der).as_bytes(), PUBLIC_MODE)?;
+        files::write_new(
+            &dir.join(KEY_FILE),
+            key.serialize_pem().as_bytes(),
+            PRIVATE_MODE,
+        )?;
+        files::write_new(
+            &dir.join(CERT_FILE),
+            pem_encode("CERTIFICATE", &cert_der).as_bytes(),
+            PUBLIC_MODE,
+        )?;
         files::write_new(&dir.join(CHAIN_FILE), chain_pem.as_bytes(), PUBLIC_MODE)?;
-        files::write_new(&dir.join(BUNDLE_FILE), bundle.to_pem().as_bytes(), PUBLIC_MODE)?;
-        let json = serde_json::to_vec_pretty(&settings).map_err(|e| CaError::Generate(e.to_string()))?;
+        files::write_new(
+            &dir.join(BUNDLE_FILE),
+            bundle.to_pem().as_bytes(),
+            PUBLIC_MODE,
+        )?;
+        let json =
+            serde_json::to_vec_pretty(&settings).map_err(|e| CaError::Generate(e.to_string()))?;
         files::write_new(&dir.join(CONFIG_FILE), &json, PUBLIC_MODE)?;
         Self::load(dir)
     }
@@ -310,10 +354,13 @@ impl CertificateAuthority {
             .next()
             .ok_or_else(|| invalid(&cert_path, "holds no certificate"))?;
         let key_path = dir.join(KEY_FILE);
-        let key_pem = String::from_utf8(read(&key_path)?).map_err(|_| invalid(&key_path, "not PEM text"))?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(&key_path, format!("unreadable key: {e}")))?;
+        let key_pem =
+            String::from_utf8(read(&key_path)?).map_err(|_| invalid(&key_path, "not PEM text"))?;
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| invalid(&key_path, format!("unreadable key: {e}")))?;
         let not_after = cert_not_after(&cert_path, &cert_der)?;
-        let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| invalid(&cert_path, e))?;
+        let issuer =
+            Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| invalid(&cert_path, e))?;
         let chain_path = dir.join(CHAIN_FILE);
         let intermediates = parse_certs(&chain_path, &read(&chain_path)?)?;
         let bundle_path = dir.join(BUNDLE_FILE);
@@ -389,11 +436,13 @@ impl CertificateAuthority {
             return Err(CsrError::CaExpired);
         }
 
-        let public_key =
-            SubjectPublicKeyInfo::from_der(&checked.spki_der).map_err(|e| CsrError::UnsupportedKey(e.to_string()))?;
+        let public_key = SubjectPublicKeyInfo::from_der(&checked.spki_der)
+            .map_err(|e| CsrError::UnsupportedKey(e.to_string()))?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::OrganizationName, "Warden");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Warden");
         let uri = spiffe_id
             .as_str()
             .try_into()
@@ -401,7 +450,10 @@ impl CertificateAuthority {
         params.subject_alt_names = vec![SanType::URI(uri)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.not_before = not_before.into();
         params.not_after = not_after.into();
         let serial = random_serial();
@@ -416,7 +468,11 @@ impl CertificateAuthority {
         chain.extend(self.intermediates.iter().cloned());
         Ok(IssuedSvid {
             spiffe_id,
-            serial: serial.to_bytes().iter().map(|b| format!("{b:02x}")).collect(),
+            serial: serial
+                .to_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
             not_before: Timestamp::from_system_time(not_before),
             not_after: Timestamp::from_system_time(not_after),
             chain,

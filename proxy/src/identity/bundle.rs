@@ -95,7 +95,10 @@ impl TrustBundle {
             let [cert] = key.x5c.as_slice() else {
                 return Err(BundleError::JsonKey {
                     index,
-                    reason: format!("x509-svid key must carry exactly one x5c entry, found {}", key.x5c.len()),
+                    reason: format!(
+                        "x509-svid key must carry exactly one x5c entry, found {}",
+                        key.x5c.len()
+                    ),
                 });
             };
             let der = BASE64.decode(cert).map_err(|e| BundleError::JsonKey {
@@ -132,7 +135,10 @@ impl TrustBundle {
     }
 
     pub fn to_pem(&self) -> String {
-        self.roots.iter().map(|der| pem_encode("CERTIFICATE", der)).collect()
+        self.roots
+            .iter()
+            .map(|der| pem_encode("CERTIFICATE", der))
+            .collect()
     }
 
     /// The SPIFFE bundle JSON form.
@@ -158,8 +164,18 @@ impl TrustBundle {
 fn key_type(der: &[u8]) -> &'static str {
     use x509_parser::prelude::FromDer;
     match x509_parser::certificate::X509Certificate::from_der(der) {
-        Ok((_, cert)) if cert.public_key().algorithm.algorithm == x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION => "RSA",
-        Ok((_, cert)) if cert.public_key().algorithm.algorithm == x509_parser::oid_registry::OID_SIG_ED25519 => "OKP",
+        Ok((_, cert))
+            if cert.public_key().algorithm.algorithm
+                == x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION =>
+        {
+            "RSA"
+        }
+        Ok((_, cert))
+            if cert.public_key().algorithm.algorithm
+                == x509_parser::oid_registry::OID_SIG_ED25519 =>
+        {
+            "OKP"
+        }
         _ => "EC",
     }
 }
@@ -248,7 +264,9 @@ mod tests {
         let key = rcgen::KeyPair::generate().expect("keygen");
         let mut params = rcgen::CertificateParams::default();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         params.self_signed(&key).expect("self-signed").der().clone()
     }
 
@@ -258,8 +276,10 @@ mod tests {
 
     #[test]
     fn pem_and_json_round_trip() {
-        let bundle = TrustBundle::new(td("example.org"), vec![root_der("a"), root_der("b")]).expect("bundle");
-        let from_pem = TrustBundle::from_bytes(td("example.org"), bundle.to_pem().as_bytes()).expect("pem");
+        let bundle = TrustBundle::new(td("example.org"), vec![root_der("a"), root_der("b")])
+            .expect("bundle");
+        let from_pem =
+            TrustBundle::from_bytes(td("example.org"), bundle.to_pem().as_bytes()).expect("pem");
         assert_eq!(from_pem, bundle);
         let json = bundle.to_spiffe_json();
         assert!(json.contains("\"use\": \"x509-svid\""), "{json}");
@@ -283,18 +303,33 @@ mod tests {
 
     #[test]
     fn bad_bundles_are_refused() {
-        assert_eq!(TrustBundle::from_pem(td("td"), b""), Err(BundleError::Empty("td".into())));
+        assert_eq!(
+            TrustBundle::from_pem(td("td"), b""),
+            Err(BundleError::Empty("td".into()))
+        );
         assert!(matches!(
-            TrustBundle::from_pem(td("td"), b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n"),
+            TrustBundle::from_pem(
+                td("td"),
+                b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n"
+            ),
             Err(BundleError::Pem(_))
         ));
         assert!(matches!(
-            TrustBundle::new(td("td"), vec![CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])]),
+            TrustBundle::new(
+                td("td"),
+                vec![CertificateDer::from(vec![0x30, 0x03, 1, 2, 3])]
+            ),
             Err(BundleError::BadAnchor { index: 0, .. })
         ));
-        assert!(matches!(TrustBundle::from_spiffe_json(td("td"), b"{"), Err(BundleError::Json(_))));
         assert!(matches!(
-            TrustBundle::from_spiffe_json(td("td"), br#"{"keys":[{"use":"x509-svid","x5c":["%%"]}]}"#),
+            TrustBundle::from_spiffe_json(td("td"), b"{"),
+            Err(BundleError::Json(_))
+        ));
+        assert!(matches!(
+            TrustBundle::from_spiffe_json(
+                td("td"),
+                br#"{"keys":[{"use":"x509-svid","x5c":["%%"]}]}"#
+            ),
             Err(BundleError::JsonKey { index: 0, .. })
         ));
         assert!(matches!(

@@ -29,10 +29,7 @@ pub enum FileSourceError {
         source: SvidLoadError,
     },
     #[error("{path}: {source}")]
-    Bundle {
-        path: PathBuf,
-        source: BundleError,
-    },
+    Bundle { path: PathBuf, source: BundleError },
     #[error("{path} does not validate the SVID: {source}")]
     Chain { path: PathBuf, source: SvidError },
 }
@@ -52,7 +49,11 @@ type Snapshot = Vec<Vec<u8>>;
 impl FileSource {
     /// `cert`: the SVID chain, leaf first; `key`: its private key; `bundle`:
     /// the roots of the SVID's own trust domain (PEM or SPIFFE JSON).
-    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>, bundle: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+        bundle: impl Into<PathBuf>,
+    ) -> Self {
         FileSource {
             cert: cert.into(),
             key: key.into(),
@@ -89,7 +90,9 @@ impl FileSource {
         let svid = Svid::from_pem(&snapshot[0], &snapshot[1]).map_err(|source| {
             // A mismatch is about the pair; name the key, the file that
             // usually changed first.
-            let path = if source == SvidLoadError::KeyMismatch || matches!(source, SvidLoadError::Key(_)) {
+            let path = if source == SvidLoadError::KeyMismatch
+                || matches!(source, SvidLoadError::Key(_))
+            {
                 self.key.clone()
             } else {
                 self.cert.clone()
@@ -143,14 +146,21 @@ impl FileSource {
                 if last_seen.as_ref() == Some(&snapshot) {
                     continue;
                 }
-                match self.parse(&snapshot).map(|u| store.install(u.svid, u.bundles)) {
+                match self
+                    .parse(&snapshot)
+                    .map(|u| store.install(u.svid, u.bundles))
+                {
                     Ok(Ok(())) => {
                         if let Some(svid) = store.current() {
                             tracing::info!(spiffe_id = %svid.spiffe_id(), serial = svid.serial(), "SVID loaded from files");
                         }
                     }
-                    Ok(Err(e)) => tracing::warn!(error = %e, "SVID files rejected; keeping the current SVID"),
-                    Err(e) => tracing::warn!(error = %e, "SVID files not consistent (yet); keeping the current SVID"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "SVID files rejected; keeping the current SVID")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "SVID files not consistent (yet); keeping the current SVID")
+                    }
                 }
                 last_seen = Some(snapshot);
             }

@@ -1,7 +1,9 @@
 //! Key and CSR generation. Keys are made where they are used (the sidecar)
 //! and never leave it: only the CSR travels to the CA.
 
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256, SanType,
+};
 
 use super::spiffe_id::SpiffeId;
 
@@ -20,10 +22,13 @@ pub struct KeygenError(String);
 /// Generates an ECDSA P-256 key and a CSR carrying `spiffe_id` as its only
 /// URI SAN.
 pub fn new_key_and_csr(spiffe_id: &SpiffeId) -> Result<KeyAndCsr, KeygenError> {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| KeygenError(e.to_string()))?;
+    let key =
+        KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| KeygenError(e.to_string()))?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::OrganizationName, "Warden");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Warden");
     let uri = spiffe_id
         .as_str()
         .try_into()

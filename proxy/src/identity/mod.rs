@@ -17,8 +17,10 @@ pub use keygen::{KeyAndCsr, KeygenError, new_key_and_csr};
 pub use rotation::{RotationPolicy, SvidSource, SvidUpdate, run_rotation};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use store::{Svid, SvidLoadError, SvidResolver, SvidStore};
-pub use svid::{LeafReport, LeafRule, SvidError, SvidLeaf, Timestamp, inspect_leaf, peer_spiffe_id};
+pub use svid::{
+    LeafReport, LeafRule, SvidError, SvidLeaf, Timestamp, inspect_leaf, peer_spiffe_id,
+};
 pub use verify::{
-    ExpectedIdentity, PeerRole, SpiffeClientVerifier, SpiffeServerVerifier, describe_io_error, describe_tls_error,
-    verify_peer_svid,
+    ExpectedIdentity, PeerRole, SpiffeClientVerifier, SpiffeServerVerifier, describe_io_error,
+    describe_tls_error, verify_peer_svid,
 };

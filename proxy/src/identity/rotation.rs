@@ -50,7 +50,8 @@ impl RotationPolicy {
         jitter: f64,
     ) -> Duration {
         let lifetime = not_after.duration_since(not_before).unwrap_or_default();
-        let fraction = (self.refresh_fraction + self.jitter_fraction * jitter.clamp(-1.0, 1.0)).clamp(0.0, 1.0);
+        let fraction = (self.refresh_fraction + self.jitter_fraction * jitter.clamp(-1.0, 1.0))
+            .clamp(0.0, 1.0);
         let refresh_at = not_before + lifetime.mul_f64(fraction);
         refresh_at.duration_since(now).unwrap_or_default()
     }
@@ -128,7 +129,10 @@ pub async fn run_rotation<S: SvidSource>(
         };
         let outcome = match fetched {
             Ok(update) => {
-                let (id, serial) = (update.svid.spiffe_id().clone(), update.svid.serial().to_owned());
+                let (id, serial) = (
+                    update.svid.spiffe_id().clone(),
+                    update.svid.serial().to_owned(),
+                );
                 store
                     .install(update.svid, update.bundles)
                     .map(|()| (id, serial))
@@ -163,22 +167,42 @@ mod tests {
         let policy = RotationPolicy::default();
         let nb = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let na = nb + HOUR;
-        assert_eq!(policy.refresh_delay(nb, na, nb, 0.0), Duration::from_secs(1800));
-        assert_eq!(policy.refresh_delay(nb, na, nb, -1.0), Duration::from_secs(1440));
-        assert_eq!(policy.refresh_delay(nb, na, nb, 1.0), Duration::from_secs(2160));
+        assert_eq!(
+            policy.refresh_delay(nb, na, nb, 0.0),
+            Duration::from_secs(1800)
+        );
+        assert_eq!(
+            policy.refresh_delay(nb, na, nb, -1.0),
+            Duration::from_secs(1440)
+        );
+        assert_eq!(
+            policy.refresh_delay(nb, na, nb, 1.0),
+            Duration::from_secs(2160)
+        );
         // Measured from now, not from issuance.
         let later = nb + Duration::from_secs(600);
-        assert_eq!(policy.refresh_delay(nb, na, later, 0.0), Duration::from_secs(1200));
+        assert_eq!(
+            policy.refresh_delay(nb, na, later, 0.0),
+            Duration::from_secs(1200)
+        );
         // Past the refresh point: refresh now.
-        assert_eq!(policy.refresh_delay(nb, na, nb + Duration::from_secs(3000), 0.0), Duration::ZERO);
+        assert_eq!(
+            policy.refresh_delay(nb, na, nb + Duration::from_secs(3000), 0.0),
+            Duration::ZERO
+        );
         // Out-of-range jitter is clamped.
-        assert_eq!(policy.refresh_delay(nb, na, nb, 7.0), Duration::from_secs(2160));
+        assert_eq!(
+            policy.refresh_delay(nb, na, nb, 7.0),
+            Duration::from_secs(2160)
+        );
     }
 
     #[test]
     fn backoff_doubles_and_caps() {
         let policy = RotationPolicy::default();
-        let delays: Vec<u64> = (1..=9).map(|n| policy.backoff_delay(n, 0.0).as_secs()).collect();
+        let delays: Vec<u64> = (1..=9)
+            .map(|n| policy.backoff_delay(n, 0.0).as_secs())
+            .collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
         assert_eq!(policy.backoff_delay(u32::MAX, 0.0), Duration::from_secs(60));
         assert_eq!(policy.backoff_delay(7, 1.0), Duration::from_secs(54));

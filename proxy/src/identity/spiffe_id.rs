@@ -199,7 +199,10 @@ fn validate_trust_domain(td: &str) -> Result<(), SpiffeIdError> {
     }
     // Byte scan: every allowed character is ASCII, so the first byte that is
     // not allowed starts the offending character.
-    if let Some(i) = td.bytes().position(|b| !matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_')) {
+    if let Some(i) = td
+        .bytes()
+        .position(|b| !matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_'))
+    {
         let c = first_char(&td[i..]);
         return Err(if c.is_ascii_uppercase() {
             SpiffeIdError::UppercaseTrustDomain(c)
@@ -249,7 +252,11 @@ fn validate_path(path: &str) -> Result<(), SpiffeIdError> {
         } else if !is_path_byte(bytes[i]) {
             let c = first_char(&path[i..]);
             // ':' and '@' are legal URI path characters, just not SPIFFE ones.
-            let feature = if c == ':' || c == '@' { None } else { forbidden_char(c) };
+            let feature = if c == ':' || c == '@' {
+                None
+            } else {
+                forbidden_char(c)
+            };
             return Err(feature.unwrap_or(SpiffeIdError::PathChar(c)));
         }
     }
@@ -322,8 +329,16 @@ mod tests {
         for (input, td, path) in [
             ("spiffe://example.org", "example.org", ""),
             ("spiffe://example.org/workload", "example.org", "/workload"),
-            ("spiffe://example.org/ns/prod/sa/api", "example.org", "/ns/prod/sa/api"),
-            ("spiffe://a-b_c.9/P.a-t_h/UPPER/x", "a-b_c.9", "/P.a-t_h/UPPER/x"),
+            (
+                "spiffe://example.org/ns/prod/sa/api",
+                "example.org",
+                "/ns/prod/sa/api",
+            ),
+            (
+                "spiffe://a-b_c.9/P.a-t_h/UPPER/x",
+                "a-b_c.9",
+                "/P.a-t_h/UPPER/x",
+            ),
             ("spiffe://td/...", "td", "/..."),
             ("spiffe://td/.x/..y", "td", "/.x/..y"),
             ("spiffe://1.2.3.4/x", "1.2.3.4", "/x"),
@@ -362,7 +377,10 @@ mod tests {
         let td255 = "a".repeat(255);
         assert!(SpiffeId::parse(&format!("spiffe://{td255}/x")).is_ok());
         let td256 = "a".repeat(256);
-        assert_eq!(err(&format!("spiffe://{td256}/x")), E::TrustDomainTooLong(256));
+        assert_eq!(
+            err(&format!("spiffe://{td256}/x")),
+            E::TrustDomainTooLong(256)
+        );
     }
 
     #[test]
@@ -411,7 +429,10 @@ mod tests {
             let id = SpiffeId::parse(other).expect("valid");
             assert_eq!(id.namespace_service_account(), None, "{other}");
         }
-        assert!(SpiffeId::from_namespace_service_account(&td, "a/b", "c").is_ok_and(|id| id.namespace_service_account().is_none()));
+        assert!(
+            SpiffeId::from_namespace_service_account(&td, "a/b", "c")
+                .is_ok_and(|id| id.namespace_service_account().is_none())
+        );
         assert_eq!(
             SpiffeId::from_namespace_service_account(&td, "", "c"),
             Err(E::EmptySegment)
@@ -420,22 +441,39 @@ mod tests {
 
     #[test]
     fn trust_domain_parsing() {
-        assert_eq!(TrustDomain::new("example.org").map(|t| t.to_string()), Ok("example.org".into()));
-        assert_eq!(TrustDomain::new("spiffe://example.org").map(|t| t.to_string()), Ok("example.org".into()));
+        assert_eq!(
+            TrustDomain::new("example.org").map(|t| t.to_string()),
+            Ok("example.org".into())
+        );
+        assert_eq!(
+            TrustDomain::new("spiffe://example.org").map(|t| t.to_string()),
+            Ok("example.org".into())
+        );
         assert!(TrustDomain::new("spiffe://example.org/x").is_err());
         assert_eq!(TrustDomain::new(""), Err(E::MissingTrustDomain));
-        assert_eq!(TrustDomain::new("EXAMPLE"), Err(E::UppercaseTrustDomain('E')));
+        assert_eq!(
+            TrustDomain::new("EXAMPLE"),
+            Err(E::UppercaseTrustDomain('E'))
+        );
         assert_eq!(TrustDomain::new("td:1"), Err(E::Port));
         let id = SpiffeId::parse("spiffe://example.org/x").expect("valid");
         assert!(id.is_member_of(&TrustDomain::new("example.org").expect("valid")));
         assert!(!id.is_member_of(&TrustDomain::new("example.com").expect("valid")));
-        assert!(TrustDomain::new("example.org").expect("valid").id().is_root());
+        assert!(
+            TrustDomain::new("example.org")
+                .expect("valid")
+                .id()
+                .is_root()
+        );
     }
 
     #[test]
     fn serde_round_trip_validates() {
         let id: SpiffeId = serde_json::from_str("\"spiffe://td/a\"").expect("valid");
-        assert_eq!(serde_json::to_string(&id).expect("serializes"), "\"spiffe://td/a\"");
+        assert_eq!(
+            serde_json::to_string(&id).expect("serializes"),
+            "\"spiffe://td/a\""
+        );
         assert!(serde_json::from_str::<SpiffeId>("\"spiffe://td/a/\"").is_err());
     }
 }

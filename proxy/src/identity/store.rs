@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use rustls::SignatureScheme;
 use rustls::client::ResolvesClientCert;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::SignatureScheme;
 use tokio::sync::watch;
 
 use super::bundle::TrustBundleSet;
@@ -85,7 +85,8 @@ impl Svid {
         let chain = CertificateDer::pem_slice_iter(chain_pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| SvidLoadError::CertPem(e.to_string()))?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| SvidLoadError::Key(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| SvidLoadError::Key(e.to_string()))?;
         Self::from_der(chain, key)
     }
 
@@ -129,7 +130,14 @@ impl Svid {
         let chain = self.chain();
         let expected = ExpectedIdentity::exactly(self.spiffe_id().clone());
         for role in [PeerRole::Client, PeerRole::Server] {
-            verify_peer_svid(bundles, &chain[0], &chain[1..], UnixTime::now(), role, &expected)?;
+            verify_peer_svid(
+                bundles,
+                &chain[0],
+                &chain[1..],
+                UnixTime::now(),
+                role,
+                &expected,
+            )?;
         }
         Ok(())
     }
@@ -146,7 +154,10 @@ impl fmt::Debug for SvidStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SvidStore")
             .field("svid", &self.svid.load().as_deref().map(Svid::spiffe_id))
-            .field("trust_domains", &self.bundles.load().trust_domains().collect::<Vec<_>>())
+            .field(
+                "trust_domains",
+                &self.bundles.load().trust_domains().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }

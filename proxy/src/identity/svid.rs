@@ -66,10 +66,17 @@ pub enum SvidError {
     Malformed(String),
     #[error("certificate {0}")]
     Rule(LeafRule),
-    #[error("no trust bundle for trust domain {0:?}: the peer's chain can only be checked against its own trust domain's bundle")]
+    #[error(
+        "no trust bundle for trust domain {0:?}: the peer's chain can only be checked against its own trust domain's bundle"
+    )]
     UnknownTrustDomain(String),
-    #[error("chain does not validate against the bundle of trust domain {trust_domain:?}: {reason}")]
-    UntrustedChain { trust_domain: String, reason: String },
+    #[error(
+        "chain does not validate against the bundle of trust domain {trust_domain:?}: {reason}"
+    )]
+    UntrustedChain {
+        trust_domain: String,
+        reason: String,
+    },
     #[error("peer identity {actual} is not the expected {expected}")]
     UnexpectedIdentity { actual: String, expected: String },
 }
@@ -109,8 +116,10 @@ impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match time::OffsetDateTime::from_unix_timestamp(self.0)
             .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        {
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            }) {
             Some(s) => f.write_str(&s),
             None => write!(f, "@{}", self.0),
         }
@@ -135,7 +144,9 @@ impl SvidLeaf {
         if let Some(rule) = report.broken.into_iter().next() {
             return Err(SvidError::Rule(rule));
         }
-        let spiffe_id = report.spiffe_id.ok_or(SvidError::Rule(LeafRule::NoUriSan))?;
+        let spiffe_id = report
+            .spiffe_id
+            .ok_or(SvidError::Rule(LeafRule::NoUriSan))?;
         Ok(SvidLeaf {
             spiffe_id,
             serial: report.serial,
@@ -273,7 +284,9 @@ fn uri_sans(cert: &X509Certificate<'_>) -> Result<Vec<String>, SvidError> {
                     }
                 }
             }
-            ParsedExtension::ParseError { error } if ext.oid == x509_parser::oid_registry::OID_X509_EXT_SUBJECT_ALT_NAME => {
+            ParsedExtension::ParseError { error }
+                if ext.oid == x509_parser::oid_registry::OID_X509_EXT_SUBJECT_ALT_NAME =>
+            {
                 return Err(SvidError::Malformed(format!("subjectAltName: {error}")));
             }
             _ => {}
@@ -298,7 +311,9 @@ pub fn check_public_key(
             Some(c) if c == OID_EC_P256 => Ok("ECDSA P-256".into()),
             Some(c) if c == OID_NIST_EC_P384 => Ok("ECDSA P-384".into()),
             Some(c) => Err(LeafRule::UnsupportedKey(format!("ECDSA on curve {c}"))),
-            None => Err(LeafRule::UnsupportedKey("ECDSA without a named curve".into())),
+            None => Err(LeafRule::UnsupportedKey(
+                "ECDSA without a named curve".into(),
+            )),
         };
     }
     if *alg == OID_SIG_ED25519 {

@@ -85,7 +85,8 @@ pub fn verify_peer_svid(
         trust_domain: td.to_owned(),
         reason,
     };
-    let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|e| untrusted(format!("{e:?}")))?;
+    let cert =
+        webpki::EndEntityCert::try_from(end_entity).map_err(|e| untrusted(format!("{e:?}")))?;
     let usage = match role {
         PeerRole::Client => webpki::KeyUsage::client_auth(),
         PeerRole::Server => webpki::KeyUsage::server_auth(),
@@ -123,7 +124,9 @@ fn signature_algorithms() -> &'static WebPkiSupportedAlgorithms {
 }
 
 fn to_rustls_error(e: SvidError) -> rustls::Error {
-    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(e))))
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        Arc::new(e),
+    )))
 }
 
 /// Server side: verifies the client's SVID.
@@ -163,9 +166,16 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let bundles = self.store.bundles();
-        verify_peer_svid(&bundles, end_entity, intermediates, now, PeerRole::Client, &self.expected)
-            .map(|_| ClientCertVerified::assertion())
-            .map_err(to_rustls_error)
+        verify_peer_svid(
+            &bundles,
+            end_entity,
+            intermediates,
+            now,
+            PeerRole::Client,
+            &self.expected,
+        )
+        .map(|_| ClientCertVerified::assertion())
+        .map_err(to_rustls_error)
     }
 
     fn verify_tls12_signature(
@@ -215,9 +225,16 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let bundles = self.store.bundles();
-        verify_peer_svid(&bundles, end_entity, intermediates, now, PeerRole::Server, &self.expected)
-            .map(|_| ServerCertVerified::assertion())
-            .map_err(to_rustls_error)
+        verify_peer_svid(
+            &bundles,
+            end_entity,
+            intermediates,
+            now,
+            PeerRole::Server,
+            &self.expected,
+        )
+        .map(|_| ServerCertVerified::assertion())
+        .map_err(to_rustls_error)
     }
 
     fn verify_tls12_signature(
@@ -256,7 +273,10 @@ pub fn describe_tls_error(e: &rustls::Error) -> String {
 
 /// [`describe_tls_error`] for the `io::Error`s that tokio-rustls returns.
 pub fn describe_io_error(e: &std::io::Error) -> String {
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
         Some(tls) => describe_tls_error(tls),
         None => e.to_string(),
     }
