@@ -89,15 +89,38 @@ async fn watcher_keeps_the_last_good_svid_until_the_files_agree() {
         .expect("store alive");
     let first = store.current().expect("loaded").serial().to_owned();
 
-    // Half a rotation: only the key changes. The store keeps the old SVID.
+    let status = watcher.status();
+    let saw = |needle: &'static str| {
+        let status = status.clone();
+        move || {
+            status
+                .borrow()
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains(needle))
+        }
+    };
+
+    // Half a rotation: only the key changes. The watcher has seen the
+    // mismatch, and the store keeps the old SVID.
     let next = svid_issue(&tmp.path().join("ca"), ID, &tmp.path().join("next"));
     std::fs::copy(next.join("svid.key"), dir.join("svid.key")).expect("copy");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eventually(
+        Duration::from_secs(10),
+        "watcher sees the mismatch",
+        saw("does not match"),
+    )
+    .await;
     assert_eq!(store.current().expect("kept").serial(), first);
 
     // Garbage written over the certificate: still the old SVID.
     std::fs::write(dir.join("svid.pem"), "garbage").expect("write");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eventually(
+        Duration::from_secs(10),
+        "watcher sees the garbage",
+        saw("no certificate found"),
+    )
+    .await;
     assert_eq!(store.current().expect("kept").serial(), first);
 
     // The matching certificate arrives: swapped.
@@ -107,7 +130,8 @@ async fn watcher_keeps_the_last_good_svid_until_the_files_agree() {
         store.current().is_some_and(|s| s.serial() == new_serial)
     })
     .await;
-    watcher.abort();
+    assert_eq!(status.borrow().last_error, None);
+    watcher.stop();
 }
 
 #[test]

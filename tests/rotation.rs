@@ -106,7 +106,7 @@ async fn rotating_files_one_at_a_time_drops_no_connection() {
             Err(e) => failures.push(e),
         }
     }
-    watcher.abort();
+    watcher.stop();
 
     assert!(
         failures.is_empty(),

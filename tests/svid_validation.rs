@@ -153,6 +153,18 @@ fn trust_rules() {
             reason: "issued by a CA that is not in the bundle".into()
         })
     );
+    // A chain to another CA of the *same* trust domain: same issuer name,
+    // different key, so only the signature check can catch it.
+    ca_init(&f.dir.path().join("rogue-same"), "example.org");
+    let rogue_same = RawCa::load(&f.dir.path().join("rogue-same"));
+    let (leaf, _) = rogue_same.sign(&svid_params(&[ID]));
+    assert_eq!(
+        f.check(&leaf),
+        Err(SvidError::UntrustedChain {
+            trust_domain: "example.org".into(),
+            reason: "a signature in the chain is invalid".into()
+        })
+    );
     // Identity matcher.
     let (good, _) = f.raw.sign(&svid_params(&[ID]));
     let expected = ExpectedIdentity::exactly("spiffe://example.org/other".parse().expect("id"));

@@ -10,6 +10,7 @@ use rustls_pki_types::pem::PemObject;
 use warden_proxy::identity::svid::check_public_key;
 use warden_proxy::identity::{LeafRule, SpiffeId, SpiffeIdError};
 use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::cri_attributes::ParsedCriAttribute;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
@@ -113,8 +114,27 @@ pub(crate) fn check(csr_der: &[u8]) -> Result<CheckedCsr, CsrError> {
     })?;
     csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
 
+    // Several extensionRequest attributes are legal ASN.1 but meaningless;
+    // refuse them rather than read only the first.
+    let extension_requests: Vec<_> = csr
+        .certification_request_info
+        .iter_attributes()
+        .filter_map(|attr| match attr.parsed_attribute() {
+            ParsedCriAttribute::ExtensionRequest(req) => Some(req),
+            _ => None,
+        })
+        .collect();
+    if extension_requests.len() > 1 {
+        return Err(CsrError::Malformed(format!(
+            "{} extensionRequest attributes (at most one is allowed)",
+            extension_requests.len()
+        )));
+    }
     let mut uris = Vec::new();
-    for ext in csr.requested_extensions().into_iter().flatten() {
+    let requested = extension_requests
+        .iter()
+        .flat_map(|req| req.extensions.iter().map(|ext| ext.parsed_extension()));
+    for ext in requested {
         match ext {
             ParsedExtension::BasicConstraints(bc) if bc.ca => {
                 return Err(CsrError::RequestsCa("basicConstraints cA=true"));

@@ -41,6 +41,9 @@ pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const MIN_SVID_TTL: Duration = Duration::from_secs(60);
 /// How far `not_before` is moved into the past, for peers with slow clocks.
 pub const BACKDATE: Duration = Duration::from_secs(30);
+/// No lifetime (CA or SVID) may exceed this; it also keeps every date far
+/// inside what X.509 and the time libraries can represent.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 const CONFIG_FILE: &str = "ca.json";
 const CERT_FILE: &str = "ca.crt";
@@ -86,6 +89,29 @@ pub struct InitOptions {
 }
 
 impl InitOptions {
+    fn validate(&self) -> Result<(), CaError> {
+        let secs = |d: Duration| d.as_secs();
+        for (name, value) in [
+            ("CA TTL", self.ca_ttl),
+            ("maximum SVID TTL", self.max_svid_ttl),
+        ] {
+            if value > MAX_LIFETIME {
+                return Err(CaError::Generate(format!(
+                    "{name} of {}s exceeds the limit of 100 years",
+                    secs(value)
+                )));
+            }
+        }
+        if self.default_svid_ttl < MIN_SVID_TTL {
+            return Err(CaError::Generate(format!(
+                "default SVID TTL of {}s is below the minimum of {}s",
+                secs(self.default_svid_ttl),
+                secs(MIN_SVID_TTL)
+            )));
+        }
+        Ok(())
+    }
+
     pub fn new(trust_domain: TrustDomain) -> Self {
         InitOptions {
             trust_domain,
@@ -98,11 +124,20 @@ impl InitOptions {
 }
 
 /// An existing CA to create ours under.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ParentCa {
     /// PEM: the parent certificate first, then its own chain up to the root.
     pub cert_pem: Vec<u8>,
     pub key_pem: String,
+}
+
+impl std::fmt::Debug for ParentCa {
+    // Never print the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParentCa")
+            .field("cert_pem_bytes", &self.cert_pem.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the CA is asked to sign.
@@ -111,6 +146,10 @@ pub struct SignRequest {
     /// The identity this request is bound to (for example by a join token or
     /// the caller's current SVID). A CSR naming another ID is refused; a CSR
     /// naming none gets this one.
+    ///
+    /// `None` trusts the CSR to name its own ID (any ID in the trust domain):
+    /// only for callers that hold the CA key anyway, such as the local
+    /// `warden svid issue`. Anything serving remote callers must bind.
     pub bound_id: Option<SpiffeId>,
     /// Requested lifetime; the CA default when `None`.
     pub ttl: Option<Duration>,
@@ -224,6 +263,7 @@ impl CertificateAuthority {
     /// Creates a CA in `dir` (created if missing). Refuses if `dir` already
     /// holds any CA file.
     pub fn init(dir: &Path, options: &InitOptions) -> Result<Self, CaError> {
+        options.validate()?;
         if options.default_svid_ttl > options.max_svid_ttl {
             return Err(CaError::Generate(format!(
                 "default SVID TTL ({}s) exceeds the maximum ({}s)",
@@ -430,8 +470,15 @@ impl CertificateAuthority {
         }
         let now = SystemTime::now();
         let not_before = now - BACKDATE;
-        // An SVID never outlives the CA that signed it.
-        let not_after = (now + ttl).min(self.not_after);
+        // An SVID never outlives the CA that signed it (nor MAX_LIFETIME,
+        // should ca.json have been edited by hand).
+        let not_after = now
+            .checked_add(ttl.min(MAX_LIFETIME))
+            .ok_or(CsrError::TtlTooLong {
+                requested_secs: ttl.as_secs(),
+                max_secs: MAX_LIFETIME.as_secs(),
+            })?
+            .min(self.not_after);
         if not_after <= now {
             return Err(CsrError::CaExpired);
         }

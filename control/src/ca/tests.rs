@@ -257,6 +257,28 @@ fn refuses_bad_csrs_with_precise_reasons() {
 }
 
 #[test]
+fn init_refuses_unusable_settings_and_keeps_keys_out_of_debug() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut huge = InitOptions::new(td("example.org"));
+    huge.ca_ttl = Duration::from_secs(u64::MAX / 2);
+    assert!(CertificateAuthority::init(dir.path(), &huge).is_err());
+    let mut short = InitOptions::new(td("example.org"));
+    short.default_svid_ttl = Duration::from_secs(5);
+    assert!(CertificateAuthority::init(dir.path(), &short).is_err());
+    assert!(
+        !dir.path().join("ca.key").exists(),
+        "nothing written on refusal"
+    );
+
+    let mut with_parent = InitOptions::new(td("example.org"));
+    with_parent.parent = Some(ParentCa {
+        cert_pem: vec![],
+        key_pem: "-----BEGIN PRIVATE KEY-----SECRET".into(),
+    });
+    assert!(!format!("{with_parent:?}").contains("SECRET"));
+}
+
+#[test]
 fn intermediate_under_an_existing_root() {
     let root_dir = tempfile::tempdir().expect("tempdir");
     let root = new_ca(root_dir.path());

@@ -8,7 +8,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
 
 use super::bundle::{BundleError, TrustBundle, TrustBundleSet};
 use super::rotation::{SvidSource, SvidUpdate};
@@ -127,44 +129,93 @@ impl FileSource {
 
     /// Polls the files every `interval` and swaps the store's SVID and bundles
     /// when they change to a consistent set. Polling (rather than inotify)
-    /// also sees Kubernetes' symlink swaps of mounted secrets. Runs until the
-    /// returned task is aborted.
-    pub fn watch(self, store: Arc<SvidStore>, interval: Duration) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
+    /// also sees Kubernetes' symlink swaps of mounted secrets. A rejected set
+    /// is retried on every poll (it may only be not valid *yet*), but logged
+    /// once. An SVID that expires without replacement is dropped from the
+    /// store. Runs until the returned watcher is stopped or dropped.
+    pub fn watch(self, store: Arc<SvidStore>, interval: Duration) -> FileWatcher {
+        let (status_tx, status) = watch::channel(WatchStatus::default());
+        let task = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last_seen: Option<Snapshot> = None;
+            let mut installed: Option<Snapshot> = None;
+            let mut logged_failure: Option<Snapshot> = None;
             loop {
                 ticker.tick().await;
-                let snapshot = match self.read() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "SVID files not readable yet; keeping the current SVID");
-                        continue;
-                    }
-                };
-                if last_seen.as_ref() == Some(&snapshot) {
-                    continue;
-                }
-                match self
-                    .parse(&snapshot)
-                    .map(|u| store.install(u.svid, u.bundles))
+                if let Some(svid) = store.current()
+                    && !svid.is_valid_at(SystemTime::now())
+                    && store.clear_if_current(&svid)
                 {
-                    Ok(Ok(())) => {
-                        if let Some(svid) = store.current() {
-                            tracing::info!(spiffe_id = %svid.spiffe_id(), serial = svid.serial(), "SVID loaded from files");
-                        }
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "SVID files rejected; keeping the current SVID")
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "SVID files not consistent (yet); keeping the current SVID")
-                    }
+                    tracing::error!(
+                        serial = svid.serial(),
+                        "SVID from files expired and was not replaced; handshakes will fail"
+                    );
+                    installed = None;
                 }
-                last_seen = Some(snapshot);
+                let outcome = match self.read() {
+                    Err(e) => Err(e.to_string()),
+                    Ok(snapshot) if installed.as_ref() == Some(&snapshot) => Ok(()),
+                    Ok(snapshot) => match self
+                        .parse(&snapshot)
+                        .map(|u| store.install(u.svid, u.bundles))
+                    {
+                        Ok(Ok(())) => {
+                            if let Some(svid) = store.current() {
+                                tracing::info!(spiffe_id = %svid.spiffe_id(), serial = svid.serial(), "SVID loaded from files");
+                            }
+                            installed = Some(snapshot);
+                            logged_failure = None;
+                            Ok(())
+                        }
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => {
+                            let e = e.to_string();
+                            if logged_failure.as_ref() != Some(&snapshot) {
+                                tracing::warn!(error = %e, "SVID files not consistent (yet); keeping the current SVID");
+                                logged_failure = Some(snapshot);
+                            }
+                            Err(e)
+                        }
+                    },
+                };
+                status_tx.send_modify(|s| {
+                    s.polls += 1;
+                    s.last_error = outcome.err();
+                });
             }
-        })
+        });
+        FileWatcher { task, status }
+    }
+}
+
+/// What the file watcher saw last.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchStatus {
+    /// Polls completed.
+    pub polls: u64,
+    /// Why the files on disk are not in use, if they are not.
+    pub last_error: Option<String>,
+}
+
+/// A running file watcher; stops when dropped.
+#[derive(Debug)]
+pub struct FileWatcher {
+    task: tokio::task::JoinHandle<()>,
+    status: watch::Receiver<WatchStatus>,
+}
+
+impl FileWatcher {
+    /// Follows the watcher's status (for readiness and tests).
+    pub fn status(&self) -> watch::Receiver<WatchStatus> {
+        self.status.clone()
+    }
+
+    pub fn stop(self) {}
+}
+
+impl Drop for FileWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -12,7 +12,7 @@ pub mod svid;
 pub mod verify;
 
 pub use bundle::{BundleError, TrustBundle, TrustBundleSet, pem_encode};
-pub use file_source::{FileSource, FileSourceError};
+pub use file_source::{FileSource, FileSourceError, FileWatcher, WatchStatus};
 pub use keygen::{KeyAndCsr, KeygenError, new_key_and_csr};
 pub use rotation::{RotationPolicy, SvidSource, SvidUpdate, run_rotation};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};

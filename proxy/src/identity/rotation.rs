@@ -39,6 +39,28 @@ impl Default for RotationPolicy {
 }
 
 impl RotationPolicy {
+    /// The policy with every field forced into a usable range: fractions
+    /// finite and within [0, 1] (defaults if not finite), the first backoff
+    /// at least 100 ms and the cap at least the first backoff. `run_rotation`
+    /// applies this, so no setting can make it panic or spin.
+    pub fn sanitized(&self) -> Self {
+        let defaults = RotationPolicy::default();
+        let fraction = |x: f64, default: f64| {
+            if x.is_finite() {
+                x.clamp(0.0, 1.0)
+            } else {
+                default
+            }
+        };
+        let initial_backoff = self.initial_backoff.max(Duration::from_millis(100));
+        RotationPolicy {
+            refresh_fraction: fraction(self.refresh_fraction, defaults.refresh_fraction),
+            jitter_fraction: fraction(self.jitter_fraction, defaults.jitter_fraction),
+            initial_backoff,
+            max_backoff: self.max_backoff.max(initial_backoff),
+        }
+    }
+
     /// Delay from `now` until the SVID valid from `not_before` to `not_after`
     /// should be refreshed. `jitter` in [-1, 1] picks the point in the jitter
     /// window. Zero when that point has passed.
@@ -50,8 +72,15 @@ impl RotationPolicy {
         jitter: f64,
     ) -> Duration {
         let lifetime = not_after.duration_since(not_before).unwrap_or_default();
-        let fraction = (self.refresh_fraction + self.jitter_fraction * jitter.clamp(-1.0, 1.0))
-            .clamp(0.0, 1.0);
+        let jitter = if jitter.is_finite() {
+            jitter.clamp(-1.0, 1.0)
+        } else {
+            0.0
+        };
+        let fraction = (self.refresh_fraction + self.jitter_fraction * jitter).clamp(0.0, 1.0);
+        if !fraction.is_finite() {
+            return Duration::ZERO;
+        }
         let refresh_at = not_before + lifetime.mul_f64(fraction);
         refresh_at.duration_since(now).unwrap_or_default()
     }
@@ -65,7 +94,17 @@ impl RotationPolicy {
             .initial_backoff
             .saturating_mul(1u32 << exponent)
             .min(self.max_backoff);
-        base.mul_f64(1.0 - self.jitter_fraction * jitter.clamp(0.0, 1.0))
+        let jitter = if jitter.is_finite() {
+            jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let factor = 1.0 - self.jitter_fraction * jitter;
+        if factor.is_finite() && factor >= 0.0 {
+            base.mul_f64(factor)
+        } else {
+            base
+        }
     }
 }
 
@@ -97,6 +136,7 @@ pub async fn run_rotation<S: SvidSource>(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let policy = policy.sanitized();
     let mut failures: u32 = 0;
     loop {
         let now = SystemTime::now();
@@ -119,9 +159,9 @@ pub async fn run_rotation<S: SvidSource>(
         }
         if let Some(svid) = store.current()
             && !svid.is_valid_at(SystemTime::now())
+            && store.clear_if_current(&svid)
         {
             tracing::error!(spiffe_id = %svid.spiffe_id(), serial = svid.serial(), "SVID expired and could not be renewed; handshakes will fail until a new SVID arrives");
-            store.clear_svid();
         }
         let fetched = tokio::select! {
             () = &mut shutdown => return,
@@ -206,5 +246,29 @@ mod tests {
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
         assert_eq!(policy.backoff_delay(u32::MAX, 0.0), Duration::from_secs(60));
         assert_eq!(policy.backoff_delay(7, 1.0), Duration::from_secs(54));
+    }
+
+    #[test]
+    fn nonsense_settings_are_made_safe() {
+        let wild = RotationPolicy {
+            refresh_fraction: f64::NAN,
+            jitter_fraction: 7.0,
+            initial_backoff: Duration::ZERO,
+            max_backoff: Duration::ZERO,
+        }
+        .sanitized();
+        assert_eq!(wild.refresh_fraction, 0.5);
+        assert_eq!(wild.jitter_fraction, 1.0);
+        assert_eq!(wild.initial_backoff, Duration::from_millis(100));
+        assert_eq!(wild.max_backoff, Duration::from_millis(100));
+        let nb = SystemTime::UNIX_EPOCH;
+        // Unsanitized nonsense still never panics.
+        let raw = RotationPolicy {
+            refresh_fraction: f64::NAN,
+            jitter_fraction: f64::INFINITY,
+            ..RotationPolicy::default()
+        };
+        let _ = raw.refresh_delay(nb, nb + HOUR, nb, f64::NAN);
+        let _ = raw.backoff_delay(3, 1.0);
     }
 }

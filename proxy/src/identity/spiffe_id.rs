@@ -87,6 +87,13 @@ impl TrustDomain {
 
     /// The workload ID `spiffe://<td><path>`; `path` must start with `/`.
     pub fn workload_id(&self, path: &str) -> Result<SpiffeId, SpiffeIdError> {
+        if !path.starts_with('/') {
+            // Without the slash the path would extend the trust domain name.
+            return Err(match path.chars().next() {
+                None => SpiffeIdError::EmptySegment,
+                Some(_) => SpiffeIdError::PathChar(first_char(path)),
+            });
+        }
         SpiffeId::parse(&format!("{SCHEME_PREFIX}{}{path}", self.name))
     }
 }
@@ -140,6 +147,11 @@ impl SpiffeId {
         namespace: &str,
         service_account: &str,
     ) -> Result<Self, SpiffeIdError> {
+        for part in [namespace, service_account] {
+            if part.contains('/') {
+                return Err(SpiffeIdError::PathChar('/'));
+            }
+        }
         trust_domain.workload_id(&format!("/ns/{namespace}/sa/{service_account}"))
     }
 
@@ -234,23 +246,15 @@ fn forbidden_char(c: char) -> Option<SpiffeIdError> {
 }
 
 fn validate_path(path: &str) -> Result<(), SpiffeIdError> {
-    let bytes = path.as_bytes();
-    if bytes.is_empty() {
+    let Some(rest) = path.strip_prefix('/') else {
+        // Empty: the trust domain's own ID. (A non-empty path always starts
+        // with '/', since the trust domain ends at the first slash.)
         return Ok(());
-    }
-    // `path` starts with '/' by construction; scan segment by segment.
-    let mut segment_start = 1;
-    for i in 1..=bytes.len() {
-        let end_of_segment = i == bytes.len() || bytes[i] == b'/';
-        if end_of_segment {
-            match &bytes[segment_start..i] {
-                [] if i == bytes.len() => return Err(SpiffeIdError::TrailingSlash),
-                [] => return Err(SpiffeIdError::EmptySegment),
-                b"." | b".." => return Err(SpiffeIdError::DotSegment),
-                _ => segment_start = i + 1,
-            }
-        } else if !is_path_byte(bytes[i]) {
-            let c = first_char(&path[i..]);
+    };
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        if let Some(i) = segment.bytes().position(|b| !is_path_byte(b)) {
+            let c = first_char(&segment[i..]);
             // ':' and '@' are legal URI path characters, just not SPIFFE ones.
             let feature = if c == ':' || c == '@' {
                 None
@@ -258,6 +262,12 @@ fn validate_path(path: &str) -> Result<(), SpiffeIdError> {
                 forbidden_char(c)
             };
             return Err(feature.unwrap_or(SpiffeIdError::PathChar(c)));
+        }
+        match segment {
+            "" if segments.peek().is_none() => return Err(SpiffeIdError::TrailingSlash),
+            "" => return Err(SpiffeIdError::EmptySegment),
+            "." | ".." => return Err(SpiffeIdError::DotSegment),
+            _ => {}
         }
     }
     Ok(())
@@ -429,9 +439,15 @@ mod tests {
             let id = SpiffeId::parse(other).expect("valid");
             assert_eq!(id.namespace_service_account(), None, "{other}");
         }
-        assert!(
-            SpiffeId::from_namespace_service_account(&td, "a/b", "c")
-                .is_ok_and(|id| id.namespace_service_account().is_none())
+        assert_eq!(
+            SpiffeId::from_namespace_service_account(&td, "a/b", "c"),
+            Err(E::PathChar('/'))
+        );
+        assert_eq!(td.workload_id("x"), Err(E::PathChar('x')));
+        assert_eq!(td.workload_id(""), Err(E::EmptySegment));
+        assert_eq!(
+            td.workload_id("/x").map(|id| id.to_string()),
+            Ok("spiffe://example.org/x".into())
         );
         assert_eq!(
             SpiffeId::from_namespace_service_account(&td, "", "c"),

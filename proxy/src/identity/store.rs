@@ -3,7 +3,7 @@
 //! what new handshakes present and accept; live connections are untouched.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -144,10 +144,16 @@ impl Svid {
 }
 
 /// The current SVID and trust bundles of this workload.
+///
+/// Readers (every handshake) never lock. Writers (file watcher, rotation,
+/// bundle updates) take `write_lock`, so a check-then-store in one writer
+/// cannot interleave with another's and pair an SVID with bundles it was
+/// never checked against.
 pub struct SvidStore {
     svid: ArcSwapOption<Svid>,
     bundles: ArcSwap<TrustBundleSet>,
     generation: watch::Sender<u64>,
+    write_lock: Mutex<()>,
 }
 
 impl fmt::Debug for SvidStore {
@@ -175,6 +181,7 @@ impl SvidStore {
             svid: ArcSwapOption::empty(),
             bundles: ArcSwap::from_pointee(TrustBundleSet::new()),
             generation: watch::Sender::new(0),
+            write_lock: Mutex::new(()),
         }
     }
 
@@ -196,6 +203,7 @@ impl SvidStore {
     /// Swaps in a new SVID, and new bundles if given, once the SVID's chain
     /// validates against them. On error nothing changes.
     pub fn install(&self, svid: Svid, bundles: Option<TrustBundleSet>) -> Result<(), SvidError> {
+        let _writer = self.lock_writers();
         match bundles {
             Some(bundles) => {
                 svid.validate_against(&bundles)?;
@@ -210,14 +218,34 @@ impl SvidStore {
 
     /// Replaces the trust bundles (CA rollover, federation changes).
     pub fn set_bundles(&self, bundles: TrustBundleSet) {
+        let _writer = self.lock_writers();
         self.bundles.store(Arc::new(bundles));
         self.generation.send_modify(|g| *g += 1);
     }
 
-    /// Drops the SVID (it expired): handshakes fail until a new one arrives.
-    pub fn clear_svid(&self) {
-        self.svid.store(None);
-        self.generation.send_modify(|g| *g += 1);
+    /// Drops `expired` if it is still the current SVID: handshakes fail
+    /// until a new one arrives. An SVID installed meanwhile by another writer
+    /// is left alone. Returns whether it was dropped.
+    pub fn clear_if_current(&self, expired: &Arc<Svid>) -> bool {
+        let _writer = self.lock_writers();
+        let is_current = self
+            .svid
+            .load()
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, expired));
+        if is_current {
+            self.svid.store(None);
+            self.generation.send_modify(|g| *g += 1);
+        }
+        is_current
+    }
+
+    fn lock_writers(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guarded data is `()`: a panic in another writer leaves nothing
+        // inconsistent, so poisoning is ignored.
+        self.write_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Changes whenever the SVID or the bundles change.

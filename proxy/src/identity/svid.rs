@@ -45,7 +45,9 @@ pub enum LeafRule {
     NoDigitalSignature,
     #[error("key usage extension is not marked critical")]
     KeyUsageNotCritical,
-    #[error("extended key usage lacks {0}: Warden SVIDs are used for both mTLS sides")]
+    #[error(
+        "extended key usage lacks {0}: when present it must hold both serverAuth and clientAuth"
+    )]
     MissingEku(&'static str),
     #[error("RSA key of {0} bits is too weak: at least 2048 bits are required")]
     WeakRsaKey(usize),
@@ -227,18 +229,17 @@ pub fn inspect_leaf(der: &[u8], now: Timestamp) -> Result<LeafReport, SvidError>
         }
     }
 
-    match cert
+    // The X.509-SVID spec lets leaves omit extendedKeyUsage, but when it is
+    // present both serverAuth and clientAuth must be set.
+    if let Some(eku) = cert
         .extended_key_usage()
         .map_err(|e| SvidError::Malformed(format!("extendedKeyUsage: {e}")))?
     {
-        None => {}
-        Some(eku) => {
-            if !eku.value.any && !eku.value.server_auth {
-                broken.push(LeafRule::MissingEku("serverAuth"));
-            }
-            if !eku.value.any && !eku.value.client_auth {
-                broken.push(LeafRule::MissingEku("clientAuth"));
-            }
+        if !eku.value.server_auth {
+            broken.push(LeafRule::MissingEku("serverAuth"));
+        }
+        if !eku.value.client_auth {
+            broken.push(LeafRule::MissingEku("clientAuth"));
         }
     }
 
