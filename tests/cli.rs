@@ -94,18 +94,7 @@ fn ca_init_intermediate_under_an_existing_root() {
     let root = tmp.path().join("root");
     ca_init(&root, "example.org");
     let int = tmp.path().join("int");
-    warden_ok(&[
-        "ca",
-        "init",
-        "--trust-domain",
-        "example.org",
-        "--dir",
-        path_str(&int),
-        "--root-cert",
-        path_str(&root.join("ca.crt")),
-        "--root-key",
-        path_str(&root.join("ca.key")),
-    ]);
+    ca_init_intermediate(&int, &root, "example.org");
     let out = svid_issue(&int, "spiffe://example.org/api", &tmp.path().join("svid"));
     let inspect = warden(&[
         "svid",

@@ -73,6 +73,23 @@ fn client_expecting(store: Arc<SvidStore>, expected: &str) -> Arc<rustls::Client
     .expect("client config")
 }
 
+/// Connects with `client`, which must fail, and returns why the server
+/// refused the handshake.
+async fn server_refusal(
+    client: Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+    accepted: &mut tokio::sync::mpsc::UnboundedReceiver<Accepted>,
+) -> String {
+    assert!(
+        connect(client, addr).await.is_err(),
+        "the connection must fail"
+    );
+    let outcome = accepted.recv().await.expect("server outcome");
+    outcome
+        .peer
+        .expect_err("the server must refuse the handshake")
+}
+
 #[tokio::test]
 async fn both_sides_see_each_others_spiffe_id() {
     let mesh = Mesh::new();
@@ -186,13 +203,7 @@ async fn strict_server_refuses_rogue_ca_expired_and_foreign_clients() {
         ours.clone(),
         ExpectedIdentity::exactly(id(SERVER_ID)),
     );
-    assert!(connect(attacker, addr).await.is_err());
-    let outcome = accepted
-        .recv()
-        .await
-        .expect("outcome")
-        .peer
-        .expect_err("refused");
+    let outcome = server_refusal(attacker, addr, &mut accepted).await;
     // Same issuer name as our CA (same trust domain), different key.
     assert!(outcome.contains("chain does not validate against the bundle of trust domain \"example.org\": a signature in the chain is invalid"), "{outcome}");
 
@@ -209,13 +220,7 @@ async fn strict_server_refuses_rogue_ca_expired_and_foreign_clients() {
         bundles.clone(),
         ExpectedIdentity::exactly(id(SERVER_ID)),
     );
-    assert!(connect(client, addr).await.is_err());
-    let outcome = accepted
-        .recv()
-        .await
-        .expect("outcome")
-        .peer
-        .expect_err("refused");
+    let outcome = server_refusal(client, addr, &mut accepted).await;
     assert!(outcome.contains("expired"), "{outcome}");
 
     // 3. A client of another trust domain, which this server does not federate with.
@@ -232,13 +237,7 @@ async fn strict_server_refuses_rogue_ca_expired_and_foreign_clients() {
         ours.clone(),
         ExpectedIdentity::exactly(id(SERVER_ID)),
     );
-    assert!(connect(other, addr).await.is_err());
-    let outcome = accepted
-        .recv()
-        .await
-        .expect("outcome")
-        .peer
-        .expect_err("refused");
+    let outcome = server_refusal(other, addr, &mut accepted).await;
     assert!(
         outcome.contains("no trust bundle for trust domain \"other.org\""),
         "{outcome}"
@@ -291,13 +290,7 @@ async fn federation_checks_each_peer_against_its_own_trust_domain_only() {
         federated,
         ExpectedIdentity::exactly(id(SERVER_ID)),
     );
-    assert!(connect(forged, addr).await.is_err());
-    let outcome = accepted
-        .recv()
-        .await
-        .expect("outcome")
-        .peer
-        .expect_err("refused");
+    let outcome = server_refusal(forged, addr, &mut accepted).await;
     assert!(
         outcome.contains("bundle of trust domain \"other.org\""),
         "{outcome}"

@@ -84,18 +84,7 @@ fn openssl_verifies_an_svid_from_an_intermediate() {
     let root = tmp.path().join("root");
     ca_init(&root, "example.org");
     let int = tmp.path().join("int");
-    warden_ok(&[
-        "ca",
-        "init",
-        "--trust-domain",
-        "example.org",
-        "--dir",
-        path_str(&int),
-        "--root-cert",
-        path_str(&root.join("ca.crt")),
-        "--root-key",
-        path_str(&root.join("ca.key")),
-    ]);
+    ca_init_intermediate(&int, &root, "example.org");
     let out = svid_issue(&int, "spiffe://example.org/api", &tmp.path().join("svid"));
     // svid.pem holds leaf + intermediate; openssl wants the intermediate as -untrusted.
     let (ok, text) = openssl(&[

@@ -68,6 +68,27 @@ fn source(dir: &std::path::Path, fail_first: u32) -> Shared {
     }))
 }
 
+/// Starts the scheduler on an empty store; send on the sender to stop it.
+fn start(
+    src: &Shared,
+) -> (
+    Arc<SvidStore>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let store = Arc::new(SvidStore::new());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run_rotation(
+        store.clone(),
+        src.clone(),
+        RotationPolicy::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (store, stop, task)
+}
+
 async fn wait_for_fetches(src: &Shared, n: usize) {
     for _ in 0..10_000 {
         if src.0.fetches.lock().expect("lock").len() >= n {
@@ -82,16 +103,7 @@ async fn wait_for_fetches(src: &Shared, n: usize) {
 async fn refreshes_at_about_half_life() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let src = source(tmp.path(), 0);
-    let store = Arc::new(SvidStore::new());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run_rotation(
-        store.clone(),
-        src.clone(),
-        RotationPolicy::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (store, stop, task) = start(&src);
     wait_for_fetches(&src, 4).await;
     let _ = stop.send(());
     task.await.expect("rotation task");
@@ -113,16 +125,7 @@ async fn refreshes_at_about_half_life() {
 async fn backs_off_exponentially_and_keeps_the_current_svid() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let src = source(tmp.path(), 0);
-    let store = Arc::new(SvidStore::new());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run_rotation(
-        store.clone(),
-        src.clone(),
-        RotationPolicy::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (store, stop, task) = start(&src);
     wait_for_fetches(&src, 1).await;
     let first = store.current().expect("first SVID").serial().to_owned();
     // The control plane goes away for the next 9 attempts.

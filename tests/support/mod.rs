@@ -59,6 +59,22 @@ pub fn ca_init(dir: &Path, trust_domain: &str) {
     ]);
 }
 
+/// `warden ca init` of an intermediate in `dir`, under the CA in `root`.
+pub fn ca_init_intermediate(dir: &Path, root: &Path, trust_domain: &str) {
+    warden_ok(&[
+        "ca",
+        "init",
+        "--trust-domain",
+        trust_domain,
+        "--dir",
+        path_str(dir),
+        "--root-cert",
+        path_str(&root.join("ca.crt")),
+        "--root-key",
+        path_str(&root.join("ca.key")),
+    ]);
+}
+
 /// `warden svid issue` into `out`; returns the out dir.
 pub fn svid_issue(ca_dir: &Path, id: &str, out: &Path) -> PathBuf {
     warden_ok(&[

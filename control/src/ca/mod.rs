@@ -17,13 +17,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
     SubjectPublicKeyInfo,
 };
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
+use warden_proxy::identity::keygen::svid_subject;
 use warden_proxy::identity::{SpiffeId, Timestamp, TrustBundle, TrustDomain, pem_encode};
 use x509_parser::prelude::FromDer;
 
@@ -485,16 +486,7 @@ impl CertificateAuthority {
 
         let public_key = SubjectPublicKeyInfo::from_der(&checked.spki_der)
             .map_err(|e| CsrError::UnsupportedKey(e.to_string()))?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "Warden");
-        let uri = spiffe_id
-            .as_str()
-            .try_into()
-            .map_err(|e: rcgen::Error| CsrError::Internal(e.to_string()))?;
-        params.subject_alt_names = vec![SanType::URI(uri)];
+        let mut params = svid_subject(&spiffe_id).map_err(|e| CsrError::Internal(e.to_string()))?;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![

@@ -19,22 +19,26 @@ pub struct KeyAndCsr {
 #[error("cannot generate a key and CSR: {0}")]
 pub struct KeygenError(String);
 
-/// Generates an ECDSA P-256 key and a CSR carrying `spiffe_id` as its only
-/// URI SAN.
-pub fn new_key_and_csr(spiffe_id: &SpiffeId) -> Result<KeyAndCsr, KeygenError> {
-    let key =
-        KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| KeygenError(e.to_string()))?;
+/// Certificate parameters naming `spiffe_id` the way Warden SVIDs do:
+/// subject `O=Warden`, the SPIFFE ID as the only SAN. Shared by the CSR made
+/// here and the certificate the CA builds, which adds the rest.
+pub fn svid_subject(spiffe_id: &SpiffeId) -> Result<CertificateParams, rcgen::Error> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params
         .distinguished_name
         .push(DnType::OrganizationName, "Warden");
-    let uri = spiffe_id
-        .as_str()
-        .try_into()
-        .map_err(|e: rcgen::Error| KeygenError(e.to_string()))?;
-    params.subject_alt_names = vec![SanType::URI(uri)];
-    let csr = params
+    params.subject_alt_names = vec![SanType::URI(spiffe_id.as_str().try_into()?)];
+    Ok(params)
+}
+
+/// Generates an ECDSA P-256 key and a CSR carrying `spiffe_id` as its only
+/// URI SAN.
+pub fn new_key_and_csr(spiffe_id: &SpiffeId) -> Result<KeyAndCsr, KeygenError> {
+    let key =
+        KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| KeygenError(e.to_string()))?;
+    let csr = svid_subject(spiffe_id)
+        .map_err(|e| KeygenError(e.to_string()))?
         .serialize_request(&key)
         .map_err(|e| KeygenError(e.to_string()))?;
     Ok(KeyAndCsr {
