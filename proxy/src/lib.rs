@@ -1,5 +1,6 @@
 //! Warden's sidecar data plane, and the workload-identity core
 //! ([`identity`]) that the control plane shares.
 
+pub mod authz;
 pub mod identity;
 pub mod tls;

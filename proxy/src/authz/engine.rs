@@ -1,0 +1,357 @@
+//! Deciding: default deny, forbid wins, any evaluation error denies, and the
+//! enforce/audit modes. The policy set sits in an `ArcSwap`; a request
+//! decides under the set it loaded when it started.
+//!
+//! Per peer (fixed for a connection) and policy version, the engine prepares
+//! once: the principal's entities, and for each action the slice of policies
+//! whose scope can match. A decision then builds the context and evaluates
+//! that slice only.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use cedar_policy::{Authorizer, Context, Entities, EntityUid, PolicySet, Request};
+use serde::Serialize;
+
+use super::index::{ScopeEntity, subset};
+use super::model::{
+    self, CONNECT_ACTION, HTTP_ACTIONS, HttpRequestFacts, Peer, ServiceInfo, TcpConnectionFacts,
+};
+use super::policy_set::PolicySnapshot;
+
+/// Whether denies are enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Denies are denies.
+    #[default]
+    Enforce,
+    /// Decide and record, but let every request through (for rollouts).
+    Audit,
+}
+
+/// The outcome of one authorization, for the response, the trace span and
+/// the audit line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// Whether the request may proceed (always true in audit mode).
+    pub allowed: bool,
+    /// What the policies decided: "allow" or "deny".
+    pub decision: &'static str,
+    pub mode: Mode,
+    pub principal: String,
+    pub action: String,
+    pub resource: String,
+    /// The policies that decided: the permits for an allow, the forbids for
+    /// a deny caused by a forbid; empty for a default deny.
+    pub policies: Vec<String>,
+    /// Evaluation errors; any error makes the decision a deny.
+    pub errors: Vec<String>,
+    pub policy_version: String,
+}
+
+impl Decision {
+    /// One JSON line for the audit log.
+    pub fn audit_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Everything prepared for one peer under one policy version.
+struct PreparedPeer {
+    snapshot: Arc<PolicySnapshot>,
+    principal: EntityUid,
+    principal_text: String,
+    authenticated: bool,
+    entities: Entities,
+    by_action: HashMap<&'static str, (EntityUid, PolicySet)>,
+}
+
+/// The authorizer for the service this sidecar protects.
+pub struct PolicyEngine {
+    snapshot: ArcSwapOption<PolicySnapshot>,
+    service: ServiceInfo,
+    resource: EntityUid,
+    mode: Mode,
+    /// Prepared peers of the current snapshot, shared by their connections.
+    prepared: Mutex<HashMap<Peer, Arc<PreparedPeer>>>,
+}
+
+/// Prepared peers kept per snapshot; past this the cache starts over.
+const MAX_PREPARED_PEERS: usize = 10_000;
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("service", &self.service)
+            .field("mode", &self.mode)
+            .field("version", &self.version())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PolicyEngine {
+    /// An engine with no policy set: every decision is a deny until one is installed.
+    pub fn new(service: ServiceInfo, mode: Mode) -> Self {
+        let resource = model::uid("Service", &service.name);
+        PolicyEngine {
+            snapshot: ArcSwapOption::empty(),
+            service,
+            resource,
+            mode,
+            prepared: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Swaps in a new policy set. Requests already deciding finish under the old one.
+    pub fn install(&self, snapshot: PolicySnapshot) {
+        if snapshot.is_empty() {
+            tracing::error!(
+                version = snapshot.version(),
+                "policy set is EMPTY: every request will be denied"
+            );
+        }
+        self.snapshot.store(Some(Arc::new(snapshot)));
+        self.cache().clear();
+    }
+
+    pub fn snapshot(&self) -> Option<Arc<PolicySnapshot>> {
+        self.snapshot.load_full()
+    }
+
+    /// Version of the active set, if there is one.
+    pub fn version(&self) -> Option<String> {
+        self.snapshot
+            .load()
+            .as_ref()
+            .map(|s| s.version().to_owned())
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<Peer, Arc<PreparedPeer>>> {
+        // A panic elsewhere cannot leave a half-written cache entry; ignore poisoning.
+        self.prepared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The per-connection authorizer for `peer`.
+    pub fn for_peer(self: &Arc<Self>, peer: Peer) -> PeerAuthorizer {
+        PeerAuthorizer {
+            engine: self.clone(),
+            peer,
+            prepared: ArcSwapOption::empty(),
+        }
+    }
+
+    fn prepare(
+        &self,
+        peer: &Peer,
+        snapshot: &Arc<PolicySnapshot>,
+    ) -> Result<Arc<PreparedPeer>, String> {
+        if let Some(p) = self.cache().get(peer)
+            && Arc::ptr_eq(&p.snapshot, snapshot)
+        {
+            return Ok(p.clone());
+        }
+        let principal = model::principal_entities(peer)?;
+        let (resource_uid, resource_entity) = model::service_entity(&self.service)?;
+        let mut entities = principal.entities;
+        entities.push(resource_entity);
+        let entities =
+            Entities::from_entities(entities, Some(&snapshot.schema)).map_err(|e| e.to_string())?;
+
+        let no_ancestors = Default::default();
+        let candidates = snapshot.index.candidates(
+            &ScopeEntity {
+                uid: &principal.uid,
+                ancestors: &principal.ancestors,
+            },
+            &ScopeEntity {
+                uid: &resource_uid,
+                ancestors: &no_ancestors,
+            },
+        );
+        let mut by_action = HashMap::new();
+        for action in HTTP_ACTIONS.iter().chain([&CONNECT_ACTION]) {
+            let action_uid = model::action_uid(action);
+            let ancestors = entities
+                .ancestors(&action_uid)
+                .map(|it| it.cloned().collect())
+                .unwrap_or_default();
+            let scope = ScopeEntity {
+                uid: &action_uid,
+                ancestors: &ancestors,
+            };
+            let ids = candidates
+                .iter()
+                .filter(|id| snapshot.index.action_matches(id, &scope))
+                .cloned();
+            let set = subset(&snapshot.policies, ids);
+            by_action.insert(*action, (action_uid, set));
+        }
+        let prepared = Arc::new(PreparedPeer {
+            snapshot: snapshot.clone(),
+            principal_text: principal.uid.to_string(),
+            principal: principal.uid,
+            authenticated: matches!(peer, Peer::Workload(_)),
+            entities,
+            by_action,
+        });
+        let mut cache = self.cache();
+        if cache.len() >= MAX_PREPARED_PEERS {
+            cache.clear();
+        }
+        cache.insert(peer.clone(), prepared.clone());
+        Ok(prepared)
+    }
+}
+
+/// Decides for one connection's peer. Cheap to create; prepares lazily and
+/// re-prepares when the policy set changes.
+pub struct PeerAuthorizer {
+    engine: Arc<PolicyEngine>,
+    peer: Peer,
+    prepared: ArcSwapOption<PreparedPeer>,
+}
+
+impl PeerAuthorizer {
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// Authorizes one HTTP request.
+    pub fn authorize_http(&self, facts: &HttpRequestFacts<'_>) -> Decision {
+        let action = model::action_for_method(facts.method);
+        self.decide(action, |prepared, snapshot| {
+            model::http_context(facts, prepared.authenticated, snapshot.declared_headers())
+        })
+    }
+
+    /// Authorizes one opaque TCP connection.
+    pub fn authorize_tcp(&self, facts: &TcpConnectionFacts<'_>) -> Decision {
+        self.decide(CONNECT_ACTION, |prepared, _| {
+            model::tcp_context(facts, prepared.authenticated)
+        })
+    }
+
+    fn current(&self) -> Result<Arc<PreparedPeer>, String> {
+        let snapshot = self
+            .engine
+            .snapshot
+            .load_full()
+            .ok_or_else(|| "no valid policy set has been loaded".to_owned())?;
+        if let Some(p) = self.prepared.load_full()
+            && Arc::ptr_eq(&p.snapshot, &snapshot)
+        {
+            return Ok(p);
+        }
+        let p = self.engine.prepare(&self.peer, &snapshot)?;
+        self.prepared.store(Some(p.clone()));
+        Ok(p)
+    }
+
+    fn decide(
+        &self,
+        action: &'static str,
+        context: impl FnOnce(&PreparedPeer, &PolicySnapshot) -> Result<Context, String>,
+    ) -> Decision {
+        let engine = &self.engine;
+        let deny = |principal: String, version: String, error: String| {
+            engine.finish(false, principal, action, version, Vec::new(), vec![error])
+        };
+        let prepared = match self.current() {
+            Ok(p) => p,
+            Err(e) => return deny(format!("{:?}", self.peer), String::new(), e),
+        };
+        let version = prepared.snapshot.version().to_owned();
+        let Some((action_uid, policies)) = prepared.by_action.get(action) else {
+            return deny(
+                prepared.principal_text.clone(),
+                version,
+                format!("unknown action {action}"),
+            );
+        };
+        let context = match context(&prepared, &prepared.snapshot) {
+            Ok(c) => c,
+            Err(e) => {
+                return deny(
+                    prepared.principal_text.clone(),
+                    version,
+                    format!("request context: {e}"),
+                );
+            }
+        };
+        let request = match Request::new(
+            prepared.principal.clone(),
+            action_uid.clone(),
+            engine.resource.clone(),
+            context,
+            None,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                return deny(
+                    prepared.principal_text.clone(),
+                    version,
+                    format!("request: {e}"),
+                );
+            }
+        };
+        let response = Authorizer::new().is_authorized(&request, policies, &prepared.entities);
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(ToString::to_string)
+            .collect();
+        // Cedar skips a policy whose evaluation errors, even a forbid; Warden
+        // denies instead, so an erroring forbid can never let a request through.
+        let allow = response.decision() == cedar_policy::Decision::Allow && errors.is_empty();
+        let policies = response
+            .diagnostics()
+            .reason()
+            .map(ToString::to_string)
+            .collect();
+        engine.finish(
+            allow,
+            prepared.principal_text.clone(),
+            action,
+            version,
+            policies,
+            errors,
+        )
+    }
+}
+
+impl PolicyEngine {
+    fn finish(
+        &self,
+        allow: bool,
+        principal: String,
+        action: &str,
+        policy_version: String,
+        mut policies: Vec<String>,
+        errors: Vec<String>,
+    ) -> Decision {
+        policies.sort();
+        let decision = Decision {
+            allowed: allow || self.mode == Mode::Audit,
+            decision: if allow { "allow" } else { "deny" },
+            mode: self.mode,
+            principal,
+            action: action.to_owned(),
+            resource: self.resource.to_string(),
+            policies,
+            errors,
+            policy_version,
+        };
+        if !allow {
+            tracing::info!(target: "warden::audit", "{}", decision.audit_json());
+        }
+        decision
+    }
+}

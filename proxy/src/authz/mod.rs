@@ -1,0 +1,16 @@
+//! Authorization: a Cedar decision on every request, keyed on the caller's
+//! verified identity. Default deny, forbid wins, errors deny; policies are
+//! validated against the schema, sliced by scope for speed and hot-swapped.
+//!
+//! Where a request is authorized: [`PeerAuthorizer::authorize_http`].
+
+pub mod engine;
+pub mod index;
+pub mod model;
+pub mod policy_set;
+pub mod reload;
+
+pub use engine::{Decision, Mode, PeerAuthorizer, PolicyEngine};
+pub use model::{HttpRequestFacts, Peer, ServiceInfo, TcpConnectionFacts, UnauthenticatedKind};
+pub use policy_set::{PolicyError, PolicyIssue, PolicySnapshot, PolicySource};
+pub use reload::{PolicyWatcher, ReloadStatus};

@@ -1,0 +1,417 @@
+//! Loading a policy set: Cedar files plus the schema, parsed per file so
+//! errors name the file and line, `@id("...")` honoured as the policy id,
+//! strict schema validation, and a content-hash version.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use cedar_policy::{PolicyId, PolicySet, Schema, SchemaFragment, ValidationMode, Validator};
+use sha2::{Digest, Sha256};
+
+use super::index::PolicyIndex;
+
+/// The schema shipped in `policies/schema.cedarschema`, used when a policy
+/// directory brings none.
+pub const DEFAULT_SCHEMA: &str = include_str!("../../../policies/schema.cedarschema");
+/// Largest policy or schema file accepted.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// Largest policy set accepted, all files together.
+pub const MAX_TOTAL_BYTES: u64 = 32 * 1024 * 1024;
+/// File name of a directory's own schema.
+pub const SCHEMA_FILE: &str = "schema.cedarschema";
+
+/// Where a policy came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: String,
+    pub line: usize,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// One problem found in a policy set, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyIssue {
+    pub file: String,
+    pub line: usize,
+    pub policy_id: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for PolicyIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: ", self.file, self.line)?;
+        if let Some(id) = &self.policy_id {
+            write!(f, "policy {id:?}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is {size} bytes: policy files are limited to {limit} bytes")]
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
+    #[error("{0} is not UTF-8 text")]
+    NotUtf8(PathBuf),
+    #[error("schema {file}: {message}")]
+    Schema { file: String, message: String },
+    #[error("{} problem(s) in the policy set:\n{}", .0.len(), .0.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<PolicyIssue>),
+}
+
+/// A policy file's name and text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySource {
+    pub name: String,
+    pub text: String,
+}
+
+/// A validated policy set, ready to decide with. Immutable: a reload builds
+/// a new one and swaps it in.
+#[derive(Debug)]
+pub struct PolicySnapshot {
+    pub(crate) policies: PolicySet,
+    pub(crate) schema: Arc<Schema>,
+    version: String,
+    origins: HashMap<PolicyId, Origin>,
+    declared_headers: Vec<String>,
+    pub(crate) index: PolicyIndex,
+}
+
+impl PolicySnapshot {
+    /// Content hash of the schema and every policy file: the same files give
+    /// the same version on every sidecar.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn len(&self) -> usize {
+        self.origins.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.origins.is_empty()
+    }
+
+    pub fn origin(&self, id: &str) -> Option<&Origin> {
+        self.origins.get(&PolicyId::new(id))
+    }
+
+    /// The request headers the schema declares; only these reach policies.
+    pub fn declared_headers(&self) -> &[String] {
+        &self.declared_headers
+    }
+
+    pub fn policy_set(&self) -> &PolicySet {
+        &self.policies
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Loads every `*.cedar` file in `dir` (not recursing), with
+    /// `dir/schema.cedarschema` if present, else the built-in schema.
+    pub fn load_dir(dir: &Path) -> Result<Self, PolicyError> {
+        let entries = std::fs::read_dir(dir).map_err(|source| PolicyError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut paths = Vec::new();
+        for entry in entries {
+            let path = entry
+                .map_err(|source| PolicyError::Io {
+                    path: dir.to_owned(),
+                    source,
+                })?
+                .path();
+            if path.extension().is_some_and(|e| e == "cedar") && path.is_file() {
+                paths.push(path);
+            }
+        }
+        paths.sort();
+        let mut total = 0;
+        let mut sources = Vec::with_capacity(paths.len());
+        for path in &paths {
+            let text = read_limited(path, &mut total)?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            sources.push(PolicySource { name, text });
+        }
+        let schema_path = dir.join(SCHEMA_FILE);
+        let (schema_name, schema_text) = if schema_path.exists() {
+            (
+                SCHEMA_FILE.to_owned(),
+                read_limited(&schema_path, &mut total)?,
+            )
+        } else {
+            ("(built-in schema)".to_owned(), DEFAULT_SCHEMA.to_owned())
+        };
+        Self::from_sources(&schema_name, &schema_text, sources)
+    }
+
+    /// Builds a snapshot from in-memory files (a bundle from the control plane).
+    pub fn from_sources(
+        schema_name: &str,
+        schema_text: &str,
+        sources: Vec<PolicySource>,
+    ) -> Result<Self, PolicyError> {
+        let schema = parse_schema(schema_name, schema_text)?;
+        let declared_headers = declared_headers(schema_text);
+        let mut issues = Vec::new();
+        let mut policies = PolicySet::new();
+        let mut origins: HashMap<PolicyId, Origin> = HashMap::new();
+        for source in &sources {
+            let parsed = match PolicySet::from_str(&source.text) {
+                Ok(p) => p,
+                Err(errors) => {
+                    for e in errors.iter() {
+                        issues.push(PolicyIssue {
+                            file: source.name.clone(),
+                            line: line_of(&source.text, first_offset(e)),
+                            policy_id: None,
+                            message: e.to_string(),
+                        });
+                    }
+                    continue;
+                }
+            };
+            if parsed.templates().next().is_some() {
+                issues.push(PolicyIssue {
+                    file: source.name.clone(),
+                    line: 1,
+                    policy_id: None,
+                    message: "policy templates (?principal, ?resource) are not supported".into(),
+                });
+                continue;
+            }
+            let mut in_file: Vec<_> = parsed.policies().collect();
+            // Cedar names a file's policies policy0, policy1, ... in source order.
+            in_file.sort_by_key(|p| {
+                p.id()
+                    .to_string()
+                    .trim_start_matches("policy")
+                    .parse::<usize>()
+                    .unwrap_or(usize::MAX)
+            });
+            for (ordinal, policy) in in_file.into_iter().enumerate() {
+                let (id, line) = match policy.annotation("id") {
+                    Some(id) if id.trim().is_empty() => {
+                        issues.push(PolicyIssue {
+                            file: source.name.clone(),
+                            line: line_of_text(&source.text, "@id(\"\")"),
+                            policy_id: None,
+                            message: "@id must not be empty".into(),
+                        });
+                        continue;
+                    }
+                    Some(id) => (
+                        id.to_owned(),
+                        line_of_text(&source.text, &format!("@id(\"{id}\")")),
+                    ),
+                    None => (format!("{}#{ordinal}", source.name), 1),
+                };
+                let origin = Origin {
+                    file: source.name.clone(),
+                    line,
+                };
+                let policy_id = PolicyId::new(&id);
+                if let Some(first) = origins.get(&policy_id) {
+                    issues.push(PolicyIssue {
+                        file: source.name.clone(),
+                        line,
+                        policy_id: Some(id.clone()),
+                        message: format!("duplicate policy id, first used at {first}"),
+                    });
+                    continue;
+                }
+                if let Err(e) = policies.add(policy.new_id(policy_id.clone())) {
+                    issues.push(PolicyIssue {
+                        file: source.name.clone(),
+                        line,
+                        policy_id: Some(id.clone()),
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+                origins.insert(policy_id, origin);
+            }
+        }
+        if issues.is_empty() {
+            let validator = Validator::new(schema.clone());
+            let result = validator.validate(&policies, ValidationMode::Strict);
+            // Warnings Warden treats as errors: a policy that can never apply
+            // (typically a guard on an undeclared header or attribute) is a
+            // mistake that silently denies, and bidirectional-text characters
+            // can make a policy read differently from what it does.
+            for w in result.validation_warnings() {
+                use cedar_policy::ValidationWarning as W;
+                let hint = match w {
+                    W::ImpossiblePolicy(_) => {
+                        "this policy can never apply: does it test an undeclared header or attribute?"
+                    }
+                    W::BidiCharsInString(_) | W::BidiCharsInIdentifier(_) => {
+                        "bidirectional-text characters are not allowed in policies"
+                    }
+                    _ => {
+                        tracing::warn!(warning = %w, "policy validation warning");
+                        continue;
+                    }
+                };
+                let id = w.policy_id();
+                let origin = origins.get(id);
+                let text = origin
+                    .and_then(|o| sources.iter().find(|s| s.name == o.file))
+                    .map(|s| s.text.as_str())
+                    .unwrap_or_default();
+                issues.push(PolicyIssue {
+                    file: origin.map(|o| o.file.clone()).unwrap_or_default(),
+                    line: line_of(text, first_offset(w)),
+                    policy_id: Some(id.to_string()),
+                    message: format!("{hint} ({w})"),
+                });
+            }
+            for e in result.validation_errors() {
+                let id = e.policy_id();
+                let origin = origins.get(id);
+                let text = origin
+                    .and_then(|o| sources.iter().find(|s| s.name == o.file))
+                    .map(|s| s.text.as_str())
+                    .unwrap_or_default();
+                let help = miette::Diagnostic::help(e)
+                    .map(|h| format!(" ({h})"))
+                    .unwrap_or_default();
+                issues.push(PolicyIssue {
+                    file: origin.map(|o| o.file.clone()).unwrap_or_default(),
+                    line: line_of(text, first_offset(e)),
+                    policy_id: Some(id.to_string()),
+                    message: format!("{e}{help}"),
+                });
+            }
+        }
+        if !issues.is_empty() {
+            return Err(PolicyError::Invalid(issues));
+        }
+        let version = version_of(schema_text, &sources);
+        let schema = Arc::new(schema);
+        let index = PolicyIndex::build(&policies);
+        Ok(PolicySnapshot {
+            policies,
+            schema,
+            version,
+            origins,
+            declared_headers,
+            index,
+        })
+    }
+}
+
+fn read_limited(path: &Path, total: &mut u64) -> Result<String, PolicyError> {
+    let io = |source| PolicyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    if size > MAX_FILE_BYTES {
+        return Err(PolicyError::TooLarge {
+            path: path.to_owned(),
+            size,
+            limit: MAX_FILE_BYTES,
+        });
+    }
+    *total += size;
+    if *total > MAX_TOTAL_BYTES {
+        return Err(PolicyError::TooLarge {
+            path: path.to_owned(),
+            size: *total,
+            limit: MAX_TOTAL_BYTES,
+        });
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    String::from_utf8(bytes).map_err(|_| PolicyError::NotUtf8(path.to_owned()))
+}
+
+fn parse_schema(name: &str, text: &str) -> Result<Schema, PolicyError> {
+    Schema::from_cedarschema_str(text)
+        .map(|(schema, _warnings)| schema)
+        .map_err(|e| PolicyError::Schema {
+            file: name.to_owned(),
+            message: format!("line {}: {e}", line_of(text, first_offset(&e))),
+        })
+}
+
+/// The attribute names of the schema's `Headers` type.
+fn declared_headers(schema_text: &str) -> Vec<String> {
+    let Ok((fragment, _)) = SchemaFragment::from_cedarschema_str(schema_text) else {
+        return Vec::new();
+    };
+    let Ok(json) = fragment.to_json_value() else {
+        return Vec::new();
+    };
+    let mut headers: Vec<String> = json
+        .as_object()
+        .into_iter()
+        .flat_map(|namespaces| namespaces.values())
+        .filter_map(|ns| ns.pointer("/commonTypes/Headers/attributes"))
+        .filter_map(|attrs| attrs.as_object())
+        .flat_map(|attrs| attrs.keys().cloned())
+        .collect();
+    headers.sort();
+    headers
+}
+
+fn version_of(schema_text: &str, sources: &[PolicySource]) -> String {
+    let mut sorted: Vec<&PolicySource> = sources.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut hash = Sha256::new();
+    hash.update(schema_text.as_bytes());
+    for s in sorted {
+        hash.update([0]);
+        hash.update(s.name.as_bytes());
+        hash.update([0]);
+        hash.update(s.text.as_bytes());
+    }
+    let digest = hash.finalize();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Byte offset of a diagnostic's first label, if it has one.
+fn first_offset(diagnostic: &dyn miette::Diagnostic) -> Option<usize> {
+    diagnostic.labels()?.next().map(|l| l.offset())
+}
+
+fn line_of(text: &str, offset: Option<usize>) -> usize {
+    match offset {
+        Some(o) => {
+            text.as_bytes()[..o.min(text.len())]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1
+        }
+        None => 1,
+    }
+}
+
+fn line_of_text(text: &str, needle: &str) -> usize {
+    line_of(text, text.find(needle))
+}
