@@ -211,6 +211,12 @@ impl PolicyEngine {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slicing {
+    Indexed,
+    WholeSet,
+}
+
 /// Decides for one connection's peer. Cheap to create; prepares lazily and
 /// re-prepares when the policy set changes.
 pub struct PeerAuthorizer {
@@ -226,15 +232,26 @@ impl PeerAuthorizer {
 
     /// Authorizes one HTTP request.
     pub fn authorize_http(&self, facts: &HttpRequestFacts<'_>) -> Decision {
+        self.http(facts, Slicing::Indexed)
+    }
+
+    /// The same decision computed by plain Cedar over the whole policy set,
+    /// without the index: the reference the differential test and the
+    /// benchmarks compare against. Never faster.
+    pub fn authorize_http_unindexed(&self, facts: &HttpRequestFacts<'_>) -> Decision {
+        self.http(facts, Slicing::WholeSet)
+    }
+
+    fn http(&self, facts: &HttpRequestFacts<'_>, slicing: Slicing) -> Decision {
         let action = model::action_for_method(facts.method);
-        self.decide(action, |prepared, snapshot| {
+        self.decide(action, slicing, |prepared, snapshot| {
             model::http_context(facts, prepared.authenticated, snapshot.declared_headers())
         })
     }
 
     /// Authorizes one opaque TCP connection.
     pub fn authorize_tcp(&self, facts: &TcpConnectionFacts<'_>) -> Decision {
-        self.decide(CONNECT_ACTION, |prepared, _| {
+        self.decide(CONNECT_ACTION, Slicing::Indexed, |prepared, _| {
             model::tcp_context(facts, prepared.authenticated)
         })
     }
@@ -258,6 +275,7 @@ impl PeerAuthorizer {
     fn decide(
         &self,
         action: &'static str,
+        slicing: Slicing,
         context: impl FnOnce(&PreparedPeer, &PolicySnapshot) -> Result<Context, String>,
     ) -> Decision {
         let engine = &self.engine;
@@ -302,6 +320,10 @@ impl PeerAuthorizer {
                 );
             }
         };
+        let policies = match slicing {
+            Slicing::Indexed => policies,
+            Slicing::WholeSet => &prepared.snapshot.policies,
+        };
         let response = Authorizer::new().is_authorized(&request, policies, &prepared.entities);
         let errors: Vec<String> = response
             .diagnostics()
@@ -335,9 +357,11 @@ impl PolicyEngine {
         action: &str,
         policy_version: String,
         mut policies: Vec<String>,
-        errors: Vec<String>,
+        mut errors: Vec<String>,
     ) -> Decision {
+        // Cedar reports in no particular order; sorted, decisions compare and log stably.
         policies.sort();
+        errors.sort();
         let decision = Decision {
             allowed: allow || self.mode == Mode::Audit,
             decision: if allow { "allow" } else { "deny" },

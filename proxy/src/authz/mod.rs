@@ -12,5 +12,5 @@ pub mod reload;
 
 pub use engine::{Decision, Mode, PeerAuthorizer, PolicyEngine};
 pub use model::{HttpRequestFacts, Peer, ServiceInfo, TcpConnectionFacts, UnauthenticatedKind};
-pub use policy_set::{PolicyError, PolicyIssue, PolicySnapshot, PolicySource};
+pub use policy_set::{PolicyError, PolicyIssue, PolicySchema, PolicySnapshot, PolicySource};
 pub use reload::{PolicyWatcher, ReloadStatus};

@@ -174,8 +174,14 @@ impl PolicySnapshot {
         schema_text: &str,
         sources: Vec<PolicySource>,
     ) -> Result<Self, PolicyError> {
-        let schema = parse_schema(schema_name, schema_text)?;
-        let declared_headers = declared_headers(schema_text);
+        Self::build(&PolicySchema::parse(schema_name, schema_text)?, sources)
+    }
+
+    /// Builds a snapshot against an already parsed schema.
+    pub fn build(schema: &PolicySchema, sources: Vec<PolicySource>) -> Result<Self, PolicyError> {
+        let schema_text = schema.text.as_str();
+        let declared_headers = schema.declared_headers.clone();
+        let schema = Schema::clone(&schema.schema);
         let mut issues = Vec::new();
         let mut policies = PolicySet::new();
         let mut origins: HashMap<PolicyId, Origin> = HashMap::new();
@@ -347,6 +353,24 @@ fn read_limited(path: &Path, total: &mut u64) -> Result<String, PolicyError> {
     }
     let bytes = std::fs::read(path).map_err(io)?;
     String::from_utf8(bytes).map_err(|_| PolicyError::NotUtf8(path.to_owned()))
+}
+
+/// A parsed schema, reusable across policy sets (parsing one is costly).
+#[derive(Debug, Clone)]
+pub struct PolicySchema {
+    text: String,
+    schema: Arc<Schema>,
+    declared_headers: Vec<String>,
+}
+
+impl PolicySchema {
+    pub fn parse(name: &str, text: &str) -> Result<Self, PolicyError> {
+        Ok(PolicySchema {
+            schema: Arc::new(parse_schema(name, text)?),
+            declared_headers: declared_headers(text),
+            text: text.to_owned(),
+        })
+    }
 }
 
 fn parse_schema(name: &str, text: &str) -> Result<Schema, PolicyError> {

@@ -1,0 +1,238 @@
+//! Differential test: the scope index must never change a decision. For
+//! thousands of generated policy sets and requests, Warden's indexed decision
+//! equals plain Cedar over the whole set: same verdict, same deciding
+//! policies, same errors.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use warden_proxy::authz::policy_set::DEFAULT_SCHEMA;
+use warden_proxy::authz::{
+    HttpRequestFacts, Mode, Peer, PolicyEngine, PolicySchema, PolicySnapshot, PolicySource,
+    ServiceInfo, UnauthenticatedKind,
+};
+use warden_proxy::identity::SpiffeId;
+
+const SETS: usize = 1000;
+const REQUESTS_PER_SET: usize = 8;
+
+const TDS: [&str; 2] = ["example.org", "partner.example"];
+const NAMESPACES: [&str; 3] = ["shop", "billing", "sandbox"];
+const ACCOUNTS: [&str; 3] = ["a", "b", "c"];
+const ACTIONS: [&str; 9] = [
+    "GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "TRACE", "OTHER",
+];
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "TRACE", "PROPFIND", "get",
+];
+const PATHS: [&str; 5] = ["/", "/x", "/api/v1", "/admin", "/api"];
+
+fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> &'a T {
+    &items[rng.random_range(0..items.len())]
+}
+
+fn workload_id(rng: &mut StdRng) -> String {
+    let td = pick(rng, &TDS);
+    if rng.random_bool(0.15) {
+        format!("spiffe://{td}/legacy/{}", pick(rng, &ACCOUNTS))
+    } else {
+        format!(
+            "spiffe://{td}/ns/{}/sa/{}",
+            pick(rng, &NAMESPACES),
+            pick(rng, &ACCOUNTS)
+        )
+    }
+}
+
+fn principal_scope(rng: &mut StdRng) -> String {
+    let td = *pick(rng, &TDS);
+    let ns = *pick(rng, &NAMESPACES);
+    match rng.random_range(0..8) {
+        0 | 1 => "principal".into(),
+        2 => format!("principal == Workload::\"{}\"", workload_id(rng)),
+        3 => format!("principal in TrustDomain::\"{td}\""),
+        4 => format!("principal in Namespace::\"spiffe://{td}/ns/{ns}\""),
+        5 => format!(
+            "principal in ServiceAccount::\"spiffe://{td}/ns/{ns}/sa/{}\"",
+            pick(rng, &ACCOUNTS)
+        ),
+        6 => format!("principal is Workload in Namespace::\"spiffe://{td}/ns/{ns}\""),
+        _ => {
+            if rng.random_bool(0.5) {
+                "principal is Workload".into()
+            } else {
+                "principal is Unauthenticated".into()
+            }
+        }
+    }
+}
+
+fn action_scope(rng: &mut StdRng) -> String {
+    match rng.random_range(0..5) {
+        0 => "action".into(),
+        1 => format!("action == Action::\"{}\"", pick(rng, &ACTIONS)),
+        2 => "action in Action::\"read\"".into(),
+        3 => "action in Action::\"write\"".into(),
+        _ => format!(
+            "action in [Action::\"{}\", Action::\"{}\"]",
+            pick(rng, &ACTIONS),
+            pick(rng, &ACTIONS)
+        ),
+    }
+}
+
+fn resource_scope(rng: &mut StdRng) -> String {
+    match rng.random_range(0..4) {
+        0 | 1 => "resource".into(),
+        2 => format!(
+            "resource == Service::\"{}\"",
+            pick(rng, &["orders", "billing"])
+        ),
+        _ => "resource is Service".into(),
+    }
+}
+
+fn condition(rng: &mut StdRng) -> String {
+    match rng.random_range(0..9) {
+        0 | 1 => String::new(),
+        2 => format!(" when {{ context has path && context.path == \"{}\" }}", pick(rng, &PATHS)),
+        3 => " when { context has path && context.path like \"/api*\" }".into(),
+        4 => format!(" when {{ principal has namespace && principal.namespace == \"{}\" }}", pick(rng, &NAMESPACES)),
+        5 => " when { context.source_ip.isInRange(ip(\"127.0.0.0/8\")) }".into(),
+        // Errors at run time (overflow) for authenticated peers.
+        6 => " when { context.tls.authenticated && 9223372036854775807 + 1 > 0 }".into(),
+        7 => " unless { context has headers && context.headers has \"x-request-id\" }".into(),
+        _ => " when { resource has namespace && principal has namespace && principal.namespace == resource.namespace }".into(),
+    }
+}
+
+fn policy_set(rng: &mut StdRng) -> Vec<PolicySource> {
+    let files = rng.random_range(1..=3);
+    (0..files)
+        .map(|f| {
+            let count = rng.random_range(0..=12);
+            let text: String = (0..count)
+                .map(|i| {
+                    let effect = if rng.random_bool(0.7) {
+                        "permit"
+                    } else {
+                        "forbid"
+                    };
+                    let id = if rng.random_bool(0.5) {
+                        format!("@id(\"p{f}-{i}\")\n")
+                    } else {
+                        String::new()
+                    };
+                    format!(
+                        "{id}{effect} ({}, {}, {}){};\n",
+                        principal_scope(rng),
+                        action_scope(rng),
+                        resource_scope(rng),
+                        condition(rng)
+                    )
+                })
+                .collect();
+            PolicySource {
+                name: format!("f{f}.cedar"),
+                text,
+            }
+        })
+        .collect()
+}
+
+fn peer(rng: &mut StdRng) -> Peer {
+    if rng.random_bool(0.1) {
+        Peer::Unauthenticated(UnauthenticatedKind::Plaintext)
+    } else {
+        Peer::Workload(SpiffeId::parse(&workload_id(rng)).expect("generated id is valid"))
+    }
+}
+
+fn requests_per_set() -> usize {
+    std::env::var("WARDEN_DIFF_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(REQUESTS_PER_SET)
+}
+
+#[test]
+fn indexed_decisions_equal_plain_cedar_over_the_whole_set() {
+    let mut rng = StdRng::seed_from_u64(0x5eed_4);
+    let (mut compared, mut loaded, mut refused) = (0, 0, 0);
+    let (mut allows, mut denies, mut with_errors) = (0, 0, 0);
+    let schema = PolicySchema::parse("schema", DEFAULT_SCHEMA).expect("built-in schema");
+    for _ in 0..SETS {
+        let sources = policy_set(&mut rng);
+        let snapshot = match PolicySnapshot::build(&schema, sources.clone()) {
+            Ok(s) => s,
+            Err(_) => {
+                // Some generated sets are rightly refused (impossible policies).
+                refused += 1;
+                continue;
+            }
+        };
+        loaded += 1;
+        let service = ServiceInfo {
+            name: (*pick(&mut rng, &["orders", "billing"])).to_owned(),
+            trust_domain: "example.org".into(),
+            namespace: rng
+                .random_bool(0.7)
+                .then(|| (*pick(&mut rng, &NAMESPACES)).to_owned()),
+        };
+        let engine = Arc::new(PolicyEngine::new(service, Mode::Enforce));
+        engine.install(snapshot);
+        for _ in 0..requests_per_set() {
+            let authorizer = engine.for_peer(peer(&mut rng));
+            let with_id: &[(&str, &str)] = &[("x-request-id", "r-1")];
+            let facts = HttpRequestFacts {
+                method: *pick(&mut rng, &METHODS),
+                path: *pick(&mut rng, &PATHS),
+                host: "svc",
+                source_ip: if rng.random_bool(0.8) {
+                    IpAddr::from([127, 0, 0, 1])
+                } else {
+                    IpAddr::from([10, 1, 2, 3])
+                },
+                headers: if rng.random_bool(0.5) { with_id } else { &[] },
+                tls_version: "TLSv1_3",
+                now: SystemTime::now(),
+            };
+            let indexed = authorizer.authorize_http(&facts);
+            let plain = authorizer.authorize_http_unindexed(&facts);
+            assert_eq!(
+                indexed,
+                plain,
+                "policy set:\n{}\nrequest: {facts:?}",
+                sources.iter().map(|s| s.text.as_str()).collect::<String>()
+            );
+            compared += 1;
+            if indexed.decision == "allow" {
+                allows += 1
+            } else {
+                denies += 1
+            }
+            if !indexed.errors.is_empty() {
+                with_errors += 1
+            }
+        }
+    }
+    eprintln!(
+        "sets loaded {loaded}, refused {refused}; decisions compared {compared}: {allows} allow, {denies} deny, {with_errors} with errors"
+    );
+    // The generator must exercise every outcome, or the comparison proves little.
+    assert!(
+        loaded >= SETS / 2,
+        "only {loaded} of {SETS} generated sets loaded"
+    );
+    assert!(
+        allows >= compared / 10 && denies >= compared / 10,
+        "allows {allows}, denies {denies}"
+    );
+    assert!(
+        with_errors >= compared / 50,
+        "only {with_errors} decisions with errors"
+    );
+}
