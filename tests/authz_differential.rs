@@ -160,7 +160,7 @@ fn requests_per_set() -> usize {
 
 #[test]
 fn indexed_decisions_equal_plain_cedar_over_the_whole_set() {
-    let mut rng = StdRng::seed_from_u64(0x5eed_4);
+    let mut rng = StdRng::seed_from_u64(0x0005_eed4);
     let (mut compared, mut loaded, mut refused) = (0, 0, 0);
     let (mut allows, mut denies, mut with_errors) = (0, 0, 0);
     let schema = PolicySchema::parse("schema", DEFAULT_SCHEMA).expect("built-in schema");
@@ -188,8 +188,8 @@ fn indexed_decisions_equal_plain_cedar_over_the_whole_set() {
             let authorizer = engine.for_peer(peer(&mut rng));
             let with_id: &[(&str, &str)] = &[("x-request-id", "r-1")];
             let facts = HttpRequestFacts {
-                method: *pick(&mut rng, &METHODS),
-                path: *pick(&mut rng, &PATHS),
+                method: pick(&mut rng, &METHODS),
+                path: pick(&mut rng, &PATHS),
                 host: "svc",
                 source_ip: if rng.random_bool(0.8) {
                     IpAddr::from([127, 0, 0, 1])
