@@ -188,8 +188,8 @@ fn indexed_decisions_equal_plain_cedar_over_the_whole_set() {
             let authorizer = engine.for_peer(peer(&mut rng));
             let with_id: &[(&str, &str)] = &[("x-request-id", "r-1")];
             let facts = HttpRequestFacts {
-                method: pick(&mut rng, &METHODS),
-                path: pick(&mut rng, &PATHS),
+                method: pick::<&str>(&mut rng, &METHODS),
+                path: pick::<&str>(&mut rng, &PATHS),
                 host: "svc",
                 source_ip: if rng.random_bool(0.8) {
                     IpAddr::from([127, 0, 0, 1])
