@@ -246,3 +246,89 @@ fn help_is_there_for_every_command() {
         assert!(stdout(&out).contains("Usage:"), "{args:?}");
     }
 }
+
+#[test]
+fn policy_check_and_eval() {
+    let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+    let ok = warden(&["policy", "check", policies]);
+    assert!(ok.status.success(), "{}", stdout(&ok));
+    assert!(stdout(&ok).contains("ok: 2 policies"), "{}", stdout(&ok));
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        tmp.path().join("bad.cedar"),
+        "\npermit (principal, action, resource) when { principal.nickname == \"x\" };\n",
+    )
+    .expect("write");
+    let bad = warden(&["policy", "check", path_str(tmp.path())]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stdout(&bad).contains("bad.cedar:2"), "{}", stdout(&bad));
+
+    let empty = tempfile::tempdir().expect("tempdir");
+    let out = warden(&["policy", "check", path_str(empty.path())]);
+    assert!(
+        stdout(&out).contains("every request would be DENIED"),
+        "{}",
+        stdout(&out)
+    );
+
+    let service = [
+        "--service",
+        "orders",
+        "--service-id",
+        "spiffe://example.org/ns/shop/sa/orders",
+    ];
+    let allow = warden(
+        &[
+            &[
+                "policy",
+                "eval",
+                policies,
+                "--principal",
+                "spiffe://example.org/ns/shop/sa/web",
+            ][..],
+            &service,
+        ]
+        .concat(),
+    );
+    assert_eq!(allow.status.code(), Some(0), "{}", stdout(&allow));
+    assert!(
+        stdout(&allow).contains("same-namespace (default.cedar:"),
+        "{}",
+        stdout(&allow)
+    );
+    let deny = warden(
+        &[
+            &[
+                "policy",
+                "eval",
+                policies,
+                "--principal",
+                "spiffe://example.org/ns/web/sa/web",
+            ][..],
+            &service,
+        ]
+        .concat(),
+    );
+    assert_eq!(deny.status.code(), Some(1));
+    assert!(stdout(&deny).contains("default deny"), "{}", stdout(&deny));
+    let anon = warden(
+        &[
+            &[
+                "policy",
+                "eval",
+                policies,
+                "--principal",
+                "unauthenticated",
+                "--path",
+                "/healthz",
+                "--json",
+            ][..],
+            &service,
+        ]
+        .concat(),
+    );
+    let json: serde_json::Value = serde_json::from_slice(&anon.stdout).expect("json");
+    assert_eq!(json["decision"], "allow");
+    assert_eq!(json["policies"], serde_json::json!(["healthz"]));
+}

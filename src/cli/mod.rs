@@ -3,6 +3,7 @@
 
 pub mod ca;
 pub mod id;
+pub mod policy;
 pub mod svid;
 
 use std::path::Path;

@@ -1,0 +1,103 @@
+//! Authorization decision latency at 10, 100, 1,000 and 10,000 policies over
+//! 1,000 workload identities: Warden's indexed decision (per-connection
+//! slice) against plain Cedar over the whole set, in the same run. Both
+//! include building the request and its context.
+//!
+//! Run: `cargo bench --bench authz`
+
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use warden_proxy::authz::policy_set::DEFAULT_SCHEMA;
+use warden_proxy::authz::{
+    HttpRequestFacts, Mode, Peer, PolicyEngine, PolicySnapshot, PolicySource, ServiceInfo,
+};
+use warden_proxy::identity::SpiffeId;
+
+const IDENTITIES: usize = 1000;
+
+fn identity(i: usize) -> String {
+    format!("spiffe://example.org/ns/ns{}/sa/sa{i}", i % 50)
+}
+
+/// `n` policies: per-identity permits on paths, a few namespace forbids and
+/// a couple of unconstrained policies, as a large mesh would have.
+fn policies(n: usize) -> String {
+    let mut text = String::from(
+        "@id(\"healthz\")\npermit (principal, action == Action::\"GET\", resource) when { context.path == \"/healthz\" };\n",
+    );
+    for i in 1..n {
+        let policy = if i % 100 == 0 {
+            format!(
+                "forbid (principal in Namespace::\"spiffe://example.org/ns/ns{}\", action in Action::\"write\", resource);\n",
+                i % 50
+            )
+        } else {
+            let action = ["GET", "POST", "PUT"][i % 3];
+            format!(
+                "permit (principal == Workload::\"{}\", action == Action::\"{action}\", resource == Service::\"orders\") when {{ context.path like \"/api/{}/*\" }};\n",
+                identity(i % IDENTITIES),
+                i % 7
+            )
+        };
+        text.push_str(&policy);
+    }
+    text
+}
+
+fn bench_decisions(c: &mut Criterion) {
+    let mut g = c.benchmark_group("authz_decision");
+    for n in [10, 100, 1_000, 10_000] {
+        let snapshot = PolicySnapshot::from_sources(
+            "schema",
+            DEFAULT_SCHEMA,
+            vec![PolicySource {
+                name: "bench.cedar".into(),
+                text: policies(n),
+            }],
+        )
+        .expect("bench policies validate");
+        let engine = Arc::new(PolicyEngine::new(
+            ServiceInfo {
+                name: "orders".into(),
+                trust_domain: "example.org".into(),
+                namespace: Some("ns1".into()),
+            },
+            Mode::Enforce,
+        ));
+        engine.install(snapshot);
+        // Identity 3 holds a GET permit on /api/3/*.
+        let peer = Peer::Workload(SpiffeId::parse(&identity(3)).expect("id"));
+        let authorizer = engine.for_peer(peer);
+        let headers: &[(&str, &str)] = &[("x-request-id", "abc"), ("accept", "*/*")];
+        let facts = HttpRequestFacts {
+            method: "GET",
+            path: "/api/3/items",
+            host: "orders.ns3",
+            source_ip: IpAddr::from([127, 0, 0, 1]),
+            headers,
+            tls_version: "TLSv1_3",
+            now: SystemTime::now(),
+        };
+        let first = authorizer.authorize_http(&facts);
+        assert!(first.allowed, "bench request must be allowed: {first:?}");
+        assert_eq!(first, authorizer.authorize_http_unindexed(&facts));
+        g.bench_with_input(BenchmarkId::new("indexed", n), &facts, |b, f| {
+            b.iter(|| authorizer.authorize_http(black_box(f)))
+        });
+        g.bench_with_input(BenchmarkId::new("plain_cedar", n), &facts, |b, f| {
+            b.iter(|| authorizer.authorize_http_unindexed(black_box(f)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = bench_decisions
+}
+criterion_main!(benches);
