@@ -14,6 +14,7 @@ use arc_swap::ArcSwapOption;
 use cedar_policy::{Authorizer, Context, Entities, EntityUid, PolicySet, Request};
 use serde::Serialize;
 
+use super::context_needs::ContextNeeds;
 use super::index::{ScopeEntity, subset};
 use super::model::{
     self, CONNECT_ACTION, HTTP_ACTIONS, HttpRequestFacts, Peer, ServiceInfo, TcpConnectionFacts,
@@ -65,7 +66,15 @@ struct PreparedPeer {
     principal_text: String,
     authenticated: bool,
     entities: Entities,
-    by_action: HashMap<&'static str, (EntityUid, PolicySet)>,
+    by_action: HashMap<&'static str, ActionSlice>,
+}
+
+/// What one action needs for this peer: its uid, the policies whose scope
+/// can match, and the context attributes those policies can observe.
+struct ActionSlice {
+    uid: EntityUid,
+    policies: PolicySet,
+    needs: ContextNeeds,
 }
 
 /// The authorizer for the service this sidecar protects.
@@ -192,7 +201,15 @@ impl PolicyEngine {
                 .filter(|id| snapshot.index.action_matches(id, &scope))
                 .cloned();
             let set = subset(&snapshot.policies, ids);
-            by_action.insert(*action, (action_uid, set));
+            let needs = ContextNeeds::of(&set);
+            by_action.insert(
+                *action,
+                ActionSlice {
+                    uid: action_uid,
+                    policies: set,
+                    needs,
+                },
+            );
         }
         let prepared = Arc::new(PreparedPeer {
             snapshot: snapshot.clone(),
@@ -244,15 +261,20 @@ impl PeerAuthorizer {
 
     fn http(&self, facts: &HttpRequestFacts<'_>, slicing: Slicing) -> Decision {
         let action = model::action_for_method(facts.method);
-        self.decide(action, slicing, |prepared, snapshot| {
-            model::http_context(facts, prepared.authenticated, snapshot.declared_headers())
+        self.decide(action, slicing, |prepared, needs| {
+            model::http_context(
+                facts,
+                prepared.authenticated,
+                prepared.snapshot.declared_headers(),
+                needs,
+            )
         })
     }
 
     /// Authorizes one opaque TCP connection.
     pub fn authorize_tcp(&self, facts: &TcpConnectionFacts<'_>) -> Decision {
-        self.decide(CONNECT_ACTION, Slicing::Indexed, |prepared, _| {
-            model::tcp_context(facts, prepared.authenticated)
+        self.decide(CONNECT_ACTION, Slicing::Indexed, |prepared, needs| {
+            model::tcp_context(facts, prepared.authenticated, needs)
         })
     }
 
@@ -276,7 +298,7 @@ impl PeerAuthorizer {
         &self,
         action: &'static str,
         slicing: Slicing,
-        context: impl FnOnce(&PreparedPeer, &PolicySnapshot) -> Result<Context, String>,
+        context: impl FnOnce(&PreparedPeer, &ContextNeeds) -> Result<Context, String>,
     ) -> Decision {
         let engine = &self.engine;
         let deny = |principal: String, version: String, error: String| {
@@ -287,14 +309,19 @@ impl PeerAuthorizer {
             Err(e) => return deny(format!("{:?}", self.peer), String::new(), e),
         };
         let version = prepared.snapshot.version().to_owned();
-        let Some((action_uid, policies)) = prepared.by_action.get(action) else {
+        let Some(slice) = prepared.by_action.get(action) else {
             return deny(
                 prepared.principal_text.clone(),
                 version,
                 format!("unknown action {action}"),
             );
         };
-        let context = match context(&prepared, &prepared.snapshot) {
+        let everything = ContextNeeds::everything();
+        let (policies, needs) = match slicing {
+            Slicing::Indexed => (&slice.policies, &slice.needs),
+            Slicing::WholeSet => (&prepared.snapshot.policies, &everything),
+        };
+        let context = match context(&prepared, needs) {
             Ok(c) => c,
             Err(e) => {
                 return deny(
@@ -306,7 +333,7 @@ impl PeerAuthorizer {
         };
         let request = match Request::new(
             prepared.principal.clone(),
-            action_uid.clone(),
+            slice.uid.clone(),
             engine.resource.clone(),
             context,
             None,
@@ -319,10 +346,6 @@ impl PeerAuthorizer {
                     format!("request: {e}"),
                 );
             }
-        };
-        let policies = match slicing {
-            Slicing::Indexed => policies,
-            Slicing::WholeSet => &prepared.snapshot.policies,
         };
         let response = Authorizer::new().is_authorized(&request, policies, &prepared.entities);
         let errors: Vec<String> = response

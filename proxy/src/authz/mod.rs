@@ -4,6 +4,7 @@
 //!
 //! Where a request is authorized: [`PeerAuthorizer::authorize_http`].
 
+pub mod context_needs;
 pub mod engine;
 pub mod index;
 pub mod model;

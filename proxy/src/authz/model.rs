@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use cedar_policy::{Context, Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
 
+use super::context_needs::ContextNeeds;
 use crate::identity::{SpiffeId, Timestamp};
 
 /// The actions of HTTP methods the schema declares; any other method is `OTHER`.
@@ -226,11 +227,51 @@ fn datetime(now: SystemTime) -> RestrictedExpression {
     RestrictedExpression::new_datetime(ts)
 }
 
+/// The HTTP request context, with only the attributes `needs` asks for.
 pub fn http_context(
     facts: &HttpRequestFacts<'_>,
     authenticated: bool,
     declared_headers: &[String],
+    needs: &ContextNeeds,
 ) -> Result<Context, String> {
+    let mut pairs = Vec::with_capacity(7);
+    if needs.wants("method") {
+        pairs.push(("method".to_owned(), string(facts.method)));
+    }
+    if needs.wants("path") {
+        pairs.push(("path".to_owned(), string(facts.path)));
+    }
+    if needs.wants("host") {
+        pairs.push(("host".to_owned(), string(facts.host)));
+    }
+    if needs.wants("source_ip") {
+        pairs.push((
+            "source_ip".to_owned(),
+            RestrictedExpression::new_ip(facts.source_ip.to_string()),
+        ));
+    }
+    if needs.wants("headers") {
+        pairs.push((
+            "headers".to_owned(),
+            headers_record(facts, declared_headers)?,
+        ));
+    }
+    if needs.wants("tls") {
+        pairs.push((
+            "tls".to_owned(),
+            tls_record(authenticated, facts.tls_version),
+        ));
+    }
+    if needs.wants("now") {
+        pairs.push(("now".to_owned(), datetime(facts.now)));
+    }
+    Context::from_pairs(pairs).map_err(|e| e.to_string())
+}
+
+fn headers_record(
+    facts: &HttpRequestFacts<'_>,
+    declared_headers: &[String],
+) -> Result<RestrictedExpression, String> {
     let headers = facts
         .headers
         .iter()
@@ -243,36 +284,30 @@ pub fn http_context(
     let mut seen = HashSet::new();
     let headers: Vec<(String, RestrictedExpression)> =
         headers.filter(|(n, _)| seen.insert(n.clone())).collect();
-    let headers = RestrictedExpression::new_record(headers).map_err(|e| e.to_string())?;
-    Context::from_pairs([
-        ("method".to_owned(), string(facts.method)),
-        ("path".to_owned(), string(facts.path)),
-        ("host".to_owned(), string(facts.host)),
-        (
-            "source_ip".to_owned(),
-            RestrictedExpression::new_ip(facts.source_ip.to_string()),
-        ),
-        ("headers".to_owned(), headers),
-        (
-            "tls".to_owned(),
-            tls_record(authenticated, facts.tls_version),
-        ),
-        ("now".to_owned(), datetime(facts.now)),
-    ])
-    .map_err(|e| e.to_string())
+    RestrictedExpression::new_record(headers).map_err(|e| e.to_string())
 }
 
-pub fn tcp_context(facts: &TcpConnectionFacts<'_>, authenticated: bool) -> Result<Context, String> {
-    Context::from_pairs([
-        (
+/// The TCP connection context, with only the attributes `needs` asks for.
+pub fn tcp_context(
+    facts: &TcpConnectionFacts<'_>,
+    authenticated: bool,
+    needs: &ContextNeeds,
+) -> Result<Context, String> {
+    let mut pairs = Vec::with_capacity(3);
+    if needs.wants("source_ip") {
+        pairs.push((
             "source_ip".to_owned(),
             RestrictedExpression::new_ip(facts.source_ip.to_string()),
-        ),
-        (
+        ));
+    }
+    if needs.wants("tls") {
+        pairs.push((
             "tls".to_owned(),
             tls_record(authenticated, facts.tls_version),
-        ),
-        ("now".to_owned(), datetime(facts.now)),
-    ])
-    .map_err(|e| e.to_string())
+        ));
+    }
+    if needs.wants("now") {
+        pairs.push(("now".to_owned(), datetime(facts.now)));
+    }
+    Context::from_pairs(pairs).map_err(|e| e.to_string())
 }
