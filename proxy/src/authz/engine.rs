@@ -82,6 +82,7 @@ pub struct PolicyEngine {
     snapshot: ArcSwapOption<PolicySnapshot>,
     service: ServiceInfo,
     resource: EntityUid,
+    resource_text: String,
     mode: Mode,
     /// Prepared peers of the current snapshot, shared by their connections.
     prepared: Mutex<HashMap<Peer, Arc<PreparedPeer>>>,
@@ -107,6 +108,7 @@ impl PolicyEngine {
         PolicyEngine {
             snapshot: ArcSwapOption::empty(),
             service,
+            resource_text: resource.to_string(),
             resource,
             mode,
             prepared: Mutex::new(HashMap::new()),
@@ -200,7 +202,7 @@ impl PolicyEngine {
                 .iter()
                 .filter(|id| snapshot.index.action_matches(id, &scope))
                 .cloned();
-            let set = subset(&snapshot.policies, ids);
+            let set = subset(&snapshot.unscoped, ids);
             let needs = ContextNeeds::of(&set);
             by_action.insert(
                 *action,
@@ -391,7 +393,7 @@ impl PolicyEngine {
             mode: self.mode,
             principal,
             action: action.to_owned(),
-            resource: self.resource.to_string(),
+            resource: self.resource_text.clone(),
             policies,
             errors,
             policy_version,

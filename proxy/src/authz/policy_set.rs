@@ -87,6 +87,8 @@ pub struct PolicySource {
 #[derive(Debug)]
 pub struct PolicySnapshot {
     pub(crate) policies: PolicySet,
+    /// The same policies with their scopes removed, for evaluating slices.
+    pub(crate) unscoped: PolicySet,
     pub(crate) schema: Arc<Schema>,
     version: String,
     origins: HashMap<PolicyId, Origin>,
@@ -319,7 +321,9 @@ impl PolicySnapshot {
         let version = version_of(schema_text, &sources);
         let schema = Arc::new(schema);
         let index = PolicyIndex::build(&policies);
+        let unscoped = super::index::without_scopes(&policies);
         Ok(PolicySnapshot {
+            unscoped,
             policies,
             schema,
             version,
