@@ -603,3 +603,121 @@ async fn hot_reload_swaps_good_sets_and_keeps_the_last_good_one() {
     assert_eq!(status.borrow().last_error, None);
     watcher.stop();
 }
+
+#[test]
+fn pathological_policies_are_refused_without_crashing() {
+    let deep = format!(
+        "permit (principal, action, resource) when {{ {}true{} }};",
+        "(".repeat(5000),
+        ")".repeat(5000)
+    );
+    let chain = format!(
+        "permit (principal, action, resource) when {{ {} }};",
+        vec!["1 == 1"; 20_000].join(" && ")
+    );
+    let negations = format!(
+        "permit (principal, action, resource) when {{ {}true }};",
+        "!".repeat(50_000)
+    );
+    for text in [deep, chain, negations] {
+        let dir = dir_with(&[]);
+        write(dir.path(), "deep.cedar", &text);
+        let err = load_err(dir.path());
+        assert!(
+            err.contains("deep.cedar:1")
+                && (err.contains("nested deeper") || err.contains("operators")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn tcp_connections_and_addresses() {
+    let dir = dir_with(&[]);
+    write(
+        dir.path(),
+        "tcp.cedar",
+        r#"
+@id("loopback-tcp")
+permit (principal is Workload, action == Action::"connect", resource)
+when { context.source_ip.isLoopback() && context.tls.authenticated };
+@id("loopback-http")
+permit (principal, action == Action::"GET", resource) when { context.source_ip.isLoopback() };
+"#,
+    );
+    let engine = engine_for(dir.path(), Mode::Enforce);
+    let peer = engine.for_peer(workload("spiffe://example.org/ns/db/sa/client"));
+    let tcp = |ip: IpAddr| {
+        peer.authorize_tcp(&TcpConnectionFacts {
+            source_ip: ip,
+            tls_version: "TLSv1_3",
+            now: SystemTime::now(),
+        })
+    };
+    let allowed = tcp(IpAddr::from([127, 0, 0, 1]));
+    assert!(allowed.allowed && allowed.errors.is_empty(), "{allowed:?}");
+    assert_eq!(allowed.policies, ["loopback-tcp"]);
+    let denied = tcp(IpAddr::from([10, 0, 0, 1]));
+    assert!(!denied.allowed && denied.errors.is_empty(), "{denied:?}");
+    // IPv4-mapped IPv6 (a dual-stack listener) is the IPv4 address.
+    let mapped: IpAddr = "::ffff:127.0.0.1".parse().expect("ip");
+    assert!(tcp(mapped).allowed);
+    assert!(tcp("::1".parse().expect("ip")).allowed);
+    // HTTP methods are case-sensitive: `get` is OTHER, not GET.
+    let http = |method: &str| {
+        peer.authorize_http(&HttpRequestFacts {
+            method,
+            path: "/",
+            host: "db",
+            source_ip: mapped,
+            headers: &[],
+            tls_version: "TLSv1_3",
+            now: SystemTime::now(),
+        })
+    };
+    assert!(http("GET").allowed);
+    let lower = http("get");
+    assert!(!lower.allowed && lower.action == "OTHER", "{lower:?}");
+}
+
+#[test]
+fn a_declared_header_sent_twice_is_denied() {
+    let dir = dir_with(&["examples/break-glass.cedar"]);
+    let engine = engine_for(dir.path(), Mode::Enforce);
+    let twice: &[(&str, &str)] = &[
+        ("x-break-glass-ticket", "INC-4242"),
+        ("X-Break-Glass-Ticket", "INC-1"),
+    ];
+    let d = decide(
+        &engine,
+        workload("spiffe://example.org/ns/ops/sa/oncall"),
+        Req {
+            headers: twice,
+            now: at("2026-11-30T12:00:00Z"),
+            ..Req::default()
+        },
+    );
+    assert!(!d.allowed);
+    assert!(
+        d.errors.iter().any(|e| e.contains("more than once")),
+        "{d:?}"
+    );
+    // Undeclared headers may repeat freely.
+    let undeclared: &[(&str, &str)] = &[
+        ("accept", "a"),
+        ("accept", "b"),
+        ("x-break-glass-ticket", "INC-4242"),
+    ];
+    assert!(
+        decide(
+            &engine,
+            workload("spiffe://example.org/ns/ops/sa/oncall"),
+            Req {
+                headers: undeclared,
+                now: at("2026-11-30T12:00:00Z"),
+                ..Req::default()
+            }
+        )
+        .allowed
+    );
+}

@@ -29,6 +29,13 @@ const METHODS: [&str; 10] = [
     "GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "TRACE", "PROPFIND", "get",
 ];
 const PATHS: [&str; 5] = ["/", "/x", "/api/v1", "/admin", "/api"];
+const ADDRESSES: [IpAddr; 5] = [
+    IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 2, 3)),
+    IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+    IpAddr::V6(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0x7f00, 1)),
+    IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+];
 
 fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> &'a T {
     &items[rng.random_range(0..items.len())]
@@ -85,7 +92,7 @@ fn action_scope(rng: &mut StdRng) -> String {
 }
 
 fn resource_scope(rng: &mut StdRng) -> String {
-    match rng.random_range(0..4) {
+    match rng.random_range(0..5) {
         0 | 1 => "resource".into(),
         2 => format!(
             "resource == Service::\"{}\"",
@@ -96,7 +103,11 @@ fn resource_scope(rng: &mut StdRng) -> String {
 }
 
 fn condition(rng: &mut StdRng) -> String {
-    match rng.random_range(0..9) {
+    match rng.random_range(0..13) {
+        9 => " when { context has method && context.method == \"GET\" }".into(),
+        10 => " when { context has host && context.host == \"svc\" }".into(),
+        11 => " when { context.now > datetime(\"2026-01-01T00:00:00Z\") && context.source_ip.isLoopback() }".into(),
+        12 => " when { context == context && context.tls.version == \"TLSv1_3\" }".into(),
         0 | 1 => String::new(),
         2 => format!(" when {{ context has path && context.path == \"{}\" }}", pick(rng, &PATHS)),
         3 => " when { context has path && context.path like \"/api*\" }".into(),
@@ -145,7 +156,11 @@ fn policy_set(rng: &mut StdRng) -> Vec<PolicySource> {
 
 fn peer(rng: &mut StdRng) -> Peer {
     if rng.random_bool(0.1) {
-        Peer::Unauthenticated(UnauthenticatedKind::Plaintext)
+        if rng.random_bool(0.5) {
+            Peer::Unauthenticated(UnauthenticatedKind::Plaintext)
+        } else {
+            Peer::Unauthenticated(UnauthenticatedKind::TlsWithoutCertificate)
+        }
     } else {
         Peer::Workload(SpiffeId::parse(&workload_id(rng)).expect("generated id is valid"))
     }
@@ -187,16 +202,17 @@ fn indexed_decisions_equal_plain_cedar_over_the_whole_set() {
         for _ in 0..requests_per_set() {
             let authorizer = engine.for_peer(peer(&mut rng));
             let with_id: &[(&str, &str)] = &[("x-request-id", "r-1")];
+            let twice: &[(&str, &str)] = &[("x-request-id", "r-1"), ("x-request-id", "r-2")];
             let facts = HttpRequestFacts {
                 method: pick::<&str>(&mut rng, &METHODS),
                 path: pick::<&str>(&mut rng, &PATHS),
                 host: "svc",
-                source_ip: if rng.random_bool(0.8) {
-                    IpAddr::from([127, 0, 0, 1])
-                } else {
-                    IpAddr::from([10, 1, 2, 3])
+                source_ip: *pick(&mut rng, &ADDRESSES),
+                headers: match rng.random_range(0..4) {
+                    0 | 1 => with_id,
+                    2 => twice,
+                    _ => &[],
                 },
-                headers: if rng.random_bool(0.5) { with_id } else { &[] },
                 tls_version: "TLSv1_3",
                 now: SystemTime::now(),
             };

@@ -222,10 +222,19 @@ impl PolicyEngine {
             by_action,
         });
         let mut cache = self.cache();
-        if cache.len() >= MAX_PREPARED_PEERS {
-            cache.clear();
+        // Only cache for the set still active: an install that happened
+        // while this peer was being prepared cleared the cache for a reason.
+        let still_current = self
+            .snapshot
+            .load()
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, snapshot));
+        if still_current {
+            if cache.len() >= MAX_PREPARED_PEERS {
+                cache.clear();
+            }
+            cache.insert(peer.clone(), prepared.clone());
         }
-        cache.insert(peer.clone(), prepared.clone());
         Ok(prepared)
     }
 }
@@ -358,11 +367,17 @@ impl PeerAuthorizer {
         // Cedar skips a policy whose evaluation errors, even a forbid; Warden
         // denies instead, so an erroring forbid can never let a request through.
         let allow = response.decision() == cedar_policy::Decision::Allow && errors.is_empty();
-        let policies = response
-            .diagnostics()
-            .reason()
-            .map(ToString::to_string)
-            .collect();
+        // The deciding policies: permits for an allow, forbids for a forbid
+        // deny. An allow overturned by an error has none (the errors say why).
+        let policies = if allow || response.decision() == cedar_policy::Decision::Deny {
+            response
+                .diagnostics()
+                .reason()
+                .map(ToString::to_string)
+                .collect()
+        } else {
+            Vec::new()
+        };
         engine.finish(
             allow,
             prepared.principal_text.clone(),

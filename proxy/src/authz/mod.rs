@@ -13,5 +13,8 @@ pub mod reload;
 
 pub use engine::{Decision, Mode, PeerAuthorizer, PolicyEngine};
 pub use model::{HttpRequestFacts, Peer, ServiceInfo, TcpConnectionFacts, UnauthenticatedKind};
-pub use policy_set::{PolicyError, PolicyIssue, PolicySchema, PolicySnapshot, PolicySource};
+pub use policy_set::{
+    PolicyError, PolicyFiles, PolicyIssue, PolicySchema, PolicySnapshot, PolicySource,
+    read_policy_dir,
+};
 pub use reload::{PolicyWatcher, ReloadStatus};

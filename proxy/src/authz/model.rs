@@ -24,7 +24,8 @@ pub const CONNECT_ACTION: &str = "connect";
 pub fn action_for_method(method: &str) -> &'static str {
     HTTP_ACTIONS
         .iter()
-        .find(|a| a.eq_ignore_ascii_case(method) && **a != "OTHER")
+        // HTTP methods are case-sensitive: `get` is not GET.
+        .find(|a| **a == method && **a != "OTHER")
         .copied()
         .unwrap_or("OTHER")
 }
@@ -234,6 +235,9 @@ pub fn http_context(
     declared_headers: &[String],
     needs: &ContextNeeds,
 ) -> Result<Context, String> {
+    // Checked whether or not the policies read headers, so the decision does
+    // not depend on which policies happen to be evaluated.
+    check_duplicate_headers(facts, declared_headers)?;
     let mut pairs = Vec::with_capacity(7);
     if needs.wants("method") {
         pairs.push(("method".to_owned(), string(facts.method)));
@@ -247,7 +251,7 @@ pub fn http_context(
     if needs.wants("source_ip") {
         pairs.push((
             "source_ip".to_owned(),
-            RestrictedExpression::new_ip(facts.source_ip.to_string()),
+            RestrictedExpression::new_ip(facts.source_ip.to_canonical().to_string()),
         ));
     }
     if needs.wants("headers") {
@@ -281,10 +285,26 @@ fn headers_record(
                 .any(|d| d.eq_ignore_ascii_case(name))
         })
         .map(|(name, value)| (name.to_ascii_lowercase(), string(value)));
-    let mut seen = HashSet::new();
-    let headers: Vec<(String, RestrictedExpression)> =
-        headers.filter(|(n, _)| seen.insert(n.clone())).collect();
     RestrictedExpression::new_record(headers).map_err(|e| e.to_string())
+}
+
+/// A declared header sent twice could dodge a forbid on its value (which
+/// copy would the policy see?): refuse to guess.
+fn check_duplicate_headers(
+    facts: &HttpRequestFacts<'_>,
+    declared_headers: &[String],
+) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    for (name, _) in facts.headers {
+        if declared_headers
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(name))
+            && !seen.insert(name.to_ascii_lowercase())
+        {
+            return Err(format!("declared header {name:?} is sent more than once"));
+        }
+    }
+    Ok(())
 }
 
 /// The TCP connection context, with only the attributes `needs` asks for.
@@ -297,7 +317,7 @@ pub fn tcp_context(
     if needs.wants("source_ip") {
         pairs.push((
             "source_ip".to_owned(),
-            RestrictedExpression::new_ip(facts.source_ip.to_string()),
+            RestrictedExpression::new_ip(facts.source_ip.to_canonical().to_string()),
         ));
     }
     if needs.wants("tls") {

@@ -1,15 +1,20 @@
 //! Hot reload of a policy directory: on file change (polled) and on SIGHUP.
 //! The new set is built off the request path and swapped in atomically; a
 //! set that fails validation is refused and the last good one stays.
+//!
+//! A change is built only once the directory has read the same on two
+//! consecutive polls, so a deploy that rewrites several files is not caught
+//! half-way. For changes that must land all at once, swap the whole
+//! directory (a symlink flip, as Kubernetes does for mounted ConfigMaps).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::engine::PolicyEngine;
-use super::policy_set::PolicySnapshot;
+use super::policy_set::{PolicyFiles, PolicySnapshot, read_policy_dir};
 
 /// What the policy watcher has done so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,20 +46,46 @@ impl PolicyWatcher {
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last_seen: Option<Vec<(PathBuf, Vec<u8>)>> = None;
+            // The previous poll's read, and the files last built (or refused).
+            let mut previous: Option<PolicyFiles> = None;
+            let mut built: Option<PolicyFiles> = None;
             loop {
                 let forced = tokio::select! {
                     _ = ticker.tick() => false,
-                    Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+                    Some(()) = async {
+                        match hangup.as_mut() {
+                            Some(h) => h.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => true,
                 };
-                let contents = read_contents(&dir);
-                if !forced && last_seen.as_ref() == Some(&contents) {
+                let read_dir = dir.clone();
+                let files =
+                    match tokio::task::spawn_blocking(move || read_policy_dir(&read_dir)).await {
+                        Ok(Ok(files)) => files,
+                        Ok(Err(e)) => {
+                            refuse(&tx, &engine, e.to_string());
+                            previous = None;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "policy reader task failed");
+                            continue;
+                        }
+                    };
+                // Editors and deploy tools write files one at a time: build
+                // only from files that sat still for a whole poll interval
+                // (unless forced, or nothing is loaded yet), and build from
+                // exactly the bytes compared.
+                let stable = previous.as_ref() == Some(&files);
+                previous = Some(files.clone());
+                let first = engine.version().is_none() && built.is_none();
+                if (!forced && built.as_ref() == Some(&files)) || !(stable || forced || first) {
                     continue;
                 }
-                last_seen = Some(contents);
-                let load_dir = dir.clone();
+                built = Some(files.clone());
                 let loaded =
-                    tokio::task::spawn_blocking(move || PolicySnapshot::load_dir(&load_dir)).await;
+                    tokio::task::spawn_blocking(move || PolicySnapshot::from_files(files)).await;
                 match loaded {
                     Ok(Ok(snapshot)) => {
                         let version = snapshot.version().to_owned();
@@ -69,13 +100,7 @@ impl PolicyWatcher {
                             s.last_error = None;
                         });
                     }
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, active = ?engine.version(), "policy set refused; keeping the last good one");
-                        tx.send_modify(|s| {
-                            s.failures += 1;
-                            s.last_error = Some(e.to_string());
-                        });
-                    }
+                    Ok(Err(e)) => refuse(&tx, &engine, e.to_string()),
                     Err(e) => tracing::error!(error = %e, "policy loader task failed"),
                 }
             }
@@ -96,23 +121,12 @@ impl Drop for PolicyWatcher {
     }
 }
 
-/// Names and bytes of the files that make up a policy directory (a cheap
-/// change detector; unreadable files count as empty).
-fn read_contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut files: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.extension()
-                .is_some_and(|e| e == "cedar" || e == "cedarschema")
-        })
-        .map(|p| {
-            let bytes = std::fs::read(&p).unwrap_or_default();
-            (p, bytes)
-        })
-        .collect();
-    files.sort();
-    files
+fn refuse(tx: &watch::Sender<ReloadStatus>, engine: &PolicyEngine, error: String) {
+    if tx.borrow().last_error.as_deref() != Some(error.as_str()) {
+        tracing::error!(%error, active = ?engine.version(), "policy set refused; keeping the last good one");
+    }
+    tx.send_modify(|s| {
+        s.failures += 1;
+        s.last_error = Some(error);
+    });
 }
