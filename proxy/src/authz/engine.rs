@@ -11,15 +11,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
-use cedar_policy::{Authorizer, Context, Entities, EntityUid, PolicySet, Request};
+use cedar_policy::{Authorizer, Context, Entities, EntityUid, Request};
 use serde::Serialize;
 
 use super::context_needs::ContextNeeds;
-use super::index::{ScopeEntity, subset};
+use super::index::ScopeEntity;
 use super::model::{
     self, CONNECT_ACTION, HTTP_ACTIONS, HttpRequestFacts, Peer, ServiceInfo, TcpConnectionFacts,
 };
-use super::policy_set::PolicySnapshot;
+use super::policy_set::{PolicySnapshot, Slice};
 
 /// Whether denies are enforced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
@@ -73,8 +73,7 @@ struct PreparedPeer {
 /// can match, and the context attributes those policies can observe.
 struct ActionSlice {
     uid: EntityUid,
-    policies: PolicySet,
-    needs: ContextNeeds,
+    slice: Arc<Slice>,
 }
 
 /// The authorizer for the service this sidecar protects.
@@ -201,15 +200,13 @@ impl PolicyEngine {
             let ids = candidates
                 .iter()
                 .filter(|id| snapshot.index.action_matches(id, &scope))
-                .cloned();
-            let set = subset(&snapshot.unscoped, ids);
-            let needs = ContextNeeds::of(&set);
+                .cloned()
+                .collect();
             by_action.insert(
                 *action,
                 ActionSlice {
                     uid: action_uid,
-                    policies: set,
-                    needs,
+                    slice: snapshot.slice(ids),
                 },
             );
         }
@@ -329,7 +326,7 @@ impl PeerAuthorizer {
         };
         let everything = ContextNeeds::everything();
         let (policies, needs) = match slicing {
-            Slicing::Indexed => (&slice.policies, &slice.needs),
+            Slicing::Indexed => (&slice.slice.policies, &slice.slice.needs),
             Slicing::WholeSet => (&prepared.snapshot.policies, &everything),
         };
         let context = match context(&prepared, needs) {

@@ -5,11 +5,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cedar_policy::{PolicyId, PolicySet, Schema, SchemaFragment, ValidationMode, Validator};
 use sha2::{Digest, Sha256};
 
+use super::context_needs::ContextNeeds;
 use super::index::PolicyIndex;
 
 /// The schema shipped in `policies/schema.cedarschema`, used when a policy
@@ -136,9 +137,43 @@ pub struct PolicySnapshot {
     origins: HashMap<PolicyId, Origin>,
     declared_headers: Vec<String>,
     pub(crate) index: PolicyIndex,
+    /// Slices built so far, shared by every peer whose slice holds the same
+    /// policies (most peers of a namespace, every unauthenticated peer).
+    slices: Mutex<HashMap<Vec<PolicyId>, Arc<Slice>>>,
 }
 
+/// The policies evaluated for one (peer, action), scopes removed, and the
+/// context attributes they can observe.
+#[derive(Debug)]
+pub(crate) struct Slice {
+    pub policies: PolicySet,
+    pub needs: ContextNeeds,
+}
+
+/// Distinct slices kept per snapshot; past this the cache starts over.
+const MAX_SLICES: usize = 50_000;
+
 impl PolicySnapshot {
+    /// The slice holding `ids` (sorted), built once per snapshot.
+    pub(crate) fn slice(&self, mut ids: Vec<PolicyId>) -> Arc<Slice> {
+        ids.sort_unstable_by(|a, b| AsRef::<str>::as_ref(a).cmp(AsRef::<str>::as_ref(b)));
+        let mut slices = self
+            .slices
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(slice) = slices.get(&ids) {
+            return slice.clone();
+        }
+        let policies = super::index::subset(&self.unscoped, ids.iter().cloned());
+        let needs = ContextNeeds::of(&policies);
+        let slice = Arc::new(Slice { policies, needs });
+        if slices.len() >= MAX_SLICES {
+            slices.clear();
+        }
+        slices.insert(ids, slice.clone());
+        slice
+    }
+
     /// Content hash of the schema and every policy file: the same files give
     /// the same version on every sidecar.
     pub fn version(&self) -> &str {
@@ -348,6 +383,7 @@ impl PolicySnapshot {
             origins,
             declared_headers,
             index,
+            slices: Mutex::new(HashMap::new()),
         })
     }
 }
