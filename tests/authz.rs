@@ -427,6 +427,17 @@ fn audit_mode_records_the_deny_and_lets_it_pass() {
 }
 
 #[test]
+fn audit_mode_without_any_policy_set_still_denies() {
+    let engine = Arc::new(PolicyEngine::new(orders(), Mode::Audit));
+    let d = decide(
+        &engine,
+        workload("spiffe://example.org/ns/shop/sa/a"),
+        Req::default(),
+    );
+    assert!(!d.allowed, "{d:?}");
+}
+
+#[test]
 fn no_policy_set_and_empty_sets_deny_everything() {
     let engine = Arc::new(PolicyEngine::new(orders(), Mode::Enforce));
     let d = decide(

@@ -314,7 +314,14 @@ impl PeerAuthorizer {
         };
         let prepared = match self.current() {
             Ok(p) => p,
-            Err(e) => return deny(format!("{:?}", self.peer), String::new(), e),
+            Err(e) => {
+                // Audit mode lets would-be denies through, but only under a
+                // policy set: without one (never loaded, or the peer's
+                // entities could not be built) nothing was decided at all.
+                let mut decision = deny(format!("{:?}", self.peer), String::new(), e);
+                decision.allowed = false;
+                return decision;
+            }
         };
         let version = prepared.snapshot.version().to_owned();
         let Some(slice) = prepared.by_action.get(action) else {
