@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use warden_control::ca::{CertificateAuthority, InitOptions, SignRequest};
 use warden_proxy::identity::{
     RotationPolicy, SpiffeId, Svid, SvidSource, SvidStore, SvidUpdate, TrustBundleSet,
-    new_key_and_csr, run_rotation,
+    new_key_and_csr, run_rotation, run_rotation_with_clock,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -156,4 +156,54 @@ async fn backs_off_exponentially_and_keeps_the_current_svid() {
     assert!(fetches[10].1, "the 11th fetch succeeds");
     // While renewal failed, the first SVID stayed in place; then it was replaced.
     assert_ne!(store.current().expect("SVID").serial(), first);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_svid_that_cannot_be_renewed_is_dropped_at_expiry() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = source(tmp.path(), 0);
+    let store = Arc::new(SvidStore::new());
+    // Wall-clock time that follows tokio's paused clock.
+    let (wall_start, tokio_start) = (std::time::SystemTime::now(), Instant::now());
+    let clock = move || wall_start + (Instant::now() - tokio_start);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run_rotation_with_clock(
+        store.clone(),
+        src.clone(),
+        RotationPolicy::default(),
+        async {
+            let _ = stopped.await;
+        },
+        clock,
+    ));
+    wait_for_fetches(&src, 1).await;
+    let svid = store.current().expect("first SVID");
+    // From now on the control plane is unreachable.
+    src.0.fail_next.store(u32::MAX, Ordering::SeqCst);
+    let expiry = svid.not_after();
+    let mut dropped_at = None;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        match store.current() {
+            Some(current) => {
+                assert_eq!(current.serial(), svid.serial(), "no other SVID can appear")
+            }
+            None => {
+                dropped_at = Some(clock());
+                break;
+            }
+        }
+    }
+    let _ = stop.send(());
+    task.await.expect("rotation task");
+    let dropped_at = dropped_at.expect("the SVID was never dropped");
+    assert!(dropped_at >= expiry, "dropped before it expired");
+    assert!(
+        dropped_at.duration_since(expiry).unwrap_or_default() <= Duration::from_secs(120),
+        "dropped long after expiry"
+    );
+    assert!(
+        src.0.fetches.lock().expect("lock").len() > 10,
+        "kept retrying while it could"
+    );
 }

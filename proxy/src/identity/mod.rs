@@ -14,7 +14,7 @@ pub mod verify;
 pub use bundle::{BundleError, TrustBundle, TrustBundleSet, pem_encode};
 pub use file_source::{FileSource, FileSourceError, FileWatcher, WatchStatus};
 pub use keygen::{KeyAndCsr, KeygenError, new_key_and_csr};
-pub use rotation::{RotationPolicy, SvidSource, SvidUpdate, run_rotation};
+pub use rotation::{RotationPolicy, SvidSource, SvidUpdate, run_rotation, run_rotation_with_clock};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use store::{Svid, SvidLoadError, SvidResolver, SvidStore};
 pub use svid::{

@@ -135,11 +135,23 @@ pub async fn run_rotation<S: SvidSource>(
     policy: RotationPolicy,
     shutdown: impl Future<Output = ()>,
 ) {
+    run_rotation_with_clock(store, source, policy, shutdown, SystemTime::now).await;
+}
+
+/// [`run_rotation`] reading wall-clock time from `clock`, so tests can run
+/// it in tokio's paused time (which `SystemTime::now` does not follow).
+pub async fn run_rotation_with_clock<S: SvidSource>(
+    store: Arc<SvidStore>,
+    source: S,
+    policy: RotationPolicy,
+    shutdown: impl Future<Output = ()>,
+    clock: impl Fn() -> SystemTime,
+) {
     tokio::pin!(shutdown);
     let policy = policy.sanitized();
     let mut failures: u32 = 0;
     loop {
-        let now = SystemTime::now();
+        let now = clock();
         let current = store.current();
         let mut delay = match (&current, failures) {
             (None, 0) => Duration::ZERO,
@@ -158,7 +170,7 @@ pub async fn run_rotation<S: SvidSource>(
             () = tokio::time::sleep(delay) => {}
         }
         if let Some(svid) = store.current()
-            && !svid.is_valid_at(SystemTime::now())
+            && !svid.is_valid_at(clock())
             && store.clear_if_current(&svid)
         {
             tracing::error!(spiffe_id = %svid.spiffe_id(), serial = svid.serial(), "SVID expired and could not be renewed; handshakes will fail until a new SVID arrives");
@@ -187,9 +199,7 @@ pub async fn run_rotation<S: SvidSource>(
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
-                let time_left = store
-                    .current()
-                    .map(|s| s.time_left(SystemTime::now()).as_secs());
+                let time_left = store.current().map(|s| s.time_left(clock()).as_secs());
                 tracing::warn!(%error, failures, time_left_secs = ?time_left, "SVID refresh failed; keeping the current SVID and retrying with backoff");
             }
         }
