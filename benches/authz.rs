@@ -24,8 +24,10 @@ fn identity(i: usize) -> String {
 }
 
 /// `n` policies: per-identity permits on paths, a few namespace forbids and
-/// a couple of unconstrained policies, as a large mesh would have.
-fn policies(n: usize) -> String {
+/// a couple of unconstrained policies, as a large mesh would have. With
+/// `conditions` false the permits are pure RBAC (scope only: who may call
+/// which method on which service), the shape of most mesh policies.
+fn policies(n: usize, conditions: bool) -> String {
     let mut text = String::from(
         "@id(\"healthz\")\npermit (principal, action == Action::\"GET\", resource) when { context.path == \"/healthz\" };\n",
     );
@@ -37,10 +39,14 @@ fn policies(n: usize) -> String {
             )
         } else {
             let action = ["GET", "POST", "PUT"][i % 3];
+            let condition = if conditions {
+                format!(" when {{ context.path like \"/api/{}/*\" }}", i % 7)
+            } else {
+                String::new()
+            };
             format!(
-                "permit (principal == Workload::\"{}\", action == Action::\"{action}\", resource == Service::\"orders\") when {{ context.path like \"/api/{}/*\" }};\n",
+                "permit (principal == Workload::\"{}\", action == Action::\"{action}\", resource == Service::\"orders\"){condition};\n",
                 identity(i % IDENTITIES),
-                i % 7
             )
         };
         text.push_str(&policy);
@@ -49,14 +55,19 @@ fn policies(n: usize) -> String {
 }
 
 fn bench_decisions(c: &mut Criterion) {
-    let mut g = c.benchmark_group("authz_decision");
+    bench_shape(c, "authz_decision", true);
+    bench_shape(c, "authz_decision_rbac", false);
+}
+
+fn bench_shape(c: &mut Criterion, group: &str, conditions: bool) {
+    let mut g = c.benchmark_group(group);
     for n in [10, 100, 1_000, 10_000] {
         let snapshot = PolicySnapshot::from_sources(
             "schema",
             DEFAULT_SCHEMA,
             vec![PolicySource {
                 name: "bench.cedar".into(),
-                text: policies(n),
+                text: policies(n, conditions),
             }],
         )
         .expect("bench policies validate");

@@ -332,10 +332,30 @@ impl PeerAuthorizer {
             );
         };
         let everything = ContextNeeds::everything();
-        let (policies, needs) = match slicing {
-            Slicing::Indexed => (&slice.slice.policies, &slice.slice.needs),
-            Slicing::WholeSet => (&prepared.snapshot.policies, &everything),
+        let no_ids: &[String] = &[];
+        let (policies, needs, empty, always_permit, always_forbid) = match slicing {
+            Slicing::Indexed => {
+                let s = &slice.slice;
+                (
+                    &s.policies,
+                    &s.needs,
+                    s.is_empty,
+                    &s.always_permit[..],
+                    &s.always_forbid[..],
+                )
+            }
+            Slicing::WholeSet => (
+                &prepared.snapshot.policies,
+                &everything,
+                false,
+                no_ids,
+                no_ids,
+            ),
         };
+        // Evaluate the policies with conditions (if any) with Cedar.
+        // The context is built even when nothing needs evaluating, so a bad
+        // request (a repeated declared header) is refused the same way
+        // whichever policies happen to apply.
         let context = match context(&prepared, needs) {
             Ok(c) => c,
             Err(e) => {
@@ -346,41 +366,66 @@ impl PeerAuthorizer {
                 );
             }
         };
-        let request = match Request::new(
-            prepared.principal.clone(),
-            slice.uid.clone(),
-            engine.resource.clone(),
-            context,
-            None,
-        ) {
-            Ok(r) => r,
-            Err(e) => {
-                return deny(
-                    prepared.principal_text.clone(),
-                    version,
-                    format!("request: {e}"),
-                );
-            }
-        };
-        let response = Authorizer::new().is_authorized(&request, policies, &prepared.entities);
-        let errors: Vec<String> = response
-            .diagnostics()
-            .errors()
-            .map(ToString::to_string)
-            .collect();
-        // Cedar skips a policy whose evaluation errors, even a forbid; Warden
-        // denies instead, so an erroring forbid can never let a request through.
-        let allow = response.decision() == cedar_policy::Decision::Allow && errors.is_empty();
-        // The deciding policies: permits for an allow, forbids for a forbid
-        // deny. An allow overturned by an error has none (the errors say why).
-        let policies = if allow || response.decision() == cedar_policy::Decision::Deny {
-            response
+        let (cedar_allow, cedar_reasons, errors) = if empty {
+            (false, Vec::new(), Vec::new())
+        } else {
+            let request = match Request::new(
+                prepared.principal.clone(),
+                slice.uid.clone(),
+                engine.resource.clone(),
+                context,
+                None,
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    return deny(
+                        prepared.principal_text.clone(),
+                        version,
+                        format!("request: {e}"),
+                    );
+                }
+            };
+            let response = Authorizer::new().is_authorized(&request, policies, &prepared.entities);
+            let errors: Vec<String> = response
+                .diagnostics()
+                .errors()
+                .map(ToString::to_string)
+                .collect();
+            let reasons: Vec<String> = response
                 .diagnostics()
                 .reason()
                 .map(ToString::to_string)
-                .collect()
+                .collect();
+            (
+                response.decision() == cedar_policy::Decision::Allow,
+                reasons,
+                errors,
+            )
+        };
+        // Combine with the condition-free policies exactly as Cedar would
+        // over the union: any satisfied forbid denies (reasons: all satisfied
+        // forbids); else any satisfied permit allows (reasons: all satisfied
+        // permits); else default deny. Cedar reports satisfied forbids when it
+        // denies and satisfied permits when it allows.
+        let mut forbids: Vec<String> = always_forbid.to_vec();
+        let mut permits: Vec<String> = always_permit.to_vec();
+        if cedar_allow {
+            permits.extend(cedar_reasons);
         } else {
+            forbids.extend(cedar_reasons);
+        }
+        let decided_allow = forbids.is_empty() && !permits.is_empty();
+        // Cedar skips a policy whose evaluation errors, even a forbid; Warden
+        // denies instead, so an erroring forbid can never let a request through.
+        let allow = decided_allow && errors.is_empty();
+        // The deciding policies: permits for an allow, forbids for a forbid
+        // deny. An allow overturned by an error has none (the errors say why).
+        let policies = if allow {
+            permits
+        } else if decided_allow {
             Vec::new()
+        } else {
+            forbids
         };
         engine.finish(
             allow,

@@ -142,12 +142,17 @@ pub struct PolicySnapshot {
     slices: Mutex<HashMap<Vec<PolicyId>, Arc<Slice>>>,
 }
 
-/// The policies evaluated for one (peer, action), scopes removed, and the
-/// context attributes they can observe.
+/// The policies that can apply to one (peer, action): those with conditions,
+/// scopes removed, to evaluate with Cedar, and the context attributes they
+/// can observe; and the ids of those without conditions, which are satisfied
+/// by construction.
 #[derive(Debug)]
 pub(crate) struct Slice {
     pub policies: PolicySet,
+    pub is_empty: bool,
     pub needs: ContextNeeds,
+    pub always_permit: Vec<String>,
+    pub always_forbid: Vec<String>,
 }
 
 /// Distinct slices kept per snapshot; past this the cache starts over.
@@ -164,9 +169,28 @@ impl PolicySnapshot {
         if let Some(slice) = slices.get(&ids) {
             return slice.clone();
         }
-        let policies = super::index::subset(&self.unscoped, ids.iter().cloned());
+        // Policies without conditions are decided by their scope alone,
+        // which the index has matched: they need no evaluation.
+        let (mut always_permit, mut always_forbid, mut conditional) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for id in &ids {
+            match self.policies.policy(id) {
+                Some(p) if !p.has_non_scope_constraint() => match p.effect() {
+                    cedar_policy::Effect::Permit => always_permit.push(id.to_string()),
+                    cedar_policy::Effect::Forbid => always_forbid.push(id.to_string()),
+                },
+                _ => conditional.push(id.clone()),
+            }
+        }
+        let policies = super::index::subset(&self.unscoped, conditional);
         let needs = ContextNeeds::of(&policies);
-        let slice = Arc::new(Slice { policies, needs });
+        let slice = Arc::new(Slice {
+            is_empty: policies.is_empty(),
+            policies,
+            needs,
+            always_permit,
+            always_forbid,
+        });
         if slices.len() >= MAX_SLICES {
             slices.clear();
         }
