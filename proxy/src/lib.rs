@@ -4,3 +4,4 @@
 pub mod authz;
 pub mod identity;
 pub mod tls;
+pub mod watcher;

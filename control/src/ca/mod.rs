@@ -12,14 +12,14 @@
 //! | `bundle.pem`| the trust bundle: the root(s) peers must trust         |
 
 mod csr;
+mod parent;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
-    SubjectPublicKeyInfo,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber, SubjectPublicKeyInfo,
 };
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -254,10 +254,25 @@ fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, 
         .map_err(|e| invalid(path, format!("malformed PEM: {e}")))
 }
 
-fn cert_not_after(path: &Path, der: &[u8]) -> Result<SystemTime, CaError> {
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
-        .map_err(|e| invalid(path, format!("not a certificate: {e}")))?;
-    Ok(Timestamp(cert.validity().not_after.timestamp()).to_system_time())
+/// A new signing CA's certificate, what goes on the wire after a leaf, and
+/// the roots peers must trust.
+struct CaCertificates {
+    cert: CertificateDer<'static>,
+    intermediates: Vec<CertificateDer<'static>>,
+    roots: Vec<CertificateDer<'static>>,
+}
+
+fn parse_cert<'a>(
+    path: &Path,
+    der: &'a [u8],
+) -> Result<x509_parser::certificate::X509Certificate<'a>, CaError> {
+    x509_parser::certificate::X509Certificate::from_der(der)
+        .map(|(_, cert)| cert)
+        .map_err(|e| invalid(path, format!("not a certificate: {e}")))
+}
+
+fn not_after(cert: &x509_parser::certificate::X509Certificate<'_>) -> SystemTime {
+    Timestamp(cert.validity().not_after.timestamp()).to_system_time()
 }
 
 impl CertificateAuthority {
@@ -286,65 +301,23 @@ impl CertificateAuthority {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(|e| CaError::Generate(e.to_string()))?;
         let td = &options.trust_domain;
-        let (cert_der, intermediates, roots) = match &options.parent {
+        let CaCertificates {
+            cert: cert_der,
+            intermediates,
+            roots,
+        } = match &options.parent {
             None => {
                 let params = ca_params(td, options.ca_ttl, None);
                 let cert = params
                     .self_signed(&key)
                     .map_err(|e| CaError::Generate(e.to_string()))?;
-                (cert.der().clone(), Vec::new(), vec![cert.der().clone()])
-            }
-            Some(parent) => {
-                let parent_path = Path::new("--root-cert");
-                let parent_chain = parse_certs(parent_path, &parent.cert_pem)?;
-                let parent_cert = parent_chain
-                    .first()
-                    .ok_or_else(|| invalid(parent_path, "holds no certificate"))?;
-                let parent_key = KeyPair::from_pem(&parent.key_pem).map_err(|e| {
-                    invalid(Path::new("--root-key"), format!("unreadable key: {e}"))
-                })?;
-                let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(parent_cert)
-                    .map_err(|e| invalid(parent_path, format!("not a certificate: {e}")))?;
-                if parsed.public_key().raw != parent_key.subject_public_key_info().as_slice() {
-                    return Err(invalid(
-                        Path::new("--root-key"),
-                        "the key does not belong to the --root-cert certificate",
-                    ));
+                CaCertificates {
+                    cert: cert.der().clone(),
+                    intermediates: Vec::new(),
+                    roots: vec![cert.der().clone()],
                 }
-                if !parsed.is_ca() {
-                    return Err(invalid(
-                        parent_path,
-                        "the certificate is not a CA (basicConstraints cA=false)",
-                    ));
-                }
-                let parent_not_after = cert_not_after(parent_path, parent_cert)?;
-                let ttl = parent_not_after
-                    .duration_since(SystemTime::now())
-                    .map_err(|_| invalid(parent_path, "the parent CA has expired"))?
-                    .min(options.ca_ttl);
-                let issuer = Issuer::from_ca_cert_der(parent_cert, parent_key)
-                    .map_err(|e| invalid(parent_path, format!("cannot sign with it: {e}")))?;
-                let params = ca_params(td, ttl, Some(0));
-                let cert = params.signed_by(&key, &issuer).map_err(|e| {
-                    invalid(
-                        Path::new("--root-key"),
-                        format!("signing failed (does the key match the certificate?): {e}"),
-                    )
-                })?;
-                let mut intermediates = vec![cert.der().clone()];
-                // The parent's chain minus its root goes on the wire too.
-                let root = parent_chain
-                    .last()
-                    .cloned()
-                    .unwrap_or_else(|| parent_cert.clone());
-                intermediates.extend(
-                    parent_chain
-                        .iter()
-                        .take(parent_chain.len().saturating_sub(1))
-                        .cloned(),
-                );
-                (cert.der().clone(), intermediates, vec![root])
             }
+            Some(parent) => parent::sign_under_parent(parent, &key, td, options.ca_ttl)?,
         };
         let bundle =
             TrustBundle::new(td.clone(), roots).map_err(|e| CaError::Generate(e.to_string()))?;
@@ -399,7 +372,7 @@ impl CertificateAuthority {
             String::from_utf8(read(&key_path)?).map_err(|_| invalid(&key_path, "not PEM text"))?;
         let key = KeyPair::from_pem(&key_pem)
             .map_err(|e| invalid(&key_path, format!("unreadable key: {e}")))?;
-        let not_after = cert_not_after(&cert_path, &cert_der)?;
+        let not_after = not_after(&parse_cert(&cert_path, &cert_der)?);
         let issuer =
             Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| invalid(&cert_path, e))?;
         let chain_path = dir.join(CHAIN_FILE);

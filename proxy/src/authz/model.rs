@@ -228,6 +228,40 @@ fn datetime(now: SystemTime) -> RestrictedExpression {
     RestrictedExpression::new_datetime(ts)
 }
 
+type Pairs = Vec<(String, RestrictedExpression)>;
+
+/// Adds attribute `name` if the policies can observe it; the value is only
+/// built then (some cost microseconds).
+fn push_if_needed(
+    pairs: &mut Pairs,
+    needs: &ContextNeeds,
+    name: &str,
+    value: impl FnOnce() -> RestrictedExpression,
+) {
+    if needs.wants(name) {
+        pairs.push((name.to_owned(), value()));
+    }
+}
+
+/// The attributes HTTP and TCP contexts share: who connected, how, and when.
+fn push_connection_attrs(
+    pairs: &mut Pairs,
+    needs: &ContextNeeds,
+    source_ip: IpAddr,
+    authenticated: bool,
+    tls_version: &str,
+    now: SystemTime,
+) {
+    push_if_needed(pairs, needs, "source_ip", || {
+        // An IPv4-mapped IPv6 address (dual-stack listener) is the IPv4 address.
+        RestrictedExpression::new_ip(source_ip.to_canonical().to_string())
+    });
+    push_if_needed(pairs, needs, "tls", || {
+        tls_record(authenticated, tls_version)
+    });
+    push_if_needed(pairs, needs, "now", || datetime(now));
+}
+
 /// The HTTP request context, with only the attributes `needs` asks for.
 pub fn http_context(
     facts: &HttpRequestFacts<'_>,
@@ -239,36 +273,23 @@ pub fn http_context(
     // not depend on which policies happen to be evaluated.
     check_duplicate_headers(facts, declared_headers)?;
     let mut pairs = Vec::with_capacity(7);
-    if needs.wants("method") {
-        pairs.push(("method".to_owned(), string(facts.method)));
-    }
-    if needs.wants("path") {
-        pairs.push(("path".to_owned(), string(facts.path)));
-    }
-    if needs.wants("host") {
-        pairs.push(("host".to_owned(), string(facts.host)));
-    }
-    if needs.wants("source_ip") {
-        pairs.push((
-            "source_ip".to_owned(),
-            RestrictedExpression::new_ip(facts.source_ip.to_canonical().to_string()),
-        ));
-    }
+    push_if_needed(&mut pairs, needs, "method", || string(facts.method));
+    push_if_needed(&mut pairs, needs, "path", || string(facts.path));
+    push_if_needed(&mut pairs, needs, "host", || string(facts.host));
     if needs.wants("headers") {
         pairs.push((
             "headers".to_owned(),
             headers_record(facts, declared_headers)?,
         ));
     }
-    if needs.wants("tls") {
-        pairs.push((
-            "tls".to_owned(),
-            tls_record(authenticated, facts.tls_version),
-        ));
-    }
-    if needs.wants("now") {
-        pairs.push(("now".to_owned(), datetime(facts.now)));
-    }
+    push_connection_attrs(
+        &mut pairs,
+        needs,
+        facts.source_ip,
+        authenticated,
+        facts.tls_version,
+        facts.now,
+    );
     Context::from_pairs(pairs).map_err(|e| e.to_string())
 }
 
@@ -319,20 +340,13 @@ pub fn tcp_context(
     needs: &ContextNeeds,
 ) -> Result<Context, String> {
     let mut pairs = Vec::with_capacity(3);
-    if needs.wants("source_ip") {
-        pairs.push((
-            "source_ip".to_owned(),
-            RestrictedExpression::new_ip(facts.source_ip.to_canonical().to_string()),
-        ));
-    }
-    if needs.wants("tls") {
-        pairs.push((
-            "tls".to_owned(),
-            tls_record(authenticated, facts.tls_version),
-        ));
-    }
-    if needs.wants("now") {
-        pairs.push(("now".to_owned(), datetime(facts.now)));
-    }
+    push_connection_attrs(
+        &mut pairs,
+        needs,
+        facts.source_ip,
+        authenticated,
+        facts.tls_version,
+        facts.now,
+    );
     Context::from_pairs(pairs).map_err(|e| e.to_string())
 }

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use super::engine::PolicyEngine;
 use super::policy_set::{PolicyFiles, PolicySnapshot, read_policy_dir};
+use crate::watcher::Watcher;
 
 /// What the policy watcher has done so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,13 +31,9 @@ pub struct ReloadStatus {
 }
 
 /// A running policy watcher; stops when dropped.
-#[derive(Debug)]
-pub struct PolicyWatcher {
-    task: tokio::task::JoinHandle<()>,
-    status: watch::Receiver<ReloadStatus>,
-}
+pub type PolicyWatcher = Watcher<ReloadStatus>;
 
-impl PolicyWatcher {
+impl Watcher<ReloadStatus> {
     /// Loads `dir` into `engine` now and whenever its files change (checked
     /// every `interval`) or the process receives SIGHUP.
     pub fn start(dir: PathBuf, engine: Arc<PolicyEngine>, interval: Duration) -> Self {
@@ -105,19 +102,7 @@ impl PolicyWatcher {
                 }
             }
         });
-        PolicyWatcher { task, status }
-    }
-
-    pub fn status(&self) -> watch::Receiver<ReloadStatus> {
-        self.status.clone()
-    }
-
-    pub fn stop(self) {}
-}
-
-impl Drop for PolicyWatcher {
-    fn drop(&mut self) {
-        self.task.abort();
+        Watcher::new(task, status)
     }
 }
 

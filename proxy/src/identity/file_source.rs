@@ -17,6 +17,7 @@ use super::rotation::{SvidSource, SvidUpdate};
 use super::spiffe_id::TrustDomain;
 use super::store::{Svid, SvidLoadError, SvidStore};
 use super::svid::SvidError;
+use crate::watcher::Watcher;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileSourceError {
@@ -184,7 +185,7 @@ impl FileSource {
                 });
             }
         });
-        FileWatcher { task, status }
+        FileWatcher::new(task, status)
     }
 }
 
@@ -197,27 +198,8 @@ pub struct WatchStatus {
     pub last_error: Option<String>,
 }
 
-/// A running file watcher; stops when dropped.
-#[derive(Debug)]
-pub struct FileWatcher {
-    task: tokio::task::JoinHandle<()>,
-    status: watch::Receiver<WatchStatus>,
-}
-
-impl FileWatcher {
-    /// Follows the watcher's status (for readiness and tests).
-    pub fn status(&self) -> watch::Receiver<WatchStatus> {
-        self.status.clone()
-    }
-
-    pub fn stop(self) {}
-}
-
-impl Drop for FileWatcher {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+/// A running SVID file watcher; stops when dropped.
+pub type FileWatcher = Watcher<WatchStatus>;
 
 impl SvidSource for FileSource {
     type Error = FileSourceError;

@@ -188,17 +188,10 @@ pub fn inspect_leaf(der: &[u8], now: Timestamp) -> Result<LeafReport, SvidError>
 
     let uri_sans = uri_sans(&cert)?;
     let mut spiffe_id = None;
-    match uri_sans.as_slice() {
-        [] => broken.push(LeafRule::NoUriSan),
-        [uri] => match SpiffeId::parse(uri) {
-            Ok(id) if id.is_root() => broken.push(LeafRule::RootPathId(id.to_string())),
-            Ok(id) => spiffe_id = Some(id),
-            Err(reason) => broken.push(LeafRule::InvalidSpiffeId {
-                uri: uri.clone(),
-                reason,
-            }),
-        },
-        many => broken.push(LeafRule::MultipleUriSans(many.len())),
+    match the_spiffe_id(&uri_sans) {
+        Ok(id) if id.is_root() => broken.push(LeafRule::RootPathId(id.to_string())),
+        Ok(id) => spiffe_id = Some(id),
+        Err(rule) => broken.push(rule),
     }
 
     let basic = cert
@@ -350,14 +343,17 @@ pub fn peer_spiffe_id(chain: &[CertificateDer<'_>]) -> Result<SpiffeId, SvidErro
     let leaf = chain.first().ok_or(SvidError::EmptyChain)?;
     let (_, cert) =
         X509Certificate::from_der(leaf).map_err(|e| SvidError::Malformed(e.to_string()))?;
-    match uri_sans(&cert)?.as_slice() {
-        [uri] => SpiffeId::parse(uri).map_err(|reason| {
-            SvidError::Rule(LeafRule::InvalidSpiffeId {
-                uri: uri.clone(),
-                reason,
-            })
+    the_spiffe_id(&uri_sans(&cert)?).map_err(SvidError::Rule)
+}
+
+/// The SPIFFE ID of a certificate with these URI SANs: exactly one, valid.
+fn the_spiffe_id(uri_sans: &[String]) -> Result<SpiffeId, LeafRule> {
+    match uri_sans {
+        [uri] => SpiffeId::parse(uri).map_err(|reason| LeafRule::InvalidSpiffeId {
+            uri: uri.clone(),
+            reason,
         }),
-        [] => Err(SvidError::Rule(LeafRule::NoUriSan)),
-        many => Err(SvidError::Rule(LeafRule::MultipleUriSans(many.len()))),
+        [] => Err(LeafRule::NoUriSan),
+        many => Err(LeafRule::MultipleUriSans(many.len())),
     }
 }
