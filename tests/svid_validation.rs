@@ -224,20 +224,26 @@ fn openssl(args: &[&str]) -> std::process::Output {
     out
 }
 
-#[test]
-fn rsa_1024_is_weak_in_certificates_and_csrs() {
-    let f = Fixture::new();
-    let key = f.dir.path().join("rsa1024.key");
-    let key_s = key.to_str().expect("utf-8");
+/// A private key made by OpenSSL: `openssl genpkey -algorithm ALG -pkeyopt OPT`.
+fn genpkey(dir: &std::path::Path, name: &str, algorithm: &str, option: &str) -> std::path::PathBuf {
+    let key = dir.join(name);
     openssl(&[
         "genpkey",
         "-algorithm",
-        "RSA",
+        algorithm,
         "-pkeyopt",
-        "rsa_keygen_bits:1024",
+        option,
         "-out",
-        key_s,
+        key.to_str().expect("utf-8"),
     ]);
+    key
+}
+
+#[test]
+fn rsa_1024_is_weak_in_certificates_and_csrs() {
+    let f = Fixture::new();
+    let key = genpkey(f.dir.path(), "rsa1024.key", "RSA", "rsa_keygen_bits:1024");
+    let key_s = key.to_str().expect("utf-8");
     let spki = openssl(&["pkey", "-in", key_s, "-pubout", "-outform", "DER"]).stdout;
 
     // A certificate for an RSA-1024 key, signed by our CA's key.
@@ -269,17 +275,8 @@ fn rsa_1024_is_weak_in_certificates_and_csrs() {
     );
 
     // RSA-2048 from OpenSSL is fine, and so is OpenSSL's CSR encoding.
-    let key2048 = f.dir.path().join("rsa2048.key");
+    let key2048 = genpkey(f.dir.path(), "rsa2048.key", "RSA", "rsa_keygen_bits:2048");
     let key2048_s = key2048.to_str().expect("utf-8");
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        key2048_s,
-    ]);
     let csr = openssl(&[
         "req",
         "-new",
@@ -300,17 +297,8 @@ fn rsa_1024_is_weak_in_certificates_and_csrs() {
 #[test]
 fn openssl_csr_asking_for_ca_rights_is_refused() {
     let f = Fixture::new();
-    let key = f.dir.path().join("p256.key");
+    let key = genpkey(f.dir.path(), "p256.key", "EC", "ec_paramgen_curve:P-256");
     let key_s = key.to_str().expect("utf-8");
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        key_s,
-    ]);
     let csr = openssl(&[
         "req",
         "-new",

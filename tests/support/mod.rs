@@ -2,6 +2,8 @@
 //! CAs in temporary directories, real TLS over 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod policies;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -47,32 +49,32 @@ pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-/// `warden ca init` in `dir`.
-pub fn ca_init(dir: &Path, trust_domain: &str) {
-    warden_ok(&[
+/// `warden ca init` in `dir`, with `extra` flags.
+fn ca_init_with(dir: &Path, trust_domain: &str, extra: &[&str]) {
+    let base = [
         "ca",
         "init",
         "--trust-domain",
         trust_domain,
         "--dir",
         path_str(dir),
-    ]);
+    ];
+    warden_ok(&[&base[..], extra].concat());
+}
+
+/// `warden ca init` in `dir`.
+pub fn ca_init(dir: &Path, trust_domain: &str) {
+    ca_init_with(dir, trust_domain, &[]);
 }
 
 /// `warden ca init` of an intermediate in `dir`, under the CA in `root`.
 pub fn ca_init_intermediate(dir: &Path, root: &Path, trust_domain: &str) {
-    warden_ok(&[
-        "ca",
-        "init",
-        "--trust-domain",
+    let (cert, key) = (root.join("ca.crt"), root.join("ca.key"));
+    ca_init_with(
+        dir,
         trust_domain,
-        "--dir",
-        path_str(dir),
-        "--root-cert",
-        path_str(&root.join("ca.crt")),
-        "--root-key",
-        path_str(&root.join("ca.key")),
-    ]);
+        &["--root-cert", path_str(&cert), "--root-key", path_str(&key)],
+    );
 }
 
 /// `warden svid issue` into `out`; returns the out dir.

@@ -12,17 +12,15 @@ use sha2::{Digest, Sha256};
 
 use super::context_needs::ContextNeeds;
 use super::index::PolicyIndex;
+use super::policy_files::check_complexity;
+pub use super::policy_files::{
+    MAX_FILE_BYTES, MAX_NESTING, MAX_OPERATORS, MAX_TOTAL_BYTES, PolicyFiles, PolicySource,
+    SCHEMA_FILE, read_policy_dir,
+};
 
 /// The schema shipped in `policies/schema.cedarschema`, used when a policy
 /// directory brings none.
 pub const DEFAULT_SCHEMA: &str = include_str!("../../../policies/schema.cedarschema");
-/// Largest policy or schema file accepted.
-pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
-/// Largest policy set accepted, all files together.
-pub const MAX_TOTAL_BYTES: u64 = 32 * 1024 * 1024;
-/// File name of a directory's own schema.
-pub const SCHEMA_FILE: &str = "schema.cedarschema";
-
 /// Where a policy came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
@@ -74,55 +72,6 @@ pub enum PolicyError {
     Schema { file: String, message: String },
     #[error("{} problem(s) in the policy set:\n{}", .0.len(), .0.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<PolicyIssue>),
-}
-
-/// The contents of a policy directory, read in one pass.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PolicyFiles {
-    pub sources: Vec<PolicySource>,
-    /// The directory's own `schema.cedarschema`, if it has one.
-    pub schema: Option<String>,
-}
-
-/// Reads the `*.cedar` files (regular files only, sorted by name) and the
-/// schema of `dir`, enforcing the size limits.
-pub fn read_policy_dir(dir: &Path) -> Result<PolicyFiles, PolicyError> {
-    let io = |source| PolicyError::Io {
-        path: dir.to_owned(),
-        source,
-    };
-    let mut paths = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let path = entry.map_err(io)?.path();
-        if path.extension().is_some_and(|e| e == "cedar") && path.is_file() {
-            paths.push(path);
-        }
-    }
-    paths.sort();
-    let mut total = 0;
-    let mut sources = Vec::with_capacity(paths.len());
-    for path in &paths {
-        let text = read_limited(path, &mut total)?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        sources.push(PolicySource { name, text });
-    }
-    let schema_path = dir.join(SCHEMA_FILE);
-    let schema = if schema_path.is_file() {
-        Some(read_limited(&schema_path, &mut total)?)
-    } else {
-        None
-    };
-    Ok(PolicyFiles { sources, schema })
-}
-
-/// A policy file's name and text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicySource {
-    pub name: String,
-    pub text: String,
 }
 
 /// A validated policy set, ready to decide with. Immutable: a reload builds
@@ -256,7 +205,7 @@ impl PolicySnapshot {
     pub fn build(schema: &PolicySchema, sources: Vec<PolicySource>) -> Result<Self, PolicyError> {
         let schema_text = schema.text.as_str();
         let declared_headers = schema.declared_headers.clone();
-        let schema = Schema::clone(&schema.schema);
+        let schema = schema.schema.clone();
         let mut issues = Vec::new();
         let mut policies = PolicySet::new();
         let mut origins: HashMap<PolicyId, Origin> = HashMap::new();
@@ -341,7 +290,7 @@ impl PolicySnapshot {
             }
         }
         if issues.is_empty() {
-            let validator = Validator::new(schema.clone());
+            let validator = Validator::new(Schema::clone(&schema));
             let result = validator.validate(&policies, ValidationMode::Strict);
             // Warnings Warden treats as errors: a policy that can never apply
             // (typically a guard on an undeclared header or attribute) is a
@@ -396,7 +345,6 @@ impl PolicySnapshot {
             return Err(PolicyError::Invalid(issues));
         }
         let version = version_of(schema_text, &sources);
-        let schema = Arc::new(schema);
         let index = PolicyIndex::build(&policies);
         let unscoped = super::index::without_scopes(&policies);
         Ok(PolicySnapshot {
@@ -410,97 +358,6 @@ impl PolicySnapshot {
             slices: Mutex::new(HashMap::new()),
         })
     }
-}
-
-/// Deepest bracket nesting accepted in a policy.
-pub const MAX_NESTING: usize = 32;
-/// Most operators accepted in one policy.
-pub const MAX_OPERATORS: usize = 256;
-
-/// Refuses policies deep enough to exhaust a thread's stack in Cedar's
-/// recursive parser and evaluator (it has no depth limit of its own): deep
-/// bracket nesting, or very long operator chains (each operator is one more
-/// level in the expression tree). Strings and comments are skipped.
-fn check_complexity(source: &PolicySource) -> Result<(), PolicyIssue> {
-    let text = source.text.as_bytes();
-    let (mut depth, mut operators, mut line) = (0usize, 0usize, 1usize);
-    let mut i = 0;
-    while i < text.len() {
-        let c = text[i];
-        match c {
-            b'\n' => line += 1,
-            b'"' => {
-                // Skip the string literal, honouring escapes.
-                i += 1;
-                while i < text.len() && text[i] != b'"' {
-                    if text[i] == b'\\' {
-                        i += 1;
-                    } else if text[i] == b'\n' {
-                        line += 1;
-                    }
-                    i += 1;
-                }
-            }
-            b'/' if text.get(i + 1) == Some(&b'/') => {
-                while i < text.len() && text[i] != b'\n' {
-                    i += 1;
-                }
-                continue;
-            }
-            b'(' | b'[' | b'{' => {
-                depth += 1;
-                if depth > MAX_NESTING {
-                    return Err(PolicyIssue {
-                        file: source.name.clone(),
-                        line,
-                        policy_id: None,
-                        message: format!("brackets nested deeper than {MAX_NESTING}"),
-                    });
-                }
-            }
-            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
-            b';' if depth == 0 => operators = 0,
-            b'&' | b'|' | b'=' | b'!' | b'<' | b'>' | b'+' | b'-' | b'*' | b'.' => {
-                operators += 1;
-                if operators > MAX_OPERATORS * 2 {
-                    return Err(PolicyIssue {
-                        file: source.name.clone(),
-                        line,
-                        policy_id: None,
-                        message: format!("policy has more than {MAX_OPERATORS} operators"),
-                    });
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    Ok(())
-}
-
-fn read_limited(path: &Path, total: &mut u64) -> Result<String, PolicyError> {
-    let io = |source| PolicyError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let size = std::fs::metadata(path).map_err(io)?.len();
-    if size > MAX_FILE_BYTES {
-        return Err(PolicyError::TooLarge {
-            path: path.to_owned(),
-            size,
-            limit: MAX_FILE_BYTES,
-        });
-    }
-    *total += size;
-    if *total > MAX_TOTAL_BYTES {
-        return Err(PolicyError::TooLarge {
-            path: path.to_owned(),
-            size: *total,
-            limit: MAX_TOTAL_BYTES,
-        });
-    }
-    let bytes = std::fs::read(path).map_err(io)?;
-    String::from_utf8(bytes).map_err(|_| PolicyError::NotUtf8(path.to_owned()))
 }
 
 /// A parsed schema, reusable across policy sets (parsing one is costly).
