@@ -224,6 +224,15 @@ fn openssl(args: &[&str]) -> std::process::Output {
     out
 }
 
+/// A CSR for `ID` made by OpenSSL with `key_path`, plus `extra` arguments.
+fn openssl_csr(key_path: &str, extra: &[&str]) -> Vec<u8> {
+    let san = format!("subjectAltName=URI:{ID}");
+    let base = [
+        "req", "-new", "-key", key_path, "-subj", "/O=test", "-addext", &san,
+    ];
+    openssl(&[&base[..], extra].concat()).stdout
+}
+
 /// A private key made by OpenSSL: `openssl genpkey -algorithm ALG -pkeyopt OPT`.
 fn genpkey(dir: &std::path::Path, name: &str, algorithm: &str, option: &str) -> std::path::PathBuf {
     let key = dir.join(name);
@@ -254,19 +263,7 @@ fn rsa_1024_is_weak_in_certificates_and_csrs() {
     assert_eq!(f.check(leaf.der()), rule(LeafRule::WeakRsaKey(1024)));
 
     // A CSR for one, made by OpenSSL: the CA refuses it.
-    let csr = openssl(&[
-        "req",
-        "-new",
-        "-key",
-        key_s,
-        "-subj",
-        "/O=test",
-        "-addext",
-        &format!("subjectAltName=URI:{ID}"),
-        "-outform",
-        "DER",
-    ])
-    .stdout;
+    let csr = openssl_csr(key_s, &["-outform", "DER"]);
     let ca = CertificateAuthority::load(&f.dir.path().join("ca")).expect("load CA");
     assert_eq!(
         ca.sign_csr(&csr, &SignRequest::default())
@@ -277,17 +274,7 @@ fn rsa_1024_is_weak_in_certificates_and_csrs() {
     // RSA-2048 from OpenSSL is fine, and so is OpenSSL's CSR encoding.
     let key2048 = genpkey(f.dir.path(), "rsa2048.key", "RSA", "rsa_keygen_bits:2048");
     let key2048_s = key2048.to_str().expect("utf-8");
-    let csr = openssl(&[
-        "req",
-        "-new",
-        "-key",
-        key2048_s,
-        "-subj",
-        "/O=test",
-        "-addext",
-        &format!("subjectAltName=URI:{ID}"),
-    ])
-    .stdout;
+    let csr = openssl_csr(key2048_s, &[]);
     let issued = ca
         .sign_csr(&csr, &SignRequest::default())
         .expect("PEM CSR from OpenSSL");
@@ -299,19 +286,7 @@ fn openssl_csr_asking_for_ca_rights_is_refused() {
     let f = Fixture::new();
     let key = genpkey(f.dir.path(), "p256.key", "EC", "ec_paramgen_curve:P-256");
     let key_s = key.to_str().expect("utf-8");
-    let csr = openssl(&[
-        "req",
-        "-new",
-        "-key",
-        key_s,
-        "-subj",
-        "/O=test",
-        "-addext",
-        &format!("subjectAltName=URI:{ID}"),
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-    ])
-    .stdout;
+    let csr = openssl_csr(key_s, &["-addext", "basicConstraints=critical,CA:TRUE"]);
     let ca = CertificateAuthority::load(&f.dir.path().join("ca")).expect("load CA");
     assert_eq!(
         ca.sign_csr(&csr, &SignRequest::default()).expect_err("CA"),
