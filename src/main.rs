@@ -38,6 +38,30 @@ enum Command {
     /// Validate Cedar policies and explain decisions.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Run the sidecar: mTLS in front of the local app, mTLS out to peer
+    /// sidecars, a Cedar decision on every request.
+    Proxy(ProxyArgs),
+    /// Run a demo mesh on loopback: a CA, two apps behind their sidecars,
+    /// an allowed call and a denied one.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct ProxyArgs {
+    /// TOML configuration file (see the README's configuration table).
+    #[arg(long, env = "WARDEN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override one setting, `section.key=value` (repeatable); wins over the
+    /// file and over `WARDEN_<SECTION>_<KEY>` environment variables.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Leave the mesh running and print each component's admin URLs until Ctrl-C.
+    #[arg(long)]
+    keep: bool,
 }
 
 #[derive(Subcommand)]
@@ -194,6 +218,8 @@ fn main() -> ExitCode {
         Command::Id(IdCommand::Check { id }) => cli::id::check(&id),
         Command::Policy(PolicyCommand::Check(args)) => cli::policy::check(args),
         Command::Policy(PolicyCommand::Eval(args)) => cli::policy::eval(*args),
+        Command::Proxy(args) => cli::proxy::run(args),
+        Command::Demo(args) => cli::demo::run(args),
     };
     match result {
         Ok(code) => code,

@@ -3,5 +3,6 @@
 
 pub mod authz;
 pub mod identity;
+pub mod sidecar;
 pub mod tls;
 pub mod watcher;

@@ -2,8 +2,10 @@
 //! error that `main` prints; errors name the file and the problem.
 
 pub mod ca;
+pub mod demo;
 pub mod id;
 pub mod policy;
+pub mod proxy;
 pub mod svid;
 
 use std::path::Path;

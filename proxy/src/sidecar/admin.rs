@@ -1,0 +1,143 @@
+//! The admin server, apart from traffic ports: `/live`, `/ready`,
+//! `/identity`, `/policy` and `/metrics`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use super::Shared;
+use super::metrics::unix_seconds;
+use crate::identity::Timestamp;
+
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(&req, &shared)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+fn json_reply(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
+    reply(status, "application/json", format!("{value}\n"))
+}
+
+fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/live" => reply(StatusCode::OK, "text/plain", "live\n".into()),
+        "/ready" => {
+            let reasons = shared.not_ready_reasons();
+            if reasons.is_empty() {
+                reply(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: {}\n", reasons.join("; ")),
+                )
+            }
+        }
+        "/identity" => identity(shared),
+        "/policy" => {
+            let status = shared.policy_status().unwrap_or_default();
+            json_reply(
+                StatusCode::OK,
+                json!({
+                    "version": status.version,
+                    "source": shared.config.authz.policies.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in default".into()),
+                    "mode": shared.config.authz.mode,
+                    "reloads": status.reloads,
+                    "failures": status.failures,
+                    "last_error": status.last_error,
+                }),
+            )
+        }
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            shared
+                .metrics
+                .render(&shared.store, shared.policy_status().as_ref()),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /live /ready /identity /policy /metrics\n".into(),
+        ),
+    }
+}
+
+fn timestamp(t: SystemTime) -> String {
+    Timestamp(i64::try_from(unix_seconds(t)).unwrap_or(i64::MAX)).to_string()
+}
+
+fn identity(shared: &Shared) -> Response<Full<Bytes>> {
+    let Some(svid) = shared.store.current() else {
+        return json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "error": "no SVID loaded yet" }),
+        );
+    };
+    let now = SystemTime::now();
+    let lifetime = svid
+        .not_after()
+        .duration_since(svid.not_before())
+        .unwrap_or_default();
+    // Files are rotated by whoever writes them; this is when a well-behaved
+    // writer (half the lifetime) replaces them.
+    let renew_after = svid.not_before() + lifetime / 2;
+    json_reply(
+        StatusCode::OK,
+        json!({
+            "spiffe_id": svid.spiffe_id().to_string(),
+            "serial": svid.serial(),
+            "not_before": timestamp(svid.not_before()),
+            "not_after": timestamp(svid.not_after()),
+            "seconds_left": svid.time_left(now).as_secs(),
+            "next_rotation": timestamp(renew_after),
+            "source": "files",
+            "trust_domains": shared.store.bundles().trust_domains().map(|t| t.to_string()).collect::<Vec<_>>(),
+            "policy_version": shared.engine().and_then(|e| e.version()),
+        }),
+    )
+}

@@ -1,0 +1,212 @@
+//! HTTP plumbing shared by the inbound and outbound sides: the body type,
+//! hop-by-hop headers, Warden's own headers and its error responses.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every response body: streamed from a peer or the app, or made here.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// The caller's certificate and identity, Envoy's format.
+pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+/// The caller's SPIFFE ID, plainly.
+pub const PEER_ID: HeaderName = HeaderName::from_static("x-warden-peer-id");
+/// Set by Warden on its own responses and passed to the app.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-warden-request-id");
+/// Between sidecars: the request left the caller's app as HTTP/1.1 and
+/// travels as HTTP/2; the receiving sidecar restores HTTP/1.1.
+pub const ORIG_PROTO: HeaderName = HeaderName::from_static("x-warden-orig-proto");
+pub const ORIG_PROTO_HTTP1: &str = "HTTP/1.1";
+
+/// Headers of one hop only (RFC 9110 7.6.1), never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, and the headers `Connection` names.
+/// `Upgrade` goes too: upgrades are relayed explicitly, never by accident.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Whether the request is gRPC (its errors are grpc-status trailers, not HTTP codes).
+pub fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// A fresh request id: 16 hex digits.
+pub fn request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+pub fn boxed<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed()
+}
+
+fn text_body(text: String) -> Body {
+    Full::new(Bytes::from(text))
+        .map_err(|e: Infallible| match e {})
+        .boxed()
+}
+
+/// Why Warden answered a request itself.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub status: StatusCode,
+    /// The gRPC status for gRPC callers.
+    pub grpc_status: u8,
+    pub reason: String,
+}
+
+pub const GRPC_PERMISSION_DENIED: u8 = 7;
+pub const GRPC_UNAVAILABLE: u8 = 14;
+pub const GRPC_DEADLINE_EXCEEDED: u8 = 4;
+pub const GRPC_RESOURCE_EXHAUSTED: u8 = 8;
+
+impl Refusal {
+    pub fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        let grpc_status = match status {
+            StatusCode::FORBIDDEN => GRPC_PERMISSION_DENIED,
+            StatusCode::GATEWAY_TIMEOUT => GRPC_DEADLINE_EXCEEDED,
+            StatusCode::TOO_MANY_REQUESTS => GRPC_RESOURCE_EXHAUSTED,
+            _ => GRPC_UNAVAILABLE,
+        };
+        Refusal {
+            status,
+            grpc_status,
+            reason: reason.into(),
+        }
+    }
+
+    /// The response: a short text body naming the request id, or for gRPC a
+    /// trailers-only response carrying grpc-status and grpc-message.
+    pub fn response(&self, request_id: &str, grpc: bool) -> Response<Body> {
+        let mut response = if grpc {
+            let mut r = Response::new(text_body(String::new()));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            h.insert(
+                "grpc-status",
+                HeaderValue::from(u16::from(self.grpc_status)),
+            );
+            if let Ok(v) = HeaderValue::from_str(&grpc_message(&self.reason)) {
+                h.insert("grpc-message", v);
+            }
+            r
+        } else {
+            let mut r = Response::new(text_body(format!(
+                "warden: {}\nrequest-id: {request_id}\n",
+                self.reason
+            )));
+            *r.status_mut() = self.status;
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            r
+        };
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            response.headers_mut().insert(REQUEST_ID, v);
+        }
+        response
+    }
+}
+
+/// gRPC's percent-encoding of grpc-message: printable ASCII but `%` as is.
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The host a request was addressed to: `Host`, or the URI's authority (HTTP/2).
+pub fn request_host<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
+        .unwrap_or_default()
+}
+
+/// The first error in `e`'s source chain of type `T`.
+pub fn find_source<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_encoded() {
+        assert_eq!(grpc_message("deny 100% é"), "deny 100%25 %C3%A9");
+    }
+}

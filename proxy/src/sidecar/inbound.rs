@@ -1,0 +1,399 @@
+//! The inbound side: terminates mTLS from peer sidecars (or, in permissive
+//! mode, plaintext and certificate-less TLS), authorizes every request
+//! against the caller's verified identity, tells the app who called, and
+//! forwards to the app over pooled keep-alive connections.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::ServerConfig;
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use super::config::{AppProtocol, InboundMode};
+use super::http::{
+    Body, ORIG_PROTO, PEER_ID, REQUEST_ID, Refusal, XFCC, boxed, is_grpc, request_host, request_id,
+    strip_hop_by_hop,
+};
+use super::metrics::{Direction, Handshake};
+use super::{Shared, accept_loop, serve_http};
+use crate::authz::{Decision, HttpRequestFacts, Peer, PeerAuthorizer, UnauthenticatedKind};
+use crate::identity::peer_spiffe_id;
+
+/// The TLS record type of a handshake: the first byte a TLS client sends.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+pub(crate) struct Inbound {
+    pub shared: Arc<Shared>,
+    pub app: SocketAddr,
+    /// mTLS required (strict), or a certificate optional (permissive).
+    pub tls: Arc<ServerConfig>,
+    pub h1: Client<HttpConnector, Incoming>,
+    pub h2: Client<HttpConnector, Incoming>,
+}
+
+/// What is known about one inbound connection, fixed at its handshake.
+struct ConnInfo {
+    source: SocketAddr,
+    tls_version: &'static str,
+    peer_id: Option<HeaderValue>,
+    /// `x-forwarded-client-cert` for the app; None for unauthenticated peers.
+    xfcc: Option<HeaderValue>,
+    peer: Peer,
+    /// Made on the first request once the policy engine exists, then kept.
+    authorizer: OnceLock<PeerAuthorizer>,
+}
+
+impl ConnInfo {
+    fn authorizer(&self, shared: &Shared) -> Option<&PeerAuthorizer> {
+        if let Some(a) = self.authorizer.get() {
+            return Some(a);
+        }
+        let engine = shared.engine()?;
+        Some(
+            self.authorizer
+                .get_or_init(|| engine.for_peer(self.peer.clone())),
+        )
+    }
+}
+
+pub(crate) fn app_clients(
+    shared: &Shared,
+) -> (
+    Client<HttpConnector, Incoming>,
+    Client<HttpConnector, Incoming>,
+) {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(shared.config.limits.app_connect_timeout));
+    connector.set_nodelay(true);
+    let h1 = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(shared.config.limits.idle_timeout)
+        .build(connector.clone());
+    let h2 = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .pool_idle_timeout(shared.config.limits.idle_timeout)
+        .build(connector);
+    (h1, h2)
+}
+
+impl Inbound {
+    pub async fn run(self: Arc<Self>, listener: TcpListener) {
+        let shared = self.shared.clone();
+        accept_loop(
+            listener,
+            shared,
+            Direction::Inbound,
+            move |stream, source| {
+                let this = self.clone();
+                async move { this.connection(stream, source).await }
+            },
+        )
+        .await;
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream, source: SocketAddr) {
+        let metrics = &self.shared.metrics;
+        let limits = &self.shared.config.limits;
+        let permissive = self.shared.config.inbound.mode == InboundMode::Permissive;
+        if permissive {
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(limits.tls_handshake_timeout, stream.peek(&mut first)).await
+            {
+                Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD => {
+                    metrics.handshake(Direction::Inbound, Handshake::Plaintext);
+                    let info = self.conn_info(
+                        source,
+                        "none",
+                        Peer::Unauthenticated(UnauthenticatedKind::Plaintext),
+                        None,
+                    );
+                    return self.serve(stream, info).await;
+                }
+                Ok(Ok(1)) => {}
+                _ => return,
+            }
+        }
+        let acceptor = TlsAcceptor::from(self.tls.clone());
+        let tls = match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream))
+            .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                metrics.handshake(Direction::Inbound, Handshake::Failed);
+                tracing::info!(%source, error = %e, "inbound TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                metrics.handshake(Direction::Inbound, Handshake::Timeout);
+                tracing::info!(%source, "inbound TLS handshake timed out");
+                return;
+            }
+        };
+        metrics.handshake(Direction::Inbound, Handshake::Ok);
+        let conn = tls.get_ref().1;
+        let tls_version = match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1_2",
+            _ => "TLSv1_3",
+        };
+        let (peer, leaf_hash) = match conn.peer_certificates() {
+            Some(chain) if !chain.is_empty() => match peer_spiffe_id(chain) {
+                Ok(id) => (Peer::Workload(id), Some(hex(&Sha256::digest(&chain[0])))),
+                // The verifier already refused such chains; never serve one.
+                Err(e) => {
+                    tracing::warn!(%source, error = %e, "verified peer certificate has no usable SPIFFE ID");
+                    return;
+                }
+            },
+            _ => (
+                Peer::Unauthenticated(UnauthenticatedKind::TlsWithoutCertificate),
+                None,
+            ),
+        };
+        let info = self.conn_info(source, tls_version, peer, leaf_hash);
+        self.serve(tls, info).await
+    }
+
+    fn conn_info(
+        &self,
+        source: SocketAddr,
+        tls_version: &'static str,
+        peer: Peer,
+        leaf_hash: Option<String>,
+    ) -> ConnInfo {
+        let (peer_id, xfcc) = match (&peer, leaf_hash) {
+            (Peer::Workload(id), Some(hash)) => {
+                let by = self
+                    .shared
+                    .store
+                    .current()
+                    .map(|s| s.spiffe_id().to_string())
+                    .unwrap_or_default();
+                (
+                    HeaderValue::from_str(id.as_str()).ok(),
+                    HeaderValue::from_str(&format!("By={by};Hash={hash};URI={id}")).ok(),
+                )
+            }
+            _ => (None, None),
+        };
+        ConnInfo {
+            source,
+            tls_version,
+            peer_id,
+            xfcc,
+            peer,
+            authorizer: OnceLock::new(),
+        }
+    }
+
+    async fn serve<I>(self: Arc<Self>, io: I, info: ConnInfo)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let info = Arc::new(info);
+        let shared = self.shared.clone();
+        serve_http(io, &shared, move |req| {
+            let this = self.clone();
+            let info = info.clone();
+            async move { this.request(req, &info).await }
+        })
+        .await;
+    }
+
+    async fn request(&self, req: Request<Incoming>, info: &ConnInfo) -> Response<Body> {
+        let id = request_id();
+        let grpc = is_grpc(&req);
+        let metrics = &self.shared.metrics;
+        let Ok(_permit) = self.shared.inflight.clone().try_acquire_owned() else {
+            metrics.shed();
+            metrics.request(Direction::Inbound, 503, "none");
+            return Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded: too many requests in flight, retry later",
+            )
+            .response(&id, grpc);
+        };
+        let Some(authorizer) = info.authorizer(&self.shared) else {
+            metrics.request(Direction::Inbound, 503, "none");
+            return Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sidecar not ready: no identity or policy yet",
+            )
+            .response(&id, grpc);
+        };
+        let decision = authorize(authorizer, &req, info);
+        if !decision.errors.is_empty() {
+            metrics.authz_error();
+        }
+        let label = decision.decision;
+        if decision.decision == "deny" {
+            tracing::warn!(target: "warden::audit", request_id = %id, method = %req.method(), path = req.uri().path(), "{}", decision.audit_json());
+        } else {
+            tracing::debug!(target: "warden::audit", request_id = %id, "{}", decision.audit_json());
+        }
+        if !decision.allowed {
+            metrics.request(Direction::Inbound, 403, label);
+            let response = Refusal::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "forbidden: {} may not {} this service",
+                    decision.principal, decision.action
+                ),
+            )
+            .response(&id, grpc);
+            return response;
+        }
+        let response = self.forward(req, info, &id, grpc).await;
+        metrics.request(Direction::Inbound, response.status().as_u16(), label);
+        response
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        info: &ConnInfo,
+        id: &str,
+        grpc: bool,
+    ) -> Response<Body> {
+        let limits = &self.shared.config.limits;
+        let restore_http1 =
+            req.headers().get(ORIG_PROTO).is_some() || req.version() != Version::HTTP_2;
+        let host = request_host(&req);
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        headers.remove(ORIG_PROTO);
+        // Whatever the caller claims about identity is dropped; only the
+        // handshake's verified identity reaches the app.
+        headers.remove(XFCC);
+        headers.remove(PEER_ID);
+        if let Some(v) = &info.xfcc {
+            headers.insert(XFCC, v.clone());
+        }
+        if let Some(v) = &info.peer_id {
+            headers.insert(PEER_ID, v.clone());
+        }
+        if let Ok(v) = HeaderValue::from_str(id) {
+            headers.insert(REQUEST_ID, v);
+        }
+        let h2 = !restore_http1 || self.shared.config.inbound.app_protocol == AppProtocol::H2;
+        if !h2
+            && !headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(&host)
+        {
+            headers.insert(header::HOST, v);
+        }
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let uri = format!("http://{}{}", self.app, path);
+        match uri.parse::<Uri>() {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => {
+                return Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "request target cannot be forwarded",
+                )
+                .response(id, grpc);
+            }
+        }
+        *req.version_mut() = if h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let client = if h2 { &self.h2 } else { &self.h1 };
+        let sent = tokio::time::timeout(limits.app_response_timeout, client.request(req)).await;
+        match sent {
+            Ok(Ok(mut response)) => {
+                strip_hop_by_hop(response.headers_mut());
+                response.map(boxed)
+            }
+            Ok(Err(e)) => {
+                let timed_out = super::http::find_source::<std::io::Error>(&e)
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                    || format!("{e:?}").contains("ConnectTimeout");
+                let refusal = if timed_out {
+                    Refusal::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "app at {} did not accept a connection within {:?}",
+                            self.app, limits.app_connect_timeout
+                        ),
+                    )
+                } else if e.is_connect() {
+                    Refusal::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("app at {} is unavailable: {}", self.app, error_chain(&e)),
+                    )
+                } else {
+                    Refusal::new(
+                        StatusCode::BAD_GATEWAY,
+                        format!("app at {} failed: {}", self.app, error_chain(&e)),
+                    )
+                };
+                tracing::warn!(request_id = id, reason = %refusal.reason, "inbound request failed");
+                refusal.response(id, grpc)
+            }
+            Err(_) => {
+                let refusal = Refusal::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "app at {} did not respond within {:?}",
+                        self.app, limits.app_response_timeout
+                    ),
+                );
+                tracing::warn!(request_id = id, reason = %refusal.reason, "inbound request timed out");
+                refusal.response(id, grpc)
+            }
+        }
+    }
+}
+
+fn authorize(authorizer: &PeerAuthorizer, req: &Request<Incoming>, info: &ConnInfo) -> Decision {
+    let host = request_host(req);
+    let headers: Vec<(&str, Cow<'_, str>)> = req
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.as_str(), String::from_utf8_lossy(value.as_bytes())))
+        .collect();
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_ref())).collect();
+    let facts = HttpRequestFacts {
+        method: req.method().as_str(),
+        path: req.uri().path(),
+        host: &host,
+        source_ip: info.source.ip(),
+        headers: &headers,
+        tls_version: info.tls_version,
+        now: SystemTime::now(),
+    };
+    authorizer.authorize_http(&facts)
+}
+
+/// An error and its sources, one line.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,503 @@
+//! The sidecar: `warden proxy`. An inbound listener terminating mTLS in
+//! front of the local app, per-destination outbound listeners originating
+//! mTLS to peer sidecars, a Cedar decision on every inbound request, and an
+//! admin server with liveness, readiness, identity and metrics.
+//!
+//! Everything is bound in [`Sidecar::start`]; [`Sidecar::drain`] stops
+//! accepting, lets in-flight requests finish up to the drain deadline and
+//! returns.
+
+pub mod admin;
+pub mod config;
+pub mod http;
+mod inbound;
+pub mod metrics;
+mod outbound;
+mod peer;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use ::http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::task::TaskTracker;
+
+use self::http::Body;
+use self::metrics::{Direction, Metrics};
+use crate::authz::{
+    PolicyEngine, PolicySnapshot, PolicySource, PolicyWatcher, ReloadStatus, ServiceInfo,
+};
+use crate::identity::{ExpectedIdentity, FileSource, FileWatcher, SvidStore};
+use crate::tls::{ClientAuth, TlsVersions, client_config, server_config};
+pub use config::{ConfigError, SidecarConfig};
+
+/// The built-in policy set used when `authz.policies` is not set.
+pub const DEFAULT_POLICIES: &str = include_str!("../../../policies/default.cedar");
+
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    #[error("cannot listen on {key} = {addr}: {source}")]
+    Bind {
+        key: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("built-in policy set: {0}")]
+    Policy(String),
+}
+
+/// State every listener and connection of one sidecar shares.
+pub(crate) struct Shared {
+    pub config: SidecarConfig,
+    pub store: Arc<SvidStore>,
+    pub metrics: Arc<Metrics>,
+    /// Requests in flight across the sidecar (load shedding past it).
+    pub inflight: Arc<Semaphore>,
+    engine: OnceLock<Arc<PolicyEngine>>,
+    policy_status: OnceLock<watch::Receiver<ReloadStatus>>,
+    shutdown: watch::Receiver<bool>,
+    tracker: TaskTracker,
+    builder: auto::Builder<TokioExecutor>,
+    listeners_up: AtomicBool,
+}
+
+impl Shared {
+    /// The policy engine, once the sidecar knows its own identity.
+    pub fn engine(&self) -> Option<&Arc<PolicyEngine>> {
+        self.engine.get()
+    }
+
+    pub fn policy_status(&self) -> Option<ReloadStatus> {
+        self.policy_status.get().map(|rx| rx.borrow().clone())
+    }
+
+    pub fn draining(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Why the sidecar is not ready; empty when it is.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if self.draining() {
+            reasons.push("draining".to_owned());
+        }
+        if !self.store.has_valid_svid() {
+            reasons.push("no valid SVID yet".to_owned());
+        }
+        match self.engine() {
+            Some(engine) if engine.snapshot().is_some() => {}
+            _ => {
+                let why = self
+                    .policy_status()
+                    .and_then(|s| s.last_error)
+                    .unwrap_or_else(|| "not loaded yet".into());
+                reasons.push(format!("no valid policy set: {why}"));
+            }
+        }
+        if !self.listeners_up.load(Ordering::Acquire) {
+            reasons.push("listeners not up".to_owned());
+        }
+        reasons
+    }
+}
+
+async fn shutting_down(rx: &mut watch::Receiver<bool>) {
+    // The sender lives as long as the sidecar; if it is gone, so are we.
+    let _ = rx.wait_for(|draining| *draining).await;
+}
+
+fn http_builder(config: &SidecarConfig) -> auto::Builder<TokioExecutor> {
+    let limits = &config.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_resets)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    builder
+}
+
+/// Accepts connections until shutdown, at most `limits.max_connections`
+/// open at once (the rest wait in the kernel's accept queue).
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    direction: Direction,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit,
+            _ = shutting_down(&mut shutdown) => break,
+        };
+        let Ok(permit) = permit else { break };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutting_down(&mut shutdown) => break,
+        };
+        let (stream, source) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, don't spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let task = handle(stream, source);
+        let metrics = shared.metrics.clone();
+        shared.tracker.spawn(async move {
+            let _open = metrics.connection_opened(direction);
+            task.await;
+            drop(permit);
+        });
+    }
+    // The listener is dropped here: new connections are refused from now on.
+}
+
+/// When a connection last had a request in flight.
+struct Activity {
+    start: Instant,
+    in_flight: AtomicUsize,
+    last_ms: AtomicU64,
+}
+
+struct InFlight<'a>(&'a Activity);
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn begin(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self)
+    }
+
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.last_ms.load(Ordering::Acquire)),
+        )
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.last_ms.store(self.0.now_ms(), Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (detected) on one connection with `handler`,
+/// closing it gracefully when idle too long or when the sidecar drains.
+async fn serve_http<I, F, Fut>(io: I, shared: &Arc<Shared>, handler: F)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let counted = activity.clone();
+    let service = service_fn(move |req| {
+        let activity = counted.clone();
+        let response = handler(req);
+        async move {
+            let _in_flight = activity.begin();
+            Ok::<_, Infallible>(response.await)
+        }
+    });
+    let conn = shared
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let idle = shared.config.limits.idle_timeout;
+    let mut ticker = tokio::time::interval((idle / 2).min(Duration::from_secs(5)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = shared.shutdown.clone();
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = shutting_down(&mut shutdown), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = ticker.tick(), if !closing => {
+                if activity.idle_for() >= idle {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// The addresses a started sidecar listens on.
+#[derive(Debug, Clone)]
+pub struct Addresses {
+    pub admin: SocketAddr,
+    pub inbound: Option<SocketAddr>,
+    /// One per `[[outbound.routes]]`, in order.
+    pub outbound: Vec<SocketAddr>,
+}
+
+/// A running sidecar.
+pub struct Sidecar {
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    addresses: Addresses,
+    _svid_watcher: FileWatcher,
+}
+
+async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, SidecarError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| SidecarError::Bind {
+            key: key.to_owned(),
+            addr,
+            source,
+        })
+}
+
+fn builtin_policies() -> Result<PolicySnapshot, SidecarError> {
+    PolicySnapshot::from_sources(
+        "schema.cedarschema",
+        crate::authz::policy_set::DEFAULT_SCHEMA,
+        vec![PolicySource {
+            name: "default.cedar".into(),
+            text: DEFAULT_POLICIES.into(),
+        }],
+    )
+    .map_err(|e| SidecarError::Policy(e.to_string()))
+}
+
+impl Sidecar {
+    /// Binds every listener and starts serving. Must run inside a tokio
+    /// runtime. Until the SVID files and a policy set are loaded, `/ready`
+    /// says why not and inbound requests get 503.
+    pub async fn start(config: SidecarConfig) -> Result<Self, SidecarError> {
+        config.validate()?;
+        let store = Arc::new(SvidStore::new());
+        let source = FileSource::new(
+            config.identity.cert_path()?,
+            config.identity.key_path()?,
+            config.identity.bundle_path()?,
+        );
+        let svid_watcher = source.watch(store.clone(), config.identity.poll_interval);
+        let builtin = match config.authz.policies {
+            None => Some(builtin_policies()?),
+            Some(_) => None,
+        };
+
+        let admin_listener = bind("admin.listen", config.admin.listen).await?;
+        let inbound_listener = match config.inbound.listen {
+            Some(addr) => Some(bind("inbound.listen", addr).await?),
+            None => None,
+        };
+        let mut route_listeners = Vec::new();
+        for (i, route) in config.outbound.routes.iter().enumerate() {
+            route_listeners
+                .push(bind(&format!("outbound.routes[{i}].listen"), route.listen).await?);
+        }
+        let local = |l: &TcpListener| l.local_addr().expect("bound listener has an address");
+        let addresses = Addresses {
+            admin: local(&admin_listener),
+            inbound: inbound_listener.as_ref().map(local),
+            outbound: route_listeners.iter().map(local).collect(),
+        };
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            builder: http_builder(&config),
+            inflight: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
+            config,
+            store: store.clone(),
+            metrics: Arc::new(Metrics::default()),
+            engine: OnceLock::new(),
+            policy_status: OnceLock::new(),
+            shutdown: shutdown_rx,
+            tracker: TaskTracker::new(),
+            listeners_up: AtomicBool::new(false),
+        });
+        let versions = if shared.config.inbound.tls12 {
+            TlsVersions::Tls12And13
+        } else {
+            TlsVersions::Tls13Only
+        };
+
+        tokio::spawn(start_policy(shared.clone(), builtin));
+        tokio::spawn(admin::serve(admin_listener, shared.clone()));
+        if let (Some(listener), Some(app)) = (inbound_listener, shared.config.inbound.app) {
+            let client_auth = match shared.config.inbound.mode {
+                config::InboundMode::Strict => ClientAuth::Required,
+                config::InboundMode::Permissive => ClientAuth::Optional,
+            };
+            let tls = server_config(
+                store.clone(),
+                client_auth,
+                ExpectedIdentity::AnyTrusted,
+                versions,
+                &[b"h2", b"http/1.1"],
+            )?;
+            let (h1, h2) = inbound::app_clients(&shared);
+            let inbound = Arc::new(inbound::Inbound {
+                shared: shared.clone(),
+                app,
+                tls,
+                h1,
+                h2,
+            });
+            shared.tracker.spawn(inbound.run(listener));
+        }
+        for (route, listener) in shared.config.outbound.routes.iter().zip(route_listeners) {
+            let tls = client_config(
+                store.clone(),
+                ExpectedIdentity::exactly(route.identity.clone()),
+                versions,
+                &[b"h2"],
+            )?;
+            let channel = peer::PeerChannel::new(
+                route.upstream,
+                route.identity.clone(),
+                tls,
+                shared.config.limits.peer_connect_timeout,
+                store.subscribe(),
+                shared.metrics.clone(),
+            );
+            let route = Arc::new(outbound::Route {
+                shared: shared.clone(),
+                config: route.clone(),
+                channel,
+            });
+            shared.tracker.spawn(route.run(listener));
+        }
+        shared.listeners_up.store(true, Ordering::Release);
+        Ok(Sidecar {
+            shared,
+            shutdown,
+            addresses,
+            _svid_watcher: svid_watcher,
+        })
+    }
+
+    pub fn addresses(&self) -> &Addresses {
+        &self.addresses
+    }
+
+    /// Why the sidecar is not ready; empty once it is.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        self.shared.not_ready_reasons()
+    }
+
+    /// Stops accepting, asks every connection to close after its in-flight
+    /// requests (GOAWAY on HTTP/2, `connection: close` on HTTP/1), and waits
+    /// for them up to `limits.drain_timeout`. Returns how many connections
+    /// were still open at the deadline.
+    pub async fn drain(self) -> usize {
+        let _ = self.shutdown.send(true);
+        self.shared.tracker.close();
+        let deadline = self.shared.config.limits.drain_timeout;
+        if tokio::time::timeout(deadline, self.shared.tracker.wait())
+            .await
+            .is_ok()
+        {
+            return 0;
+        }
+        let left = self.shared.tracker.len();
+        tracing::warn!(
+            connections = left,
+            ?deadline,
+            "drain deadline passed; closing the rest"
+        );
+        left
+    }
+}
+
+/// Waits for the first SVID (the service's trust domain and namespace come
+/// from it), then builds the policy engine and loads its policies.
+async fn start_policy(shared: Arc<Shared>, builtin: Option<PolicySnapshot>) {
+    let mut generation = shared.store.subscribe();
+    let svid = loop {
+        if let Some(svid) = shared.store.current() {
+            break svid;
+        }
+        if generation.changed().await.is_err() {
+            return;
+        }
+    };
+    let service = ServiceInfo::from_identity(&shared.config.service.name, svid.spiffe_id());
+    let engine = Arc::new(PolicyEngine::new(service, shared.config.authz.mode));
+    let mut watcher: Option<PolicyWatcher> = None;
+    match (builtin, &shared.config.authz.policies) {
+        (Some(snapshot), _) => {
+            let status = ReloadStatus {
+                version: Some(snapshot.version().to_owned()),
+                reloads: 1,
+                ..ReloadStatus::default()
+            };
+            engine.install(snapshot);
+            let _ = shared.policy_status.set(watch::channel(status).1);
+        }
+        (None, Some(dir)) => {
+            let w = PolicyWatcher::start(
+                dir.clone(),
+                engine.clone(),
+                shared.config.authz.reload_interval,
+            );
+            let _ = shared.policy_status.set(w.status());
+            watcher = Some(w);
+        }
+        (None, None) => return,
+    }
+    let _ = shared.engine.set(engine);
+    // The watcher runs until the sidecar drains.
+    let mut shutdown = shared.shutdown.clone();
+    shutting_down(&mut shutdown).await;
+    drop(watcher);
+}

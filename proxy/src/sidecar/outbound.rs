@@ -1,0 +1,165 @@
+//! The outbound side: the app sends plain HTTP to a per-destination
+//! listener; the sidecar sends it over mTLS, as HTTP/2 on one shared
+//! connection, to the peer sidecar, which must prove the identity expected
+//! for that destination.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::config::RouteConfig;
+use super::http::{
+    Body, ORIG_PROTO, ORIG_PROTO_HTTP1, Refusal, boxed, is_grpc, request_host, request_id,
+    strip_hop_by_hop,
+};
+use super::inbound::error_chain;
+use super::metrics::Direction;
+use super::peer::{PeerChannel, PeerError};
+use super::{Shared, accept_loop, serve_http};
+
+pub(crate) struct Route {
+    pub shared: Arc<Shared>,
+    pub config: RouteConfig,
+    pub channel: PeerChannel,
+}
+
+impl Route {
+    pub async fn run(self: Arc<Self>, listener: TcpListener) {
+        let shared = self.shared.clone();
+        accept_loop(
+            listener,
+            shared,
+            Direction::Outbound,
+            move |stream, source| {
+                let this = self.clone();
+                async move { this.connection(stream, source).await }
+            },
+        )
+        .await;
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream, _source: SocketAddr) {
+        let shared = self.shared.clone();
+        serve_http(stream, &shared, move |req| {
+            let this = self.clone();
+            async move { this.request(req).await }
+        })
+        .await;
+    }
+
+    async fn request(&self, req: Request<Incoming>) -> Response<Body> {
+        let id = request_id();
+        let grpc = is_grpc(&req);
+        let metrics = &self.shared.metrics;
+        let Ok(_permit) = self.shared.inflight.clone().try_acquire_owned() else {
+            metrics.shed();
+            metrics.request(Direction::Outbound, 503, "none");
+            return Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded: too many requests in flight, retry later",
+            )
+            .response(&id, grpc);
+        };
+        let response = match self.forward(req).await {
+            Ok(response) => response,
+            Err(refusal) => {
+                tracing::warn!(request_id = %id, upstream = %self.config.upstream, reason = %refusal.reason, "outbound request failed");
+                refusal.response(&id, grpc)
+            }
+        };
+        metrics.request(Direction::Outbound, response.status().as_u16(), "none");
+        response
+    }
+
+    async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<Body>, Refusal> {
+        let from_version = req.version();
+        let host = request_host(&req);
+        let authority = if host.is_empty() {
+            self.config.upstream.to_string()
+        } else {
+            host
+        };
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_owned();
+        *req.uri_mut() = format!("http://{authority}{path}")
+            .parse::<Uri>()
+            .map_err(|_| {
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("bad Host header {authority:?}"),
+                )
+            })?;
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        headers.remove(header::HOST);
+        headers.remove(ORIG_PROTO);
+        if from_version != Version::HTTP_2 {
+            headers.insert(ORIG_PROTO, HeaderValue::from_static(ORIG_PROTO_HTTP1));
+        }
+        *req.version_mut() = Version::HTTP_2;
+
+        let timeout = self.shared.config.limits.app_response_timeout;
+        let mut req = Some(req);
+        // A request the shared connection refused before sending (it was
+        // closing: GOAWAY, a peer restart) is retried once on a new one.
+        for attempt in 0..2 {
+            let mut sender = self.channel.sender().await.map_err(peer_refusal)?;
+            let Some(request) = req.take() else { break };
+            match tokio::time::timeout(timeout, sender.try_send_request(request)).await {
+                Ok(Ok(mut response)) => {
+                    strip_hop_by_hop(response.headers_mut());
+                    response.headers_mut().remove(ORIG_PROTO);
+                    *response.version_mut() = from_version;
+                    return Ok(response.map(boxed));
+                }
+                Ok(Err(mut e)) => {
+                    req = e.take_message();
+                    if req.is_none() || attempt == 1 {
+                        return Err(Refusal::new(
+                            StatusCode::BAD_GATEWAY,
+                            format!(
+                                "peer sidecar {} failed the request: {}",
+                                self.config.upstream,
+                                error_chain(e.error())
+                            ),
+                        ));
+                    }
+                    self.channel.reset(&sender).await;
+                }
+                Err(_) => {
+                    return Err(Refusal::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "peer sidecar {} did not respond within {timeout:?}",
+                            self.config.upstream
+                        ),
+                    ));
+                }
+            }
+        }
+        Err(Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "peer sidecar {} kept closing the connection",
+                self.config.upstream
+            ),
+        ))
+    }
+}
+
+fn peer_refusal(e: PeerError) -> Refusal {
+    let status = match e {
+        PeerError::Unreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        PeerError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        PeerError::Handshake { .. } | PeerError::Protocol { .. } => StatusCode::BAD_GATEWAY,
+    };
+    Refusal::new(status, e.to_string())
+}

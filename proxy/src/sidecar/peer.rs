@@ -1,0 +1,165 @@
+//! Connections to peer sidecars: mTLS with our SVID, the server's SPIFFE ID
+//! checked against the identity expected for the destination, and one
+//! multiplexed HTTP/2 connection per peer, shared by every request to it.
+//!
+//! When our SVID rotates, the next request opens a fresh connection that
+//! presents the new certificate; the old one finishes its streams and closes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, watch};
+use tokio_rustls::TlsConnector;
+
+use super::metrics::{Direction, Handshake, Metrics};
+use crate::identity::{SpiffeId, describe_io_error};
+
+/// Why no connection to the peer could be had; each maps to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer sidecar {addr} refused the connection: {reason}")]
+    Unreachable { addr: SocketAddr, reason: String },
+    #[error("peer sidecar {addr} did not complete the connection within {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    /// The TLS handshake failed: most often the server is not the identity
+    /// expected, or its certificate does not chain to our trust bundle.
+    #[error("mTLS with peer sidecar {addr} (expected {expected}) failed: {reason}")]
+    Handshake {
+        addr: SocketAddr,
+        expected: String,
+        reason: String,
+    },
+    #[error("peer sidecar {addr} does not speak HTTP/2: {reason}")]
+    Protocol { addr: SocketAddr, reason: String },
+}
+
+pub struct PeerChannel {
+    addr: SocketAddr,
+    expected: SpiffeId,
+    tls: TlsConnector,
+    connect_timeout: Duration,
+    svid_generation: watch::Receiver<u64>,
+    metrics: Arc<Metrics>,
+    current: Mutex<Option<Connected>>,
+}
+
+struct Connected {
+    sender: SendRequest<Incoming>,
+    generation: u64,
+}
+
+impl PeerChannel {
+    pub fn new(
+        addr: SocketAddr,
+        expected: SpiffeId,
+        tls: Arc<ClientConfig>,
+        connect_timeout: Duration,
+        svid_generation: watch::Receiver<u64>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        PeerChannel {
+            addr,
+            expected,
+            tls: TlsConnector::from(tls),
+            connect_timeout,
+            svid_generation,
+            metrics,
+            current: Mutex::new(None),
+        }
+    }
+
+    /// A sender on the shared connection, connecting first if there is none,
+    /// it has closed, or our SVID has rotated since it was made.
+    pub async fn sender(&self) -> Result<SendRequest<Incoming>, PeerError> {
+        let generation = *self.svid_generation.borrow();
+        // Held across the connect: concurrent first requests share one connection.
+        let mut current = self.current.lock().await;
+        if let Some(c) = current.as_ref()
+            && c.generation == generation
+            && !c.sender.is_closed()
+        {
+            return Ok(c.sender.clone());
+        }
+        let sender = tokio::time::timeout(self.connect_timeout, self.connect())
+            .await
+            .map_err(|_| PeerError::Timeout {
+                addr: self.addr,
+                timeout: self.connect_timeout,
+            })??;
+        *current = Some(Connected {
+            sender: sender.clone(),
+            generation,
+        });
+        Ok(sender)
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Incoming>, PeerError> {
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| PeerError::Unreachable {
+                addr: self.addr,
+                reason: e.to_string(),
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::IpAddress(self.addr.ip().into());
+        let tls = match self.tls.connect(name, tcp).await {
+            Ok(tls) => {
+                self.metrics.handshake(Direction::Outbound, Handshake::Ok);
+                tls
+            }
+            Err(e) => {
+                self.metrics
+                    .handshake(Direction::Outbound, Handshake::Failed);
+                return Err(PeerError::Handshake {
+                    addr: self.addr,
+                    expected: self.expected.to_string(),
+                    reason: describe_io_error(&e),
+                });
+            }
+        };
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err(PeerError::Protocol {
+                addr: self.addr,
+                reason: "ALPN did not select h2".into(),
+            });
+        }
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| PeerError::Protocol {
+                addr: self.addr,
+                reason: e.to_string(),
+            })?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%addr, error = %e, "connection to peer sidecar ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+impl PeerChannel {
+    /// Forgets the shared connection (it refused a request): the next
+    /// request connects anew.
+    pub async fn reset(&self, stale: &SendRequest<Incoming>) {
+        let mut current = self.current.lock().await;
+        if current
+            .as_ref()
+            .is_some_and(|c| c.sender.is_closed() || stale.is_closed())
+        {
+            *current = None;
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! `warden demo`: a whole mesh on loopback, with no setup. A CA; two apps,
+//! `frontend` and `orders`, each behind its own sidecar (a separate `warden
+//! proxy` process); a third workload, `intruder`, from another namespace.
+//! frontend calls orders and is allowed; intruder calls orders and is
+//! refused by the built-in policy (same namespace only).
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use warden_control::ca::{CertificateAuthority, InitOptions, SignRequest};
+use warden_control::files::{PRIVATE_MODE, PUBLIC_MODE, write_replace};
+use warden_proxy::identity::{SpiffeId, new_key_and_csr};
+
+use crate::DemoArgs;
+
+const TRUST_DOMAIN: &str = "demo.warden.local";
+const FRONTEND: &str = "spiffe://demo.warden.local/ns/shop/sa/frontend";
+const ORDERS: &str = "spiffe://demo.warden.local/ns/shop/sa/orders";
+const INTRUDER: &str = "spiffe://demo.warden.local/ns/other/sa/intruder";
+
+pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(demo(args))
+}
+
+/// A sidecar process; SIGTERM (drain) when dropped.
+struct SidecarProcess {
+    name: &'static str,
+    child: Child,
+    admin: SocketAddr,
+    inbound: Option<SocketAddr>,
+    outbound: Option<SocketAddr>,
+}
+
+impl Drop for SidecarProcess {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+/// SIGTERM, then up to 5 s for the drain, then SIGKILL.
+fn terminate(child: &mut Child) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    for _ in 0..50 {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn spawn_sidecar(name: &'static str, settings: &[String]) -> anyhow::Result<SidecarProcess> {
+    let exe = std::env::current_exe().context("cannot find the warden binary")?;
+    let mut command = Command::new(exe);
+    command.arg("proxy");
+    for s in settings {
+        command.arg("--set").arg(s);
+    }
+    if std::env::var_os("WARDEN_LOG").is_none() {
+        command.env("WARDEN_LOG", "error");
+    }
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start the {name} sidecar"))?;
+    let stdout = child.stdout.take().context("sidecar stdout")?;
+    let mut process = SidecarProcess {
+        name,
+        child,
+        admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+        inbound: None,
+        outbound: None,
+    };
+    // The sidecar prints its listeners, then `started`; or exits on error.
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        let (what, addr) = match line.split_once(' ') {
+            Some((what, addr)) => (what, addr.parse::<SocketAddr>().ok()),
+            None if line == "started" => return Ok(process),
+            None => continue,
+        };
+        match (what, addr) {
+            ("admin", Some(a)) => process.admin = a,
+            ("inbound", Some(a)) => process.inbound = Some(a),
+            ("outbound[0]", Some(a)) => process.outbound = Some(a),
+            _ => {}
+        }
+    }
+    bail!("the {name} sidecar exited before starting (its error is above)")
+}
+
+fn issue(ca: &CertificateAuthority, id: &str, dir: &Path) -> anyhow::Result<()> {
+    let spiffe_id = SpiffeId::parse(id)?;
+    let kc = new_key_and_csr(&spiffe_id)?;
+    let svid = ca.sign_csr(&kc.csr_der, &SignRequest::default())?;
+    std::fs::create_dir_all(dir)?;
+    write_replace(&dir.join("svid.key"), kc.key_pem.as_bytes(), PRIVATE_MODE)?;
+    write_replace(
+        &dir.join("svid.pem"),
+        svid.chain_pem().as_bytes(),
+        PUBLIC_MODE,
+    )?;
+    write_replace(
+        &dir.join("bundle.pem"),
+        ca.bundle().to_pem().as_bytes(),
+        PUBLIC_MODE,
+    )?;
+    Ok(())
+}
+
+/// A demo app: answers every request with what it saw of its caller.
+async fn start_app(name: &'static str) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                        let caller = req
+                            .headers()
+                            .get("x-warden-peer-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("(no verified identity)")
+                            .to_owned();
+                        let body = format!(
+                            "{name} app: {} {} from caller {caller}\n",
+                            req.method(),
+                            req.uri().path()
+                        );
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+fn settings(id_dir: &Path, name: &str, extra: &[String]) -> Vec<String> {
+    let mut s = vec![
+        format!("identity.dir={}", id_dir.join(name).display()),
+        format!("service.name={name}"),
+        "admin.listen=127.0.0.1:0".to_owned(),
+    ];
+    s.extend_from_slice(extra);
+    s
+}
+
+type DemoClient = Client<HttpConnector, Full<Bytes>>;
+
+async fn get(
+    client: &DemoClient,
+    via: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, String)> {
+    let mut req = Request::get(format!("http://{via}{path}"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let response = client.request(req.body(Full::new(Bytes::new()))?).await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).trim_end().to_owned()))
+}
+
+async fn wait_ready(client: &DemoClient, sidecar: &SidecarProcess) -> anyhow::Result<()> {
+    let mut last = (0, String::new());
+    for _ in 0..100 {
+        last = get(client, sidecar.admin, "/ready", &[]).await?;
+        if last.0 == 200 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "the {} sidecar never became ready: {}",
+        sidecar.name,
+        last.1
+    )
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let dir = tempfile::tempdir()?;
+    let ca = CertificateAuthority::init(
+        &dir.path().join("ca"),
+        &InitOptions::new(TRUST_DOMAIN.parse()?),
+    )?;
+    println!(
+        "CA for trust domain {TRUST_DOMAIN} created in {}",
+        dir.path().join("ca").display()
+    );
+    let ids = dir.path().join("identities");
+    for (name, id) in [
+        ("frontend", FRONTEND),
+        ("orders", ORDERS),
+        ("intruder", INTRUDER),
+    ] {
+        issue(&ca, id, &ids.join(name))?;
+        println!("SVID issued for {id}");
+    }
+
+    let orders_app = start_app("orders").await?;
+    let frontend_app = start_app("frontend").await?;
+    let inbound = |app: SocketAddr| {
+        vec![
+            "inbound.listen=127.0.0.1:0".to_owned(),
+            format!("inbound.app={app}"),
+        ]
+    };
+    let orders = spawn_sidecar("orders", &settings(&ids, "orders", &inbound(orders_app)))?;
+    let orders_inbound = orders
+        .inbound
+        .context("orders sidecar has no inbound listener")?;
+    let route = |to: &str| {
+        vec![format!(
+            "outbound.routes=[{{listen=\"127.0.0.1:0\", upstream=\"{orders_inbound}\", identity=\"{to}\"}}]"
+        )]
+    };
+    let mut frontend_settings = inbound(frontend_app);
+    frontend_settings.extend(route(ORDERS));
+    let frontend = spawn_sidecar("frontend", &settings(&ids, "frontend", &frontend_settings))?;
+    let intruder = spawn_sidecar("intruder", &settings(&ids, "intruder", &route(ORDERS)))?;
+
+    let client: DemoClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    for sidecar in [&orders, &frontend, &intruder] {
+        wait_ready(&client, sidecar).await?;
+    }
+    println!(
+        "\nmesh up: orders app {orders_app} behind its sidecar {orders_inbound} (mTLS, strict);\n\
+         frontend and intruder reach it through their own sidecars\n"
+    );
+
+    let frontend_out = frontend.outbound.context("frontend route")?;
+    let intruder_out = intruder.outbound.context("intruder route")?;
+    let allowed = get(&client, frontend_out, "/orders/42", &[]).await?;
+    println!(
+        "1. frontend -> orders  GET /orders/42   => {}\n   {}",
+        allowed.0, allowed.1
+    );
+    let spoofed = get(
+        &client,
+        frontend_out,
+        "/orders/42",
+        &[(
+            "x-warden-peer-id",
+            "spiffe://demo.warden.local/ns/shop/sa/admin",
+        )],
+    )
+    .await?;
+    println!(
+        "2. frontend claims to be admin in a header => {}\n   {}",
+        spoofed.0, spoofed.1
+    );
+    let denied = get(&client, intruder_out, "/orders/42", &[]).await?;
+    println!(
+        "3. intruder -> orders  GET /orders/42   => {}\n   {}",
+        denied.0,
+        denied.1.replace('\n', "\n   ")
+    );
+    let health = get(&client, intruder_out, "/healthz", &[]).await?;
+    println!(
+        "4. intruder -> orders  GET /healthz     => {} (health checks are open to all)",
+        health.0
+    );
+
+    let as_expected = allowed.0 == 200
+        && allowed.1.contains(FRONTEND)
+        && spoofed.1.contains(FRONTEND)
+        && denied.0 == 403
+        && health.0 == 200;
+    println!(
+        "\npolicy: the built-in default (same namespace may call; everyone may GET /healthz).\n\
+         {}",
+        if as_expected {
+            "All as expected."
+        } else {
+            "UNEXPECTED results above."
+        }
+    );
+
+    if args.keep {
+        println!("\nThe mesh keeps running; look around, then press Ctrl-C:");
+        for s in [&orders, &frontend, &intruder] {
+            println!(
+                "  {:<9} http://{}/metrics  http://{0}/ready  http://{0}/identity  http://{0}/policy",
+                s.name, s.admin
+            );
+        }
+        println!("  call orders as frontend:  curl http://{frontend_out}/orders/1");
+        println!("  call orders as intruder:  curl http://{intruder_out}/orders/1");
+        tokio::signal::ctrl_c().await?;
+    }
+    drop((intruder, frontend, orders));
+    Ok(if as_expected {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

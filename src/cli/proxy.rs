@@ -1,0 +1,57 @@
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use warden_proxy::sidecar::{Sidecar, SidecarConfig};
+
+use crate::ProxyArgs;
+
+/// `warden proxy`: loads and validates the configuration, binds every
+/// listener, prints one `LISTENER ADDRESS` line per listener on stdout (so a
+/// supervisor or test can find ports chosen with `:0`), then serves until
+/// SIGTERM or SIGINT and drains.
+pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+    let config = SidecarConfig::load(args.config.as_deref(), std::env::vars(), &args.set)
+        .context("invalid configuration")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let sidecar = Sidecar::start(config).await?;
+        let addresses = sidecar.addresses().clone();
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "admin {}", addresses.admin)?;
+        if let Some(inbound) = addresses.inbound {
+            writeln!(out, "inbound {inbound}")?;
+        }
+        for (i, route) in addresses.outbound.iter().enumerate() {
+            writeln!(out, "outbound[{i}] {route}")?;
+        }
+        writeln!(out, "started")?;
+        out.flush()?;
+        drop(out);
+        tracing::info!(?addresses, "warden proxy started");
+        wait_for_termination().await?;
+        tracing::info!("draining");
+        let left = sidecar.drain().await;
+        if left > 0 {
+            tracing::warn!(
+                connections = left,
+                "drain deadline passed with connections open"
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn wait_for_termination() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
