@@ -2,6 +2,7 @@
 //! CAs in temporary directories, real TLS over 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod mesh;
 pub mod policies;
 
 use std::path::{Path, PathBuf};

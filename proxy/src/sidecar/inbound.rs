@@ -211,49 +211,65 @@ impl Inbound {
     async fn request(&self, req: Request<Incoming>, info: &ConnInfo) -> Response<Body> {
         let id = request_id();
         let grpc = is_grpc(&req);
+        let (response, decision) = match self.decide_and_forward(req, info, &id).await {
+            Ok(answer) => answer,
+            Err((refusal, decision)) => (refusal.response(&id, grpc), decision),
+        };
+        self.shared
+            .metrics
+            .request(Direction::Inbound, response.status().as_u16(), decision);
+        response
+    }
+
+    /// The app's response, or Warden's refusal; with the decision label.
+    async fn decide_and_forward(
+        &self,
+        req: Request<Incoming>,
+        info: &ConnInfo,
+        id: &str,
+    ) -> Result<(Response<Body>, &'static str), (Refusal, &'static str)> {
         let metrics = &self.shared.metrics;
+        let grpc = is_grpc(&req);
         let Ok(_permit) = self.shared.inflight.clone().try_acquire_owned() else {
             metrics.shed();
-            metrics.request(Direction::Inbound, 503, "none");
-            return Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded: too many requests in flight, retry later",
-            )
-            .response(&id, grpc);
+            return Err((
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded: too many requests in flight, retry later",
+                ),
+                "none",
+            ));
         };
         let Some(authorizer) = info.authorizer(&self.shared) else {
-            metrics.request(Direction::Inbound, 503, "none");
-            return Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "sidecar not ready: no identity or policy yet",
-            )
-            .response(&id, grpc);
+            return Err((
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "sidecar not ready: no identity or policy yet",
+                ),
+                "none",
+            ));
         };
         let decision = authorize(authorizer, &req, info);
         if !decision.errors.is_empty() {
             metrics.authz_error();
         }
-        let label = decision.decision;
         if decision.decision == "deny" {
             tracing::warn!(target: "warden::audit", request_id = %id, method = %req.method(), path = req.uri().path(), "{}", decision.audit_json());
         } else {
             tracing::debug!(target: "warden::audit", request_id = %id, "{}", decision.audit_json());
         }
         if !decision.allowed {
-            metrics.request(Direction::Inbound, 403, label);
-            let response = Refusal::new(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "forbidden: {} may not {} this service",
-                    decision.principal, decision.action
-                ),
-            )
-            .response(&id, grpc);
-            return response;
+            let reason = format!(
+                "forbidden: {} may not {} this service",
+                decision.principal, decision.action
+            );
+            return Err((
+                Refusal::new(StatusCode::FORBIDDEN, reason),
+                decision.decision,
+            ));
         }
-        let response = self.forward(req, info, &id, grpc).await;
-        metrics.request(Direction::Inbound, response.status().as_u16(), label);
-        response
+        let response = self.forward(req, info, id, grpc).await;
+        Ok((response, decision.decision))
     }
 
     async fn forward(

@@ -57,12 +57,13 @@ impl Route {
         let metrics = &self.shared.metrics;
         let Ok(_permit) = self.shared.inflight.clone().try_acquire_owned() else {
             metrics.shed();
-            metrics.request(Direction::Outbound, 503, "none");
-            return Refusal::new(
+            let response = Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded: too many requests in flight, retry later",
             )
             .response(&id, grpc);
+            metrics.request(Direction::Outbound, response.status().as_u16(), "none");
+            return response;
         };
         let response = match self.forward(req).await {
             Ok(response) => response,

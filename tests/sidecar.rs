@@ -1,0 +1,208 @@
+//! The data plane end to end: an app calls another app through two real
+//! `warden proxy` processes, over mTLS with SVIDs from our CA, on 127.0.0.1.
+
+mod support;
+
+use std::time::Duration;
+
+use hyper::Request;
+use support::mesh::{
+    FRONTEND, INTRUDER, ORDERS, Pair, body, get, h2c_client, http1_client, route_to, send,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_call_reaches_the_app_with_the_verified_caller_identity() {
+    let pair = Pair::start(&[], &[]).await;
+    // A spoofed identity from the calling app is dropped on the way.
+    let reply = get(
+        pair.via(),
+        "/orders/42?x=1",
+        &[
+            ("x-warden-peer-id", "spiffe://example.org/ns/shop/sa/admin"),
+            (
+                "x-forwarded-client-cert",
+                "By=x;URI=spiffe://example.org/ns/shop/sa/admin",
+            ),
+            ("host", "orders.shop"),
+        ],
+    )
+    .await
+    .expect("call");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let echo = reply.echo();
+    assert_eq!(echo["path"], "/orders/42");
+    assert_eq!(echo["version"], "HTTP/1.1", "HTTP/1.1 restored for the app");
+    let headers = &echo["headers"];
+    assert_eq!(headers["x-warden-peer-id"], FRONTEND);
+    assert_eq!(headers["host"], "orders.shop", "the Host the caller used");
+    let xfcc = headers["x-forwarded-client-cert"].as_str().expect("xfcc");
+    assert!(xfcc.starts_with(&format!("By={ORDERS};Hash=")), "{xfcc}");
+    assert!(xfcc.ends_with(&format!(";URI={FRONTEND}")), "{xfcc}");
+    let hash = xfcc
+        .split(';')
+        .nth(1)
+        .expect("hash")
+        .trim_start_matches("Hash=");
+    assert_eq!(hash.len(), 64, "sha256 hex: {xfcc}");
+    assert!(
+        headers.get("x-warden-orig-proto").is_none(),
+        "internal header leaked"
+    );
+    assert!(headers.get("x-warden-request-id").is_some());
+
+    let metrics = pair.server.metrics().await;
+    assert!(
+        metrics.contains(
+            "warden_requests_total{direction=\"inbound\",status=\"200\",decision=\"allow\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warden_tls_handshakes_total{direction=\"inbound\",outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_stream_both_ways_and_requests_share_one_peer_connection() {
+    let pair = Pair::start(&[], &[]).await;
+    let client = http1_client();
+    let payload: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    for _ in 0..3 {
+        let req = Request::post(format!("http://{}/echo", pair.via()))
+            .body(body(payload.clone()))
+            .expect("request");
+        let reply = send(&client, req).await.expect("echo");
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.raw.len(), payload.len());
+        assert!(reply.raw == payload, "body corrupted");
+    }
+    // Three requests, three fresh app connections, one mTLS connection.
+    for _ in 0..5 {
+        get(pair.via(), "/x", &[]).await.expect("call");
+    }
+    let metrics = pair.server.metrics().await;
+    assert!(
+        metrics.contains("warden_tls_handshakes_total{direction=\"inbound\",outcome=\"ok\"} 1\n"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_and_grpc_keep_their_trailers() {
+    let pair = Pair::start(&[], &[]).await;
+    let client = h2c_client();
+    let reply = send(
+        &client,
+        Request::get(format!("http://{}/h2", pair.via()))
+            .body(body(""))
+            .expect("req"),
+    )
+    .await
+    .expect("h2 call");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.echo()["version"], "HTTP/2.0", "h2 end to end");
+    assert_eq!(reply.echo()["headers"]["x-warden-peer-id"], FRONTEND);
+
+    let message = b"\x00\x00\x00\x00\x05hello".to_vec();
+    let req = Request::post(format!("http://{}/grpc.Echo/Say", pair.via()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body(message.clone()))
+        .expect("req");
+    let reply = send(&client, req).await.expect("grpc call");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.raw, message);
+    let trailers = reply.trailers.expect("trailers intact");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["grpc-message"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_the_policy_does_not_allow_gets_403_and_grpc_permission_denied() {
+    let pair = Pair::start(&[], &[]).await;
+    let intruder = pair
+        .ids
+        .start("intruder", &[route_to(pair.server.inbound(), ORDERS)]);
+    intruder.wait_ready().await;
+    let reply = get(intruder.outbound[0], "/orders/42", &[])
+        .await
+        .expect("call");
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    let id = reply.headers["x-warden-request-id"]
+        .to_str()
+        .expect("id")
+        .to_owned();
+    assert!(
+        reply.body.contains(INTRUDER) && reply.body.contains(&id),
+        "{}",
+        reply.body
+    );
+    // The built-in policy still lets everyone GET /healthz.
+    assert_eq!(
+        get(intruder.outbound[0], "/healthz", &[])
+            .await
+            .expect("healthz")
+            .status,
+        200
+    );
+
+    let req = Request::post(format!("http://{}/grpc.Echo/Say", intruder.outbound[0]))
+        .header("content-type", "application/grpc")
+        .body(body(""))
+        .expect("req");
+    let reply = send(&h2c_client(), req).await.expect("grpc");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.headers["grpc-status"], "7", "PERMISSION_DENIED");
+
+    let metrics = pair.server.metrics().await;
+    assert!(
+        metrics.contains("status=\"403\",decision=\"deny\"} 1"),
+        "{metrics}"
+    );
+    let logs = pair.server.logs();
+    assert!(
+        logs.contains("warden::audit") && logs.contains(INTRUDER),
+        "audit record: {logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_reports_readiness_identity_and_policy() {
+    let pair = Pair::start(&[], &[]).await;
+    let ready = get(pair.server.admin, "/ready", &[]).await.expect("ready");
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let identity = get(pair.server.admin, "/identity", &[])
+        .await
+        .expect("identity");
+    let json: serde_json::Value = serde_json::from_str(&identity.body).expect("json");
+    assert_eq!(json["spiffe_id"], ORDERS);
+    assert!(json["seconds_left"].as_u64().expect("seconds") > 3000);
+    assert!(json["serial"].as_str().is_some_and(|s| !s.is_empty()));
+    let policy = get(pair.server.admin, "/policy", &[])
+        .await
+        .expect("policy");
+    let json: serde_json::Value = serde_json::from_str(&policy.body).expect("json");
+    assert_eq!(json["source"], "built-in default");
+    assert!(
+        json["version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("sha256:")),
+        "{json}"
+    );
+    assert_eq!(
+        get(pair.server.admin, "/live", &[])
+            .await
+            .expect("live")
+            .status,
+        200
+    );
+    assert_eq!(
+        get(pair.server.admin, "/nope", &[])
+            .await
+            .expect("404")
+            .status,
+        404
+    );
+    let _ = Duration::ZERO;
+}
