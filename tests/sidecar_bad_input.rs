@@ -1,0 +1,360 @@
+//! Bad input at the sidecar: each gets its documented refusal, the sidecar
+//! keeps serving everyone else, and nothing panics.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::ServerName;
+use support::mesh::{FRONTEND, INTRUDER, ORDERS, Pair, TD, TestApp, get, inbound_to, route_to};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use warden_proxy::identity::{ExpectedIdentity, TrustBundleSet};
+
+/// Sends raw bytes and reads what comes back until the peer closes (bounded).
+async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    out
+}
+
+/// An HTTP/1.1 GET /healthz over TLS with `config`; the response head, or why not.
+async fn tls_get(config: Arc<rustls::ClientConfig>, addr: SocketAddr) -> Result<String, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("warden.test").expect("name");
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut out = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await {
+        Err(_) => Err("read timed out".into()),
+        Ok(Err(e)) => Err(format!("read: {e}")),
+        Ok(Ok(_)) if out.is_empty() => Err("closed without a response".into()),
+        Ok(Ok(_)) => Ok(String::from_utf8_lossy(&out).into_owned()),
+    }
+}
+
+fn our_bundles(pair: &Pair) -> TrustBundleSet {
+    TrustBundleSet::new().with(load_bundle(&pair.ids.path("orders"), TD))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_inbound_refuses_every_peer_without_a_valid_svid() {
+    let pair = Pair::start(&[], &[]).await;
+    let inbound = pair.server.inbound();
+
+    // Plain HTTP to the TLS port: never an HTTP response.
+    let reply = raw_exchange(inbound, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(
+        !reply.starts_with(b"HTTP/"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+
+    // The same request with a valid SVID works: the baseline for the rest.
+    let svid = load_svid(&pair.ids.path("frontend"));
+    let key = std::fs::read_to_string(pair.ids.path("frontend").join("svid.key")).expect("key");
+    let good = client_presenting(
+        svid.chain().to_vec(),
+        &key,
+        our_bundles(&pair),
+        ExpectedIdentity::AnyTrusted,
+    );
+    let ok = tls_get(good, inbound).await.expect("valid SVID served");
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+
+    let raw = RawCa::load(&pair.ids.ca());
+    let mut bad: Vec<(
+        &str,
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        String,
+    )> = Vec::new();
+    // Another CA claiming our trust domain, and one of another trust domain.
+    for (name, td, id) in [
+        ("rogue", TD, FRONTEND),
+        (
+            "other-td",
+            "other.org",
+            "spiffe://other.org/ns/shop/sa/frontend",
+        ),
+    ] {
+        let ca = pair.ids.path(&format!("{name}-ca"));
+        ca_init(&ca, td);
+        let dir = svid_issue(&ca, id, &pair.ids.path(name));
+        let key = std::fs::read_to_string(dir.join("svid.key")).expect("key");
+        bad.push((name, load_svid(&dir).chain().to_vec(), key));
+    }
+    let mut expired = svid_params(&[FRONTEND]);
+    expired.not_before = (SystemTime::now() - Duration::from_secs(7200)).into();
+    expired.not_after = (SystemTime::now() - Duration::from_secs(3600)).into();
+    let (cert, key) = raw.sign(&expired);
+    bad.push(("expired", vec![cert], key));
+    let (cert, key) = raw.sign(&svid_params(&[FRONTEND, INTRUDER]));
+    bad.push(("two URI SANs", vec![cert], key));
+    for (name, chain, key) in bad {
+        let config = client_presenting(
+            chain,
+            &key,
+            our_bundles(&pair),
+            ExpectedIdentity::AnyTrusted,
+        );
+        let result = tls_get(config, inbound).await;
+        assert!(result.is_err(), "{name}: served: {result:?}");
+    }
+    // No client certificate at all.
+    let store = Arc::new(warden_proxy::identity::SvidStore::new());
+    store.set_bundles(our_bundles(&pair));
+    let anonymous =
+        rustls::ClientConfig::builder_with_provider(warden_proxy::tls::crypto_provider().clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(
+                warden_proxy::identity::SpiffeServerVerifier::new(
+                    store,
+                    ExpectedIdentity::AnyTrusted,
+                ),
+            ))
+            .with_no_client_auth();
+    assert!(
+        tls_get(Arc::new(anonymous), inbound).await.is_err(),
+        "served without a certificate"
+    );
+
+    // Everyone else is still served.
+    assert_eq!(get(pair.via(), "/x", &[]).await.expect("call").status, 200);
+    let metrics = pair.server.metrics().await;
+    assert!(metrics.contains("outcome=\"failed\"} 6"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permissive_inbound_serves_plaintext_as_unauthenticated() {
+    let ids = support::mesh::Identities::new();
+    let app = TestApp::start().await;
+    let mut settings = inbound_to(app.addr);
+    settings.push("inbound.mode=permissive".into());
+    let server = ids.start("orders", &settings);
+    server.wait_ready().await;
+    // Plaintext: the built-in policy lets anyone GET /healthz, nothing else.
+    let health = get(
+        server.inbound(),
+        "/healthz",
+        &[("x-warden-peer-id", FRONTEND)],
+    )
+    .await
+    .expect("healthz");
+    assert_eq!(health.status, 200, "{}", health.body);
+    let headers = &health.echo()["headers"];
+    assert!(
+        headers.get("x-warden-peer-id").is_none(),
+        "spoofed identity reached the app: {headers}"
+    );
+    assert!(headers.get("x-forwarded-client-cert").is_none());
+    let denied = get(server.inbound(), "/orders", &[]).await.expect("orders");
+    assert_eq!(denied.status, 403);
+    assert!(
+        denied.body.contains("Unauthenticated::\"plaintext\""),
+        "{}",
+        denied.body
+    );
+    // mTLS peers are still workloads.
+    let client = ids.start("frontend", &[route_to(server.inbound(), ORDERS)]);
+    client.wait_ready().await;
+    let reply = get(client.outbound[0], "/orders", &[]).await.expect("call");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.echo()["headers"]["x-warden-peer-id"], FRONTEND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_not_the_expected_identity_gets_502() {
+    let pair = Pair::start(&[], &[]).await;
+    let wrong = pair
+        .ids
+        .start("frontend", &[route_to(pair.server.inbound(), INTRUDER)]);
+    wrong.wait_ready().await;
+    let reply = get(wrong.outbound[0], "/x", &[]).await.expect("call");
+    assert_eq!(reply.status, 502, "{}", reply.body);
+    assert!(
+        reply.body.contains(INTRUDER),
+        "names the expected identity: {}",
+        reply.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_oversized_and_slow_requests_are_refused() {
+    let limits = vec![
+        "limits.max_header_bytes=8192".to_owned(),
+        "limits.header_read_timeout=1s".to_owned(),
+    ];
+    let pair = Pair::start(&limits, &limits).await;
+    let via = pair.via();
+
+    let big = "a".repeat(16 * 1024);
+    let reply = get(via, "/x", &[("x-big", &big)]).await.expect("oversized");
+    assert_eq!(reply.status, 431);
+
+    // Conflicting Content-Length and Transfer-Encoding: read as chunked
+    // (RFC 9112 6.3), Content-Length dropped, and the connection closed after
+    // the response, so the request hidden behind the body is never served.
+    let smuggle = raw_exchange(
+        via,
+        b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 40\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&smuggle);
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    assert!(!text.contains("smuggled"), "{text}");
+
+    // Slowloris: a head that never finishes is cut off after the timeout.
+    let mut slow = TcpStream::connect(via).await.expect("connect");
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    let mut cut = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if slow.write_all(b"x-drip: 1\r\n").await.is_err() {
+            cut = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await
+        {
+            cut = n == 0 || buf.starts_with(b"HTTP/1.1 408");
+            if cut {
+                break;
+            }
+        }
+    }
+    assert!(
+        cut,
+        "slowloris connection still open after {:?}",
+        started.elapsed()
+    );
+    // The sidecars kept serving everyone else.
+    assert_eq!(get(via, "/x", &[]).await.expect("call").status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_is_down_or_hangs_gets_503_or_504() {
+    let down = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let down_addr = down.local_addr().expect("addr");
+    drop(down);
+    let ids = support::mesh::Identities::new();
+    let mut s = inbound_to(down_addr);
+    s.push("limits.app_response_timeout=1s".into());
+    let server = ids.start("orders", &s);
+    let client = ids.start("frontend", &[route_to(server.inbound(), ORDERS)]);
+    server.wait_ready().await;
+    client.wait_ready().await;
+    let reply = get(client.outbound[0], "/x", &[]).await.expect("call");
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(reply.body.contains("unavailable"), "{}", reply.body);
+
+    let app = TestApp::start().await;
+    let mut s = inbound_to(app.addr);
+    s.push("limits.app_response_timeout=1s".into());
+    let hanging = ids.start("orders", &s);
+    let client = ids.start("frontend", &[route_to(hanging.inbound(), ORDERS)]);
+    hanging.wait_ready().await;
+    client.wait_ready().await;
+    let reply = get(client.outbound[0], "/slow/5000", &[])
+        .await
+        .expect("call");
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    assert_eq!(
+        get(client.outbound[0], "/x", &[])
+            .await
+            .expect("call")
+            .status,
+        200
+    );
+
+    // A peer sidecar that is not there.
+    let gone = ids.start("frontend", &[route_to(down_addr, ORDERS)]);
+    gone.wait_ready().await;
+    let reply = get(gone.outbound[0], "/x", &[]).await.expect("call");
+    assert_eq!(reply.status, 503, "{}", reply.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_concurrency_limit_requests_are_shed_with_503() {
+    let pair = Pair::start(&["limits.max_concurrent_requests=1".into()], &[]).await;
+    let via = pair.via();
+    let slow = tokio::spawn(async move { get(via, "/slow/1500", &[]).await });
+    // Let the slow request take the only slot.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let shed = get(via, "/x", &[]).await.expect("call");
+    assert_eq!(shed.status, 503, "{}", shed.body);
+    assert!(shed.body.contains("overloaded"));
+    assert_eq!(slow.await.expect("join").expect("slow").status, 200);
+    assert_eq!(get(via, "/x", &[]).await.expect("call").status, 200);
+    assert!(
+        pair.server
+            .metrics()
+            .await
+            .contains("warden_requests_shed_total 1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_rapid_reset_flood_is_cut_off_and_others_are_served() {
+    let pair = Pair::start(&[], &["limits.h2_max_pending_resets=10".into()]).await;
+    let tcp = TcpStream::connect(pair.via()).await.expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let conn = tokio::spawn(connection);
+    let mut client = client;
+    let mut sent = 0;
+    for _ in 0..5000 {
+        let Ok(ready) = client.ready().await else {
+            break;
+        };
+        client = ready;
+        let req = http::Request::get(format!("http://{}/slow/1000", pair.via()))
+            .body(())
+            .expect("req");
+        match client.send_request(req, false) {
+            Ok((_, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
+            Err(_) => break,
+        }
+        sent += 1;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    let reason = match &ended {
+        Ok(Ok(Err(e))) => e.reason(),
+        _ => None,
+    };
+    assert_eq!(
+        reason,
+        Some(h2::Reason::ENHANCE_YOUR_CALM),
+        "flood of {sent} resets not cut off: {ended:?}"
+    );
+    // Everyone else is still served.
+    assert_eq!(get(pair.via(), "/x", &[]).await.expect("call").status, 200);
+}
+
+#[test]
+fn invalid_configuration_is_refused_naming_the_key() {
+    let out = warden(&[
+        "proxy",
+        "--set",
+        "identity.dir=/nonexistent",
+        "--set",
+        "inbound.listen=nowhere",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("inbound.listen"), "{err}");
+}
