@@ -1,11 +1,10 @@
 //! Warden quickstart: `cargo run --example quickstart`
 //!
-//! What runs today is the identity core every later piece builds on: a CA
-//! created on the spot, two workloads with keys made locally and SVIDs signed
-//! by that CA, a real mTLS connection over 127.0.0.1 in which each side sees
-//! the other's SPIFFE ID, a hot rotation, and a rogue certificate refused.
-//! The full demo mesh (control plane, two sidecars and two apps) replaces
-//! this once the data-plane and control-plane issues land.
+//! The identity core the sidecar is built on, as a library: a CA created on
+//! the spot, two workloads with keys made locally and SVIDs signed by that
+//! CA, a real mTLS connection over 127.0.0.1 in which each side sees the
+//! other's SPIFFE ID, a hot rotation, and a rogue certificate refused. For
+//! the whole mesh (sidecars, apps, policy), run `cargo run -- demo`.
 
 use std::sync::Arc;
 
