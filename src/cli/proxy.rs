@@ -18,6 +18,10 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Take over SIGHUP before anything else: it asks for a policy reload,
+        // and its default action would kill the process.
+        let _hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot handle SIGHUP")?;
         let sidecar = Sidecar::start(config).await?;
         let addresses = sidecar.addresses().clone();
         let mut out = std::io::stdout().lock();
