@@ -206,3 +206,96 @@ async fn admin_reports_readiness_identity_and_policy() {
     );
     let _ = Duration::ZERO;
 }
+
+/// Reads from `stream` until `want` bytes arrived or it closes (bounded).
+async fn read_some(stream: &mut tokio::net::TcpStream, want: usize) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while out.len() < want {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_style_upgrades_cross_the_pair() {
+    use tokio::io::AsyncWriteExt;
+    let pair = Pair::start(&[], &[]).await;
+    let mut stream = tokio::net::TcpStream::connect(pair.via())
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /chat HTTP/1.1\r\nhost: orders\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nx-warden-peer-id: spoofed\r\n\r\n")
+        .await
+        .expect("write");
+    let head = read_some(&mut stream, 1).await;
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(head.contains(&format!("x-seen-peer: {FRONTEND}")), "{head}");
+    for message in [&b"ping"[..], b"through two sidecars"] {
+        stream.write_all(message).await.expect("write");
+        let echoed = read_some(&mut stream, message.len()).await;
+        assert_eq!(echoed, message.to_ascii_uppercase());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_crosses_the_pair_and_a_denied_peer_is_closed() {
+    use support::mesh::{Identities, tcp_echo};
+    use tokio::io::AsyncWriteExt;
+    let ids = Identities::new();
+    let echo = tcp_echo().await;
+    // Only frontend may connect; the built-in policy has no `connect` permit
+    // for another namespace.
+    let server = ids.start(
+        "orders",
+        &[format!(
+            "inbound.opaque=[{{listen=\"127.0.0.1:0\", app=\"{echo}\"}}]"
+        )],
+    );
+    let opaque = server.opaque[0];
+    let tcp_route = |id: &str| {
+        format!(
+            "outbound.routes=[{{listen=\"127.0.0.1:0\", upstream=\"{opaque}\", identity=\"{id}\", protocol=\"tcp\"}}]"
+        )
+    };
+    let frontend = ids.start("frontend", &[tcp_route(ORDERS)]);
+    let intruder = ids.start("intruder", &[tcp_route(ORDERS)]);
+    for p in [&server, &frontend, &intruder] {
+        p.wait_ready().await;
+    }
+    let mut stream = tokio::net::TcpStream::connect(frontend.outbound[0])
+        .await
+        .expect("connect");
+    assert_eq!(
+        read_some(&mut stream, 6).await,
+        b"hello\n",
+        "server speaks first"
+    );
+    stream.write_all(b"select 1;").await.expect("write");
+    assert_eq!(read_some(&mut stream, 9).await, b"SELECT 1;");
+
+    let mut denied = tokio::net::TcpStream::connect(intruder.outbound[0])
+        .await
+        .expect("connect");
+    let _ = denied.write_all(b"select 1;").await;
+    assert!(
+        read_some(&mut denied, 1).await.is_empty(),
+        "denied peer got bytes"
+    );
+    let metrics = server.metrics().await;
+    assert!(
+        metrics
+            .contains("warden_tcp_connections_total{direction=\"inbound\",decision=\"allow\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warden_tcp_connections_total{direction=\"inbound\",decision=\"deny\"} 1"),
+        "{metrics}"
+    );
+}

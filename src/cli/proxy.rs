@@ -29,6 +29,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         if let Some(inbound) = addresses.inbound {
             writeln!(out, "inbound {inbound}")?;
         }
+        for (i, opaque) in addresses.opaque.iter().enumerate() {
+            writeln!(out, "opaque[{i}] {opaque}")?;
+        }
         for (i, route) in addresses.outbound.iter().enumerate() {
             writeln!(out, "outbound[{i}] {route}")?;
         }

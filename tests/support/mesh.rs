@@ -30,6 +30,7 @@ pub struct Proxy {
     pub child: Child,
     pub admin: SocketAddr,
     pub inbound: Option<SocketAddr>,
+    pub opaque: Vec<SocketAddr>,
     pub outbound: Vec<SocketAddr>,
     pub log: PathBuf,
 }
@@ -54,6 +55,7 @@ impl Proxy {
             child,
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             inbound: None,
+            opaque: Vec::new(),
             outbound: Vec::new(),
             log: log.to_owned(),
         };
@@ -67,6 +69,7 @@ impl Proxy {
             match what {
                 "admin" => proxy.admin = addr,
                 "inbound" => proxy.inbound = Some(addr),
+                w if w.starts_with("opaque[") => proxy.opaque.push(addr),
                 _ => proxy.outbound.push(addr),
             }
         }
@@ -321,8 +324,36 @@ impl TestApp {
     }
 }
 
-async fn app(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
+async fn app(mut req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
     let path = req.uri().path().to_owned();
+    if let Some(protocol) = req.headers().get("upgrade").cloned() {
+        // Switch protocols, then echo every byte back, upper-cased.
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let mut io = TokioIo::new(upgraded);
+                let mut buf = [0u8; 4096];
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n].to_ascii_uppercase()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut r = Response::new(body(""));
+        *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut().insert("upgrade", protocol);
+        r.headers_mut()
+            .insert("connection", http::HeaderValue::from_static("upgrade"));
+        let seen = req
+            .headers()
+            .get("x-warden-peer-id")
+            .cloned()
+            .unwrap_or(http::HeaderValue::from_static("none"));
+        r.headers_mut().insert("x-seen-peer", seen);
+        return Ok(r);
+    }
     if path == "/echo" {
         let (parts, incoming) = req.into_parts();
         let _ = parts;
@@ -397,4 +428,33 @@ fn tokio_stream_iter(
         }
     }
     Iter(frames.into_iter())
+}
+
+/// A TCP server that greets each connection first (server speaks first, as
+/// databases do), then echoes back what it reads, upper-cased.
+pub async fn tcp_echo() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if stream.write_all(b"hello\n").await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0
+                        || stream
+                            .write_all(&buf[..n].to_ascii_uppercase())
+                            .await
+                            .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }

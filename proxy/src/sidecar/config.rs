@@ -182,6 +182,28 @@ pub struct InboundConfig {
     pub mode: InboundMode,
     /// Also accept TLS 1.2 (TLS 1.3 only by default).
     pub tls12: bool,
+    /// Opaque TCP listeners: each its own port, TLS, one `connect` decision
+    /// per connection, then bytes spliced to its `app`.
+    pub opaque: Vec<OpaqueConfig>,
+}
+
+/// An opaque TCP port of the local app, exposed to peers over mTLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpaqueConfig {
+    pub listen: SocketAddr,
+    pub app: SocketAddr,
+}
+
+/// What an outbound route carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteProtocol {
+    /// HTTP/1.1 or h2c from the app, HTTP/2 between sidecars.
+    #[default]
+    Http,
+    /// Opaque bytes, to a peer's `[[inbound.opaque]]` port.
+    Tcp,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -200,6 +222,8 @@ pub struct RouteConfig {
     pub upstream: SocketAddr,
     #[serde(deserialize_with = "spiffe_id")]
     pub identity: SpiffeId,
+    #[serde(default)]
+    pub protocol: RouteProtocol,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -427,10 +451,13 @@ impl SidecarConfig {
             }
             _ => {}
         }
-        if self.inbound.listen.is_none() && self.outbound.routes.is_empty() {
+        if self.inbound.listen.is_none()
+            && self.inbound.opaque.is_empty()
+            && self.outbound.routes.is_empty()
+        {
             return Err(key_error(
                 "inbound.listen",
-                "nothing to do: set inbound.listen/inbound.app, or declare [[outbound.routes]]",
+                "nothing to do: set inbound.listen/inbound.app, declare [[inbound.opaque]] or [[outbound.routes]]",
             ));
         }
         let mut seen = HashSet::new();

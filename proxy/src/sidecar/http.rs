@@ -52,6 +52,83 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection:
+/// upgrade` plus `Upgrade: <protocol>`), if it does.
+pub fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != http::Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Puts back the two hop-by-hop headers an upgrade needs on the next hop.
+pub fn restore_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
+/// Strips a response's hop-by-hop headers, keeping a 101's upgrade.
+pub fn strip_response<B>(response: &mut Response<B>) {
+    let upgrade = (response.status() == StatusCode::SWITCHING_PROTOCOLS)
+        .then(|| response.headers().get(header::UPGRADE).cloned())
+        .flatten();
+    strip_hop_by_hop(response.headers_mut());
+    if let Some(protocol) = upgrade {
+        restore_upgrade(response.headers_mut(), protocol);
+    }
+}
+
+/// Sends an upgrade request on a fresh HTTP/1.1 connection over `io`; if the
+/// server switches protocols, the caller's upgraded connection and the
+/// server's are spliced together until either side closes.
+pub async fn relay_upgrade<I>(
+    io: I,
+    mut req: Request<hyper::body::Incoming>,
+) -> Result<Response<hyper::body::Incoming>, hyper::Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let from_caller = hyper::upgrade::on(&mut req);
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!(error = %e, "upgrade connection ended");
+        }
+    });
+    let mut response = sender.send_request(req).await?;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let from_server = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            match tokio::join!(from_caller, from_server) {
+                (Ok(caller), Ok(server)) => {
+                    let mut caller = hyper_util::rt::TokioIo::new(caller);
+                    let mut server = hyper_util::rt::TokioIo::new(server);
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut caller, &mut server).await {
+                        tracing::debug!(error = %e, "upgraded connection ended");
+                    }
+                }
+                (caller, server) => {
+                    tracing::debug!(
+                        caller_ok = caller.is_ok(),
+                        server_ok = server.is_ok(),
+                        "upgrade not completed"
+                    );
+                }
+            }
+        });
+    }
+    Ok(response)
+}
+
 /// Whether the request is gRPC (its errors are grpc-status trailers, not HTTP codes).
 pub fn is_grpc<B>(req: &Request<B>) -> bool {
     req.headers()

@@ -18,16 +18,22 @@ use rustls::ServerConfig;
 use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::either::Either;
 
 use super::config::{AppProtocol, InboundMode};
 use super::http::{
-    Body, ORIG_PROTO, PEER_ID, REQUEST_ID, Refusal, XFCC, boxed, is_grpc, request_host, request_id,
-    strip_hop_by_hop,
+    Body, ORIG_PROTO, PEER_ID, REQUEST_ID, Refusal, XFCC, boxed, is_grpc, relay_upgrade,
+    request_host, request_id, restore_upgrade, strip_hop_by_hop, strip_response, upgrade_protocol,
 };
 use super::metrics::{Direction, Handshake};
 use super::{Shared, accept_loop, serve_http};
-use crate::authz::{Decision, HttpRequestFacts, Peer, PeerAuthorizer, UnauthenticatedKind};
+use crate::authz::{
+    Decision, HttpRequestFacts, Peer, PeerAuthorizer, TcpConnectionFacts, UnauthenticatedKind,
+};
 use crate::identity::peer_spiffe_id;
+
+/// A peer's connection: plaintext (permissive mode) or TLS.
+type PeerIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
 
 /// The TLS record type of a handshake: the first byte a TLS client sends.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -101,10 +107,23 @@ impl Inbound {
     }
 
     async fn connection(self: Arc<Self>, stream: TcpStream, source: SocketAddr) {
+        let permissive = self.shared.config.inbound.mode == InboundMode::Permissive;
+        if let Some((io, info)) = self.accept_peer(stream, source, permissive).await {
+            self.serve(io, info).await;
+        }
+    }
+
+    /// The TLS handshake (or, when `plaintext_ok`, a plaintext connection
+    /// recognized by its first byte) and what it says about the peer.
+    async fn accept_peer(
+        &self,
+        stream: TcpStream,
+        source: SocketAddr,
+        plaintext_ok: bool,
+    ) -> Option<(PeerIo, ConnInfo)> {
         let metrics = &self.shared.metrics;
         let limits = &self.shared.config.limits;
-        let permissive = self.shared.config.inbound.mode == InboundMode::Permissive;
-        if permissive {
+        if plaintext_ok {
             let mut first = [0u8; 1];
             match tokio::time::timeout(limits.tls_handshake_timeout, stream.peek(&mut first)).await
             {
@@ -116,10 +135,10 @@ impl Inbound {
                         Peer::Unauthenticated(UnauthenticatedKind::Plaintext),
                         None,
                     );
-                    return self.serve(stream, info).await;
+                    return Some((Either::Left(stream), info));
                 }
                 Ok(Ok(1)) => {}
-                _ => return,
+                _ => return None,
             }
         }
         let acceptor = TlsAcceptor::from(self.tls.clone());
@@ -130,12 +149,12 @@ impl Inbound {
             Ok(Err(e)) => {
                 metrics.handshake(Direction::Inbound, Handshake::Failed);
                 tracing::info!(%source, error = %e, "inbound TLS handshake failed");
-                return;
+                return None;
             }
             Err(_) => {
                 metrics.handshake(Direction::Inbound, Handshake::Timeout);
                 tracing::info!(%source, "inbound TLS handshake timed out");
-                return;
+                return None;
             }
         };
         metrics.handshake(Direction::Inbound, Handshake::Ok);
@@ -150,7 +169,7 @@ impl Inbound {
                 // The verifier already refused such chains; never serve one.
                 Err(e) => {
                     tracing::warn!(%source, error = %e, "verified peer certificate has no usable SPIFFE ID");
-                    return;
+                    return None;
                 }
             },
             _ => (
@@ -159,7 +178,69 @@ impl Inbound {
             ),
         };
         let info = self.conn_info(source, tls_version, peer, leaf_hash);
-        self.serve(tls, info).await
+        Some((Either::Right(Box::new(tls)), info))
+    }
+
+    /// An opaque TCP listener: after the handshake, one `connect`
+    /// decision for the connection; allowed connections are spliced to
+    /// `app`, denied ones closed.
+    pub async fn run_opaque(self: Arc<Self>, listener: TcpListener, app: SocketAddr) {
+        let shared = self.shared.clone();
+        accept_loop(
+            listener,
+            shared,
+            Direction::Inbound,
+            move |stream, source| {
+                let this = self.clone();
+                async move { this.opaque_connection(stream, source, app).await }
+            },
+        )
+        .await;
+    }
+
+    async fn opaque_connection(&self, stream: TcpStream, source: SocketAddr, app: SocketAddr) {
+        let metrics = &self.shared.metrics;
+        // Opaque protocols may have the server speak first, so there is no
+        // first byte to wait for: TLS always (certificate optional in
+        // permissive mode).
+        let Some((mut io, info)) = self.accept_peer(stream, source, false).await else {
+            return;
+        };
+        let decision = match info.authorizer(&self.shared) {
+            Some(authorizer) => authorizer.authorize_tcp(&TcpConnectionFacts {
+                source_ip: source.ip(),
+                tls_version: info.tls_version,
+                now: SystemTime::now(),
+            }),
+            None => {
+                metrics.tcp_connection(Direction::Inbound, "none");
+                return;
+            }
+        };
+        metrics.tcp_connection(Direction::Inbound, decision.decision);
+        if decision.decision == "deny" {
+            tracing::warn!(target: "warden::audit", %source, "{}", decision.audit_json());
+        }
+        if !decision.allowed {
+            return;
+        }
+        let limits = &self.shared.config.limits;
+        let mut upstream =
+            match tokio::time::timeout(limits.app_connect_timeout, TcpStream::connect(app)).await {
+                Ok(Ok(upstream)) => upstream,
+                Ok(Err(e)) => {
+                    tracing::warn!(%app, error = %e, "opaque app unavailable");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%app, "opaque app did not accept a connection in time");
+                    return;
+                }
+            };
+        let _ = upstream.set_nodelay(true);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut io, &mut upstream).await {
+            tracing::debug!(error = %e, "opaque connection ended");
+        }
     }
 
     fn conn_info(
@@ -283,6 +364,7 @@ impl Inbound {
         let restore_http1 =
             req.headers().get(ORIG_PROTO).is_some() || req.version() != Version::HTTP_2;
         let host = request_host(&req);
+        let upgrade = upgrade_protocol(&req);
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
         headers.remove(ORIG_PROTO);
@@ -327,11 +409,14 @@ impl Inbound {
         } else {
             Version::HTTP_11
         };
+        if let Some(protocol) = upgrade {
+            return self.upgrade(req, protocol, id).await;
+        }
         let client = if h2 { &self.h2 } else { &self.h1 };
         let sent = tokio::time::timeout(limits.app_response_timeout, client.request(req)).await;
         match sent {
             Ok(Ok(mut response)) => {
-                strip_hop_by_hop(response.headers_mut());
+                strip_response(&mut response);
                 response.map(boxed)
             }
             Ok(Err(e)) => {
@@ -371,6 +456,76 @@ impl Inbound {
                 tracing::warn!(request_id = id, reason = %refusal.reason, "inbound request timed out");
                 refusal.response(id, grpc)
             }
+        }
+    }
+}
+
+impl Inbound {
+    /// An HTTP/1.1 upgrade (WebSocket and the like): its own connection to
+    /// the app, then the two upgraded connections spliced together.
+    async fn upgrade(
+        &self,
+        mut req: Request<Incoming>,
+        protocol: HeaderValue,
+        id: &str,
+    ) -> Response<Body> {
+        let limits = &self.shared.config.limits;
+        restore_upgrade(req.headers_mut(), protocol);
+        // A fresh HTTP/1.1 connection sends the target in origin form.
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_owned();
+        if let Ok(uri) = path.parse::<Uri>() {
+            *req.uri_mut() = uri;
+        }
+        let app =
+            match tokio::time::timeout(limits.app_connect_timeout, TcpStream::connect(self.app))
+                .await
+            {
+                Ok(Ok(app)) => app,
+                Ok(Err(e)) => {
+                    return Refusal::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("app at {} is unavailable: {e}", self.app),
+                    )
+                    .response(id, false);
+                }
+                Err(_) => {
+                    return Refusal::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "app at {} did not accept a connection within {:?}",
+                            self.app, limits.app_connect_timeout
+                        ),
+                    )
+                    .response(id, false);
+                }
+            };
+        match tokio::time::timeout(limits.app_response_timeout, relay_upgrade(app, req)).await {
+            Ok(Ok(mut response)) => {
+                strip_response(&mut response);
+                response.map(boxed)
+            }
+            Ok(Err(e)) => Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "app at {} failed the upgrade: {}",
+                    self.app,
+                    error_chain(&e)
+                ),
+            )
+            .response(id, false),
+            Err(_) => Refusal::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "app at {} did not respond within {:?}",
+                    self.app, limits.app_response_timeout
+                ),
+            )
+            .response(id, false),
         }
     }
 }

@@ -56,6 +56,7 @@ type RequestKey = (Direction, u16, &'static str);
 pub struct Metrics {
     requests: Mutex<BTreeMap<RequestKey, u64>>,
     handshakes: Mutex<BTreeMap<(Direction, Handshake), u64>>,
+    tcp: Mutex<BTreeMap<(Direction, &'static str), u64>>,
     open_connections: [AtomicI64; 2],
     shed: AtomicU64,
     authz_errors: AtomicU64,
@@ -84,6 +85,11 @@ impl Metrics {
         *lock(&self.requests)
             .entry((direction, status, decision))
             .or_default() += 1;
+    }
+
+    /// Counts an opaque TCP connection; `decision` as for requests.
+    pub fn tcp_connection(&self, direction: Direction, decision: &'static str) {
+        *lock(&self.tcp).entry((direction, decision)).or_default() += 1;
     }
 
     pub fn handshake(&self, direction: Direction, outcome: Handshake) {
@@ -128,6 +134,19 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "warden_requests_total{{direction=\"{}\",status=\"{status}\",decision=\"{decision}\"}} {n}",
+                direction.label()
+            );
+        }
+        family(
+            &mut out,
+            "warden_tcp_connections_total",
+            "counter",
+            "Opaque TCP connections, by direction and authorization decision.",
+        );
+        for ((direction, decision), n) in lock(&self.tcp).iter() {
+            let _ = writeln!(
+                out,
+                "warden_tcp_connections_total{{direction=\"{}\",decision=\"{decision}\"}} {n}",
                 direction.label()
             );
         }

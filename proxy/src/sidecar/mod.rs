@@ -283,6 +283,8 @@ where
 pub struct Addresses {
     pub admin: SocketAddr,
     pub inbound: Option<SocketAddr>,
+    /// One per `[[inbound.opaque]]`, in order.
+    pub opaque: Vec<SocketAddr>,
     /// One per `[[outbound.routes]]`, in order.
     pub outbound: Vec<SocketAddr>,
 }
@@ -340,6 +342,11 @@ impl Sidecar {
             Some(addr) => Some(bind("inbound.listen", addr).await?),
             None => None,
         };
+        let mut opaque_listeners = Vec::new();
+        for (i, opaque) in config.inbound.opaque.iter().enumerate() {
+            opaque_listeners
+                .push(bind(&format!("inbound.opaque[{i}].listen"), opaque.listen).await?);
+        }
         let mut route_listeners = Vec::new();
         for (i, route) in config.outbound.routes.iter().enumerate() {
             route_listeners
@@ -349,6 +356,7 @@ impl Sidecar {
         let addresses = Addresses {
             admin: local(&admin_listener),
             inbound: inbound_listener.as_ref().map(local),
+            opaque: opaque_listeners.iter().map(local).collect(),
             outbound: route_listeners.iter().map(local).collect(),
         };
 
@@ -373,7 +381,7 @@ impl Sidecar {
 
         tokio::spawn(start_policy(shared.clone(), builtin));
         tokio::spawn(admin::serve(admin_listener, shared.clone()));
-        if let (Some(listener), Some(app)) = (inbound_listener, shared.config.inbound.app) {
+        if inbound_listener.is_some() || !opaque_listeners.is_empty() {
             let client_auth = match shared.config.inbound.mode {
                 config::InboundMode::Strict => ClientAuth::Required,
                 config::InboundMode::Permissive => ClientAuth::Optional,
@@ -388,12 +396,24 @@ impl Sidecar {
             let (h1, h2) = inbound::app_clients(&shared);
             let inbound = Arc::new(inbound::Inbound {
                 shared: shared.clone(),
-                app,
+                // Validation pairs listen with app; opaque-only sidecars never use it.
+                app: shared
+                    .config
+                    .inbound
+                    .app
+                    .unwrap_or(shared.config.admin.listen),
                 tls,
                 h1,
                 h2,
             });
-            shared.tracker.spawn(inbound.run(listener));
+            for (opaque, listener) in shared.config.inbound.opaque.iter().zip(opaque_listeners) {
+                shared
+                    .tracker
+                    .spawn(inbound.clone().run_opaque(listener, opaque.app));
+            }
+            if let Some(listener) = inbound_listener {
+                shared.tracker.spawn(inbound.run(listener));
+            }
         }
         for (route, listener) in shared.config.outbound.routes.iter().zip(route_listeners) {
             let tls = client_config(
@@ -415,7 +435,10 @@ impl Sidecar {
                 config: route.clone(),
                 channel,
             });
-            shared.tracker.spawn(route.run(listener));
+            match route.config.protocol {
+                config::RouteProtocol::Http => shared.tracker.spawn(route.run(listener)),
+                config::RouteProtocol::Tcp => shared.tracker.spawn(route.run_tcp(listener)),
+            };
         }
         shared.listeners_up.store(true, Ordering::Release);
         Ok(Sidecar {

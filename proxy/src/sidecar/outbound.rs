@@ -13,12 +13,12 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::config::RouteConfig;
 use super::http::{
-    Body, ORIG_PROTO, ORIG_PROTO_HTTP1, Refusal, boxed, is_grpc, request_host, request_id,
-    strip_hop_by_hop,
+    Body, ORIG_PROTO, ORIG_PROTO_HTTP1, Refusal, boxed, is_grpc, relay_upgrade, request_host,
+    request_id, restore_upgrade, strip_hop_by_hop, strip_response, upgrade_protocol,
 };
 use super::inbound::error_chain;
 use super::metrics::Direction;
-use super::peer::{PeerChannel, PeerError};
+use super::peer::{Carrying, PeerChannel, PeerError};
 use super::{Shared, accept_loop, serve_http};
 
 pub(crate) struct Route {
@@ -77,6 +77,9 @@ impl Route {
     }
 
     async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<Body>, Refusal> {
+        if let Some(protocol) = upgrade_protocol(&req) {
+            return self.upgrade(req, protocol).await;
+        }
         let from_version = req.version();
         let host = request_host(&req);
         let authority = if host.is_empty() {
@@ -116,7 +119,7 @@ impl Route {
             let Some(request) = req.take() else { break };
             match tokio::time::timeout(timeout, sender.try_send_request(request)).await {
                 Ok(Ok(mut response)) => {
-                    strip_hop_by_hop(response.headers_mut());
+                    strip_response(&mut response);
                     response.headers_mut().remove(ORIG_PROTO);
                     *response.version_mut() = from_version;
                     return Ok(response.map(boxed));
@@ -153,6 +156,87 @@ impl Route {
                 self.config.upstream
             ),
         ))
+    }
+}
+
+impl Route {
+    /// An HTTP/1.1 upgrade: its own mTLS connection to the peer sidecar
+    /// (ALPN http/1.1, as HTTP/2 cannot carry it), then spliced.
+    async fn upgrade(
+        &self,
+        mut req: Request<Incoming>,
+        protocol: HeaderValue,
+    ) -> Result<Response<Body>, Refusal> {
+        strip_hop_by_hop(req.headers_mut());
+        restore_upgrade(req.headers_mut(), protocol);
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_owned();
+        if let Ok(uri) = path.parse::<Uri>() {
+            *req.uri_mut() = uri;
+        }
+        let tls = self
+            .channel
+            .connect_tls(Carrying::Http1)
+            .await
+            .map_err(peer_refusal)?;
+        let timeout = self.shared.config.limits.app_response_timeout;
+        match tokio::time::timeout(timeout, relay_upgrade(tls, req)).await {
+            Ok(Ok(mut response)) => {
+                strip_response(&mut response);
+                Ok(response.map(boxed))
+            }
+            Ok(Err(e)) => Err(Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "peer sidecar {} failed the upgrade: {}",
+                    self.config.upstream,
+                    error_chain(&e)
+                ),
+            )),
+            Err(_) => Err(Refusal::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "peer sidecar {} did not respond within {timeout:?}",
+                    self.config.upstream
+                ),
+            )),
+        }
+    }
+
+    /// An opaque TCP route: each connection from the app gets its own mTLS
+    /// connection to the peer's opaque port, and bytes are spliced.
+    pub async fn run_tcp(self: Arc<Self>, listener: TcpListener) {
+        let shared = self.shared.clone();
+        accept_loop(
+            listener,
+            shared,
+            Direction::Outbound,
+            move |stream, _source| {
+                let this = self.clone();
+                async move { this.tcp_connection(stream).await }
+            },
+        )
+        .await;
+    }
+
+    async fn tcp_connection(&self, mut stream: TcpStream) {
+        let metrics = &self.shared.metrics;
+        match self.channel.connect_tls(Carrying::Tcp).await {
+            Ok(mut tls) => {
+                metrics.tcp_connection(Direction::Outbound, "none");
+                if let Err(e) = tokio::io::copy_bidirectional(&mut stream, &mut tls).await {
+                    tracing::debug!(error = %e, "opaque connection ended");
+                }
+            }
+            Err(e) => {
+                metrics.tcp_connection(Direction::Outbound, "none");
+                tracing::warn!(upstream = %self.config.upstream, error = %e, "opaque route: no connection to the peer; closing the app's");
+            }
+        }
     }
 }
 

@@ -40,10 +40,25 @@ pub enum PeerError {
     Protocol { addr: SocketAddr, reason: String },
 }
 
+/// What a dedicated connection to the peer will carry (its ALPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrying {
+    /// The shared multiplexed connection.
+    H2,
+    /// One HTTP/1.1 upgrade (WebSocket and the like).
+    Http1,
+    /// Opaque bytes to a peer's opaque port.
+    Tcp,
+}
+
+pub type PeerTls = tokio_rustls::client::TlsStream<TcpStream>;
+
 pub struct PeerChannel {
     addr: SocketAddr,
     expected: SpiffeId,
     tls: TlsConnector,
+    tls_http1: TlsConnector,
+    tls_opaque: TlsConnector,
     connect_timeout: Duration,
     svid_generation: watch::Receiver<u64>,
     metrics: Arc<Metrics>,
@@ -64,10 +79,17 @@ impl PeerChannel {
         svid_generation: watch::Receiver<u64>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let with_alpn = |alpn: &[&[u8]]| {
+            let mut config = ClientConfig::clone(&tls);
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            TlsConnector::from(Arc::new(config))
+        };
         PeerChannel {
             addr,
             expected,
-            tls: TlsConnector::from(tls),
+            tls_http1: with_alpn(&[b"http/1.1"]),
+            tls_opaque: with_alpn(&[]),
+            tls: with_alpn(&[b"h2"]),
             connect_timeout,
             svid_generation,
             metrics,
@@ -100,7 +122,17 @@ impl PeerChannel {
         Ok(sender)
     }
 
-    async fn connect(&self) -> Result<SendRequest<Incoming>, PeerError> {
+    /// A new mTLS connection to the peer, bounded by the connect timeout.
+    pub async fn connect_tls(&self, carrying: Carrying) -> Result<PeerTls, PeerError> {
+        tokio::time::timeout(self.connect_timeout, self.handshake(carrying))
+            .await
+            .map_err(|_| PeerError::Timeout {
+                addr: self.addr,
+                timeout: self.connect_timeout,
+            })?
+    }
+
+    async fn handshake(&self, carrying: Carrying) -> Result<PeerTls, PeerError> {
         let tcp = TcpStream::connect(self.addr)
             .await
             .map_err(|e| PeerError::Unreachable {
@@ -109,21 +141,30 @@ impl PeerChannel {
             })?;
         let _ = tcp.set_nodelay(true);
         let name = ServerName::IpAddress(self.addr.ip().into());
-        let tls = match self.tls.connect(name, tcp).await {
+        let connector = match carrying {
+            Carrying::H2 => &self.tls,
+            Carrying::Http1 => &self.tls_http1,
+            Carrying::Tcp => &self.tls_opaque,
+        };
+        match connector.connect(name, tcp).await {
             Ok(tls) => {
                 self.metrics.handshake(Direction::Outbound, Handshake::Ok);
-                tls
+                Ok(tls)
             }
             Err(e) => {
                 self.metrics
                     .handshake(Direction::Outbound, Handshake::Failed);
-                return Err(PeerError::Handshake {
+                Err(PeerError::Handshake {
                     addr: self.addr,
                     expected: self.expected.to_string(),
                     reason: describe_io_error(&e),
-                });
+                })
             }
-        };
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Incoming>, PeerError> {
+        let tls = self.handshake(Carrying::H2).await?;
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(PeerError::Protocol {
                 addr: self.addr,
