@@ -299,3 +299,66 @@ async fn opaque_tcp_crosses_the_pair_and_a_denied_peer_is_closed() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_proxy_mode_serves_declared_services_and_connect_tunnels() {
+    use support::mesh::{Identities, TestApp, inbound_to, tcp_echo};
+    use tokio::io::AsyncWriteExt;
+    let ids = Identities::new();
+    let app = TestApp::start().await;
+    let echo = tcp_echo().await;
+    let mut s = inbound_to(app.addr);
+    s.push(format!(
+        "inbound.opaque=[{{listen=\"127.0.0.1:0\", app=\"{echo}\"}}]"
+    ));
+    let server = ids.start("orders", &s);
+    let services = format!(
+        "outbound.services=[{{authority=\"orders.shop\", upstream=\"{}\", identity=\"{ORDERS}\"}}, {{authority=\"db.shop:5432\", upstream=\"{}\", identity=\"{ORDERS}\", protocol=\"tcp\"}}]",
+        server.inbound(),
+        server.opaque[0]
+    );
+    let client = ids.start(
+        "frontend",
+        &["outbound.proxy_listen=127.0.0.1:0".into(), services],
+    );
+    server.wait_ready().await;
+    client.wait_ready().await;
+    let proxy = client.proxy.expect("proxy listener");
+
+    let exchange = |request: &'static str| async move {
+        let mut stream = tokio::net::TcpStream::connect(proxy)
+            .await
+            .expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        String::from_utf8_lossy(&read_some(&mut stream, usize::MAX).await).into_owned()
+    };
+    let ok = exchange("GET http://orders.shop/orders/1 HTTP/1.1\r\nhost: orders.shop\r\nconnection: close\r\n\r\n").await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(ok.contains(FRONTEND), "the app saw the caller: {ok}");
+    let undeclared = exchange(
+        "GET http://evil.example/ HTTP/1.1\r\nhost: evil.example\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(undeclared.starts_with("HTTP/1.1 403"), "{undeclared}");
+    assert!(undeclared.contains("evil.example:80"), "{undeclared}");
+    let origin =
+        exchange("GET /orders HTTP/1.1\r\nhost: orders.shop\r\nconnection: close\r\n\r\n").await;
+    assert!(origin.starts_with("HTTP/1.1 400"), "{origin}");
+
+    let mut tunnel = tokio::net::TcpStream::connect(proxy)
+        .await
+        .expect("connect");
+    tunnel
+        .write_all(b"CONNECT db.shop:5432 HTTP/1.1\r\nhost: db.shop:5432\r\n\r\n")
+        .await
+        .expect("write");
+    let mut seen = String::new();
+    while !seen.contains("hello\n") {
+        let more = read_some(&mut tunnel, 1).await;
+        assert!(!more.is_empty(), "tunnel closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&more));
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    tunnel.write_all(b"ping").await.expect("write");
+    assert_eq!(read_some(&mut tunnel, 4).await, b"PING");
+}

@@ -29,6 +29,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         if let Some(inbound) = addresses.inbound {
             writeln!(out, "inbound {inbound}")?;
         }
+        if let Some(proxy) = addresses.proxy {
+            writeln!(out, "proxy {proxy}")?;
+        }
         for (i, opaque) in addresses.opaque.iter().enumerate() {
             writeln!(out, "opaque[{i}] {opaque}")?;
         }

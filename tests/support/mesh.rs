@@ -32,6 +32,7 @@ pub struct Proxy {
     pub inbound: Option<SocketAddr>,
     pub opaque: Vec<SocketAddr>,
     pub outbound: Vec<SocketAddr>,
+    pub proxy: Option<SocketAddr>,
     pub log: PathBuf,
 }
 
@@ -57,6 +58,7 @@ impl Proxy {
             inbound: None,
             opaque: Vec::new(),
             outbound: Vec::new(),
+            proxy: None,
             log: log.to_owned(),
         };
         for line in BufReader::new(stdout).lines() {
@@ -69,6 +71,7 @@ impl Proxy {
             match what {
                 "admin" => proxy.admin = addr,
                 "inbound" => proxy.inbound = Some(addr),
+                "proxy" => proxy.proxy = Some(addr),
                 w if w.starts_with("opaque[") => proxy.opaque.push(addr),
                 _ => proxy.outbound.push(addr),
             }

@@ -210,6 +210,38 @@ pub enum RouteProtocol {
 #[serde(deny_unknown_fields, default)]
 pub struct OutboundConfig {
     pub routes: Vec<RouteConfig>,
+    /// An explicit HTTP proxy for the app (`http_proxy=http://<this>`):
+    /// absolute-form requests and CONNECT, to the destinations in `services`.
+    pub proxy_listen: Option<SocketAddr>,
+    pub services: Vec<ServiceRoute>,
+}
+
+/// A destination the HTTP proxy knows: the `host:port` the app names, the
+/// peer sidecar that serves it and the identity that sidecar must prove.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRoute {
+    /// `host:port` as the app addresses it (`host` alone means port 80).
+    pub authority: String,
+    pub upstream: SocketAddr,
+    #[serde(deserialize_with = "spiffe_id")]
+    pub identity: SpiffeId,
+    /// `http`, or `tcp` for CONNECT tunnels to a peer's opaque port.
+    #[serde(default)]
+    pub protocol: RouteProtocol,
+}
+
+/// `host:port`, lowercase, port 80 when absent.
+pub fn normalize_authority(authority: &str) -> Option<String> {
+    let parsed: http::uri::Authority = authority.parse().ok()?;
+    if authority.contains('@') {
+        return None;
+    }
+    Some(format!(
+        "{}:{}",
+        parsed.host().to_ascii_lowercase(),
+        parsed.port_u16().unwrap_or(80)
+    ))
 }
 
 /// A per-destination outbound listener: the app sends plain HTTP to
@@ -451,9 +483,29 @@ impl SidecarConfig {
             }
             _ => {}
         }
+        let mut authorities = HashSet::new();
+        for (i, service) in self.outbound.services.iter().enumerate() {
+            let key = format!("outbound.services[{i}].authority");
+            let Some(authority) = normalize_authority(&service.authority) else {
+                return Err(key_error(
+                    key,
+                    format!("{:?} is not host:port", service.authority),
+                ));
+            };
+            if !authorities.insert(authority.clone()) {
+                return Err(key_error(key, format!("{authority} is declared twice")));
+            }
+        }
+        if !self.outbound.services.is_empty() && self.outbound.proxy_listen.is_none() {
+            return Err(key_error(
+                "outbound.proxy_listen",
+                "required when outbound.services are declared",
+            ));
+        }
         if self.inbound.listen.is_none()
             && self.inbound.opaque.is_empty()
             && self.outbound.routes.is_empty()
+            && self.outbound.proxy_listen.is_none()
         {
             return Err(key_error(
                 "inbound.listen",
@@ -600,6 +652,23 @@ mod tests {
                 "outbound.routes[0].identity",
             ),
             ("[identity]\ndir = \"/x\"\n", &[], &[], "nothing to do"),
+            (
+                MINIMAL,
+                &[],
+                &[
+                    "outbound.services=[{authority=\"a b\", upstream=\"127.0.0.1:1\", identity=\"spiffe://td/x\"}]",
+                    "outbound.proxy_listen=127.0.0.1:0",
+                ],
+                "outbound.services[0].authority",
+            ),
+            (
+                MINIMAL,
+                &[],
+                &[
+                    "outbound.services=[{authority=\"a\", upstream=\"127.0.0.1:1\", identity=\"spiffe://td/x\"}]",
+                ],
+                "outbound.proxy_listen",
+            ),
             (
                 MINIMAL,
                 &[],

@@ -15,6 +15,7 @@ pub mod metrics;
 mod outbound;
 mod peer;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -37,7 +38,7 @@ use self::metrics::{Direction, Metrics};
 use crate::authz::{
     PolicyEngine, PolicySnapshot, PolicySource, PolicyWatcher, ReloadStatus, ServiceInfo,
 };
-use crate::identity::{ExpectedIdentity, FileSource, FileWatcher, SvidStore};
+use crate::identity::{ExpectedIdentity, FileSource, FileWatcher, SpiffeId, SvidStore};
 use crate::tls::{ClientAuth, TlsVersions, client_config, server_config};
 pub use config::{ConfigError, SidecarConfig};
 
@@ -287,6 +288,8 @@ pub struct Addresses {
     pub opaque: Vec<SocketAddr>,
     /// One per `[[outbound.routes]]`, in order.
     pub outbound: Vec<SocketAddr>,
+    /// The explicit HTTP proxy, if configured.
+    pub proxy: Option<SocketAddr>,
 }
 
 /// A running sidecar.
@@ -352,12 +355,17 @@ impl Sidecar {
             route_listeners
                 .push(bind(&format!("outbound.routes[{i}].listen"), route.listen).await?);
         }
+        let proxy_listener = match config.outbound.proxy_listen {
+            Some(addr) => Some(bind("outbound.proxy_listen", addr).await?),
+            None => None,
+        };
         let local = |l: &TcpListener| l.local_addr().expect("bound listener has an address");
         let addresses = Addresses {
             admin: local(&admin_listener),
             inbound: inbound_listener.as_ref().map(local),
             opaque: opaque_listeners.iter().map(local).collect(),
             outbound: route_listeners.iter().map(local).collect(),
+            proxy: proxy_listener.as_ref().map(local),
         };
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -415,30 +423,49 @@ impl Sidecar {
                 shared.tracker.spawn(inbound.run(listener));
             }
         }
-        for (route, listener) in shared.config.outbound.routes.iter().zip(route_listeners) {
+        let make_route = |upstream: SocketAddr,
+                          identity: &SpiffeId|
+         -> Result<Arc<outbound::Route>, SidecarError> {
             let tls = client_config(
                 store.clone(),
-                ExpectedIdentity::exactly(route.identity.clone()),
+                ExpectedIdentity::exactly(identity.clone()),
                 versions,
                 &[b"h2"],
             )?;
             let channel = peer::PeerChannel::new(
-                route.upstream,
-                route.identity.clone(),
+                upstream,
+                identity.clone(),
                 tls,
                 shared.config.limits.peer_connect_timeout,
                 store.subscribe(),
                 shared.metrics.clone(),
             );
-            let route = Arc::new(outbound::Route {
+            Ok(Arc::new(outbound::Route {
                 shared: shared.clone(),
-                config: route.clone(),
+                upstream,
                 channel,
-            });
-            match route.config.protocol {
+            }))
+        };
+        for (config, listener) in shared.config.outbound.routes.iter().zip(route_listeners) {
+            let route = make_route(config.upstream, &config.identity)?;
+            match config.protocol {
                 config::RouteProtocol::Http => shared.tracker.spawn(route.run(listener)),
                 config::RouteProtocol::Tcp => shared.tracker.spawn(route.run_tcp(listener)),
             };
+        }
+        if let Some(listener) = proxy_listener {
+            let mut services = HashMap::new();
+            for service in &shared.config.outbound.services {
+                if let Some(authority) = config::normalize_authority(&service.authority) {
+                    let route = make_route(service.upstream, &service.identity)?;
+                    services.insert(authority, (route, service.protocol));
+                }
+            }
+            let proxy = Arc::new(outbound::ProxyListener {
+                shared: shared.clone(),
+                services,
+            });
+            shared.tracker.spawn(proxy.run(listener));
         }
         shared.listeners_up.store(true, Ordering::Release);
         Ok(Sidecar {

@@ -3,15 +3,17 @@
 //! connection, to the peer sidecar, which must prove the identity expected
 //! for that destination.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::config::RouteConfig;
+use super::config::{RouteProtocol, normalize_authority};
 use super::http::{
     Body, ORIG_PROTO, ORIG_PROTO_HTTP1, Refusal, boxed, is_grpc, relay_upgrade, request_host,
     request_id, restore_upgrade, strip_hop_by_hop, strip_response, upgrade_protocol,
@@ -21,9 +23,10 @@ use super::metrics::Direction;
 use super::peer::{Carrying, PeerChannel, PeerError};
 use super::{Shared, accept_loop, serve_http};
 
+/// One destination: a peer sidecar and the identity it must prove.
 pub(crate) struct Route {
     pub shared: Arc<Shared>,
-    pub config: RouteConfig,
+    pub upstream: SocketAddr,
     pub channel: PeerChannel,
 }
 
@@ -51,7 +54,7 @@ impl Route {
         .await;
     }
 
-    async fn request(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn request(&self, req: Request<Incoming>) -> Response<Body> {
         let id = request_id();
         let grpc = is_grpc(&req);
         let metrics = &self.shared.metrics;
@@ -68,7 +71,7 @@ impl Route {
         let response = match self.forward(req).await {
             Ok(response) => response,
             Err(refusal) => {
-                tracing::warn!(request_id = %id, upstream = %self.config.upstream, reason = %refusal.reason, "outbound request failed");
+                tracing::warn!(request_id = %id, upstream = %self.upstream, reason = %refusal.reason, "outbound request failed");
                 refusal.response(&id, grpc)
             }
         };
@@ -83,7 +86,7 @@ impl Route {
         let from_version = req.version();
         let host = request_host(&req);
         let authority = if host.is_empty() {
-            self.config.upstream.to_string()
+            self.upstream.to_string()
         } else {
             host
         };
@@ -131,7 +134,7 @@ impl Route {
                             StatusCode::BAD_GATEWAY,
                             format!(
                                 "peer sidecar {} failed the request: {}",
-                                self.config.upstream,
+                                self.upstream,
                                 error_chain(e.error())
                             ),
                         ));
@@ -143,7 +146,7 @@ impl Route {
                         StatusCode::GATEWAY_TIMEOUT,
                         format!(
                             "peer sidecar {} did not respond within {timeout:?}",
-                            self.config.upstream
+                            self.upstream
                         ),
                     ));
                 }
@@ -151,10 +154,7 @@ impl Route {
         }
         Err(Refusal::new(
             StatusCode::BAD_GATEWAY,
-            format!(
-                "peer sidecar {} kept closing the connection",
-                self.config.upstream
-            ),
+            format!("peer sidecar {} kept closing the connection", self.upstream),
         ))
     }
 }
@@ -193,7 +193,7 @@ impl Route {
                 StatusCode::BAD_GATEWAY,
                 format!(
                     "peer sidecar {} failed the upgrade: {}",
-                    self.config.upstream,
+                    self.upstream,
                     error_chain(&e)
                 ),
             )),
@@ -201,7 +201,7 @@ impl Route {
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(
                     "peer sidecar {} did not respond within {timeout:?}",
-                    self.config.upstream
+                    self.upstream
                 ),
             )),
         }
@@ -224,17 +224,25 @@ impl Route {
     }
 
     async fn tcp_connection(&self, mut stream: TcpStream) {
+        self.splice(&mut stream).await;
+    }
+
+    /// Splices `stream` with a new mTLS connection to the peer's opaque port.
+    pub async fn splice<S>(&self, stream: &mut S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let metrics = &self.shared.metrics;
         match self.channel.connect_tls(Carrying::Tcp).await {
             Ok(mut tls) => {
                 metrics.tcp_connection(Direction::Outbound, "none");
-                if let Err(e) = tokio::io::copy_bidirectional(&mut stream, &mut tls).await {
+                if let Err(e) = tokio::io::copy_bidirectional(stream, &mut tls).await {
                     tracing::debug!(error = %e, "opaque connection ended");
                 }
             }
             Err(e) => {
                 metrics.tcp_connection(Direction::Outbound, "none");
-                tracing::warn!(upstream = %self.config.upstream, error = %e, "opaque route: no connection to the peer; closing the app's");
+                tracing::warn!(upstream = %self.upstream, error = %e, "opaque route: no connection to the peer; closing the app's");
             }
         }
     }
@@ -247,4 +255,107 @@ fn peer_refusal(e: PeerError) -> Refusal {
         PeerError::Handshake { .. } | PeerError::Protocol { .. } => StatusCode::BAD_GATEWAY,
     };
     Refusal::new(status, e.to_string())
+}
+
+/// The explicit HTTP proxy (`http_proxy=`): absolute-form requests go to the
+/// declared service's peer sidecar like a route's; CONNECT opens a tunnel
+/// to a declared `tcp` service. Anything undeclared is refused: the mesh
+/// never sends an app's traffic anywhere in plaintext.
+pub(crate) struct ProxyListener {
+    pub shared: Arc<Shared>,
+    /// By normalized `host:port`.
+    pub services: HashMap<String, (Arc<Route>, RouteProtocol)>,
+}
+
+impl ProxyListener {
+    pub async fn run(self: Arc<Self>, listener: TcpListener) {
+        let shared = self.shared.clone();
+        accept_loop(
+            listener,
+            shared,
+            Direction::Outbound,
+            move |stream, _source| {
+                let this = self.clone();
+                async move {
+                    let shared = this.shared.clone();
+                    serve_http(stream, &shared, move |req| {
+                        let this = this.clone();
+                        async move { this.request(req).await }
+                    })
+                    .await;
+                }
+            },
+        )
+        .await;
+    }
+
+    async fn request(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let id = request_id();
+        let grpc = is_grpc(&req);
+        let connect = req.method() == Method::CONNECT;
+        let target = req.uri().authority().map(|a| a.as_str().to_owned());
+        let Some(target) = target else {
+            return self.refuse(
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "this is an HTTP proxy: send absolute-form requests (http_proxy=) or CONNECT",
+                ),
+                &id,
+                grpc,
+            );
+        };
+        let target = normalize_authority(&target).unwrap_or(target);
+        let Some((route, protocol)) = self.services.get(&target) else {
+            return self.refuse(
+                Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    format!("no route to {target}: not declared in [[outbound.services]]"),
+                ),
+                &id,
+                grpc,
+            );
+        };
+        match (connect, protocol) {
+            (false, RouteProtocol::Http) => route.request(req).await,
+            (true, RouteProtocol::Tcp) => {
+                let tunnel = hyper::upgrade::on(&mut req);
+                let route = route.clone();
+                self.shared.tracker.spawn(async move {
+                    match tunnel.await {
+                        Ok(upgraded) => route.splice(&mut TokioIo::new(upgraded)).await,
+                        Err(e) => tracing::debug!(error = %e, "CONNECT tunnel not established"),
+                    }
+                });
+                self.shared
+                    .metrics
+                    .request(Direction::Outbound, 200, "none");
+                Response::new(boxed(http_body_util::Empty::<bytes::Bytes>::new()))
+            }
+            (true, RouteProtocol::Http) => self.refuse(
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("{target} is an HTTP service: send it requests, not CONNECT"),
+                ),
+                &id,
+                grpc,
+            ),
+            (false, RouteProtocol::Tcp) => self.refuse(
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("{target} is an opaque TCP service: use CONNECT"),
+                ),
+                &id,
+                grpc,
+            ),
+        }
+    }
+
+    fn refuse(&self, refusal: Refusal, id: &str, grpc: bool) -> Response<Body> {
+        tracing::warn!(request_id = %id, reason = %refusal.reason, "proxy request refused");
+        let response = refusal.response(id, grpc);
+        self.shared
+            .metrics
+            .request(Direction::Outbound, response.status().as_u16(), "none");
+        response
+    }
 }
