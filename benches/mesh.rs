@@ -1,0 +1,477 @@
+//! The end-to-end load bench: an app reached directly (the baseline) and
+//! through a sidecar pair (two `warden proxy` processes, mTLS and a Cedar
+//! decision in between), measured side by side in one run.
+//!
+//! For each scenario and target: closed-loop throughput, latency
+//! percentiles at a fixed rate (open loop, measured from each request's
+//! scheduled start, so a stall counts against every request it delays),
+//! errors, the sidecars' CPU time per request (from /proc) and their RSS.
+//! Results are printed and written to `target/mesh-bench.json`.
+//!
+//! Run: `cargo bench --bench mesh`. `WARDEN_BENCH_SECS` (default 3) sets
+//! each phase's length; `WARDEN_BENCH_RATE` (default 2000) the open-loop
+//! rate; `WARDEN_BENCH_CONNS` (default 16) the closed-loop concurrency.
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::net::TcpListener;
+use warden_control::ca::{CertificateAuthority, InitOptions, SignRequest};
+use warden_control::files::{PRIVATE_MODE, PUBLIC_MODE, write_replace};
+use warden_proxy::identity::{SpiffeId, new_key_and_csr};
+
+const FRONTEND: &str = "spiffe://bench.warden/ns/shop/sa/frontend";
+const ORDERS: &str = "spiffe://bench.warden/ns/shop/sa/orders";
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The app: `/echo` returns the body, anything else a short text.
+async fn start_app() -> Result<SocketAddr, Error> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let body = if req.uri().path() == "/echo" {
+                        req.into_body()
+                            .collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .unwrap_or_default()
+                    } else {
+                        Bytes::from_static(b"ok\n")
+                    };
+                    Ok::<_, Infallible>(Response::new(Full::new(body)))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+struct Sidecar {
+    child: Child,
+    inbound: Option<SocketAddr>,
+    outbound: Option<SocketAddr>,
+}
+
+impl Sidecar {
+    fn start(settings: &[String]) -> Result<Self, Error> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_warden"));
+        command.arg("proxy").env("WARDEN_LOG", "error");
+        for s in settings {
+            command.arg("--set").arg(s);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut sidecar = Sidecar {
+            child,
+            inbound: None,
+            outbound: None,
+        };
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            if line == "started" {
+                return Ok(sidecar);
+            }
+            if let Some((what, addr)) = line.split_once(' ') {
+                let addr: SocketAddr = addr.parse()?;
+                match what {
+                    "inbound" => sidecar.inbound = Some(addr),
+                    "outbound[0]" => sidecar.outbound = Some(addr),
+                    _ => {}
+                }
+            }
+        }
+        Err("warden proxy exited before starting".into())
+    }
+
+    /// CPU time (user + system) so far, and resident memory, from /proc.
+    fn usage(&self) -> (Duration, u64) {
+        let pid = self.child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the parenthesized command name; utime and stime are 14 and 15.
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+            + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let hz = rustix::param::clock_ticks_per_second().max(1);
+        let cpu = Duration::from_micros(ticks * 1_000_000 / hz);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        (cpu, rss_kib)
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn issue(ca: &CertificateAuthority, id: &str, dir: &Path) -> Result<(), Error> {
+    let kc = new_key_and_csr(&SpiffeId::parse(id)?)?;
+    let svid = ca.sign_csr(&kc.csr_der, &SignRequest::default())?;
+    std::fs::create_dir_all(dir)?;
+    write_replace(&dir.join("svid.key"), kc.key_pem.as_bytes(), PRIVATE_MODE)?;
+    write_replace(
+        &dir.join("svid.pem"),
+        svid.chain_pem().as_bytes(),
+        PUBLIC_MODE,
+    )?;
+    write_replace(
+        &dir.join("bundle.pem"),
+        ca.bundle().to_pem().as_bytes(),
+        PUBLIC_MODE,
+    )?;
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    KeepAlive,
+    H2,
+    NewConnection,
+}
+
+#[derive(Clone, Copy)]
+struct Scenario {
+    name: &'static str,
+    mode: Mode,
+    body: usize,
+}
+
+const SCENARIOS: [Scenario; 5] = [
+    Scenario {
+        name: "http1_keepalive",
+        mode: Mode::KeepAlive,
+        body: 0,
+    },
+    Scenario {
+        name: "h2",
+        mode: Mode::H2,
+        body: 0,
+    },
+    Scenario {
+        name: "new_connection_per_request",
+        mode: Mode::NewConnection,
+        body: 0,
+    },
+    Scenario {
+        name: "http1_body_1KiB",
+        mode: Mode::KeepAlive,
+        body: 1024,
+    },
+    Scenario {
+        name: "http1_body_64KiB",
+        mode: Mode::KeepAlive,
+        body: 64 * 1024,
+    },
+];
+
+type BenchClient = Client<HttpConnector, Full<Bytes>>;
+
+fn client(mode: Mode) -> BenchClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let mut builder = Client::builder(TokioExecutor::new());
+    match mode {
+        Mode::H2 => {
+            builder.http2_only(true);
+        }
+        Mode::NewConnection => {
+            builder.pool_max_idle_per_host(0);
+        }
+        Mode::KeepAlive => {}
+    }
+    builder.build(connector)
+}
+
+async fn one(client: &BenchClient, target: SocketAddr, scenario: Scenario) -> bool {
+    let req =
+        if scenario.body == 0 {
+            Request::get(format!("http://{target}/bench")).body(Full::new(Bytes::new()))
+        } else {
+            Request::post(format!("http://{target}/echo"))
+                .body(Full::new(Bytes::from(vec![b'x'; scenario.body])))
+        };
+    let Ok(req) = req else { return false };
+    match client.request(req).await {
+        Ok(response) => {
+            let ok = response.status().is_success();
+            let body = response.into_body().collect().await;
+            ok && body.is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+struct Closed {
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+}
+
+async fn closed_loop(
+    target: SocketAddr,
+    scenario: Scenario,
+    conns: usize,
+    length: Duration,
+) -> Closed {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let shared = client(scenario.mode);
+    for _ in 0..conns {
+        let (stop, ok, errors) = (stop.clone(), ok.clone(), errors.clone());
+        // HTTP/1 gets a client (a connection) per worker; h2 shares one.
+        let client = match scenario.mode {
+            Mode::H2 => shared.clone(),
+            _ => client(scenario.mode),
+        };
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if one(&client, target, scenario).await {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(length).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    Closed {
+        requests: ok.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+    }
+}
+
+struct Open {
+    latencies_us: Vec<u64>,
+    errors: u64,
+}
+
+async fn open_loop(target: SocketAddr, scenario: Scenario, rate: u64, length: Duration) -> Open {
+    let client = client(scenario.mode);
+    let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    let total = (length.as_secs_f64() * rate as f64) as u64;
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let scheduled = start + interval * u32::try_from(i).unwrap_or(u32::MAX);
+        tokio::time::sleep_until(scheduled).await;
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let ok = one(&client, target, scenario).await;
+            (ok, scheduled.elapsed())
+        }));
+    }
+    let mut latencies_us = Vec::with_capacity(tasks.len());
+    let mut errors = 0;
+    for t in tasks {
+        match t.await {
+            Ok((true, latency)) => latencies_us.push(latency.as_micros() as u64),
+            _ => errors += 1,
+        }
+    }
+    latencies_us.sort_unstable();
+    Open {
+        latencies_us,
+        errors,
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+async fn measure(
+    label: &str,
+    target: SocketAddr,
+    scenario: Scenario,
+    sidecars: &[&Sidecar],
+    settings: (usize, u64, Duration),
+) -> serde_json::Value {
+    let (conns, rate, length) = settings;
+    // Warm up pools, connections and caches.
+    closed_loop(target, scenario, conns, Duration::from_millis(300)).await;
+    let before: Vec<(Duration, u64)> = sidecars.iter().map(|s| s.usage()).collect();
+    let closed = closed_loop(target, scenario, conns, length).await;
+    let after: Vec<(Duration, u64)> = sidecars.iter().map(|s| s.usage()).collect();
+    let open = open_loop(target, scenario, rate, length).await;
+    let rps = closed.requests as f64 / closed.elapsed.as_secs_f64();
+    let cpu_us: Vec<f64> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| (a.0 - b.0).as_micros() as f64 / closed.requests.max(1) as f64)
+        .collect();
+    let rss: Vec<u64> = after.iter().map(|u| u.1).collect();
+    let p = |q| percentile(&open.latencies_us, q);
+    println!(
+        "{:<28} {:<7} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  errors {}/{}  sidecar CPU {} us/req  RSS {} KiB",
+        scenario.name,
+        label,
+        rps,
+        p(50.0),
+        p(99.0),
+        p(99.9),
+        closed.errors,
+        open.errors,
+        if cpu_us.is_empty() {
+            "-".to_owned()
+        } else {
+            format!(
+                "{:.1} ({})",
+                cpu_us.iter().sum::<f64>(),
+                cpu_us
+                    .iter()
+                    .map(|c| format!("{c:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            )
+        },
+        if rss.is_empty() {
+            "-".to_owned()
+        } else {
+            rss.iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" + ")
+        },
+    );
+    json!({
+        "scenario": scenario.name,
+        "target": label,
+        "closed_loop": { "connections": conns, "seconds": closed.elapsed.as_secs_f64(), "requests": closed.requests, "errors": closed.errors, "requests_per_second": rps },
+        "open_loop": { "rate": rate, "requests": open.latencies_us.len(), "errors": open.errors, "p50_ms": p(50.0), "p99_ms": p(99.0), "p99_9_ms": p(99.9) },
+        "sidecar_cpu_us_per_request": cpu_us,
+        "sidecar_cpu_us_per_request_total": cpu_us.iter().sum::<f64>(),
+        "sidecar_rss_kib": rss,
+    })
+}
+
+async fn run() -> Result<(), Error> {
+    let length = Duration::from_secs(env_or("WARDEN_BENCH_SECS", 3));
+    let rate: u64 = env_or("WARDEN_BENCH_RATE", 2000);
+    let conns: usize = env_or("WARDEN_BENCH_CONNS", 16);
+    let dir = tempfile::tempdir()?;
+    let ca = CertificateAuthority::init(
+        &dir.path().join("ca"),
+        &InitOptions::new("bench.warden".parse()?),
+    )?;
+    issue(&ca, FRONTEND, &dir.path().join("frontend"))?;
+    issue(&ca, ORDERS, &dir.path().join("orders"))?;
+    let app = start_app().await?;
+    let base = |name: &str| {
+        vec![
+            format!("identity.dir={}", dir.path().join(name).display()),
+            format!("service.name={name}"),
+            "admin.listen=127.0.0.1:0".to_owned(),
+        ]
+    };
+    let mut s = base("orders");
+    s.push("inbound.listen=127.0.0.1:0".into());
+    s.push(format!("inbound.app={app}"));
+    let server = Sidecar::start(&s)?;
+    let inbound = server.inbound.ok_or("no inbound")?;
+    let mut c = base("frontend");
+    c.push(format!("outbound.routes=[{{listen=\"127.0.0.1:0\", upstream=\"{inbound}\", identity=\"{ORDERS}\"}}]"));
+    let client_sidecar = Sidecar::start(&c)?;
+    let via = client_sidecar.outbound.ok_or("no outbound")?;
+    // Wait (bounded) until a request goes through.
+    let mut ready = false;
+    for _ in 0..100 {
+        if one(&client(Mode::KeepAlive), via, SCENARIOS[0]).await {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !ready {
+        return Err("the sidecar pair never served a request".into());
+    }
+    println!(
+        "mesh bench: {}s per phase, closed loop {conns} connections, open loop {rate} req/s; sidecar CPU is both sidecars, from /proc",
+        length.as_secs()
+    );
+    let mut results = Vec::new();
+    for scenario in SCENARIOS {
+        results.push(measure("direct", app, scenario, &[], (conns, rate, length)).await);
+        results.push(
+            measure(
+                "mesh",
+                via,
+                scenario,
+                &[&client_sidecar, &server],
+                (conns, rate, length),
+            )
+            .await,
+        );
+    }
+    let out = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("mesh-bench.json");
+    std::fs::write(
+        &out,
+        serde_json::to_string_pretty(&json!({ "results": results }))?,
+    )?;
+    println!("written to {}", out.display());
+    Ok(())
+}
+
+fn main() -> Result<(), Error> {
+    // `cargo test --benches` runs benches with `--test`-ish flags: skip.
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return Ok(());
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
