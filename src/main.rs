@@ -55,6 +55,11 @@ struct ProxyArgs {
     /// file and over `WARDEN_<SECTION>_<KEY>` environment variables.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Threads serving traffic. 1 (the default) runs everything on one
+    /// thread: a sidecar shares its node with the app, and on a busy
+    /// machine cross-thread wakeups cost more than a second core gains.
+    #[arg(long, env = "WARDEN_WORKERS", default_value_t = 1)]
+    workers: usize,
 }
 
 #[derive(Args)]

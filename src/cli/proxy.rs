@@ -13,10 +13,16 @@ use crate::ProxyArgs;
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let config = SidecarConfig::load(args.config.as_deref(), std::env::vars(), &args.set)
         .context("invalid configuration")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = match args.workers {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build(),
+    }
+    .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         // Take over SIGHUP before anything else: it asks for a policy reload,
         // and its default action would kill the process.
