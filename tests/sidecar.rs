@@ -362,3 +362,36 @@ async fn the_http_proxy_mode_serves_declared_services_and_connect_tunnels() {
     tunnel.write_all(b"ping").await.expect("write");
     assert_eq!(read_some(&mut tunnel, 4).await, b"PING");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_on_a_unix_socket_is_reached_over_http1_and_h2() {
+    use support::mesh::{Identities, TestApp};
+    let ids = Identities::new();
+    let socket = ids.path("orders-app.sock");
+    TestApp::start_unix(&socket);
+    let server = ids.start(
+        "orders",
+        &[
+            "inbound.listen=127.0.0.1:0".into(),
+            format!("inbound.app=unix:{}", socket.display()),
+        ],
+    );
+    let client = ids.start("frontend", &[route_to(server.inbound(), ORDERS)]);
+    server.wait_ready().await;
+    client.wait_ready().await;
+    let reply = get(client.outbound[0], "/over/unix", &[])
+        .await
+        .expect("call");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.echo()["headers"]["x-warden-peer-id"], FRONTEND);
+    let reply = send(
+        &h2c_client(),
+        Request::get(format!("http://{}/h2", client.outbound[0]))
+            .body(body(""))
+            .expect("req"),
+    )
+    .await
+    .expect("h2 call");
+    assert_eq!(reply.echo()["version"], "HTTP/2.0");
+    assert_eq!(reply.echo()["headers"]["x-warden-peer-id"], FRONTEND);
+}

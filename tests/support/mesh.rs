@@ -325,6 +325,23 @@ impl TestApp {
         });
         TestApp { addr }
     }
+
+    /// The same app on a unix socket at `path`.
+    pub fn start_unix(path: &Path) {
+        let listener = tokio::net::UnixListener::bind(path).expect("bind unix socket");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(
+                            TokioIo::new(stream),
+                            hyper::service::service_fn(app),
+                        )
+                        .await;
+                });
+            }
+        });
+    }
 }
 
 async fn app(mut req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+pub use super::app::AppAddr;
 use crate::authz::Mode;
 use crate::identity::SpiffeId;
 
@@ -176,8 +177,8 @@ pub enum AppProtocol {
 pub struct InboundConfig {
     /// Where peers connect (TLS). Unset: no inbound listener.
     pub listen: Option<SocketAddr>,
-    /// The local app, `127.0.0.1:PORT`.
-    pub app: Option<SocketAddr>,
+    /// The local app, `127.0.0.1:PORT` or `unix:/path`.
+    pub app: Option<AppAddr>,
     pub app_protocol: AppProtocol,
     pub mode: InboundMode,
     /// Also accept TLS 1.2 (TLS 1.3 only by default).
@@ -192,7 +193,7 @@ pub struct InboundConfig {
 #[serde(deny_unknown_fields)]
 pub struct OpaqueConfig {
     pub listen: SocketAddr,
-    pub app: SocketAddr,
+    pub app: AppAddr,
 }
 
 /// What an outbound route carries.

@@ -11,15 +11,13 @@ use std::time::SystemTime;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use rustls::ServerConfig;
 use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
 
+use super::app::{AppAddr, AppClient};
 use super::config::{AppProtocol, InboundMode};
 use super::http::{
     Body, ORIG_PROTO, PEER_ID, REQUEST_ID, Refusal, XFCC, boxed, is_grpc, relay_upgrade,
@@ -40,11 +38,11 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 pub(crate) struct Inbound {
     pub shared: Arc<Shared>,
-    pub app: SocketAddr,
+    pub app: AppAddr,
     /// mTLS required (strict), or a certificate optional (permissive).
     pub tls: Arc<ServerConfig>,
-    pub h1: Client<HttpConnector, Incoming>,
-    pub h2: Client<HttpConnector, Incoming>,
+    pub h1: AppClient,
+    pub h2: AppClient,
 }
 
 /// What is known about one inbound connection, fixed at its handshake.
@@ -70,25 +68,6 @@ impl ConnInfo {
                 .get_or_init(|| engine.for_peer(self.peer.clone())),
         )
     }
-}
-
-pub(crate) fn app_clients(
-    shared: &Shared,
-) -> (
-    Client<HttpConnector, Incoming>,
-    Client<HttpConnector, Incoming>,
-) {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(shared.config.limits.app_connect_timeout));
-    connector.set_nodelay(true);
-    let h1 = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(shared.config.limits.idle_timeout)
-        .build(connector.clone());
-    let h2 = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .pool_idle_timeout(shared.config.limits.idle_timeout)
-        .build(connector);
-    (h1, h2)
 }
 
 impl Inbound {
@@ -184,7 +163,7 @@ impl Inbound {
     /// An opaque TCP listener: after the handshake, one `connect`
     /// decision for the connection; allowed connections are spliced to
     /// `app`, denied ones closed.
-    pub async fn run_opaque(self: Arc<Self>, listener: TcpListener, app: SocketAddr) {
+    pub async fn run_opaque(self: Arc<Self>, listener: TcpListener, app: AppAddr) {
         let shared = self.shared.clone();
         accept_loop(
             listener,
@@ -192,13 +171,14 @@ impl Inbound {
             Direction::Inbound,
             move |stream, source| {
                 let this = self.clone();
-                async move { this.opaque_connection(stream, source, app).await }
+                let app = app.clone();
+                async move { this.opaque_connection(stream, source, &app).await }
             },
         )
         .await;
     }
 
-    async fn opaque_connection(&self, stream: TcpStream, source: SocketAddr, app: SocketAddr) {
+    async fn opaque_connection(&self, stream: TcpStream, source: SocketAddr, app: &AppAddr) {
         let metrics = &self.shared.metrics;
         // Opaque protocols may have the server speak first, so there is no
         // first byte to wait for: TLS always (certificate optional in
@@ -225,19 +205,13 @@ impl Inbound {
             return;
         }
         let limits = &self.shared.config.limits;
-        let mut upstream =
-            match tokio::time::timeout(limits.app_connect_timeout, TcpStream::connect(app)).await {
-                Ok(Ok(upstream)) => upstream,
-                Ok(Err(e)) => {
-                    tracing::warn!(%app, error = %e, "opaque app unavailable");
-                    return;
-                }
-                Err(_) => {
-                    tracing::warn!(%app, "opaque app did not accept a connection in time");
-                    return;
-                }
-            };
-        let _ = upstream.set_nodelay(true);
+        let mut upstream = match app.connect(limits.app_connect_timeout).await {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                tracing::warn!(%app, error = %e, "opaque app unavailable");
+                return;
+            }
+        };
         if let Err(e) = tokio::io::copy_bidirectional(&mut io, &mut upstream).await {
             tracing::debug!(error = %e, "opaque connection ended");
         }
@@ -393,7 +367,14 @@ impl Inbound {
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let uri = format!("http://{}{}", self.app, path);
+        // The connector ignores the authority (there is one app); it is the
+        // :authority an HTTP/2 app sees, so keep the caller's.
+        let authority = if host.is_empty() || host.parse::<http::uri::Authority>().is_err() {
+            "localhost"
+        } else {
+            host.as_str()
+        };
+        let uri = format!("http://{authority}{path}");
         match uri.parse::<Uri>() {
             Ok(uri) => *req.uri_mut() = uri,
             Err(_) => {
@@ -420,27 +401,14 @@ impl Inbound {
                 response.map(boxed)
             }
             Ok(Err(e)) => {
-                let timed_out = super::http::find_source::<std::io::Error>(&e)
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-                    || format!("{e:?}").contains("ConnectTimeout");
-                let refusal = if timed_out {
-                    Refusal::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!(
-                            "app at {} did not accept a connection within {:?}",
-                            self.app, limits.app_connect_timeout
-                        ),
-                    )
-                } else if e.is_connect() {
-                    Refusal::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("app at {} is unavailable: {}", self.app, error_chain(&e)),
-                    )
-                } else {
-                    Refusal::new(
+                let refusal = match super::http::find_source::<std::io::Error>(&e) {
+                    Some(io) if e.is_connect() => {
+                        app_unavailable(&self.app, io, limits.app_connect_timeout)
+                    }
+                    _ => Refusal::new(
                         StatusCode::BAD_GATEWAY,
                         format!("app at {} failed: {}", self.app, error_chain(&e)),
-                    )
+                    ),
                 };
                 tracing::warn!(request_id = id, reason = %refusal.reason, "inbound request failed");
                 refusal.response(id, grpc)
@@ -481,29 +449,13 @@ impl Inbound {
         if let Ok(uri) = path.parse::<Uri>() {
             *req.uri_mut() = uri;
         }
-        let app =
-            match tokio::time::timeout(limits.app_connect_timeout, TcpStream::connect(self.app))
-                .await
-            {
-                Ok(Ok(app)) => app,
-                Ok(Err(e)) => {
-                    return Refusal::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("app at {} is unavailable: {e}", self.app),
-                    )
+        let app = match self.app.connect(limits.app_connect_timeout).await {
+            Ok(app) => app,
+            Err(e) => {
+                return app_unavailable(&self.app, &e, limits.app_connect_timeout)
                     .response(id, false);
-                }
-                Err(_) => {
-                    return Refusal::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!(
-                            "app at {} did not accept a connection within {:?}",
-                            self.app, limits.app_connect_timeout
-                        ),
-                    )
-                    .response(id, false);
-                }
-            };
+            }
+        };
         match tokio::time::timeout(limits.app_response_timeout, relay_upgrade(app, req)).await {
             Ok(Ok(mut response)) => {
                 strip_response(&mut response);
@@ -527,6 +479,21 @@ impl Inbound {
             )
             .response(id, false),
         }
+    }
+}
+
+/// 504 when connecting to the app timed out, 503 when it refused.
+fn app_unavailable(app: &AppAddr, e: &std::io::Error, timeout: std::time::Duration) -> Refusal {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        Refusal::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("app at {app} did not accept a connection within {timeout:?}"),
+        )
+    } else {
+        Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("app at {app} is unavailable: {e}"),
+        )
     }
 }
 

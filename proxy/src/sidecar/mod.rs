@@ -8,6 +8,7 @@
 //! returns.
 
 pub mod admin;
+pub mod app;
 pub mod config;
 pub mod http;
 mod inbound;
@@ -401,15 +402,22 @@ impl Sidecar {
                 versions,
                 &[b"h2", b"http/1.1"],
             )?;
-            let (h1, h2) = inbound::app_clients(&shared);
+            // Validation pairs inbound.listen with inbound.app; a sidecar
+            // with only opaque ports never makes an HTTP request to it.
+            let app = shared
+                .config
+                .inbound
+                .app
+                .clone()
+                .unwrap_or(app::AppAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 0))));
+            let (h1, h2) = app::app_clients(
+                &app,
+                shared.config.limits.app_connect_timeout,
+                shared.config.limits.idle_timeout,
+            );
             let inbound = Arc::new(inbound::Inbound {
                 shared: shared.clone(),
-                // Validation pairs listen with app; opaque-only sidecars never use it.
-                app: shared
-                    .config
-                    .inbound
-                    .app
-                    .unwrap_or(shared.config.admin.listen),
+                app,
                 tls,
                 h1,
                 h2,
@@ -417,7 +425,7 @@ impl Sidecar {
             for (opaque, listener) in shared.config.inbound.opaque.iter().zip(opaque_listeners) {
                 shared
                     .tracker
-                    .spawn(inbound.clone().run_opaque(listener, opaque.app));
+                    .spawn(inbound.clone().run_opaque(listener, opaque.app.clone()));
             }
             if let Some(listener) = inbound_listener {
                 shared.tracker.spawn(inbound.run(listener));
