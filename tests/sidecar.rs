@@ -103,6 +103,16 @@ async fn h2_and_grpc_keep_their_trailers() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.echo()["version"], "HTTP/2.0", "h2 end to end");
     assert_eq!(reply.echo()["headers"]["x-warden-peer-id"], FRONTEND);
+    let req = Request::get(format!("http://{}/te", pair.via()))
+        .header("te", "trailers")
+        .body(body(""))
+        .expect("req");
+    let reply = send(&client, req).await.expect("te call");
+    assert_eq!(
+        reply.echo()["headers"]["te"],
+        "trailers",
+        "gRPC servers need te: trailers"
+    );
 
     let message = b"\x00\x00\x00\x00\x05hello".to_vec();
     let req = Request::post(format!("http://{}/grpc.Echo/Say", pair.via()))
@@ -155,9 +165,10 @@ async fn a_caller_the_policy_does_not_allow_gets_403_and_grpc_permission_denied(
     assert_eq!(reply.status, 200);
     assert_eq!(reply.headers["grpc-status"], "7", "PERMISSION_DENIED");
 
+    // Both denies count as 403, the gRPC one too (it travels as 200 with grpc-status 7).
     let metrics = pair.server.metrics().await;
     assert!(
-        metrics.contains("status=\"403\",decision=\"deny\"} 1"),
+        metrics.contains("status=\"403\",decision=\"deny\"} 2"),
         "{metrics}"
     );
     let logs = pair.server.logs();
@@ -242,6 +253,16 @@ async fn websocket_style_upgrades_cross_the_pair() {
         let echoed = read_some(&mut stream, message.len()).await;
         assert_eq!(echoed, message.to_ascii_uppercase());
     }
+    // Other upgrades (h2c, or anything an app might answer 101 to) would
+    // make one authorized request an unchecked tunnel: refused.
+    let mut h2c = tokio::net::TcpStream::connect(pair.via())
+        .await
+        .expect("connect");
+    h2c.write_all(b"GET / HTTP/1.1\r\nhost: orders\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n")
+        .await
+        .expect("write");
+    let head = String::from_utf8_lossy(&read_some(&mut h2c, 1).await).into_owned();
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -332,15 +332,13 @@ async fn an_h2_rapid_reset_flood_is_cut_off_and_others_are_served() {
         sent += 1;
     }
     let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
-    let reason = match &ended {
-        Ok(Ok(Err(e))) => e.reason(),
-        _ => None,
+    // The server answers with GOAWAY ENHANCE_YOUR_CALM and closes; the
+    // client sees the GOAWAY, or (if it was still writing) a broken pipe.
+    let cut = match &ended {
+        Ok(Ok(Err(e))) => e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || e.is_io(),
+        _ => false,
     };
-    assert_eq!(
-        reason,
-        Some(h2::Reason::ENHANCE_YOUR_CALM),
-        "flood of {sent} resets not cut off: {ended:?}"
-    );
+    assert!(cut && sent < 5000, "flood of {sent} resets not cut off: {ended:?}");
     // Everyone else is still served.
     assert_eq!(get(pair.via(), "/x", &[]).await.expect("call").status, 200);
 }
@@ -390,4 +388,51 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
         }
     }
     assert!(closed, "idle connection still open after 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_not_trusted_past_its_certificate() {
+    let pair = Pair::start(&[], &[]).await;
+    // A client whose certificate expires in a few seconds keeps one HTTP/2
+    // connection open across the expiry.
+    let raw = RawCa::load(&pair.ids.ca());
+    let mut params = svid_params(&[FRONTEND]);
+    params.not_before = (SystemTime::now() - Duration::from_secs(1)).into();
+    params.not_after = (SystemTime::now() + Duration::from_secs(3)).into();
+    let (cert, key) = raw.sign(&params);
+    let config = client_presenting(
+        vec![cert],
+        &key,
+        our_bundles(&pair),
+        ExpectedIdentity::AnyTrusted,
+    );
+    let mut config = Arc::unwrap_or_clone(config);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(pair.server.inbound())
+        .await
+        .expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("warden.test").expect("name"), tcp)
+        .await
+        .expect("handshake");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("h2");
+    tokio::spawn(connection);
+    let request = || {
+        http::Request::get("http://orders/x")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("req")
+    };
+    let first = sender.send_request(request()).await.expect("first request");
+    assert_eq!(first.status(), 200);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Past the expiry: the connection is closed (or the request refused).
+    match sender.send_request(request()).await {
+        Err(_) => {}
+        Ok(r) => assert_ne!(r.status(), 200, "served on an expired identity"),
+    }
 }

@@ -178,6 +178,9 @@ impl tower::Service<Uri> for AppConnector {
 
 pub type AppClient = Client<AppConnector, Incoming>;
 
+/// Idle keep-alive connections kept to the app; more are closed after use.
+const MAX_IDLE_APP_CONNECTIONS: usize = 256;
+
 /// Pooled clients to the app: HTTP/1.1, and HTTP/2 (prior knowledge).
 pub fn app_clients(
     app: &AppAddr,
@@ -190,6 +193,7 @@ pub fn app_clients(
     };
     let h1 = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(idle_timeout)
+        .pool_max_idle_per_host(MAX_IDLE_APP_CONNECTIONS)
         .build(connector.clone());
     let h2 = Client::builder(TokioExecutor::new())
         .http2_only(true)

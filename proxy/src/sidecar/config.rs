@@ -232,8 +232,8 @@ pub struct ServiceRoute {
     pub protocol: RouteProtocol,
 }
 
-/// `host:port`, lowercase, port 80 when absent.
-pub fn normalize_authority(authority: &str) -> Option<String> {
+/// `host:port`, lowercase, `default_port` when absent.
+pub fn normalize_authority(authority: &str, default_port: u16) -> Option<String> {
     let parsed: http::uri::Authority = authority.parse().ok()?;
     if authority.contains('@') {
         return None;
@@ -241,7 +241,7 @@ pub fn normalize_authority(authority: &str) -> Option<String> {
     Some(format!(
         "{}:{}",
         parsed.host().to_ascii_lowercase(),
-        parsed.port_u16().unwrap_or(80)
+        parsed.port_u16().unwrap_or(default_port)
     ))
 }
 
@@ -330,6 +330,10 @@ impl Default for Limits {
         }
     }
 }
+
+/// Ceiling for connection and request counts (tokio's semaphores hold fewer
+/// than `usize::MAX >> 3` permits; nothing sensible needs more than this).
+pub const MAX_COUNT: usize = 1_000_000;
 
 /// hyper's floor for its read buffer.
 pub const MIN_HEADER_BYTES: usize = 8 * 1024;
@@ -487,7 +491,7 @@ impl SidecarConfig {
         let mut authorities = HashSet::new();
         for (i, service) in self.outbound.services.iter().enumerate() {
             let key = format!("outbound.services[{i}].authority");
-            let Some(authority) = normalize_authority(&service.authority) else {
+            let Some(authority) = normalize_authority(&service.authority, 80) else {
                 return Err(key_error(
                     key,
                     format!("{:?} is not host:port", service.authority),
@@ -570,8 +574,8 @@ impl SidecarConfig {
             ("limits.app_response_timeout", l.app_response_timeout),
             ("limits.peer_connect_timeout", l.peer_connect_timeout),
         ] {
-            if value.is_zero() {
-                return Err(key_error(key, "must be more than zero"));
+            if value < Duration::from_millis(1) {
+                return Err(key_error(key, "must be at least 1ms"));
             }
         }
         Ok(())

@@ -25,20 +25,26 @@ pub const ORIG_PROTO: HeaderName = HeaderName::from_static("x-warden-orig-proto"
 pub const ORIG_PROTO_HTTP1: &str = "HTTP/1.1";
 
 /// Headers of one hop only (RFC 9110 7.6.1), never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
 
 /// Removes hop-by-hop headers, and the headers `Connection` names.
 /// `Upgrade` goes too: upgrades are relayed explicitly, never by accident.
+/// `te: trailers` is kept (gRPC servers require it; HTTP/2 allows it).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -50,6 +56,47 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove(header::UPGRADE);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether a header name is one of Warden's own, or would look like one to
+/// an app that maps `_` to `-` (CGI, WSGI, Rack): callers never set these.
+pub fn is_reserved(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    let dashed = |prefix: &str| {
+        n.len() >= prefix.len()
+            && n.as_bytes()[..prefix.len()]
+                .iter()
+                .zip(prefix.as_bytes())
+                .all(|(a, b)| a == b || (*a == b'_' && *b == b'-'))
+    };
+    (dashed("x-warden-")) || (n.len() == XFCC.as_str().len() && dashed(XFCC.as_str()))
+}
+
+/// Drops every reserved header (see [`is_reserved`]) a caller sent.
+pub fn strip_reserved(headers: &mut HeaderMap) {
+    let reserved: Vec<HeaderName> = headers.keys().filter(|n| is_reserved(n)).cloned().collect();
+    for name in reserved {
+        headers.remove(name);
+    }
+}
+
+/// Protocols an HTTP/1.1 upgrade may switch to. Anything else (h2c, say)
+/// would turn one authorized request into an unchecked tunnel.
+pub fn upgrade_allowed(protocol: &HeaderValue) -> Result<(), Refusal> {
+    if protocol.as_bytes().eq_ignore_ascii_case(b"websocket") {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "upgrade to {:?} is not supported (only websocket)",
+                String::from_utf8_lossy(protocol.as_bytes())
+            ),
+        ))
+    }
 }
 
 /// The protocol an HTTP/1.1 request asks to switch to (`Connection:
@@ -92,6 +139,9 @@ pub fn strip_response<B>(response: &mut Response<B>) {
 pub async fn relay_upgrade<I>(
     io: I,
     mut req: Request<hyper::body::Incoming>,
+    tracker: &tokio_util::task::TaskTracker,
+    idle: std::time::Duration,
+    deadline: Option<std::time::SystemTime>,
 ) -> Result<Response<hyper::body::Incoming>, hyper::Error>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -99,7 +149,7 @@ where
     let from_caller = hyper::upgrade::on(&mut req);
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
-    tokio::spawn(async move {
+    tracker.spawn(async move {
         if let Err(e) = connection.with_upgrades().await {
             tracing::debug!(error = %e, "upgrade connection ended");
         }
@@ -107,12 +157,15 @@ where
     let mut response = sender.send_request(req).await?;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let from_server = hyper::upgrade::on(&mut response);
-        tokio::spawn(async move {
+        // Tracked, so a drain waits for the tunnel (up to its deadline).
+        tracker.spawn(async move {
             match tokio::join!(from_caller, from_server) {
                 (Ok(caller), Ok(server)) => {
                     let mut caller = hyper_util::rt::TokioIo::new(caller);
                     let mut server = hyper_util::rt::TokioIo::new(server);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut caller, &mut server).await {
+                    if let Err(e) =
+                        super::splice::splice(&mut caller, &mut server, idle, deadline).await
+                    {
                         tracing::debug!(error = %e, "upgraded connection ended");
                     }
                 }
@@ -148,6 +201,32 @@ where
     B::Error: Into<BoxError>,
 {
     body.map_err(Into::into).boxed()
+}
+
+/// A body that holds `G` until it is finished or dropped.
+pub struct Guarded<G> {
+    pub body: Body,
+    pub _guard: G,
+}
+
+impl<G: Unpin> http_body::Body for Guarded<G> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 fn text_body(text: String) -> Body {
@@ -280,6 +359,31 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn te_trailers_survives_and_reserved_names_are_recognized() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h[header::TE], "trailers");
+        for name in [
+            "x-warden-peer-id",
+            "x_warden_peer_id",
+            "x-forwarded-client-cert",
+            "x_forwarded_client_cert",
+            "x-warden-anything",
+        ] {
+            assert!(is_reserved(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-client-certs",
+            "x-wardenx",
+            "warden",
+        ] {
+            assert!(!is_reserved(&HeaderName::from_static(name)), "{name}");
+        }
     }
 
     #[test]

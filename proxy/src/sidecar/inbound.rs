@@ -21,14 +21,16 @@ use super::app::{AppAddr, AppClient};
 use super::config::{AppProtocol, InboundMode};
 use super::http::{
     Body, ORIG_PROTO, PEER_ID, REQUEST_ID, Refusal, XFCC, boxed, is_grpc, relay_upgrade,
-    request_host, request_id, restore_upgrade, strip_hop_by_hop, strip_response, upgrade_protocol,
+    request_host, request_id, restore_upgrade, strip_hop_by_hop, strip_reserved, strip_response,
+    upgrade_allowed, upgrade_protocol,
 };
 use super::metrics::{Direction, Handshake};
+use super::splice::splice;
 use super::{Shared, accept_loop, serve_http};
 use crate::authz::{
     Decision, HttpRequestFacts, Peer, PeerAuthorizer, TcpConnectionFacts, UnauthenticatedKind,
 };
-use crate::identity::peer_spiffe_id;
+use crate::identity::{SvidLeaf, Timestamp};
 
 /// A peer's connection: plaintext (permissive mode) or TLS.
 type PeerIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
@@ -39,6 +41,9 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 pub(crate) struct Inbound {
     pub shared: Arc<Shared>,
     pub app: AppAddr,
+    /// The URI authority of requests to the app (its address, or
+    /// `localhost` for a unix socket).
+    pub app_authority: String,
     /// mTLS required (strict), or a certificate optional (permissive).
     pub tls: Arc<ServerConfig>,
     pub h1: AppClient,
@@ -53,11 +58,18 @@ struct ConnInfo {
     /// `x-forwarded-client-cert` for the app; None for unauthenticated peers.
     xfcc: Option<HeaderValue>,
     peer: Peer,
+    /// When the caller's certificate expires: the connection's identity is
+    /// not vouched for past it.
+    expires: Option<SystemTime>,
     /// Made on the first request once the policy engine exists, then kept.
     authorizer: OnceLock<PeerAuthorizer>,
 }
 
 impl ConnInfo {
+    fn expired(&self) -> bool {
+        self.expires.is_some_and(|t| SystemTime::now() >= t)
+    }
+
     fn authorizer(&self, shared: &Shared) -> Option<&PeerAuthorizer> {
         if let Some(a) = self.authorizer.get() {
             return Some(a);
@@ -142,12 +154,15 @@ impl Inbound {
             Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1_2",
             _ => "TLSv1_3",
         };
-        let (peer, leaf_hash) = match conn.peer_certificates() {
-            Some(chain) if !chain.is_empty() => match peer_spiffe_id(chain) {
-                Ok(id) => (Peer::Workload(id), Some(hex(&Sha256::digest(&chain[0])))),
+        let (peer, leaf) = match conn.peer_certificates() {
+            Some([leaf, ..]) => match SvidLeaf::parse(leaf, Timestamp::now()) {
+                Ok(svid) => (
+                    Peer::Workload(svid.spiffe_id),
+                    Some((hex(&Sha256::digest(leaf)), svid.not_after.to_system_time())),
+                ),
                 // The verifier already refused such chains; never serve one.
                 Err(e) => {
-                    tracing::warn!(%source, error = %e, "verified peer certificate has no usable SPIFFE ID");
+                    tracing::warn!(%source, error = %e, "verified peer certificate is not a usable SVID");
                     return None;
                 }
             },
@@ -156,7 +171,7 @@ impl Inbound {
                 None,
             ),
         };
-        let info = self.conn_info(source, tls_version, peer, leaf_hash);
+        let info = self.conn_info(source, tls_version, peer, leaf);
         Some((Either::Right(Box::new(tls)), info))
     }
 
@@ -212,7 +227,7 @@ impl Inbound {
                 return;
             }
         };
-        if let Err(e) = tokio::io::copy_bidirectional(&mut io, &mut upstream).await {
+        if let Err(e) = splice(&mut io, &mut upstream, limits.idle_timeout, info.expires).await {
             tracing::debug!(error = %e, "opaque connection ended");
         }
     }
@@ -222,10 +237,11 @@ impl Inbound {
         source: SocketAddr,
         tls_version: &'static str,
         peer: Peer,
-        leaf_hash: Option<String>,
+        leaf: Option<(String, SystemTime)>,
     ) -> ConnInfo {
-        let (peer_id, xfcc) = match (&peer, leaf_hash) {
-            (Peer::Workload(id), Some(hash)) => {
+        let expires = leaf.as_ref().map(|(_, not_after)| *not_after);
+        let (peer_id, xfcc) = match (&peer, leaf) {
+            (Peer::Workload(id), Some((hash, _))) => {
                 let by = self
                     .shared
                     .store
@@ -245,6 +261,7 @@ impl Inbound {
             peer_id,
             xfcc,
             peer,
+            expires,
             authorizer: OnceLock::new(),
         }
     }
@@ -255,7 +272,8 @@ impl Inbound {
     {
         let info = Arc::new(info);
         let shared = self.shared.clone();
-        serve_http(io, &shared, move |req| {
+        let deadline = info.expires;
+        serve_http(io, &shared, deadline, move |req| {
             let this = self.clone();
             let info = info.clone();
             async move { this.request(req, &info).await }
@@ -266,20 +284,29 @@ impl Inbound {
     async fn request(&self, req: Request<Incoming>, info: &ConnInfo) -> Response<Body> {
         let id = request_id();
         let grpc = is_grpc(&req);
-        let (response, decision) = match self.decide_and_forward(req, info, &id).await {
-            Ok(answer) => answer,
-            Err((refusal, decision)) => (refusal.response(&id, grpc), decision),
-        };
-        self.shared
-            .metrics
-            .request(Direction::Inbound, response.status().as_u16(), decision);
-        response
+        match self.decide_and_forward(req, info, &id).await {
+            Ok((response, decision)) => {
+                self.shared.metrics.request(
+                    Direction::Inbound,
+                    response.status().as_u16(),
+                    decision,
+                );
+                response
+            }
+            Err((refusal, decision)) => {
+                // Counted by what it means, also when gRPC carries it as 200.
+                self.shared
+                    .metrics
+                    .request(Direction::Inbound, refusal.status.as_u16(), decision);
+                refusal.response(&id, grpc)
+            }
+        }
     }
 
     /// The app's response, or Warden's refusal; with the decision label.
     async fn decide_and_forward(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         info: &ConnInfo,
         id: &str,
     ) -> Result<(Response<Body>, &'static str), (Refusal, &'static str)> {
@@ -295,6 +322,15 @@ impl Inbound {
                 "none",
             ));
         };
+        if info.expired() {
+            return Err((
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the caller's certificate expired during this connection; reconnect",
+                ),
+                "none",
+            ));
+        }
         let Some(authorizer) = info.authorizer(&self.shared) else {
             return Err((
                 Refusal::new(
@@ -304,6 +340,18 @@ impl Inbound {
                 "none",
             ));
         };
+        // Sanitize first, so policy sees exactly the headers the app will.
+        let restore_http1 =
+            req.headers().get(ORIG_PROTO).is_some() || req.version() != Version::HTTP_2;
+        let upgrade = upgrade_protocol(&req);
+        if let Some(protocol) = &upgrade {
+            upgrade_allowed(protocol).map_err(|refusal| (refusal, "none"))?;
+        }
+        strip_hop_by_hop(req.headers_mut());
+        // Whatever the caller claims about identity is dropped; only the
+        // handshake's verified identity reaches the app.
+        strip_reserved(req.headers_mut());
+
         let decision = authorize(authorizer, &req, info);
         if !decision.errors.is_empty() {
             metrics.authz_error();
@@ -323,7 +371,9 @@ impl Inbound {
                 decision.decision,
             ));
         }
-        let response = self.forward(req, info, id, grpc).await;
+        let response = self
+            .forward(req, info, id, grpc, restore_http1, upgrade)
+            .await;
         Ok((response, decision.decision))
     }
 
@@ -333,19 +383,12 @@ impl Inbound {
         info: &ConnInfo,
         id: &str,
         grpc: bool,
+        restore_http1: bool,
+        upgrade: Option<HeaderValue>,
     ) -> Response<Body> {
         let limits = &self.shared.config.limits;
-        let restore_http1 =
-            req.headers().get(ORIG_PROTO).is_some() || req.version() != Version::HTTP_2;
         let host = request_host(&req);
-        let upgrade = upgrade_protocol(&req);
         let headers = req.headers_mut();
-        strip_hop_by_hop(headers);
-        headers.remove(ORIG_PROTO);
-        // Whatever the caller claims about identity is dropped; only the
-        // handshake's verified identity reaches the app.
-        headers.remove(XFCC);
-        headers.remove(PEER_ID);
         if let Some(v) = &info.xfcc {
             headers.insert(XFCC, v.clone());
         }
@@ -367,14 +410,9 @@ impl Inbound {
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        // The connector ignores the authority (there is one app); it is the
-        // :authority an HTTP/2 app sees, so keep the caller's.
-        let authority = if host.is_empty() || host.parse::<http::uri::Authority>().is_err() {
-            "localhost"
-        } else {
-            host.as_str()
-        };
-        let uri = format!("http://{authority}{path}");
+        // A fixed authority: the connection pool is keyed by it, and the
+        // caller must not be able to open a pool per Host header.
+        let uri = format!("http://{}{}", self.app_authority, path);
         match uri.parse::<Uri>() {
             Ok(uri) => *req.uri_mut() = uri,
             Err(_) => {
@@ -391,7 +429,7 @@ impl Inbound {
             Version::HTTP_11
         };
         if let Some(protocol) = upgrade {
-            return self.upgrade(req, protocol, id).await;
+            return self.upgrade(req, protocol, id, info.expires).await;
         }
         let client = if h2 { &self.h2 } else { &self.h1 };
         let sent = tokio::time::timeout(limits.app_response_timeout, client.request(req)).await;
@@ -436,6 +474,7 @@ impl Inbound {
         mut req: Request<Incoming>,
         protocol: HeaderValue,
         id: &str,
+        deadline: Option<SystemTime>,
     ) -> Response<Body> {
         let limits = &self.shared.config.limits;
         restore_upgrade(req.headers_mut(), protocol);
@@ -456,7 +495,18 @@ impl Inbound {
                     .response(id, false);
             }
         };
-        match tokio::time::timeout(limits.app_response_timeout, relay_upgrade(app, req)).await {
+        match tokio::time::timeout(
+            limits.app_response_timeout,
+            relay_upgrade(
+                app,
+                req,
+                &self.shared.tracker,
+                limits.idle_timeout,
+                deadline,
+            ),
+        )
+        .await
+        {
             Ok(Ok(mut response)) => {
                 strip_response(&mut response);
                 response.map(boxed)

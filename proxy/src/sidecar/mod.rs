@@ -15,6 +15,7 @@ mod inbound;
 pub mod metrics;
 mod outbound;
 mod peer;
+mod splice;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -22,7 +23,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use ::http::{Request, Response};
 use hyper::body::Incoming;
@@ -193,7 +194,8 @@ struct Activity {
     last_ms: AtomicU64,
 }
 
-struct InFlight<'a>(&'a Activity);
+/// A request in flight on a connection, until its response body ends.
+struct InFlight(Arc<Activity>);
 
 impl Activity {
     fn new() -> Self {
@@ -208,9 +210,9 @@ impl Activity {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn begin(&self) -> InFlight<'_> {
+    fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(self)
+        InFlight(self.clone())
     }
 
     fn idle_for(&self) -> Duration {
@@ -224,7 +226,7 @@ impl Activity {
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.last_ms.store(self.0.now_ms(), Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -232,9 +234,14 @@ impl Drop for InFlight<'_> {
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (detected) on one connection with `handler`,
-/// closing it gracefully when idle too long or when the sidecar drains.
-async fn serve_http<I, F, Fut>(io: I, shared: &Arc<Shared>, handler: F)
-where
+/// closing it gracefully when idle too long, when the sidecar drains, or at
+/// `deadline` (when the peer's certificate expires).
+async fn serve_http<I, F, Fut>(
+    io: I,
+    shared: &Arc<Shared>,
+    deadline: Option<SystemTime>,
+    handler: F,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
@@ -245,8 +252,16 @@ where
         let activity = counted.clone();
         let response = handler(req);
         async move {
-            let _in_flight = activity.begin();
-            Ok::<_, Infallible>(response.await)
+            let in_flight = activity.begin();
+            let response = response.await;
+            // Still in flight while the body streams: an idle check must
+            // not retire a connection in the middle of a long response.
+            Ok::<_, Infallible>(response.map(|body| {
+                self::http::boxed(self::http::Guarded {
+                    body,
+                    _guard: in_flight,
+                })
+            }))
         }
     });
     let conn = shared
@@ -254,7 +269,11 @@ where
         .serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let idle = shared.config.limits.idle_timeout;
-    let mut ticker = tokio::time::interval((idle / 2).min(Duration::from_secs(5)));
+    let mut ticker = tokio::time::interval(
+        (idle / 2)
+            .min(Duration::from_secs(1))
+            .max(Duration::from_millis(10)),
+    );
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = shared.shutdown.clone();
     let mut closing = false;
@@ -271,7 +290,8 @@ where
                 closing = true;
             }
             _ = ticker.tick(), if !closing => {
-                if activity.idle_for() >= idle {
+                let expired = deadline.is_some_and(|t| SystemTime::now() >= t);
+                if expired || activity.idle_for() >= idle {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
@@ -415,8 +435,13 @@ impl Sidecar {
                 shared.config.limits.app_connect_timeout,
                 shared.config.limits.idle_timeout,
             );
+            let app_authority = match &app {
+                app::AppAddr::Tcp(addr) => addr.to_string(),
+                app::AppAddr::Unix(_) => "localhost".to_owned(),
+            };
             let inbound = Arc::new(inbound::Inbound {
                 shared: shared.clone(),
+                app_authority,
                 app,
                 tls,
                 h1,
@@ -464,7 +489,7 @@ impl Sidecar {
         if let Some(listener) = proxy_listener {
             let mut services = HashMap::new();
             for service in &shared.config.outbound.services {
-                if let Some(authority) = config::normalize_authority(&service.authority) {
+                if let Some(authority) = config::normalize_authority(&service.authority, 80) {
                     let route = make_route(service.upstream, &service.identity)?;
                     services.insert(authority, (route, service.protocol));
                 }

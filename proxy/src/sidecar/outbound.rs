@@ -16,11 +16,13 @@ use tokio::net::{TcpListener, TcpStream};
 use super::config::{RouteProtocol, normalize_authority};
 use super::http::{
     Body, ORIG_PROTO, ORIG_PROTO_HTTP1, Refusal, boxed, is_grpc, relay_upgrade, request_host,
-    request_id, restore_upgrade, strip_hop_by_hop, strip_response, upgrade_protocol,
+    request_id, restore_upgrade, strip_hop_by_hop, strip_reserved, strip_response, upgrade_allowed,
+    upgrade_protocol,
 };
 use super::inbound::error_chain;
 use super::metrics::Direction;
 use super::peer::{Carrying, PeerChannel, PeerError};
+use super::splice::splice;
 use super::{Shared, accept_loop, serve_http};
 
 /// One destination: a peer sidecar and the identity it must prove.
@@ -47,7 +49,7 @@ impl Route {
 
     async fn connection(self: Arc<Self>, stream: TcpStream, _source: SocketAddr) {
         let shared = self.shared.clone();
-        serve_http(stream, &shared, move |req| {
+        serve_http(stream, &shared, None, move |req| {
             let this = self.clone();
             async move { this.request(req).await }
         })
@@ -60,27 +62,32 @@ impl Route {
         let metrics = &self.shared.metrics;
         let Ok(_permit) = self.shared.inflight.clone().try_acquire_owned() else {
             metrics.shed();
-            let response = Refusal::new(
+            let refusal = Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded: too many requests in flight, retry later",
-            )
-            .response(&id, grpc);
-            metrics.request(Direction::Outbound, response.status().as_u16(), "none");
-            return response;
+            );
+            metrics.request(Direction::Outbound, refusal.status.as_u16(), "none");
+            return refusal.response(&id, grpc);
         };
-        let response = match self.forward(req).await {
-            Ok(response) => response,
+        match self.forward(req).await {
+            Ok(response) => {
+                metrics.request(Direction::Outbound, response.status().as_u16(), "none");
+                response
+            }
             Err(refusal) => {
                 tracing::warn!(request_id = %id, upstream = %self.upstream, reason = %refusal.reason, "outbound request failed");
+                // Counted by what it means, also when gRPC carries it as 200.
+                metrics.request(Direction::Outbound, refusal.status.as_u16(), "none");
                 refusal.response(&id, grpc)
             }
-        };
-        metrics.request(Direction::Outbound, response.status().as_u16(), "none");
-        response
+        }
     }
 
     async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<Body>, Refusal> {
+        // Warden's own headers are set by sidecars, never by apps.
+        strip_reserved(req.headers_mut());
         if let Some(protocol) = upgrade_protocol(&req) {
+            upgrade_allowed(&protocol)?;
             return self.upgrade(req, protocol).await;
         }
         let from_version = req.version();
@@ -117,8 +124,20 @@ impl Route {
         let mut req = Some(req);
         // A request the shared connection refused before sending (it was
         // closing: GOAWAY, a peer restart) is retried once on a new one.
+        let connect_timeout = self.shared.config.limits.peer_connect_timeout;
         for attempt in 0..2 {
-            let mut sender = self.channel.sender().await.map_err(peer_refusal)?;
+            // Bounded as a whole: waiting behind another request's connect
+            // attempt counts too.
+            let (mut sender, connection) =
+                tokio::time::timeout(connect_timeout, self.channel.sender())
+                    .await
+                    .map_err(|_| {
+                        peer_refusal(PeerError::Timeout {
+                            addr: self.upstream,
+                            timeout: connect_timeout,
+                        })
+                    })?
+                    .map_err(peer_refusal)?;
             let Some(request) = req.take() else { break };
             match tokio::time::timeout(timeout, sender.try_send_request(request)).await {
                 Ok(Ok(mut response)) => {
@@ -139,7 +158,7 @@ impl Route {
                             ),
                         ));
                     }
-                    self.channel.reset(&sender).await;
+                    self.channel.reset(connection).await;
                 }
                 Err(_) => {
                     return Err(Refusal::new(
@@ -184,7 +203,18 @@ impl Route {
             .await
             .map_err(peer_refusal)?;
         let timeout = self.shared.config.limits.app_response_timeout;
-        match tokio::time::timeout(timeout, relay_upgrade(tls, req)).await {
+        match tokio::time::timeout(
+            timeout,
+            relay_upgrade(
+                tls,
+                req,
+                &self.shared.tracker,
+                self.shared.config.limits.idle_timeout,
+                None,
+            ),
+        )
+        .await
+        {
             Ok(Ok(mut response)) => {
                 strip_response(&mut response);
                 Ok(response.map(boxed))
@@ -236,7 +266,8 @@ impl Route {
         match self.channel.connect_tls(Carrying::Tcp).await {
             Ok(mut tls) => {
                 metrics.tcp_connection(Direction::Outbound, "none");
-                if let Err(e) = tokio::io::copy_bidirectional(stream, &mut tls).await {
+                let idle = self.shared.config.limits.idle_timeout;
+                if let Err(e) = splice(stream, &mut tls, idle, None).await {
                     tracing::debug!(error = %e, "opaque connection ended");
                 }
             }
@@ -278,7 +309,7 @@ impl ProxyListener {
                 let this = self.clone();
                 async move {
                     let shared = this.shared.clone();
-                    serve_http(stream, &shared, move |req| {
+                    serve_http(stream, &shared, None, move |req| {
                         let this = this.clone();
                         async move { this.request(req).await }
                     })
@@ -304,7 +335,13 @@ impl ProxyListener {
                 grpc,
             );
         };
-        let target = normalize_authority(&target).unwrap_or(target);
+        let original = target.clone();
+        let default_port = if req.uri().scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        };
+        let target = normalize_authority(&target, default_port).unwrap_or(target);
         let Some((route, protocol)) = self.services.get(&target) else {
             return self.refuse(
                 Refusal::new(
@@ -316,16 +353,38 @@ impl ProxyListener {
             );
         };
         match (connect, protocol) {
-            (false, RouteProtocol::Http) => route.request(req).await,
+            (false, RouteProtocol::Http) => {
+                // The request target names the destination (RFC 9112 3.2.2),
+                // whatever Host says.
+                if let Ok(host) = HeaderValue::from_str(&original) {
+                    req.headers_mut().insert(header::HOST, host);
+                }
+                route.request(req).await
+            }
             (true, RouteProtocol::Tcp) => {
+                // Dial first: a peer that is down or not the expected
+                // identity gets a 5xx, not a 200 and a close.
+                let mut tls = match route.channel.connect_tls(Carrying::Tcp).await {
+                    Ok(tls) => tls,
+                    Err(e) => return self.refuse(peer_refusal(e), &id, grpc),
+                };
                 let tunnel = hyper::upgrade::on(&mut req);
-                let route = route.clone();
+                let idle = self.shared.config.limits.idle_timeout;
                 self.shared.tracker.spawn(async move {
                     match tunnel.await {
-                        Ok(upgraded) => route.splice(&mut TokioIo::new(upgraded)).await,
+                        Ok(upgraded) => {
+                            if let Err(e) =
+                                splice(&mut TokioIo::new(upgraded), &mut tls, idle, None).await
+                            {
+                                tracing::debug!(error = %e, "CONNECT tunnel ended");
+                            }
+                        }
                         Err(e) => tracing::debug!(error = %e, "CONNECT tunnel not established"),
                     }
                 });
+                self.shared
+                    .metrics
+                    .tcp_connection(Direction::Outbound, "none");
                 self.shared
                     .metrics
                     .request(Direction::Outbound, 200, "none");
@@ -352,10 +411,9 @@ impl ProxyListener {
 
     fn refuse(&self, refusal: Refusal, id: &str, grpc: bool) -> Response<Body> {
         tracing::warn!(request_id = %id, reason = %refusal.reason, "proxy request refused");
-        let response = refusal.response(id, grpc);
         self.shared
             .metrics
-            .request(Direction::Outbound, response.status().as_u16(), "none");
-        response
+            .request(Direction::Outbound, refusal.status.as_u16(), "none");
+        refusal.response(id, grpc)
     }
 }

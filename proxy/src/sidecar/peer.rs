@@ -63,11 +63,14 @@ pub struct PeerChannel {
     svid_generation: watch::Receiver<u64>,
     metrics: Arc<Metrics>,
     current: Mutex<Option<Connected>>,
+    connections: std::sync::atomic::AtomicU64,
 }
 
 struct Connected {
     sender: SendRequest<Incoming>,
     generation: u64,
+    /// Which connection this is, so a request it refused can retire it.
+    id: u64,
 }
 
 impl PeerChannel {
@@ -94,12 +97,13 @@ impl PeerChannel {
             svid_generation,
             metrics,
             current: Mutex::new(None),
+            connections: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// A sender on the shared connection, connecting first if there is none,
     /// it has closed, or our SVID has rotated since it was made.
-    pub async fn sender(&self) -> Result<SendRequest<Incoming>, PeerError> {
+    pub async fn sender(&self) -> Result<(SendRequest<Incoming>, u64), PeerError> {
         let generation = *self.svid_generation.borrow();
         // Held across the connect: concurrent first requests share one connection.
         let mut current = self.current.lock().await;
@@ -107,7 +111,7 @@ impl PeerChannel {
             && c.generation == generation
             && !c.sender.is_closed()
         {
-            return Ok(c.sender.clone());
+            return Ok((c.sender.clone(), c.id));
         }
         let sender = tokio::time::timeout(self.connect_timeout, self.connect())
             .await
@@ -115,11 +119,15 @@ impl PeerChannel {
                 addr: self.addr,
                 timeout: self.connect_timeout,
             })??;
+        let id = self
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         *current = Some(Connected {
             sender: sender.clone(),
             generation,
+            id,
         });
-        Ok(sender)
+        Ok((sender, id))
     }
 
     /// A new mTLS connection to the peer, bounded by the connect timeout.
@@ -192,14 +200,11 @@ impl PeerChannel {
 }
 
 impl PeerChannel {
-    /// Forgets the shared connection (it refused a request): the next
-    /// request connects anew.
-    pub async fn reset(&self, stale: &SendRequest<Incoming>) {
+    /// Retires connection `id` (it refused a request): the next request
+    /// connects anew.
+    pub async fn reset(&self, id: u64) {
         let mut current = self.current.lock().await;
-        if current
-            .as_ref()
-            .is_some_and(|c| c.sender.is_closed() || stale.is_closed())
-        {
+        if current.as_ref().is_some_and(|c| c.id == id) {
             *current = None;
         }
     }

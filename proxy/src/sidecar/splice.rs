@@ -1,0 +1,107 @@
+//! Splicing two byte streams (opaque TCP, upgrades, CONNECT tunnels), with
+//! the limits a tunnel needs: an idle timeout, and a deadline (the peer's
+//! certificate expiry) past which the connection's identity is not vouched for.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// A stream that records when bytes last moved through it.
+struct Watched<'a, T> {
+    inner: &'a mut T,
+    start: Instant,
+    last_ms: &'a AtomicU64,
+}
+
+impl<T> Watched<'_, T> {
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut *self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Copies both ways until either side closes, no byte moves for `idle`, or
+/// `deadline` passes.
+pub async fn splice<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Duration,
+    deadline: Option<SystemTime>,
+) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let last_ms = AtomicU64::new(0);
+    let mut a = Watched {
+        inner: a,
+        start,
+        last_ms: &last_ms,
+    };
+    let mut b = Watched {
+        inner: b,
+        start,
+        last_ms: &last_ms,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    tokio::pin!(copy);
+    let mut ticker =
+        tokio::time::interval((idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(5)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            result = &mut copy => return result.map(|_| ()),
+            _ = ticker.tick() => {
+                let quiet = start.elapsed().saturating_sub(Duration::from_millis(last_ms.load(Ordering::Relaxed)));
+                if quiet >= idle {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, format!("idle for {idle:?}")));
+                }
+                if deadline.is_some_and(|t| SystemTime::now() >= t) {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "the peer's certificate expired"));
+                }
+            }
+        }
+    }
+}
