@@ -32,9 +32,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio::net::TcpListener;
-use warden_control::ca::{CertificateAuthority, InitOptions, SignRequest};
-use warden_control::files::{PRIVATE_MODE, PUBLIC_MODE, write_replace};
-use warden_proxy::identity::{SpiffeId, new_key_and_csr};
+use warden_control::ca::{CertificateAuthority, InitOptions};
+use warden_proxy::identity::SpiffeId;
 
 const FRONTEND: &str = "spiffe://bench.warden/ns/shop/sa/frontend";
 const ORDERS: &str = "spiffe://bench.warden/ns/shop/sa/orders";
@@ -144,24 +143,6 @@ impl Drop for Sidecar {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn issue(ca: &CertificateAuthority, id: &str, dir: &Path) -> Result<(), Error> {
-    let kc = new_key_and_csr(&SpiffeId::parse(id)?)?;
-    let svid = ca.sign_csr(&kc.csr_der, &SignRequest::default())?;
-    std::fs::create_dir_all(dir)?;
-    write_replace(&dir.join("svid.key"), kc.key_pem.as_bytes(), PRIVATE_MODE)?;
-    write_replace(
-        &dir.join("svid.pem"),
-        svid.chain_pem().as_bytes(),
-        PUBLIC_MODE,
-    )?;
-    write_replace(
-        &dir.join("bundle.pem"),
-        ca.bundle().to_pem().as_bytes(),
-        PUBLIC_MODE,
-    )?;
-    Ok(())
 }
 
 #[derive(Clone, Copy)]
@@ -429,8 +410,12 @@ async fn run() -> Result<(), Error> {
         &dir.path().join("ca"),
         &InitOptions::new("bench.warden".parse()?),
     )?;
-    issue(&ca, FRONTEND, &dir.path().join("frontend"))?;
-    issue(&ca, ORDERS, &dir.path().join("orders"))?;
+    ca.issue_to_dir(
+        &SpiffeId::parse(FRONTEND)?,
+        None,
+        &dir.path().join("frontend"),
+    )?;
+    ca.issue_to_dir(&SpiffeId::parse(ORDERS)?, None, &dir.path().join("orders"))?;
     let app = start_app().await?;
     let base = |name: &str| {
         vec![

@@ -338,7 +338,10 @@ async fn an_h2_rapid_reset_flood_is_cut_off_and_others_are_served() {
         Ok(Ok(Err(e))) => e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || e.is_io(),
         _ => false,
     };
-    assert!(cut && sent < 5000, "flood of {sent} resets not cut off: {ended:?}");
+    assert!(
+        cut && sent < 5000,
+        "flood of {sent} resets not cut off: {ended:?}"
+    );
     // Everyone else is still served.
     assert_eq!(get(pair.via(), "/x", &[]).await.expect("call").status, 200);
 }

@@ -20,9 +20,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use warden_control::ca::{CertificateAuthority, InitOptions, SignRequest};
-use warden_control::files::{PRIVATE_MODE, PUBLIC_MODE, write_replace};
-use warden_proxy::identity::{SpiffeId, new_key_and_csr};
+use warden_control::ca::{CertificateAuthority, InitOptions};
+use warden_proxy::identity::SpiffeId;
 
 use crate::DemoArgs;
 
@@ -108,25 +107,6 @@ fn spawn_sidecar(name: &'static str, settings: &[String]) -> anyhow::Result<Side
         }
     }
     bail!("the {name} sidecar exited before starting (its error is above)")
-}
-
-fn issue(ca: &CertificateAuthority, id: &str, dir: &Path) -> anyhow::Result<()> {
-    let spiffe_id = SpiffeId::parse(id)?;
-    let kc = new_key_and_csr(&spiffe_id)?;
-    let svid = ca.sign_csr(&kc.csr_der, &SignRequest::default())?;
-    std::fs::create_dir_all(dir)?;
-    write_replace(&dir.join("svid.key"), kc.key_pem.as_bytes(), PRIVATE_MODE)?;
-    write_replace(
-        &dir.join("svid.pem"),
-        svid.chain_pem().as_bytes(),
-        PUBLIC_MODE,
-    )?;
-    write_replace(
-        &dir.join("bundle.pem"),
-        ca.bundle().to_pem().as_bytes(),
-        PUBLIC_MODE,
-    )?;
-    Ok(())
 }
 
 /// A demo app: answers every request with what it saw of its caller.
@@ -220,7 +200,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         ("orders", ORDERS),
         ("intruder", INTRUDER),
     ] {
-        issue(&ca, id, &ids.join(name))?;
+        ca.issue_to_dir(&SpiffeId::parse(id)?, None, &ids.join(name))?;
         println!("SVID issued for {id}");
     }
 

@@ -4,11 +4,10 @@ use anyhow::Context;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::Serialize;
-use warden_control::ca::{CertificateAuthority, SignRequest};
-use warden_control::files::{PRIVATE_MODE, PUBLIC_MODE, write_replace};
+use warden_control::ca::CertificateAuthority;
 use warden_proxy::identity::{
     ExpectedIdentity, PeerRole, SpiffeId, Timestamp, TrustBundle, TrustBundleSet, inspect_leaf,
-    new_key_and_csr, verify_peer_svid,
+    verify_peer_svid,
 };
 
 use super::read_file;
@@ -18,26 +17,12 @@ pub fn issue(args: SvidIssueArgs) -> anyhow::Result<ExitCode> {
     let spiffe_id = SpiffeId::parse(&args.spiffe_id)
         .with_context(|| format!("--spiffe-id {:?} is not a valid SPIFFE ID", args.spiffe_id))?;
     let ca = CertificateAuthority::load(&args.ca_dir)?;
-    let kc = new_key_and_csr(&spiffe_id)?;
-    let request = SignRequest {
-        bound_id: Some(spiffe_id),
-        ttl: args.ttl,
-    };
-    let svid = ca
-        .sign_csr(&kc.csr_der, &request)
-        .context("the CA refused to sign")?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    // Key first, then certificate: a watcher that reads in between sees a
-    // mismatched pair and keeps its last good SVID.
+    let svid = ca.issue_to_dir(&spiffe_id, args.ttl, &args.out)?;
     let (key, cert, bundle) = (
         args.out.join("svid.key"),
         args.out.join("svid.pem"),
         args.out.join("bundle.pem"),
     );
-    write_replace(&key, kc.key_pem.as_bytes(), PRIVATE_MODE)?;
-    write_replace(&cert, svid.chain_pem().as_bytes(), PUBLIC_MODE)?;
-    write_replace(&bundle, ca.bundle().to_pem().as_bytes(), PUBLIC_MODE)?;
     println!("issued {}", svid.spiffe_id);
     println!("  serial:      {}", svid.serial);
     println!("  valid:       {} .. {}", svid.not_before, svid.not_after);

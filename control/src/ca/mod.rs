@@ -25,7 +25,9 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 use warden_proxy::identity::keygen::svid_subject;
-use warden_proxy::identity::{SpiffeId, Timestamp, TrustBundle, TrustDomain, pem_encode};
+use warden_proxy::identity::{
+    SpiffeId, Timestamp, TrustBundle, TrustDomain, new_key_and_csr, pem_encode,
+};
 use x509_parser::prelude::FromDer;
 
 pub use csr::CsrError;
@@ -67,6 +69,17 @@ pub enum CaError {
     NotACa(PathBuf, &'static str),
     #[error("cannot create the CA: {0}")]
     Generate(String),
+}
+
+/// Why [`CertificateAuthority::issue_to_dir`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("cannot make a key: {0}")]
+    Keygen(String),
+    #[error("the CA refused to sign: {0}")]
+    Sign(#[from] CsrError),
+    #[error(transparent)]
+    Files(#[from] CaError),
 }
 
 /// The settings kept in `ca.json`.
@@ -404,6 +417,45 @@ impl CertificateAuthority {
 
     pub fn not_after(&self) -> SystemTime {
         self.not_after
+    }
+
+    /// Makes a key here, signs an SVID for `id` and writes `svid.key`
+    /// (0600), `svid.pem` (leaf, then chain) and `bundle.pem` into `dir`,
+    /// each replaced atomically and the key first, so a watching sidecar
+    /// never reads half a file and keeps its last good SVID meanwhile. A
+    /// developer and demo convenience: in a mesh the key never leaves the
+    /// sidecar.
+    pub fn issue_to_dir(
+        &self,
+        id: &SpiffeId,
+        ttl: Option<Duration>,
+        dir: &Path,
+    ) -> Result<IssuedSvid, IssueError> {
+        let kc = new_key_and_csr(id).map_err(|e| IssueError::Keygen(e.to_string()))?;
+        let request = SignRequest {
+            bound_id: Some(id.clone()),
+            ttl,
+        };
+        let svid = self.sign_csr(&kc.csr_der, &request)?;
+        std::fs::create_dir_all(dir).map_err(|source| CaError::Read {
+            path: dir.to_owned(),
+            source,
+        })?;
+        files::write_replace(&dir.join("svid.key"), kc.key_pem.as_bytes(), PRIVATE_MODE)
+            .map_err(CaError::from)?;
+        files::write_replace(
+            &dir.join("svid.pem"),
+            svid.chain_pem().as_bytes(),
+            PUBLIC_MODE,
+        )
+        .map_err(CaError::from)?;
+        files::write_replace(
+            &dir.join("bundle.pem"),
+            self.bundle().to_pem().as_bytes(),
+            PUBLIC_MODE,
+        )
+        .map_err(CaError::from)?;
+        Ok(svid)
     }
 
     /// Checks a CSR (PEM or DER) and signs it into an X.509-SVID.
