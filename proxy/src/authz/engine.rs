@@ -19,6 +19,7 @@ use super::index::ScopeEntity;
 use super::model::{
     self, CONNECT_ACTION, HTTP_ACTIONS, HttpRequestFacts, Peer, ServiceInfo, TcpConnectionFacts,
 };
+use super::native;
 use super::policy_set::{PolicySnapshot, Slice};
 
 /// Whether denies are enforced.
@@ -85,6 +86,8 @@ pub struct PolicyEngine {
     mode: Mode,
     /// Prepared peers of the current snapshot, shared by their connections.
     prepared: Mutex<HashMap<Peer, Arc<PreparedPeer>>>,
+    /// Decisions made without calling Cedar (simple conditions only).
+    native_decisions: std::sync::atomic::AtomicU64,
 }
 
 /// Prepared peers kept per snapshot; past this the cache starts over.
@@ -111,11 +114,19 @@ impl PolicyEngine {
             resource,
             mode,
             prepared: Mutex::new(HashMap::new()),
+            native_decisions: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// How many HTTP decisions were made without calling Cedar, their
+    /// conditions being simple enough to evaluate directly.
+    pub fn decisions_without_cedar(&self) -> u64 {
+        self.native_decisions
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Swaps in a new policy set. Requests already deciding finish under the old one.
@@ -269,7 +280,7 @@ impl PeerAuthorizer {
 
     fn http(&self, facts: &HttpRequestFacts<'_>, slicing: Slicing) -> Decision {
         let action = model::action_for_method(facts.method);
-        self.decide(action, slicing, |prepared, needs| {
+        self.decide(action, slicing, Some(facts), |prepared, needs| {
             model::http_context(
                 facts,
                 prepared.authenticated,
@@ -281,7 +292,7 @@ impl PeerAuthorizer {
 
     /// Authorizes one opaque TCP connection.
     pub fn authorize_tcp(&self, facts: &TcpConnectionFacts<'_>) -> Decision {
-        self.decide(CONNECT_ACTION, Slicing::Indexed, |prepared, needs| {
+        self.decide(CONNECT_ACTION, Slicing::Indexed, None, |prepared, needs| {
             model::tcp_context(facts, prepared.authenticated, needs)
         })
     }
@@ -306,6 +317,7 @@ impl PeerAuthorizer {
         &self,
         action: &'static str,
         slicing: Slicing,
+        http: Option<&HttpRequestFacts<'_>>,
         context: impl FnOnce(&PreparedPeer, &ContextNeeds) -> Result<Context, String>,
     ) -> Decision {
         let engine = &self.engine;
@@ -352,6 +364,43 @@ impl PeerAuthorizer {
                 no_ids,
             ),
         };
+        // Simple conditions on an HTTP request: decided here, no Cedar call.
+        if let (Slicing::Indexed, Some(facts), Some(native)) = (slicing, http, &slice.slice.native)
+        {
+            if let Err(e) =
+                model::check_duplicate_headers(facts, prepared.snapshot.declared_headers())
+            {
+                return deny(
+                    prepared.principal_text.clone(),
+                    version,
+                    format!("request context: {e}"),
+                );
+            }
+            let mut forbids: Vec<String> = always_forbid.to_vec();
+            let mut permits: Vec<String> = always_permit.to_vec();
+            for policy in native {
+                if native::eval(&policy.condition, facts) {
+                    if policy.permit {
+                        permits.push(policy.id.clone());
+                    } else {
+                        forbids.push(policy.id.clone());
+                    }
+                }
+            }
+            let allow = forbids.is_empty() && !permits.is_empty();
+            let policies = if allow { permits } else { forbids };
+            engine
+                .native_decisions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return engine.finish(
+                allow,
+                prepared.principal_text.clone(),
+                action,
+                version,
+                policies,
+                Vec::new(),
+            );
+        }
         // Evaluate the policies with conditions (if any) with Cedar.
         // The context is built even when nothing needs evaluating, so a bad
         // request (a repeated declared header) is refused the same way

@@ -8,6 +8,7 @@ pub mod context_needs;
 pub mod engine;
 pub mod index;
 pub mod model;
+mod native;
 pub mod policy_files;
 pub mod policy_set;
 pub mod reload;

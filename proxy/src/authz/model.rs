@@ -311,7 +311,7 @@ fn headers_record(
 
 /// A declared header sent twice could dodge a forbid on its value (which
 /// copy would the policy see?): refuse to guess.
-fn check_duplicate_headers(
+pub(crate) fn check_duplicate_headers(
     facts: &HttpRequestFacts<'_>,
     declared_headers: &[String],
 ) -> Result<(), String> {

@@ -102,6 +102,9 @@ pub(crate) struct Slice {
     pub needs: ContextNeeds,
     pub always_permit: Vec<String>,
     pub always_forbid: Vec<String>,
+    /// The conditional policies again, when every one of them can be
+    /// decided without Cedar (see `native`): HTTP requests then skip Cedar.
+    pub native: Option<Vec<super::native::NativePolicy>>,
 }
 
 /// Distinct slices kept per snapshot; past this the cache starts over.
@@ -131,6 +134,17 @@ impl PolicySnapshot {
                 _ => conditional.push(id.clone()),
             }
         }
+        let native = conditional
+            .iter()
+            .map(|id| {
+                let policy = self.policies.policy(id)?;
+                Some(super::native::NativePolicy {
+                    id: id.to_string(),
+                    permit: policy.effect() == cedar_policy::Effect::Permit,
+                    condition: super::native::compile(policy)?,
+                })
+            })
+            .collect::<Option<Vec<_>>>();
         let policies = super::index::subset(&self.unscoped, conditional);
         let needs = ContextNeeds::of(&policies);
         let slice = Arc::new(Slice {
@@ -139,6 +153,7 @@ impl PolicySnapshot {
             needs,
             always_permit,
             always_forbid,
+            native,
         });
         if slices.len() >= MAX_SLICES {
             slices.clear();
