@@ -27,7 +27,17 @@ fn identity(i: usize) -> String {
 /// a couple of unconstrained policies, as a large mesh would have. With
 /// `conditions` false the permits are pure RBAC (scope only: who may call
 /// which method on which service), the shape of most mesh policies.
-fn policies(n: usize, conditions: bool) -> String {
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    /// `context.path like ...`: decided without Cedar.
+    Path,
+    /// Scope only.
+    Rbac,
+    /// A condition on the principal's attributes as well: needs Cedar.
+    Entity,
+}
+
+fn policies(n: usize, shape: Shape) -> String {
     let mut text = String::from(
         "@id(\"healthz\")\npermit (principal, action == Action::\"GET\", resource) when { context.path == \"/healthz\" };\n",
     );
@@ -39,10 +49,14 @@ fn policies(n: usize, conditions: bool) -> String {
             )
         } else {
             let action = ["GET", "POST", "PUT"][i % 3];
-            let condition = if conditions {
-                format!(" when {{ context.path like \"/api/{}/*\" }}", i % 7)
-            } else {
-                String::new()
+            let condition = match shape {
+                Shape::Path => format!(" when {{ context.path like \"/api/{}/*\" }}", i % 7),
+                Shape::Rbac => String::new(),
+                Shape::Entity => format!(
+                    " when {{ principal has namespace && principal.namespace == \"ns{}\" && context.path like \"/api/{}/*\" }}",
+                    i % 50,
+                    i % 7
+                ),
             };
             format!(
                 "permit (principal == Workload::\"{}\", action == Action::\"{action}\", resource == Service::\"orders\"){condition};\n",
@@ -55,11 +69,12 @@ fn policies(n: usize, conditions: bool) -> String {
 }
 
 fn bench_decisions(c: &mut Criterion) {
-    bench_shape(c, "authz_decision", true);
-    bench_shape(c, "authz_decision_rbac", false);
+    bench_shape(c, "authz_decision", Shape::Path);
+    bench_shape(c, "authz_decision_rbac", Shape::Rbac);
+    bench_shape(c, "authz_decision_entity", Shape::Entity);
 }
 
-fn bench_shape(c: &mut Criterion, group: &str, conditions: bool) {
+fn bench_shape(c: &mut Criterion, group: &str, shape: Shape) {
     let mut g = c.benchmark_group(group);
     for n in [10, 100, 1_000, 10_000] {
         let snapshot = PolicySnapshot::from_sources(
@@ -67,7 +82,7 @@ fn bench_shape(c: &mut Criterion, group: &str, conditions: bool) {
             DEFAULT_SCHEMA,
             vec![PolicySource {
                 name: "bench.cedar".into(),
-                text: policies(n, conditions),
+                text: policies(n, shape),
             }],
         )
         .expect("bench policies validate");
