@@ -33,7 +33,8 @@ enum Shape {
     Path,
     /// Scope only.
     Rbac,
-    /// A condition on the principal's attributes as well: needs Cedar.
+    /// A group membership test in the condition as well (`principal in
+    /// Namespace::...`): only Cedar evaluates it.
     Entity,
 }
 
@@ -53,7 +54,7 @@ fn policies(n: usize, shape: Shape) -> String {
                 Shape::Path => format!(" when {{ context.path like \"/api/{}/*\" }}", i % 7),
                 Shape::Rbac => String::new(),
                 Shape::Entity => format!(
-                    " when {{ principal has namespace && principal.namespace == \"ns{}\" && context.path like \"/api/{}/*\" }}",
+                    " when {{ principal in Namespace::\"spiffe://example.org/ns/ns{}\" && context.path like \"/api/{}/*\" }}",
                     i % 50,
                     i % 7
                 ),

@@ -102,11 +102,17 @@ fn resource_scope(rng: &mut StdRng) -> String {
     }
 }
 
-/// Conditions Warden decides without Cedar (method, path and host compared
-/// or matched with `like`, under `&&`, `||`, `!`, `unless`): sets made only
-/// of these take that path, and must still agree with Cedar.
+/// Conditions Warden decides without Cedar (string attributes of the
+/// request, the caller and the service compared or matched with `like`,
+/// `has`, under `&&`, `||`, `!`, `unless`): sets made only of these take that
+/// path, and must still agree with Cedar.
 fn simple_condition(rng: &mut StdRng) -> String {
-    match rng.random_range(0..9) {
+    match rng.random_range(0..14) {
+        9 => " when { resource has namespace && principal has namespace && principal.namespace == resource.namespace }".into(),
+        10 => format!(" when {{ principal has namespace && principal.namespace == \"{}\" }}", pick(rng, &NAMESPACES)),
+        11 => " when { principal has service_account && principal.service_account like \"sa*\" && resource.name == \"orders\" }".into(),
+        12 => " unless { principal has trust_domain && principal.trust_domain != \"example.org\" }".into(),
+        13 => " when { !(resource has namespace) || resource.namespace like \"n*\" }".into(),
         0 => String::new(),
         1 => format!(" when {{ context.path == \"{}\" }}", pick(rng, &PATHS)),
         2 => " when { context.path like \"/api*\" }".into(),

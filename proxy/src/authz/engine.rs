@@ -364,7 +364,8 @@ impl PeerAuthorizer {
                 no_ids,
             ),
         };
-        // Simple conditions on an HTTP request: decided here, no Cedar call.
+        // Simple conditions on an HTTP request: decided here, no Cedar call,
+        // unless one of them would be an error (then Cedar decides and says so).
         if let (Slicing::Indexed, Some(facts), Some(native)) = (slicing, http, &slice.slice.native)
         {
             if let Err(e) =
@@ -376,30 +377,38 @@ impl PeerAuthorizer {
                     format!("request context: {e}"),
                 );
             }
+            let env = native::Env {
+                facts,
+                peer: &self.peer,
+                service: &engine.service,
+            };
             let mut forbids: Vec<String> = always_forbid.to_vec();
             let mut permits: Vec<String> = always_permit.to_vec();
-            for policy in native {
-                if native::eval(&policy.condition, facts) {
+            let decided = native.iter().try_for_each(|policy| {
+                if native::eval(&policy.condition, &env)? {
                     if policy.permit {
                         permits.push(policy.id.clone());
                     } else {
                         forbids.push(policy.id.clone());
                     }
                 }
+                Some(())
+            });
+            if decided.is_some() {
+                let allow = forbids.is_empty() && !permits.is_empty();
+                let policies = if allow { permits } else { forbids };
+                engine
+                    .native_decisions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return engine.finish(
+                    allow,
+                    prepared.principal_text.clone(),
+                    action,
+                    version,
+                    policies,
+                    Vec::new(),
+                );
             }
-            let allow = forbids.is_empty() && !permits.is_empty();
-            let policies = if allow { permits } else { forbids };
-            engine
-                .native_decisions
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return engine.finish(
-                allow,
-                prepared.principal_text.clone(),
-                action,
-                version,
-                policies,
-                Vec::new(),
-            );
         }
         // Evaluate the policies with conditions (if any) with Cedar.
         // The context is built even when nothing needs evaluating, so a bad

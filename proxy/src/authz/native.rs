@@ -1,16 +1,20 @@
-//! Conditions simple enough to decide without Cedar: string comparisons and
-//! `like` patterns on the request's method, path and host, joined by `&&`,
-//! `||` and `!`, and `context has` on those attributes. These are the
-//! conditions of most mesh policies (`context.path like "/api/*"`), and on an
-//! HTTP request they cannot fail, so evaluating them here gives Cedar's
-//! answer without Cedar's per-call cost. A policy with any other condition
-//! (entity attributes, extension functions, headers, arithmetic...) is left
-//! to Cedar; a slice is decided here only if all its policies can be.
+//! Conditions simple enough to decide without Cedar: string comparisons
+//! (`==`, `!=`) and `like` patterns over the request's method, path and
+//! host, the caller's and the service's string attributes (`trust_domain`,
+//! `path`, `namespace`, `service_account`, `name`) and string literals,
+//! joined by `&&`, `||` and `!`, and `has` on those attributes. These are the
+//! conditions of most mesh policies (`context.path like "/api/*"`,
+//! `principal.namespace == resource.namespace`), so evaluating them here
+//! gives Cedar's answer without Cedar's per-call cost. A policy with any
+//! other condition (headers, extension functions, arithmetic, `in`...) is
+//! left to Cedar; a slice is decided here only if all its policies can be,
+//! and a request whose evaluation would be an error in Cedar (reading an
+//! attribute the entity lacks) goes to Cedar too, which reports it.
 //! `tests/authz_differential.rs` checks that the two never disagree.
 
 use serde_json::Value;
 
-use super::model::HttpRequestFacts;
+use super::model::{HttpRequestFacts, Peer, ServiceInfo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Attr {
@@ -38,6 +42,22 @@ impl Attr {
     }
 }
 
+/// A string-valued operand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Operand {
+    Literal(String),
+    Context(Attr),
+    Principal(&'static str),
+    Resource(&'static str),
+}
+
+const PRINCIPAL_ATTRS: [&str; 4] = ["trust_domain", "path", "namespace", "service_account"];
+const RESOURCE_ATTRS: [&str; 3] = ["name", "trust_domain", "namespace"];
+
+fn known(attrs: &[&'static str], name: &str) -> Option<&'static str> {
+    attrs.iter().copied().find(|a| *a == name)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Piece {
     Literal(String),
@@ -47,8 +67,11 @@ pub(crate) enum Piece {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Cond {
     Const(bool),
-    Eq(Attr, String),
-    Like(Attr, Vec<Piece>),
+    Eq(Operand, Operand),
+    Like(Operand, Vec<Piece>),
+    /// `principal has <attr>` / `resource has <attr>`.
+    PrincipalHas(&'static str),
+    ResourceHas(&'static str),
     And(Box<Cond>, Box<Cond>),
     Or(Box<Cond>, Box<Cond>),
     Not(Box<Cond>),
@@ -79,21 +102,24 @@ pub(crate) fn compile(policy: &cedar_policy::Policy) -> Option<Cond> {
     Some(all)
 }
 
-fn is_context(v: &Value) -> bool {
-    v.get("Var").and_then(Value::as_str) == Some("context")
+fn var(v: &Value) -> Option<&str> {
+    v.get("Var").and_then(Value::as_str)
 }
 
-/// `context.<attr>` for an attribute decided here.
-fn context_attr(v: &Value) -> Option<Attr> {
-    let access = v.get(".")?;
-    if !is_context(access.get("left")?) {
-        return None;
+/// A string literal, or `context|principal|resource.<attr>` for an
+/// attribute decided here.
+fn operand(v: &Value) -> Option<Operand> {
+    if let Some(literal) = v.get("Value") {
+        return literal.as_str().map(|s| Operand::Literal(s.to_owned()));
     }
-    Attr::of(access.get("attr")?.as_str()?)
-}
-
-fn string_literal(v: &Value) -> Option<String> {
-    v.get("Value")?.as_str().map(str::to_owned)
+    let access = v.get(".")?;
+    let attr = access.get("attr")?.as_str()?;
+    match var(access.get("left")?)? {
+        "context" => Attr::of(attr).map(Operand::Context),
+        "principal" => known(&PRINCIPAL_ATTRS, attr).map(Operand::Principal),
+        "resource" => known(&RESOURCE_ATTRS, attr).map(Operand::Resource),
+        _ => None,
+    }
 }
 
 fn binary(v: &Value) -> Option<(&Value, &Value)> {
@@ -119,11 +145,7 @@ fn expr(v: &Value) -> Option<Cond> {
         "!" => Some(Cond::Not(Box::new(expr(arg.get("arg")?)?))),
         "==" | "!=" => {
             let (l, r) = binary(arg)?;
-            let eq = match (context_attr(l), context_attr(r)) {
-                (Some(a), None) => Cond::Eq(a, string_literal(r)?),
-                (None, Some(a)) => Cond::Eq(a, string_literal(l)?),
-                _ => return None,
-            };
+            let eq = Cond::Eq(operand(l)?, operand(r)?);
             Some(if op == "==" {
                 eq
             } else {
@@ -131,7 +153,7 @@ fn expr(v: &Value) -> Option<Cond> {
             })
         }
         "like" => {
-            let attr = context_attr(arg.get("left")?)?;
+            let attr = operand(arg.get("left")?)?;
             let mut pieces: Vec<Piece> = Vec::new();
             for p in arg.get("pattern")?.as_array()? {
                 match p {
@@ -148,12 +170,16 @@ fn expr(v: &Value) -> Option<Cond> {
             }
             Some(Cond::Like(attr, pieces))
         }
-        // Every attribute decided here is in every HTTP request context.
         "has" => {
-            if !is_context(arg.get("left")?) {
-                return None;
+            let attr = arg.get("attr")?.as_str()?;
+            match var(arg.get("left")?)? {
+                // Every context attribute decided here is in every HTTP
+                // request context.
+                "context" => Attr::of(attr).map(|_| Cond::Const(true)),
+                "principal" => known(&PRINCIPAL_ATTRS, attr).map(Cond::PrincipalHas),
+                "resource" => known(&RESOURCE_ATTRS, attr).map(Cond::ResourceHas),
+                _ => None,
             }
-            Attr::of(arg.get("attr")?.as_str()?).map(|_| Cond::Const(true))
         }
         _ => None,
     }
@@ -191,15 +217,64 @@ fn like(text: &str, pieces: &[Piece]) -> bool {
     }
 }
 
-pub(crate) fn eval(c: &Cond, facts: &HttpRequestFacts<'_>) -> bool {
-    match c {
-        Cond::Const(b) => *b,
-        Cond::Eq(a, s) => a.get(facts) == s,
-        Cond::Like(a, pieces) => like(a.get(facts), pieces),
-        Cond::And(l, r) => eval(l, facts) && eval(r, facts),
-        Cond::Or(l, r) => eval(l, facts) || eval(r, facts),
-        Cond::Not(x) => !eval(x, facts),
+/// What a condition can read.
+pub(crate) struct Env<'a> {
+    pub facts: &'a HttpRequestFacts<'a>,
+    pub peer: &'a Peer,
+    pub service: &'a ServiceInfo,
+}
+
+impl<'a> Env<'a> {
+    /// The attribute's value; None if the entity lacks it (Cedar: an error).
+    fn principal(&self, attr: &str) -> Option<&'a str> {
+        let Peer::Workload(id) = self.peer else {
+            return None;
+        };
+        match attr {
+            "trust_domain" => Some(id.trust_domain_name()),
+            "path" => Some(id.path()),
+            "namespace" => id.namespace_service_account().map(|(ns, _)| ns),
+            "service_account" => id.namespace_service_account().map(|(_, sa)| sa),
+            _ => None,
+        }
     }
+
+    fn resource(&self, attr: &str) -> Option<&'a str> {
+        match attr {
+            "name" => Some(&self.service.name),
+            "trust_domain" => Some(&self.service.trust_domain),
+            "namespace" => self.service.namespace.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn value<'o>(&self, operand: &'o Operand) -> Option<&'o str>
+    where
+        'a: 'o,
+    {
+        match operand {
+            Operand::Literal(s) => Some(s),
+            Operand::Context(a) => Some(a.get(self.facts)),
+            Operand::Principal(a) => self.principal(a),
+            Operand::Resource(a) => self.resource(a),
+        }
+    }
+}
+
+/// The condition's value, or None where Cedar would report an error (an
+/// attribute the entity lacks): that request is left to Cedar. `&&` and `||`
+/// short-circuit exactly as Cedar's do.
+pub(crate) fn eval(c: &Cond, env: &Env<'_>) -> Option<bool> {
+    Some(match c {
+        Cond::Const(b) => *b,
+        Cond::Eq(l, r) => env.value(l)? == env.value(r)?,
+        Cond::Like(o, pieces) => like(env.value(o)?, pieces),
+        Cond::PrincipalHas(a) => env.principal(a).is_some(),
+        Cond::ResourceHas(a) => env.resource(a).is_some(),
+        Cond::And(l, r) => eval(l, env)? && eval(r, env)?,
+        Cond::Or(l, r) => eval(l, env)? || eval(r, env)?,
+        Cond::Not(x) => !eval(x, env)?,
+    })
 }
 
 #[cfg(test)]
@@ -238,8 +313,11 @@ mod tests {
             r#"permit (principal, action, resource) when { context has path && context.path like "/api/*" } unless { context.method != "GET" || false };"#
         ));
         assert!(compiles("permit (principal, action, resource);"));
+        assert!(compiles(
+            r#"permit (principal, action, resource) when { principal has namespace && principal.namespace == resource.namespace };"#
+        ));
         assert!(!compiles(
-            r#"permit (principal, action, resource) when { principal.namespace == "x" };"#
+            r#"permit (principal, action, resource) when { principal in Namespace::"spiffe://td/ns/x" };"#
         ));
         assert!(!compiles(
             r#"permit (principal, action, resource) when { context.headers has "x" };"#
@@ -248,7 +326,7 @@ mod tests {
             r#"permit (principal, action, resource) when { context.source_ip.isLoopback() };"#
         ));
         assert!(!compiles(
-            r#"permit (principal, action, resource) when { context.path == context.host };"#
+            r#"permit (principal, action, resource) when { context.path == 1 };"#
         ));
     }
 }
