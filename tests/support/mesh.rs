@@ -39,8 +39,14 @@ pub struct Proxy {
 impl Proxy {
     /// Starts `warden proxy --set ...` and reads the listener addresses it prints.
     pub fn start(log: &Path, settings: &[String]) -> Proxy {
+        Proxy::start_with_env(log, settings, &[])
+    }
+
+    /// As [`Proxy::start`], with extra environment variables.
+    pub fn start_with_env(log: &Path, settings: &[String], env: &[(String, String)]) -> Proxy {
         let mut command = Command::new(warden_bin());
         command.arg("proxy").env("WARDEN_LOG", "info");
+        command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         for s in settings {
             command.arg("--set").arg(s);
         }
@@ -183,9 +189,14 @@ impl Identities {
     }
 
     pub fn start(&self, name: &str, extra: &[String]) -> Proxy {
-        Proxy::start(
+        self.start_with_env(name, extra, &[])
+    }
+
+    pub fn start_with_env(&self, name: &str, extra: &[String], env: &[(String, String)]) -> Proxy {
+        Proxy::start_with_env(
             &self.path(&format!("{name}.log")),
             &self.settings(name, extra),
+            env,
         )
     }
 }

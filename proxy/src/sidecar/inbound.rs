@@ -26,11 +26,14 @@ use super::http::{
 };
 use super::metrics::{Direction, Handshake};
 use super::splice::splice;
+use super::telemetry;
 use super::{Shared, accept_loop, serve_http};
 use crate::authz::{
     Decision, HttpRequestFacts, Peer, PeerAuthorizer, TcpConnectionFacts, UnauthenticatedKind,
 };
 use crate::identity::{SvidLeaf, Timestamp};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 /// A peer's connection: plaintext (permissive mode) or TLS.
 type PeerIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
@@ -281,26 +284,56 @@ impl Inbound {
         .await;
     }
 
-    async fn request(&self, req: Request<Incoming>, info: &ConnInfo) -> Response<Body> {
+    async fn request(&self, mut req: Request<Incoming>, info: &ConnInfo) -> Response<Body> {
         let id = request_id();
         let grpc = is_grpc(&req);
-        match self.decide_and_forward(req, info, &id).await {
-            Ok((response, decision)) => {
-                self.shared.metrics.request(
-                    Direction::Inbound,
-                    response.status().as_u16(),
-                    decision,
-                );
-                response
+        let span = self.shared.traces.as_ref().map(|traces| {
+            let mut attributes = vec![
+                KeyValue::new("http.request.method", req.method().to_string()),
+                KeyValue::new("url.path", req.uri().path().to_owned()),
+                KeyValue::new("client.address", info.source.ip().to_string()),
+                KeyValue::new("tls.protocol.version", info.tls_version),
+                KeyValue::new("warden.request.id", id.clone()),
+            ];
+            if let Some(svid) = self.shared.store.current() {
+                attributes.push(KeyValue::new(
+                    "warden.local.id",
+                    svid.spiffe_id().to_string(),
+                ));
             }
-            Err((refusal, decision)) => {
-                // Counted by what it means, also when gRPC carries it as 200.
-                self.shared
-                    .metrics
-                    .request(Direction::Inbound, refusal.status.as_u16(), decision);
-                refusal.response(&id, grpc)
+            if let Peer::Workload(peer) = &info.peer {
+                attributes.push(KeyValue::new("warden.peer.id", peer.to_string()));
             }
+            let name = format!("{} inbound", req.method());
+            traces.start(SpanKind::Server, name, req.headers_mut(), attributes)
+        });
+        let mut decision = None;
+        let (response, status, label) = match self
+            .decide_and_forward(req, info, &id, span.as_ref(), &mut decision)
+            .await
+        {
+            Ok((response, label)) => {
+                let status = response.status().as_u16();
+                (response, status, label)
+            }
+            // Counted by what it means, also when gRPC carries it as 200.
+            Err((refusal, label)) => (refusal.response(&id, grpc), refusal.status.as_u16(), label),
+        };
+        self.shared
+            .metrics
+            .request(Direction::Inbound, status, label);
+        if let Some(cx) = &span {
+            let mut attributes = vec![KeyValue::new("warden.authz.decision", label)];
+            if let Some(d) = &decision {
+                attributes.push(telemetry::strings("warden.authz.policies", &d.policies));
+                attributes.push(KeyValue::new(
+                    "warden.authz.policy_version",
+                    d.policy_version.clone(),
+                ));
+            }
+            telemetry::finish(cx, status, true, attributes);
         }
+        response
     }
 
     /// The app's response, or Warden's refusal; with the decision label.
@@ -309,6 +342,8 @@ impl Inbound {
         mut req: Request<Incoming>,
         info: &ConnInfo,
         id: &str,
+        span: Option<&opentelemetry::Context>,
+        decided: &mut Option<Decision>,
     ) -> Result<(Response<Body>, &'static str), (Refusal, &'static str)> {
         let metrics = &self.shared.metrics;
         let grpc = is_grpc(&req);
@@ -357,24 +392,25 @@ impl Inbound {
             metrics.authz_error();
         }
         if decision.decision == "deny" {
-            tracing::warn!(target: "warden::audit", request_id = %id, method = %req.method(), path = req.uri().path(), "{}", decision.audit_json());
+            let trace_id = span.map(telemetry::trace_id).unwrap_or_default();
+            tracing::warn!(target: "warden::audit", request_id = %id, trace_id = %trace_id, method = %req.method(), path = req.uri().path(), "{}", decision.audit_json());
         } else {
             tracing::debug!(target: "warden::audit", request_id = %id, "{}", decision.audit_json());
         }
+        let label = decision.decision;
         if !decision.allowed {
             let reason = format!(
                 "forbidden: {} may not {} this service",
                 decision.principal, decision.action
             );
-            return Err((
-                Refusal::new(StatusCode::FORBIDDEN, reason),
-                decision.decision,
-            ));
+            *decided = Some(decision);
+            return Err((Refusal::new(StatusCode::FORBIDDEN, reason), label));
         }
+        *decided = Some(decision);
         let response = self
             .forward(req, info, id, grpc, restore_http1, upgrade)
             .await;
-        Ok((response, decision.decision))
+        Ok((response, label))
     }
 
     async fn forward(

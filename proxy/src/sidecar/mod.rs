@@ -16,6 +16,7 @@ pub mod metrics;
 mod outbound;
 mod peer;
 mod splice;
+pub mod telemetry;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -61,6 +62,8 @@ pub enum SidecarError {
     Tls(#[from] rustls::Error),
     #[error("built-in policy set: {0}")]
     Policy(String),
+    #[error("telemetry: {0}")]
+    Telemetry(String),
 }
 
 /// State every listener and connection of one sidecar shares.
@@ -76,6 +79,8 @@ pub(crate) struct Shared {
     tracker: TaskTracker,
     builder: auto::Builder<TokioExecutor>,
     listeners_up: AtomicBool,
+    /// Trace export, when `OTEL_EXPORTER_OTLP_ENDPOINT` asks for it.
+    pub traces: Option<telemetry::Tracing>,
 }
 
 impl Shared {
@@ -390,7 +395,10 @@ impl Sidecar {
         };
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let traces = telemetry::Tracing::from_env(&format!("warden-{}", config.service.name))
+            .map_err(SidecarError::Telemetry)?;
         let shared = Arc::new(Shared {
+            traces,
             builder: http_builder(&config),
             inflight: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
             config,

@@ -23,7 +23,10 @@ use super::inbound::error_chain;
 use super::metrics::Direction;
 use super::peer::{Carrying, PeerChannel, PeerError};
 use super::splice::splice;
+use super::telemetry;
 use super::{Shared, accept_loop, serve_http};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 /// One destination: a peer sidecar and the identity it must prove.
 pub(crate) struct Route {
@@ -56,7 +59,32 @@ impl Route {
         .await;
     }
 
-    pub async fn request(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn request(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let span = self.shared.traces.as_ref().map(|traces| {
+            let mut attributes = vec![
+                KeyValue::new("http.request.method", req.method().to_string()),
+                KeyValue::new("url.path", req.uri().path().to_owned()),
+                KeyValue::new("server.address", self.upstream.ip().to_string()),
+                KeyValue::new("server.port", i64::from(self.upstream.port())),
+                KeyValue::new("warden.peer.id", self.channel.expected().to_string()),
+            ];
+            if let Some(svid) = self.shared.store.current() {
+                attributes.push(KeyValue::new(
+                    "warden.local.id",
+                    svid.spiffe_id().to_string(),
+                ));
+            }
+            let name = format!("{} outbound", req.method());
+            traces.start(SpanKind::Client, name, req.headers_mut(), attributes)
+        });
+        let response = self.request_inner(req).await;
+        if let Some(cx) = &span {
+            telemetry::finish(cx, response.status().as_u16(), false, Vec::new());
+        }
+        response
+    }
+
+    async fn request_inner(&self, req: Request<Incoming>) -> Response<Body> {
         let id = request_id();
         let grpc = is_grpc(&req);
         let metrics = &self.shared.metrics;

@@ -200,6 +200,11 @@ impl PeerChannel {
 }
 
 impl PeerChannel {
+    /// The identity the peer must prove.
+    pub fn expected(&self) -> &SpiffeId {
+        &self.expected
+    }
+
     /// Retires connection `id` (it refused a request): the next request
     /// connects anew.
     pub async fn reset(&self, id: u64) {

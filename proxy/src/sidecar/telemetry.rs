@@ -1,0 +1,143 @@
+//! Traces: a client span in the outbound sidecar and a server span in the
+//! inbound one for every request, W3C trace context (`traceparent`,
+//! `tracestate`) taken from the caller and passed on, exported over OTLP
+//! (gRPC) in batches off the request path. Configured only by the standard
+//! `OTEL_*` variables; off unless an OTLP endpoint is set.
+
+use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer, TracerProvider as _};
+use opentelemetry::{Context, KeyValue, StringValue, Value};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+
+struct Extract<'a>(&'a HeaderMap);
+
+impl Extractor for Extract<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+struct Inject<'a>(&'a mut HeaderMap);
+
+impl Injector for Inject<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// The sidecar's tracer; present only when traces are exported.
+pub struct Tracing {
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
+    propagator: TraceContextPropagator,
+}
+
+/// Whether the environment asks for OTLP trace export.
+fn enabled(env: &dyn Fn(&str) -> Option<String>) -> bool {
+    let set = |k: &str| env(k).is_some_and(|v| !v.trim().is_empty());
+    let disabled = env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        || env("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim() == "none");
+    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+impl Tracing {
+    /// From `OTEL_*` variables (endpoint, headers, timeout, sampler, service
+    /// name, resource attributes). Must run inside the tokio runtime.
+    pub fn from_env(default_service: &str) -> Result<Option<Tracing>, String> {
+        if !enabled(&|k| std::env::var(k).ok()) {
+            return Ok(None);
+        }
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .map_err(|e| format!("OTLP exporter: {e}"))?;
+        let mut resource = Resource::builder();
+        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+            resource = resource.with_service_name(default_service.to_owned());
+        }
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build();
+        let tracer = provider.tracer("warden");
+        Ok(Some(Tracing {
+            provider,
+            tracer,
+            propagator: TraceContextPropagator::new(),
+        }))
+    }
+
+    /// Starts a span of `kind` as the child of the trace context in
+    /// `headers` (a new trace if there is none), and writes its own context
+    /// back into `headers`, for the next hop.
+    pub fn start(
+        &self,
+        kind: SpanKind,
+        name: String,
+        headers: &mut HeaderMap,
+        attributes: Vec<KeyValue>,
+    ) -> Context {
+        let parent = self.propagator.extract(&Extract(headers));
+        let span = self
+            .tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes(attributes)
+            .start_with_context(&self.tracer, &parent);
+        let cx = parent.with_span(span);
+        self.propagator.inject_context(&cx, &mut Inject(headers));
+        cx
+    }
+
+    /// Flushes what is queued (bounded by the exporter's timeout).
+    pub fn shutdown(&self) {
+        let _ = self.provider.shutdown();
+    }
+}
+
+/// Ends the span in `cx` with the response status and any extra attributes.
+pub fn finish(cx: &Context, status: u16, server: bool, attributes: Vec<KeyValue>) {
+    let span = cx.span();
+    span.set_attribute(KeyValue::new(
+        "http.response.status_code",
+        i64::from(status),
+    ));
+    for kv in attributes {
+        span.set_attribute(kv);
+    }
+    // Server spans: 5xx is an error; client spans: 4xx too (OTel HTTP conventions).
+    if status >= 500 || (!server && status >= 400) {
+        span.set_status(Status::error(format!("HTTP {status}")));
+    }
+    span.end();
+}
+
+pub fn strings(key: &'static str, values: &[String]) -> KeyValue {
+    KeyValue::new(
+        key,
+        Value::Array(opentelemetry::Array::String(
+            values
+                .iter()
+                .map(|v| StringValue::from(v.clone()))
+                .collect(),
+        )),
+    )
+}
+
+/// The trace id of a span context, as in `traceparent` (for audit lines).
+pub fn trace_id(cx: &Context) -> String {
+    cx.span().span_context().trace_id().to_string()
+}

@@ -1,0 +1,268 @@
+//! Traces of a call through a sidecar pair, received by a real OTLP/gRPC
+//! receiver: the client and server spans, their parent/child links, the
+//! attributes, and the trace context the destination app saw.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use support::mesh::{FRONTEND, INTRUDER, Identities, ORDERS, TestApp, get, inbound_to, route_to};
+
+/// Spans received, with the service name of the resource that sent them.
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<(String, Span)>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().expect("lock");
+        for resource_spans in request.into_inner().resource_spans {
+            let service = resource_spans
+                .resource
+                .iter()
+                .flat_map(|r| r.attributes.iter())
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref())
+                .and_then(|v| match &v.value {
+                    Some(Value::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    spans.push((service.clone(), span));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+async fn start_receiver(receiver: Receiver) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let service = TraceServiceServer::new(receiver);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper_util::service::TowerToHyperService::new(service.clone());
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn attr(span: &Span, key: &str) -> Option<String> {
+    let value = span
+        .attributes
+        .iter()
+        .find(|kv| kv.key == key)?
+        .value
+        .as_ref()?;
+    match value.value.as_ref()? {
+        Value::StringValue(s) => Some(s.clone()),
+        Value::IntValue(i) => Some(i.to_string()),
+        Value::ArrayValue(a) => Some(
+            a.values
+                .iter()
+                .filter_map(|v| match &v.value {
+                    Some(Value::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Waits (bounded) until `n` spans of trace `trace_id` arrived.
+async fn spans_of(receiver: &Receiver, trace_id: &str, n: usize) -> Vec<(String, Span)> {
+    for _ in 0..100 {
+        let spans: Vec<(String, Span)> = receiver
+            .spans
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, s)| hex(&s.trace_id) == trace_id)
+            .cloned()
+            .collect();
+        if spans.len() >= n {
+            return spans;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("fewer than {n} spans of trace {trace_id} arrived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_leaves_linked_client_and_server_spans() {
+    let receiver = Receiver::default();
+    let collector = start_receiver(receiver.clone()).await;
+    let env = vec![
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+            format!("http://{collector}"),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
+    ];
+    let ids = Identities::new();
+    let app = TestApp::start().await;
+    let server = ids.start_with_env("orders", &inbound_to(app.addr), &env);
+    let client = ids.start_with_env("frontend", &[route_to(server.inbound(), ORDERS)], &env);
+    let intruder = ids.start_with_env("intruder", &[route_to(server.inbound(), ORDERS)], &env);
+    for p in [&server, &client, &intruder] {
+        p.wait_ready().await;
+    }
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let app_span = "00f067aa0ba902b7";
+    let traceparent = format!("00-{trace_id}-{app_span}-01");
+    let reply = get(
+        client.outbound[0],
+        "/orders/7",
+        &[("traceparent", &traceparent)],
+    )
+    .await
+    .expect("call");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let seen = reply.echo()["headers"]["traceparent"]
+        .as_str()
+        .expect("traceparent at the app")
+        .to_owned();
+
+    let spans = spans_of(&receiver, trace_id, 2).await;
+    let find = |service: &str| {
+        spans
+            .iter()
+            .find(|(s, _)| s == service)
+            .map(|(_, span)| span.clone())
+            .unwrap_or_else(|| panic!("no span from {service}: {spans:?}"))
+    };
+    let client_span = find("warden-frontend");
+    let server_span = find("warden-orders");
+    // The chain: the app's span -> the client span -> the server span -> the app.
+    assert_eq!(hex(&client_span.parent_span_id), app_span);
+    assert_eq!(server_span.parent_span_id, client_span.span_id);
+    assert_eq!(
+        seen,
+        format!("00-{trace_id}-{}-01", hex(&server_span.span_id))
+    );
+    assert_eq!(client_span.kind, 3, "SPAN_KIND_CLIENT");
+    assert_eq!(server_span.kind, 2, "SPAN_KIND_SERVER");
+    for (key, want) in [
+        ("http.request.method", "GET"),
+        ("url.path", "/orders/7"),
+        ("http.response.status_code", "200"),
+        ("warden.peer.id", FRONTEND),
+        ("warden.local.id", ORDERS),
+        ("warden.authz.decision", "allow"),
+        ("warden.authz.policies", "same-namespace"),
+        ("tls.protocol.version", "TLSv1_3"),
+    ] {
+        assert_eq!(
+            attr(&server_span, key).as_deref(),
+            Some(want),
+            "{key}: {server_span:?}"
+        );
+    }
+    assert!(
+        attr(&server_span, "warden.authz.policy_version").is_some_and(|v| v.starts_with("sha256:"))
+    );
+    assert_eq!(
+        attr(&client_span, "warden.peer.id").as_deref(),
+        Some(ORDERS)
+    );
+    assert_eq!(
+        attr(&client_span, "warden.local.id").as_deref(),
+        Some(FRONTEND)
+    );
+
+    // A deny: the span says so, and the audit line carries the trace id.
+    let denied_trace = "0af7651916cd43dd8448eb211c80319c";
+    let reply = get(
+        intruder.outbound[0],
+        "/orders/7",
+        &[(
+            "traceparent",
+            &format!("00-{denied_trace}-b7ad6b7169203331-01"),
+        )],
+    )
+    .await
+    .expect("call");
+    assert_eq!(reply.status, 403);
+    let spans = spans_of(&receiver, denied_trace, 2).await;
+    let (_, denied) = spans
+        .iter()
+        .find(|(s, _)| s == "warden-orders")
+        .expect("server span of the deny");
+    assert_eq!(
+        attr(denied, "warden.authz.decision").as_deref(),
+        Some("deny")
+    );
+    assert_eq!(attr(denied, "warden.peer.id").as_deref(), Some(INTRUDER));
+    assert_eq!(
+        attr(denied, "http.response.status_code").as_deref(),
+        Some("403")
+    );
+    let logs = server.logs();
+    let audit = logs
+        .lines()
+        .find(|l| l.contains("warden::audit") && l.contains(INTRUDER) && l.contains("trace_id"))
+        .unwrap_or_else(|| panic!("no audit line: {logs}"));
+    assert!(audit.contains(denied_trace), "{audit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_changes_nothing_for_traffic() {
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let gone_addr = gone.local_addr().expect("addr");
+    drop(gone);
+    let env = vec![
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+            format!("http://{gone_addr}"),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "50".to_owned()),
+    ];
+    let ids = Identities::new();
+    let app = TestApp::start().await;
+    let server = ids.start_with_env("orders", &inbound_to(app.addr), &env);
+    let client = ids.start_with_env("frontend", &[route_to(server.inbound(), ORDERS)], &env);
+    server.wait_ready().await;
+    client.wait_ready().await;
+    for _ in 0..50 {
+        assert_eq!(
+            get(client.outbound[0], "/x", &[])
+                .await
+                .expect("call")
+                .status,
+            200
+        );
+    }
+}
