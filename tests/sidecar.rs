@@ -58,7 +58,9 @@ async fn http1_call_reaches_the_app_with_the_verified_caller_identity() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("warden_tls_handshakes_total{direction=\"inbound\",outcome=\"ok\"} 1"),
+        metrics.contains(
+            "warden_tls_handshakes_total{direction=\"inbound\",outcome=\"ok\",reason=\"\"} 1"
+        ),
         "{metrics}"
     );
 }
@@ -83,7 +85,9 @@ async fn bodies_stream_both_ways_and_requests_share_one_peer_connection() {
     }
     let metrics = pair.server.metrics().await;
     assert!(
-        metrics.contains("warden_tls_handshakes_total{direction=\"inbound\",outcome=\"ok\"} 1\n"),
+        metrics.contains(
+            "warden_tls_handshakes_total{direction=\"inbound\",outcome=\"ok\",reason=\"\"} 1\n"
+        ),
         "{metrics}"
     );
 }

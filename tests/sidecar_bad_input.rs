@@ -133,7 +133,18 @@ async fn strict_inbound_refuses_every_peer_without_a_valid_svid() {
     // Everyone else is still served.
     assert_eq!(get(pair.via(), "/x", &[]).await.expect("call").status, 200);
     let metrics = pair.server.metrics().await;
-    assert!(metrics.contains("outcome=\"failed\"} 6"), "{metrics}");
+    let failed: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("warden_tls_handshakes_total{direction=\"inbound\",outcome=\"failed\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(failed, 6, "{metrics}");
+    assert!(
+        metrics.contains("reason=\"no_certificate\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -266,3 +266,123 @@ async fn a_collector_that_is_down_changes_nothing_for_traffic() {
         );
     }
 }
+
+/// `promtool check metrics` on an exposition; its complaints, if any.
+fn promtool(exposition: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("promtool (Debian package prometheus, installed by .ci/run): {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The value of the sample `line_prefix ... <value>` in an exposition.
+fn sample(exposition: &str, line_prefix: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_move_with_traffic_and_rotation() {
+    let ids = Identities::new();
+    let app = TestApp::start().await;
+    let server = ids.start("orders", &inbound_to(app.addr));
+    let client = ids.start("frontend", &[route_to(server.inbound(), ORDERS)]);
+    let intruder = ids.start("intruder", &[route_to(server.inbound(), ORDERS)]);
+    for p in [&server, &client, &intruder] {
+        p.wait_ready().await;
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            get(client.outbound[0], "/a", &[])
+                .await
+                .expect("call")
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        get(intruder.outbound[0], "/a", &[])
+            .await
+            .expect("call")
+            .status,
+        403
+    );
+    // A new SVID for the server: a rotation.
+    ids.issue("orders", ORDERS);
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = server.metrics().await;
+        if sample(&metrics, "warden_svid_rotations_total").is_some_and(|v| v >= 1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        sample(&metrics, "warden_svid_rotations_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+    let inbound = |labels: &str| {
+        sample(
+            &metrics,
+            &format!("warden_requests_total{{direction=\"inbound\",{labels}}}"),
+        )
+    };
+    assert_eq!(
+        inbound("status=\"200\",decision=\"allow\""),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        inbound("status=\"403\",decision=\"deny\""),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "warden_request_duration_seconds_count{direction=\"inbound\",decision=\"allow\",status_class=\"2xx\"}"
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("warden_peer_requests_total{{direction=\"inbound\",peer=\"{FRONTEND}\"}}")
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warden_policy_info{version=\"sha256:"),
+        "{metrics}"
+    );
+    for (name, exposition) in [("server", metrics), ("client", client.metrics().await)] {
+        if let Err(problems) = promtool(&exposition) {
+            panic!("promtool on the {name} sidecar's /metrics:\n{problems}\n{exposition}");
+        }
+    }
+}

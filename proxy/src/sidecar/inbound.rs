@@ -24,7 +24,7 @@ use super::http::{
     request_host, request_id, restore_upgrade, strip_hop_by_hop, strip_reserved, strip_response,
     upgrade_allowed, upgrade_protocol,
 };
-use super::metrics::{Direction, Handshake};
+use super::metrics::{Direction, Handshake, handshake_failure};
 use super::splice::splice;
 use super::telemetry;
 use super::{Shared, accept_loop, serve_http};
@@ -141,7 +141,7 @@ impl Inbound {
         {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
-                metrics.handshake(Direction::Inbound, Handshake::Failed);
+                metrics.handshake(Direction::Inbound, Handshake::Failed(handshake_failure(&e)));
                 tracing::info!(%source, error = %e, "inbound TLS handshake failed");
                 return None;
             }
@@ -285,6 +285,7 @@ impl Inbound {
     }
 
     async fn request(&self, mut req: Request<Incoming>, info: &ConnInfo) -> Response<Body> {
+        let started = std::time::Instant::now();
         let id = request_id();
         let grpc = is_grpc(&req);
         let span = self.shared.traces.as_ref().map(|traces| {
@@ -319,9 +320,13 @@ impl Inbound {
             // Counted by what it means, also when gRPC carries it as 200.
             Err((refusal, label)) => (refusal.response(&id, grpc), refusal.status.as_u16(), label),
         };
-        self.shared
-            .metrics
-            .request(Direction::Inbound, status, label);
+        let metrics = &self.shared.metrics;
+        metrics.request(Direction::Inbound, status, label);
+        metrics.duration(Direction::Inbound, label, status, started.elapsed());
+        match &info.peer {
+            Peer::Workload(peer) => metrics.peer_request(Direction::Inbound, peer.as_str()),
+            Peer::Unauthenticated(_) => metrics.peer_request(Direction::Inbound, "unauthenticated"),
+        }
         if let Some(cx) = &span {
             let mut attributes = vec![KeyValue::new("warden.authz.decision", label)];
             if let Some(d) = &decision {

@@ -33,22 +33,79 @@ impl Direction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Handshake {
     Ok,
-    Failed,
+    /// Failed, with a reason from [`handshake_failure`].
+    Failed(&'static str),
     Timeout,
     /// Permissive mode: a plaintext connection, no handshake at all.
     Plaintext,
 }
 
 impl Handshake {
-    fn label(self) -> &'static str {
+    fn labels(self) -> (&'static str, &'static str) {
         match self {
-            Handshake::Ok => "ok",
-            Handshake::Failed => "failed",
-            Handshake::Timeout => "timeout",
-            Handshake::Plaintext => "plaintext",
+            Handshake::Ok => ("ok", ""),
+            Handshake::Failed(reason) => ("failed", reason),
+            Handshake::Timeout => ("timeout", "timeout"),
+            Handshake::Plaintext => ("plaintext", ""),
         }
     }
 }
+
+/// Why a handshake failed, as a bounded metric label.
+pub fn handshake_failure(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
+        return match e.kind() {
+            std::io::ErrorKind::InvalidData => "protocol",
+            _ => "connection",
+        };
+    };
+    match tls {
+        Error::NoCertificatesPresented => "no_certificate",
+        Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "expired",
+        Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) => "untrusted",
+        Error::InvalidCertificate(_) => "invalid_certificate",
+        Error::AlertReceived(_) => "alert_received",
+        Error::NoApplicationProtocol => "alpn",
+        Error::InappropriateMessage { .. }
+        | Error::InappropriateHandshakeMessage { .. }
+        | Error::InvalidMessage(_)
+        | Error::PeerIncompatible(_)
+        | Error::PeerMisbehaved(_) => "protocol",
+        _ => "other",
+    }
+}
+
+/// Upper bounds (seconds) of the request duration histogram.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        for (bound, n) in BUCKETS.iter().zip(self.buckets.iter_mut()) {
+            if seconds <= *bound {
+                *n += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+}
+
+/// Distinct peer identities given their own label; the rest count as "other".
+pub const DEFAULT_MAX_PEER_LABELS: usize = 100;
 
 type RequestKey = (Direction, u16, &'static str);
 
@@ -57,6 +114,9 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<RequestKey, u64>>,
     handshakes: Mutex<BTreeMap<(Direction, Handshake), u64>>,
     tcp: Mutex<BTreeMap<(Direction, &'static str), u64>>,
+    durations: Mutex<BTreeMap<(Direction, &'static str, &'static str), Histogram>>,
+    peers: Mutex<BTreeMap<(Direction, String), u64>>,
+    rotations: AtomicU64,
     open_connections: [AtomicI64; 2],
     shed: AtomicU64,
     authz_errors: AtomicU64,
@@ -90,6 +150,49 @@ impl Metrics {
     /// Counts an opaque TCP connection; `decision` as for requests.
     pub fn tcp_connection(&self, direction: Direction, decision: &'static str) {
         *lock(&self.tcp).entry((direction, decision)).or_default() += 1;
+    }
+
+    /// How long a request took, to its response head.
+    pub fn duration(
+        &self,
+        direction: Direction,
+        decision: &'static str,
+        status: u16,
+        took: std::time::Duration,
+    ) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        lock(&self.durations)
+            .entry((direction, decision, class))
+            .or_default()
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a request by the identity at the other end; past
+    /// `DEFAULT_MAX_PEER_LABELS` distinct identities, under "other".
+    pub fn peer_request(&self, direction: Direction, peer: &str) {
+        let mut peers = lock(&self.peers);
+        let key = (direction, peer.to_owned());
+        if let Some(n) = peers.get_mut(&key) {
+            *n += 1;
+            return;
+        }
+        let key = if peers.len() >= DEFAULT_MAX_PEER_LABELS {
+            (direction, "other".to_owned())
+        } else {
+            key
+        };
+        *peers.entry(key).or_default() += 1;
+    }
+
+    /// The SVID (or its bundles) changed.
+    pub fn rotation(&self) {
+        self.rotations.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn handshake(&self, direction: Direction, outcome: Handshake) {
@@ -157,13 +260,61 @@ impl Metrics {
             "TLS handshakes, by direction and outcome.",
         );
         for ((direction, outcome), n) in lock(&self.handshakes).iter() {
+            let (outcome, reason) = outcome.labels();
             let _ = writeln!(
                 out,
-                "warden_tls_handshakes_total{{direction=\"{}\",outcome=\"{}\"}} {n}",
+                "warden_tls_handshakes_total{{direction=\"{}\",outcome=\"{outcome}\",reason=\"{reason}\"}} {n}",
                 direction.label(),
-                outcome.label()
             );
         }
+        family(
+            &mut out,
+            "warden_request_duration_seconds",
+            "histogram",
+            "Time from a request's arrival to its response head, by direction, decision and status class.",
+        );
+        for ((direction, decision, class), h) in lock(&self.durations).iter() {
+            let labels = format!(
+                "direction=\"{}\",decision=\"{decision}\",status_class=\"{class}\"",
+                direction.label()
+            );
+            for (bound, n) in BUCKETS.iter().zip(h.buckets.iter()) {
+                let _ = writeln!(
+                    out,
+                    "warden_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "warden_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}\nwarden_request_duration_seconds_sum{{{labels}}} {}\nwarden_request_duration_seconds_count{{{labels}}} {}",
+                h.count, h.sum, h.count
+            );
+        }
+        family(
+            &mut out,
+            "warden_peer_requests_total",
+            "counter",
+            "HTTP requests by the SPIFFE ID at the other end (the caller inbound, the server outbound); at most 100 identities, the rest as \"other\".",
+        );
+        for ((direction, peer), n) in lock(&self.peers).iter() {
+            let _ = writeln!(
+                out,
+                "warden_peer_requests_total{{direction=\"{}\",peer=\"{}\"}} {n}",
+                direction.label(),
+                escape(peer)
+            );
+        }
+        family(
+            &mut out,
+            "warden_svid_rotations_total",
+            "counter",
+            "Times the SVID or the trust bundles changed after the first load.",
+        );
+        let _ = writeln!(
+            out,
+            "warden_svid_rotations_total {}",
+            self.rotations.load(Ordering::Relaxed)
+        );
         family(
             &mut out,
             "warden_open_connections",
@@ -223,9 +374,30 @@ impl Metrics {
                 "warden_policy_reloads_total{{result=\"ok\"}} {}\nwarden_policy_reloads_total{{result=\"refused\"}} {}",
                 policy.reloads, policy.failures
             );
+            if let Some(version) = &policy.version {
+                family(
+                    &mut out,
+                    "warden_policy_info",
+                    "gauge",
+                    "The active policy set's version (always 1).",
+                );
+                let _ = writeln!(
+                    out,
+                    "warden_policy_info{{version=\"{}\"}} 1",
+                    escape(version)
+                );
+            }
         }
         out
     }
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 pub fn unix_seconds(t: SystemTime) -> u64 {

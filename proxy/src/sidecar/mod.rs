@@ -417,6 +417,7 @@ impl Sidecar {
         };
 
         tokio::spawn(start_policy(shared.clone(), builtin));
+        tokio::spawn(count_rotations(shared.clone()));
         tokio::spawn(admin::serve(admin_listener, shared.clone()));
         if inbound_listener.is_some() || !opaque_listeners.is_empty() {
             let client_auth = match shared.config.inbound.mode {
@@ -547,6 +548,18 @@ impl Sidecar {
             "drain deadline passed; closing the rest"
         );
         left
+    }
+}
+
+/// Counts every change of the SVID or bundles after the first load.
+async fn count_rotations(shared: Arc<Shared>) {
+    let mut generation = shared.store.subscribe();
+    let mut loaded = shared.store.current().is_some();
+    while generation.changed().await.is_ok() {
+        if loaded {
+            shared.metrics.rotation();
+        }
+        loaded = loaded || shared.store.current().is_some();
     }
 }
 

@@ -60,6 +60,7 @@ impl Route {
     }
 
     pub async fn request(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let started = std::time::Instant::now();
         let span = self.shared.traces.as_ref().map(|traces| {
             let mut attributes = vec![
                 KeyValue::new("http.request.method", req.method().to_string()),
@@ -78,6 +79,14 @@ impl Route {
             traces.start(SpanKind::Client, name, req.headers_mut(), attributes)
         });
         let response = self.request_inner(req).await;
+        let metrics = &self.shared.metrics;
+        metrics.duration(
+            Direction::Outbound,
+            "none",
+            response.status().as_u16(),
+            started.elapsed(),
+        );
+        metrics.peer_request(Direction::Outbound, self.channel.expected().as_str());
         if let Some(cx) = &span {
             telemetry::finish(cx, response.status().as_u16(), false, Vec::new());
         }

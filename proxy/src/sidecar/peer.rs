@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Mutex, watch};
 use tokio_rustls::TlsConnector;
 
-use super::metrics::{Direction, Handshake, Metrics};
+use super::metrics::{Direction, Handshake, Metrics, handshake_failure};
 use crate::identity::{SpiffeId, describe_io_error};
 
 /// Why no connection to the peer could be had; each maps to a status.
@@ -160,8 +160,10 @@ impl PeerChannel {
                 Ok(tls)
             }
             Err(e) => {
-                self.metrics
-                    .handshake(Direction::Outbound, Handshake::Failed);
+                self.metrics.handshake(
+                    Direction::Outbound,
+                    Handshake::Failed(handshake_failure(&e)),
+                );
                 Err(PeerError::Handshake {
                     addr: self.addr,
                     expected: self.expected.to_string(),
