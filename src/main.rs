@@ -20,8 +20,59 @@ struct Cli {
     /// Log filter, RUST_LOG syntax (for example `info` or `warden_proxy=debug`).
     #[arg(long, global = true, env = "WARDEN_LOG", default_value = "warn")]
     log: String,
+    /// Log lines as `text` or `json` (one JSON object per line).
+    #[arg(
+        long,
+        global = true,
+        env = "WARDEN_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the log subscriber, to stderr, with a filter that can be
+/// replaced while running (the sidecar's admin API does).
+fn init_logging(filter: &str, format: LogFormat) -> warden_proxy::sidecar::LogControl {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let initial = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "warn".into());
+    let (filter_layer, handle) = tracing_subscriber::reload::Layer::new(initial);
+    let registry = tracing_subscriber::registry().with(filter_layer);
+    let _ = match format {
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(false)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+    };
+    let current = std::sync::Arc::new(std::sync::Mutex::new(filter.to_owned()));
+    std::sync::Arc::new(move |new: Option<&str>| {
+        let mut current = current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(new) = new {
+            let parsed = tracing_subscriber::EnvFilter::try_new(new)
+                .map_err(|e| format!("{new:?} is not a log filter: {e}"))?;
+            handle.reload(parsed).map_err(|e| e.to_string())?;
+            *current = new.to_owned();
+        }
+        Ok(current.clone())
+    })
 }
 
 #[derive(Subcommand)]
@@ -209,12 +260,7 @@ enum IdCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let log_control = init_logging(&cli.log, cli.log_format);
     warden_proxy::tls::install_default_provider();
     let result = match cli.command {
         Command::Ca(CaCommand::Init(args)) => cli::ca::init(args),
@@ -223,7 +269,7 @@ fn main() -> ExitCode {
         Command::Id(IdCommand::Check { id }) => cli::id::check(&id),
         Command::Policy(PolicyCommand::Check(args)) => cli::policy::check(args),
         Command::Policy(PolicyCommand::Eval(args)) => cli::policy::eval(*args),
-        Command::Proxy(args) => cli::proxy::run(args),
+        Command::Proxy(args) => cli::proxy::run(args, log_control),
         Command::Demo(args) => cli::demo::run(args),
     };
     match result {

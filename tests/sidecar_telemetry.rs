@@ -386,3 +386,72 @@ async fn metrics_pass_promtool_and_move_with_traffic_and_rotation() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_an_access_log_and_a_log_filter_changed_at_run_time() {
+    let ids = Identities::new();
+    let app = TestApp::start().await;
+    let json = vec![("WARDEN_LOG_FORMAT".to_owned(), "json".to_owned())];
+    let mut s = inbound_to(app.addr);
+    s.push("telemetry.access_log=true".into());
+    let server = ids.start_with_env("orders", &s, &json);
+    let intruder = ids.start("intruder", &[route_to(server.inbound(), ORDERS)]);
+    server.wait_ready().await;
+    intruder.wait_ready().await;
+    assert_eq!(
+        get(intruder.outbound[0], "/secret", &[])
+            .await
+            .expect("call")
+            .status,
+        403
+    );
+
+    // The deny's audit record is a JSON line.
+    let logs = server.logs();
+    let audit: serde_json::Value = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["target"] == "warden::audit" && v["fields"]["path"] == "/secret")
+        .unwrap_or_else(|| panic!("no JSON audit line: {logs}"));
+    assert_eq!(audit["level"], "WARN");
+    // The access log: one JSON line per request on stdout.
+    let mut access = None;
+    for _ in 0..50 {
+        access = server
+            .stdout
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["path"] == "/secret");
+        if access.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let access = access.expect("an access-log line");
+    assert_eq!(access["status"], 403);
+    assert_eq!(access["decision"], "deny");
+    assert_eq!(access["peer"], INTRUDER);
+
+    // The filter, read and replaced through the admin API.
+    let admin = server.admin;
+    let put = |filter: &'static str| async move {
+        let client = support::mesh::http1_client();
+        let req = hyper::Request::put(format!("http://{admin}/logging"))
+            .body(support::mesh::body(filter))
+            .expect("req");
+        support::mesh::send(&client, req).await.expect("put")
+    };
+    let replaced = put("debug,h2=warn").await;
+    assert_eq!(replaced.status, 200, "{}", replaced.body);
+    assert_eq!(
+        get(admin, "/logging", &[]).await.expect("get").body.trim(),
+        "debug,h2=warn"
+    );
+    assert_eq!(put("warden=[").await.status, 400);
+    assert_eq!(
+        get(admin, "/logging", &[]).await.expect("get").body.trim(),
+        "debug,h2=warn"
+    );
+}

@@ -2,7 +2,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use warden_proxy::sidecar::{Sidecar, SidecarConfig};
+use warden_proxy::sidecar::{LogControl, Sidecar, SidecarConfig};
 
 use crate::ProxyArgs;
 
@@ -10,7 +10,7 @@ use crate::ProxyArgs;
 /// listener, prints one `LISTENER ADDRESS` line per listener on stdout (so a
 /// supervisor or test can find ports chosen with `:0`), then serves until
 /// SIGTERM or SIGINT and drains.
-pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: ProxyArgs, log_control: LogControl) -> anyhow::Result<ExitCode> {
     let config = SidecarConfig::load(args.config.as_deref(), std::env::vars(), &args.set)
         .context("invalid configuration")?;
     let runtime = match args.workers {
@@ -28,7 +28,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         // and its default action would kill the process.
         let _hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot handle SIGHUP")?;
-        let sidecar = Sidecar::start(config).await?;
+        let sidecar = Sidecar::start_with_logging(config, Some(log_control)).await?;
         let addresses = sidecar.addresses().clone();
         let mut out = std::io::stdout().lock();
         writeln!(out, "admin {}", addresses.admin)?;

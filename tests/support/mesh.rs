@@ -34,6 +34,8 @@ pub struct Proxy {
     pub outbound: Vec<SocketAddr>,
     pub proxy: Option<SocketAddr>,
     pub log: PathBuf,
+    /// What the sidecar printed on stdout after `started` (the access log).
+    pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Proxy {
@@ -66,10 +68,18 @@ impl Proxy {
             outbound: Vec::new(),
             proxy: None,
             log: log.to_owned(),
+            stdout: Default::default(),
         };
-        for line in BufReader::new(stdout).lines() {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(line) = lines.next() {
             let line = line.expect("stdout line");
             if line == "started" {
+                let rest = proxy.stdout.clone();
+                std::thread::spawn(move || {
+                    for line in lines.map_while(Result::ok) {
+                        rest.lock().expect("lock").push(line);
+                    }
+                });
                 return proxy;
             }
             let (what, addr) = line.split_once(' ').expect("LISTENER ADDR");

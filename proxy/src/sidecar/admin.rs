@@ -30,9 +30,14 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
+            let service = service_fn(move |req: Request<Incoming>| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&req, &shared)) }
+                async move {
+                    if req.uri().path() == "/logging" {
+                        return Ok::<_, Infallible>(logging(req, &shared).await);
+                    }
+                    Ok(route(&req, &shared))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -102,8 +107,48 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /live /ready /identity /policy /metrics\n".into(),
+            "not found; try /live /ready /identity /policy /metrics /logging\n".into(),
         ),
+    }
+}
+
+/// `GET /logging`: the log filter in force. `PUT /logging` with a filter
+/// (RUST_LOG syntax, e.g. `info,warden::access=info`) as the body: replace it.
+async fn logging(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let Some(control) = &shared.log_control else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "this process does not expose its log filter\n".into(),
+        );
+    };
+    let new = match *req.method() {
+        Method::GET | Method::HEAD => None,
+        Method::PUT => {
+            let limited = http_body_util::Limited::new(req.into_body(), 4096);
+            match limited.collect().await {
+                Ok(body) => Some(String::from_utf8_lossy(&body.to_bytes()).trim().to_owned()),
+                Err(_) => {
+                    return reply(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "text/plain",
+                        "a log filter is at most 4 KiB\n".into(),
+                    );
+                }
+            }
+        }
+        _ => {
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "GET or PUT\n".into(),
+            );
+        }
+    };
+    match control(new.as_deref()) {
+        Ok(filter) => reply(StatusCode::OK, "text/plain", format!("{filter}\n")),
+        Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
     }
 }
 

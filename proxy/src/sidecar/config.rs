@@ -15,8 +15,15 @@ use crate::authz::Mode;
 use crate::identity::SpiffeId;
 
 /// Sections of the file; `WARDEN_<SECTION>_<KEY>` variables map onto them.
-pub const SECTIONS: [&str; 7] = [
-    "identity", "service", "authz", "inbound", "outbound", "admin", "limits",
+pub const SECTIONS: [&str; 8] = [
+    "identity",
+    "service",
+    "authz",
+    "inbound",
+    "outbound",
+    "admin",
+    "limits",
+    "telemetry",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +58,16 @@ pub struct SidecarConfig {
     pub outbound: OutboundConfig,
     pub admin: AdminConfig,
     pub limits: Limits,
+    pub telemetry: TelemetryConfig,
+}
+
+/// Telemetry that is not configured by `OTEL_*` variables.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// One JSON line per request on stdout (method, path, status, duration,
+    /// peer, decision, request and trace ids).
+    pub access_log: bool,
 }
 
 /// Where the SVID comes from: files (as written by `warden svid issue` or a

@@ -287,6 +287,12 @@ impl Inbound {
     async fn request(&self, mut req: Request<Incoming>, info: &ConnInfo) -> Response<Body> {
         let started = std::time::Instant::now();
         let id = request_id();
+        let access = self
+            .shared
+            .config
+            .telemetry
+            .access_log
+            .then(|| (req.method().to_string(), req.uri().path().to_owned()));
         let grpc = is_grpc(&req);
         let span = self.shared.traces.as_ref().map(|traces| {
             let mut attributes = vec![
@@ -323,9 +329,23 @@ impl Inbound {
         let metrics = &self.shared.metrics;
         metrics.request(Direction::Inbound, status, label);
         metrics.duration(Direction::Inbound, label, status, started.elapsed());
-        match &info.peer {
-            Peer::Workload(peer) => metrics.peer_request(Direction::Inbound, peer.as_str()),
-            Peer::Unauthenticated(_) => metrics.peer_request(Direction::Inbound, "unauthenticated"),
+        let peer = match &info.peer {
+            Peer::Workload(peer) => peer.as_str(),
+            Peer::Unauthenticated(_) => "unauthenticated",
+        };
+        metrics.peer_request(Direction::Inbound, peer);
+        if let Some((method, path)) = &access {
+            telemetry::access_log(&telemetry::Access {
+                direction: "inbound",
+                request_id: &id,
+                trace_id: span.as_ref().map(telemetry::trace_id),
+                method,
+                path,
+                status,
+                duration: started.elapsed(),
+                peer,
+                decision: label,
+            });
         }
         if let Some(cx) = &span {
             let mut attributes = vec![KeyValue::new("warden.authz.decision", label)];

@@ -45,6 +45,10 @@ use crate::identity::{ExpectedIdentity, FileSource, FileWatcher, SpiffeId, SvidS
 use crate::tls::{ClientAuth, TlsVersions, client_config, server_config};
 pub use config::{ConfigError, SidecarConfig};
 
+/// Reads (`None`) or replaces (`Some(filter)`) the process's log filter;
+/// returns the filter in force. Given by whoever installed the logger.
+pub type LogControl = Arc<dyn Fn(Option<&str>) -> Result<String, String> + Send + Sync>;
+
 /// The built-in policy set used when `authz.policies` is not set.
 pub const DEFAULT_POLICIES: &str = include_str!("../../../policies/default.cedar");
 
@@ -81,6 +85,8 @@ pub(crate) struct Shared {
     listeners_up: AtomicBool,
     /// Trace export, when `OTEL_EXPORTER_OTLP_ENDPOINT` asks for it.
     pub traces: Option<telemetry::Tracing>,
+    /// The log filter, changeable through the admin API.
+    pub log_control: Option<LogControl>,
 }
 
 impl Shared {
@@ -353,6 +359,15 @@ impl Sidecar {
     /// runtime. Until the SVID files and a policy set are loaded, `/ready`
     /// says why not and inbound requests get 503.
     pub async fn start(config: SidecarConfig) -> Result<Self, SidecarError> {
+        Self::start_with_logging(config, None).await
+    }
+
+    /// As [`Sidecar::start`]; `log_control` lets the admin API read and
+    /// change the log filter (`GET`/`PUT /logging`).
+    pub async fn start_with_logging(
+        config: SidecarConfig,
+        log_control: Option<LogControl>,
+    ) -> Result<Self, SidecarError> {
         config.validate()?;
         let store = Arc::new(SvidStore::new());
         let source = FileSource::new(
@@ -399,6 +414,7 @@ impl Sidecar {
             .map_err(SidecarError::Telemetry)?;
         let shared = Arc::new(Shared {
             traces,
+            log_control,
             builder: http_builder(&config),
             inflight: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
             config,

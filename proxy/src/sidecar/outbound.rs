@@ -61,6 +61,12 @@ impl Route {
 
     pub async fn request(&self, mut req: Request<Incoming>) -> Response<Body> {
         let started = std::time::Instant::now();
+        let access = self
+            .shared
+            .config
+            .telemetry
+            .access_log
+            .then(|| (req.method().to_string(), req.uri().path().to_owned()));
         let span = self.shared.traces.as_ref().map(|traces| {
             let mut attributes = vec![
                 KeyValue::new("http.request.method", req.method().to_string()),
@@ -87,6 +93,23 @@ impl Route {
             started.elapsed(),
         );
         metrics.peer_request(Direction::Outbound, self.channel.expected().as_str());
+        if let Some((method, path)) = &access {
+            telemetry::access_log(&telemetry::Access {
+                direction: "outbound",
+                request_id: response
+                    .headers()
+                    .get(super::http::REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
+                trace_id: span.as_ref().map(telemetry::trace_id),
+                method,
+                path,
+                status: response.status().as_u16(),
+                duration: started.elapsed(),
+                peer: self.channel.expected().as_str(),
+                decision: "none",
+            });
+        }
         if let Some(cx) = &span {
             telemetry::finish(cx, response.status().as_u16(), false, Vec::new());
         }
