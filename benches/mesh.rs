@@ -35,6 +35,9 @@ use tokio::net::TcpListener;
 use warden_control::ca::{CertificateAuthority, InitOptions};
 use warden_proxy::identity::SpiffeId;
 
+#[path = "../tests/support/otlp.rs"]
+mod otlp;
+
 const FRONTEND: &str = "spiffe://bench.warden/ns/shop/sa/frontend";
 const ORDERS: &str = "spiffe://bench.warden/ns/shop/sa/orders";
 
@@ -83,9 +86,10 @@ struct Sidecar {
 }
 
 impl Sidecar {
-    fn start(settings: &[String]) -> Result<Self, Error> {
+    fn start(settings: &[String], env: &[(String, String)]) -> Result<Self, Error> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_warden"));
         command.arg("proxy").env("WARDEN_LOG", "error");
+        command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         for s in settings {
             command.arg("--set").arg(s);
         }
@@ -401,6 +405,17 @@ fn report(
     })
 }
 
+/// Waits (bounded) until a request goes through `via`.
+async fn wait_serving(via: SocketAddr) -> Result<(), Error> {
+    for _ in 0..100 {
+        if one(&client(Mode::KeepAlive), via, SCENARIOS[0]).await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err("the sidecar pair never served a request".into())
+}
+
 async fn run() -> Result<(), Error> {
     let length = Duration::from_secs(env_or("WARDEN_BENCH_SECS", 3));
     let rate: u64 = env_or("WARDEN_BENCH_RATE", 2000);
@@ -424,27 +439,20 @@ async fn run() -> Result<(), Error> {
             "admin.listen=127.0.0.1:0".to_owned(),
         ]
     };
-    let mut s = base("orders");
-    s.push("inbound.listen=127.0.0.1:0".into());
-    s.push(format!("inbound.app={app}"));
-    let server = Sidecar::start(&s)?;
-    let inbound = server.inbound.ok_or("no inbound")?;
-    let mut c = base("frontend");
-    c.push(format!("outbound.routes=[{{listen=\"127.0.0.1:0\", upstream=\"{inbound}\", identity=\"{ORDERS}\"}}]"));
-    let client_sidecar = Sidecar::start(&c)?;
+    let pair = |env: Vec<(String, String)>| {
+        let mut s = base("orders");
+        s.push("inbound.listen=127.0.0.1:0".into());
+        s.push(format!("inbound.app={app}"));
+        let server = Sidecar::start(&s, &env)?;
+        let inbound = server.inbound.ok_or("no inbound")?;
+        let mut c = base("frontend");
+        c.push(format!("outbound.routes=[{{listen=\"127.0.0.1:0\", upstream=\"{inbound}\", identity=\"{ORDERS}\"}}]"));
+        let client = Sidecar::start(&c, &env)?;
+        Ok::<_, Error>((client, server))
+    };
+    let (client_sidecar, server) = pair(Vec::new())?;
     let via = client_sidecar.outbound.ok_or("no outbound")?;
-    // Wait (bounded) until a request goes through.
-    let mut ready = false;
-    for _ in 0..100 {
-        if one(&client(Mode::KeepAlive), via, SCENARIOS[0]).await {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if !ready {
-        return Err("the sidecar pair never served a request".into());
-    }
+    wait_serving(via).await?;
     println!(
         "mesh bench: {}s per phase, closed loop {conns} connections, open loop {rate} req/s (or half the slower target's closed-loop rate); sidecar CPU is both sidecars, from /proc",
         length.as_secs()
@@ -461,6 +469,48 @@ async fn run() -> Result<(), Error> {
             results.push(report(label, scenario, phase, &open, fair));
         }
     }
+    drop((client_sidecar, server));
+
+    // What tracing costs: the keep-alive scenario through fresh pairs with
+    // tracing off, 1% sampled and 100% sampled, spans sent to a real OTLP
+    // receiver in this process.
+    let receiver = otlp::Receiver::default();
+    let collector = otlp::start_receiver(receiver.clone()).await;
+    let endpoint = (
+        "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+        format!("http://{collector}"),
+    );
+    let sampled = |ratio: &str| {
+        vec![
+            endpoint.clone(),
+            (
+                "OTEL_TRACES_SAMPLER".to_owned(),
+                "parentbased_traceidratio".to_owned(),
+            ),
+            ("OTEL_TRACES_SAMPLER_ARG".to_owned(), ratio.to_owned()),
+        ]
+    };
+    let mut tracing = Vec::new();
+    for (label, env) in [
+        ("tracing off", Vec::new()),
+        ("1% sampled", sampled("0.01")),
+        ("100% sampled", sampled("1.0")),
+    ] {
+        let (client, server) = pair(env)?;
+        let via = client.outbound.ok_or("no outbound")?;
+        wait_serving(via).await?;
+        let phase = closed_phase(via, SCENARIOS[0], &[&client, &server], conns, length).await;
+        let cpu: f64 = phase.cpu_us.iter().sum();
+        println!(
+            "tracing cost, {label:<13} {:>8.0} req/s  sidecar CPU {cpu:.1} us/req  errors {}",
+            phase.rps, phase.closed.errors
+        );
+        tracing.push(json!({ "tracing": label, "requests_per_second": phase.rps, "sidecar_cpu_us_per_request_total": cpu, "errors": phase.closed.errors }));
+    }
+    let spans = receiver.spans.lock().map(|s| s.len()).unwrap_or(0);
+    println!("spans received by the OTLP receiver: {spans}");
+    results.push(json!({ "tracing_cost": tracing, "spans_received": spans }));
+
     let out = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target")
         .join("mesh-bench.json");

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod mesh;
+pub mod otlp;
 pub mod policies;
 
 use std::path::{Path, PathBuf};
