@@ -295,24 +295,28 @@ impl Inbound {
             .then(|| (req.method().to_string(), req.uri().path().to_owned()));
         let grpc = is_grpc(&req);
         let span = self.shared.traces.as_ref().map(|traces| {
-            let mut attributes = vec![
-                KeyValue::new("http.request.method", req.method().to_string()),
-                KeyValue::new("url.path", req.uri().path().to_owned()),
-                KeyValue::new("client.address", info.source.ip().to_string()),
-                KeyValue::new("tls.protocol.version", info.tls_version),
-                KeyValue::new("warden.request.id", id.clone()),
-            ];
-            if let Some(svid) = self.shared.store.current() {
-                attributes.push(KeyValue::new(
-                    "warden.local.id",
-                    svid.spiffe_id().to_string(),
-                ));
-            }
-            if let Peer::Workload(peer) = &info.peer {
-                attributes.push(KeyValue::new("warden.peer.id", peer.to_string()));
-            }
-            let name = format!("{} inbound", req.method());
-            traces.start(SpanKind::Server, name, req.headers_mut(), attributes)
+            let method = req.method().clone();
+            let path = req.uri().path().to_owned();
+            let attributes = || {
+                let mut attributes = vec![
+                    KeyValue::new("http.request.method", method.to_string()),
+                    KeyValue::new("url.path", path.clone()),
+                    KeyValue::new("client.address", info.source.ip().to_string()),
+                    KeyValue::new("tls.protocol.version", info.tls_version),
+                    KeyValue::new("warden.request.id", id.clone()),
+                ];
+                if let Some(svid) = self.shared.store.current() {
+                    attributes.push(KeyValue::new(
+                        "warden.local.id",
+                        svid.spiffe_id().to_string(),
+                    ));
+                }
+                if let Peer::Workload(peer) = &info.peer {
+                    attributes.push(KeyValue::new("warden.peer.id", peer.to_string()));
+                }
+                attributes
+            };
+            traces.start(SpanKind::Server, &method, req.headers_mut(), attributes)
         });
         let mut decision = None;
         let (response, status, label) = match self
@@ -348,15 +352,17 @@ impl Inbound {
             });
         }
         if let Some(cx) = &span {
-            let mut attributes = vec![KeyValue::new("warden.authz.decision", label)];
-            if let Some(d) = &decision {
-                attributes.push(telemetry::strings("warden.authz.policies", &d.policies));
-                attributes.push(KeyValue::new(
-                    "warden.authz.policy_version",
-                    d.policy_version.clone(),
-                ));
-            }
-            telemetry::finish(cx, status, true, attributes);
+            telemetry::finish(cx, status, true, || {
+                let mut attributes = vec![KeyValue::new("warden.authz.decision", label)];
+                if let Some(d) = &decision {
+                    attributes.push(telemetry::strings("warden.authz.policies", &d.policies));
+                    attributes.push(KeyValue::new(
+                        "warden.authz.policy_version",
+                        d.policy_version.clone(),
+                    ));
+                }
+                attributes
+            });
         }
         response
     }

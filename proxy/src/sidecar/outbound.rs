@@ -68,21 +68,25 @@ impl Route {
             .access_log
             .then(|| (req.method().to_string(), req.uri().path().to_owned()));
         let span = self.shared.traces.as_ref().map(|traces| {
-            let mut attributes = vec![
-                KeyValue::new("http.request.method", req.method().to_string()),
-                KeyValue::new("url.path", req.uri().path().to_owned()),
-                KeyValue::new("server.address", self.upstream.ip().to_string()),
-                KeyValue::new("server.port", i64::from(self.upstream.port())),
-                KeyValue::new("warden.peer.id", self.channel.expected().to_string()),
-            ];
-            if let Some(svid) = self.shared.store.current() {
-                attributes.push(KeyValue::new(
-                    "warden.local.id",
-                    svid.spiffe_id().to_string(),
-                ));
-            }
-            let name = format!("{} outbound", req.method());
-            traces.start(SpanKind::Client, name, req.headers_mut(), attributes)
+            let method = req.method().clone();
+            let path = req.uri().path().to_owned();
+            let attributes = || {
+                let mut attributes = vec![
+                    KeyValue::new("http.request.method", method.to_string()),
+                    KeyValue::new("url.path", path.clone()),
+                    KeyValue::new("server.address", self.upstream.ip().to_string()),
+                    KeyValue::new("server.port", i64::from(self.upstream.port())),
+                    KeyValue::new("warden.peer.id", self.channel.expected().to_string()),
+                ];
+                if let Some(svid) = self.shared.store.current() {
+                    attributes.push(KeyValue::new(
+                        "warden.local.id",
+                        svid.spiffe_id().to_string(),
+                    ));
+                }
+                attributes
+            };
+            traces.start(SpanKind::Client, &method, req.headers_mut(), attributes)
         });
         let response = self.request_inner(req).await;
         let metrics = &self.shared.metrics;
@@ -111,7 +115,7 @@ impl Route {
             });
         }
         if let Some(cx) = &span {
-            telemetry::finish(cx, response.status().as_u16(), false, Vec::new());
+            telemetry::finish(cx, response.status().as_u16(), false, Vec::new);
         }
         response
     }

@@ -7,7 +7,7 @@
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer, TracerProvider as _};
+use opentelemetry::trace::{Span, SpanKind, Status, TraceContextExt, Tracer, TracerProvider as _};
 use opentelemetry::{Context, KeyValue, StringValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -83,20 +83,23 @@ impl Tracing {
     /// Starts a span of `kind` as the child of the trace context in
     /// `headers` (a new trace if there is none), and writes its own context
     /// back into `headers`, for the next hop.
+    /// The attributes are built only for a span that is recorded (sampled).
     pub fn start(
         &self,
         kind: SpanKind,
-        name: String,
+        method: &http::Method,
         headers: &mut HeaderMap,
-        attributes: Vec<KeyValue>,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Context {
         let parent = self.propagator.extract(&Extract(headers));
-        let span = self
+        let mut span = self
             .tracer
-            .span_builder(name)
+            .span_builder(span_name(method))
             .with_kind(kind)
-            .with_attributes(attributes)
             .start_with_context(&self.tracer, &parent);
+        if span.is_recording() {
+            span.set_attributes(attributes());
+        }
         let cx = parent.with_span(span);
         self.propagator.inject_context(&cx, &mut Inject(headers));
         cx
@@ -109,13 +112,17 @@ impl Tracing {
 }
 
 /// Ends the span in `cx` with the response status and any extra attributes.
-pub fn finish(cx: &Context, status: u16, server: bool, attributes: Vec<KeyValue>) {
+pub fn finish(cx: &Context, status: u16, server: bool, attributes: impl FnOnce() -> Vec<KeyValue>) {
     let span = cx.span();
+    if !span.is_recording() {
+        span.end();
+        return;
+    }
     span.set_attribute(KeyValue::new(
         "http.response.status_code",
         i64::from(status),
     ));
-    for kv in attributes {
+    for kv in attributes() {
         span.set_attribute(kv);
     }
     // Server spans: 5xx is an error; client spans: 4xx too (OTel HTTP conventions).
@@ -123,6 +130,24 @@ pub fn finish(cx: &Context, status: u16, server: bool, attributes: Vec<KeyValue>
         span.set_status(Status::error(format!("HTTP {status}")));
     }
     span.end();
+}
+
+/// The span name: the method, as the OTel HTTP conventions have it
+/// (`HTTP` for methods outside the standard set).
+fn span_name(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "HTTP",
+    }
 }
 
 pub fn strings(key: &'static str, values: &[String]) -> KeyValue {
