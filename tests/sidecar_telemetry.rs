@@ -178,6 +178,44 @@ async fn a_call_leaves_linked_client_and_server_spans() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_also_go_out_over_otlp_http_protobuf() {
+    let receiver = Receiver::default();
+    let collector = support::otlp::start_http_receiver(receiver.clone()).await;
+    let env = vec![
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+            format!("http://{collector}"),
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_PROTOCOL".to_owned(),
+            "http/protobuf".to_owned(),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
+    ];
+    let ids = Identities::new();
+    let app = TestApp::start().await;
+    let server = ids.start_with_env("orders", &inbound_to(app.addr), &env);
+    let client = ids.start_with_env("frontend", &[route_to(server.inbound(), ORDERS)], &env);
+    server.wait_ready().await;
+    client.wait_ready().await;
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let reply = get(
+        client.outbound[0],
+        "/h",
+        &[("traceparent", &format!("00-{trace_id}-00f067aa0ba902b7-01"))],
+    )
+    .await
+    .expect("call");
+    assert_eq!(reply.status, 200);
+    let spans = spans_of(&receiver, trace_id, 2).await;
+    let services: Vec<&str> = spans.iter().map(|(s, _)| s.as_str()).collect();
+    assert!(
+        services.contains(&"warden-frontend") && services.contains(&"warden-orders"),
+        "{services:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_is_down_changes_nothing_for_traffic() {
     let gone = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
     let gone_addr = gone.local_addr().expect("addr");

@@ -9,9 +9,11 @@ use http::header::{HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{Span, SpanKind, Status, TraceContextExt, Tracer, TracerProvider as _};
 use opentelemetry::{Context, KeyValue, StringValue, Value};
+use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanData, SpanExporter};
 
 struct Extract<'a>(&'a HeaderMap);
 
@@ -38,6 +40,43 @@ impl Injector for Inject<'_> {
     }
 }
 
+/// Runs an exporter's work on the sidecar's tokio runtime: the SDK's batch
+/// processor calls it from a thread of its own, where the HTTP client's
+/// timers and sockets would find no runtime.
+#[derive(Debug)]
+struct OnRuntime<E> {
+    inner: std::sync::Arc<E>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl<E: SpanExporter + 'static> SpanExporter for OnRuntime<E> {
+    fn export(
+        &self,
+        batch: Vec<SpanData>,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        let inner = self.inner.clone();
+        let task = self.runtime.spawn(async move { inner.export(batch).await });
+        async move {
+            task.await
+                .unwrap_or_else(|e| Err(OTelSdkError::InternalFailure(e.to_string())))
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: std::time::Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        if let Some(inner) = std::sync::Arc::get_mut(&mut self.inner) {
+            inner.set_resource(resource);
+        }
+    }
+}
+
 /// The sidecar's tracer; present only when traces are exported.
 pub struct Tracing {
     provider: SdkTracerProvider,
@@ -60,14 +99,31 @@ impl Tracing {
         if !enabled(&|k| std::env::var(k).ok()) {
             return Ok(None);
         }
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()
-            .map_err(|e| format!("OTLP exporter: {e}"))?;
+        let protocol = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .unwrap_or_else(|_| "grpc".to_owned());
+        let builder = opentelemetry_otlp::SpanExporter::builder();
+        let exporter = match protocol.trim() {
+            "grpc" => builder.with_tonic().build(),
+            "http/protobuf" => builder
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .build(),
+            other => {
+                return Err(format!(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL={other:?} is not supported: use grpc or http/protobuf"
+                ));
+            }
+        }
+        .map_err(|e| format!("OTLP exporter ({protocol}): {e}"))?;
         let mut resource = Resource::builder();
         if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
             resource = resource.with_service_name(default_service.to_owned());
         }
+        let exporter = OnRuntime {
+            inner: std::sync::Arc::new(exporter),
+            runtime: tokio::runtime::Handle::current(),
+        };
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_resource(resource.build())
