@@ -35,6 +35,8 @@ use tokio::net::TcpListener;
 use warden_control::ca::{CertificateAuthority, InitOptions};
 use warden_proxy::identity::SpiffeId;
 
+// Shared with the tests, which use more of it.
+#[allow(dead_code)]
 #[path = "../tests/support/otlp.rs"]
 mod otlp;
 
