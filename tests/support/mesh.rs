@@ -334,14 +334,7 @@ impl TestApp {
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(
-                            TokioIo::new(stream),
-                            hyper::service::service_fn(app),
-                        )
-                        .await;
-                });
+                tokio::spawn(serve_app(stream));
             }
         });
         TestApp { addr }
@@ -352,17 +345,20 @@ impl TestApp {
         let listener = tokio::net::UnixListener::bind(path).expect("bind unix socket");
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(
-                            TokioIo::new(stream),
-                            hyper::service::service_fn(app),
-                        )
-                        .await;
-                });
+                tokio::spawn(serve_app(stream));
             }
         });
     }
+}
+
+/// Serves the test app on one connection, TCP or unix.
+async fn serve_app<I>(io: I)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(io), hyper::service::service_fn(app))
+        .await;
 }
 
 async fn app(mut req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {

@@ -395,17 +395,15 @@ impl PeerAuthorizer {
                 Some(())
             });
             if decided.is_some() {
-                let allow = forbids.is_empty() && !permits.is_empty();
-                let policies = if allow { permits } else { forbids };
                 engine
                     .native_decisions
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return engine.finish(
-                    allow,
+                return engine.conclude(
                     prepared.principal_text.clone(),
                     action,
                     version,
-                    policies,
+                    forbids,
+                    permits,
                     Vec::new(),
                 );
             }
@@ -472,6 +470,29 @@ impl PeerAuthorizer {
         } else {
             forbids.extend(cedar_reasons);
         }
+        engine.conclude(
+            prepared.principal_text.clone(),
+            action,
+            version,
+            forbids,
+            permits,
+            errors,
+        )
+    }
+}
+
+impl PolicyEngine {
+    /// The decision from the satisfied forbids and permits and the
+    /// evaluation errors, whichever way they were found.
+    fn conclude(
+        &self,
+        principal: String,
+        action: &str,
+        policy_version: String,
+        forbids: Vec<String>,
+        permits: Vec<String>,
+        errors: Vec<String>,
+    ) -> Decision {
         let decided_allow = forbids.is_empty() && !permits.is_empty();
         // Cedar skips a policy whose evaluation errors, even a forbid; Warden
         // denies instead, so an erroring forbid can never let a request through.
@@ -485,18 +506,9 @@ impl PeerAuthorizer {
         } else {
             forbids
         };
-        engine.finish(
-            allow,
-            prepared.principal_text.clone(),
-            action,
-            version,
-            policies,
-            errors,
-        )
+        self.finish(allow, principal, action, policy_version, policies, errors)
     }
-}
 
-impl PolicyEngine {
     fn finish(
         &self,
         allow: bool,

@@ -324,6 +324,21 @@ pub fn request_host<B>(req: &Request<B>) -> String {
         .unwrap_or_default()
 }
 
+/// An error and its sources, one line.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 /// The first error in `e`'s source chain of type `T`.
 pub fn find_source<'a, T: std::error::Error + 'static>(
     e: &'a (dyn std::error::Error + 'static),

@@ -20,9 +20,9 @@ use tokio_util::either::Either;
 use super::app::{AppAddr, AppClient};
 use super::config::{AppProtocol, InboundMode};
 use super::http::{
-    Body, ORIG_PROTO, PEER_ID, REQUEST_ID, Refusal, XFCC, boxed, is_grpc, relay_upgrade,
-    request_host, request_id, restore_upgrade, strip_hop_by_hop, strip_reserved, strip_response,
-    upgrade_allowed, upgrade_protocol,
+    Body, ORIG_PROTO, PEER_ID, REQUEST_ID, Refusal, XFCC, boxed, error_chain, is_grpc,
+    relay_upgrade, request_host, request_id, restore_upgrade, strip_hop_by_hop, strip_reserved,
+    strip_response, upgrade_allowed, upgrade_protocol,
 };
 use super::metrics::{Direction, Handshake, handshake_failure};
 use super::splice::splice;
@@ -632,21 +632,6 @@ fn authorize(authorizer: &PeerAuthorizer, req: &Request<Incoming>, info: &ConnIn
         now: SystemTime::now(),
     };
     authorizer.authorize_http(&facts)
-}
-
-/// An error and its sources, one line.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 fn hex(bytes: &[u8]) -> String {

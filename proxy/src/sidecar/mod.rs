@@ -267,11 +267,9 @@ async fn serve_http<I, F, Fut>(
             let response = response.await;
             // Still in flight while the body streams: an idle check must
             // not retire a connection in the middle of a long response.
-            Ok::<_, Infallible>(response.map(|body| {
-                self::http::boxed(self::http::Guarded {
-                    body,
-                    _guard: in_flight,
-                })
+            Ok::<_, Infallible>(response.map(|body| self::http::Guarded {
+                body,
+                _guard: in_flight,
             }))
         }
     });

@@ -15,11 +15,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::config::{RouteProtocol, normalize_authority};
 use super::http::{
-    Body, ORIG_PROTO, ORIG_PROTO_HTTP1, Refusal, boxed, is_grpc, relay_upgrade, request_host,
-    request_id, restore_upgrade, strip_hop_by_hop, strip_reserved, strip_response, upgrade_allowed,
-    upgrade_protocol,
+    Body, ORIG_PROTO, ORIG_PROTO_HTTP1, Refusal, boxed, error_chain, is_grpc, relay_upgrade,
+    request_host, request_id, restore_upgrade, strip_hop_by_hop, strip_reserved, strip_response,
+    upgrade_allowed, upgrade_protocol,
 };
-use super::inbound::error_chain;
 use super::metrics::Direction;
 use super::peer::{Carrying, PeerChannel, PeerError};
 use super::splice::splice;
@@ -309,16 +308,12 @@ impl Route {
             listener,
             shared,
             Direction::Outbound,
-            move |stream, _source| {
+            move |mut stream, _source| {
                 let this = self.clone();
-                async move { this.tcp_connection(stream).await }
+                async move { this.splice(&mut stream).await }
             },
         )
         .await;
-    }
-
-    async fn tcp_connection(&self, mut stream: TcpStream) {
-        self.splice(&mut stream).await;
     }
 
     /// Splices `stream` with a new mTLS connection to the peer's opaque port.
