@@ -95,6 +95,124 @@ enum Command {
     /// Run a demo mesh on loopback: a CA, two apps behind their sidecars,
     /// an allowed call and a denied one.
     Demo(DemoArgs),
+    /// The control plane: the CA, join tokens, renewal, revocation and
+    /// policy distribution over one HTTPS API.
+    #[command(subcommand)]
+    Control(ControlCommand),
+    /// The inventory of every identity the control plane issued.
+    #[command(subcommand)]
+    Identities(IdentitiesCommand),
+}
+
+#[derive(Subcommand)]
+enum ControlCommand {
+    /// Serve the control-plane API. On first start creates the CA (unless
+    /// --ca-dir names one made by `warden ca init`), the database and the
+    /// admin token in --data-dir.
+    Serve(ControlServeArgs),
+    /// Join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a single-use join token bound to one SPIFFE ID.
+    Create(TokenCreateArgs),
+}
+
+#[derive(Args)]
+struct ControlServeArgs {
+    /// Directory for the CA, the database, `admin.token` and `control.json`.
+    #[arg(long, env = "WARDEN_CONTROL_DIR", default_value = "warden-control")]
+    data_dir: PathBuf,
+    /// The HTTPS API.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    listen: std::net::SocketAddr,
+    /// Plaintext `/live`, `/ready` and `/metrics`.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    metrics_listen: std::net::SocketAddr,
+    /// A CA directory prepared with `warden ca init` (default: `<data-dir>/ca`,
+    /// created on first start).
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
+    /// Trust domain of the CA created on first start (default `warden.local`).
+    #[arg(long)]
+    trust_domain: Option<String>,
+    /// Default SVID lifetime of the CA created on first start.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    svid_ttl: Option<Duration>,
+}
+
+/// How admin commands reach the control plane.
+#[derive(Args, Clone)]
+struct AdminArgs {
+    /// The control plane's data directory: `control.json`, `bundle.pem` and
+    /// `admin.token` are read from it (copy those three to administer from elsewhere).
+    #[arg(long, env = "WARDEN_CONTROL_DIR", default_value = "warden-control")]
+    data_dir: PathBuf,
+    /// API address, instead of the one in `control.json`.
+    #[arg(long, env = "WARDEN_CONTROL_SERVER")]
+    server: Option<std::net::SocketAddr>,
+    /// Trust bundle that authenticates the control plane (default `<data-dir>/bundle.pem`).
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    /// Admin token file (default `<data-dir>/admin.token`).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TokenCreateArgs {
+    /// The SPIFFE ID the joining sidecar will get, e.g. `spiffe://warden.local/ns/prod/sa/api`.
+    #[arg(long)]
+    spiffe_id: String,
+    /// How long the token may be used (single use either way).
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Owner or other label for the inventory, KEY=VALUE (repeatable).
+    #[arg(long)]
+    label: Vec<String>,
+    /// Print token, id, SPIFFE ID and expiry as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+#[derive(Subcommand)]
+enum IdentitiesCommand {
+    /// Every identity: status (pending, active, expired, stale, revoked),
+    /// expiry, last serial, instance and labels.
+    List {
+        /// Only active identities whose SVID expires within this window.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expiring_within: Option<Duration>,
+        /// Only identities with this status.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// One identity (by SPIFFE ID or SVID serial) with every SVID issued to it, as JSON.
+    Show {
+        target: String,
+        #[arg(long, hide = true)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Revoke an identity (every SVID, no more issuance) or one SVID by
+    /// serial; sidecars refuse it and cut its connections within seconds.
+    Revoke {
+        target: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Args)]
@@ -130,6 +248,24 @@ enum PolicyCommand {
     /// decision, the deciding policies with their file and line, and any
     /// evaluation errors. Exits 0 on allow, 1 on deny.
     Eval(Box<PolicyEvalArgs>),
+    /// Validate a policy directory and store it on the control plane as the
+    /// next version; sidecars with `control.policies = true` hot-swap it.
+    Push {
+        dir: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make an earlier policy version current again.
+    Rollback {
+        version: i64,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the policy versions stored on the control plane.
+    Versions {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Args)]
@@ -271,6 +407,18 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Eval(args)) => cli::policy::eval(*args),
         Command::Proxy(args) => cli::proxy::run(args, log_control),
         Command::Demo(args) => cli::demo::run(args),
+        Command::Control(ControlCommand::Serve(args)) => cli::control::serve(args),
+        Command::Control(ControlCommand::Token(TokenCommand::Create(args))) => {
+            cli::control::token_create(args)
+        }
+        Command::Identities(command) => cli::control::identities(command),
+        Command::Policy(PolicyCommand::Push { dir, admin }) => {
+            cli::control::policy_push(&dir, &admin)
+        }
+        Command::Policy(PolicyCommand::Rollback { version, admin }) => {
+            cli::control::policy_rollback(version, &admin)
+        }
+        Command::Policy(PolicyCommand::Versions { admin }) => cli::control::policy_versions(&admin),
     };
     match result {
         Ok(code) => code,

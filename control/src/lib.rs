@@ -1,5 +1,8 @@
-//! Warden's control plane. So far: the certificate authority that issues
-//! X.509-SVIDs ([`ca`]) and the secure file writes it needs ([`files`]).
+//! Warden's control plane: the certificate authority that issues
+//! X.509-SVIDs ([`ca`]), the inventory and audit trail ([`store`]), and the
+//! HTTPS API sidecars and operators use ([`server`]).
 
 pub mod ca;
 pub mod files;
+pub mod server;
+pub mod store;

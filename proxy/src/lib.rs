@@ -2,6 +2,7 @@
 //! ([`identity`]) that the control plane shares.
 
 pub mod authz;
+pub mod control;
 pub mod identity;
 pub mod sidecar;
 pub mod tls;

@@ -2,6 +2,7 @@
 //! error that `main` prints; errors name the file and the problem.
 
 pub mod ca;
+pub mod control;
 pub mod demo;
 pub mod id;
 pub mod policy;

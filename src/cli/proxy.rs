@@ -61,7 +61,7 @@ pub fn run(args: ProxyArgs, log_control: LogControl) -> anyhow::Result<ExitCode>
     })
 }
 
-async fn wait_for_termination() -> anyhow::Result<()> {
+pub(crate) async fn wait_for_termination() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;

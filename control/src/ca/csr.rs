@@ -44,7 +44,7 @@ pub enum CsrError {
     RootPathId(String),
     #[error("requested TTL of {requested_secs}s exceeds this CA's maximum of {max_secs}s")]
     TtlTooLong { requested_secs: u64, max_secs: u64 },
-    #[error("requested TTL of {0}s is below the minimum of 60s")]
+    #[error("requested TTL of {0}s is below the minimum of 5s")]
     TtlTooShort(u64),
     #[error("the CA expires before this SVID could be valid")]
     CaExpired,

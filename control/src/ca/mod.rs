@@ -40,9 +40,13 @@ pub const DEFAULT_SVID_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_MAX_SVID_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Default lifetime of a CA created by `warden ca init`.
 pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
-/// Shortest SVID lifetime the CA signs.
-pub const MIN_SVID_TTL: Duration = Duration::from_secs(60);
+/// Shortest SVID lifetime the CA signs. Seconds-long SVIDs are for tests
+/// and drills (renewal every few seconds); production runs minutes to hours.
+pub const MIN_SVID_TTL: Duration = Duration::from_secs(5);
 /// How far `not_before` is moved into the past, for peers with slow clocks.
+/// An SVID is backdated by at most a quarter of its lifetime, so a short one
+/// is not renewed the moment it arrives (renewal is due at half-life,
+/// counted from `not_before`).
 pub const BACKDATE: Duration = Duration::from_secs(30);
 /// No lifetime (CA or SVID) may exceed this; it also keeps every date far
 /// inside what X.509 and the time libraries can represent.
@@ -495,7 +499,7 @@ impl CertificateAuthority {
             return Err(CsrError::TtlTooShort(ttl.as_secs()));
         }
         let now = SystemTime::now();
-        let not_before = now - BACKDATE;
+        let not_before = now - BACKDATE.min(ttl / 4);
         // An SVID never outlives the CA that signed it (nor MAX_LIFETIME,
         // should ca.json have been edited by hand).
         let not_after = now

@@ -248,11 +248,11 @@ fn refuses_bad_csrs_with_precise_reasons() {
     );
     let short = SignRequest {
         bound_id: None,
-        ttl: Some(Duration::from_secs(5)),
+        ttl: Some(Duration::from_secs(4)),
     };
     assert_eq!(
         ca.sign_csr(&kc.csr_der, &short).expect_err("ttl"),
-        CsrError::TtlTooShort(5)
+        CsrError::TtlTooShort(4)
     );
 }
 

@@ -54,6 +54,35 @@ pub fn read_policy_dir(dir: &Path) -> Result<PolicyFiles, PolicyError> {
     Ok(PolicyFiles { sources, schema })
 }
 
+impl PolicyFiles {
+    /// Files given by name (a bundle pushed to the control plane): `*.cedar`
+    /// files and optionally the schema, nothing else, no paths.
+    pub fn from_named(files: &std::collections::BTreeMap<String, String>) -> Result<Self, String> {
+        let mut out = PolicyFiles::default();
+        for (name, text) in files {
+            if name.contains('/') || name.starts_with('.') {
+                return Err(format!("{name:?} is not a plain file name"));
+            }
+            if name == SCHEMA_FILE {
+                out.schema = Some(text.clone());
+            } else if name.ends_with(".cedar") {
+                out.sources.push(PolicySource {
+                    name: name.clone(),
+                    text: text.clone(),
+                });
+            } else {
+                return Err(format!(
+                    "{name:?}: only *.cedar files and {SCHEMA_FILE} are accepted"
+                ));
+            }
+        }
+        if out.sources.is_empty() {
+            return Err("the bundle has no *.cedar file".into());
+        }
+        Ok(out)
+    }
+}
+
 /// A policy file's name and text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicySource {

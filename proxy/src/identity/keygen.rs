@@ -46,3 +46,22 @@ pub fn new_key_and_csr(spiffe_id: &SpiffeId) -> Result<KeyAndCsr, KeygenError> {
         csr_der: csr.der().to_vec(),
     })
 }
+
+/// Generates an ECDSA P-256 key and a CSR naming no identity: for a join,
+/// where the token decides the SPIFFE ID the CA puts in the certificate.
+pub fn new_key_and_bare_csr() -> Result<KeyAndCsr, KeygenError> {
+    let key =
+        KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| KeygenError(e.to_string()))?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Warden");
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| KeygenError(e.to_string()))?;
+    Ok(KeyAndCsr {
+        key_pem: key.serialize_pem(),
+        csr_der: csr.der().to_vec(),
+    })
+}

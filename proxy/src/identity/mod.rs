@@ -16,7 +16,7 @@ pub use file_source::{FileSource, FileSourceError, FileWatcher, WatchStatus};
 pub use keygen::{KeyAndCsr, KeygenError, new_key_and_csr};
 pub use rotation::{RotationPolicy, SvidSource, SvidUpdate, run_rotation, run_rotation_with_clock};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
-pub use store::{Svid, SvidLoadError, SvidResolver, SvidStore};
+pub use store::{Revoked, Svid, SvidLoadError, SvidResolver, SvidStore};
 pub use svid::{
     LeafReport, LeafRule, SvidError, SvidLeaf, Timestamp, inspect_leaf, peer_spiffe_id,
 };

@@ -154,6 +154,24 @@ pub struct SvidStore {
     bundles: ArcSwap<TrustBundleSet>,
     generation: watch::Sender<u64>,
     write_lock: Mutex<()>,
+    revoked: ArcSwap<Revoked>,
+    revocations: watch::Sender<u64>,
+}
+
+/// SPIFFE IDs and certificate serials that must be refused although their
+/// chains validate: revoked by the control plane.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revoked {
+    pub spiffe_ids: std::collections::HashSet<String>,
+    /// Lowercase hex, no colons.
+    pub serials: std::collections::HashSet<String>,
+}
+
+impl Revoked {
+    pub fn contains(&self, spiffe_id: &str, serial: &str) -> bool {
+        (!self.spiffe_ids.is_empty() && self.spiffe_ids.contains(spiffe_id))
+            || (!self.serials.is_empty() && self.serials.contains(serial))
+    }
 }
 
 impl fmt::Debug for SvidStore {
@@ -182,7 +200,37 @@ impl SvidStore {
             bundles: ArcSwap::from_pointee(TrustBundleSet::new()),
             generation: watch::Sender::new(0),
             write_lock: Mutex::new(()),
+            revoked: ArcSwap::from_pointee(Revoked::default()),
+            revocations: watch::Sender::new(0),
         }
+    }
+
+    /// Replaces the revocation list; live connections of newly revoked
+    /// peers are cut by their watchers (see [`SvidStore::subscribe_revocations`]).
+    pub fn set_revoked(&self, revoked: Revoked) {
+        if **self.revoked.load() != revoked {
+            self.revoked.store(Arc::new(revoked));
+            self.revocations.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// Whether a peer with this ID and serial is revoked.
+    pub fn is_revoked(&self, spiffe_id: &str, serial: &str) -> bool {
+        self.revoked.load().contains(spiffe_id, serial)
+    }
+
+    /// Fails for a revoked peer: the verifiers call it after the chain checks.
+    pub fn check_revocation(&self, leaf: &super::SvidLeaf) -> Result<(), SvidError> {
+        let (id, serial) = (leaf.spiffe_id.as_str(), leaf.serial.as_str());
+        if self.is_revoked(id, serial) {
+            return Err(SvidError::Revoked(format!("{id} (serial {serial})")));
+        }
+        Ok(())
+    }
+
+    /// Changes whenever the revocation list changes.
+    pub fn subscribe_revocations(&self) -> watch::Receiver<u64> {
+        self.revocations.subscribe()
     }
 
     /// A store holding `svid` and `bundles`, after checking they fit together.

@@ -81,6 +81,8 @@ pub enum SvidError {
     },
     #[error("peer identity {actual} is not the expected {expected}")]
     UnexpectedIdentity { actual: String, expected: String },
+    #[error("{0} is revoked")]
+    Revoked(String),
 }
 
 impl From<LeafRule> for SvidError {

@@ -174,7 +174,8 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             PeerRole::Client,
             &self.expected,
         )
-        .map(|_| ClientCertVerified::assertion())
+        .and_then(|leaf| self.store.check_revocation(&leaf))
+        .map(|()| ClientCertVerified::assertion())
         .map_err(to_rustls_error)
     }
 
@@ -233,7 +234,8 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             PeerRole::Server,
             &self.expected,
         )
-        .map(|_| ServerCertVerified::assertion())
+        .and_then(|leaf| self.store.check_revocation(&leaf))
+        .map(|()| ServerCertVerified::assertion())
         .map_err(to_rustls_error)
     }
 

@@ -180,7 +180,17 @@ fn identity(shared: &Shared) -> Response<Full<Bytes>> {
             "not_after": timestamp(svid.not_after()),
             "seconds_left": svid.time_left(now).as_secs(),
             "next_rotation": timestamp(renew_after),
-            "source": "files",
+            "source": if shared.control_watch.is_some() { "control" } else { "files" },
+            "control": shared.control_watch.as_ref().map(|w| {
+                let w = w.borrow();
+                json!({
+                    "connected": w.connected,
+                    "revocation_seq": w.revocation_seq,
+                    "revoked": w.revoked,
+                    "policy_version": w.policy_version,
+                    "last_error": w.last_error,
+                })
+            }),
             "trust_domains": shared.store.bundles().trust_domains().map(|t| t.to_string()).collect::<Vec<_>>(),
             "policy_version": shared.engine().and_then(|e| e.version()),
         }),

@@ -15,8 +15,9 @@ use crate::authz::Mode;
 use crate::identity::SpiffeId;
 
 /// Sections of the file; `WARDEN_<SECTION>_<KEY>` variables map onto them.
-pub const SECTIONS: [&str; 8] = [
+pub const SECTIONS: [&str; 9] = [
     "identity",
+    "control",
     "service",
     "authz",
     "inbound",
@@ -52,6 +53,7 @@ fn key_error(key: impl Into<String>, message: impl Into<String>) -> ConfigError 
 #[serde(deny_unknown_fields, default)]
 pub struct SidecarConfig {
     pub identity: IdentityConfig,
+    pub control: ControlConfig,
     pub service: ServiceConfig,
     pub authz: AuthzConfig,
     pub inbound: InboundConfig,
@@ -126,6 +128,103 @@ impl IdentityConfig {
 
     pub fn bundle_path(&self) -> Result<PathBuf, ConfigError> {
         self.file(&self.bundle, "bundle.pem", "bundle")
+    }
+}
+
+/// The control plane as the SVID source: join with a token, renew over
+/// mTLS, and watch revocations, the trust bundle and (optionally) policies.
+#[derive(Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// The control plane's API, `host:port`. Setting it replaces `[identity]` files.
+    pub address: Option<SocketAddr>,
+    /// The control plane's SPIFFE ID (`spiffe://<trust domain>/warden/control`);
+    /// it also names the trust domain.
+    #[serde(deserialize_with = "opt_spiffe_id")]
+    pub server_id: Option<SpiffeId>,
+    /// PEM trust bundle that authenticates the control plane before the first SVID.
+    pub bundle: Option<PathBuf>,
+    /// Single-use join token (`warden control token create`).
+    pub token: Option<String>,
+    /// File holding the join token (read once at start).
+    pub token_file: Option<PathBuf>,
+    /// Keeps the SVID (key 0600) here so a restart needs no new token.
+    pub state_dir: Option<PathBuf>,
+    /// Names this sidecar in the inventory (default: host name and process id).
+    pub instance: Option<String>,
+    /// Requested SVID lifetime (default: the CA's).
+    #[serde(deserialize_with = "opt_duration")]
+    pub svid_ttl: Option<Duration>,
+    /// Take policies from the control plane (`warden policy push`) instead
+    /// of `authz.policies`.
+    pub policies: bool,
+}
+
+impl std::fmt::Debug for ControlConfig {
+    // Never print the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlConfig")
+            .field("address", &self.address)
+            .field("server_id", &self.server_id)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("policies", &self.policies)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlConfig {
+    fn validate(&self, identity: &IdentityConfig, authz: &AuthzConfig) -> Result<(), ConfigError> {
+        let Some(_) = self.address else {
+            if self.server_id.is_some()
+                || self.bundle.is_some()
+                || self.token.is_some()
+                || self.token_file.is_some()
+                || self.policies
+            {
+                return Err(key_error(
+                    "control.address",
+                    "required when other control.* keys are set",
+                ));
+            }
+            return Ok(());
+        };
+        if identity.dir.is_some() || identity.cert.is_some() || identity.key.is_some() {
+            return Err(key_error(
+                "identity.dir",
+                "SVID files cannot be combined with control.address (the control plane issues the SVID)",
+            ));
+        }
+        if self.server_id.is_none() {
+            return Err(key_error(
+                "control.server_id",
+                "required with control.address",
+            ));
+        }
+        if self.bundle.is_none() {
+            return Err(key_error(
+                "control.bundle",
+                "required with control.address: the trust bundle that authenticates the control plane",
+            ));
+        }
+        if self.token.is_some() && self.token_file.is_some() {
+            return Err(key_error(
+                "control.token",
+                "set control.token or control.token_file, not both",
+            ));
+        }
+        if self.token.is_none() && self.token_file.is_none() && self.state_dir.is_none() {
+            return Err(key_error(
+                "control.token",
+                "required with control.address (or control.state_dir holding an SVID from an earlier run)",
+            ));
+        }
+        if self.policies && authz.policies.is_some() {
+            return Err(key_error(
+                "authz.policies",
+                "cannot be combined with control.policies = true",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -364,6 +463,14 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     })
 }
 
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+fn opt_spiffe_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SpiffeId>, D::Error> {
+    spiffe_id(d).map(Some)
+}
+
 fn mode<'de, D: Deserializer<'de>>(d: D) -> Result<Mode, D::Error> {
     match String::deserialize(d)?.as_str() {
         "enforce" => Ok(Mode::Enforce),
@@ -484,9 +591,12 @@ impl SidecarConfig {
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.identity.cert_path()?;
-        self.identity.key_path()?;
-        self.identity.bundle_path()?;
+        self.control.validate(&self.identity, &self.authz)?;
+        if self.control.address.is_none() {
+            self.identity.cert_path()?;
+            self.identity.key_path()?;
+            self.identity.bundle_path()?;
+        }
         if self.service.name.is_empty() {
             return Err(key_error("service.name", "must not be empty"));
         }

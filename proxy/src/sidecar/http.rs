@@ -141,7 +141,7 @@ pub async fn relay_upgrade<I>(
     mut req: Request<hyper::body::Incoming>,
     tracker: &tokio_util::task::TaskTracker,
     idle: std::time::Duration,
-    deadline: Option<std::time::SystemTime>,
+    validity: Option<super::splice::PeerValidity>,
 ) -> Result<Response<hyper::body::Incoming>, hyper::Error>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -164,7 +164,8 @@ where
                     let mut caller = hyper_util::rt::TokioIo::new(caller);
                     let mut server = hyper_util::rt::TokioIo::new(server);
                     if let Err(e) =
-                        super::splice::splice(&mut caller, &mut server, idle, deadline).await
+                        super::splice::splice(&mut caller, &mut server, idle, validity.as_ref())
+                            .await
                     {
                         tracing::debug!(error = %e, "upgraded connection ended");
                     }

@@ -25,7 +25,7 @@ use super::http::{
     strip_response, upgrade_allowed, upgrade_protocol,
 };
 use super::metrics::{Direction, Handshake, handshake_failure};
-use super::splice::splice;
+use super::splice::{Lapse, PeerValidity, lapsed, splice};
 use super::telemetry;
 use super::{Shared, accept_loop, serve_http};
 use crate::authz::{
@@ -61,16 +61,16 @@ struct ConnInfo {
     /// `x-forwarded-client-cert` for the app; None for unauthenticated peers.
     xfcc: Option<HeaderValue>,
     peer: Peer,
-    /// When the caller's certificate expires: the connection's identity is
-    /// not vouched for past it.
-    expires: Option<SystemTime>,
+    /// The caller's certificate: the connection's identity is not vouched
+    /// for past its expiry or revocation.
+    validity: Option<PeerValidity>,
     /// Made on the first request once the policy engine exists, then kept.
     authorizer: OnceLock<PeerAuthorizer>,
 }
 
 impl ConnInfo {
-    fn expired(&self) -> bool {
-        self.expires.is_some_and(|t| SystemTime::now() >= t)
+    fn lapsed(&self) -> Option<Lapse> {
+        lapsed(self.validity.as_ref())
     }
 
     fn authorizer(&self, shared: &Shared) -> Option<&PeerAuthorizer> {
@@ -161,7 +161,11 @@ impl Inbound {
             Some([leaf, ..]) => match SvidLeaf::parse(leaf, Timestamp::now()) {
                 Ok(svid) => (
                     Peer::Workload(svid.spiffe_id),
-                    Some((hex(&Sha256::digest(leaf)), svid.not_after.to_system_time())),
+                    Some((
+                        hex(&Sha256::digest(leaf)),
+                        svid.not_after.to_system_time(),
+                        svid.serial,
+                    )),
                 ),
                 // The verifier already refused such chains; never serve one.
                 Err(e) => {
@@ -230,7 +234,14 @@ impl Inbound {
                 return;
             }
         };
-        if let Err(e) = splice(&mut io, &mut upstream, limits.idle_timeout, info.expires).await {
+        if let Err(e) = splice(
+            &mut io,
+            &mut upstream,
+            limits.idle_timeout,
+            info.validity.as_ref(),
+        )
+        .await
+        {
             tracing::debug!(error = %e, "opaque connection ended");
         }
     }
@@ -240,11 +251,19 @@ impl Inbound {
         source: SocketAddr,
         tls_version: &'static str,
         peer: Peer,
-        leaf: Option<(String, SystemTime)>,
+        leaf: Option<(String, SystemTime, String)>,
     ) -> ConnInfo {
-        let expires = leaf.as_ref().map(|(_, not_after)| *not_after);
+        let validity = match (&peer, &leaf) {
+            (Peer::Workload(id), Some((_, expires, serial))) => Some(PeerValidity {
+                expires: *expires,
+                spiffe_id: id.to_string(),
+                serial: serial.clone(),
+                store: self.shared.store.clone(),
+            }),
+            _ => None,
+        };
         let (peer_id, xfcc) = match (&peer, leaf) {
-            (Peer::Workload(id), Some((hash, _))) => {
+            (Peer::Workload(id), Some((hash, _, _))) => {
                 let by = self
                     .shared
                     .store
@@ -264,7 +283,7 @@ impl Inbound {
             peer_id,
             xfcc,
             peer,
-            expires,
+            validity,
             authorizer: OnceLock::new(),
         }
     }
@@ -275,8 +294,8 @@ impl Inbound {
     {
         let info = Arc::new(info);
         let shared = self.shared.clone();
-        let deadline = info.expires;
-        serve_http(io, &shared, deadline, move |req| {
+        let validity = info.validity.clone();
+        serve_http(io, &shared, validity, move |req| {
             let this = self.clone();
             let info = info.clone();
             async move { this.request(req, &info).await }
@@ -388,14 +407,23 @@ impl Inbound {
                 "none",
             ));
         };
-        if info.expired() {
-            return Err((
-                Refusal::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the caller's certificate expired during this connection; reconnect",
-                ),
-                "none",
-            ));
+        match info.lapsed() {
+            Some(Lapse::Expired) => {
+                return Err((
+                    Refusal::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the caller's certificate expired during this connection; reconnect",
+                    ),
+                    "none",
+                ));
+            }
+            Some(Lapse::Revoked) => {
+                return Err((
+                    Refusal::new(StatusCode::FORBIDDEN, "the caller's certificate is revoked"),
+                    "deny",
+                ));
+            }
+            None => {}
         }
         let Some(authorizer) = info.authorizer(&self.shared) else {
             return Err((
@@ -496,7 +524,7 @@ impl Inbound {
             Version::HTTP_11
         };
         if let Some(protocol) = upgrade {
-            return self.upgrade(req, protocol, id, info.expires).await;
+            return self.upgrade(req, protocol, id, info.validity.clone()).await;
         }
         let client = if h2 { &self.h2 } else { &self.h1 };
         let sent = tokio::time::timeout(limits.app_response_timeout, client.request(req)).await;
@@ -541,7 +569,7 @@ impl Inbound {
         mut req: Request<Incoming>,
         protocol: HeaderValue,
         id: &str,
-        deadline: Option<SystemTime>,
+        validity: Option<PeerValidity>,
     ) -> Response<Body> {
         let limits = &self.shared.config.limits;
         restore_upgrade(req.headers_mut(), protocol);
@@ -569,7 +597,7 @@ impl Inbound {
                 req,
                 &self.shared.tracker,
                 limits.idle_timeout,
-                deadline,
+                validity,
             ),
         )
         .await

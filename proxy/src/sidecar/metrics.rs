@@ -68,6 +68,14 @@ pub fn handshake_failure(e: &std::io::Error) -> &'static str {
         Error::InvalidCertificate(
             CertificateError::UnknownIssuer | CertificateError::BadSignature,
         ) => "untrusted",
+        Error::InvalidCertificate(CertificateError::Other(other))
+            if matches!(
+                other.0.downcast_ref::<crate::identity::SvidError>(),
+                Some(crate::identity::SvidError::Revoked(_))
+            ) =>
+        {
+            "revoked"
+        }
         Error::InvalidCertificate(_) => "invalid_certificate",
         Error::AlertReceived(_) => "alert_received",
         Error::NoApplicationProtocol => "alpn",

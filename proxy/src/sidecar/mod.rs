@@ -24,7 +24,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use ::http::{Request, Response};
 use hyper::body::Incoming;
@@ -68,6 +68,8 @@ pub enum SidecarError {
     Policy(String),
     #[error("telemetry: {0}")]
     Telemetry(String),
+    #[error("{key}: {message}")]
+    Control { key: &'static str, message: String },
 }
 
 /// State every listener and connection of one sidecar shares.
@@ -87,6 +89,10 @@ pub(crate) struct Shared {
     pub traces: Option<telemetry::Tracing>,
     /// The log filter, changeable through the admin API.
     pub log_control: Option<LogControl>,
+    /// With a control plane: policy bundles from its watch (when
+    /// `control.policies`), and what the watch has applied.
+    control_policies: Option<watch::Receiver<Option<crate::control::api::PolicyUpdate>>>,
+    pub control_watch: Option<watch::Receiver<crate::control::WatchState>>,
 }
 
 impl Shared {
@@ -250,7 +256,7 @@ impl Drop for InFlight {
 async fn serve_http<I, F, Fut>(
     io: I,
     shared: &Arc<Shared>,
-    deadline: Option<SystemTime>,
+    validity: Option<splice::PeerValidity>,
     handler: F,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -285,6 +291,7 @@ async fn serve_http<I, F, Fut>(
     );
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = shared.shutdown.clone();
+    let mut revocations = shared.store.subscribe_revocations();
     let mut closing = false;
     loop {
         tokio::select! {
@@ -298,11 +305,29 @@ async fn serve_http<I, F, Fut>(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = ticker.tick(), if !closing => {
-                let expired = deadline.is_some_and(|t| SystemTime::now() >= t);
-                if expired || activity.idle_for() >= idle {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
+            // A revoked peer is cut at once, in-flight requests and all;
+            // the ticker catches a revocation this wakeup missed.
+            changed = revocations.changed(), if validity.is_some() => {
+                if changed.is_err() || splice::lapsed(validity.as_ref()) == Some(splice::Lapse::Revoked) {
+                    tracing::info!("closing a connection whose peer was revoked");
+                    break;
+                }
+            }
+            _ = ticker.tick() => {
+                match splice::lapsed(validity.as_ref()) {
+                    Some(splice::Lapse::Revoked) => {
+                        tracing::info!("closing a connection whose peer was revoked");
+                        break;
+                    }
+                    Some(splice::Lapse::Expired) if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    _ if !closing && activity.idle_for() >= idle => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    _ => {}
                 }
             }
         }
@@ -327,7 +352,7 @@ pub struct Sidecar {
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     addresses: Addresses,
-    _svid_watcher: FileWatcher,
+    _svid_watcher: Option<FileWatcher>,
 }
 
 async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, SidecarError> {
@@ -368,15 +393,31 @@ impl Sidecar {
     ) -> Result<Self, SidecarError> {
         config.validate()?;
         let store = Arc::new(SvidStore::new());
-        let source = FileSource::new(
-            config.identity.cert_path()?,
-            config.identity.key_path()?,
-            config.identity.bundle_path()?,
-        );
-        let svid_watcher = source.watch(store.clone(), config.identity.poll_interval);
-        let builtin = match config.authz.policies {
-            None => Some(builtin_policies()?),
-            Some(_) => None,
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (svid_watcher, control) = match config.control.address {
+            None => {
+                let source = FileSource::new(
+                    config.identity.cert_path()?,
+                    config.identity.key_path()?,
+                    config.identity.bundle_path()?,
+                );
+                (
+                    Some(source.watch(store.clone(), config.identity.poll_interval)),
+                    None,
+                )
+            }
+            Some(addr) => (
+                None,
+                Some(start_control(&config.control, addr, &store, &shutdown_rx)?),
+            ),
+        };
+        let (control_policies, control_watch) = match control {
+            Some((policies, watch)) => (policies, Some(watch)),
+            None => (None, None),
+        };
+        let builtin = match (&config.authz.policies, config.control.policies) {
+            (None, false) => Some(builtin_policies()?),
+            _ => None,
         };
 
         let admin_listener = bind("admin.listen", config.admin.listen).await?;
@@ -407,7 +448,6 @@ impl Sidecar {
             proxy: proxy_listener.as_ref().map(local),
         };
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let traces = telemetry::Tracing::from_env(&format!("warden-{}", config.service.name))
             .map_err(SidecarError::Telemetry)?;
         let shared = Arc::new(Shared {
@@ -423,6 +463,8 @@ impl Sidecar {
             shutdown: shutdown_rx,
             tracker: TaskTracker::new(),
             listeners_up: AtomicBool::new(false),
+            control_policies,
+            control_watch,
         });
         let versions = if shared.config.inbound.tls12 {
             TlsVersions::Tls12And13
@@ -611,11 +653,157 @@ async fn start_policy(shared: Arc<Shared>, builtin: Option<PolicySnapshot>) {
             let _ = shared.policy_status.set(w.status());
             watcher = Some(w);
         }
-        (None, None) => return,
+        (None, None) => match shared.control_policies.clone() {
+            Some(updates) => {
+                let _ = shared.engine.set(engine.clone());
+                return install_control_policies(&shared, &engine, updates).await;
+            }
+            None => return,
+        },
     }
     let _ = shared.engine.set(engine);
     // The watcher runs until the sidecar drains.
     let mut shutdown = shared.shutdown.clone();
     shutting_down(&mut shutdown).await;
     drop(watcher);
+}
+
+/// Installs each policy bundle the control plane's watch delivers; a bundle
+/// that does not load is refused and the last good one stays.
+async fn install_control_policies(
+    shared: &Arc<Shared>,
+    engine: &Arc<PolicyEngine>,
+    mut updates: watch::Receiver<Option<crate::control::api::PolicyUpdate>>,
+) {
+    let (status_tx, status_rx) = watch::channel(ReloadStatus::default());
+    let _ = shared.policy_status.set(status_rx);
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let update = updates.borrow_and_update().clone();
+        if let Some(update) = update {
+            let loaded = crate::authz::PolicyFiles::from_named(&update.files)
+                .and_then(|files| PolicySnapshot::from_files(files).map_err(|e| e.to_string()));
+            match loaded {
+                Ok(snapshot) => {
+                    let version = snapshot.version().to_owned();
+                    engine.install(snapshot);
+                    tracing::info!(control_version = update.version, %version, "policy bundle from the control plane installed");
+                    status_tx.send_modify(|s| {
+                        s.version = Some(version);
+                        s.reloads += 1;
+                        s.last_error = None;
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(control_version = update.version, error = %e, "policy bundle from the control plane refused; keeping the last good set");
+                    status_tx.send_modify(|s| {
+                        s.failures += 1;
+                        s.last_error =
+                            Some(format!("control plane version {}: {e}", update.version));
+                    });
+                }
+            }
+        }
+        tokio::select! {
+            changed = updates.changed() => if changed.is_err() { return },
+            _ = shutting_down(&mut shutdown) => return,
+        }
+    }
+}
+
+type ControlChannels = (
+    Option<watch::Receiver<Option<crate::control::api::PolicyUpdate>>>,
+    watch::Receiver<crate::control::WatchState>,
+);
+
+/// Sets up the control plane as the SVID source: its bundle for the first
+/// contact, an SVID saved by an earlier run if still valid, then the
+/// rotation (join, renewals) and the watch.
+fn start_control(
+    config: &config::ControlConfig,
+    addr: SocketAddr,
+    store: &Arc<SvidStore>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<ControlChannels, SidecarError> {
+    use crate::control::{ControlClient, ControlSource, StateDir, WatchState, run_watch};
+    use crate::identity::{RotationPolicy, TrustBundle, TrustBundleSet, run_rotation};
+    let err = |key: &'static str, message: String| SidecarError::Control { key, message };
+    let (Some(server_id), Some(bundle_path)) = (&config.server_id, &config.bundle) else {
+        return Err(err(
+            "control.address",
+            "needs control.server_id and control.bundle".into(),
+        ));
+    };
+    let trust_domain = server_id.trust_domain();
+    let pem = std::fs::read(bundle_path).map_err(|e| {
+        err(
+            "control.bundle",
+            format!("cannot read {}: {e}", bundle_path.display()),
+        )
+    })?;
+    let bundle = TrustBundle::from_bytes(trust_domain.clone(), &pem)
+        .map_err(|e| err("control.bundle", format!("{}: {e}", bundle_path.display())))?;
+    store.set_bundles(TrustBundleSet::new().with(bundle));
+    let state = config.state_dir.clone().map(StateDir);
+    if let Some(saved) = state.as_ref().and_then(StateDir::load) {
+        match store.install(saved, None) {
+            Ok(()) => tracing::info!("using the SVID saved by an earlier run"),
+            Err(e) => tracing::warn!(error = %e, "the saved SVID does not validate; joining anew"),
+        }
+    }
+    let token = match (&config.token, &config.token_file) {
+        (Some(t), _) => Some(t.trim().to_owned()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| {
+                    err(
+                        "control.token_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    let client = ControlClient::new(addr, server_id.clone(), store.clone())
+        .map_err(|e| err("control.address", e.to_string()))?;
+    let instance = config.instance.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}/{}", host.trim(), std::process::id())
+    });
+    let source = ControlSource::new(
+        client.clone(),
+        store.clone(),
+        trust_domain.clone(),
+        token,
+        instance,
+        config.svid_ttl,
+        state,
+    );
+    let mut stop = shutdown.clone();
+    tokio::spawn(run_rotation(
+        store.clone(),
+        source,
+        RotationPolicy::default(),
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    ));
+    let (policy_tx, policy_rx) = if config.policies {
+        let (tx, rx) = watch::channel(None);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let (state_tx, state_rx) = watch::channel(WatchState::default());
+    tokio::spawn(run_watch(
+        client,
+        store.clone(),
+        trust_domain,
+        policy_tx,
+        state_tx,
+        shutdown.clone(),
+    ));
+    Ok((policy_rx, state_rx))
 }

@@ -1,6 +1,7 @@
 //! Splicing two byte streams (opaque TCP, upgrades, CONNECT tunnels), with
-//! the limits a tunnel needs: an idle timeout, and a deadline (the peer's
-//! certificate expiry) past which the connection's identity is not vouched for.
+//! the limits a tunnel needs: an idle timeout, and the peer's certificate
+//! ([`PeerValidity`]), past whose expiry or revocation the connection's
+//! identity is not vouched for.
 
 use std::io;
 use std::pin::Pin;
@@ -8,7 +9,46 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::identity::SvidStore;
+
+/// What an authenticated connection's identity rests on: the peer's
+/// certificate, vouched for until it expires or the control plane revokes
+/// it. Connections check it at least once a second.
+#[derive(Debug, Clone)]
+pub struct PeerValidity {
+    pub expires: SystemTime,
+    pub spiffe_id: String,
+    pub serial: String,
+    pub store: Arc<SvidStore>,
+}
+
+/// Why a connection's identity stopped being vouched for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lapse {
+    Expired,
+    Revoked,
+}
+
+impl PeerValidity {
+    pub fn lapse(&self) -> Option<Lapse> {
+        if self.store.is_revoked(&self.spiffe_id, &self.serial) {
+            Some(Lapse::Revoked)
+        } else if SystemTime::now() >= self.expires {
+            Some(Lapse::Expired)
+        } else {
+            None
+        }
+    }
+}
+
+/// `validity`'s lapse, if any.
+pub fn lapsed(validity: Option<&PeerValidity>) -> Option<Lapse> {
+    validity.and_then(PeerValidity::lapse)
+}
 
 /// A stream that records when bytes last moved through it.
 struct Watched<'a, T> {
@@ -62,12 +102,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<'_, T> {
 }
 
 /// Copies both ways until either side closes, no byte moves for `idle`, or
-/// `deadline` passes.
+/// the peer's certificate expires or is revoked.
 pub async fn splice<A, B>(
     a: &mut A,
     b: &mut B,
     idle: Duration,
-    deadline: Option<SystemTime>,
+    validity: Option<&PeerValidity>,
 ) -> io::Result<()>
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -88,7 +128,7 @@ where
     let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
     tokio::pin!(copy);
     let mut ticker =
-        tokio::time::interval((idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(5)));
+        tokio::time::interval((idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -98,8 +138,10 @@ where
                 if quiet >= idle {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, format!("idle for {idle:?}")));
                 }
-                if deadline.is_some_and(|t| SystemTime::now() >= t) {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "the peer's certificate expired"));
+                match lapsed(validity) {
+                    Some(Lapse::Expired) => return Err(io::Error::new(io::ErrorKind::TimedOut, "the peer's certificate expired")),
+                    Some(Lapse::Revoked) => return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the peer's certificate was revoked")),
+                    None => {}
                 }
             }
         }

@@ -1,0 +1,168 @@
+//! The control plane's HTTPS API: paths and JSON bodies, shared by the
+//! server (`warden-control`), the sidecar and the CLI.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `POST`: first SVID, by join token ([`JoinRequest`] -> [`SvidResponse`]).
+pub const JOIN: &str = "/v1/join";
+/// `POST`, mTLS: a new SVID for the caller's own SPIFFE ID ([`RenewRequest`] -> [`SvidResponse`]).
+pub const RENEW: &str = "/v1/renew";
+/// `GET`: the trust bundle ([`BundleResponse`]).
+pub const BUNDLE: &str = "/v1/bundle";
+/// `GET`, mTLS, long poll: `?revocations=SEQ&bundle=DIGEST&policy=VERSION&wait_ms=N`
+/// returns as soon as anything differs from what the caller has, or after
+/// `wait_ms` ([`WatchResponse`]).
+pub const WATCH: &str = "/v1/watch";
+/// `POST`, admin: a join token ([`TokenRequest`] -> [`TokenResponse`]).
+pub const ADMIN_TOKENS: &str = "/v1/admin/tokens";
+/// `GET`, admin: the inventory; `?status=S&expiring_within_secs=N`.
+/// `GET .../{SPIFFE ID or serial}`: one identity with its SVIDs.
+pub const ADMIN_IDENTITIES: &str = "/v1/admin/identities";
+/// `POST`, admin: revoke an identity or one SVID ([`RevokeRequest`]).
+pub const ADMIN_REVOCATIONS: &str = "/v1/admin/revocations";
+/// `GET`, admin: policy versions; `POST`: push a bundle ([`PolicyPush`]).
+pub const ADMIN_POLICIES: &str = "/v1/admin/policies";
+/// `POST`, admin: make an earlier version current ([`PolicyRollback`]).
+pub const ADMIN_POLICY_ROLLBACK: &str = "/v1/admin/policies/rollback";
+/// `GET`, admin: the newest audit records; `?limit=N`.
+pub const ADMIN_AUDIT: &str = "/v1/admin/audit";
+
+/// The error body of every refusal.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiError {
+    /// Stable machine-readable reason, e.g. `token_reused`.
+    pub error: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub token: String,
+    /// PEM `CERTIFICATE REQUEST`; its key was made by the caller.
+    pub csr: String,
+    /// Names the sidecar instance in the inventory (host, pod).
+    #[serde(default)]
+    pub instance: String,
+    /// Requested lifetime; the CA's default when absent.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    pub csr: String,
+    #[serde(default)]
+    pub instance: String,
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SvidResponse {
+    pub spiffe_id: String,
+    pub serial: String,
+    pub expires_at: i64,
+    /// Leaf first, then intermediates.
+    pub chain_pem: String,
+    pub bundle_pem: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BundleResponse {
+    pub trust_domain: String,
+    pub bundle_pem: String,
+    /// SHA-256 of `bundle_pem`, hex.
+    pub digest: String,
+}
+
+/// What sidecars must refuse.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RevocationList {
+    /// Changes with every revocation.
+    pub seq: i64,
+    pub spiffe_ids: Vec<String>,
+    /// Lowercase hex serials of revoked SVIDs that have not expired.
+    pub serials: Vec<String>,
+}
+
+/// A policy bundle as distributed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicyUpdate {
+    /// The control plane's version number.
+    pub version: i64,
+    /// The policy set's content digest: the version sidecars report.
+    pub digest: String,
+    pub files: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WatchResponse {
+    pub revocations: RevocationList,
+    pub bundle: BundleResponse,
+    /// The current policy version, if any was pushed.
+    pub policy_version: Option<i64>,
+    /// The current bundle's files, only when the caller's version differs.
+    pub policy: Option<PolicyUpdate>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub spiffe_id: String,
+    /// Lifetime of the token (default 15 minutes, at most 7 days).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenResponse {
+    /// The secret: shown once, stored only as a hash.
+    pub token: String,
+    /// A public name for the token, in the audit trail.
+    pub token_id: String,
+    pub spiffe_id: String,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// A SPIFFE ID (every SVID it holds, and no more issuance) or an SVID serial.
+    pub target: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokeResponse {
+    pub spiffe_id: String,
+    pub svids_revoked: usize,
+    pub seq: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyPush {
+    /// `*.cedar` files and optionally `schema.cedarschema`, by name.
+    pub files: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyPushResponse {
+    pub version: i64,
+    pub digest: String,
+    /// False when the files were the current version already.
+    pub changed: bool,
+    pub policies: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRollback {
+    pub version: i64,
+}

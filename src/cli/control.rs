@@ -1,0 +1,262 @@
+//! `warden control ...`, `warden identities ...` and `warden policy
+//! push|rollback|versions`: the control plane and the admin commands that
+//! call its API.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use warden_control::server::{self, ADMIN_TOKEN_FILE, BUNDLE_FILE, ENDPOINT_FILE, Endpoint};
+use warden_proxy::control::{ControlClient, ControlError, api};
+use warden_proxy::identity::{SpiffeId, SvidStore, TrustBundle, TrustBundleSet};
+
+use crate::{AdminArgs, ControlServeArgs, IdentitiesCommand, TokenCreateArgs};
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// `warden control serve`: prints `api ADDR`, `metrics ADDR` and `started`
+/// on stdout, then serves until SIGTERM or SIGINT.
+pub fn serve(args: ControlServeArgs) -> anyhow::Result<ExitCode> {
+    let trust_domain = args
+        .trust_domain
+        .as_deref()
+        .map(warden_proxy::identity::TrustDomain::new)
+        .transpose()
+        .context("invalid --trust-domain")?;
+    let options = server::ServeOptions {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        metrics_listen: args.metrics_listen,
+        ca_dir: args.ca_dir,
+        trust_domain,
+        svid_ttl: args.svid_ttl,
+    };
+    runtime()?.block_on(async move {
+        let control = server::start(options).await?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "api {}", control.endpoint.address)?;
+        writeln!(out, "metrics {}", control.endpoint.metrics_address)?;
+        writeln!(out, "server_id {}", control.endpoint.server_id)?;
+        writeln!(out, "started")?;
+        out.flush()?;
+        drop(out);
+        super::proxy::wait_for_termination().await?;
+        drop(control);
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// An admin client from the data directory's `control.json`, `bundle.pem`
+/// and `admin.token` (each overridable).
+fn admin_client(args: &AdminArgs) -> anyhow::Result<ControlClient> {
+    let dir = &args.data_dir;
+    let read = |path: &Path| {
+        std::fs::read(path).with_context(|| {
+            format!(
+                "cannot read {} (is `warden control serve --data-dir {}` running, or set --data-dir)",
+                path.display(),
+                dir.display()
+            )
+        })
+    };
+    let endpoint: Endpoint = serde_json::from_slice(&read(&dir.join(ENDPOINT_FILE))?)
+        .with_context(|| {
+            format!(
+                "{} is not a control-plane endpoint file",
+                dir.join(ENDPOINT_FILE).display()
+            )
+        })?;
+    let server_id = SpiffeId::parse(&endpoint.server_id).context("server_id in control.json")?;
+    let bundle_path = args.bundle.clone().unwrap_or_else(|| dir.join(BUNDLE_FILE));
+    let bundle = TrustBundle::from_bytes(server_id.trust_domain(), &read(&bundle_path)?)
+        .with_context(|| format!("{}", bundle_path.display()))?;
+    let store = SvidStore::new();
+    store.set_bundles(TrustBundleSet::new().with(bundle));
+    let token_path = args
+        .admin_token_file
+        .clone()
+        .unwrap_or_else(|| dir.join(ADMIN_TOKEN_FILE));
+    let token = String::from_utf8_lossy(&read(&token_path)?)
+        .trim()
+        .to_owned();
+    let address = args.server.unwrap_or(endpoint.address);
+    Ok(ControlClient::new(address, server_id, Arc::new(store))?.with_bearer(token))
+}
+
+fn call<T>(f: impl Future<Output = Result<T, ControlError>>) -> anyhow::Result<T> {
+    Ok(runtime()?.block_on(f)?)
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub fn token_create(args: TokenCreateArgs) -> anyhow::Result<ExitCode> {
+    let client = admin_client(&args.admin)?;
+    let mut labels = BTreeMap::new();
+    for label in &args.label {
+        let Some((k, v)) = label.split_once('=') else {
+            bail!("--label {label:?}: write KEY=VALUE");
+        };
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    let request = api::TokenRequest {
+        spiffe_id: args.spiffe_id,
+        ttl_secs: Some(args.ttl.as_secs()),
+        labels,
+    };
+    let token: api::TokenResponse = call(client.post(api::ADMIN_TOKENS, &request))?;
+    if args.json {
+        print_json(&token)?;
+    } else {
+        println!("{}", token.token);
+        eprintln!(
+            "join token {} for {}, single use, expires at {} (Unix time)",
+            token.token_id, token.spiffe_id, token.expires_at
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn identities(command: IdentitiesCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        IdentitiesCommand::List {
+            admin,
+            expiring_within,
+            status,
+            json,
+        } => {
+            let client = admin_client(&admin)?;
+            let mut query = Vec::new();
+            if let Some(s) = status {
+                query.push(format!("status={s}"));
+            }
+            if let Some(d) = expiring_within {
+                query.push(format!("expiring_within_secs={}", d.as_secs()));
+            }
+            let path = if query.is_empty() {
+                api::ADMIN_IDENTITIES.to_owned()
+            } else {
+                format!("{}?{}", api::ADMIN_IDENTITIES, query.join("&"))
+            };
+            let list: Vec<serde_json::Value> = call(client.get(&path))?;
+            if json {
+                print_json(&list)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let now = warden_control::store::unix_now();
+            println!(
+                "{:<50} {:<8} {:>10} {:<34} {:<24} LABELS",
+                "SPIFFE ID", "STATUS", "EXPIRES IN", "SERIAL", "INSTANCE"
+            );
+            for i in &list {
+                let expires = i["expires_at"]
+                    .as_i64()
+                    .map(|e| {
+                        let left = e - now;
+                        if left >= 0 {
+                            humantime::format_duration(Duration::from_secs(left.unsigned_abs()))
+                                .to_string()
+                        } else {
+                            "expired".to_owned()
+                        }
+                    })
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<50} {:<8} {:>10} {:<34} {:<24} {}",
+                    i["spiffe_id"].as_str().unwrap_or(""),
+                    i["status"].as_str().unwrap_or(""),
+                    expires,
+                    i["last_serial"].as_str().unwrap_or("-"),
+                    i["instance"].as_str().unwrap_or("-"),
+                    i["labels"],
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        IdentitiesCommand::Show { admin, target, .. } => {
+            let client = admin_client(&admin)?;
+            let detail: serde_json::Value =
+                call(client.get(&format!("{}/{}", api::ADMIN_IDENTITIES, target)))?;
+            print_json(&detail)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        IdentitiesCommand::Revoke {
+            admin,
+            target,
+            reason,
+        } => {
+            let client = admin_client(&admin)?;
+            let revoked: api::RevokeResponse = call(client.post(
+                api::ADMIN_REVOCATIONS,
+                &api::RevokeRequest { target, reason },
+            ))?;
+            println!(
+                "revoked {} ({} SVIDs); sidecars refuse it from revocation {}",
+                revoked.spiffe_id, revoked.svids_revoked, revoked.seq
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub fn policy_push(dir: &Path, admin: &AdminArgs) -> anyhow::Result<ExitCode> {
+    let files = warden_proxy::authz::read_policy_dir(dir)?;
+    // Check here first: the same loader the control plane and sidecars use.
+    warden_proxy::authz::PolicySnapshot::from_files(files.clone())?;
+    let mut named: BTreeMap<String, String> = files
+        .sources
+        .into_iter()
+        .map(|s| (s.name, s.text))
+        .collect();
+    if let Some(schema) = files.schema {
+        named.insert(
+            warden_proxy::authz::policy_files::SCHEMA_FILE.to_owned(),
+            schema,
+        );
+    }
+    let client = admin_client(admin)?;
+    let pushed: api::PolicyPushResponse =
+        call(client.post(api::ADMIN_POLICIES, &api::PolicyPush { files: named }))?;
+    if pushed.changed {
+        println!(
+            "policy version {} ({}, {} policies) is current",
+            pushed.version, pushed.digest, pushed.policies
+        );
+    } else {
+        println!(
+            "unchanged: version {} ({}) is already current",
+            pushed.version, pushed.digest
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn policy_rollback(version: i64, admin: &AdminArgs) -> anyhow::Result<ExitCode> {
+    let client = admin_client(admin)?;
+    let done: serde_json::Value =
+        call(client.post(api::ADMIN_POLICY_ROLLBACK, &api::PolicyRollback { version }))?;
+    println!(
+        "policy version {} ({}) is current",
+        done["version"],
+        done["digest"].as_str().unwrap_or("")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn policy_versions(admin: &AdminArgs) -> anyhow::Result<ExitCode> {
+    let client = admin_client(admin)?;
+    let versions: serde_json::Value = call(client.get(api::ADMIN_POLICIES))?;
+    print_json(&versions)?;
+    Ok(ExitCode::SUCCESS)
+}
