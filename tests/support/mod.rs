@@ -2,6 +2,7 @@
 //! CAs in temporary directories, real TLS over 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod control;
 pub mod mesh;
 pub mod otlp;
 pub mod policies;

@@ -162,8 +162,15 @@ pub async fn run_rotation_with_clock<S: SvidSource>(
             (_, n) => policy.backoff_delay(n, rand::rng().random_range(0.0..=1.0)),
         };
         if let Some(svid) = &current {
+            let left = svid.time_left(now);
+            if failures > 0 {
+                // Retry at least twice more before the SVID runs out, so a
+                // source that comes back late in the lifetime is not missed
+                // by a long backoff.
+                delay = delay.min((left / 2).max(policy.initial_backoff));
+            }
             // Wake up at expiry at the latest, to drop the expired SVID.
-            delay = delay.min(svid.time_left(now));
+            delay = delay.min(left);
         }
         tokio::select! {
             () = &mut shutdown => return,
@@ -199,8 +206,20 @@ pub async fn run_rotation_with_clock<S: SvidSource>(
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
-                let time_left = store.current().map(|s| s.time_left(clock()).as_secs());
-                tracing::warn!(%error, failures, time_left_secs = ?time_left, "SVID refresh failed; keeping the current SVID and retrying with backoff");
+                let current = store.current();
+                let time_left = current.as_ref().map(|s| s.time_left(clock()).as_secs());
+                let nearly_expired = current.as_ref().is_some_and(|s| {
+                    let lifetime = s
+                        .not_after()
+                        .duration_since(s.not_before())
+                        .unwrap_or_default();
+                    s.time_left(clock()) < lifetime / 4
+                });
+                if nearly_expired {
+                    tracing::error!(%error, failures, time_left_secs = ?time_left, "SVID refresh keeps failing and the SVID expires soon; traffic stops at expiry unless the SVID source comes back");
+                } else {
+                    tracing::warn!(%error, failures, time_left_secs = ?time_left, "SVID refresh failed; keeping the current SVID and retrying with backoff");
+                }
             }
         }
     }

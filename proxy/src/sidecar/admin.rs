@@ -89,7 +89,11 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
                 StatusCode::OK,
                 json!({
                     "version": status.version,
-                    "source": shared.config.authz.policies.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in default".into()),
+                    "source": match &shared.config.authz.policies {
+                        Some(p) => p.display().to_string(),
+                        None if shared.config.control.policies => "control plane".into(),
+                        None => "built-in default".into(),
+                    },
                     "mode": shared.config.authz.mode,
                     "reloads": status.reloads,
                     "failures": status.failures,

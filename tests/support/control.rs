@@ -1,0 +1,225 @@
+//! A real `warden control serve` process for the control-plane tests, and
+//! sidecars that get their SVIDs from it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use warden_proxy::control::ControlClient;
+use warden_proxy::identity::{SpiffeId, SvidStore, TrustBundle, TrustBundleSet};
+
+use super::mesh::{Proxy, TD};
+use super::{path_str, warden_bin};
+
+pub const SERVER_ID: &str = "spiffe://example.org/warden/control";
+
+/// One `warden control serve`; killed (SIGKILL) when dropped.
+pub struct Control {
+    pub child: Child,
+    pub api: SocketAddr,
+    pub metrics: SocketAddr,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    /// Audit lines printed on stdout after `started`.
+    pub stdout: Arc<Mutex<Vec<String>>>,
+}
+
+impl Control {
+    /// Starts a control plane for trust domain `example.org` in `dir`, its
+    /// API on `listen` (`127.0.0.1:0` for any port).
+    pub fn start(dir: &Path, listen: SocketAddr, extra: &[&str]) -> Control {
+        let log = dir.with_extension(format!("log{}", rand::random::<u32>()));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut child = Command::new(warden_bin())
+            .args(["control", "serve", "--trust-domain", TD, "--data-dir"])
+            .arg(dir)
+            .args([
+                "--listen",
+                &listen.to_string(),
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env("WARDEN_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn warden control serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut api, mut metrics) = (None, None);
+        while let Some(Ok(line)) = lines.next() {
+            if line == "started" {
+                let collected = Arc::new(Mutex::new(Vec::new()));
+                let rest = collected.clone();
+                std::thread::spawn(move || {
+                    for line in lines.map_while(Result::ok) {
+                        rest.lock().expect("lock").push(line);
+                    }
+                });
+                return Control {
+                    child,
+                    api: api.expect("api address"),
+                    metrics: metrics.expect("metrics address"),
+                    dir: dir.to_owned(),
+                    log,
+                    stdout: collected,
+                };
+            }
+            match line.split_once(' ') {
+                Some(("api", a)) => api = a.parse().ok(),
+                Some(("metrics", a)) => metrics = a.parse().ok(),
+                _ => {}
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "warden control serve exited before starting:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// `warden ARGS --data-dir DIR`, as an operator would run it.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(warden_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .env("WARDEN_LOG", "warn")
+            .output()
+            .expect("spawn warden")
+    }
+
+    /// As [`Control::cli`], insisting on success; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "warden {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A join token for `id`, from the CLI.
+    pub fn token(&self, id: &str) -> String {
+        self.cli_ok(&[
+            "control",
+            "token",
+            "create",
+            "--spiffe-id",
+            id,
+            "--label",
+            "owner=tests",
+        ])
+        .trim()
+        .to_owned()
+    }
+
+    /// An API client trusting the control plane's bundle; `admin` adds the
+    /// admin token. No client certificate.
+    pub fn client(&self, admin: bool) -> ControlClient {
+        let store = Arc::new(self.bundle_store());
+        let client = ControlClient::new(
+            self.api,
+            SpiffeId::parse(SERVER_ID).expect("server id"),
+            store,
+        )
+        .expect("client");
+        if admin {
+            let token = std::fs::read_to_string(self.dir.join("admin.token")).expect("admin.token");
+            client.with_bearer(token.trim().to_owned())
+        } else {
+            client
+        }
+    }
+
+    /// A store holding only the control plane's bundle.
+    pub fn bundle_store(&self) -> SvidStore {
+        let pem = std::fs::read(self.dir.join("bundle.pem")).expect("bundle.pem");
+        let bundle = TrustBundle::from_bytes(
+            warden_proxy::identity::TrustDomain::new(TD).expect("td"),
+            &pem,
+        )
+        .expect("bundle");
+        let store = SvidStore::new();
+        store.set_bundles(TrustBundleSet::new().with(bundle));
+        store
+    }
+
+    /// Settings for a sidecar named `name` that joins with `token`.
+    pub fn sidecar_settings(&self, name: &str, token: &str, extra: &[String]) -> Vec<String> {
+        let mut s = vec![
+            format!("control.address={}", self.api),
+            format!("control.server_id={SERVER_ID}"),
+            format!("control.bundle={}", path_str(&self.dir.join("bundle.pem"))),
+            format!("control.token={token}"),
+            format!("control.instance={name}-1"),
+            format!("service.name={name}"),
+            "admin.listen=127.0.0.1:0".to_owned(),
+        ];
+        s.extend_from_slice(extra);
+        s
+    }
+
+    /// Starts a sidecar for `id` that joins with a fresh token.
+    pub fn sidecar(&self, logs: &Path, name: &str, id: &str, extra: &[String]) -> Proxy {
+        let token = self.token(id);
+        Proxy::start(
+            &logs.join(format!("{name}.log")),
+            &self.sidecar_settings(name, &token, extra),
+        )
+    }
+
+    /// Audit lines seen on stdout so far.
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v.get("audit").cloned())
+            .collect()
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, at most `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
