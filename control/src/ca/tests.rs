@@ -263,7 +263,7 @@ fn init_refuses_unusable_settings_and_keeps_keys_out_of_debug() {
     huge.ca_ttl = Duration::from_secs(u64::MAX / 2);
     assert!(CertificateAuthority::init(dir.path(), &huge).is_err());
     let mut short = InitOptions::new(td("example.org"));
-    short.default_svid_ttl = Duration::from_secs(5);
+    short.default_svid_ttl = Duration::from_secs(4);
     assert!(CertificateAuthority::init(dir.path(), &short).is_err());
     assert!(
         !dir.path().join("ca.key").exists(),
