@@ -72,6 +72,9 @@ pub struct ServeOptions {
     pub trust_domain: Option<TrustDomain>,
     /// Default SVID lifetime of a CA created on first start.
     pub svid_ttl: Option<Duration>,
+    /// Print every audit record as a JSON line on stdout (besides the
+    /// database row).
+    pub audit_stdout: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -255,7 +258,7 @@ pub async fn start(options: ServeOptions) -> Result<ControlPlane, ServeError> {
         )));
     }
     let ca = Arc::new(ca);
-    let db = Arc::new(Store::open(&data.join(DB_FILE)).map_err(setup)?);
+    let db = Arc::new(Store::open(&data.join(DB_FILE), options.audit_stdout).map_err(setup)?);
     let admin_hash = admin_token_hash(data)?;
     let server_id = ca
         .trust_domain()

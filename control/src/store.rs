@@ -142,6 +142,8 @@ pub struct Signed<T> {
 /// The SQLite store.
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Also print each audit record as a JSON line on stdout.
+    echo_audit: bool,
 }
 
 const SCHEMA: &str = "
@@ -208,8 +210,9 @@ fn labels_map(text: &str) -> serde_json::Map<String, serde_json::Value> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) the database at `path`. With
+    /// `echo_audit`, every audit record is also a JSON line on stdout.
+    pub fn open(path: &Path, echo_audit: bool) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -218,6 +221,7 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         Ok(Store {
             conn: Mutex::new(conn),
+            echo_audit,
         })
     }
 
@@ -232,7 +236,7 @@ impl Store {
     /// Records an audit event (outside any other transaction: refusals are
     /// audited even though they change nothing else).
     pub fn audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        insert_audit(&self.conn(), event)
+        insert_audit(self.echo_audit, &self.conn(), event)
     }
 
     /// Stores a join token (by its hash only) bound to `spiffe_id`. Refused
@@ -292,6 +296,7 @@ impl Store {
             }
         }
         insert_audit(
+            self.echo_audit,
             &tx,
             &AuditEvent::ok("token_created", Some(spiffe_id), None, "admin")
                 .with_detail(format!("token {token_id} expires at {expires_at}")),
@@ -344,6 +349,7 @@ impl Store {
             params![hash, now],
         )?;
         insert_audit(
+            self.echo_audit,
             &tx,
             &AuditEvent::ok(
                 "join",
@@ -403,6 +409,7 @@ impl Store {
         let signed = sign(spiffe_id)?;
         insert_svid(&tx, &signed.record)?;
         insert_audit(
+            self.echo_audit,
             &tx,
             &AuditEvent::ok(
                 "renew",
@@ -499,6 +506,7 @@ impl Store {
             (id, 1)
         };
         insert_audit(
+            self.echo_audit,
             &tx,
             &AuditEvent::ok("revoke", Some(&result.0), None, "admin")
                 .with_detail(format!("{target}: {reason}")),
@@ -647,6 +655,7 @@ impl Store {
             [version],
         )?;
         insert_audit(
+            self.echo_audit,
             &tx,
             &AuditEvent::ok("policy_push", None, None, "admin")
                 .with_detail(format!("version {version}, digest {digest}")),
@@ -670,6 +679,7 @@ impl Store {
             [version],
         )?;
         insert_audit(
+            self.echo_audit,
             &tx,
             &AuditEvent::ok("policy_rollback", None, None, "admin")
                 .with_detail(format!("version {version}, digest {}", bundle.digest)),
@@ -779,7 +789,7 @@ fn svid_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SvidRecord> {
     })
 }
 
-fn insert_audit(conn: &Connection, e: &AuditEvent) -> Result<(), StoreError> {
+fn insert_audit(echo: bool, conn: &Connection, e: &AuditEvent) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO audit (at, event, outcome, spiffe_id, serial, reason, detail, actor) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -795,7 +805,7 @@ fn insert_audit(conn: &Connection, e: &AuditEvent) -> Result<(), StoreError> {
         ],
     )?;
     // The same record as one JSON line on stdout, for the log pipeline.
-    if let Ok(line) = serde_json::to_string(&serde_json::json!({ "audit": e })) {
+    if echo && let Ok(line) = serde_json::to_string(&serde_json::json!({ "audit": e })) {
         println!("{line}");
     }
     Ok(())
@@ -892,7 +902,7 @@ mod tests {
     #[test]
     fn tokens_are_single_use_and_refusals_change_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("db")).expect("open");
+        let store = Store::open(&dir.path().join("db"), false).expect("open");
         let id = "spiffe://td/a";
         store
             .create_token("h", "t1", id, &serde_json::Map::new(), 100, 200)
@@ -942,7 +952,7 @@ mod tests {
     #[test]
     fn revocation_blocks_renewal_and_is_listed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("db")).expect("open");
+        let store = Store::open(&dir.path().join("db"), false).expect("open");
         let id = "spiffe://td/a";
         store
             .create_token("h", "t1", id, &serde_json::Map::new(), 100, 200)

@@ -39,6 +39,7 @@ pub fn serve(args: ControlServeArgs) -> anyhow::Result<ExitCode> {
         ca_dir: args.ca_dir,
         trust_domain,
         svid_ttl: args.svid_ttl,
+        audit_stdout: true,
     };
     runtime()?.block_on(async move {
         let control = server::start(options).await?;

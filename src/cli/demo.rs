@@ -1,8 +1,9 @@
-//! `warden demo`: a whole mesh on loopback, with no setup. A CA; two apps,
-//! `frontend` and `orders`, each behind its own sidecar (a separate `warden
-//! proxy` process); a third workload, `intruder`, from another namespace.
-//! frontend calls orders and is allowed; intruder calls orders and is
-//! refused by the built-in policy (same namespace only).
+//! `warden demo`: a whole mesh on loopback, with no setup. A control plane
+//! (its CA, inventory and API); two apps, `frontend` and `orders`, each
+//! behind its own sidecar (a separate `warden proxy` process that joins the
+//! control plane with a single-use token); a third workload, `intruder`,
+//! from another namespace. frontend calls orders and is allowed; intruder
+//! is refused by the built-in policy (same namespace only), then revoked.
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -20,8 +21,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use warden_control::ca::{CertificateAuthority, InitOptions};
-use warden_proxy::identity::SpiffeId;
+use warden_control::server::{self, ServeOptions};
+use warden_proxy::control::{ControlClient, api};
+use warden_proxy::identity::{SpiffeId, SvidStore, TrustBundle, TrustBundleSet};
 
 use crate::DemoArgs;
 
@@ -140,14 +142,81 @@ async fn start_app(name: &'static str) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-fn settings(id_dir: &Path, name: &str, extra: &[String]) -> Vec<String> {
-    let mut s = vec![
-        format!("identity.dir={}", id_dir.join(name).display()),
-        format!("service.name={name}"),
-        "admin.listen=127.0.0.1:0".to_owned(),
-    ];
-    s.extend_from_slice(extra);
-    s
+/// The control plane of the demo, and an admin client for it.
+struct DemoControl {
+    _control: server::ControlPlane,
+    endpoint: server::Endpoint,
+    admin: ControlClient,
+    data: std::path::PathBuf,
+}
+
+impl DemoControl {
+    async fn start(data: &Path) -> anyhow::Result<DemoControl> {
+        let control = server::start(ServeOptions {
+            data_dir: data.to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ca_dir: None,
+            trust_domain: Some(TRUST_DOMAIN.parse()?),
+            svid_ttl: Some(Duration::from_secs(120)),
+            audit_stdout: false,
+        })
+        .await?;
+        let endpoint = control.endpoint.clone();
+        let server_id = SpiffeId::parse(&endpoint.server_id)?;
+        let bundle = TrustBundle::from_bytes(
+            server_id.trust_domain(),
+            &std::fs::read(data.join(server::BUNDLE_FILE))?,
+        )?;
+        let store = SvidStore::new();
+        store.set_bundles(TrustBundleSet::new().with(bundle));
+        let token = std::fs::read_to_string(data.join(server::ADMIN_TOKEN_FILE))?;
+        let admin = ControlClient::new(endpoint.address, server_id, std::sync::Arc::new(store))?
+            .with_bearer(token.trim().to_owned());
+        Ok(DemoControl {
+            _control: control,
+            endpoint,
+            admin,
+            data: data.to_owned(),
+        })
+    }
+
+    /// Settings for a sidecar that joins as `id` with a fresh token.
+    async fn settings(
+        &self,
+        name: &str,
+        id: &str,
+        extra: &[String],
+    ) -> anyhow::Result<Vec<String>> {
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("owner".to_owned(), format!("team-{name}"));
+        let token: api::TokenResponse = self
+            .admin
+            .post(
+                api::ADMIN_TOKENS,
+                &api::TokenRequest {
+                    spiffe_id: id.to_owned(),
+                    ttl_secs: Some(60),
+                    labels,
+                },
+            )
+            .await?;
+        println!("join token {} created for {id}", token.token_id);
+        let mut s = vec![
+            format!("control.address={}", self.endpoint.address),
+            format!("control.server_id={}", self.endpoint.server_id),
+            format!(
+                "control.bundle={}",
+                self.data.join(server::BUNDLE_FILE).display()
+            ),
+            format!("control.token={}", token.token),
+            format!("control.instance={name}-demo"),
+            format!("service.name={name}"),
+            "admin.listen=127.0.0.1:0".to_owned(),
+        ];
+        s.extend_from_slice(extra);
+        Ok(s)
+    }
 }
 
 type DemoClient = Client<HttpConnector, Full<Bytes>>;
@@ -186,23 +255,12 @@ async fn wait_ready(client: &DemoClient, sidecar: &SidecarProcess) -> anyhow::Re
 
 async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let dir = tempfile::tempdir()?;
-    let ca = CertificateAuthority::init(
-        &dir.path().join("ca"),
-        &InitOptions::new(TRUST_DOMAIN.parse()?),
-    )?;
+    let control = DemoControl::start(&dir.path().join("control")).await?;
     println!(
-        "CA for trust domain {TRUST_DOMAIN} created in {}",
-        dir.path().join("ca").display()
+        "control plane for trust domain {TRUST_DOMAIN} serving on {} (CA, inventory and admin token in {})",
+        control.endpoint.address,
+        control.data.display()
     );
-    let ids = dir.path().join("identities");
-    for (name, id) in [
-        ("frontend", FRONTEND),
-        ("orders", ORDERS),
-        ("intruder", INTRUDER),
-    ] {
-        ca.issue_to_dir(&SpiffeId::parse(id)?, None, &ids.join(name))?;
-        println!("SVID issued for {id}");
-    }
 
     let orders_app = start_app("orders").await?;
     let frontend_app = start_app("frontend").await?;
@@ -212,7 +270,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             format!("inbound.app={app}"),
         ]
     };
-    let orders = spawn_sidecar("orders", &settings(&ids, "orders", &inbound(orders_app)))?;
+    let orders = spawn_sidecar(
+        "orders",
+        &control
+            .settings("orders", ORDERS, &inbound(orders_app))
+            .await?,
+    )?;
     let orders_inbound = orders
         .inbound
         .context("orders sidecar has no inbound listener")?;
@@ -223,8 +286,18 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let mut frontend_settings = inbound(frontend_app);
     frontend_settings.extend(route(ORDERS));
-    let frontend = spawn_sidecar("frontend", &settings(&ids, "frontend", &frontend_settings))?;
-    let intruder = spawn_sidecar("intruder", &settings(&ids, "intruder", &route(ORDERS)))?;
+    let frontend = spawn_sidecar(
+        "frontend",
+        &control
+            .settings("frontend", FRONTEND, &frontend_settings)
+            .await?,
+    )?;
+    let intruder = spawn_sidecar(
+        "intruder",
+        &control
+            .settings("intruder", INTRUDER, &route(ORDERS))
+            .await?,
+    )?;
 
     let client: DemoClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     for sidecar in [&orders, &frontend, &intruder] {
@@ -268,11 +341,48 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         health.0
     );
 
+    let revoked: api::RevokeResponse = control
+        .admin
+        .post(
+            api::ADMIN_REVOCATIONS,
+            &api::RevokeRequest {
+                target: INTRUDER.to_owned(),
+                reason: "demo: intruder detected".to_owned(),
+            },
+        )
+        .await?;
+    // The revocation reaches orders' sidecar over its watch within a second or so.
+    let mut after = (0, String::new());
+    for _ in 0..50 {
+        after = get(&client, intruder_out, "/healthz", &[]).await?;
+        if after.0 != 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "5. intruder's identity revoked ({} SVIDs); intruder -> orders GET /healthz => {}\n   {}",
+        revoked.svids_revoked,
+        after.0,
+        after.1.replace('\n', "\n   ")
+    );
+    let inventory: Vec<serde_json::Value> = control.admin.get(api::ADMIN_IDENTITIES).await?;
+    println!("\ninventory (warden identities list):");
+    for i in &inventory {
+        println!(
+            "   {:<48} {:<8} instance {}",
+            i["spiffe_id"].as_str().unwrap_or(""),
+            i["status"].as_str().unwrap_or(""),
+            i["instance"].as_str().unwrap_or("-")
+        );
+    }
+
     let as_expected = allowed.0 == 200
         && allowed.1.contains(FRONTEND)
         && spoofed.1.contains(FRONTEND)
         && denied.0 == 403
-        && health.0 == 200;
+        && health.0 == 200
+        && after.0 == 502;
     println!(
         "\npolicy: the built-in default (same namespace may call; everyone may GET /healthz).\n\
          {}",
@@ -292,7 +402,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             );
         }
         println!("  call orders as frontend:  curl http://{frontend_out}/orders/1");
-        println!("  call orders as intruder:  curl http://{intruder_out}/orders/1");
+        println!(
+            "  call orders as intruder:  curl http://{intruder_out}/orders/1   (revoked: 502)"
+        );
+        println!(
+            "  the control plane:        warden identities list --data-dir {}   and http://{}/metrics",
+            control.data.display(),
+            control.endpoint.metrics_address
+        );
         tokio::signal::ctrl_c().await?;
     }
     drop((intruder, frontend, orders));
