@@ -142,6 +142,11 @@ struct ControlServeArgs {
     /// Default SVID lifetime of the CA created on first start.
     #[arg(long, value_parser = humantime::parse_duration)]
     svid_ttl: Option<Duration>,
+    /// State store: `postgres://user:password@host:port/db` (replicas share
+    /// it, and the CA via --ca-dir), or a SQLite file. Default: SQLite
+    /// `<data-dir>/control.db`.
+    #[arg(long, env = "WARDEN_CONTROL_DATABASE")]
+    database: Option<String>,
 }
 
 /// How admin commands reach the control plane.

@@ -12,13 +12,44 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::Method;
-use support::control::{Control, eventually};
+use support::control::{Control, Db, eventually};
 use support::mesh::{
     FRONTEND, INTRUDER, ORDERS, Proxy, TestApp, get, inbound_to, route_to, tcp_echo,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warden_proxy::control::{ControlClient, ControlError, api};
 use warden_proxy::identity::{SpiffeId, Svid, new_key_and_csr, pem_encode};
+
+/// Every control-plane test runs on both backends: embedded SQLite, and a
+/// real PostgreSQL server (a fresh database per test).
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Db::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Db::postgres()).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    sidecars_join_by_token_renew_under_traffic_and_ride_out_a_control_plane_outage,
+    revocation_cuts_live_connections_within_seconds_and_refuses_new_ones,
+    bad_requests_are_refused_precisely_audited_and_change_nothing,
+    a_restart_keeps_the_ca_and_inventory_and_kill9_loses_no_committed_issuance,
+    policies_pushed_to_the_control_plane_are_hot_swapped_and_rolled_back,
+);
 
 fn any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
@@ -113,12 +144,11 @@ async fn renewals(sidecars: &[&Proxy], n: usize, limit: Duration) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sidecars_join_by_token_renew_under_traffic_and_ride_out_a_control_plane_outage() {
+async fn sidecars_join_by_token_renew_under_traffic_and_ride_out_a_control_plane_outage(db: Db) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("control");
     // 12 s SVIDs: renewed about every 4.5 s.
-    let mut control = Control::start(&data, any_port(), &["--svid-ttl", "12s"]);
+    let mut control = Control::start(&data, any_port(), &db, &["--svid-ttl", "12s"]);
     let app = TestApp::start().await;
     let server = control.sidecar(dir.path(), "orders", ORDERS, &inbound_to(app.addr));
     let client = control.sidecar(
@@ -145,7 +175,7 @@ async fn sidecars_join_by_token_renew_under_traffic_and_ride_out_a_control_plane
         "time left is exported while the control plane is down"
     );
     // It comes back on the same address with the same data directory.
-    let control = Control::start(&data, api, &[]);
+    let control = Control::start(&data, api, &db, &[]);
     eventually(Duration::from_secs(30), "renewal after the restart", || {
         let before = &before;
         let (server, client) = (&server, &client);
@@ -197,10 +227,9 @@ async fn read_some(stream: &mut tokio::net::TcpStream, want: usize) -> Vec<u8> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revocation_cuts_live_connections_within_seconds_and_refuses_new_ones() {
+async fn revocation_cuts_live_connections_within_seconds_and_refuses_new_ones(db: Db) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let control = Control::start(&dir.path().join("control"), any_port(), &[]);
+    let control = Control::start(&dir.path().join("control"), any_port(), &db, &[]);
     let echo = tcp_echo().await;
     let server = control.sidecar(
         dir.path(),
@@ -363,10 +392,9 @@ async fn renew(client: &ControlClient, csr: String) -> Result<api::SvidResponse,
         .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_requests_are_refused_precisely_audited_and_change_nothing() {
+async fn bad_requests_are_refused_precisely_audited_and_change_nothing(db: Db) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let control = Control::start(&dir.path().join("control"), any_port(), &[]);
+    let control = Control::start(&dir.path().join("control"), any_port(), &db, &[]);
     let anon = control.client(false);
     let orders = SpiffeId::parse(ORDERS).expect("id");
     let token = control.token(ORDERS);
@@ -569,11 +597,10 @@ async fn bad_requests_are_refused_precisely_audited_and_change_nothing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_keeps_the_ca_and_inventory_and_kill9_loses_no_committed_issuance() {
+async fn a_restart_keeps_the_ca_and_inventory_and_kill9_loses_no_committed_issuance(db: Db) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("control");
-    let mut control = Control::start(&data, any_port(), &[]);
+    let mut control = Control::start(&data, any_port(), &db, &[]);
     let bundle = std::fs::read(data.join("bundle.pem")).expect("bundle");
     let admin = control.client(true);
     let mut tokens = Vec::new();
@@ -622,7 +649,7 @@ async fn a_restart_keeps_the_ca_and_inventory_and_kill9_loses_no_committed_issua
     }
     assert!(issued.len() >= 10);
 
-    let control = Control::start(&data, any_port(), &[]);
+    let control = Control::start(&data, any_port(), &db, &[]);
     assert_eq!(
         std::fs::read(data.join("bundle.pem")).expect("bundle"),
         bundle,
@@ -658,10 +685,9 @@ async fn policy_version(p: &Proxy) -> Option<String> {
     json["version"].as_str().map(str::to_owned)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn policies_pushed_to_the_control_plane_are_hot_swapped_and_rolled_back() {
+async fn policies_pushed_to_the_control_plane_are_hot_swapped_and_rolled_back(db: Db) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let control = Control::start(&dir.path().join("control"), any_port(), &[]);
+    let control = Control::start(&dir.path().join("control"), any_port(), &db, &[]);
     let app = TestApp::start().await;
     let mut s = inbound_to(app.addr);
     s.push("control.policies=true".into());

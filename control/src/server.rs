@@ -39,7 +39,9 @@ use x509_parser::prelude::FromDer;
 
 use crate::ca::{CertificateAuthority, CsrError, InitOptions, SignRequest};
 use crate::files::{self, PRIVATE_MODE, PUBLIC_MODE};
-use crate::store::{AuditEvent, IdentityRecord, Signed, Store, StoreError, SvidRecord, unix_now};
+use crate::store::{
+    AuditEvent, Database, IdentityRecord, Signed, Store, StoreError, SvidRecord, unix_now,
+};
 
 /// Largest request body, except policy pushes.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -72,6 +74,8 @@ pub struct ServeOptions {
     pub trust_domain: Option<TrustDomain>,
     /// Default SVID lifetime of a CA created on first start.
     pub svid_ttl: Option<Duration>,
+    /// The database: SQLite `<data-dir>/control.db` when `None`.
+    pub database: Option<Database>,
     /// Print every audit record as a JSON line on stdout (besides the
     /// database row).
     pub audit_stdout: bool,
@@ -144,6 +148,8 @@ struct Fail {
     status: StatusCode,
     code: String,
     message: String,
+    /// The audit record to write before answering, for refusals that are audited.
+    audit: Option<Box<AuditEvent>>,
 }
 
 impl Fail {
@@ -152,6 +158,7 @@ impl Fail {
             status,
             code: code.into(),
             message: message.into(),
+            audit: None,
         }
     }
 }
@@ -159,7 +166,7 @@ impl Fail {
 impl From<StoreError> for Fail {
     fn from(e: StoreError) -> Self {
         let status = match &e {
-            StoreError::Db(_) => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Db { .. } => StatusCode::SERVICE_UNAVAILABLE,
             StoreError::Refused { code, .. } => match *code {
                 c if c.starts_with("csr_") => StatusCode::BAD_REQUEST,
                 "unknown_identity" | "unknown_serial" | "unknown_version" => StatusCode::NOT_FOUND,
@@ -167,8 +174,8 @@ impl From<StoreError> for Fail {
                 _ => StatusCode::FORBIDDEN,
             },
         };
-        if let StoreError::Db(db) = &e {
-            tracing::error!(error = %db, "database error");
+        if let StoreError::Db { message, .. } = &e {
+            tracing::error!(error = %message, "database error");
         }
         Fail::new(status, e.code(), e.to_string())
     }
@@ -258,7 +265,25 @@ pub async fn start(options: ServeOptions) -> Result<ControlPlane, ServeError> {
         )));
     }
     let ca = Arc::new(ca);
-    let db = Arc::new(Store::open(&data.join(DB_FILE), options.audit_stdout).map_err(setup)?);
+    let database = options
+        .database
+        .clone()
+        .unwrap_or_else(|| Database::Sqlite(data.join(DB_FILE)));
+    // Blocking work (PostgreSQL's client runs its own runtime): off this one.
+    let audit_stdout = options.audit_stdout;
+    let opened = {
+        let database = database.clone();
+        tokio::task::spawn_blocking(move || {
+            let db = Store::open(&database, audit_stdout)?;
+            let marks = db.change_marks()?;
+            Ok::<_, StoreError>((db, marks))
+        })
+        .await
+        .map_err(setup)?
+    };
+    let (db, initial) = opened.map_err(|e| setup(format!("{}: {e}", database.describe())))?;
+    let db = Arc::new(db);
+    tracing::info!(database = %database.describe(), "state store open");
     let admin_hash = admin_token_hash(data)?;
     let server_id = ca
         .trust_domain()
@@ -326,10 +351,6 @@ pub async fn start(options: ServeOptions) -> Result<ControlPlane, ServeError> {
     )
     .map_err(setup)?;
 
-    let initial = (
-        db.revocation_seq().map_err(setup)?,
-        db.policy_head().map_err(setup)?,
-    );
     let (changes_tx, changes) = watch::channel(initial);
     tokio::spawn(poll_changes(db.clone(), changes_tx, shutdown_rx.clone()));
     let state = Arc::new(State {
@@ -427,10 +448,7 @@ async fn poll_changes(
             _ = shutdown.changed() => return,
         }
         let db = db.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            Ok::<_, StoreError>((db.revocation_seq()?, db.policy_head()?))
-        })
-        .await;
+        let read = tokio::task::spawn_blocking(move || db.change_marks()).await;
         match read {
             Ok(Ok(now)) => {
                 tx.send_if_modified(|old| {
@@ -519,12 +537,14 @@ fn handshake_refused(state: &State, remote: SocketAddr, e: &std::io::Error) {
     }
     let reason = warden_proxy::identity::describe_tls_error(tls);
     state.count(|c| c.handshake_failures += 1);
-    let _ = state.db.audit(&AuditEvent::refused(
+    let event = AuditEvent::refused(
         "handshake",
         "bad_client_certificate",
         reason,
         &remote.to_string(),
-    ));
+    );
+    let db = state.db.clone();
+    tokio::task::spawn_blocking(move || db.audit(&event));
 }
 
 async fn route(
@@ -555,7 +575,17 @@ async fn route(
             format!("no endpoint {path}"),
         )),
     };
-    result.unwrap_or_else(|fail| fail_response(&fail))
+    match result {
+        Ok(response) => response,
+        Err(mut fail) => {
+            // The audit row is written before the caller hears the refusal.
+            if let Some(event) = fail.audit.take() {
+                let db = state.db.clone();
+                let _ = tokio::task::spawn_blocking(move || db.audit(&event)).await;
+            }
+            fail_response(&fail)
+        }
+    }
 }
 
 async fn read_json<T: DeserializeOwned>(req: Request<Incoming>, limit: usize) -> Result<T, Fail> {
@@ -650,11 +680,17 @@ fn sign(
 }
 
 /// Audits and counts a refusal, then hands it on.
-fn refused(state: &State, event: &'static str, actor: &str, id: Option<&str>, fail: Fail) -> Fail {
+fn refused(
+    state: &State,
+    event: &'static str,
+    actor: &str,
+    id: Option<&str>,
+    mut fail: Fail,
+) -> Fail {
     state.count(|c| *c.refused.entry((event, fail.code.clone())).or_default() += 1);
-    let _ = state
-        .db
-        .audit(&AuditEvent::refused(event, &fail.code, fail.message.clone(), actor).with_id(id));
+    fail.audit = Some(Box::new(
+        AuditEvent::refused(event, &fail.code, fail.message.clone(), actor).with_id(id),
+    ));
     fail
 }
 

@@ -40,6 +40,10 @@ pub fn serve(args: ControlServeArgs) -> anyhow::Result<ExitCode> {
         trust_domain,
         svid_ttl: args.svid_ttl,
         audit_stdout: true,
+        database: args
+            .database
+            .as_deref()
+            .map(warden_control::store::Database::parse),
     };
     runtime()?.block_on(async move {
         let control = server::start(options).await?;

@@ -160,6 +160,7 @@ impl DemoControl {
             trust_domain: Some(TRUST_DOMAIN.parse()?),
             svid_ttl: Some(Duration::from_secs(120)),
             audit_stdout: false,
+            database: None,
         })
         .await?;
         let endpoint = control.endpoint.clone();

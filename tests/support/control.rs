@@ -16,6 +16,26 @@ use super::{path_str, warden_bin};
 
 pub const SERVER_ID: &str = "spiffe://example.org/warden/control";
 
+/// Which database a control plane keeps its state in.
+#[derive(Debug, Clone)]
+pub enum Db {
+    /// The embedded default, in the data directory.
+    Sqlite,
+    /// A database on a real PostgreSQL server.
+    Postgres(String),
+}
+
+impl Db {
+    /// A fresh database on the tests' PostgreSQL server.
+    pub fn postgres() -> Db {
+        // The blocking client runs its own runtime: keep it off the test's.
+        let url = std::thread::spawn(super::postgres::fresh_database)
+            .join()
+            .expect("fresh database");
+        Db::Postgres(url)
+    }
+}
+
 /// One `warden control serve`; killed (SIGKILL) when dropped.
 pub struct Control {
     pub child: Child,
@@ -30,7 +50,7 @@ pub struct Control {
 impl Control {
     /// Starts a control plane for trust domain `example.org` in `dir`, its
     /// API on `listen` (`127.0.0.1:0` for any port).
-    pub fn start(dir: &Path, listen: SocketAddr, extra: &[&str]) -> Control {
+    pub fn start(dir: &Path, listen: SocketAddr, db: &Db, extra: &[&str]) -> Control {
         let log = dir.with_extension(format!("log{}", rand::random::<u32>()));
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut child = Command::new(warden_bin())
@@ -43,6 +63,10 @@ impl Control {
                 "127.0.0.1:0",
             ])
             .args(extra)
+            .args(match db {
+                Db::Sqlite => vec![],
+                Db::Postgres(url) => vec!["--database".to_owned(), url.clone()],
+            })
             .env("WARDEN_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(log_file)

@@ -6,6 +6,7 @@ pub mod control;
 pub mod mesh;
 pub mod otlp;
 pub mod policies;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,0 +1,477 @@
+//! The two databases behind [`super::Store`]: embedded SQLite and
+//! PostgreSQL. Store logic is written once against [`Sql`]; statements use
+//! `?N` placeholders (rewritten to `$N` for PostgreSQL) and only types both
+//! share (64-bit integers, text).
+
+use std::error::Error as _;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+
+use super::StoreError;
+
+/// Where the control plane keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file (the embedded default).
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection string, `postgres://user:password@host:port/db`;
+    /// several replicas may share it.
+    Postgres(String),
+}
+
+impl Database {
+    /// `postgres://...` or `postgresql://...` is PostgreSQL; anything else a
+    /// SQLite file path.
+    pub fn parse(text: &str) -> Database {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Database::Postgres(text.to_owned())
+        } else {
+            Database::Sqlite(PathBuf::from(
+                text.strip_prefix("sqlite://").unwrap_or(text),
+            ))
+        }
+    }
+
+    /// For logs: the kind and where, never a password.
+    pub fn describe(&self) -> String {
+        match self {
+            Database::Sqlite(path) => format!("sqlite {}", path.display()),
+            Database::Postgres(url) => {
+                let host = url.rsplit('@').next().unwrap_or("");
+                format!("postgres {host}")
+            }
+        }
+    }
+}
+
+/// A value passed to or read from a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Val {
+    Int(i64),
+    Text(String),
+    Null,
+}
+
+impl From<i64> for Val {
+    fn from(v: i64) -> Self {
+        Val::Int(v)
+    }
+}
+
+impl From<&str> for Val {
+    fn from(v: &str) -> Self {
+        Val::Text(v.to_owned())
+    }
+}
+
+impl From<&String> for Val {
+    fn from(v: &String) -> Self {
+        Val::Text(v.clone())
+    }
+}
+
+impl From<String> for Val {
+    fn from(v: String) -> Self {
+        Val::Text(v)
+    }
+}
+
+impl<T: Into<Val>> From<Option<T>> for Val {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Val::Null, Into::into)
+    }
+}
+
+/// One result row.
+#[derive(Debug, Clone)]
+pub struct Row(pub Vec<Val>);
+
+fn bad_column(i: usize, want: &str, got: &Val) -> StoreError {
+    StoreError::db(format!("column {i}: expected {want}, found {got:?}"), false)
+}
+
+impl Row {
+    pub fn int(&self, i: usize) -> Result<i64, StoreError> {
+        match self.0.get(i) {
+            Some(Val::Int(v)) => Ok(*v),
+            other => Err(bad_column(i, "an integer", other.unwrap_or(&Val::Null))),
+        }
+    }
+
+    pub fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        match self.0.get(i) {
+            Some(Val::Null) => Ok(None),
+            _ => self.int(i).map(Some),
+        }
+    }
+
+    pub fn text(&self, i: usize) -> Result<String, StoreError> {
+        match self.0.get(i) {
+            Some(Val::Text(v)) => Ok(v.clone()),
+            other => Err(bad_column(i, "text", other.unwrap_or(&Val::Null))),
+        }
+    }
+
+    pub fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        match self.0.get(i) {
+            Some(Val::Null) => Ok(None),
+            _ => self.text(i).map(Some),
+        }
+    }
+}
+
+/// What store logic runs statements through: one transaction.
+pub trait Sql {
+    fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError>;
+    fn rows(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError>;
+
+    fn row(&mut self, sql: &str, params: &[Val]) -> Result<Option<Row>, StoreError> {
+        Ok(self.rows(sql, params)?.into_iter().next())
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        let busy = matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        );
+        StoreError::db(e.to_string(), busy)
+    }
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        use postgres::error::SqlState;
+        let retry = e.code().is_some_and(|c| {
+            *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+        });
+        let message = match e.source() {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        };
+        StoreError::db(message, retry)
+    }
+}
+
+impl rusqlite::ToSql for Val {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(match self {
+            Val::Int(v) => ToSqlOutput::Borrowed(ValueRef::Integer(*v)),
+            Val::Text(v) => ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes())),
+            Val::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+        })
+    }
+}
+
+fn sqlite_rows(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: &[Val],
+) -> Result<Vec<Row>, StoreError> {
+    use rusqlite::types::ValueRef;
+    let mut stmt = conn.prepare_cached(sql)?;
+    let columns = stmt.column_count();
+    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let mut vals = Vec::with_capacity(columns);
+        for i in 0..columns {
+            vals.push(match row.get_ref(i)? {
+                ValueRef::Integer(v) => Val::Int(v),
+                ValueRef::Text(t) => Val::Text(String::from_utf8_lossy(t).into_owned()),
+                ValueRef::Null => Val::Null,
+                other => {
+                    return Err(StoreError::db(
+                        format!("column {i}: unexpected {:?}", other.data_type()),
+                        false,
+                    ));
+                }
+            });
+        }
+        out.push(Row(vals));
+    }
+    Ok(out)
+}
+
+impl Sql for rusqlite::Transaction<'_> {
+    fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
+        let n = self
+            .prepare_cached(sql)?
+            .execute(rusqlite::params_from_iter(params))?;
+        Ok(n as u64)
+    }
+
+    fn rows(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
+        sqlite_rows(self, sql, params)
+    }
+}
+
+impl ToSql for Val {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Val::Null => Ok(IsNull::Yes),
+            Val::Int(v) if *ty == Type::INT4 => i32::try_from(*v)?.to_sql(ty, out),
+            Val::Int(v) => v.to_sql(ty, out),
+            Val::Text(v) => v.as_str().to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// `?N` placeholders to PostgreSQL's `$N`.
+fn pg_sql(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn pg_val(row: &postgres::Row, i: usize) -> Result<Val, StoreError> {
+    let ty = row.columns()[i].type_();
+    let val = if *ty == Type::INT8 {
+        row.try_get::<_, Option<i64>>(i)?.map(Val::Int)
+    } else if *ty == Type::INT4 {
+        row.try_get::<_, Option<i32>>(i)?
+            .map(|v| Val::Int(v.into()))
+    } else if *ty == Type::BOOL {
+        row.try_get::<_, Option<bool>>(i)?
+            .map(|v| Val::Int(v.into()))
+    } else {
+        row.try_get::<_, Option<String>>(i)?.map(Val::Text)
+    };
+    Ok(val.unwrap_or(Val::Null))
+}
+
+impl Sql for postgres::Transaction<'_> {
+    fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
+        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        Ok(self.execute(pg_sql(sql).as_str(), &params)?)
+    }
+
+    fn rows(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
+        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        let rows = self.query(pg_sql(sql).as_str(), &params)?;
+        rows.iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| pg_val(r, i))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Row)
+            })
+            .collect()
+    }
+}
+
+const SQLITE_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tokens (
+    hash TEXT PRIMARY KEY, token_id TEXT NOT NULL, spiffe_id TEXT NOT NULL,
+    labels TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+    used_at INTEGER);
+CREATE TABLE IF NOT EXISTS identities (
+    spiffe_id TEXT PRIMARY KEY, labels TEXT NOT NULL, created_at INTEGER NOT NULL,
+    revoked_at INTEGER, revoke_reason TEXT);
+CREATE TABLE IF NOT EXISTS svids (
+    serial TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, key_sha256 TEXT NOT NULL,
+    issued_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, kind TEXT NOT NULL,
+    instance TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS svids_by_id ON svids (spiffe_id, issued_at);
+CREATE TABLE IF NOT EXISTS revocations (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, spiffe_id TEXT,
+    serial TEXT, expires_at INTEGER, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS policies (
+    version INTEGER PRIMARY KEY AUTOINCREMENT, created_at INTEGER NOT NULL,
+    digest TEXT NOT NULL, files TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS policy_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, event TEXT NOT NULL,
+    outcome TEXT NOT NULL, spiffe_id TEXT, serial TEXT, reason TEXT,
+    detail TEXT NOT NULL, actor TEXT NOT NULL);
+";
+
+const POSTGRES_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tokens (
+    hash TEXT PRIMARY KEY, token_id TEXT NOT NULL, spiffe_id TEXT NOT NULL,
+    labels TEXT NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL,
+    used_at BIGINT);
+CREATE TABLE IF NOT EXISTS identities (
+    spiffe_id TEXT PRIMARY KEY, labels TEXT NOT NULL, created_at BIGINT NOT NULL,
+    revoked_at BIGINT, revoke_reason TEXT);
+CREATE TABLE IF NOT EXISTS svids (
+    serial TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, key_sha256 TEXT NOT NULL,
+    issued_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, kind TEXT NOT NULL,
+    instance TEXT NOT NULL, revoked BIGINT NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS svids_by_id ON svids (spiffe_id, issued_at);
+CREATE TABLE IF NOT EXISTS revocations (
+    seq BIGSERIAL PRIMARY KEY, at BIGINT NOT NULL, spiffe_id TEXT,
+    serial TEXT, expires_at BIGINT, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS policies (
+    version BIGSERIAL PRIMARY KEY, created_at BIGINT NOT NULL,
+    digest TEXT NOT NULL, files TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS policy_head (
+    id BIGINT PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    seq BIGSERIAL PRIMARY KEY, at BIGINT NOT NULL, event TEXT NOT NULL,
+    outcome TEXT NOT NULL, spiffe_id TEXT, serial TEXT, reason TEXT,
+    detail TEXT NOT NULL, actor TEXT NOT NULL);
+";
+
+/// How many times a PostgreSQL transaction that lost a serialization
+/// conflict to another replica is retried.
+const MAX_ATTEMPTS: u32 = 8;
+
+pub enum Backend {
+    Sqlite(Mutex<rusqlite::Connection>),
+    Postgres {
+        url: String,
+        client: Mutex<Option<Box<postgres::Client>>>,
+    },
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock dropped (rolled back) its transaction;
+    // the connection itself is consistent.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn pg_connect(url: &str) -> Result<postgres::Client, StoreError> {
+    let mut config: postgres::Config = url
+        .parse()
+        .map_err(|e: postgres::Error| StoreError::db(format!("database URL: {e}"), false))?;
+    config.connect_timeout(std::time::Duration::from_secs(5));
+    config.application_name("warden-control");
+    Ok(config.connect(postgres::NoTls)?)
+}
+
+impl Backend {
+    pub fn open(database: &Database) -> Result<Backend, StoreError> {
+        match database {
+            Database::Sqlite(path) => {
+                let conn = rusqlite::Connection::open(path)?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                conn.pragma_update(None, "journal_mode", "WAL")?;
+                conn.pragma_update(None, "synchronous", "FULL")?;
+                conn.execute_batch(SQLITE_SCHEMA)?;
+                Ok(Backend::Sqlite(Mutex::new(conn)))
+            }
+            Database::Postgres(url) => {
+                let mut client = pg_connect(url)?;
+                // Replicas starting together must not race on CREATE TABLE.
+                let mut tx = client.transaction()?;
+                tx.execute("SELECT pg_advisory_xact_lock(7270417)", &[])?;
+                tx.batch_execute(POSTGRES_SCHEMA)?;
+                tx.commit()?;
+                Ok(Backend::Postgres {
+                    url: url.clone(),
+                    client: Mutex::new(Some(Box::new(client))),
+                })
+            }
+        }
+    }
+
+    /// Runs `f` in one transaction: committed if it returns `Ok`, rolled
+    /// back otherwise. SQLite takes the write lock up front (`BEGIN
+    /// IMMEDIATE`); PostgreSQL runs SERIALIZABLE and retries `f` when a
+    /// concurrent replica's transaction wins a conflict, so `f` must be
+    /// safe to run again.
+    pub fn tx<T>(
+        &self,
+        mut f: impl FnMut(&mut dyn Sql) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match self {
+            Backend::Sqlite(conn) => {
+                let mut conn = lock(conn);
+                let mut tx =
+                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let value = f(&mut tx)?;
+                tx.commit()?;
+                Ok(value)
+            }
+            Backend::Postgres { url, client } => {
+                let mut guard = lock(client);
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    if guard.as_ref().is_none_or(|c| c.is_closed()) {
+                        *guard = Some(Box::new(pg_connect(url)?));
+                    }
+                    let Some(client) = guard.as_mut() else {
+                        return Err(StoreError::db("no database connection", true));
+                    };
+                    let result: Result<T, StoreError> = (|| {
+                        let mut tx = client
+                            .build_transaction()
+                            .isolation_level(postgres::IsolationLevel::Serializable)
+                            .start()?;
+                        let value = f(&mut tx)?;
+                        tx.commit()?;
+                        Ok(value)
+                    })();
+                    match result {
+                        Err(e) if e.retryable() && attempt < MAX_ATTEMPTS => {
+                            std::thread::sleep(std::time::Duration::from_millis(
+                                (2u64 << attempt.min(6)) + u64::from(rand::random::<u8>() % 8),
+                            ));
+                        }
+                        Err(e) => {
+                            if guard.as_ref().is_some_and(|c| c.is_closed()) {
+                                *guard = None;
+                            }
+                            return Err(e);
+                        }
+                        Ok(v) => return Ok(v),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_rewritten_for_postgres() {
+        assert_eq!(
+            pg_sql("SELECT a FROM t WHERE b = ?1 AND c = ?12 AND d = '?'"),
+            "SELECT a FROM t WHERE b = $1 AND c = $12 AND d = '?'"
+        );
+    }
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(
+            Database::parse("postgres://u:secret@db:5432/warden"),
+            Database::Postgres("postgres://u:secret@db:5432/warden".into())
+        );
+        assert!(
+            !Database::parse("postgres://u:secret@db:5432/warden")
+                .describe()
+                .contains("secret")
+        );
+        assert_eq!(
+            Database::parse("/var/lib/w.db"),
+            Database::Sqlite("/var/lib/w.db".into())
+        );
+    }
+}
