@@ -840,3 +840,82 @@ fn the_demo_mesh_runs_on_its_control_plane_and_exits_0() {
         assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_postgres_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::postgres();
+    let a = Control::start(&dir.path().join("a"), any_port(), &db, &[]);
+    let ca_dir = dir.path().join("a").join("ca");
+    let b = Control::start(
+        &dir.path().join("b"),
+        any_port(),
+        &db,
+        &["--ca-dir", ca_dir.to_str().expect("utf-8")],
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("a/bundle.pem")).expect("a"),
+        std::fs::read(dir.path().join("b/bundle.pem")).expect("b"),
+        "replicas sign with one CA"
+    );
+
+    // One token, redeemed at both replicas at once: exactly one join wins.
+    let token = a.token(INTRUDER);
+    let intruder = SpiffeId::parse(INTRUDER).expect("id");
+    let (ca, cb) = (a.client(false), b.client(false));
+    let (ra, rb) = tokio::join!(
+        join(&ca, &token, csr_pem(&intruder).0),
+        join(&cb, &token, csr_pem(&intruder).0)
+    );
+    match (&ra, &rb) {
+        (Ok(_), Err(_)) | (Err(_), Ok(_)) => {}
+        other => panic!("a single-use token worked {other:?}"),
+    }
+    let loser = if ra.is_err() { ra } else { rb };
+    assert_eq!(refused_code(loser).1, "token_reused");
+
+    // orders joins through A, frontend through B; traffic flows.
+    let app = TestApp::start().await;
+    let server = a.sidecar(dir.path(), "orders", ORDERS, &inbound_to(app.addr));
+    let client = b.sidecar(
+        dir.path(),
+        "frontend",
+        FRONTEND,
+        &[route_to(server.inbound(), ORDERS)],
+    );
+    server.wait_ready().await;
+    client.wait_ready().await;
+    assert_eq!(
+        get(client.outbound[0], "/x", &[])
+            .await
+            .expect("get")
+            .status,
+        200
+    );
+
+    // Revoked through B, refused by the sidecar that watches A.
+    b.cli_ok(&["identities", "revoke", FRONTEND, "--reason", "replica test"]);
+    let status = eventually(
+        Duration::from_secs(5),
+        "the revocation through the other replica",
+        || async {
+            let r = get(client.outbound[0], "/x", &[]).await.ok()?;
+            (r.status != 200).then_some(r.status)
+        },
+    )
+    .await;
+    assert_eq!(status, 502);
+
+    // Both replicas show one inventory.
+    let list_a: Vec<serde_json::Value> =
+        serde_json::from_str(&a.cli_ok(&["identities", "list", "--json"])).expect("json");
+    let list_b: Vec<serde_json::Value> =
+        serde_json::from_str(&b.cli_ok(&["identities", "list", "--json"])).expect("json");
+    let ids = |l: &[serde_json::Value]| -> Vec<(String, String)> {
+        l.iter()
+            .map(|i| (i["spiffe_id"].to_string(), i["status"].to_string()))
+            .collect()
+    };
+    assert_eq!(ids(&list_a), ids(&list_b));
+    assert_eq!(list_a.len(), 3);
+}
