@@ -323,6 +323,22 @@ enum CaCommand {
     /// Create a CA: a new ECDSA P-256 root, or with --root-cert/--root-key an
     /// intermediate under an existing root. Never overwrites an existing CA.
     Init(CaInitArgs),
+    /// Rotate the control plane's signing CA with no restart anywhere: the
+    /// new root is published at once, signs after --grace, and the old root
+    /// leaves the bundle once every SVID it signed has expired.
+    Rotate {
+        /// How long the new root is in the bundle before it signs (sidecars
+        /// pick it up meanwhile).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show the control plane's CA rotation plan and trust bundle.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Args)]
@@ -405,6 +421,8 @@ fn main() -> ExitCode {
     warden_proxy::tls::install_default_provider();
     let result = match cli.command {
         Command::Ca(CaCommand::Init(args)) => cli::ca::init(args),
+        Command::Ca(CaCommand::Rotate { grace, admin }) => cli::control::ca_rotate(grace, &admin),
+        Command::Ca(CaCommand::Status { admin }) => cli::control::ca_status(&admin),
         Command::Svid(SvidCommand::Issue(args)) => cli::svid::issue(args),
         Command::Svid(SvidCommand::Inspect(args)) => cli::svid::inspect(args),
         Command::Id(IdCommand::Check { id }) => cli::id::check(&id),

@@ -49,6 +49,7 @@ on_both_backends!(
     bad_requests_are_refused_precisely_audited_and_change_nothing,
     a_restart_keeps_the_ca_and_inventory_and_kill9_loses_no_committed_issuance,
     policies_pushed_to_the_control_plane_are_hot_swapped_and_rolled_back,
+    ca_rotation_under_traffic_fails_no_request,
 );
 
 fn any_port() -> SocketAddr {
@@ -918,4 +919,70 @@ async fn two_replicas_share_one_postgres_database() {
     };
     assert_eq!(ids(&list_a), ids(&list_b));
     assert_eq!(list_a.len(), 3);
+}
+
+async fn ca_status(control: &Control) -> serde_json::Value {
+    control
+        .client(true)
+        .get(api::ADMIN_CA)
+        .await
+        .expect("CA status")
+}
+
+async fn ca_rotation_under_traffic_fails_no_request(db: Db) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("control");
+    let control = Control::start(&data, any_port(), &db, &["--svid-ttl", "8s"]);
+    let app = TestApp::start().await;
+    let server = control.sidecar(dir.path(), "orders", ORDERS, &inbound_to(app.addr));
+    let client = control.sidecar(
+        dir.path(),
+        "frontend",
+        FRONTEND,
+        &[route_to(server.inbound(), ORDERS)],
+    );
+    server.wait_ready().await;
+    client.wait_ready().await;
+    let old_bundle = std::fs::read(data.join("bundle.pem")).expect("bundle");
+    let traffic = Traffic::start(client.outbound[0], 2);
+    renewals(&[&server, &client], 1, Duration::from_secs(30)).await;
+
+    // The new root is published at once and signs after 2 s.
+    let rotated: serde_json::Value =
+        serde_json::from_str(&control.cli_ok(&["ca", "rotate", "--grace", "2s"])).expect("json");
+    assert_eq!(rotated["bundle_roots"], 2, "{rotated}");
+    // A second rotation while this one runs is refused.
+    let again = control.cli(&["ca", "rotate"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("rotation_refused"));
+
+    // The old root retires once every SVID it signed has expired.
+    eventually(
+        Duration::from_secs(60),
+        "the old root to retire",
+        || async {
+            let status = ca_status(&control).await;
+            status["authorities"][0]["retired_at"]
+                .as_i64()
+                .map(|_| status)
+        },
+    )
+    .await;
+    // Both sidecars renew again with only the new root trusted.
+    renewals(&[&server, &client], 2, Duration::from_secs(30)).await;
+    let (ok, failed, errors) = traffic.finish().await;
+    assert_eq!(failed, 0, "failed requests: {errors:?}\n{}", client.logs());
+    assert!(ok > 100, "only {ok} requests");
+    let status = ca_status(&control).await;
+    assert_eq!(status["bundle_roots"], 1, "{status}");
+    let new_bundle = std::fs::read(data.join("bundle.pem")).expect("bundle");
+    assert_ne!(new_bundle, old_bundle, "bundle.pem follows the rotation");
+    assert_eq!(
+        get(client.outbound[0], "/after", &[])
+            .await
+            .expect("get")
+            .status,
+        200
+    );
+    eprintln!("CA rotated under traffic: {ok} requests, 0 failed");
 }

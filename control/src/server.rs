@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use base64::Engine;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -32,11 +33,12 @@ use warden_proxy::control::api;
 use warden_proxy::control::digest_hex;
 use warden_proxy::identity::{
     ExpectedIdentity, RotationPolicy, SpiffeId, Svid, SvidLeaf, SvidSource, SvidStore, SvidUpdate,
-    Timestamp, TrustBundleSet, TrustDomain, new_key_and_csr, run_rotation,
+    Timestamp, TrustBundle, TrustBundleSet, TrustDomain, new_key_and_csr, run_rotation,
 };
 use warden_proxy::tls::{ClientAuth, TlsVersions, server_config};
 use x509_parser::prelude::FromDer;
 
+use crate::ca::rotation::{self, Authorities, RotationPlan};
 use crate::ca::{CertificateAuthority, CsrError, InitOptions, SignRequest};
 use crate::files::{self, PRIVATE_MODE, PUBLIC_MODE};
 use crate::store::{
@@ -117,15 +119,37 @@ struct Counters {
 }
 
 struct State {
-    ca: Arc<CertificateAuthority>,
+    /// The signing CA and the bundle now (changing during a CA rotation).
+    cas: Arc<ArcSwap<Authorities>>,
+    ca_dir: PathBuf,
+    data_dir: PathBuf,
     db: Arc<Store>,
     admin_hash: [u8; 32],
     server_id: SpiffeId,
-    bundle: api::BundleResponse,
-    /// (revocation seq, policy head), refreshed from the database so that
-    /// replicas sharing it see each other's changes.
-    changes: watch::Receiver<(i64, Option<i64>)>,
+    /// The control plane's own SVID, re-issued when the signing CA changes.
+    svid_store: Arc<SvidStore>,
+    /// (revocation seq, policy head, bundle digest), refreshed from the
+    /// database and the CA directory, so that replicas sharing them see
+    /// each other's changes.
+    changes: watch::Receiver<Changes>,
     counters: Mutex<Counters>,
+}
+
+type Changes = (i64, Option<i64>, String);
+
+impl State {
+    fn bundle(&self) -> api::BundleResponse {
+        bundle_response(&self.cas.load().bundle)
+    }
+}
+
+fn bundle_response(bundle: &TrustBundle) -> api::BundleResponse {
+    let pem = bundle.to_pem();
+    api::BundleResponse {
+        trust_domain: bundle.trust_domain().to_string(),
+        digest: digest_hex(pem.as_bytes()),
+        bundle_pem: pem,
+    }
 }
 
 impl State {
@@ -289,11 +313,14 @@ pub async fn start(options: ServeOptions) -> Result<ControlPlane, ServeError> {
         .trust_domain()
         .workload_id("/warden/control")
         .map_err(setup)?;
+    let cas = Arc::new(ArcSwap::from_pointee(
+        Authorities::load(&ca_dir, unix_now(), None).map_err(setup)?,
+    ));
 
     // The server's own SVID, from its own CA, renewed in-process.
     let svid_store = Arc::new(SvidStore::new());
     let local = LocalSource {
-        ca: ca.clone(),
+        cas: cas.clone(),
         id: server_id.clone(),
     };
     let first = local.fetch().await.map_err(setup)?;
@@ -313,7 +340,7 @@ pub async fn start(options: ServeOptions) -> Result<ControlPlane, ServeError> {
         ));
     }
     let tls = server_config(
-        svid_store,
+        svid_store.clone(),
         ClientAuth::Optional,
         ExpectedIdentity::AnyTrusted,
         TlsVersions::Tls13Only,
@@ -339,9 +366,13 @@ pub async fn start(options: ServeOptions) -> Result<ControlPlane, ServeError> {
         server_id: server_id.to_string(),
         trust_domain: ca.trust_domain().to_string(),
     };
-    let bundle_pem = ca.bundle().to_pem();
-    files::write_replace(&data.join(BUNDLE_FILE), bundle_pem.as_bytes(), PUBLIC_MODE)
-        .map_err(setup)?;
+    let bundle = bundle_response(&cas.load().bundle);
+    files::write_replace(
+        &data.join(BUNDLE_FILE),
+        bundle.bundle_pem.as_bytes(),
+        PUBLIC_MODE,
+    )
+    .map_err(setup)?;
     files::write_replace(
         &data.join(ENDPOINT_FILE),
         serde_json::to_string_pretty(&endpoint)
@@ -351,21 +382,19 @@ pub async fn start(options: ServeOptions) -> Result<ControlPlane, ServeError> {
     )
     .map_err(setup)?;
 
-    let (changes_tx, changes) = watch::channel(initial);
-    tokio::spawn(poll_changes(db.clone(), changes_tx, shutdown_rx.clone()));
+    let (changes_tx, changes) = watch::channel((initial.0, initial.1, bundle.digest));
     let state = Arc::new(State {
-        bundle: api::BundleResponse {
-            trust_domain: ca.trust_domain().to_string(),
-            digest: digest_hex(bundle_pem.as_bytes()),
-            bundle_pem,
-        },
-        ca,
+        cas,
+        ca_dir,
+        data_dir: data.clone(),
         db,
         admin_hash,
         server_id,
+        svid_store,
         changes,
         counters: Mutex::new(Counters::default()),
     });
+    tokio::spawn(poll_changes(state.clone(), changes_tx, shutdown_rx.clone()));
     tokio::spawn(serve_api(
         listener,
         TlsAcceptor::from(tls),
@@ -409,7 +438,7 @@ fn new_secret(prefix: &str) -> String {
 
 /// Issues the control plane's own SVID straight from its CA.
 struct LocalSource {
-    ca: Arc<CertificateAuthority>,
+    cas: Arc<ArcSwap<Authorities>>,
     id: SpiffeId,
 }
 
@@ -418,8 +447,9 @@ impl SvidSource for LocalSource {
 
     async fn fetch(&self) -> Result<SvidUpdate, ServeError> {
         let kc = new_key_and_csr(&self.id).map_err(setup)?;
-        let issued = self
-            .ca
+        let cas = self.cas.load_full();
+        let issued = cas
+            .signing
             .sign_csr(
                 &kc.csr_der,
                 &SignRequest {
@@ -432,25 +462,33 @@ impl SvidSource for LocalSource {
             Svid::from_pem(issued.chain_pem().as_bytes(), kc.key_pem.as_bytes()).map_err(setup)?;
         Ok(SvidUpdate {
             svid,
-            bundles: Some(TrustBundleSet::new().with(self.ca.bundle().clone())),
+            bundles: Some(TrustBundleSet::new().with(cas.bundle.clone())),
         })
     }
 }
 
 async fn poll_changes(
-    db: Arc<Store>,
-    tx: watch::Sender<(i64, Option<i64>)>,
+    state: Arc<State>,
+    tx: watch::Sender<Changes>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut tick: u64 = 0;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = shutdown.changed() => return,
         }
-        let db = db.clone();
+        tick += 1;
+        if tick % 4 == 0
+            && let Err(e) = maintain_authorities(&state).await
+        {
+            tracing::warn!(error = %e, "CA rotation step failed; retrying");
+        }
+        let db = state.db.clone();
         let read = tokio::task::spawn_blocking(move || db.change_marks()).await;
         match read {
-            Ok(Ok(now)) => {
+            Ok(Ok((seq, head))) => {
+                let now = (seq, head, state.bundle().digest);
                 tx.send_if_modified(|old| {
                     let changed = *old != now;
                     *old = now;
@@ -461,6 +499,93 @@ async fn poll_changes(
             Err(e) => tracing::warn!(error = %e, "change poller task failed"),
         }
     }
+}
+
+/// Follows the CA rotation plan: switches the signing CA and the bundle
+/// when their times come (re-issuing the server's own SVID from the new
+/// CA), and retires an old root once every SVID it signed has expired.
+async fn maintain_authorities(state: &Arc<State>) -> Result<(), ServeError> {
+    let now = unix_now();
+    let ca_dir = state.ca_dir.clone();
+    let plan = {
+        let dir = ca_dir.clone();
+        tokio::task::spawn_blocking(move || RotationPlan::read(&dir))
+            .await
+            .map_err(setup)?
+            .map_err(setup)?
+    };
+    // Retire: an old CA that no longer signs, once its SVIDs are all expired.
+    let signing = plan.signing_at(now);
+    for (i, authority) in plan.authorities.iter().enumerate().take(signing) {
+        if authority.retired_at.is_some() {
+            continue;
+        }
+        let Some(next) = plan.authorities.get(i + 1) else {
+            continue;
+        };
+        // Margin for an issuance that was deciding when the switch came.
+        let switched = next.sign_from.saturating_add(5);
+        if now < switched {
+            continue;
+        }
+        let db = state.db.clone();
+        let last_expiry = tokio::task::spawn_blocking(move || db.last_expiry_issued_by(switched))
+            .await
+            .map_err(setup)?
+            .map_err(setup)?;
+        if last_expiry < now {
+            let dir = ca_dir.clone();
+            tokio::task::spawn_blocking(move || rotation::retire(&dir, i, now))
+                .await
+                .map_err(setup)?
+                .map_err(setup)?;
+            tracing::info!(authority = %authority.dir, "every SVID of the old CA has expired; its root leaves the trust bundle");
+            let db = state.db.clone();
+            let event = AuditEvent::ok("ca_retire", None, None, "control-plane")
+                .with_detail(format!("CA {} retired", authority.dir));
+            let _ = tokio::task::spawn_blocking(move || db.audit(&event)).await;
+        }
+    }
+    let plan = {
+        let dir = ca_dir.clone();
+        tokio::task::spawn_blocking(move || RotationPlan::read(&dir))
+            .await
+            .map_err(setup)?
+            .map_err(setup)?
+    };
+    let current = state.cas.load_full();
+    if current.unchanged_at(now, &plan) {
+        return Ok(());
+    }
+    let dir = ca_dir.clone();
+    let previous = current.clone();
+    let next = tokio::task::spawn_blocking(move || Authorities::load(&dir, now, Some(&previous)))
+        .await
+        .map_err(setup)?
+        .map_err(setup)?;
+    let signer_changed = !Arc::ptr_eq(&next.signing, &current.signing);
+    let roots = next.bundle.roots().len();
+    state.cas.store(Arc::new(next));
+    let bundle = state.bundle();
+    files::write_replace(
+        &state.data_dir.join(BUNDLE_FILE),
+        bundle.bundle_pem.as_bytes(),
+        PUBLIC_MODE,
+    )
+    .map_err(setup)?;
+    tracing::info!(roots, signer_changed, "trust bundle or signing CA changed");
+    // The bundle changed either way: re-issue our own SVID so it chains to
+    // the signing CA and our store trusts exactly the published roots.
+    let local = LocalSource {
+        cas: state.cas.clone(),
+        id: state.server_id.clone(),
+    };
+    let fresh = local.fetch().await?;
+    state
+        .svid_store
+        .install(fresh.svid, fresh.bundles)
+        .map_err(setup)?;
+    Ok(())
 }
 
 /// The facts of an mTLS caller.
@@ -556,7 +681,7 @@ async fn route(
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let result = match (&method, path.as_str()) {
-        (&Method::GET, api::BUNDLE) => Ok(json_response(StatusCode::OK, &state.bundle)),
+        (&Method::GET, api::BUNDLE) => Ok(json_response(StatusCode::OK, &state.bundle())),
         (&Method::POST, api::JOIN) => join(state, remote, req).await,
         (&Method::POST, api::RENEW) => renew(state, caller, req).await,
         (&Method::GET, api::WATCH) => watch_changes(state, caller, req).await,
@@ -633,7 +758,7 @@ async fn blocking<T: Send + 'static>(
 
 /// Signs `csr` for `bound` and describes the result for the inventory.
 fn sign(
-    ca: &CertificateAuthority,
+    cas: &Authorities,
     csr: &str,
     bound: &str,
     ttl_secs: Option<u64>,
@@ -642,7 +767,8 @@ fn sign(
 ) -> Result<Signed<api::SvidResponse>, StoreError> {
     let bound_id = SpiffeId::parse(bound)
         .map_err(|e| StoreError::refused("internal", format!("stored ID {bound:?}: {e}")))?;
-    let issued = ca
+    let issued = cas
+        .signing
         .sign_csr(
             csr.as_bytes(),
             &SignRequest {
@@ -673,7 +799,7 @@ fn sign(
             serial: record.serial.clone(),
             expires_at: record.expires_at,
             chain_pem: issued.chain_pem(),
-            bundle_pem: ca.bundle().to_pem(),
+            bundle_pem: cas.bundle.to_pem(),
         },
         record,
     })
@@ -705,11 +831,18 @@ async fn join(
         .map_err(|f| refused(state, "join", &actor, None, f))?;
     let hash = digest_hex(body.token.as_bytes());
     let actor = format!("token:{}", &hash[..12]);
-    let ca = state.ca.clone();
+    let cas = state.cas.load_full();
     let db = state.db.clone();
     let outcome = blocking(move || {
         db.redeem_token(&hash, unix_now(), |bound| {
-            sign(&ca, &body.csr, bound, body.ttl_secs, "join", &body.instance)
+            sign(
+                &cas,
+                &body.csr,
+                bound,
+                body.ttl_secs,
+                "join",
+                &body.instance,
+            )
         })
     })
     .await;
@@ -744,13 +877,13 @@ async fn renew(
     let body: api::RenewRequest = read_json(req, MAX_BODY)
         .await
         .map_err(|f| refused(state, "renew", &id, Some(&id), f))?;
-    let ca = state.ca.clone();
+    let cas = state.cas.load_full();
     let db = state.db.clone();
     let (bound, serial) = (id.clone(), caller.serial.clone());
     let outcome = blocking(move || {
         db.renew(&bound, &serial, |bound| {
             sign(
-                &ca,
+                &cas,
                 &body.csr,
                 bound,
                 body.ttl_secs,
@@ -833,8 +966,8 @@ async fn watch_changes(
     let mut changes = state.changes.clone();
     let deadline = tokio::time::Instant::now() + wait;
     let head = loop {
-        let (seq, head) = *changes.borrow_and_update();
-        if seq != known_seq || known_bundle != state.bundle.digest || policy_differs(head) {
+        let (seq, head, digest) = changes.borrow_and_update().clone();
+        if seq != known_seq || known_bundle != digest || policy_differs(head) {
             break head;
         }
         match tokio::time::timeout_at(deadline, changes.changed()).await {
@@ -874,7 +1007,7 @@ async fn watch_changes(
                 spiffe_ids: revocations.spiffe_ids,
                 serials: revocations.serials,
             },
-            bundle: state.bundle.clone(),
+            bundle: state.bundle(),
             policy_version: head,
             policy: policy.map(|p| api::PolicyUpdate {
                 version: p.version,
@@ -1039,6 +1172,37 @@ async fn admin(state: &Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
                 &serde_json::json!({"version": bundle.version, "digest": bundle.digest}),
             ))
         }
+        (&Method::GET, api::ADMIN_CA) => {
+            let cas = state.cas.load_full();
+            Ok(json_response(StatusCode::OK, &ca_status(&cas)))
+        }
+        (&Method::POST, api::ADMIN_CA_ROTATE) => {
+            let body: api::CaRotateRequest = read_json(req, MAX_BODY).await?;
+            let grace = body
+                .grace_secs
+                .map_or(DEFAULT_ROTATION_GRACE, Duration::from_secs);
+            let dir = state.ca_dir.clone();
+            let now = unix_now();
+            let plan = tokio::task::spawn_blocking(move || rotation::rotate(&dir, grace, now))
+                .await
+                .map_err(|e| {
+                    Fail::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                })?
+                .map_err(|e| Fail::new(StatusCode::CONFLICT, "rotation_refused", e.to_string()))?;
+            let event = AuditEvent::ok("ca_rotate", None, None, "admin").with_detail(format!(
+                "new CA {} signs from {}",
+                plan.authorities.last().map_or("", |a| a.dir.as_str()),
+                plan.authorities.last().map_or(0, |a| a.sign_from)
+            ));
+            let _ = blocking(move || db.audit(&event)).await;
+            maintain_authorities(state).await.map_err(|e| {
+                Fail::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
+            Ok(json_response(
+                StatusCode::OK,
+                &ca_status(&state.cas.load_full()),
+            ))
+        }
         (&Method::GET, api::ADMIN_AUDIT) => {
             let limit = query_params(&req)
                 .get("limit")
@@ -1056,6 +1220,20 @@ async fn admin(state: &Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     }
 }
 
+/// Default time a new root is published before it signs.
+pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(600);
+
+fn ca_status(cas: &Authorities) -> serde_json::Value {
+    serde_json::json!({
+        "trust_domain": cas.signing.trust_domain().to_string(),
+        "signing": cas.plan.authorities.get(cas.signing_index).map(|a| a.dir.clone()),
+        "signing_ca_expires_at": Timestamp::from_system_time(cas.signing.not_after()).0,
+        "bundle_roots": cas.bundle.roots().len(),
+        "bundle_digest": bundle_response(&cas.bundle).digest,
+        "authorities": cas.plan.authorities,
+    })
+}
+
 #[derive(Serialize)]
 struct IdentityDetail {
     #[serde(flatten)]
@@ -1067,13 +1245,11 @@ async fn create_token(state: &Arc<State>, body: api::TokenRequest) -> Result<Res
     let bad = |code: &str, m: String| Fail::new(StatusCode::BAD_REQUEST, code, m);
     let id = SpiffeId::parse(&body.spiffe_id)
         .map_err(|e| bad("invalid_spiffe_id", format!("{:?}: {e}", body.spiffe_id)))?;
-    if !id.is_member_of(state.ca.trust_domain()) {
+    let trust_domain = state.cas.load().signing.trust_domain().clone();
+    if !id.is_member_of(&trust_domain) {
         return Err(bad(
             "foreign_trust_domain",
-            format!(
-                "{id} is outside this CA's trust domain {}",
-                state.ca.trust_domain()
-            ),
+            format!("{id} is outside this CA's trust domain {}", trust_domain),
         ));
     }
     if id.is_root() || id == state.server_id {
@@ -1263,7 +1439,7 @@ async fn metrics_text(state: &Arc<State>) -> Result<String, StoreError> {
     let _ = writeln!(
         out,
         "# HELP warden_control_ca_expiry_timestamp_seconds When the signing CA certificate expires (Unix time).\n# TYPE warden_control_ca_expiry_timestamp_seconds gauge\nwarden_control_ca_expiry_timestamp_seconds {}",
-        Timestamp::from_system_time(state.ca.not_after()).0
+        Timestamp::from_system_time(state.cas.load().signing.not_after()).0
     );
     Ok(out)
 }

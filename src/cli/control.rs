@@ -265,3 +265,22 @@ pub fn policy_versions(admin: &AdminArgs) -> anyhow::Result<ExitCode> {
     print_json(&versions)?;
     Ok(ExitCode::SUCCESS)
 }
+
+pub fn ca_rotate(grace: Duration, admin: &AdminArgs) -> anyhow::Result<ExitCode> {
+    let client = admin_client(admin)?;
+    let status: serde_json::Value = call(client.post(
+        api::ADMIN_CA_ROTATE,
+        &api::CaRotateRequest {
+            grace_secs: Some(grace.as_secs()),
+        },
+    ))?;
+    print_json(&status)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn ca_status(admin: &AdminArgs) -> anyhow::Result<ExitCode> {
+    let client = admin_client(admin)?;
+    let status: serde_json::Value = call(client.get(api::ADMIN_CA))?;
+    print_json(&status)?;
+    Ok(ExitCode::SUCCESS)
+}

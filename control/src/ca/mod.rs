@@ -13,6 +13,7 @@
 
 mod csr;
 mod parent;
+pub mod rotation;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};

@@ -485,6 +485,18 @@ impl Store {
             .tx(|sql| Ok((revocation_seq(sql)?, policy_head(sql)?)))
     }
 
+    /// The latest expiry of the SVIDs issued at or before `at`: once past,
+    /// a CA that stopped signing at `at` has no live SVID left.
+    pub fn last_expiry_issued_by(&self, at: i64) -> Result<i64, StoreError> {
+        self.backend.tx(|sql| {
+            sql.row(
+                "SELECT COALESCE(MAX(expires_at), 0) FROM svids WHERE issued_at <= ?1",
+                &[at.into()],
+            )?
+            .map_or(Ok(0), |r| r.int(0))
+        })
+    }
+
     /// Highest revocation sequence number.
     pub fn revocation_seq(&self) -> Result<i64, StoreError> {
         self.backend.tx(revocation_seq)

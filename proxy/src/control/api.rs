@@ -26,6 +26,10 @@ pub const ADMIN_REVOCATIONS: &str = "/v1/admin/revocations";
 pub const ADMIN_POLICIES: &str = "/v1/admin/policies";
 /// `POST`, admin: make an earlier version current ([`PolicyRollback`]).
 pub const ADMIN_POLICY_ROLLBACK: &str = "/v1/admin/policies/rollback";
+/// `GET`, admin: the CA rotation plan and the bundle now.
+pub const ADMIN_CA: &str = "/v1/admin/ca";
+/// `POST`, admin: start a CA rotation ([`CaRotateRequest`]).
+pub const ADMIN_CA_ROTATE: &str = "/v1/admin/ca/rotate";
 /// `GET`, admin: the newest audit records; `?limit=N`.
 pub const ADMIN_AUDIT: &str = "/v1/admin/audit";
 
@@ -165,4 +169,12 @@ pub struct PolicyPushResponse {
 #[serde(deny_unknown_fields)]
 pub struct PolicyRollback {
     pub version: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaRotateRequest {
+    /// How long the new root is published before it signs (default 10 minutes).
+    #[serde(default)]
+    pub grace_secs: Option<u64>,
 }
