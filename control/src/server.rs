@@ -479,7 +479,7 @@ async fn poll_changes(
             _ = shutdown.changed() => return,
         }
         tick += 1;
-        if tick % 4 == 0
+        if tick.is_multiple_of(4)
             && let Err(e) = maintain_authorities(&state).await
         {
             tracing::warn!(error = %e, "CA rotation step failed; retrying");
