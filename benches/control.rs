@@ -1,0 +1,403 @@
+//! The control-plane load bench, against a real `warden control serve`
+//! process on 127.0.0.1, for each backend (embedded SQLite, then a private
+//! PostgreSQL server):
+//!
+//! 1. issuance: `N` joins (single-use token, CSR with a key made by the
+//!    caller, SVID recorded in the inventory) at concurrency `C`;
+//! 2. a renewal storm: the same `N` simulated sidecars all renew at once
+//!    (mTLS with their SVID, a new key each), at concurrency `C`.
+//!
+//! For each: throughput, latency percentiles, errors and the control
+//! plane's CPU time per issuance (from /proc). The baseline, measured in
+//! the same run: the CA signing the same kind of CSR in this process, with
+//! no TLS, HTTP or database. Keys and CSRs are made before the clock starts.
+//!
+//! Run: `cargo bench --bench control`. `WARDEN_BENCH_SIDECARS` (default
+//! 10000) sets `N`, `WARDEN_BENCH_CONCURRENCY` (default 64) `C`,
+//! `WARDEN_BENCH_BACKENDS` (default `sqlite,postgres`) the backends.
+//! Results are printed and written to `target/control-bench.json`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use warden_control::ca::{CertificateAuthority, InitOptions, SignRequest};
+use warden_proxy::control::{ControlClient, api};
+use warden_proxy::identity::{
+    SpiffeId, Svid, SvidStore, TrustBundle, TrustBundleSet, TrustDomain, new_key_and_csr,
+    pem_encode,
+};
+
+// The tests' private PostgreSQL server.
+#[allow(dead_code)]
+#[path = "../tests/support/postgres.rs"]
+mod postgres;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+const TD: &str = "bench.warden";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Server {
+    child: Child,
+    api: SocketAddr,
+}
+
+impl Server {
+    fn start(data: &Path, database: Option<&str>) -> Result<Server, Error> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_warden"));
+        command
+            .args(["control", "serve", "--trust-domain", TD, "--data-dir"])
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .env("WARDEN_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(url) = database {
+            command.args(["--database", url]);
+        }
+        let mut child = command.spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let mut api = None;
+        for line in lines.by_ref() {
+            let line = line?;
+            if let Some(a) = line.strip_prefix("api ") {
+                api = Some(a.parse()?);
+            }
+            if line == "started" {
+                break;
+            }
+        }
+        // Audit lines keep coming: drain them so the server never blocks.
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        let api = api.ok_or("the control plane did not start")?;
+        Ok(Server { child, api })
+    }
+
+    fn cpu(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+            + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let hz = rustix::param::clock_ticks_per_second().max(1);
+        Duration::from_micros(ticks * 1_000_000 / hz)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn server_id() -> SpiffeId {
+    SpiffeId::parse(&format!("spiffe://{TD}/warden/control")).expect("server id")
+}
+
+fn bundle_store(data: &Path) -> Result<SvidStore, Error> {
+    let bundle = TrustBundle::from_bytes(
+        TrustDomain::new(TD)?,
+        &std::fs::read(data.join("bundle.pem"))?,
+    )?;
+    let store = SvidStore::new();
+    store.set_bundles(TrustBundleSet::new().with(bundle));
+    Ok(store)
+}
+
+/// Latencies in microseconds, sorted; and the errors.
+struct Phase {
+    wall: Duration,
+    latencies_us: Vec<u64>,
+    errors: usize,
+    first_error: Option<String>,
+    cpu: Duration,
+}
+
+impl Phase {
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p / 100.0) * (self.latencies_us.len() - 1) as f64).round() as usize;
+        self.latencies_us[rank.min(self.latencies_us.len() - 1)] as f64 / 1000.0
+    }
+
+    fn report(&self, name: &str, n: usize) -> serde_json::Value {
+        let ok = self.latencies_us.len();
+        let rate = ok as f64 / self.wall.as_secs_f64();
+        let cpu_us = self.cpu.as_secs_f64() * 1e6 / ok.max(1) as f64;
+        println!(
+            "  {name:<9} {ok}/{n} in {:.2}s = {rate:.0}/s   p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms   control-plane CPU {cpu_us:.0} µs each   errors {}{}",
+            self.wall.as_secs_f64(),
+            self.percentile_ms(50.0),
+            self.percentile_ms(99.0),
+            self.percentile_ms(100.0),
+            self.errors,
+            self.first_error
+                .as_deref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
+        );
+        json!({
+            "ok": ok, "requested": n, "seconds": self.wall.as_secs_f64(), "per_second": rate,
+            "p50_ms": self.percentile_ms(50.0), "p99_ms": self.percentile_ms(99.0),
+            "max_ms": self.percentile_ms(100.0), "errors": self.errors,
+            "control_plane_cpu_us_each": cpu_us,
+        })
+    }
+}
+
+/// Runs `jobs` at `concurrency`, timing each; results in job order.
+async fn run_phase<T, R, F, Fut>(
+    server: &Server,
+    jobs: Vec<T>,
+    concurrency: usize,
+    f: F,
+) -> (Phase, Vec<Option<R>>)
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, String>> + Send,
+{
+    let n = jobs.len();
+    let f = Arc::new(f);
+    let mut indexed: Vec<(usize, T)> = jobs.into_iter().enumerate().collect();
+    indexed.reverse();
+    let queue = Arc::new(std::sync::Mutex::new(indexed));
+    let cpu0 = server.cpu();
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (queue, f) = (queue.clone(), f.clone());
+        workers.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let next = queue.lock().expect("queue").pop();
+                let Some((i, job)) = next else { break };
+                let t = Instant::now();
+                let result = f(job).await;
+                out.push((i, t.elapsed(), result));
+            }
+            out
+        }));
+    }
+    let mut results: Vec<Option<R>> = (0..n).map(|_| None).collect();
+    let mut latencies = Vec::with_capacity(n);
+    let (mut errors, mut first_error) = (0, None);
+    for w in workers {
+        for (i, elapsed, result) in w.await.expect("worker") {
+            match result {
+                Ok(r) => {
+                    latencies.push(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
+                    results[i] = Some(r);
+                }
+                Err(e) => {
+                    errors += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+    }
+    let wall = started.elapsed();
+    let cpu = server.cpu().saturating_sub(cpu0);
+    latencies.sort_unstable();
+    (
+        Phase {
+            wall,
+            latencies_us: latencies,
+            errors,
+            first_error,
+            cpu,
+        },
+        results,
+    )
+}
+
+async fn bench_backend(
+    name: &str,
+    database: Option<String>,
+    n: usize,
+    concurrency: usize,
+) -> Result<serde_json::Value, Error> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("control");
+    let server = Server::start(&data, database.as_deref())?;
+    let token = std::fs::read_to_string(data.join("admin.token"))?;
+    let bundle = Arc::new(bundle_store(&data)?);
+    let admin = ControlClient::new(server.api, server_id(), bundle.clone())?
+        .with_bearer(token.trim().to_owned());
+    let anonymous = ControlClient::new(server.api, server_id(), bundle)?;
+    println!("{name}: {n} simulated sidecars, concurrency {concurrency}");
+
+    // Setup, untimed: one token and one key + CSR per sidecar.
+    let ids: Vec<SpiffeId> = (0..n)
+        .map(|i| SpiffeId::parse(&format!("spiffe://{TD}/ns/storm/sa/sidecar-{i}")).expect("id"))
+        .collect();
+    let (created, tokens) = run_phase(&server, ids.clone(), concurrency, {
+        let admin = admin.clone();
+        move |id: SpiffeId| {
+            let admin = admin.clone();
+            async move {
+                let t: api::TokenResponse = admin
+                    .post(
+                        api::ADMIN_TOKENS,
+                        &api::TokenRequest {
+                            spiffe_id: id.to_string(),
+                            ttl_secs: Some(3600),
+                            labels: BTreeMap::new(),
+                        },
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(t.token)
+            }
+        }
+    })
+    .await;
+    let tokens_json = created.report("tokens", n);
+    let joins: Vec<(String, String, String)> = tokens
+        .into_iter()
+        .flatten()
+        .map(|token| {
+            let kc = warden_proxy::identity::keygen::new_key_and_bare_csr().expect("keygen");
+            (
+                token,
+                pem_encode("CERTIFICATE REQUEST", &kc.csr_der),
+                kc.key_pem,
+            )
+        })
+        .collect();
+
+    // 1. Issuance: every sidecar joins.
+    let (joined, svids) = run_phase(&server, joins, concurrency, move |(token, csr, key)| {
+        let client = anonymous.clone();
+        async move {
+            let svid: api::SvidResponse = client
+                .post(
+                    api::JOIN,
+                    &api::JoinRequest {
+                        token,
+                        csr,
+                        instance: "bench".into(),
+                        ttl_secs: None,
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((svid, key))
+        }
+    })
+    .await;
+    let join_json = joined.report("joins", n);
+
+    // 2. The renewal storm: each sidecar with its own SVID and a new key.
+    let storm: Vec<(ControlClient, String)> = svids
+        .into_iter()
+        .flatten()
+        .map(|(svid, key)| {
+            let store = bundle_store(&data).expect("bundle");
+            let held = Svid::from_pem(svid.chain_pem.as_bytes(), key.as_bytes()).expect("svid");
+            store.install(held, None).expect("install");
+            let id = SpiffeId::parse(&svid.spiffe_id).expect("id");
+            let kc = new_key_and_csr(&id).expect("keygen");
+            let client =
+                ControlClient::new(server.api, server_id(), Arc::new(store)).expect("client");
+            (client, pem_encode("CERTIFICATE REQUEST", &kc.csr_der))
+        })
+        .collect();
+    let renewing = storm.len();
+    let (renewed, _) = run_phase(&server, storm, concurrency, |(client, csr)| async move {
+        let svid: api::SvidResponse = client
+            .post(
+                api::RENEW,
+                &api::RenewRequest {
+                    csr,
+                    instance: "bench".into(),
+                    ttl_secs: None,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(svid.serial)
+    })
+    .await;
+    let renew_json = renewed.report("renewals", renewing);
+    Ok(json!({ "tokens": tokens_json, "joins": join_json, "renewal_storm": renew_json }))
+}
+
+/// The baseline: the CA alone signing `n` CSRs, in this process.
+fn raw_signing(n: usize) -> Result<serde_json::Value, Error> {
+    let dir = tempfile::tempdir()?;
+    let ca = CertificateAuthority::init(dir.path(), &InitOptions::new(TrustDomain::new(TD)?))?;
+    let id = SpiffeId::parse(&format!("spiffe://{TD}/ns/storm/sa/raw"))?;
+    let csrs: Vec<Vec<u8>> = (0..n)
+        .map(|_| new_key_and_csr(&id).map(|kc| kc.csr_der))
+        .collect::<Result<_, _>>()?;
+    let request = SignRequest {
+        bound_id: Some(id),
+        ttl: None,
+    };
+    let started = Instant::now();
+    for csr in &csrs {
+        ca.sign_csr(csr, &request)?;
+    }
+    let wall = started.elapsed();
+    let each_us = wall.as_secs_f64() * 1e6 / n as f64;
+    println!(
+        "baseline: the CA alone signs {n} CSRs in {:.2}s = {:.0}/s, {each_us:.0} µs each (one core, no TLS, HTTP or database)",
+        wall.as_secs_f64(),
+        n as f64 / wall.as_secs_f64()
+    );
+    Ok(json!({ "signed": n, "per_second": n as f64 / wall.as_secs_f64(), "us_each": each_us }))
+}
+
+async fn run() -> Result<(), Error> {
+    let n: usize = env_or("WARDEN_BENCH_SIDECARS", 10_000);
+    let concurrency: usize = env_or("WARDEN_BENCH_CONCURRENCY", 64);
+    let backends: String = env_or("WARDEN_BENCH_BACKENDS", "sqlite,postgres".to_owned());
+    let mut results = serde_json::Map::new();
+    results.insert("baseline_raw_signing".into(), raw_signing(n.min(2000))?);
+    for backend in backends.split(',').map(str::trim) {
+        let database = match backend {
+            "sqlite" => None,
+            "postgres" => Some(tokio::task::spawn_blocking(postgres::fresh_database).await?),
+            other => return Err(format!("unknown backend {other:?}").into()),
+        };
+        results.insert(
+            backend.into(),
+            bench_backend(backend, database, n, concurrency).await?,
+        );
+    }
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/control-bench.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
+    println!("written to {}", out.display());
+    Ok(())
+}
+
+fn main() -> Result<(), Error> {
+    // `cargo test --benches` runs benches with `--test`-ish flags: skip.
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return Ok(());
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
