@@ -50,6 +50,7 @@ on_both_backends!(
     a_restart_keeps_the_ca_and_inventory_and_kill9_loses_no_committed_issuance,
     policies_pushed_to_the_control_plane_are_hot_swapped_and_rolled_back,
     ca_rotation_under_traffic_fails_no_request,
+    revoking_the_server_cuts_the_callers_connections,
 );
 
 fn any_port() -> SocketAddr {
@@ -596,6 +597,9 @@ async fn bad_requests_are_refused_precisely_audited_and_change_nothing(db: Db) {
         metrics.contains("warden_control_identities{status=\"revoked\"} 1"),
         "{metrics}"
     );
+    if let Err(problems) = support::promtool(&metrics) {
+        panic!("promtool on the control plane's /metrics:\n{problems}\n{metrics}");
+    }
 }
 
 async fn a_restart_keeps_the_ca_and_inventory_and_kill9_loses_no_committed_issuance(db: Db) {
@@ -985,4 +989,80 @@ async fn ca_rotation_under_traffic_fails_no_request(db: Db) {
         200
     );
     eprintln!("CA rotated under traffic: {ok} requests, 0 failed");
+}
+
+/// The caller's sidecar cuts its connections to a server that is revoked,
+/// and new handshakes to it fail: the outbound side enforces revocation too.
+async fn revoking_the_server_cuts_the_callers_connections(db: Db) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let control = Control::start(&dir.path().join("control"), any_port(), &db, &[]);
+    let echo = tcp_echo().await;
+    let app = TestApp::start().await;
+    let mut s = inbound_to(app.addr);
+    s.push(format!(
+        "inbound.opaque=[{{listen=\"127.0.0.1:0\", app=\"{echo}\"}}]"
+    ));
+    let server = control.sidecar(dir.path(), "orders", ORDERS, &s);
+    let routes = format!(
+        "outbound.routes=[{{listen=\"127.0.0.1:0\", upstream=\"{}\", identity=\"{ORDERS}\", protocol=\"tcp\"}}, {{listen=\"127.0.0.1:0\", upstream=\"{}\", identity=\"{ORDERS}\"}}]",
+        server.opaque[0],
+        server.inbound()
+    );
+    let client = control.sidecar(
+        dir.path(),
+        "frontend",
+        FRONTEND,
+        &[
+            routes,
+            "control.state_dir=".to_owned()
+                + dir.path().join("frontend-state").to_str().expect("utf-8"),
+        ],
+    );
+    server.wait_ready().await;
+    client.wait_ready().await;
+    assert_eq!(
+        get(client.outbound[1], "/x", &[])
+            .await
+            .expect("get")
+            .status,
+        200
+    );
+    let mut live = tokio::net::TcpStream::connect(client.outbound[0])
+        .await
+        .expect("connect");
+    assert_eq!(read_some(&mut live, 6).await, b"hello\n");
+
+    let revoked_at = Instant::now();
+    control.cli_ok(&[
+        "identities",
+        "revoke",
+        ORDERS,
+        "--reason",
+        "server key stolen",
+    ]);
+    let mut cut = None;
+    while revoked_at.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let wrote = live.write_all(b"b;").await;
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_millis(200), live.read(&mut buf)).await;
+        if wrote.is_err() || matches!(read, Ok(Ok(0)) | Ok(Err(_))) {
+            cut = Some(revoked_at.elapsed());
+            break;
+        }
+    }
+    let cut = cut.unwrap_or_else(|| {
+        panic!(
+            "the connection to the revoked server stayed open\n{}",
+            client.logs()
+        )
+    });
+    assert!(cut <= Duration::from_secs(5), "cut after {cut:?}");
+    // HTTP through the pooled connection: refused now (a new handshake fails).
+    let refused = get(client.outbound[1], "/x", &[]).await.expect("get");
+    assert_eq!(refused.status, 502, "{}", refused.body);
+    // The caller kept the revocation list for its next start.
+    let saved = std::fs::read_to_string(dir.path().join("frontend-state/revoked.json"))
+        .expect("revoked.json");
+    assert!(saved.contains(ORDERS), "{saved}");
 }

@@ -261,34 +261,6 @@ async fn traffic_with_collector_at(collector: SocketAddr) {
     }
 }
 
-/// `promtool check metrics` on an exposition; its complaints, if any.
-fn promtool(exposition: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("promtool (Debian package prometheus, installed by .ci/run): {e}"))?;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(exposition.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
 /// The value of the sample `line_prefix ... <value>` in an exposition.
 fn sample(exposition: &str, line_prefix: &str) -> Option<f64> {
     exposition
@@ -375,7 +347,7 @@ async fn metrics_pass_promtool_and_move_with_traffic_and_rotation() {
         "{metrics}"
     );
     for (name, exposition) in [("server", metrics), ("client", client.metrics().await)] {
-        if let Err(problems) = promtool(&exposition) {
+        if let Err(problems) = support::promtool(&exposition) {
             panic!("promtool on the {name} sidecar's /metrics:\n{problems}\n{exposition}");
         }
     }

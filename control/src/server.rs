@@ -448,8 +448,10 @@ impl SvidSource for LocalSource {
     async fn fetch(&self) -> Result<SvidUpdate, ServeError> {
         let kc = new_key_and_csr(&self.id).map_err(setup)?;
         let cas = self.cas.load_full();
+        // Signed by the oldest CA still published: every sidecar trusts
+        // it, including one that has not yet learned a newer root.
         let issued = cas
-            .signing
+            .oldest_published()
             .sign_csr(
                 &kc.csr_der,
                 &SignRequest {
@@ -831,12 +833,14 @@ async fn join(
         .map_err(|f| refused(state, "join", &actor, None, f))?;
     let hash = digest_hex(body.token.as_bytes());
     let actor = format!("token:{}", &hash[..12]);
-    let cas = state.cas.load_full();
+    // The signing CA is read inside the transaction (which may be retried):
+    // an SVID is never signed by a CA that stopped signing meanwhile.
+    let cas = state.cas.clone();
     let db = state.db.clone();
     let outcome = blocking(move || {
         db.redeem_token(&hash, unix_now(), |bound| {
             sign(
-                &cas,
+                &cas.load(),
                 &body.csr,
                 bound,
                 body.ttl_secs,
@@ -877,13 +881,13 @@ async fn renew(
     let body: api::RenewRequest = read_json(req, MAX_BODY)
         .await
         .map_err(|f| refused(state, "renew", &id, Some(&id), f))?;
-    let cas = state.cas.load_full();
+    let cas = state.cas.clone();
     let db = state.db.clone();
     let (bound, serial) = (id.clone(), caller.serial.clone());
     let outcome = blocking(move || {
         db.renew(&bound, &serial, |bound| {
             sign(
-                &cas,
+                &cas.load(),
                 &body.csr,
                 bound,
                 body.ttl_secs,
@@ -1075,16 +1079,23 @@ async fn admin(state: &Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
                     )
                 })?;
                 list.retain(|i| {
-                    i.status == "active" && i.expires_at.is_some_and(|e| e <= now + within)
+                    i.status == "active"
+                        && i.expires_at
+                            .is_some_and(|e| e <= now.saturating_add(within))
                 });
             }
             Ok(json_response(StatusCode::OK, &list))
         }
         (&Method::GET, p)
-            if p.starts_with(api::ADMIN_IDENTITIES)
-                && p.len() > api::ADMIN_IDENTITIES.len() + 1 =>
+            if p.strip_prefix(api::ADMIN_IDENTITIES)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .is_some_and(|key| !key.is_empty()) =>
         {
-            let key = percent_decode(&p[api::ADMIN_IDENTITIES.len() + 1..]);
+            let key = p
+                .strip_prefix(api::ADMIN_IDENTITIES)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .map(percent_decode)
+                .unwrap_or_default();
             let now = unix_now();
             let found = blocking(move || {
                 let id = if key.starts_with("spiffe://") {
@@ -1181,6 +1192,17 @@ async fn admin(state: &Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             let grace = body
                 .grace_secs
                 .map_or(DEFAULT_ROTATION_GRACE, Duration::from_secs);
+            if grace < MIN_ROTATION_GRACE || grace > MAX_ROTATION_GRACE {
+                return Err(Fail::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_grace",
+                    format!(
+                        "the grace period must be between {}s and {}s: sidecars need it to learn the new root",
+                        MIN_ROTATION_GRACE.as_secs(),
+                        MAX_ROTATION_GRACE.as_secs()
+                    ),
+                ));
+            }
             let dir = state.ca_dir.clone();
             let now = unix_now();
             let plan = tokio::task::spawn_blocking(move || rotation::rotate(&dir, grace, now))
@@ -1222,6 +1244,10 @@ async fn admin(state: &Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
 
 /// Default time a new root is published before it signs.
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(600);
+/// Bounds of the grace period: long enough for connected sidecars' watches
+/// to bring the new root, short enough that a rotation finishes.
+pub const MIN_ROTATION_GRACE: Duration = Duration::from_secs(2);
+pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 fn ca_status(cas: &Authorities) -> serde_json::Value {
     serde_json::json!({

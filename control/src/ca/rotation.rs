@@ -164,6 +164,14 @@ impl Authorities {
         })
     }
 
+    /// The oldest CA whose root is published: the one every sidecar trusts.
+    pub fn oldest_published(&self) -> Arc<CertificateAuthority> {
+        self.published
+            .iter()
+            .find_map(|&i| self.cas.get(i).cloned().flatten())
+            .unwrap_or_else(|| self.signing.clone())
+    }
+
     /// Whether `plan` at `now` has the same CAs signing and published as `self`.
     pub fn unchanged_at(&self, now: i64, plan: &RotationPlan) -> bool {
         *plan == self.plan

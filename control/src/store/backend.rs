@@ -347,6 +347,23 @@ pub enum Backend {
     },
 }
 
+impl Drop for Backend {
+    fn drop(&mut self) {
+        // The blocking client shuts its own runtime down when dropped, which
+        // panics inside another runtime: drop it on a plain thread.
+        if let Backend::Postgres { client, .. } = self
+            && let Some(client) = client
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+        {
+            let _ = std::thread::Builder::new()
+                .name("postgres-close".into())
+                .spawn(move || drop(client));
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock dropped (rolled back) its transaction;
     // the connection itself is consistent.

@@ -118,7 +118,7 @@ impl IdentityRecord {
 /// What sidecars must refuse.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Revocations {
-    /// Highest revocation sequence number; changes with every revocation.
+    /// How many revocations were made; changes with every revocation.
     pub seq: i64,
     pub spiffe_ids: Vec<String>,
     /// Revoked serials that have not expired yet (an expired certificate is
@@ -646,8 +646,11 @@ impl Store {
     }
 }
 
+/// How many revocations are committed. A count, not `MAX(seq)`: on
+/// PostgreSQL sequence values can commit out of order, and a revocation
+/// committed after a higher one must still change the mark watchers compare.
 fn revocation_seq(sql: &mut dyn Sql) -> Result<i64, StoreError> {
-    sql.row("SELECT COALESCE(MAX(seq), 0) FROM revocations", &[])?
+    sql.row("SELECT COUNT(*) FROM revocations", &[])?
         .map_or(Ok(0), |r| r.int(0))
 }
 

@@ -223,6 +223,18 @@ impl StateDir {
         svid.is_valid_at(SystemTime::now()).then_some(svid)
     }
 
+    /// The revocation list saved by an earlier run: a restarted sidecar
+    /// keeps refusing what was revoked, even before its watch reconnects.
+    pub fn load_revoked(&self) -> Option<api::RevocationList> {
+        serde_json::from_slice(&std::fs::read(self.0.join("revoked.json")).ok()?).ok()
+    }
+
+    fn save_revoked(&self, list: &api::RevocationList) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.0)?;
+        let bytes = serde_json::to_vec(list).unwrap_or_default();
+        write_private(&self.0.join("revoked.json"), &bytes)
+    }
+
     fn save(&self, chain_pem: &str, key_pem: &str) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.0)?;
         write_private(&self.0.join("svid.key"), key_pem.as_bytes())?;
@@ -372,18 +384,44 @@ pub struct WatchState {
     pub last_error: Option<String>,
 }
 
+/// Turns a revocation list into what the store refuses.
+pub fn revoked_set(list: &api::RevocationList) -> Revoked {
+    Revoked {
+        spiffe_ids: list.spiffe_ids.iter().cloned().collect(),
+        serials: list.serials.iter().cloned().collect(),
+    }
+}
+
+/// Where the watch connects and what it feeds.
+pub struct WatchTargets {
+    pub client: ControlClient,
+    pub store: Arc<SvidStore>,
+    pub trust_domain: crate::identity::TrustDomain,
+    /// Policy bundles go here when the sidecar takes them from the control plane.
+    pub policies: Option<watch::Sender<Option<api::PolicyUpdate>>>,
+    pub state: watch::Sender<WatchState>,
+    /// Keeps the revocation list across restarts.
+    pub state_dir: Option<StateDir>,
+}
+
+/// Shortest pause between two watch calls, so that a control plane that
+/// answers at once (or a sidecar that cannot apply an answer) never turns
+/// the watch into a busy loop.
+const MIN_WATCH_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Long-polls the control plane for revocations, bundle changes and (when
 /// `policies` is given) policy bundles, and applies them. Runs until
 /// `shutdown` flips; backs off (capped at 30 s) while the control plane is
 /// unreachable, keeping everything it last applied.
-pub async fn run_watch(
-    client: ControlClient,
-    store: Arc<SvidStore>,
-    trust_domain: crate::identity::TrustDomain,
-    policies: Option<watch::Sender<Option<api::PolicyUpdate>>>,
-    state: watch::Sender<WatchState>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn run_watch(targets: WatchTargets, mut shutdown: watch::Receiver<bool>) {
+    let WatchTargets {
+        client,
+        store,
+        trust_domain,
+        policies,
+        state,
+        state_dir,
+    } = targets;
     let mut failures: u32 = 0;
     let mut generation = store.subscribe();
     loop {
@@ -427,6 +465,12 @@ pub async fn run_watch(
             Ok(update) => {
                 failures = 0;
                 apply(&store, &trust_domain, &update, &bundle_digest);
+                if update.revocations.seq != current.revocation_seq
+                    && let Some(dir) = &state_dir
+                    && let Err(e) = dir.save_revoked(&update.revocations)
+                {
+                    tracing::warn!(error = %e, "cannot save the revocation list");
+                }
                 let mut next = current;
                 next.revocation_seq = update.revocations.seq;
                 next.revoked =
@@ -438,6 +482,10 @@ pub async fn run_watch(
                     let _ = tx.send(Some(p));
                 }
                 let _ = state.send(next);
+                tokio::select! {
+                    _ = tokio::time::sleep(MIN_WATCH_INTERVAL) => {}
+                    _ = shutdown.changed() => return,
+                }
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -465,11 +513,7 @@ fn apply(
     update: &api::WatchResponse,
     bundle_digest: &str,
 ) {
-    let revoked = Revoked {
-        spiffe_ids: update.revocations.spiffe_ids.iter().cloned().collect(),
-        serials: update.revocations.serials.iter().cloned().collect(),
-    };
-    store.set_revoked(revoked);
+    store.set_revoked(revoked_set(&update.revocations));
     match TrustBundle::from_pem(trust_domain.clone(), update.bundle.bundle_pem.as_bytes()) {
         Ok(bundle) => {
             if digest_hex(bundle.to_pem().as_bytes()) != bundle_digest {

@@ -535,7 +535,7 @@ impl Sidecar {
                 identity.clone(),
                 tls,
                 shared.config.limits.peer_connect_timeout,
-                store.subscribe(),
+                store.clone(),
                 shared.metrics.clone(),
             );
             Ok(Arc::new(outbound::Route {
@@ -725,7 +725,9 @@ fn start_control(
     store: &Arc<SvidStore>,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<ControlChannels, SidecarError> {
-    use crate::control::{ControlClient, ControlSource, StateDir, WatchState, run_watch};
+    use crate::control::{
+        ControlClient, ControlSource, StateDir, WatchState, WatchTargets, revoked_set, run_watch,
+    };
     use crate::identity::{RotationPolicy, TrustBundle, TrustBundleSet, run_rotation};
     let err = |key: &'static str, message: String| SidecarError::Control { key, message };
     let (Some(server_id), Some(bundle_path)) = (&config.server_id, &config.bundle) else {
@@ -745,6 +747,9 @@ fn start_control(
         .map_err(|e| err("control.bundle", format!("{}: {e}", bundle_path.display())))?;
     store.set_bundles(TrustBundleSet::new().with(bundle));
     let state = config.state_dir.clone().map(StateDir);
+    if let Some(list) = state.as_ref().and_then(StateDir::load_revoked) {
+        store.set_revoked(revoked_set(&list));
+    }
     if let Some(saved) = state.as_ref().and_then(StateDir::load) {
         match store.install(saved, None) {
             Ok(()) => tracing::info!("using the SVID saved by an earlier run"),
@@ -779,7 +784,7 @@ fn start_control(
         token,
         instance,
         config.svid_ttl,
-        state,
+        state.clone(),
     );
     let mut stop = shutdown.clone();
     tokio::spawn(run_rotation(
@@ -798,11 +803,14 @@ fn start_control(
     };
     let (state_tx, state_rx) = watch::channel(WatchState::default());
     tokio::spawn(run_watch(
-        client,
-        store.clone(),
-        trust_domain,
-        policy_tx,
-        state_tx,
+        WatchTargets {
+            client,
+            store: store.clone(),
+            trust_domain,
+            policies: policy_tx,
+            state: state_tx,
+            state_dir: state,
+        },
         shutdown.clone(),
     ));
     Ok((policy_rx, state_rx))

@@ -20,7 +20,7 @@ use super::http::{
     upgrade_allowed, upgrade_protocol,
 };
 use super::metrics::Direction;
-use super::peer::{Carrying, PeerChannel, PeerError};
+use super::peer::{Carrying, PeerChannel, PeerError, PeerFacts};
 use super::splice::splice;
 use super::telemetry;
 use super::{Shared, accept_loop, serve_http};
@@ -265,6 +265,7 @@ impl Route {
             .connect_tls(Carrying::Http1)
             .await
             .map_err(peer_refusal)?;
+        let validity = self.channel.validity(&PeerFacts::of(&tls));
         let timeout = self.shared.config.limits.app_response_timeout;
         match tokio::time::timeout(
             timeout,
@@ -273,7 +274,7 @@ impl Route {
                 req,
                 &self.shared.tracker,
                 self.shared.config.limits.idle_timeout,
-                None,
+                validity,
             ),
         )
         .await
@@ -326,7 +327,8 @@ impl Route {
             Ok(mut tls) => {
                 metrics.tcp_connection(Direction::Outbound, "none");
                 let idle = self.shared.config.limits.idle_timeout;
-                if let Err(e) = splice(stream, &mut tls, idle, None).await {
+                let validity = self.channel.validity(&PeerFacts::of(&tls));
+                if let Err(e) = splice(stream, &mut tls, idle, validity.as_ref()).await {
                     tracing::debug!(error = %e, "opaque connection ended");
                 }
             }
@@ -429,11 +431,17 @@ impl ProxyListener {
                 };
                 let tunnel = hyper::upgrade::on(&mut req);
                 let idle = self.shared.config.limits.idle_timeout;
+                let validity = route.channel.validity(&PeerFacts::of(&tls));
                 self.shared.tracker.spawn(async move {
                     match tunnel.await {
                         Ok(upgraded) => {
-                            if let Err(e) =
-                                splice(&mut TokioIo::new(upgraded), &mut tls, idle, None).await
+                            if let Err(e) = splice(
+                                &mut TokioIo::new(upgraded),
+                                &mut tls,
+                                idle,
+                                validity.as_ref(),
+                            )
+                            .await
                             {
                                 tracing::debug!(error = %e, "CONNECT tunnel ended");
                             }

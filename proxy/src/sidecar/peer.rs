@@ -19,7 +19,8 @@ use tokio::sync::{Mutex, watch};
 use tokio_rustls::TlsConnector;
 
 use super::metrics::{Direction, Handshake, Metrics, handshake_failure};
-use crate::identity::{SpiffeId, describe_io_error};
+use super::splice::{Lapse, PeerValidity, lapsed};
+use crate::identity::{SpiffeId, SvidLeaf, SvidStore, Timestamp, describe_io_error};
 
 /// Why no connection to the peer could be had; each maps to a status.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,7 @@ pub struct PeerChannel {
     tls_opaque: TlsConnector,
     connect_timeout: Duration,
     svid_generation: watch::Receiver<u64>,
+    store: Arc<SvidStore>,
     metrics: Arc<Metrics>,
     current: Mutex<Option<Connected>>,
     connections: std::sync::atomic::AtomicU64,
@@ -79,7 +81,7 @@ impl PeerChannel {
         expected: SpiffeId,
         tls: Arc<ClientConfig>,
         connect_timeout: Duration,
-        svid_generation: watch::Receiver<u64>,
+        store: Arc<SvidStore>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let with_alpn = |alpn: &[&[u8]]| {
@@ -94,7 +96,8 @@ impl PeerChannel {
             tls_opaque: with_alpn(&[]),
             tls: with_alpn(&[b"h2"]),
             connect_timeout,
-            svid_generation,
+            svid_generation: store.subscribe(),
+            store,
             metrics,
             current: Mutex::new(None),
             connections: std::sync::atomic::AtomicU64::new(0),
@@ -175,6 +178,7 @@ impl PeerChannel {
 
     async fn connect(&self) -> Result<SendRequest<Incoming>, PeerError> {
         let tls = self.handshake(Carrying::H2).await?;
+        let tls_facts = PeerFacts::of(&tls);
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(PeerError::Protocol {
                 addr: self.addr,
@@ -192,12 +196,60 @@ impl PeerChannel {
                 reason: e.to_string(),
             })?;
         let addr = self.addr;
+        let validity = self.validity(&tls_facts);
+        let mut revocations = self.store.subscribe_revocations();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%addr, error = %e, "connection to peer sidecar ended");
+            tokio::pin!(connection);
+            loop {
+                tokio::select! {
+                    result = &mut connection => {
+                        if let Err(e) = result {
+                            tracing::debug!(%addr, error = %e, "connection to peer sidecar ended");
+                        }
+                        return;
+                    }
+                    // A peer revoked while connected is cut off at once; the
+                    // next request's handshake refuses it.
+                    changed = revocations.changed() => {
+                        if changed.is_err() || lapsed(validity.as_ref()) == Some(Lapse::Revoked) {
+                            tracing::info!(%addr, "closing the connection to a revoked peer");
+                            return;
+                        }
+                    }
+                }
             }
         });
         Ok(sender)
+    }
+
+    /// What the server's certificate on `tls` vouches for, to watch for its
+    /// expiry or revocation.
+    pub fn validity(&self, tls: &PeerFacts) -> Option<PeerValidity> {
+        let leaf = SvidLeaf::parse(tls.leaf.as_deref()?, Timestamp::now()).ok()?;
+        Some(PeerValidity {
+            expires: leaf.not_after.to_system_time(),
+            spiffe_id: leaf.spiffe_id.to_string(),
+            serial: leaf.serial,
+            store: self.store.clone(),
+        })
+    }
+}
+
+/// The server's leaf certificate of a connection, kept for [`PeerChannel::validity`].
+pub struct PeerFacts {
+    leaf: Option<Vec<u8>>,
+}
+
+impl PeerFacts {
+    pub fn of(tls: &PeerTls) -> Self {
+        PeerFacts {
+            leaf: tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.as_ref().to_vec()),
+        }
     }
 }
 
