@@ -518,6 +518,32 @@ async fn bad_requests_are_refused_precisely_audited_and_change_nothing(db: Db) {
         (403, "svid_revoked".into())
     );
 
+    // Renewal with an expired SVID: refused at the handshake, and audited.
+    let short_id = SpiffeId::parse("spiffe://example.org/ns/shop/sa/short-lived").expect("id");
+    let short_token = control.token(short_id.as_str());
+    let (csr, key) = csr_pem(&short_id);
+    let short: api::SvidResponse = anon
+        .post(
+            api::JOIN,
+            &api::JoinRequest {
+                token: short_token,
+                csr,
+                instance: "test".into(),
+                ttl_secs: Some(5),
+            },
+        )
+        .await
+        .expect("join with a 5 s SVID");
+    let expiring = mtls_client(&control, &short.chain_pem, &key);
+    // Past its expiry (certificate times are whole seconds).
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    match renew(&expiring, csr_pem(&short_id).0).await {
+        // TLS 1.3: the server's refusal of a client certificate reaches the
+        // client as an alert, seen during the handshake or on its first read.
+        Err(ControlError::Tls { .. } | ControlError::Http(_)) => {}
+        other => panic!("an expired SVID renewed: {other:?}"),
+    }
+
     // Nothing refused changed state: one identity joined, two SVIDs, both revoked.
     let admin = control.client(true);
     let list: Vec<serde_json::Value> = admin.get(api::ADMIN_IDENTITIES).await.expect("list");
@@ -567,6 +593,7 @@ async fn bad_requests_are_refused_precisely_audited_and_change_nothing(db: Db) {
         "renew:svid_revoked",
         "admin:admin_credentials_required",
         "admin:bad_admin_credentials",
+        "handshake:bad_client_certificate",
     ] {
         assert!(
             refusals.contains(expected),
