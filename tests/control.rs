@@ -217,6 +217,21 @@ async fn sidecars_join_by_token_renew_under_traffic_and_ride_out_a_control_plane
     eprintln!("{ok} requests, 0 failed");
 }
 
+/// Keeps using `live` (an echo connection) until it is closed, for at most
+/// 15 s; how long after `since` that happened.
+async fn cut_after(live: &mut tokio::net::TcpStream, since: Instant) -> Option<Duration> {
+    while since.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let wrote = live.write_all(b"b;").await;
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_millis(200), live.read(&mut buf)).await;
+        if wrote.is_err() || matches!(read, Ok(Ok(0)) | Ok(Err(_))) {
+            return Some(since.elapsed());
+        }
+    }
+    None
+}
+
 async fn read_some(stream: &mut tokio::net::TcpStream, want: usize) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 256];
@@ -270,17 +285,7 @@ async fn revocation_cuts_live_connections_within_seconds_and_refuses_new_ones(db
     );
 
     // The live connection is cut: keep using it until it fails (bounded).
-    let mut cut = None;
-    while revoked_at.elapsed() < Duration::from_secs(15) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let wrote = live.write_all(b"b;").await;
-        let mut buf = [0u8; 16];
-        let read = tokio::time::timeout(Duration::from_millis(200), live.read(&mut buf)).await;
-        if wrote.is_err() || matches!(read, Ok(Ok(0)) | Ok(Err(_))) {
-            cut = Some(revoked_at.elapsed());
-            break;
-        }
-    }
+    let cut = cut_after(&mut live, revoked_at).await;
     let Some(cut) = cut else {
         let identity = get(server.admin, "/identity", &[])
             .await
@@ -1067,17 +1072,7 @@ async fn revoking_the_server_cuts_the_callers_connections(db: Db) {
         "--reason",
         "server key stolen",
     ]);
-    let mut cut = None;
-    while revoked_at.elapsed() < Duration::from_secs(15) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let wrote = live.write_all(b"b;").await;
-        let mut buf = [0u8; 16];
-        let read = tokio::time::timeout(Duration::from_millis(200), live.read(&mut buf)).await;
-        if wrote.is_err() || matches!(read, Ok(Ok(0)) | Ok(Err(_))) {
-            cut = Some(revoked_at.elapsed());
-            break;
-        }
-    }
+    let cut = cut_after(&mut live, revoked_at).await;
     let cut = cut.unwrap_or_else(|| {
         panic!(
             "the connection to the revoked server stayed open\n{}",
