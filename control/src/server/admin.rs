@@ -1,0 +1,327 @@
+//! The admin endpoints: tokens, inventory, revocation, policies, the CA
+//! rotation and the audit trail, behind the admin bearer token.
+
+use super::*;
+
+pub(super) fn admin_auth(
+    state: &State,
+    req: &Request<Incoming>,
+    remote: SocketAddr,
+) -> Result<(), Fail> {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let fail = match presented {
+        None => Fail::new(
+            StatusCode::UNAUTHORIZED,
+            "admin_credentials_required",
+            "admin calls need `Authorization: Bearer <token from admin.token>`",
+        ),
+        Some(token) => {
+            let hash: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+            // Constant time: compare every byte whatever the first mismatch.
+            let diff = hash
+                .iter()
+                .zip(state.admin_hash.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if diff == 0 {
+                return Ok(());
+            }
+            Fail::new(
+                StatusCode::UNAUTHORIZED,
+                "bad_admin_credentials",
+                "the admin token is not valid",
+            )
+        }
+    };
+    Err(refused(state, "admin", &remote.to_string(), None, fail))
+}
+
+pub(super) async fn admin(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Fail> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let db = state.db.clone();
+    match (&method, path.as_str()) {
+        (&Method::POST, api::ADMIN_TOKENS) => {
+            let body: api::TokenRequest = read_json(req, MAX_BODY).await?;
+            create_token(state, body).await
+        }
+        (&Method::GET, api::ADMIN_IDENTITIES) => {
+            let q = query_params(&req);
+            let now = unix_now();
+            let mut list = blocking(move || db.identities(now)).await?;
+            if let Some(status) = q.get("status") {
+                list.retain(|i| i.status == *status);
+            }
+            if let Some(within) = q.get("expiring_within_secs") {
+                let within: i64 = within.parse().map_err(|_| {
+                    Fail::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_query",
+                        "expiring_within_secs must be a number of seconds",
+                    )
+                })?;
+                list.retain(|i| {
+                    i.status == "active"
+                        && i.expires_at
+                            .is_some_and(|e| e <= now.saturating_add(within))
+                });
+            }
+            Ok(json_response(StatusCode::OK, &list))
+        }
+        (&Method::GET, p)
+            if p.strip_prefix(api::ADMIN_IDENTITIES)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .is_some_and(|key| !key.is_empty()) =>
+        {
+            let key = p
+                .strip_prefix(api::ADMIN_IDENTITIES)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .map(percent_decode)
+                .unwrap_or_default();
+            let now = unix_now();
+            let found = blocking(move || {
+                let id = if key.starts_with("spiffe://") {
+                    key
+                } else {
+                    match db.owner_of_serial(&key.to_ascii_lowercase().replace(':', ""))? {
+                        Some(id) => id,
+                        None => return Ok(None),
+                    }
+                };
+                db.identity(&id, now)
+            })
+            .await?;
+            match found {
+                Some((identity, svids)) => Ok(json_response(
+                    StatusCode::OK,
+                    &IdentityDetail { identity, svids },
+                )),
+                None => Err(Fail::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_identity",
+                    "no such identity or serial in the inventory",
+                )),
+            }
+        }
+        (&Method::POST, api::ADMIN_REVOCATIONS) => {
+            let body: api::RevokeRequest = read_json(req, MAX_BODY).await?;
+            if body.reason.trim().is_empty() {
+                return Err(Fail::new(
+                    StatusCode::BAD_REQUEST,
+                    "reason_required",
+                    "a revocation needs a reason",
+                ));
+            }
+            let (id, n) =
+                blocking(move || db.revoke(body.target.trim(), body.reason.trim(), unix_now()))
+                    .await?;
+            state.count(|c| c.revocations += 1);
+            let db = state.db.clone();
+            let seq = blocking(move || db.revocation_seq()).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &api::RevokeResponse {
+                    spiffe_id: id,
+                    svids_revoked: n,
+                    seq,
+                },
+            ))
+        }
+        (&Method::GET, api::ADMIN_POLICIES) => {
+            let (versions, current) =
+                blocking(move || Ok((db.policy_versions()?, db.policy_head()?))).await?;
+            let versions: Vec<_> = versions
+                .into_iter()
+                .map(|(version, created_at, digest)| serde_json::json!({"version": version, "created_at": created_at, "digest": digest}))
+                .collect();
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({"current": current, "versions": versions}),
+            ))
+        }
+        (&Method::POST, api::ADMIN_POLICIES) => {
+            let body: api::PolicyPush = read_json(req, MAX_POLICY_BODY).await?;
+            let (digest, count) = validate_policies(&body.files)?;
+            let files = body.files;
+            let d = digest.clone();
+            let (version, changed) =
+                blocking(move || db.push_policy(&d, &files, unix_now())).await?;
+            state.count(|c| c.policy_pushes += 1);
+            Ok(json_response(
+                StatusCode::OK,
+                &api::PolicyPushResponse {
+                    version,
+                    digest,
+                    changed,
+                    policies: count,
+                },
+            ))
+        }
+        (&Method::POST, api::ADMIN_POLICY_ROLLBACK) => {
+            let body: api::PolicyRollback = read_json(req, MAX_BODY).await?;
+            let bundle = blocking(move || db.rollback_policy(body.version)).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({"version": bundle.version, "digest": bundle.digest}),
+            ))
+        }
+        (&Method::GET, api::ADMIN_CA) => {
+            let cas = state.cas.load_full();
+            Ok(json_response(StatusCode::OK, &ca_status(&cas)))
+        }
+        (&Method::POST, api::ADMIN_CA_ROTATE) => {
+            let body: api::CaRotateRequest = read_json(req, MAX_BODY).await?;
+            let grace = body
+                .grace_secs
+                .map_or(DEFAULT_ROTATION_GRACE, Duration::from_secs);
+            if grace < MIN_ROTATION_GRACE || grace > MAX_ROTATION_GRACE {
+                return Err(Fail::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_grace",
+                    format!(
+                        "the grace period must be between {}s and {}s: sidecars need it to learn the new root",
+                        MIN_ROTATION_GRACE.as_secs(),
+                        MAX_ROTATION_GRACE.as_secs()
+                    ),
+                ));
+            }
+            let dir = state.ca_dir.clone();
+            let now = unix_now();
+            let plan = tokio::task::spawn_blocking(move || rotation::rotate(&dir, grace, now))
+                .await
+                .map_err(|e| {
+                    Fail::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                })?
+                .map_err(|e| Fail::new(StatusCode::CONFLICT, "rotation_refused", e.to_string()))?;
+            let event = AuditEvent::ok("ca_rotate", None, None, "admin").with_detail(format!(
+                "new CA {} signs from {}",
+                plan.authorities.last().map_or("", |a| a.dir.as_str()),
+                plan.authorities.last().map_or(0, |a| a.sign_from)
+            ));
+            let _ = blocking(move || db.audit(&event)).await;
+            maintain_authorities(state).await.map_err(|e| {
+                Fail::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
+            Ok(json_response(
+                StatusCode::OK,
+                &ca_status(&state.cas.load_full()),
+            ))
+        }
+        (&Method::GET, api::ADMIN_AUDIT) => {
+            let limit = query_params(&req)
+                .get("limit")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100u32)
+                .min(10_000);
+            let events = blocking(move || db.audit_tail(limit)).await?;
+            Ok(json_response(StatusCode::OK, &events))
+        }
+        _ => Err(Fail::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no admin endpoint {method} {path}"),
+        )),
+    }
+}
+
+/// Default time a new root is published before it signs.
+pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(600);
+/// Bounds of the grace period: long enough for connected sidecars' watches
+/// to bring the new root, short enough that a rotation finishes.
+pub const MIN_ROTATION_GRACE: Duration = Duration::from_secs(2);
+pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+pub(super) fn ca_status(cas: &Authorities) -> serde_json::Value {
+    serde_json::json!({
+        "trust_domain": cas.signing.trust_domain().to_string(),
+        "signing": cas.plan.authorities.get(cas.signing_index).map(|a| a.dir.clone()),
+        "signing_ca_expires_at": Timestamp::from_system_time(cas.signing.not_after()).0,
+        "bundle_roots": cas.bundle.roots().len(),
+        "bundle_digest": bundle_response(&cas.bundle).digest,
+        "authorities": cas.plan.authorities,
+    })
+}
+
+#[derive(Serialize)]
+struct IdentityDetail {
+    #[serde(flatten)]
+    identity: IdentityRecord,
+    svids: Vec<SvidRecord>,
+}
+
+pub(super) async fn create_token(
+    state: &Arc<State>,
+    body: api::TokenRequest,
+) -> Result<Response<Body>, Fail> {
+    let bad = |code: &str, m: String| Fail::new(StatusCode::BAD_REQUEST, code, m);
+    let id = SpiffeId::parse(&body.spiffe_id)
+        .map_err(|e| bad("invalid_spiffe_id", format!("{:?}: {e}", body.spiffe_id)))?;
+    let trust_domain = state.cas.load().signing.trust_domain().clone();
+    if !id.is_member_of(&trust_domain) {
+        return Err(bad(
+            "foreign_trust_domain",
+            format!("{id} is outside this CA's trust domain {}", trust_domain),
+        ));
+    }
+    if id.is_root() || id == state.server_id {
+        return Err(bad(
+            "reserved_id",
+            format!("{id} cannot be given to a workload"),
+        ));
+    }
+    let ttl = body
+        .ttl_secs
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TOKEN_TTL);
+    if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+        return Err(bad(
+            "bad_ttl",
+            format!(
+                "token TTL must be between 1s and {}s",
+                MAX_TOKEN_TTL.as_secs()
+            ),
+        ));
+    }
+    let mut labels = serde_json::Map::new();
+    for (k, v) in body.labels {
+        if k.is_empty() || k.len() > 63 || v.len() > 255 {
+            return Err(bad(
+                "bad_label",
+                format!("label {k:?}: keys are 1-63 bytes, values at most 255"),
+            ));
+        }
+        labels.insert(k, serde_json::Value::String(v));
+    }
+    let token = new_secret("wdt_");
+    let hash = digest_hex(token.as_bytes());
+    let token_id = hash[..12].to_owned();
+    let now = unix_now();
+    let expires_at = now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
+    let db = state.db.clone();
+    let (sid, tid) = (id.to_string(), token_id.clone());
+    blocking(move || db.create_token(&hash, &tid, &sid, &labels, now, expires_at)).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &api::TokenResponse {
+            token,
+            token_id,
+            spiffe_id: id.to_string(),
+            expires_at,
+        },
+    ))
+}
+
+/// Checks a pushed bundle the way a sidecar will load it; returns its digest
+/// and policy count.
+pub(super) fn validate_policies(files: &BTreeMap<String, String>) -> Result<(String, usize), Fail> {
+    let bad = |m: String| Fail::new(StatusCode::BAD_REQUEST, "invalid_policy", m);
+    let policy_files = PolicyFiles::from_named(files).map_err(bad)?;
+    let snapshot = PolicySnapshot::from_files(policy_files).map_err(|e| bad(e.to_string()))?;
+    Ok((snapshot.version().to_owned(), snapshot.len()))
+}

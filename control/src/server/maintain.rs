@@ -1,0 +1,126 @@
+//! Following the database and the CA directory: the change marks the
+//! watch compares, and the CA rotation plan.
+
+use super::*;
+
+pub(super) async fn poll_changes(
+    state: Arc<State>,
+    tx: watch::Sender<Changes>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = shutdown.changed() => return,
+        }
+        tick += 1;
+        state.flush_suppressed_audits().await;
+        if tick.is_multiple_of(4)
+            && let Err(e) = maintain_authorities(&state).await
+        {
+            tracing::warn!(error = %e, "CA rotation step failed; retrying");
+        }
+        let db = state.db.clone();
+        let read = tokio::task::spawn_blocking(move || db.change_marks()).await;
+        match read {
+            Ok(Ok((seq, head))) => {
+                let now = (seq, head, state.bundle().digest);
+                tx.send_if_modified(|old| {
+                    let changed = *old != now;
+                    *old = now;
+                    changed
+                });
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the change counters"),
+            Err(e) => tracing::warn!(error = %e, "change poller task failed"),
+        }
+    }
+}
+
+/// Follows the CA rotation plan: switches the signing CA and the bundle
+/// when their times come (re-issuing the server's own SVID from the new
+/// CA), and retires an old root once every SVID it signed has expired.
+pub(super) async fn maintain_authorities(state: &Arc<State>) -> Result<(), ServeError> {
+    let now = unix_now();
+    let ca_dir = state.ca_dir.clone();
+    let plan = {
+        let dir = ca_dir.clone();
+        tokio::task::spawn_blocking(move || RotationPlan::read(&dir))
+            .await
+            .map_err(setup)?
+            .map_err(setup)?
+    };
+    // Retire: an old CA that no longer signs, once its SVIDs are all expired.
+    let signing = plan.signing_at(now);
+    for (i, authority) in plan.authorities.iter().enumerate().take(signing) {
+        if authority.retired_at.is_some() {
+            continue;
+        }
+        let Some(next) = plan.authorities.get(i + 1) else {
+            continue;
+        };
+        // Margin for an issuance that was deciding when the switch came.
+        let switched = next.sign_from.saturating_add(5);
+        if now < switched {
+            continue;
+        }
+        let db = state.db.clone();
+        let last_expiry = tokio::task::spawn_blocking(move || db.last_expiry_issued_by(switched))
+            .await
+            .map_err(setup)?
+            .map_err(setup)?;
+        if last_expiry < now {
+            let dir = ca_dir.clone();
+            tokio::task::spawn_blocking(move || rotation::retire(&dir, i, now))
+                .await
+                .map_err(setup)?
+                .map_err(setup)?;
+            tracing::info!(authority = %authority.dir, "every SVID of the old CA has expired; its root leaves the trust bundle");
+            let db = state.db.clone();
+            let event = AuditEvent::ok("ca_retire", None, None, "control-plane")
+                .with_detail(format!("CA {} retired", authority.dir));
+            let _ = tokio::task::spawn_blocking(move || db.audit(&event)).await;
+        }
+    }
+    let plan = {
+        let dir = ca_dir.clone();
+        tokio::task::spawn_blocking(move || RotationPlan::read(&dir))
+            .await
+            .map_err(setup)?
+            .map_err(setup)?
+    };
+    let current = state.cas.load_full();
+    if current.unchanged_at(now, &plan) {
+        return Ok(());
+    }
+    let dir = ca_dir.clone();
+    let previous = current.clone();
+    let next = tokio::task::spawn_blocking(move || Authorities::load(&dir, now, Some(&previous)))
+        .await
+        .map_err(setup)?
+        .map_err(setup)?;
+    let signer_changed = !Arc::ptr_eq(&next.signing, &current.signing);
+    let roots = next.bundle.roots().len();
+    state.cas.store(Arc::new(next));
+    let bundle = state.bundle();
+    files::write_replace(
+        &state.data_dir.join(BUNDLE_FILE),
+        bundle.bundle_pem.as_bytes(),
+        PUBLIC_MODE,
+    )
+    .map_err(setup)?;
+    tracing::info!(roots, signer_changed, "trust bundle or signing CA changed");
+    // The bundle changed either way: re-issue our own SVID so it chains to
+    // the signing CA and our store trusts exactly the published roots.
+    let local = LocalSource {
+        cas: state.cas.clone(),
+        id: state.server_id.clone(),
+    };
+    let fresh = local.fetch().await?;
+    state
+        .svid_store
+        .install(fresh.svid, fresh.bundles)
+        .map_err(setup)?;
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! The endpoints sidecars call: join, renew and watch.
+
+use super::*;
+
+/// Signs `csr` for `bound` and describes the result for the inventory.
+pub(super) fn sign(
+    cas: &Authorities,
+    csr: &str,
+    bound: &str,
+    ttl_secs: Option<u64>,
+    kind: &str,
+    instance: &str,
+) -> Result<Signed<api::SvidResponse>, StoreError> {
+    let bound_id = SpiffeId::parse(bound)
+        .map_err(|e| StoreError::refused("internal", format!("stored ID {bound:?}: {e}")))?;
+    let issued = cas
+        .signing
+        .sign_csr(
+            csr.as_bytes(),
+            &SignRequest {
+                bound_id: Some(bound_id),
+                ttl: ttl_secs.map(Duration::from_secs),
+            },
+        )
+        .map_err(csr_refusal)?;
+    let key_sha256 = issued
+        .chain
+        .first()
+        .and_then(|leaf| x509_parser::certificate::X509Certificate::from_der(leaf).ok())
+        .map(|(_, cert)| digest_hex(cert.tbs_certificate.subject_pki.raw))
+        .unwrap_or_default();
+    let record = SvidRecord {
+        serial: issued.serial.clone(),
+        spiffe_id: issued.spiffe_id.to_string(),
+        key_sha256,
+        issued_at: unix_now(),
+        expires_at: issued.not_after.0,
+        kind: kind.to_owned(),
+        instance: instance.chars().take(200).collect(),
+        revoked: false,
+    };
+    Ok(Signed {
+        value: api::SvidResponse {
+            spiffe_id: record.spiffe_id.clone(),
+            serial: record.serial.clone(),
+            expires_at: record.expires_at,
+            chain_pem: issued.chain_pem(),
+            bundle_pem: cas.bundle.to_pem(),
+        },
+        record,
+    })
+}
+
+pub(super) async fn join(
+    state: &Arc<State>,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Fail> {
+    let actor = remote.to_string();
+    let body: api::JoinRequest = read_json(req, MAX_BODY)
+        .await
+        .map_err(|f| refused(state, "join", &actor, None, f))?;
+    let hash = digest_hex(body.token.as_bytes());
+    let actor = format!("token:{}", &hash[..12]);
+    // The signing CA is read inside the transaction (which may be retried):
+    // an SVID is never signed by a CA that stopped signing meanwhile.
+    let cas = state.cas.clone();
+    let db = state.db.clone();
+    let outcome = blocking(move || {
+        db.redeem_token(&hash, unix_now(), |bound| {
+            sign(
+                &cas.load(),
+                &body.csr,
+                bound,
+                body.ttl_secs,
+                "join",
+                &body.instance,
+            )
+        })
+    })
+    .await;
+    match outcome {
+        Ok(svid) => {
+            state.count(|c| *c.issued.entry("join").or_default() += 1);
+            Ok(json_response(StatusCode::OK, &svid))
+        }
+        Err(e) => Err(refused(state, "join", &actor, None, e.into())),
+    }
+}
+
+pub(super) async fn renew(
+    state: &Arc<State>,
+    caller: Option<&Caller>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Fail> {
+    let Some(caller) = caller.cloned() else {
+        return Err(refused(
+            state,
+            "renew",
+            "anonymous",
+            None,
+            Fail::new(
+                StatusCode::UNAUTHORIZED,
+                "mtls_required",
+                "renewal needs the current SVID as the TLS client certificate",
+            ),
+        ));
+    };
+    let id = caller.id.to_string();
+    let body: api::RenewRequest = read_json(req, MAX_BODY)
+        .await
+        .map_err(|f| refused(state, "renew", &id, Some(&id), f))?;
+    let cas = state.cas.clone();
+    let db = state.db.clone();
+    let (bound, serial) = (id.clone(), caller.serial.clone());
+    let outcome = blocking(move || {
+        db.renew(&bound, &serial, |bound| {
+            sign(
+                &cas.load(),
+                &body.csr,
+                bound,
+                body.ttl_secs,
+                "renew",
+                &body.instance,
+            )
+        })
+    })
+    .await;
+    match outcome {
+        Ok(svid) => {
+            state.count(|c| *c.issued.entry("renew").or_default() += 1);
+            Ok(json_response(StatusCode::OK, &svid))
+        }
+        Err(e) => Err(refused(state, "renew", &id, Some(&id), e.into())),
+    }
+}
+
+pub(super) async fn watch_changes(
+    state: &Arc<State>,
+    caller: Option<&Caller>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Fail> {
+    let Some(caller) = caller else {
+        return Err(Fail::new(
+            StatusCode::UNAUTHORIZED,
+            "mtls_required",
+            "the watch needs an SVID as the TLS client certificate",
+        ));
+    };
+    let q = query_params(&req);
+    let known_seq: i64 = q
+        .get("revocations")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1);
+    let known_bundle = q.get("bundle").cloned().unwrap_or_default();
+    let known_policy = q.get("policy").cloned().unwrap_or_default();
+    let wait = q
+        .get("wait_ms")
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::ZERO)
+        .min(MAX_WATCH_WAIT);
+    let policy_differs = |head: Option<i64>| match known_policy.as_str() {
+        "any" => false,
+        "none" | "" => head.is_some(),
+        v => head.map(|h| h.to_string()) != Some(v.to_owned()),
+    };
+    let mut changes = state.changes.clone();
+    let deadline = tokio::time::Instant::now() + wait;
+    let head = loop {
+        let (seq, head, digest) = changes.borrow_and_update().clone();
+        if seq != known_seq || known_bundle != digest || policy_differs(head) {
+            break head;
+        }
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => {}
+            _ => break head,
+        }
+    };
+    let db = state.db.clone();
+    let with_policy = policy_differs(head);
+    let (revocations, policy) = blocking(move || {
+        let revocations = db.revocations(unix_now())?;
+        let policy = if with_policy {
+            db.current_policy()?
+        } else {
+            None
+        };
+        Ok((revocations, policy))
+    })
+    .await?;
+    if revocations
+        .spiffe_ids
+        .iter()
+        .any(|r| *r == caller.id.as_str())
+        || revocations.serials.contains(&caller.serial)
+    {
+        return Err(Fail::new(
+            StatusCode::FORBIDDEN,
+            "identity_revoked",
+            format!("{} is revoked", caller.id),
+        ));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &api::WatchResponse {
+            revocations: api::RevocationList {
+                seq: revocations.seq,
+                spiffe_ids: revocations.spiffe_ids,
+                serials: revocations.serials,
+            },
+            bundle: state.bundle(),
+            policy_version: head,
+            policy: policy.map(|p| api::PolicyUpdate {
+                version: p.version,
+                digest: p.digest,
+                files: p.files,
+            }),
+        },
+    ))
+}
