@@ -12,7 +12,8 @@
 //!
 //! Run: `cargo bench --bench mesh`. `WARDEN_BENCH_SECS` (default 3) sets
 //! each phase's length; `WARDEN_BENCH_RATE` (default 2000) the open-loop
-//! rate; `WARDEN_BENCH_CONNS` (default 16) the closed-loop concurrency.
+//! rate; `WARDEN_BENCH_CONNS` (default 16) the closed-loop concurrency;
+//! `WARDEN_BENCH_ONLY=tracing` runs only the tracing-cost phases.
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -460,7 +461,9 @@ async fn run() -> Result<(), Error> {
         length.as_secs()
     );
     let mut results = Vec::new();
-    for scenario in SCENARIOS {
+    // `WARDEN_BENCH_ONLY=tracing` runs only the tracing-cost phases.
+    let only_tracing = std::env::var("WARDEN_BENCH_ONLY").is_ok_and(|v| v == "tracing");
+    for scenario in SCENARIOS.iter().copied().filter(|_| !only_tracing) {
         let direct = closed_phase(app, scenario, &[], conns, length).await;
         let mesh = closed_phase(via, scenario, &[&client_sidecar, &server], conns, length).await;
         // The open loop runs both targets at one rate, at most half what the
