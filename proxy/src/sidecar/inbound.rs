@@ -58,6 +58,9 @@ struct ConnInfo {
     source: SocketAddr,
     tls_version: &'static str,
     peer_id: Option<HeaderValue>,
+    /// The caller's ID as a span attribute value, shared by every span of
+    /// the connection.
+    peer_value: Option<opentelemetry::StringValue>,
     /// `x-forwarded-client-cert` for the app; None for unauthenticated peers.
     xfcc: Option<HeaderValue>,
     peer: Peer,
@@ -277,10 +280,17 @@ impl Inbound {
             }
             _ => (None, None),
         };
+        let peer_value = match &peer {
+            Peer::Workload(id) => Some(opentelemetry::StringValue::from(
+                std::sync::Arc::<str>::from(id.as_str()),
+            )),
+            Peer::Unauthenticated(_) => None,
+        };
         ConnInfo {
             source,
             tls_version,
             peer_id,
+            peer_value,
             xfcc,
             peer,
             validity,
@@ -315,11 +325,12 @@ impl Inbound {
         let grpc = is_grpc(&req);
         let span = self.shared.traces.as_ref().map(|traces| {
             let method = req.method().clone();
-            let path = req.uri().path().to_owned();
+            // Cheap (shared bytes); the path is copied only for a sampled span.
+            let uri = req.uri().clone();
             let attributes = || {
                 let mut attributes = vec![
-                    KeyValue::new("http.request.method", method.to_string()),
-                    KeyValue::new("url.path", path.clone()),
+                    KeyValue::new("http.request.method", telemetry::method_value(&method)),
+                    KeyValue::new("url.path", uri.path().to_owned()),
                     KeyValue::new("client.address", info.source.ip().to_string()),
                     KeyValue::new("tls.protocol.version", info.tls_version),
                     KeyValue::new("warden.request.id", id.clone()),
@@ -330,8 +341,8 @@ impl Inbound {
                         svid.spiffe_id().to_string(),
                     ));
                 }
-                if let Peer::Workload(peer) = &info.peer {
-                    attributes.push(KeyValue::new("warden.peer.id", peer.to_string()));
+                if let Some(peer) = &info.peer_value {
+                    attributes.push(KeyValue::new("warden.peer.id", peer.clone()));
                 }
                 attributes
             };

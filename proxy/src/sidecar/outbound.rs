@@ -68,11 +68,12 @@ impl Route {
             .then(|| (req.method().to_string(), req.uri().path().to_owned()));
         let span = self.shared.traces.as_ref().map(|traces| {
             let method = req.method().clone();
-            let path = req.uri().path().to_owned();
+            // Cheap (shared bytes); the path is copied only for a sampled span.
+            let uri = req.uri().clone();
             let attributes = || {
                 let mut attributes = vec![
-                    KeyValue::new("http.request.method", method.to_string()),
-                    KeyValue::new("url.path", path.clone()),
+                    KeyValue::new("http.request.method", telemetry::method_value(&method)),
+                    KeyValue::new("url.path", uri.path().to_owned()),
                     KeyValue::new("server.address", self.upstream.ip().to_string()),
                     KeyValue::new("server.port", i64::from(self.upstream.port())),
                     KeyValue::new("warden.peer.id", self.channel.expected().to_string()),

@@ -6,8 +6,10 @@
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{Span, SpanKind, Status, TraceContextExt, Tracer, TracerProvider as _};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{
+    Span, SpanKind, Status, TraceContextExt, TraceFlags, Tracer, TracerProvider as _,
+};
 use opentelemetry::{Context, KeyValue, StringValue, Value};
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
@@ -27,15 +29,46 @@ impl Extractor for Extract<'_> {
     }
 }
 
-struct Inject<'a>(&'a mut HeaderMap);
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
 
-impl Injector for Inject<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(name, value);
+/// Lowercase hex of `bytes` into `out` (twice as long).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0x0f)];
+    }
+}
+
+/// Writes `cx`'s span context as `traceparent` (and `tracestate` when it
+/// has one) into `headers`. The W3C propagator does the same with string
+/// formatting and always sends `tracestate`, even empty; this writes the 55
+/// bytes directly and leaves an empty `tracestate` out.
+fn inject(cx: &Context, headers: &mut HeaderMap) {
+    let span = cx.span();
+    let sc = span.span_context();
+    if !sc.is_valid() {
+        return;
+    }
+    // version "00", trace id, span id, flags: "00-<32 hex>-<16 hex>-<2 hex>".
+    let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex_into(&mut buf[3..35], &sc.trace_id().to_bytes());
+    hex_into(&mut buf[36..52], &sc.span_id().to_bytes());
+    hex_into(
+        &mut buf[53..55],
+        &[(sc.trace_flags() & TraceFlags::SAMPLED).to_u8()],
+    );
+    if let Ok(value) = HeaderValue::from_bytes(&buf) {
+        headers.insert(HeaderName::from_static(TRACEPARENT), value);
+    }
+    let state = sc.trace_state().header();
+    match HeaderValue::from_str(&state) {
+        Ok(value) if !state.is_empty() => {
+            headers.insert(HeaderName::from_static(TRACESTATE), value);
+        }
+        _ => {
+            headers.remove(TRACESTATE);
         }
     }
 }
@@ -147,7 +180,13 @@ impl Tracing {
         headers: &mut HeaderMap,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Context {
-        let parent = self.propagator.extract(&Extract(headers));
+        // No `traceparent`: a new trace, without the propagator's parsing.
+        let parent = if headers.contains_key(TRACEPARENT) {
+            self.propagator
+                .extract_with_context(&Context::new(), &Extract(headers))
+        } else {
+            Context::new()
+        };
         let mut span = self
             .tracer
             .span_builder(span_name(method))
@@ -157,7 +196,7 @@ impl Tracing {
             span.set_attributes(attributes());
         }
         let cx = parent.with_span(span);
-        self.propagator.inject_context(&cx, &mut Inject(headers));
+        inject(&cx, headers);
         cx
     }
 
@@ -186,6 +225,14 @@ pub fn finish(cx: &Context, status: u16, server: bool, attributes: impl FnOnce()
         span.set_status(Status::error(format!("HTTP {status}")));
     }
     span.end();
+}
+
+/// `http.request.method`: a static string for the standard methods.
+pub fn method_value(method: &http::Method) -> Value {
+    match span_name(method) {
+        "HTTP" => Value::from(method.to_string()),
+        name => Value::from(name),
+    }
 }
 
 /// The span name: the method, as the OTel HTTP conventions have it
@@ -253,4 +300,58 @@ pub fn access_log(entry: &Access<'_>) {
     });
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceId, TraceState};
+
+    #[test]
+    fn traceparent_is_written_as_the_w3c_propagator_would() {
+        let sc = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("trace id"),
+            SpanId::from_hex("00f067aa0ba902b7").expect("span id"),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        let cx = Context::new().with_remote_span_context(sc);
+        let mut ours = HeaderMap::new();
+        ours.insert(TRACESTATE, HeaderValue::from_static("stale=1"));
+        inject(&cx, &mut ours);
+        assert_eq!(
+            ours[TRACEPARENT],
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert!(!ours.contains_key(TRACESTATE), "empty state: no header");
+        // Round trip through the W3C propagator.
+        let back = TraceContextPropagator::new().extract(&Extract(&ours));
+        assert_eq!(
+            back.span().span_context().trace_id(),
+            cx.span().span_context().trace_id()
+        );
+        assert!(back.span().span_context().is_sampled());
+
+        let state = TraceState::from_key_value([("vendor", "x")]).expect("state");
+        let unsampled = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("trace id"),
+            SpanId::from_hex("00f067aa0ba902b7").expect("span id"),
+            TraceFlags::default(),
+            true,
+            state,
+        );
+        let mut headers = HeaderMap::new();
+        inject(
+            &Context::new().with_remote_span_context(unsampled),
+            &mut headers,
+        );
+        assert!(
+            headers[TRACEPARENT]
+                .to_str()
+                .expect("ascii")
+                .ends_with("-00")
+        );
+        assert_eq!(headers[TRACESTATE], "vendor=x");
+    }
 }
