@@ -13,7 +13,8 @@
 //! Run: `cargo bench --bench mesh`. `WARDEN_BENCH_SECS` (default 3) sets
 //! each phase's length; `WARDEN_BENCH_RATE` (default 2000) the open-loop
 //! rate; `WARDEN_BENCH_CONNS` (default 16) the closed-loop concurrency;
-//! `WARDEN_BENCH_ONLY=tracing` runs only the tracing-cost phases.
+//! `WARDEN_BENCH_ONLY=tracing` runs only the tracing-cost phases, and
+//! `WARDEN_BENCH_ROUNDS` (default 3) sets how many rounds of them.
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -495,7 +496,11 @@ async fn run() -> Result<(), Error> {
             ("OTEL_TRACES_SAMPLER_ARG".to_owned(), ratio.to_owned()),
         ]
     };
-    let mut tracing = Vec::new();
+    // The three configurations run in alternating rounds (off, 1%, 100%,
+    // off, ...) so that a slow patch of this shared machine hits all of
+    // them; each ratio compares phases of the same round.
+    let rounds: usize = env_or("WARDEN_BENCH_ROUNDS", 3);
+    let mut configs = Vec::new();
     for (label, env) in [
         ("tracing off", Vec::new()),
         ("1% sampled", sampled("0.01")),
@@ -504,14 +509,47 @@ async fn run() -> Result<(), Error> {
         let (client, server) = pair(env)?;
         let via = client.outbound.ok_or("no outbound")?;
         wait_serving(via).await?;
-        let phase = closed_phase(via, SCENARIOS[0], &[&client, &server], conns, length).await;
-        let cpu: f64 = phase.cpu_us.iter().sum();
-        println!(
-            "tracing cost, {label:<13} {:>8.0} req/s  sidecar CPU {cpu:.1} us/req  errors {}",
-            phase.rps, phase.closed.errors
-        );
-        tracing.push(json!({ "tracing": label, "requests_per_second": phase.rps, "sidecar_cpu_us_per_request_total": cpu, "errors": phase.closed.errors }));
+        configs.push((label, client, server, via));
     }
+    let mut cpu_by_round: Vec<Vec<f64>> = Vec::new();
+    let mut tracing = Vec::new();
+    for round in 0..rounds {
+        let mut row = Vec::new();
+        for (label, client, server, via) in &configs {
+            let phase = closed_phase(*via, SCENARIOS[0], &[client, server], conns, length).await;
+            let cpu: f64 = phase.cpu_us.iter().sum();
+            println!(
+                "tracing cost, round {round}, {label:<13} {:>8.0} req/s  sidecar CPU {cpu:.1} us/req  errors {}",
+                phase.rps, phase.closed.errors
+            );
+            tracing.push(json!({ "round": round, "tracing": label, "requests_per_second": phase.rps, "sidecar_cpu_us_per_request_total": cpu, "errors": phase.closed.errors }));
+            row.push(cpu);
+        }
+        cpu_by_round.push(row);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    for (i, (label, ..)) in configs.iter().enumerate().skip(1) {
+        let ratios: Vec<f64> = cpu_by_round.iter().map(|r| r[i] / r[0] - 1.0).collect();
+        let cpus: Vec<f64> = cpu_by_round.iter().map(|r| r[i]).collect();
+        println!(
+            "tracing cost, {label:<13} median {:.1} us/req, vs off in the same round: median {:+.0}% (rounds: {})",
+            median(cpus),
+            100.0 * median(ratios.clone()),
+            ratios
+                .iter()
+                .map(|r| format!("{:+.0}%", 100.0 * r))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    println!(
+        "tracing cost, tracing off   median {:.1} us/req",
+        median(cpu_by_round.iter().map(|r| r[0]).collect())
+    );
+    drop(configs);
     let spans = receiver.spans.lock().map(|s| s.len()).unwrap_or(0);
     println!("spans received by the OTLP receiver: {spans}");
     results.push(json!({ "tracing_cost": tracing, "spans_received": spans }));
