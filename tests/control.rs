@@ -63,6 +63,27 @@ async fn serial_of(p: &Proxy) -> Option<String> {
     json["serial"].as_str().map(str::to_owned)
 }
 
+/// The usual pair, both ready: the test app behind `orders`' sidecar
+/// (joined through `server_cp`), and `frontend`'s sidecar (joined through
+/// `client_cp`) routing to it.
+async fn orders_and_frontend(
+    server_cp: &Control,
+    client_cp: &Control,
+    logs: &std::path::Path,
+) -> (TestApp, Proxy, Proxy) {
+    let app = TestApp::start().await;
+    let server = server_cp.sidecar(logs, "orders", ORDERS, &inbound_to(app.addr));
+    let client = client_cp.sidecar(
+        logs,
+        "frontend",
+        FRONTEND,
+        &[route_to(server.inbound(), ORDERS)],
+    );
+    server.wait_ready().await;
+    client.wait_ready().await;
+    (app, server, client)
+}
+
 /// Requests through `via` from `workers` tasks until `stop`; counts
 /// successes and failures (and keeps the first failures).
 struct Traffic {
@@ -151,16 +172,7 @@ async fn sidecars_join_by_token_renew_under_traffic_and_ride_out_a_control_plane
     let data = dir.path().join("control");
     // 12 s SVIDs: renewed about every 4.5 s.
     let mut control = Control::start(&data, any_port(), &db, &["--svid-ttl", "12s"]);
-    let app = TestApp::start().await;
-    let server = control.sidecar(dir.path(), "orders", ORDERS, &inbound_to(app.addr));
-    let client = control.sidecar(
-        dir.path(),
-        "frontend",
-        FRONTEND,
-        &[route_to(server.inbound(), ORDERS)],
-    );
-    server.wait_ready().await;
-    client.wait_ready().await;
+    let (_app, server, client) = orders_and_frontend(&control, &control, dir.path()).await;
     let traffic = Traffic::start(client.outbound[0], 2);
 
     // At least five renewals of each sidecar while traffic flows.
@@ -378,12 +390,7 @@ fn mtls_client(control: &Control, chain: &str, key: &str) -> ControlClient {
     let store = control.bundle_store();
     let svid = Svid::from_pem(chain.as_bytes(), key.as_bytes()).expect("svid");
     store.install(svid, None).expect("install");
-    ControlClient::new(
-        control.api,
-        SpiffeId::parse(support::control::SERVER_ID).expect("id"),
-        Arc::new(store),
-    )
-    .expect("client")
+    ControlClient::new(control.api, support::control::server_id(), Arc::new(store)).expect("client")
 }
 
 async fn renew(client: &ControlClient, csr: String) -> Result<api::SvidResponse, ControlError> {
@@ -912,16 +919,7 @@ async fn two_replicas_share_one_postgres_database() {
     assert_eq!(refused_code(loser).1, "token_reused");
 
     // orders joins through A, frontend through B; traffic flows.
-    let app = TestApp::start().await;
-    let server = a.sidecar(dir.path(), "orders", ORDERS, &inbound_to(app.addr));
-    let client = b.sidecar(
-        dir.path(),
-        "frontend",
-        FRONTEND,
-        &[route_to(server.inbound(), ORDERS)],
-    );
-    server.wait_ready().await;
-    client.wait_ready().await;
+    let (_app, _server, client) = orders_and_frontend(&a, &b, dir.path()).await;
     assert_eq!(
         get(client.outbound[0], "/x", &[])
             .await
@@ -969,16 +967,7 @@ async fn ca_rotation_under_traffic_fails_no_request(db: Db) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("control");
     let control = Control::start(&data, any_port(), &db, &["--svid-ttl", "8s"]);
-    let app = TestApp::start().await;
-    let server = control.sidecar(dir.path(), "orders", ORDERS, &inbound_to(app.addr));
-    let client = control.sidecar(
-        dir.path(),
-        "frontend",
-        FRONTEND,
-        &[route_to(server.inbound(), ORDERS)],
-    );
-    server.wait_ready().await;
-    client.wait_ready().await;
+    let (_app, server, client) = orders_and_frontend(&control, &control, dir.path()).await;
     let old_bundle = std::fs::read(data.join("bundle.pem")).expect("bundle");
     let traffic = Traffic::start(client.outbound[0], 2);
     renewals(&[&server, &client], 1, Duration::from_secs(30)).await;

@@ -6,13 +6,12 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use warden_control::server::{self, ADMIN_TOKEN_FILE, BUNDLE_FILE, ENDPOINT_FILE, Endpoint};
 use warden_proxy::control::{ControlClient, ControlError, api};
-use warden_proxy::identity::{SpiffeId, SvidStore, TrustBundle, TrustBundleSet};
+use warden_proxy::identity::SpiffeId;
 
 use crate::{AdminArgs, ControlServeArgs, IdentitiesCommand, TokenCreateArgs};
 
@@ -82,10 +81,7 @@ fn admin_client(args: &AdminArgs) -> anyhow::Result<ControlClient> {
         })?;
     let server_id = SpiffeId::parse(&endpoint.server_id).context("server_id in control.json")?;
     let bundle_path = args.bundle.clone().unwrap_or_else(|| dir.join(BUNDLE_FILE));
-    let bundle = TrustBundle::from_bytes(server_id.trust_domain(), &read(&bundle_path)?)
-        .with_context(|| format!("{}", bundle_path.display()))?;
-    let store = SvidStore::new();
-    store.set_bundles(TrustBundleSet::new().with(bundle));
+    let bundle = read(&bundle_path)?;
     let token_path = args
         .admin_token_file
         .clone()
@@ -94,7 +90,9 @@ fn admin_client(args: &AdminArgs) -> anyhow::Result<ControlClient> {
         .trim()
         .to_owned();
     let address = args.server.unwrap_or(endpoint.address);
-    Ok(ControlClient::new(address, server_id, Arc::new(store))?.with_bearer(token))
+    Ok(ControlClient::trusting(address, server_id, &bundle)
+        .with_context(|| format!("{}", bundle_path.display()))?
+        .with_bearer(token))
 }
 
 fn call<T>(f: impl Future<Output = Result<T, ControlError>>) -> anyhow::Result<T> {

@@ -23,7 +23,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use warden_control::server::{self, ServeOptions};
 use warden_proxy::control::{ControlClient, api};
-use warden_proxy::identity::{SpiffeId, SvidStore, TrustBundle, TrustBundleSet};
 
 use crate::DemoArgs;
 
@@ -164,16 +163,7 @@ impl DemoControl {
         })
         .await?;
         let endpoint = control.endpoint.clone();
-        let server_id = SpiffeId::parse(&endpoint.server_id)?;
-        let bundle = TrustBundle::from_bytes(
-            server_id.trust_domain(),
-            &std::fs::read(data.join(server::BUNDLE_FILE))?,
-        )?;
-        let store = SvidStore::new();
-        store.set_bundles(TrustBundleSet::new().with(bundle));
-        let token = std::fs::read_to_string(data.join(server::ADMIN_TOKEN_FILE))?;
-        let admin = ControlClient::new(endpoint.address, server_id, std::sync::Arc::new(store))?
-            .with_bearer(token.trim().to_owned());
+        let admin = server::admin_client(data)?;
         Ok(DemoControl {
             _control: control,
             endpoint,

@@ -9,12 +9,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use warden_proxy::control::ControlClient;
-use warden_proxy::identity::{SpiffeId, SvidStore, TrustBundle, TrustBundleSet};
+use warden_proxy::identity::{SpiffeId, SvidStore};
 
 use super::mesh::{Proxy, TD};
 use super::{path_str, warden_bin};
 
 pub const SERVER_ID: &str = "spiffe://example.org/warden/control";
+
+pub fn server_id() -> SpiffeId {
+    SpiffeId::parse(SERVER_ID).expect("server id")
+}
 
 /// Which database a control plane keeps its state in.
 #[derive(Debug, Clone)]
@@ -159,32 +163,17 @@ impl Control {
     /// An API client trusting the control plane's bundle; `admin` adds the
     /// admin token. No client certificate.
     pub fn client(&self, admin: bool) -> ControlClient {
-        let store = Arc::new(self.bundle_store());
-        let client = ControlClient::new(
-            self.api,
-            SpiffeId::parse(SERVER_ID).expect("server id"),
-            store,
-        )
-        .expect("client");
         if admin {
-            let token = std::fs::read_to_string(self.dir.join("admin.token")).expect("admin.token");
-            client.with_bearer(token.trim().to_owned())
-        } else {
-            client
+            return warden_control::server::admin_client(&self.dir).expect("admin client");
         }
+        let pem = std::fs::read(self.dir.join("bundle.pem")).expect("bundle.pem");
+        ControlClient::trusting(self.api, server_id(), &pem).expect("client")
     }
 
     /// A store holding only the control plane's bundle.
     pub fn bundle_store(&self) -> SvidStore {
         let pem = std::fs::read(self.dir.join("bundle.pem")).expect("bundle.pem");
-        let bundle = TrustBundle::from_bytes(
-            warden_proxy::identity::TrustDomain::new(TD).expect("td"),
-            &pem,
-        )
-        .expect("bundle");
-        let store = SvidStore::new();
-        store.set_bundles(TrustBundleSet::new().with(bundle));
-        store
+        warden_proxy::control::trust_store(&server_id(), &pem).expect("bundle")
     }
 
     /// Settings for a sidecar named `name` that joins with `token`.

@@ -102,6 +102,10 @@ pub struct Authorities {
     /// Indices of the authorities whose roots are in `bundle`.
     pub published: Vec<usize>,
     pub bundle: TrustBundle,
+    /// `bundle` as PEM, and its SHA-256 (hex): what the API hands out and
+    /// watchers compare, computed once per change of the bundle.
+    pub bundle_pem: String,
+    pub bundle_digest: String,
 }
 
 impl Authorities {
@@ -154,6 +158,8 @@ impl Authorities {
                 reason: e.to_string(),
             }
         })?;
+        let bundle_pem = bundle.to_pem();
+        let bundle_digest = warden_proxy::control::digest_hex(bundle_pem.as_bytes());
         Ok(Authorities {
             plan,
             cas,
@@ -161,6 +167,8 @@ impl Authorities {
             signing_index,
             published,
             bundle,
+            bundle_pem,
+            bundle_digest,
         })
     }
 

@@ -243,7 +243,7 @@ pub(super) fn ca_status(cas: &Authorities) -> serde_json::Value {
         "signing": cas.plan.authorities.get(cas.signing_index).map(|a| a.dir.clone()),
         "signing_ca_expires_at": Timestamp::from_system_time(cas.signing.not_after()).0,
         "bundle_roots": cas.bundle.roots().len(),
-        "bundle_digest": bundle_response(&cas.bundle).digest,
+        "bundle_digest": cas.bundle_digest,
         "authorities": cas.plan.authorities,
     })
 }

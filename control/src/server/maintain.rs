@@ -25,7 +25,7 @@ pub(super) async fn poll_changes(
         let read = tokio::task::spawn_blocking(move || db.change_marks()).await;
         match read {
             Ok(Ok((seq, head))) => {
-                let now = (seq, head, state.bundle().digest);
+                let now = (seq, head, state.cas.load().bundle_digest.clone());
                 tx.send_if_modified(|old| {
                     let changed = *old != now;
                     *old = now;
@@ -44,13 +44,17 @@ pub(super) async fn poll_changes(
 pub(super) async fn maintain_authorities(state: &Arc<State>) -> Result<(), ServeError> {
     let now = unix_now();
     let ca_dir = state.ca_dir.clone();
-    let plan = {
+    let read_plan = || {
         let dir = ca_dir.clone();
-        tokio::task::spawn_blocking(move || RotationPlan::read(&dir))
-            .await
-            .map_err(setup)?
-            .map_err(setup)?
+        async move {
+            tokio::task::spawn_blocking(move || RotationPlan::read(&dir))
+                .await
+                .map_err(setup)?
+                .map_err(setup)
+        }
     };
+    let mut plan = read_plan().await?;
+    let mut retired = false;
     // Retire: an old CA that no longer signs, once its SVIDs are all expired.
     let signing = plan.signing_at(now);
     for (i, authority) in plan.authorities.iter().enumerate().take(signing) {
@@ -81,15 +85,12 @@ pub(super) async fn maintain_authorities(state: &Arc<State>) -> Result<(), Serve
             let event = AuditEvent::ok("ca_retire", None, None, "control-plane")
                 .with_detail(format!("CA {} retired", authority.dir));
             let _ = tokio::task::spawn_blocking(move || db.audit(&event)).await;
+            retired = true;
         }
     }
-    let plan = {
-        let dir = ca_dir.clone();
-        tokio::task::spawn_blocking(move || RotationPlan::read(&dir))
-            .await
-            .map_err(setup)?
-            .map_err(setup)?
-    };
+    if retired {
+        plan = read_plan().await?;
+    }
     let current = state.cas.load_full();
     if current.unchanged_at(now, &plan) {
         return Ok(());
@@ -102,14 +103,8 @@ pub(super) async fn maintain_authorities(state: &Arc<State>) -> Result<(), Serve
         .map_err(setup)?;
     let signer_changed = !Arc::ptr_eq(&next.signing, &current.signing);
     let roots = next.bundle.roots().len();
+    write_bundle_file(&state.data_dir, &next)?;
     state.cas.store(Arc::new(next));
-    let bundle = state.bundle();
-    files::write_replace(
-        &state.data_dir.join(BUNDLE_FILE),
-        bundle.bundle_pem.as_bytes(),
-        PUBLIC_MODE,
-    )
-    .map_err(setup)?;
     tracing::info!(roots, signer_changed, "trust bundle or signing CA changed");
     // The bundle changed either way: re-issue our own SVID so it chains to
     // the signing CA and our store trusts exactly the published roots.

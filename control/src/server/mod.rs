@@ -30,10 +30,10 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use warden_proxy::authz::{PolicyFiles, PolicySnapshot};
 use warden_proxy::control::api;
-use warden_proxy::control::digest_hex;
+use warden_proxy::control::{ControlClient, digest_hex};
 use warden_proxy::identity::{
     ExpectedIdentity, RotationPolicy, SpiffeId, Svid, SvidLeaf, SvidSource, SvidStore, SvidUpdate,
-    Timestamp, TrustBundle, TrustBundleSet, TrustDomain, new_key_and_csr, run_rotation,
+    Timestamp, TrustBundleSet, TrustDomain, new_key_and_csr, run_rotation,
 };
 use warden_proxy::tls::{ClientAuth, TlsVersions, server_config};
 use x509_parser::prelude::FromDer;
@@ -152,7 +152,12 @@ type Changes = (i64, Option<i64>, String);
 
 impl State {
     fn bundle(&self) -> api::BundleResponse {
-        bundle_response(&self.cas.load().bundle)
+        let cas = self.cas.load();
+        api::BundleResponse {
+            trust_domain: cas.bundle.trust_domain().to_string(),
+            bundle_pem: cas.bundle_pem.clone(),
+            digest: cas.bundle_digest.clone(),
+        }
     }
 
     /// Whether a refusal from `source` gets its own audit row (see
@@ -187,13 +192,14 @@ impl State {
     }
 }
 
-fn bundle_response(bundle: &TrustBundle) -> api::BundleResponse {
-    let pem = bundle.to_pem();
-    api::BundleResponse {
-        trust_domain: bundle.trust_domain().to_string(),
-        digest: digest_hex(pem.as_bytes()),
-        bundle_pem: pem,
-    }
+/// `<data-dir>/bundle.pem`: the bundle now, for sidecars to bootstrap with.
+fn write_bundle_file(data_dir: &Path, cas: &Authorities) -> Result<(), ServeError> {
+    files::write_replace(
+        &data_dir.join(BUNDLE_FILE),
+        cas.bundle_pem.as_bytes(),
+        PUBLIC_MODE,
+    )
+    .map_err(setup)
 }
 
 impl State {
@@ -410,13 +416,7 @@ pub async fn start(options: ServeOptions) -> Result<ControlPlane, ServeError> {
         server_id: server_id.to_string(),
         trust_domain: ca.trust_domain().to_string(),
     };
-    let bundle = bundle_response(&cas.load().bundle);
-    files::write_replace(
-        &data.join(BUNDLE_FILE),
-        bundle.bundle_pem.as_bytes(),
-        PUBLIC_MODE,
-    )
-    .map_err(setup)?;
+    write_bundle_file(data, &cas.load())?;
     files::write_replace(
         &data.join(ENDPOINT_FILE),
         serde_json::to_string_pretty(&endpoint)
@@ -426,7 +426,8 @@ pub async fn start(options: ServeOptions) -> Result<ControlPlane, ServeError> {
     )
     .map_err(setup)?;
 
-    let (changes_tx, changes) = watch::channel((initial.0, initial.1, bundle.digest));
+    let (changes_tx, changes) =
+        watch::channel((initial.0, initial.1, cas.load().bundle_digest.clone()));
     let state = Arc::new(State {
         cas,
         ca_dir,
@@ -451,6 +452,27 @@ pub async fn start(options: ServeOptions) -> Result<ControlPlane, ServeError> {
         endpoint,
         _shutdown: shutdown,
     })
+}
+
+/// An admin client for the control plane whose data directory is `data`:
+/// its address and ID from `control.json`, the bundle from `bundle.pem`,
+/// the bearer token from `admin.token`.
+pub fn admin_client(data: &Path) -> Result<ControlClient, ServeError> {
+    let read = |name: &str| {
+        std::fs::read(data.join(name))
+            .map_err(|e| setup(format!("cannot read {}: {e}", data.join(name).display())))
+    };
+    let endpoint: Endpoint = serde_json::from_slice(&read(ENDPOINT_FILE)?)
+        .map_err(|e| setup(format!("{}: {e}", data.join(ENDPOINT_FILE).display())))?;
+    let server_id = SpiffeId::parse(&endpoint.server_id).map_err(setup)?;
+    let token = String::from_utf8_lossy(&read(ADMIN_TOKEN_FILE)?)
+        .trim()
+        .to_owned();
+    Ok(
+        ControlClient::trusting(endpoint.address, server_id, &read(BUNDLE_FILE)?)
+            .map_err(setup)?
+            .with_bearer(token),
+    )
 }
 
 /// Reads `<data>/admin.token`, creating it (0600) on first start.

@@ -45,7 +45,7 @@ pub(super) fn sign(
             serial: record.serial.clone(),
             expires_at: record.expires_at,
             chain_pem: issued.chain_pem(),
-            bundle_pem: cas.bundle.to_pem(),
+            bundle_pem: cas.bundle_pem.clone(),
         },
         record,
     })

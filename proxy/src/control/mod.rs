@@ -73,7 +73,29 @@ impl std::fmt::Debug for ControlClient {
     }
 }
 
+/// A store holding only `bundle` (PEM or SPIFFE JSON) for `server_id`'s
+/// trust domain: what authenticates the control plane before a client has
+/// an SVID of its own (install one to present it).
+pub fn trust_store(server_id: &SpiffeId, bundle: &[u8]) -> Result<SvidStore, ControlError> {
+    let bundle = TrustBundle::from_bytes(server_id.trust_domain(), bundle)
+        .map_err(|e| ControlError::Local(format!("trust bundle: {e}")))?;
+    let store = SvidStore::new();
+    store.set_bundles(TrustBundleSet::new().with(bundle));
+    Ok(store)
+}
+
 impl ControlClient {
+    /// A client that authenticates the control plane with `bundle` and
+    /// presents no certificate (joins, and admin calls with a bearer token).
+    pub fn trusting(
+        addr: SocketAddr,
+        server_id: SpiffeId,
+        bundle: &[u8],
+    ) -> Result<Self, ControlError> {
+        let store = trust_store(&server_id, bundle)?;
+        Self::new(addr, server_id, Arc::new(store))
+    }
+
     /// `store` supplies the bundles the server is checked against and the
     /// client certificate, if any.
     pub fn new(
