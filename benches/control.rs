@@ -27,11 +27,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use warden_control::ca::{CertificateAuthority, InitOptions, SignRequest};
-use warden_proxy::control::{ControlClient, api};
-use warden_proxy::identity::{
-    SpiffeId, Svid, SvidStore, TrustBundle, TrustBundleSet, TrustDomain, new_key_and_csr,
-    pem_encode,
-};
+use warden_proxy::control::{ControlClient, api, trust_store};
+use warden_proxy::identity::{SpiffeId, Svid, TrustDomain, new_key_and_csr, pem_encode};
+
+#[allow(dead_code)]
+#[path = "support/proc.rs"]
+mod proc_stat;
 
 // The tests' private PostgreSQL server.
 #[allow(dead_code)]
@@ -88,14 +89,7 @@ impl Server {
     }
 
     fn cpu(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-            + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-        let hz = rustix::param::clock_ticks_per_second().max(1);
-        Duration::from_micros(ticks * 1_000_000 / hz)
+        proc_stat::cpu_time(self.child.id())
     }
 }
 
@@ -108,16 +102,6 @@ impl Drop for Server {
 
 fn server_id() -> SpiffeId {
     SpiffeId::parse(&format!("spiffe://{TD}/warden/control")).expect("server id")
-}
-
-fn bundle_store(data: &Path) -> Result<SvidStore, Error> {
-    let bundle = TrustBundle::from_bytes(
-        TrustDomain::new(TD)?,
-        &std::fs::read(data.join("bundle.pem"))?,
-    )?;
-    let store = SvidStore::new();
-    store.set_bundles(TrustBundleSet::new().with(bundle));
-    Ok(store)
 }
 
 /// Latencies in microseconds, sorted; and the errors.
@@ -239,11 +223,9 @@ async fn bench_backend(
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("control");
     let server = Server::start(&data, database.as_deref())?;
-    let token = std::fs::read_to_string(data.join("admin.token"))?;
-    let bundle = Arc::new(bundle_store(&data)?);
-    let admin = ControlClient::new(server.api, server_id(), bundle.clone())?
-        .with_bearer(token.trim().to_owned());
-    let anonymous = ControlClient::new(server.api, server_id(), bundle)?;
+    let admin = warden_control::server::admin_client(&data)?;
+    let bundle = std::fs::read(data.join("bundle.pem"))?;
+    let anonymous = ControlClient::trusting(server.api, server_id(), &bundle)?;
     println!("{name}: {n} simulated sidecars, concurrency {concurrency}");
 
     // Setup, untimed: one token and one key + CSR per sidecar.
@@ -312,7 +294,7 @@ async fn bench_backend(
         .into_iter()
         .flatten()
         .map(|(svid, key)| {
-            let store = bundle_store(&data).expect("bundle");
+            let store = trust_store(&server_id(), &bundle).expect("bundle");
             let held = Svid::from_pem(svid.chain_pem.as_bytes(), key.as_bytes()).expect("svid");
             store.install(held, None).expect("install");
             let id = SpiffeId::parse(&svid.spiffe_id).expect("id");

@@ -37,6 +37,9 @@ use tokio::net::TcpListener;
 use warden_control::ca::{CertificateAuthority, InitOptions};
 use warden_proxy::identity::SpiffeId;
 
+#[path = "support/proc.rs"]
+mod proc_stat;
+
 // Shared with the tests, which use more of it.
 #[allow(dead_code)]
 #[path = "../tests/support/otlp.rs"]
@@ -127,22 +130,7 @@ impl Sidecar {
     /// CPU time (user + system) so far, and resident memory, from /proc.
     fn usage(&self) -> (Duration, u64) {
         let pid = self.child.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Fields after the parenthesized command name; utime and stime are 14 and 15.
-        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-            + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-        let hz = rustix::param::clock_ticks_per_second().max(1);
-        let cpu = Duration::from_micros(ticks * 1_000_000 / hz);
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let rss_kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        (cpu, rss_kib)
+        (proc_stat::cpu_time(pid), proc_stat::rss_kib(pid))
     }
 }
 

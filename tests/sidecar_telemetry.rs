@@ -59,17 +59,22 @@ async fn spans_of(receiver: &Receiver, trace_id: &str, n: usize) -> Vec<(String,
     panic!("fewer than {n} spans of trace {trace_id} arrived");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_leaves_linked_client_and_server_spans() {
-    let receiver = Receiver::default();
-    let collector = start_receiver(receiver.clone()).await;
-    let env = vec![
+/// The variables that send spans to `collector`, batched every `delay_ms`.
+fn otlp_env(collector: SocketAddr, delay_ms: u32) -> Vec<(String, String)> {
+    vec![
         (
             "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
             format!("http://{collector}"),
         ),
-        ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
-    ];
+        ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), delay_ms.to_string()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_leaves_linked_client_and_server_spans() {
+    let receiver = Receiver::default();
+    let collector = start_receiver(receiver.clone()).await;
+    let env = otlp_env(collector, 100);
     let ids = Identities::new();
     let app = TestApp::start().await;
     let server = ids.start_with_env("orders", &inbound_to(app.addr), &env);
@@ -181,17 +186,11 @@ async fn a_call_leaves_linked_client_and_server_spans() {
 async fn spans_also_go_out_over_otlp_http_protobuf() {
     let receiver = Receiver::default();
     let collector = support::otlp::start_http_receiver(receiver.clone()).await;
-    let env = vec![
-        (
-            "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
-            format!("http://{collector}"),
-        ),
-        (
-            "OTEL_EXPORTER_OTLP_PROTOCOL".to_owned(),
-            "http/protobuf".to_owned(),
-        ),
-        ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
-    ];
+    let mut env = otlp_env(collector, 100);
+    env.push((
+        "OTEL_EXPORTER_OTLP_PROTOCOL".to_owned(),
+        "http/protobuf".to_owned(),
+    ));
     let ids = Identities::new();
     let app = TestApp::start().await;
     let server = ids.start_with_env("orders", &inbound_to(app.addr), &env);
@@ -242,13 +241,7 @@ async fn a_collector_that_hangs_changes_nothing_for_traffic() {
 /// With the collector at `collector` (down, or hanging), 50 calls through a
 /// pair all succeed.
 async fn traffic_with_collector_at(collector: SocketAddr) {
-    let env = vec![
-        (
-            "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
-            format!("http://{collector}"),
-        ),
-        ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "50".to_owned()),
-    ];
+    let env = otlp_env(collector, 50);
     let ids = Identities::new();
     let app = TestApp::start().await;
     let server = ids.start_with_env("orders", &inbound_to(app.addr), &env);
