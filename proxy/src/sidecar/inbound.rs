@@ -280,11 +280,12 @@ impl Inbound {
             }
             _ => (None, None),
         };
+        // Only spans use it: nothing to build when tracing is off.
         let peer_value = match &peer {
-            Peer::Workload(id) => Some(opentelemetry::StringValue::from(
-                std::sync::Arc::<str>::from(id.as_str()),
-            )),
-            Peer::Unauthenticated(_) => None,
+            Peer::Workload(id) if self.shared.traces.is_some() => Some(
+                opentelemetry::StringValue::from(std::sync::Arc::<str>::from(id.as_str())),
+            ),
+            _ => None,
         };
         ConnInfo {
             source,
