@@ -14,7 +14,8 @@
 //! each phase's length; `WARDEN_BENCH_RATE` (default 2000) the open-loop
 //! rate; `WARDEN_BENCH_CONNS` (default 16) the closed-loop concurrency;
 //! `WARDEN_BENCH_ONLY=tracing` runs only the tracing-cost phases, and
-//! `WARDEN_BENCH_ROUNDS` (default 3) sets how many rounds of them.
+//! `WARDEN_BENCH_ROUNDS` (default 3) sets how many rounds of them, and
+//! `WARDEN_BENCH_TRACING_RATE` (default 4000) their fixed open-loop rate.
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -350,6 +351,29 @@ async fn closed_phase(
     }
 }
 
+/// One open-loop phase at a fixed rate, with the sidecars' CPU time per
+/// answered request around it: the same offered load for every
+/// configuration, so the per-request figure does not move with how much
+/// each wake-up batches (which a closed loop's throughput changes).
+async fn open_cpu_phase(
+    target: SocketAddr,
+    scenario: Scenario,
+    sidecars: &[&Sidecar],
+    rate: u64,
+    length: Duration,
+) -> (Open, f64) {
+    let before: Vec<Duration> = sidecars.iter().map(|s| s.usage().0).collect();
+    let open = open_loop(target, scenario, rate, length).await;
+    let after: Vec<Duration> = sidecars.iter().map(|s| s.usage().0).collect();
+    let answered = open.latencies_us.len().max(1) as f64;
+    let cpu = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| (*a - *b).as_micros() as f64 / answered)
+        .sum();
+    (open, cpu)
+}
+
 fn joined<T: std::fmt::Display>(values: &[T], format: impl Fn(&T) -> String) -> String {
     if values.is_empty() {
         return "-".to_owned();
@@ -499,44 +523,70 @@ async fn run() -> Result<(), Error> {
         wait_serving(via).await?;
         configs.push((label, client, server, via));
     }
-    let mut cpu_by_round: Vec<Vec<f64>> = Vec::new();
+    // Each round measures every configuration twice: a closed loop (as
+    // fast as it goes) and an open loop at one fixed rate for all of them
+    // (`WARDEN_BENCH_TRACING_RATE`, default 4000 req/s).
+    let fixed_rate: u64 = env_or("WARDEN_BENCH_TRACING_RATE", 4000);
+    let mut closed_by_round: Vec<Vec<f64>> = Vec::new();
+    let mut fixed_by_round: Vec<Vec<f64>> = Vec::new();
     let mut tracing = Vec::new();
     for round in 0..rounds {
-        let mut row = Vec::new();
+        let (mut closed_row, mut fixed_row) = (Vec::new(), Vec::new());
         for (label, client, server, via) in &configs {
             let phase = closed_phase(*via, SCENARIOS[0], &[client, server], conns, length).await;
             let cpu: f64 = phase.cpu_us.iter().sum();
+            let (open, fixed_cpu) =
+                open_cpu_phase(*via, SCENARIOS[0], &[client, server], fixed_rate, length).await;
             println!(
-                "tracing cost, round {round}, {label:<13} {:>8.0} req/s  sidecar CPU {cpu:.1} us/req  errors {}",
-                phase.rps, phase.closed.errors
+                "tracing cost, round {round}, {label:<13} closed loop {:>6.0} req/s {cpu:>6.1} us/req, errors {};  at {fixed_rate}/s {fixed_cpu:>6.1} us/req, p50 {:.3} ms, errors {}",
+                phase.rps,
+                phase.closed.errors,
+                percentile(&open.latencies_us, 50.0),
+                open.errors
             );
-            tracing.push(json!({ "round": round, "tracing": label, "requests_per_second": phase.rps, "sidecar_cpu_us_per_request_total": cpu, "errors": phase.closed.errors }));
-            row.push(cpu);
+            tracing.push(json!({
+                "round": round,
+                "tracing": label,
+                "requests_per_second": phase.rps,
+                "sidecar_cpu_us_per_request_total": cpu,
+                "errors": phase.closed.errors,
+                "fixed_rate": fixed_rate,
+                "fixed_rate_sidecar_cpu_us_per_request_total": fixed_cpu,
+                "fixed_rate_errors": open.errors,
+            }));
+            closed_row.push(cpu);
+            fixed_row.push(fixed_cpu);
         }
-        cpu_by_round.push(row);
+        closed_by_round.push(closed_row);
+        fixed_by_round.push(fixed_row);
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     };
-    for (i, (label, ..)) in configs.iter().enumerate().skip(1) {
-        let ratios: Vec<f64> = cpu_by_round.iter().map(|r| r[i] / r[0] - 1.0).collect();
-        let cpus: Vec<f64> = cpu_by_round.iter().map(|r| r[i]).collect();
+    for (loop_label, by_round) in [
+        ("closed loop".to_owned(), &closed_by_round),
+        (format!("at {fixed_rate}/s"), &fixed_by_round),
+    ] {
         println!(
-            "tracing cost, {label:<13} median {:.1} us/req, vs off in the same round: median {:+.0}% (rounds: {})",
-            median(cpus),
-            100.0 * median(ratios.clone()),
-            ratios
-                .iter()
-                .map(|r| format!("{:+.0}%", 100.0 * r))
-                .collect::<Vec<_>>()
-                .join(", ")
+            "tracing cost, {loop_label}, tracing off   median {:.1} us/req",
+            median(by_round.iter().map(|r| r[0]).collect())
         );
+        for (i, (label, ..)) in configs.iter().enumerate().skip(1) {
+            let ratios: Vec<f64> = by_round.iter().map(|r| r[i] / r[0] - 1.0).collect();
+            let cpus: Vec<f64> = by_round.iter().map(|r| r[i]).collect();
+            println!(
+                "tracing cost, {loop_label}, {label:<13} median {:.1} us/req, vs off in the same round: median {:+.0}% (rounds: {})",
+                median(cpus),
+                100.0 * median(ratios.clone()),
+                ratios
+                    .iter()
+                    .map(|r| format!("{:+.0}%", 100.0 * r))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
     }
-    println!(
-        "tracing cost, tracing off   median {:.1} us/req",
-        median(cpu_by_round.iter().map(|r| r[0]).collect())
-    );
     drop(configs);
     let spans = receiver.spans.lock().map(|s| s.len()).unwrap_or(0);
     println!("spans received by the OTLP receiver: {spans}");

@@ -87,10 +87,11 @@ async fn a_call_leaves_linked_client_and_server_spans() {
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let app_span = "00f067aa0ba902b7";
     let traceparent = format!("00-{trace_id}-{app_span}-01");
+    let tracestate = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
     let reply = get(
         client.outbound[0],
         "/orders/7",
-        &[("traceparent", &traceparent)],
+        &[("traceparent", &traceparent), ("tracestate", tracestate)],
     )
     .await
     .expect("call");
@@ -99,6 +100,11 @@ async fn a_call_leaves_linked_client_and_server_spans() {
         .as_str()
         .expect("traceparent at the app")
         .to_owned();
+    assert_eq!(
+        reply.echo()["headers"]["tracestate"].as_str(),
+        Some(tracestate),
+        "tracestate passed on to the app"
+    );
 
     let spans = spans_of(&receiver, trace_id, 2).await;
     let find = |service: &str| {
@@ -119,6 +125,20 @@ async fn a_call_leaves_linked_client_and_server_spans() {
     );
     assert_eq!(client_span.kind, 3, "SPAN_KIND_CLIENT");
     assert_eq!(server_span.kind, 2, "SPAN_KIND_SERVER");
+    for span in [&client_span, &server_span] {
+        assert_eq!(span.trace_state, tracestate);
+        // Sampled, and the parent known to be remote (another process).
+        assert_eq!(span.flags, 0x301, "{span:?}");
+        assert!(
+            span.start_time_unix_nano > 0 && span.end_time_unix_nano >= span.start_time_unix_nano
+        );
+        assert_eq!(span.status.as_ref().map_or(0, |s| s.code), 0, "no error");
+    }
+    assert!(
+        client_span.start_time_unix_nano <= server_span.start_time_unix_nano
+            && server_span.end_time_unix_nano <= client_span.end_time_unix_nano + 1_000_000,
+        "the server span inside the client span (1 ms of clock slack)"
+    );
     for (key, want) in [
         ("http.request.method", "GET"),
         ("url.path", "/orders/7"),
@@ -174,6 +194,14 @@ async fn a_call_leaves_linked_client_and_server_spans() {
         attr(denied, "http.response.status_code").as_deref(),
         Some("403")
     );
+    // A 403 is an error for the client span only (OTel HTTP conventions).
+    assert_eq!(denied.status.as_ref().map_or(0, |s| s.code), 0);
+    let (_, denied_client) = spans
+        .iter()
+        .find(|(s, _)| s == "warden-intruder")
+        .expect("client span of the deny");
+    let status = denied_client.status.as_ref().expect("status");
+    assert_eq!((status.code, status.message.as_str()), (2, "HTTP 403"));
     let logs = server.logs();
     let audit = logs
         .lines()
@@ -222,6 +250,60 @@ async fn a_collector_that_is_down_changes_nothing_for_traffic() {
     traffic_with_collector_at(gone_addr).await;
 }
 
+/// Exports that keep failing cost counters and one warning per 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_exports_are_counted_and_warned_about_once() {
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let gone_addr = gone.local_addr().expect("addr");
+    drop(gone);
+    let env = otlp_env(gone_addr, 20);
+    let ids = Identities::new();
+    let app = TestApp::start().await;
+    let server = ids.start_with_env("orders", &inbound_to(app.addr), &env);
+    server.wait_ready().await;
+    let client = ids.start("frontend", &[route_to(server.inbound(), ORDERS)]);
+    client.wait_ready().await;
+    let mut metrics = String::new();
+    // Calls until at least three exports failed (bounded).
+    for _ in 0..200 {
+        let reply = get(client.outbound[0], "/x", &[]).await.expect("call");
+        assert_eq!(reply.status, 200);
+        metrics = server.metrics().await;
+        if sample(&metrics, "warden_trace_exports_total{result=\"failed\"}")
+            .is_some_and(|n| n >= 3.0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let failed_exports = sample(&metrics, "warden_trace_exports_total{result=\"failed\"}");
+    assert!(failed_exports.is_some_and(|n| n >= 3.0), "{metrics}");
+    assert!(
+        sample(
+            &metrics,
+            "warden_trace_spans_total{outcome=\"export_failed\"}"
+        )
+        .is_some_and(|n| n >= 3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "warden_trace_spans_total{outcome=\"exported\"}"),
+        Some(0.0)
+    );
+    if let Err(problems) = support::promtool(&metrics) {
+        panic!("promtool on /metrics with tracing on:\n{problems}\n{metrics}");
+    }
+    let logs = server.logs();
+    let warnings = logs
+        .lines()
+        .filter(|l| l.contains("trace export failed"))
+        .count();
+    assert_eq!(
+        warnings, 1,
+        "one warning for several failed exports:\n{logs}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_hangs_changes_nothing_for_traffic() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -235,13 +317,20 @@ async fn a_collector_that_hangs_changes_nothing_for_traffic() {
             held.push(stream);
         }
     });
-    traffic_with_collector_at(addr).await;
+    let metrics = traffic_with_collector_at(addr).await;
+    // One export hangs; past the queue's 8 spans the rest are dropped.
+    assert!(
+        sample(&metrics, "warden_trace_spans_total{outcome=\"queue_full\"}")
+            .is_some_and(|n| n >= 30.0),
+        "{metrics}"
+    );
 }
 
 /// With the collector at `collector` (down, or hanging), 50 calls through a
-/// pair all succeed.
-async fn traffic_with_collector_at(collector: SocketAddr) {
-    let env = otlp_env(collector, 50);
+/// pair all succeed. Returns the server sidecar's metrics after them.
+async fn traffic_with_collector_at(collector: SocketAddr) -> String {
+    let mut env = otlp_env(collector, 50);
+    env.push(("OTEL_BSP_MAX_QUEUE_SIZE".to_owned(), "8".to_owned()));
     let ids = Identities::new();
     let app = TestApp::start().await;
     let server = ids.start_with_env("orders", &inbound_to(app.addr), &env);
@@ -252,6 +341,7 @@ async fn traffic_with_collector_at(collector: SocketAddr) {
         let reply = get(client.outbound[0], "/x", &[]).await.expect("call");
         assert_eq!(reply.status, 200);
     }
+    server.metrics().await
 }
 
 /// The value of the sample `line_prefix ... <value>` in an exposition.

@@ -104,9 +104,11 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            shared
-                .metrics
-                .render(&shared.store, shared.policy_status().as_ref()),
+            shared.metrics.render(
+                &shared.store,
+                shared.policy_status().as_ref(),
+                shared.traces.as_ref().map(|t| t.stats()),
+            ),
         ),
         _ => reply(
             StatusCode::NOT_FOUND,

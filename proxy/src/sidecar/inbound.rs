@@ -26,14 +26,12 @@ use super::http::{
 };
 use super::metrics::{Direction, Handshake, handshake_failure};
 use super::splice::{Lapse, PeerValidity, lapsed, splice};
-use super::telemetry;
+use super::telemetry::{self, ActiveSpan, Attribute, Kind, Value};
 use super::{Shared, accept_loop, serve_http};
 use crate::authz::{
     Decision, HttpRequestFacts, Peer, PeerAuthorizer, TcpConnectionFacts, UnauthenticatedKind,
 };
 use crate::identity::{SvidLeaf, Timestamp};
-use opentelemetry::KeyValue;
-use opentelemetry::trace::SpanKind;
 
 /// A peer's connection: plaintext (permissive mode) or TLS.
 type PeerIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
@@ -60,7 +58,7 @@ struct ConnInfo {
     peer_id: Option<HeaderValue>,
     /// The caller's ID as a span attribute value, shared by every span of
     /// the connection.
-    peer_value: Option<opentelemetry::StringValue>,
+    peer_value: Option<Arc<str>>,
     /// `x-forwarded-client-cert` for the app; None for unauthenticated peers.
     xfcc: Option<HeaderValue>,
     peer: Peer,
@@ -282,9 +280,7 @@ impl Inbound {
         };
         // Only spans use it: nothing to build when tracing is off.
         let peer_value = match &peer {
-            Peer::Workload(id) if self.shared.traces.is_some() => Some(
-                opentelemetry::StringValue::from(std::sync::Arc::<str>::from(id.as_str())),
-            ),
+            Peer::Workload(id) if self.shared.traces.is_some() => Some(Arc::from(id.as_str())),
             _ => None,
         };
         ConnInfo {
@@ -328,26 +324,25 @@ impl Inbound {
             let method = req.method().clone();
             // Cheap (shared bytes); the path is copied only for a sampled span.
             let uri = req.uri().clone();
-            let attributes = || {
-                let mut attributes = vec![
-                    KeyValue::new("http.request.method", telemetry::method_value(&method)),
-                    KeyValue::new("url.path", uri.path().to_owned()),
-                    KeyValue::new("client.address", info.source.ip().to_string()),
-                    KeyValue::new("tls.protocol.version", info.tls_version),
-                    KeyValue::new("warden.request.id", id.clone()),
-                ];
+            let attributes = |list: &mut Vec<Attribute>| {
+                list.extend([
+                    Attribute::new("http.request.method", telemetry::method_value(&method)),
+                    Attribute::new("url.path", uri.path().to_owned()),
+                    Attribute::new("client.address", info.source.ip().to_string()),
+                    Attribute::new("tls.protocol.version", info.tls_version),
+                    Attribute::new("warden.request.id", id.clone()),
+                ]);
                 if let Some(svid) = self.shared.store.current() {
-                    attributes.push(KeyValue::new(
+                    list.push(Attribute::new(
                         "warden.local.id",
                         svid.spiffe_id().to_string(),
                     ));
                 }
                 if let Some(peer) = &info.peer_value {
-                    attributes.push(KeyValue::new("warden.peer.id", peer.clone()));
+                    list.push(Attribute::new("warden.peer.id", peer.clone()));
                 }
-                attributes
             };
-            traces.start(SpanKind::Server, &method, req.headers_mut(), attributes)
+            traces.start(Kind::Server, &method, req.headers_mut(), attributes)
         });
         let mut decision = None;
         let (response, status, label) = match self
@@ -373,7 +368,7 @@ impl Inbound {
             telemetry::access_log(&telemetry::Access {
                 direction: "inbound",
                 request_id: &id,
-                trace_id: span.as_ref().map(telemetry::trace_id),
+                trace_id: span.as_ref().map(ActiveSpan::trace_id),
                 method,
                 path,
                 status,
@@ -382,17 +377,19 @@ impl Inbound {
                 decision: label,
             });
         }
-        if let Some(cx) = &span {
-            telemetry::finish(cx, status, true, || {
-                let mut attributes = vec![KeyValue::new("warden.authz.decision", label)];
+        if let Some(span) = span {
+            span.finish(status, true, |list| {
+                list.push(Attribute::new("warden.authz.decision", label));
                 if let Some(d) = &decision {
-                    attributes.push(telemetry::strings("warden.authz.policies", &d.policies));
-                    attributes.push(KeyValue::new(
+                    list.push(Attribute::new(
+                        "warden.authz.policies",
+                        Value::Strings(d.policies.clone()),
+                    ));
+                    list.push(Attribute::new(
                         "warden.authz.policy_version",
                         d.policy_version.clone(),
                     ));
                 }
-                attributes
             });
         }
         response
@@ -404,7 +401,7 @@ impl Inbound {
         mut req: Request<Incoming>,
         info: &ConnInfo,
         id: &str,
-        span: Option<&opentelemetry::Context>,
+        span: Option<&ActiveSpan>,
         decided: &mut Option<Decision>,
     ) -> Result<(Response<Body>, &'static str), (Refusal, &'static str)> {
         let metrics = &self.shared.metrics;
@@ -463,7 +460,7 @@ impl Inbound {
             metrics.authz_error();
         }
         if decision.decision == "deny" {
-            let trace_id = span.map(telemetry::trace_id).unwrap_or_default();
+            let trace_id = span.map(ActiveSpan::trace_id).unwrap_or_default();
             tracing::warn!(target: "warden::audit", request_id = %id, trace_id = %trace_id, method = %req.method(), path = req.uri().path(), "{}", decision.audit_json());
         } else {
             tracing::debug!(target: "warden::audit", request_id = %id, "{}", decision.audit_json());

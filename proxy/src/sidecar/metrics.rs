@@ -10,6 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::authz::ReloadStatus;
 use crate::identity::SvidStore;
 
+use super::telemetry::TraceStats;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Direction {
     Inbound,
@@ -230,7 +232,12 @@ impl Metrics {
     }
 
     /// The exposition text.
-    pub fn render(&self, store: &SvidStore, policy: Option<&ReloadStatus>) -> String {
+    pub fn render(
+        &self,
+        store: &SvidStore,
+        policy: Option<&ReloadStatus>,
+        traces: Option<&TraceStats>,
+    ) -> String {
         let mut out = String::new();
         let family = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -370,6 +377,37 @@ impl Metrics {
             .map(|s| unix_seconds(s.not_after()))
             .unwrap_or(0);
         let _ = writeln!(out, "warden_svid_expiry_timestamp_seconds {expiry}");
+        if let Some(traces) = traces {
+            family(
+                &mut out,
+                "warden_trace_spans_total",
+                "counter",
+                "Finished spans, by what became of them: exported, dropped because the export queue was full, or lost in a failed export.",
+            );
+            for (outcome, n) in [
+                ("exported", &traces.exported),
+                ("queue_full", &traces.queue_full),
+                ("export_failed", &traces.export_failed),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "warden_trace_spans_total{{outcome=\"{outcome}\"}} {}",
+                    n.load(Ordering::Relaxed)
+                );
+            }
+            family(
+                &mut out,
+                "warden_trace_exports_total",
+                "counter",
+                "OTLP export requests to the collector, by result.",
+            );
+            let _ = writeln!(
+                out,
+                "warden_trace_exports_total{{result=\"ok\"}} {}\nwarden_trace_exports_total{{result=\"failed\"}} {}",
+                traces.exports_ok.load(Ordering::Relaxed),
+                traces.exports_failed.load(Ordering::Relaxed)
+            );
+        }
         if let Some(policy) = policy {
             family(
                 &mut out,

@@ -591,18 +591,24 @@ impl Sidecar {
         let _ = self.shutdown.send(true);
         self.shared.tracker.close();
         let deadline = self.shared.config.limits.drain_timeout;
-        if tokio::time::timeout(deadline, self.shared.tracker.wait())
+        let left = if tokio::time::timeout(deadline, self.shared.tracker.wait())
             .await
             .is_ok()
         {
-            return 0;
+            0
+        } else {
+            let left = self.shared.tracker.len();
+            tracing::warn!(
+                connections = left,
+                ?deadline,
+                "drain deadline passed; closing the rest"
+            );
+            left
+        };
+        // Spans still queued get a bounded moment to leave.
+        if let Some(traces) = &self.shared.traces {
+            traces.shutdown(std::time::Duration::from_secs(2)).await;
         }
-        let left = self.shared.tracker.len();
-        tracing::warn!(
-            connections = left,
-            ?deadline,
-            "drain deadline passed; closing the rest"
-        );
         left
     }
 }

@@ -22,10 +22,8 @@ use super::http::{
 use super::metrics::Direction;
 use super::peer::{Carrying, PeerChannel, PeerError, PeerFacts};
 use super::splice::splice;
-use super::telemetry;
+use super::telemetry::{self, ActiveSpan, Attribute, Kind};
 use super::{Shared, accept_loop, serve_http};
-use opentelemetry::KeyValue;
-use opentelemetry::trace::SpanKind;
 
 /// One destination: a peer sidecar and the identity it must prove.
 pub(crate) struct Route {
@@ -70,23 +68,22 @@ impl Route {
             let method = req.method().clone();
             // Cheap (shared bytes); the path is copied only for a sampled span.
             let uri = req.uri().clone();
-            let attributes = || {
-                let mut attributes = vec![
-                    KeyValue::new("http.request.method", telemetry::method_value(&method)),
-                    KeyValue::new("url.path", uri.path().to_owned()),
-                    KeyValue::new("server.address", self.upstream.ip().to_string()),
-                    KeyValue::new("server.port", i64::from(self.upstream.port())),
-                    KeyValue::new("warden.peer.id", self.channel.expected().to_string()),
-                ];
+            let attributes = |list: &mut Vec<Attribute>| {
+                list.extend([
+                    Attribute::new("http.request.method", telemetry::method_value(&method)),
+                    Attribute::new("url.path", uri.path().to_owned()),
+                    Attribute::new("server.address", self.upstream.ip().to_string()),
+                    Attribute::new("server.port", i64::from(self.upstream.port())),
+                    Attribute::new("warden.peer.id", self.channel.expected().to_string()),
+                ]);
                 if let Some(svid) = self.shared.store.current() {
-                    attributes.push(KeyValue::new(
+                    list.push(Attribute::new(
                         "warden.local.id",
                         svid.spiffe_id().to_string(),
                     ));
                 }
-                attributes
             };
-            traces.start(SpanKind::Client, &method, req.headers_mut(), attributes)
+            traces.start(Kind::Client, &method, req.headers_mut(), attributes)
         });
         let response = self.request_inner(req).await;
         let metrics = &self.shared.metrics;
@@ -105,7 +102,7 @@ impl Route {
                     .get(super::http::REQUEST_ID)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or(""),
-                trace_id: span.as_ref().map(telemetry::trace_id),
+                trace_id: span.as_ref().map(ActiveSpan::trace_id),
                 method,
                 path,
                 status: response.status().as_u16(),
@@ -114,8 +111,8 @@ impl Route {
                 decision: "none",
             });
         }
-        if let Some(cx) = &span {
-            telemetry::finish(cx, response.status().as_u16(), false, Vec::new);
+        if let Some(span) = span {
+            span.finish(response.status().as_u16(), false, |_| {});
         }
         response
     }

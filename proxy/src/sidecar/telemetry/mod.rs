@@ -1,0 +1,746 @@
+//! Traces: a client span in the outbound sidecar and a server span in the
+//! inbound one for every request, W3C trace context (`traceparent`,
+//! `tracestate`) taken from the caller and passed on, exported over OTLP
+//! (gRPC or HTTP/protobuf) in batches off the request path. Configured only
+//! by the standard `OTEL_*` variables; off unless an OTLP endpoint is set.
+//!
+//! The span pipeline is Warden's own, on the `opentelemetry` crate's data
+//! model (trace and span IDs, `TraceState`): a span is a plain struct until
+//! it ends, then goes into a bounded queue that one task on the sidecar's
+//! runtime drains, encoding straight to OTLP protobuf. The OpenTelemetry
+//! SDK's pipeline (span objects behind locks, a batch thread, conversion to
+//! generated message structs, tonic) cost about 16 CPU-µs per span here;
+//! see the README's tracing-cost figures.
+
+mod context;
+mod otlp;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue};
+use tokio::sync::Notify;
+
+pub use context::{Parent, Sampler};
+pub use otlp::{Attribute, Kind, Value};
+use otlp::{Finished, Protocol, Sender};
+
+/// Export settings from the `OTEL_*` variables.
+struct Settings {
+    sender: Sender,
+    protocol: Protocol,
+    sampler: Sampler,
+    resource: Vec<(String, String)>,
+    schedule_delay: Duration,
+    max_queue: usize,
+    max_batch: usize,
+}
+
+/// Counts for `/metrics`.
+#[derive(Default)]
+pub struct TraceStats {
+    pub exported: AtomicU64,
+    pub queue_full: AtomicU64,
+    pub export_failed: AtomicU64,
+    pub exports_ok: AtomicU64,
+    pub exports_failed: AtomicU64,
+}
+
+/// Finished spans waiting for the exporter.
+struct Queue {
+    spans: Mutex<Vec<Finished>>,
+    max_queue: usize,
+    max_batch: usize,
+    /// A full batch is waiting.
+    full: Notify,
+    stop: Notify,
+    stopping: AtomicBool,
+    stats: TraceStats,
+}
+
+impl Queue {
+    fn push(&self, span: Finished) {
+        let mut spans = match self.spans.lock() {
+            Ok(spans) => spans,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if spans.len() >= self.max_queue {
+            drop(spans);
+            self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        spans.push(span);
+        let len = spans.len();
+        drop(spans);
+        if len == self.max_batch {
+            self.full.notify_one();
+        }
+    }
+
+    /// Up to one batch, oldest first.
+    fn take(&self) -> Vec<Finished> {
+        let mut spans = match self.spans.lock() {
+            Ok(spans) => spans,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if spans.len() <= self.max_batch {
+            std::mem::take(&mut *spans)
+        } else {
+            spans.drain(..self.max_batch).collect()
+        }
+    }
+}
+
+/// The sidecar's tracer; present only when traces are exported.
+pub struct Tracing {
+    sampler: Sampler,
+    queue: Arc<Queue>,
+    exporter: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Whether the environment asks for OTLP trace export.
+fn enabled(env: &dyn Fn(&str) -> Option<String>) -> Result<bool, String> {
+    let set = |k: &str| env(k).is_some_and(|v| !v.trim().is_empty());
+    if env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        return Ok(false);
+    }
+    match env("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
+        None | Some("" | "otlp") => {}
+        Some("none") => return Ok(false),
+        Some(other) => {
+            return Err(format!(
+                "OTEL_TRACES_EXPORTER={other:?} is not supported: use otlp or none"
+            ));
+        }
+    }
+    Ok(set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// The `_TRACES_` form of a variable if set, else the general one.
+fn traces_var(env: &dyn Fn(&str) -> Option<String>, general: &str) -> Option<String> {
+    let specific = general.replacen("OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_TRACES_", 1);
+    env(&specific)
+        .or_else(|| env(general))
+        .filter(|v| !v.trim().is_empty())
+}
+
+fn millis(env: &dyn Fn(&str) -> Option<String>, name: &str, default: u64) -> Result<u64, String> {
+    match env(name).filter(|v| !v.trim().is_empty()) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}={v:?} is not a whole number")),
+    }
+}
+
+/// `%XX` escapes of a W3C-baggage-style value (`OTEL_EXPORTER_OTLP_HEADERS`,
+/// `OTEL_RESOURCE_ATTRIBUTES`).
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `k=v,k2=v2` with percent-encoded values.
+fn key_values(name: &str, text: &str) -> Result<Vec<(String, String)>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let (k, v) = item
+                .split_once('=')
+                .filter(|(k, _)| !k.trim().is_empty())
+                .ok_or_else(|| format!("{name}: {item:?} is not key=value"))?;
+            let v = percent_decode(v.trim())
+                .ok_or_else(|| format!("{name}: bad percent-encoding in {item:?}"))?;
+            Ok((k.trim().to_owned(), v))
+        })
+        .collect()
+}
+
+impl Settings {
+    fn from_env(
+        env: &dyn Fn(&str) -> Option<String>,
+        default_service: &str,
+    ) -> Result<Settings, String> {
+        let protocol = match traces_var(env, "OTEL_EXPORTER_OTLP_PROTOCOL")
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("grpc") => Protocol::Grpc,
+            Some("http/protobuf") => Protocol::HttpProtobuf,
+            Some(other) => {
+                return Err(format!(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL={other:?} is not supported: use grpc or http/protobuf"
+                ));
+            }
+        };
+        // The traces endpoint is used as given; the general one gets
+        // `/v1/traces` appended for HTTP (the OTLP exporter rules).
+        let endpoint =
+            match env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").filter(|v| !v.trim().is_empty()) {
+                Some(e) => e.trim().to_owned(),
+                None => {
+                    let base = env("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default();
+                    let base = base.trim().trim_end_matches('/');
+                    match protocol {
+                        Protocol::Grpc => base.to_owned(),
+                        Protocol::HttpProtobuf => format!("{base}/v1/traces"),
+                    }
+                }
+            };
+        let mut headers = HeaderMap::new();
+        if let Some(text) = traces_var(env, "OTEL_EXPORTER_OTLP_HEADERS") {
+            for (k, v) in key_values("OTEL_EXPORTER_OTLP_HEADERS", &text)? {
+                let name =
+                    HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                        format!("OTEL_EXPORTER_OTLP_HEADERS: {k:?} is not a header name")
+                    })?;
+                let value = HeaderValue::from_str(&v).map_err(|_| {
+                    format!("OTEL_EXPORTER_OTLP_HEADERS: the value of {k:?} is not a header value")
+                })?;
+                headers.append(name, value);
+            }
+        }
+        let timeout_name = if env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").is_some() {
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
+        } else {
+            "OTEL_EXPORTER_OTLP_TIMEOUT"
+        };
+        let timeout = Duration::from_millis(millis(env, timeout_name, 10_000)?.max(1));
+        let sender = Sender::new(&endpoint, protocol, headers, timeout)?;
+        let sampler = Sampler::from_env(
+            env("OTEL_TRACES_SAMPLER").as_deref(),
+            env("OTEL_TRACES_SAMPLER_ARG").as_deref(),
+        )?;
+        // Resource: the SDK description, then OTEL_RESOURCE_ATTRIBUTES, then
+        // the service name (OTEL_SERVICE_NAME over service.name over ours).
+        let mut resource = vec![
+            ("telemetry.sdk.name".to_owned(), "warden".to_owned()),
+            ("telemetry.sdk.language".to_owned(), "rust".to_owned()),
+            (
+                "telemetry.sdk.version".to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+            ),
+        ];
+        if let Some(text) = env("OTEL_RESOURCE_ATTRIBUTES") {
+            for (k, v) in key_values("OTEL_RESOURCE_ATTRIBUTES", &text)? {
+                resource.retain(|(key, _)| *key != k);
+                resource.push((k, v));
+            }
+        }
+        let service = env("OTEL_SERVICE_NAME")
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty());
+        match service {
+            Some(name) => {
+                resource.retain(|(key, _)| key != "service.name");
+                resource.push(("service.name".to_owned(), name));
+            }
+            None if !resource.iter().any(|(k, _)| k == "service.name") => {
+                resource.push(("service.name".to_owned(), default_service.to_owned()));
+            }
+            None => {}
+        }
+        let max_queue = usize::try_from(millis(env, "OTEL_BSP_MAX_QUEUE_SIZE", 2048)?)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let max_batch = usize::try_from(millis(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?)
+            .unwrap_or(usize::MAX)
+            .clamp(1, max_queue);
+        Ok(Settings {
+            sender,
+            protocol,
+            sampler,
+            resource,
+            schedule_delay: Duration::from_millis(
+                millis(env, "OTEL_BSP_SCHEDULE_DELAY", 5000)?.max(1),
+            ),
+            max_queue,
+            max_batch,
+        })
+    }
+}
+
+/// A span from its start to its end. Dropping it ends it (a request whose
+/// caller went away still leaves its span, without a status code).
+pub struct ActiveSpan {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    /// Present only for a recorded (sampled) span.
+    recording: Option<Box<Recording>>,
+}
+
+struct Recording {
+    queue: Arc<Queue>,
+    parent_span_id: Option<[u8; 8]>,
+    trace_state: Option<String>,
+    name: &'static str,
+    kind: Kind,
+    start_unix_nanos: u64,
+    started: Instant,
+    attributes: Vec<Attribute>,
+    error_status: Option<u16>,
+}
+
+impl ActiveSpan {
+    /// The trace ID, as in `traceparent` (for audit and access lines).
+    pub fn trace_id(&self) -> String {
+        let mut out = [0u8; 32];
+        context::hex_into(&mut out, &self.trace_id);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Sets the response status (and, for a sampled span, more attributes),
+    /// then ends the span. Server spans are errors at 5xx; client spans at
+    /// 4xx and 5xx too (the OTel HTTP conventions).
+    pub fn finish(
+        mut self,
+        status: u16,
+        server: bool,
+        attributes: impl FnOnce(&mut Vec<Attribute>),
+    ) {
+        if let Some(r) = &mut self.recording {
+            r.attributes.push(Attribute::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+            attributes(&mut r.attributes);
+            if status >= 500 || (!server && status >= 400) {
+                r.error_status = Some(status);
+            }
+        }
+    }
+}
+
+impl Drop for ActiveSpan {
+    fn drop(&mut self) {
+        let Some(r) = self.recording.take() else {
+            return;
+        };
+        let Recording {
+            queue,
+            parent_span_id,
+            trace_state,
+            name,
+            kind,
+            start_unix_nanos,
+            started,
+            attributes,
+            error_status,
+        } = *r;
+        let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        queue.push(Finished {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            parent_span_id,
+            trace_state,
+            name,
+            kind,
+            start_unix_nanos,
+            end_unix_nanos: start_unix_nanos.saturating_add(elapsed),
+            attributes,
+            error_status,
+        });
+    }
+}
+
+fn unix_nanos_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn nonzero<const N: usize>() -> [u8; N] {
+    loop {
+        let id: [u8; N] = rand::random();
+        if id != [0; N] {
+            return id;
+        }
+    }
+}
+
+impl Tracing {
+    /// From `OTEL_*` variables (endpoint, protocol, headers, timeout,
+    /// sampler, service name, resource attributes, batching). Must run
+    /// inside the tokio runtime: the exporter is a task on it.
+    pub fn from_env(default_service: &str) -> Result<Option<Tracing>, String> {
+        let env = |k: &str| std::env::var(k).ok();
+        if !enabled(&env)? {
+            return Ok(None);
+        }
+        let settings = Settings::from_env(&env, default_service)?;
+        let queue = Arc::new(Queue {
+            spans: Mutex::new(Vec::new()),
+            max_queue: settings.max_queue,
+            max_batch: settings.max_batch,
+            full: Notify::new(),
+            stop: Notify::new(),
+            stopping: AtomicBool::new(false),
+            stats: TraceStats::default(),
+        });
+        let sampler = settings.sampler;
+        let exporter = tokio::spawn(export_loop(queue.clone(), settings));
+        Ok(Some(Tracing {
+            sampler,
+            queue,
+            exporter: Mutex::new(Some(exporter)),
+        }))
+    }
+
+    /// Starts a span of `kind` as the child of the trace context in
+    /// `headers` (a new trace if there is none), and writes its own context
+    /// back into `headers`, for the next hop. `attributes` runs only for a
+    /// span that is recorded (sampled).
+    pub fn start(
+        &self,
+        kind: Kind,
+        method: &http::Method,
+        headers: &mut HeaderMap,
+        attributes: impl FnOnce(&mut Vec<Attribute>),
+    ) -> ActiveSpan {
+        // No `traceparent`: a new trace, without any parsing.
+        let parent = if headers.contains_key(context::TRACEPARENT) {
+            context::extract(headers)
+        } else {
+            None
+        };
+        let trace_id = parent.as_ref().map_or_else(nonzero, |p| p.trace_id);
+        let span_id = nonzero();
+        let sampled = self.sampler.sampled(parent.as_ref(), &trace_id);
+        let traceparent = context::format_traceparent(&trace_id, &span_id, sampled);
+        if let Ok(value) = HeaderValue::from_bytes(&traceparent) {
+            headers.insert(HeaderName::from_static(context::TRACEPARENT), value);
+        }
+        let state = parent
+            .as_ref()
+            .and_then(|p| p.state.as_ref())
+            .map(|s| s.header());
+        // An empty or unparsable `tracestate` is not passed on.
+        match state.as_deref().map(HeaderValue::from_str) {
+            Some(Ok(value)) => {
+                headers.insert(HeaderName::from_static(context::TRACESTATE), value);
+            }
+            _ => {
+                headers.remove(context::TRACESTATE);
+            }
+        }
+        let recording = sampled.then(|| {
+            let mut list = Vec::with_capacity(10);
+            attributes(&mut list);
+            Box::new(Recording {
+                queue: self.queue.clone(),
+                parent_span_id: parent.as_ref().map(|p| p.span_id),
+                trace_state: state,
+                name: span_name(method),
+                kind,
+                start_unix_nanos: unix_nanos_now(),
+                started: Instant::now(),
+                attributes: list,
+                error_status: None,
+            })
+        });
+        ActiveSpan {
+            trace_id,
+            span_id,
+            recording,
+        }
+    }
+
+    /// Export counts for `/metrics`.
+    pub fn stats(&self) -> &TraceStats {
+        &self.queue.stats
+    }
+
+    /// Sends what is queued, giving it at most `limit`, and stops the
+    /// exporter.
+    pub async fn shutdown(&self, limit: Duration) {
+        self.queue.stopping.store(true, Ordering::Relaxed);
+        self.queue.stop.notify_one();
+        let task = self.exporter.lock().ok().and_then(|mut t| t.take());
+        if let Some(mut task) = task
+            && tokio::time::timeout(limit, &mut task).await.is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Tracing {
+    fn drop(&mut self) {
+        if let Ok(mut task) = self.exporter.lock()
+            && let Some(task) = task.take()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// How often a failing collector may log a warning.
+const WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// Drains the queue: a batch when one is full, whatever is there every
+/// schedule delay, and everything at shutdown. One export at a time; while
+/// it is out, spans wait in the bounded queue (past its size they are
+/// dropped and counted, never waited for).
+async fn export_loop(queue: Arc<Queue>, settings: Settings) {
+    let resource = otlp::encode_resource(&settings.resource);
+    let scope = otlp::encode_scope("warden", env!("CARGO_PKG_VERSION"));
+    let mut scratch = Vec::new();
+    let mut last_warning: Option<Instant> = None;
+    let mut unreported = 0u64;
+    loop {
+        let stopping = tokio::select! {
+            _ = queue.full.notified() => false,
+            _ = tokio::time::sleep(settings.schedule_delay) => false,
+            _ = queue.stop.notified() => true,
+        } || queue.stopping.load(Ordering::Relaxed);
+        loop {
+            let batch = queue.take();
+            if batch.is_empty() {
+                break;
+            }
+            let mut body = Vec::with_capacity(64 + batch.len() * 400);
+            if settings.protocol == Protocol::Grpc {
+                // gRPC frame: not compressed, then the message length.
+                body.extend_from_slice(&[0; 5]);
+            }
+            otlp::encode_request(&mut body, &mut scratch, &resource, &scope, &batch);
+            if settings.protocol == Protocol::Grpc {
+                let len = u32::try_from(body.len() - 5).unwrap_or(u32::MAX);
+                body[1..5].copy_from_slice(&len.to_be_bytes());
+            }
+            let count = batch.len() as u64;
+            drop(batch);
+            let stats = &queue.stats;
+            match settings.sender.send(body).await {
+                Ok(()) => {
+                    stats.exported.fetch_add(count, Ordering::Relaxed);
+                    stats.exports_ok.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    stats.export_failed.fetch_add(count, Ordering::Relaxed);
+                    stats.exports_failed.fetch_add(1, Ordering::Relaxed);
+                    unreported += 1;
+                    if last_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                        tracing::warn!(
+                            collector = %settings.sender.uri(),
+                            error = %e,
+                            failed_exports = unreported,
+                            "trace export failed; spans dropped (next warning in 30 s at the earliest)"
+                        );
+                        last_warning = Some(Instant::now());
+                        unreported = 0;
+                    }
+                }
+            }
+            // A partial batch: wait for the next tick unless shutting down.
+            if !stopping
+                && queue
+                    .spans
+                    .lock()
+                    .map(|s| s.len() < queue.max_batch)
+                    .unwrap_or(true)
+            {
+                break;
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// `http.request.method`: a static string for the standard methods.
+pub fn method_value(method: &http::Method) -> Value {
+    match span_name(method) {
+        "HTTP" => Value::Owned(method.to_string()),
+        name => Value::Static(name),
+    }
+}
+
+/// The span name: the method, as the OTel HTTP conventions have it
+/// (`HTTP` for methods outside the standard set).
+fn span_name(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "HTTP",
+    }
+}
+
+/// One access-log line.
+pub struct Access<'a> {
+    pub direction: &'static str,
+    pub request_id: &'a str,
+    pub trace_id: Option<String>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub duration: std::time::Duration,
+    pub peer: &'a str,
+    pub decision: &'static str,
+}
+
+/// Writes the line to stdout, as one JSON object.
+pub fn access_log(entry: &Access<'_>) {
+    use std::io::Write;
+    let line = serde_json::json!({
+        "time": crate::identity::Timestamp::now().to_string(),
+        "direction": entry.direction,
+        "request_id": entry.request_id,
+        "trace_id": entry.trace_id,
+        "method": entry.method,
+        "path": entry.path,
+        "status": entry.status,
+        "duration_ms": entry.duration.as_secs_f64() * 1000.0,
+        "peer": entry.peer,
+        "decision": entry.decision,
+    });
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k: &str| {
+            vars.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    #[test]
+    fn enabled_only_with_an_endpoint_and_not_disabled() {
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317");
+        assert_eq!(enabled(&env_of(&[])), Ok(false));
+        assert_eq!(enabled(&env_of(&[endpoint])), Ok(true));
+        assert_eq!(
+            enabled(&env_of(&[endpoint, ("OTEL_SDK_DISABLED", "true")])),
+            Ok(false)
+        );
+        assert_eq!(
+            enabled(&env_of(&[endpoint, ("OTEL_TRACES_EXPORTER", "none")])),
+            Ok(false)
+        );
+        assert!(enabled(&env_of(&[endpoint, ("OTEL_TRACES_EXPORTER", "zipkin")])).is_err());
+    }
+
+    #[tokio::test]
+    async fn settings_from_the_standard_variables() {
+        let s = Settings::from_env(
+            &env_of(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                (
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "service.name=from-attrs,deployment.environment=prod%20eu",
+                ),
+                ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+                ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "500"),
+            ]),
+            "warden-orders",
+        )
+        .expect("settings");
+        assert_eq!(
+            s.sender.uri().to_string(),
+            "http://collector:4318/v1/traces"
+        );
+        assert!(
+            s.resource
+                .contains(&("service.name".to_owned(), "from-attrs".to_owned()))
+        );
+        assert!(
+            s.resource
+                .contains(&("deployment.environment".to_owned(), "prod eu".to_owned()))
+        );
+        assert_eq!(
+            (s.max_queue, s.max_batch),
+            (100, 100),
+            "batch capped by the queue"
+        );
+        let named = Settings::from_env(
+            &env_of(&[
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://127.0.0.1:4317",
+                ),
+                ("OTEL_SERVICE_NAME", "orders"),
+                ("OTEL_RESOURCE_ATTRIBUTES", "service.name=ignored"),
+            ]),
+            "warden-orders",
+        )
+        .expect("settings");
+        assert_eq!(
+            named.sender.uri().to_string(),
+            "http://127.0.0.1:4317/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+        );
+        let names: Vec<_> = named
+            .resource
+            .iter()
+            .filter(|(k, _)| k == "service.name")
+            .collect();
+        assert_eq!(names, [&("service.name".to_owned(), "orders".to_owned())]);
+        for bad in [
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317")],
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")],
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ],
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"),
+            ],
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
+            ],
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "2"),
+            ],
+        ] {
+            let err = Settings::from_env(&env_of(&bad), "w").err();
+            assert!(err.is_some(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b%2Cc").as_deref(), Some("a b,c"));
+        assert_eq!(percent_decode("bad%2"), None);
+        assert_eq!(percent_decode("bad%zz"), None);
+    }
+}

@@ -1,0 +1,433 @@
+//! OTLP trace export: spans encoded straight into the protobuf wire format
+//! of `ExportTraceServiceRequest` (opentelemetry-proto's `trace.v1` and
+//! `collector/trace/v1` messages, field numbers as published there) and sent
+//! over gRPC or HTTP/protobuf with hyper.
+//!
+//! No intermediate message structs: a batch of 512 spans is one buffer
+//! written in one pass per span. The tests decode what this writes with
+//! opentelemetry-proto's generated (prost) types.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// An attribute value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Static(&'static str),
+    Shared(Arc<str>),
+    Owned(String),
+    Int(i64),
+    Strings(Vec<String>),
+}
+
+impl From<&'static str> for Value {
+    fn from(v: &'static str) -> Self {
+        Value::Static(v)
+    }
+}
+
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Value::Owned(v)
+    }
+}
+
+impl From<Arc<str>> for Value {
+    fn from(v: Arc<str>) -> Self {
+        Value::Shared(v)
+    }
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Int(v)
+    }
+}
+
+/// A span attribute: a static key and its value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attribute {
+    pub key: &'static str,
+    pub value: Value,
+}
+
+impl Attribute {
+    pub fn new(key: &'static str, value: impl Into<Value>) -> Attribute {
+        Attribute {
+            key,
+            value: value.into(),
+        }
+    }
+}
+
+/// `Span.SpanKind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Server = 2,
+    Client = 3,
+}
+
+/// A finished span, as queued for export.
+#[derive(Debug)]
+pub struct Finished {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    /// The W3C `tracestate` it carries, when not empty.
+    pub trace_state: Option<String>,
+    pub name: &'static str,
+    pub kind: Kind,
+    pub start_unix_nanos: u64,
+    pub end_unix_nanos: u64,
+    pub attributes: Vec<Attribute>,
+    /// An HTTP status that makes the span an error (`Status.code = ERROR`).
+    pub error_status: Option<u16>,
+}
+
+// Protobuf wire types.
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+const FIXED32: u8 = 5;
+
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_tag(out: &mut Vec<u8>, field: u32, wire: u8) {
+    put_varint(out, (u64::from(field) << 3) | u64::from(wire));
+}
+
+fn tag_len(field: u32) -> usize {
+    varint_len(u64::from(field) << 3)
+}
+
+/// The encoded size of a length-delimited field holding `len` bytes.
+fn field_len(field: u32, len: usize) -> usize {
+    tag_len(field) + varint_len(len as u64) + len
+}
+
+fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    put_tag(out, field, LEN);
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// The header of a length-delimited field whose body follows.
+fn put_len(out: &mut Vec<u8>, field: u32, len: usize) {
+    put_tag(out, field, LEN);
+    put_varint(out, len as u64);
+}
+
+fn string_value(v: &Value) -> Option<&str> {
+    match v {
+        Value::Static(s) => Some(s),
+        Value::Shared(s) => Some(s),
+        Value::Owned(s) => Some(s),
+        Value::Int(_) | Value::Strings(_) => None,
+    }
+}
+
+/// `ArrayValue { repeated AnyValue values = 1 }` of strings: its body size.
+fn array_len(values: &[String]) -> usize {
+    values
+        .iter()
+        .map(|s| field_len(1, field_len(1, s.len())))
+        .sum()
+}
+
+/// The body size of `AnyValue` for `v`.
+fn any_value_len(v: &Value) -> usize {
+    match v {
+        Value::Int(i) => tag_len(3) + varint_len(*i as u64),
+        Value::Strings(values) => field_len(5, array_len(values)),
+        other => field_len(1, string_value(other).map_or(0, str::len)),
+    }
+}
+
+fn put_any_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Int(i) => {
+            put_tag(out, 3, VARINT);
+            // int64: two's complement as a 64-bit varint.
+            put_varint(out, *i as u64);
+        }
+        Value::Strings(values) => {
+            put_len(out, 5, array_len(values));
+            for s in values {
+                put_len(out, 1, field_len(1, s.len()));
+                put_bytes(out, 1, s.as_bytes());
+            }
+        }
+        other => put_bytes(out, 1, string_value(other).unwrap_or("").as_bytes()),
+    }
+}
+
+/// `KeyValue { string key = 1; AnyValue value = 2 }`, as field `field`.
+fn put_key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
+    let value_len = any_value_len(value);
+    put_len(
+        out,
+        field,
+        field_len(1, key.len()) + field_len(2, value_len),
+    );
+    put_bytes(out, 1, key.as_bytes());
+    put_len(out, 2, value_len);
+    put_any_value(out, value);
+}
+
+/// One `Span` message body.
+fn put_span(out: &mut Vec<u8>, span: &Finished) {
+    put_bytes(out, 1, &span.trace_id);
+    put_bytes(out, 2, &span.span_id);
+    if let Some(state) = &span.trace_state {
+        put_bytes(out, 3, state.as_bytes());
+    }
+    if let Some(parent) = &span.parent_span_id {
+        put_bytes(out, 4, parent);
+    }
+    put_bytes(out, 5, span.name.as_bytes());
+    put_tag(out, 6, VARINT);
+    put_varint(out, span.kind as u64);
+    put_tag(out, 7, FIXED64);
+    out.extend_from_slice(&span.start_unix_nanos.to_le_bytes());
+    put_tag(out, 8, FIXED64);
+    out.extend_from_slice(&span.end_unix_nanos.to_le_bytes());
+    for a in &span.attributes {
+        put_key_value(out, 9, a.key, &a.value);
+    }
+    if let Some(status) = span.error_status {
+        // Status { string message = 2; StatusCode code = 3 (ERROR = 2) }.
+        let message = format!("HTTP {status}");
+        put_len(out, 15, field_len(2, message.len()) + tag_len(3) + 1);
+        put_bytes(out, 2, message.as_bytes());
+        put_tag(out, 3, VARINT);
+        put_varint(out, 2);
+    }
+    // Flags: the W3C flags (sampled), and whether the parent is remote
+    // (bit 8: known, bit 9: remote). Every parent here is in another process.
+    let flags: u32 = 0x01
+        | 0x100
+        | if span.parent_span_id.is_some() {
+            0x200
+        } else {
+            0
+        };
+    put_tag(out, 16, FIXED32);
+    out.extend_from_slice(&flags.to_le_bytes());
+}
+
+/// A `Resource` message body with `attributes`.
+pub fn encode_resource(attributes: &[(String, String)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in attributes {
+        put_key_value(&mut out, 1, k, &Value::Owned(v.clone()));
+    }
+    out
+}
+
+/// An `InstrumentationScope` message body.
+pub fn encode_scope(name: &str, version: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_bytes(&mut out, 1, name.as_bytes());
+    put_bytes(&mut out, 2, version.as_bytes());
+    out
+}
+
+/// Encodes `ExportTraceServiceRequest { ResourceSpans { resource, ScopeSpans
+/// { scope, spans } } }` after whatever `out` already holds (the gRPC frame
+/// header, say). `scratch` is reused between calls.
+pub fn encode_request(
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+    resource: &[u8],
+    scope: &[u8],
+    spans: &[Finished],
+) {
+    scratch.clear();
+    let mut one = Vec::with_capacity(512);
+    for span in spans {
+        one.clear();
+        put_span(&mut one, span);
+        put_bytes(scratch, 2, &one);
+    }
+    let scope_spans = field_len(1, scope.len()) + scratch.len();
+    let resource_spans = field_len(1, resource.len()) + field_len(2, scope_spans);
+    out.reserve(field_len(1, resource_spans));
+    put_len(out, 1, resource_spans);
+    put_bytes(out, 1, resource);
+    put_len(out, 2, scope_spans);
+    put_bytes(out, 1, scope);
+    out.extend_from_slice(scratch);
+}
+
+/// The wire protocol to the collector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// Sends encoded batches to one collector.
+pub struct Sender {
+    client: Client<HttpConnector, Full<Bytes>>,
+    uri: Uri,
+    protocol: Protocol,
+    headers: HeaderMap,
+    timeout: Duration,
+}
+
+impl Sender {
+    /// `endpoint` is the URL to post to for HTTP/protobuf, and the
+    /// collector's base URL for gRPC. Only `http://` is supported.
+    pub fn new(
+        endpoint: &str,
+        protocol: Protocol,
+        headers: HeaderMap,
+        timeout: Duration,
+    ) -> Result<Sender, String> {
+        let uri: Uri = match protocol {
+            Protocol::Grpc => format!("{}{GRPC_EXPORT_PATH}", endpoint.trim_end_matches('/')),
+            Protocol::HttpProtobuf => endpoint.to_owned(),
+        }
+        .parse()
+        .map_err(|e| format!("OTLP endpoint {endpoint:?}: {e}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(format!(
+                    "OTLP endpoint {endpoint:?}: https is not supported; send to a collector on the node over http (e.g. http://127.0.0.1:4317)"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "OTLP endpoint {endpoint:?} needs an http:// URL (e.g. http://127.0.0.1:4317)"
+                ));
+            }
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout));
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(Duration::from_secs(60));
+        if protocol == Protocol::Grpc {
+            builder.http2_only(true);
+        }
+        Ok(Sender {
+            client: builder.build(connector),
+            uri,
+            protocol,
+            headers,
+            timeout,
+        })
+    }
+
+    /// Where the batches go, for messages.
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// Sends one encoded request (for gRPC, with its 5-byte frame header
+    /// already in front), bounded by the export timeout.
+    pub async fn send(&self, body: Vec<u8>) -> Result<(), String> {
+        match tokio::time::timeout(self.timeout, self.send_inner(body)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+
+    async fn send_inner(&self, body: Vec<u8>) -> Result<(), String> {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(self.uri.clone());
+        if let Some(headers) = request.headers_mut() {
+            headers.extend(self.headers.clone());
+            let (content_type, te) = match self.protocol {
+                Protocol::Grpc => ("application/grpc", Some("trailers")),
+                Protocol::HttpProtobuf => ("application/x-protobuf", None),
+            };
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type),
+            );
+            if let Some(te) = te {
+                headers.insert(http::header::TE, HeaderValue::from_static(te));
+            }
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let status = response.status();
+        let head_grpc_status = grpc_status(response.headers());
+        let collected = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| error_chain(&e))?;
+        if !status.is_success() {
+            return Err(format!("collector answered HTTP {status}"));
+        }
+        if self.protocol == Protocol::Grpc {
+            // A trailers-only answer carries the status in the head.
+            let code = head_grpc_status
+                .or_else(|| collected.trailers().and_then(grpc_status))
+                .ok_or("the collector's answer has no grpc-status")?;
+            if code.0 != "0" {
+                return Err(format!(
+                    "collector answered grpc-status {}{}",
+                    code.0, code.1
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `grpc-status` and `grpc-message` (as ": message") from a header map.
+fn grpc_status(headers: &HeaderMap) -> Option<(String, String)> {
+    let code = headers.get("grpc-status")?.to_str().ok()?.to_owned();
+    let message = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .map(|m| format!(": {m}"))
+        .unwrap_or_default();
+    Some((code, message))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
