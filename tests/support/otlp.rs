@@ -18,6 +18,20 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 #[derive(Clone, Default)]
 pub struct Receiver {
     pub spans: Arc<Mutex<Vec<(String, Span)>>>,
+    /// How many spans arrived (kept or not).
+    pub count: Arc<std::sync::atomic::AtomicUsize>,
+    /// Decode and count only (the load bench: hundreds of thousands of
+    /// spans would otherwise pile up in its memory).
+    pub count_only: bool,
+}
+
+impl Receiver {
+    pub fn counting() -> Receiver {
+        Receiver {
+            count_only: true,
+            ..Receiver::default()
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -26,8 +40,20 @@ impl TraceService for Receiver {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let request = request.into_inner();
+        let n: usize = request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.count
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        if self.count_only {
+            return Ok(tonic::Response::new(ExportTraceServiceResponse::default()));
+        }
         let mut spans = self.spans.lock().expect("lock");
-        for resource_spans in request.into_inner().resource_spans {
+        for resource_spans in request.resource_spans {
             let service = resource_spans
                 .resource
                 .iter()

@@ -59,6 +59,8 @@ struct ConnInfo {
     /// The caller's ID as a span attribute value, shared by every span of
     /// the connection.
     peer_value: Option<Arc<str>>,
+    /// `client.address` for spans, when tracing is on.
+    client_address: Option<Arc<str>>,
     /// `x-forwarded-client-cert` for the app; None for unauthenticated peers.
     xfcc: Option<HeaderValue>,
     peer: Peer,
@@ -278,16 +280,19 @@ impl Inbound {
             }
             _ => (None, None),
         };
-        // Only spans use it: nothing to build when tracing is off.
+        // Only spans use these: nothing to build when tracing is off.
+        let tracing = self.shared.traces.is_some();
         let peer_value = match &peer {
-            Peer::Workload(id) if self.shared.traces.is_some() => Some(Arc::from(id.as_str())),
+            Peer::Workload(id) if tracing => Some(Arc::from(id.as_str())),
             _ => None,
         };
+        let client_address = tracing.then(|| Arc::from(source.ip().to_string()));
         ConnInfo {
             source,
             tls_version,
             peer_id,
             peer_value,
+            client_address,
             xfcc,
             peer,
             validity,
@@ -328,15 +333,15 @@ impl Inbound {
                 list.extend([
                     Attribute::new("http.request.method", telemetry::method_value(&method)),
                     Attribute::new("url.path", uri.path().to_owned()),
-                    Attribute::new("client.address", info.source.ip().to_string()),
+                    Attribute::new(
+                        "client.address",
+                        info.client_address.clone().unwrap_or_else(|| Arc::from("")),
+                    ),
                     Attribute::new("tls.protocol.version", info.tls_version),
                     Attribute::new("warden.request.id", id.clone()),
                 ]);
-                if let Some(svid) = self.shared.store.current() {
-                    list.push(Attribute::new(
-                        "warden.local.id",
-                        svid.spiffe_id().to_string(),
-                    ));
+                if let Some(local) = traces.local_id(&self.shared.store) {
+                    list.push(Attribute::new("warden.local.id", local));
                 }
                 if let Some(peer) = &info.peer_value {
                     list.push(Attribute::new("warden.peer.id", peer.clone()));

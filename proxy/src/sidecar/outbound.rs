@@ -30,6 +30,13 @@ pub(crate) struct Route {
     pub shared: Arc<Shared>,
     pub upstream: SocketAddr,
     pub channel: PeerChannel,
+    pub span_values: SpanValues,
+}
+
+/// Span attribute values that are the same for every request of a route.
+pub(crate) struct SpanValues {
+    pub server_address: Arc<str>,
+    pub peer_id: Arc<str>,
 }
 
 impl Route {
@@ -72,15 +79,12 @@ impl Route {
                 list.extend([
                     Attribute::new("http.request.method", telemetry::method_value(&method)),
                     Attribute::new("url.path", uri.path().to_owned()),
-                    Attribute::new("server.address", self.upstream.ip().to_string()),
+                    Attribute::new("server.address", self.span_values.server_address.clone()),
                     Attribute::new("server.port", i64::from(self.upstream.port())),
-                    Attribute::new("warden.peer.id", self.channel.expected().to_string()),
+                    Attribute::new("warden.peer.id", self.span_values.peer_id.clone()),
                 ]);
-                if let Some(svid) = self.shared.store.current() {
-                    list.push(Attribute::new(
-                        "warden.local.id",
-                        svid.spiffe_id().to_string(),
-                    ));
+                if let Some(local) = traces.local_id(&self.shared.store) {
+                    list.push(Attribute::new("warden.local.id", local));
                 }
             };
             traces.start(Kind::Client, &method, req.headers_mut(), attributes)

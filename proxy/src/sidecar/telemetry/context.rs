@@ -6,10 +6,11 @@
 //! versions above `00`, unknown flags ignored. A header that breaks a rule is
 //! treated as absent (a new trace starts), never as an error.
 
+use http::HeaderName;
 use opentelemetry::trace::TraceState;
 
-pub const TRACEPARENT: &str = "traceparent";
-pub const TRACESTATE: &str = "tracestate";
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The caller's span, from its `traceparent` (and `tracestate`).
 #[derive(Clone, Debug, PartialEq)]
@@ -20,23 +21,35 @@ pub struct Parent {
     pub state: Option<TraceState>,
 }
 
-fn hex_digit(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+/// Each byte's value as a lowercase hex digit, or 0xff.
+const UNHEX: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// Lowercase hex `text` into `out` (half as long); `None` on any other byte.
 fn unhex(text: &[u8], out: &mut [u8]) -> Option<()> {
     if text.len() != out.len() * 2 {
         return None;
     }
+    let mut bad = 0u8;
     for (b, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        *b = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
+        let (hi, lo) = (UNHEX[usize::from(pair[0])], UNHEX[usize::from(pair[1])]);
+        bad |= hi | lo;
+        *b = (hi << 4) | (lo & 0x0f);
     }
-    Some(())
+    // Valid digits are below 16; 0xff marks any other byte.
+    (bad < 16).then_some(())
 }
 
 /// Lowercase hex of `bytes` into `out` (twice as long).
@@ -79,9 +92,9 @@ pub fn parse_traceparent(value: &[u8]) -> Option<([u8; 16], [u8; 8], bool)> {
 /// The parent named by `headers`, if they carry a valid `traceparent`. A
 /// `tracestate` that does not parse is dropped, as the W3C rules ask.
 pub fn extract(headers: &http::HeaderMap) -> Option<Parent> {
-    let (trace_id, span_id, sampled) = parse_traceparent(headers.get(TRACEPARENT)?.as_bytes())?;
+    let (trace_id, span_id, sampled) = parse_traceparent(headers.get(&TRACEPARENT)?.as_bytes())?;
     let state = headers
-        .get(TRACESTATE)
+        .get(&TRACESTATE)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.parse::<TraceState>().ok())
         .filter(|s| !s.header().is_empty());
@@ -193,11 +206,11 @@ mod tests {
 
     impl Extractor for One<'_> {
         fn get(&self, key: &str) -> Option<&str> {
-            (key == TRACEPARENT).then_some(self.0)
+            (key == TRACEPARENT.as_str()).then_some(self.0)
         }
 
         fn keys(&self) -> Vec<&str> {
-            vec![TRACEPARENT]
+            vec!["traceparent"]
         }
     }
 

@@ -48,9 +48,12 @@ pub struct TraceStats {
     pub exports_failed: AtomicU64,
 }
 
-/// Finished spans waiting for the exporter.
+/// Finished spans waiting for the exporter. They stay in the box they were
+/// recorded in: a request's future holds only the pointer, and queueing a
+/// span moves 8 bytes, not the span.
+#[allow(clippy::vec_box)]
 struct Queue {
-    spans: Mutex<Vec<Finished>>,
+    spans: Mutex<Vec<Box<Finished>>>,
     max_queue: usize,
     max_batch: usize,
     /// A full batch is waiting.
@@ -61,7 +64,7 @@ struct Queue {
 }
 
 impl Queue {
-    fn push(&self, span: Finished) {
+    fn push(&self, span: Box<Finished>) {
         let mut spans = match self.spans.lock() {
             Ok(spans) => spans,
             Err(poisoned) => poisoned.into_inner(),
@@ -79,14 +82,16 @@ impl Queue {
         }
     }
 
-    /// Up to one batch, oldest first.
-    fn take(&self) -> Vec<Finished> {
+    /// Up to one batch, oldest first. The queue keeps a batch's capacity,
+    /// so it does not grow again span by span.
+    #[allow(clippy::vec_box)]
+    fn take(&self) -> Vec<Box<Finished>> {
         let mut spans = match self.spans.lock() {
             Ok(spans) => spans,
             Err(poisoned) => poisoned.into_inner(),
         };
         if spans.len() <= self.max_batch {
-            std::mem::take(&mut *spans)
+            std::mem::replace(&mut *spans, Vec::with_capacity(self.max_batch))
         } else {
             spans.drain(..self.max_batch).collect()
         }
@@ -96,6 +101,9 @@ impl Queue {
 /// The sidecar's tracer; present only when traces are exported.
 pub struct Tracing {
     sampler: Sampler,
+    clock: Clock,
+    /// This sidecar's SPIFFE ID as an attribute value, kept while it holds.
+    local_id: Mutex<Option<Arc<str>>>,
     queue: Arc<Queue>,
     exporter: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -280,21 +288,15 @@ impl Settings {
 /// caller went away still leaves its span, without a status code).
 pub struct ActiveSpan {
     trace_id: [u8; 16],
-    span_id: [u8; 8],
     /// Present only for a recorded (sampled) span.
-    recording: Option<Box<Recording>>,
+    recording: Option<Recording>,
 }
 
 struct Recording {
     queue: Arc<Queue>,
-    parent_span_id: Option<[u8; 8]>,
-    trace_state: Option<String>,
-    name: &'static str,
-    kind: Kind,
-    start_unix_nanos: u64,
     started: Instant,
-    attributes: Vec<Attribute>,
-    error_status: Option<u16>,
+    /// Filled in as the span goes; queued (the box, not a copy) at its end.
+    span: Box<Finished>,
 }
 
 impl ActiveSpan {
@@ -315,13 +317,14 @@ impl ActiveSpan {
         attributes: impl FnOnce(&mut Vec<Attribute>),
     ) {
         if let Some(r) = &mut self.recording {
-            r.attributes.push(Attribute::new(
+            let span = &mut r.span;
+            span.attributes.push(Attribute::new(
                 "http.response.status_code",
                 i64::from(status),
             ));
-            attributes(&mut r.attributes);
+            attributes(&mut span.attributes);
             if status >= 500 || (!server && status >= 400) {
-                r.error_status = Some(status);
+                span.error_status = Some(status);
             }
         }
     }
@@ -329,41 +332,55 @@ impl ActiveSpan {
 
 impl Drop for ActiveSpan {
     fn drop(&mut self) {
-        let Some(r) = self.recording.take() else {
+        let Some(Recording {
+            queue,
+            started,
+            mut span,
+        }) = self.recording.take()
+        else {
             return;
         };
-        let Recording {
-            queue,
-            parent_span_id,
-            trace_state,
-            name,
-            kind,
-            start_unix_nanos,
-            started,
-            attributes,
-            error_status,
-        } = *r;
         let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        queue.push(Finished {
-            trace_id: self.trace_id,
-            span_id: self.span_id,
-            parent_span_id,
-            trace_state,
-            name,
-            kind,
-            start_unix_nanos,
-            end_unix_nanos: start_unix_nanos.saturating_add(elapsed),
-            attributes,
-            error_status,
-        });
+        span.end_unix_nanos = span.start_unix_nanos.saturating_add(elapsed);
+        queue.push(span);
     }
 }
 
-fn unix_nanos_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+/// Wall-clock time from the monotonic clock: one clock read per span
+/// boundary instead of two, against a base re-read every second (so a
+/// stepped wall clock shows up in spans within a second).
+struct Clock {
+    base: Mutex<(Instant, u64)>,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            base: Mutex::new((Instant::now(), Self::wall())),
+        }
+    }
+
+    fn wall() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+
+    /// Unix nanoseconds at `now`.
+    fn unix_nanos(&self, now: Instant) -> u64 {
+        let mut base = match self.base.lock() {
+            Ok(base) => base,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let since = now.saturating_duration_since(base.0);
+        if since >= Duration::from_secs(1) {
+            *base = (Instant::now(), Self::wall());
+            return base.1;
+        }
+        base.1
+            .saturating_add(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
+    }
 }
 
 fn nonzero<const N: usize>() -> [u8; N] {
@@ -398,6 +415,8 @@ impl Tracing {
         let exporter = tokio::spawn(export_loop(queue.clone(), settings));
         Ok(Some(Tracing {
             sampler,
+            clock: Clock::new(),
+            local_id: Mutex::new(None),
             queue,
             exporter: Mutex::new(Some(exporter)),
         }))
@@ -415,7 +434,7 @@ impl Tracing {
         attributes: impl FnOnce(&mut Vec<Attribute>),
     ) -> ActiveSpan {
         // No `traceparent`: a new trace, without any parsing.
-        let parent = if headers.contains_key(context::TRACEPARENT) {
+        let parent = if headers.contains_key(&context::TRACEPARENT) {
             context::extract(headers)
         } else {
             None
@@ -424,8 +443,10 @@ impl Tracing {
         let span_id = nonzero();
         let sampled = self.sampler.sampled(parent.as_ref(), &trace_id);
         let traceparent = context::format_traceparent(&trace_id, &span_id, sampled);
-        if let Ok(value) = HeaderValue::from_bytes(&traceparent) {
-            headers.insert(HeaderName::from_static(context::TRACEPARENT), value);
+        if let Ok(mut value) = HeaderValue::from_bytes(&traceparent) {
+            // New on every request: HPACK's table would only churn on it.
+            value.set_sensitive(true);
+            headers.insert(context::TRACEPARENT, value);
         }
         let state = parent
             .as_ref()
@@ -434,31 +455,55 @@ impl Tracing {
         // An empty or unparsable `tracestate` is not passed on.
         match state.as_deref().map(HeaderValue::from_str) {
             Some(Ok(value)) => {
-                headers.insert(HeaderName::from_static(context::TRACESTATE), value);
+                headers.insert(context::TRACESTATE, value);
             }
-            _ => {
-                headers.remove(context::TRACESTATE);
+            _ if parent.is_some() || headers.contains_key(&context::TRACESTATE) => {
+                headers.remove(&context::TRACESTATE);
             }
+            _ => {}
         }
         let recording = sampled.then(|| {
-            let mut list = Vec::with_capacity(10);
+            let started = Instant::now();
+            let mut list = Vec::with_capacity(12);
             attributes(&mut list);
-            Box::new(Recording {
+            Recording {
                 queue: self.queue.clone(),
-                parent_span_id: parent.as_ref().map(|p| p.span_id),
-                trace_state: state,
-                name: span_name(method),
-                kind,
-                start_unix_nanos: unix_nanos_now(),
-                started: Instant::now(),
-                attributes: list,
-                error_status: None,
-            })
+                started,
+                span: Box::new(Finished {
+                    trace_id,
+                    span_id,
+                    parent_span_id: parent.as_ref().map(|p| p.span_id),
+                    trace_state: state,
+                    name: span_name(method),
+                    kind,
+                    start_unix_nanos: self.clock.unix_nanos(started),
+                    end_unix_nanos: 0,
+                    attributes: list,
+                    error_status: None,
+                }),
+            }
         });
         ActiveSpan {
             trace_id,
-            span_id,
             recording,
+        }
+    }
+
+    /// `warden.local.id`: the current SVID's ID, shared between spans.
+    pub fn local_id(&self, store: &crate::identity::SvidStore) -> Option<Arc<str>> {
+        let svid = store.current()?;
+        let id = svid.spiffe_id().as_str();
+        let mut cached = match self.local_id.lock() {
+            Ok(cached) => cached,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match &*cached {
+            Some(value) if **value == *id => Some(value.clone()),
+            _ => {
+                let value: Arc<str> = Arc::from(id);
+                *cached = Some(value.clone());
+                Some(value)
+            }
         }
     }
 

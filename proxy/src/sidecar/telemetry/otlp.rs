@@ -262,7 +262,7 @@ pub fn encode_request(
     scratch: &mut Vec<u8>,
     resource: &[u8],
     scope: &[u8],
-    spans: &[Finished],
+    spans: &[Box<Finished>],
 ) {
     scratch.clear();
     let mut one = Vec::with_capacity(512);
