@@ -26,7 +26,7 @@ use super::http::{
 };
 use super::metrics::{Direction, Handshake, handshake_failure};
 use super::splice::{Lapse, PeerValidity, lapsed, splice};
-use super::telemetry::{self, ActiveSpan, Attribute, Kind, Value};
+use super::telemetry::{self, ActiveSpan, Attributes, Kind};
 use super::{Shared, accept_loop, serve_http};
 use crate::authz::{
     Decision, HttpRequestFacts, Peer, PeerAuthorizer, TcpConnectionFacts, UnauthenticatedKind,
@@ -58,9 +58,8 @@ struct ConnInfo {
     peer_id: Option<HeaderValue>,
     /// The caller's ID as a span attribute value, shared by every span of
     /// the connection.
-    peer_value: Option<Arc<str>>,
     /// `client.address` for spans, when tracing is on.
-    client_address: Option<Arc<str>>,
+    client_address: String,
     /// `x-forwarded-client-cert` for the app; None for unauthenticated peers.
     xfcc: Option<HeaderValue>,
     peer: Peer,
@@ -280,18 +279,16 @@ impl Inbound {
             }
             _ => (None, None),
         };
-        // Only spans use these: nothing to build when tracing is off.
-        let tracing = self.shared.traces.is_some();
-        let peer_value = match &peer {
-            Peer::Workload(id) if tracing => Some(Arc::from(id.as_str())),
-            _ => None,
+        // Only spans use it: nothing to format when tracing is off.
+        let client_address = if self.shared.traces.is_some() {
+            source.ip().to_string()
+        } else {
+            String::new()
         };
-        let client_address = tracing.then(|| Arc::from(source.ip().to_string()));
         ConnInfo {
             source,
             tls_version,
             peer_id,
-            peer_value,
             client_address,
             xfcc,
             peer,
@@ -329,22 +326,17 @@ impl Inbound {
             let method = req.method().clone();
             // Cheap (shared bytes); the path is copied only for a sampled span.
             let uri = req.uri().clone();
-            let attributes = |list: &mut Vec<Attribute>| {
-                list.extend([
-                    Attribute::new("http.request.method", telemetry::method_value(&method)),
-                    Attribute::new("url.path", uri.path().to_owned()),
-                    Attribute::new(
-                        "client.address",
-                        info.client_address.clone().unwrap_or_else(|| Arc::from("")),
-                    ),
-                    Attribute::new("tls.protocol.version", info.tls_version),
-                    Attribute::new("warden.request.id", id.clone()),
-                ]);
-                if let Some(local) = traces.local_id(&self.shared.store) {
-                    list.push(Attribute::new("warden.local.id", local));
+            let attributes = |list: &mut Attributes<'_>| {
+                list.str("http.request.method", method.as_str());
+                list.str("url.path", uri.path());
+                list.str("client.address", &info.client_address);
+                list.str("tls.protocol.version", info.tls_version);
+                list.str("warden.request.id", &id);
+                if let Some(svid) = self.shared.store.current() {
+                    list.str("warden.local.id", svid.spiffe_id().as_str());
                 }
-                if let Some(peer) = &info.peer_value {
-                    list.push(Attribute::new("warden.peer.id", peer.clone()));
+                if let Peer::Workload(peer) = &info.peer {
+                    list.str("warden.peer.id", peer.as_str());
                 }
             };
             traces.start(Kind::Server, &method, req.headers_mut(), attributes)
@@ -384,16 +376,10 @@ impl Inbound {
         }
         if let Some(span) = span {
             span.finish(status, true, |list| {
-                list.push(Attribute::new("warden.authz.decision", label));
+                list.str("warden.authz.decision", label);
                 if let Some(d) = &decision {
-                    list.push(Attribute::new(
-                        "warden.authz.policies",
-                        Value::Strings(d.policies.clone()),
-                    ));
-                    list.push(Attribute::new(
-                        "warden.authz.policy_version",
-                        d.policy_version.clone(),
-                    ));
+                    list.strs("warden.authz.policies", &d.policies);
+                    list.str("warden.authz.policy_version", &d.policy_version);
                 }
             });
         }

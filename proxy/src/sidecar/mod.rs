@@ -539,10 +539,7 @@ impl Sidecar {
                 shared.metrics.clone(),
             );
             Ok(Arc::new(outbound::Route {
-                span_values: outbound::SpanValues {
-                    server_address: Arc::from(upstream.ip().to_string()),
-                    peer_id: Arc::from(channel.expected().as_str()),
-                },
+                server_address: upstream.ip().to_string(),
                 shared: shared.clone(),
                 upstream,
                 channel,

@@ -22,7 +22,7 @@ use super::http::{
 use super::metrics::Direction;
 use super::peer::{Carrying, PeerChannel, PeerError, PeerFacts};
 use super::splice::splice;
-use super::telemetry::{self, ActiveSpan, Attribute, Kind};
+use super::telemetry::{self, ActiveSpan, Attributes, Kind};
 use super::{Shared, accept_loop, serve_http};
 
 /// One destination: a peer sidecar and the identity it must prove.
@@ -30,13 +30,8 @@ pub(crate) struct Route {
     pub shared: Arc<Shared>,
     pub upstream: SocketAddr,
     pub channel: PeerChannel,
-    pub span_values: SpanValues,
-}
-
-/// Span attribute values that are the same for every request of a route.
-pub(crate) struct SpanValues {
-    pub server_address: Arc<str>,
-    pub peer_id: Arc<str>,
+    /// `server.address` for spans: the upstream's IP, formatted once.
+    pub server_address: String,
 }
 
 impl Route {
@@ -75,16 +70,14 @@ impl Route {
             let method = req.method().clone();
             // Cheap (shared bytes); the path is copied only for a sampled span.
             let uri = req.uri().clone();
-            let attributes = |list: &mut Vec<Attribute>| {
-                list.extend([
-                    Attribute::new("http.request.method", telemetry::method_value(&method)),
-                    Attribute::new("url.path", uri.path().to_owned()),
-                    Attribute::new("server.address", self.span_values.server_address.clone()),
-                    Attribute::new("server.port", i64::from(self.upstream.port())),
-                    Attribute::new("warden.peer.id", self.span_values.peer_id.clone()),
-                ]);
-                if let Some(local) = traces.local_id(&self.shared.store) {
-                    list.push(Attribute::new("warden.local.id", local));
+            let attributes = |list: &mut Attributes<'_>| {
+                list.str("http.request.method", method.as_str());
+                list.str("url.path", uri.path());
+                list.str("server.address", &self.server_address);
+                list.int("server.port", i64::from(self.upstream.port()));
+                list.str("warden.peer.id", self.channel.expected().as_str());
+                if let Some(svid) = self.shared.store.current() {
+                    list.str("warden.local.id", svid.spiffe_id().as_str());
                 }
             };
             traces.start(Kind::Client, &method, req.headers_mut(), attributes)

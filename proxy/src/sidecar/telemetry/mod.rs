@@ -24,8 +24,8 @@ use http::header::{HeaderName, HeaderValue};
 use tokio::sync::Notify;
 
 pub use context::{Parent, Sampler};
-pub use otlp::{Attribute, Kind, Value};
-use otlp::{Finished, Protocol, Sender};
+pub use otlp::{Attributes, Kind};
+use otlp::{Protocol, Sender};
 
 /// Export settings from the `OTEL_*` variables.
 struct Settings {
@@ -48,12 +48,16 @@ pub struct TraceStats {
     pub exports_failed: AtomicU64,
 }
 
-/// Finished spans waiting for the exporter. They stay in the box they were
-/// recorded in: a request's future holds only the pointer, and queueing a
-/// span moves 8 bytes, not the span.
-#[allow(clippy::vec_box)]
+/// Finished spans waiting for the exporter, already encoded: `bytes` holds
+/// them as `ScopeSpans.spans` fields, `ends` where each one ends.
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
 struct Queue {
-    spans: Mutex<Vec<Box<Finished>>>,
+    pending: Mutex<Pending>,
     max_queue: usize,
     max_batch: usize,
     /// A full batch is waiting.
@@ -64,37 +68,57 @@ struct Queue {
 }
 
 impl Queue {
-    fn push(&self, span: Box<Finished>) {
-        let mut spans = match self.spans.lock() {
-            Ok(spans) => spans,
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        match self.pending.lock() {
+            Ok(pending) => pending,
             Err(poisoned) => poisoned.into_inner(),
-        };
-        if spans.len() >= self.max_queue {
-            drop(spans);
+        }
+    }
+
+    /// Queues one encoded span body, or counts it dropped when full.
+    fn push(&self, body: &[u8]) {
+        let mut pending = self.lock();
+        if pending.ends.len() >= self.max_queue {
+            drop(pending);
             self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        spans.push(span);
-        let len = spans.len();
-        drop(spans);
+        otlp::put_span(&mut pending.bytes, body);
+        let end = pending.bytes.len();
+        pending.ends.push(end);
+        let len = pending.ends.len();
+        drop(pending);
         if len == self.max_batch {
             self.full.notify_one();
         }
     }
 
-    /// Up to one batch, oldest first. The queue keeps a batch's capacity,
-    /// so it does not grow again span by span.
-    #[allow(clippy::vec_box)]
-    fn take(&self) -> Vec<Box<Finished>> {
-        let mut spans = match self.spans.lock() {
-            Ok(spans) => spans,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if spans.len() <= self.max_batch {
-            std::mem::replace(&mut *spans, Vec::with_capacity(self.max_batch))
-        } else {
-            spans.drain(..self.max_batch).collect()
+    /// Up to one batch, oldest first: the encoded spans and their count.
+    fn take(&self) -> (Vec<u8>, usize) {
+        let mut pending = self.lock();
+        let count = pending.ends.len().min(self.max_batch);
+        if count == 0 {
+            return (Vec::new(), 0);
         }
+        if count == pending.ends.len() {
+            // The next batch will likely be about as large as this one.
+            let capacity = pending.bytes.len();
+            pending.ends.clear();
+            let bytes = std::mem::replace(&mut pending.bytes, Vec::with_capacity(capacity));
+            return (bytes, count);
+        }
+        let cut = pending.ends[count - 1];
+        let rest = pending.bytes.split_off(cut);
+        let bytes = std::mem::replace(&mut pending.bytes, rest);
+        pending.ends.drain(..count);
+        for end in &mut pending.ends {
+            *end -= cut;
+        }
+        (bytes, count)
+    }
+
+    fn len(&self) -> usize {
+        self.lock().ends.len()
     }
 }
 
@@ -102,8 +126,6 @@ impl Queue {
 pub struct Tracing {
     sampler: Sampler,
     clock: Clock,
-    /// This sidecar's SPIFFE ID as an attribute value, kept while it holds.
-    local_id: Mutex<Option<Arc<str>>>,
     queue: Arc<Queue>,
     exporter: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -295,8 +317,11 @@ pub struct ActiveSpan {
 struct Recording {
     queue: Arc<Queue>,
     started: Instant,
-    /// Filled in as the span goes; queued (the box, not a copy) at its end.
-    span: Box<Finished>,
+    start_unix_nanos: u64,
+    remote_parent: bool,
+    error_status: Option<u16>,
+    /// The span's protobuf body so far: written as the span goes.
+    body: Vec<u8>,
 }
 
 impl ActiveSpan {
@@ -314,17 +339,14 @@ impl ActiveSpan {
         mut self,
         status: u16,
         server: bool,
-        attributes: impl FnOnce(&mut Vec<Attribute>),
+        attributes: impl FnOnce(&mut Attributes<'_>),
     ) {
         if let Some(r) = &mut self.recording {
-            let span = &mut r.span;
-            span.attributes.push(Attribute::new(
-                "http.response.status_code",
-                i64::from(status),
-            ));
-            attributes(&mut span.attributes);
+            let mut list = otlp::attributes(&mut r.body);
+            list.int("http.response.status_code", i64::from(status));
+            attributes(&mut list);
             if status >= 500 || (!server && status >= 400) {
-                span.error_status = Some(status);
+                r.error_status = Some(status);
             }
         }
     }
@@ -332,17 +354,17 @@ impl ActiveSpan {
 
 impl Drop for ActiveSpan {
     fn drop(&mut self) {
-        let Some(Recording {
-            queue,
-            started,
-            mut span,
-        }) = self.recording.take()
-        else {
+        let Some(mut r) = self.recording.take() else {
             return;
         };
-        let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        span.end_unix_nanos = span.start_unix_nanos.saturating_add(elapsed);
-        queue.push(span);
+        let elapsed = u64::try_from(r.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        otlp::end_span(
+            &mut r.body,
+            r.start_unix_nanos.saturating_add(elapsed),
+            r.error_status,
+            r.remote_parent,
+        );
+        r.queue.push(&r.body);
     }
 }
 
@@ -403,7 +425,7 @@ impl Tracing {
         }
         let settings = Settings::from_env(&env, default_service)?;
         let queue = Arc::new(Queue {
-            spans: Mutex::new(Vec::new()),
+            pending: Mutex::new(Pending::default()),
             max_queue: settings.max_queue,
             max_batch: settings.max_batch,
             full: Notify::new(),
@@ -416,7 +438,6 @@ impl Tracing {
         Ok(Some(Tracing {
             sampler,
             clock: Clock::new(),
-            local_id: Mutex::new(None),
             queue,
             exporter: Mutex::new(Some(exporter)),
         }))
@@ -431,7 +452,7 @@ impl Tracing {
         kind: Kind,
         method: &http::Method,
         headers: &mut HeaderMap,
-        attributes: impl FnOnce(&mut Vec<Attribute>),
+        attributes: impl FnOnce(&mut Attributes<'_>),
     ) -> ActiveSpan {
         // No `traceparent`: a new trace, without any parsing.
         let parent = if headers.contains_key(&context::TRACEPARENT) {
@@ -464,46 +485,33 @@ impl Tracing {
         }
         let recording = sampled.then(|| {
             let started = Instant::now();
-            let mut list = Vec::with_capacity(12);
-            attributes(&mut list);
+            let start_unix_nanos = self.clock.unix_nanos(started);
+            let mut body = Vec::with_capacity(768);
+            otlp::begin_span(
+                &mut body,
+                &otlp::SpanStart {
+                    trace_id: &trace_id,
+                    span_id: &span_id,
+                    parent_span_id: parent.as_ref().map(|p| &p.span_id),
+                    trace_state: state.as_deref(),
+                    name: span_name(method),
+                    kind,
+                    start_unix_nanos,
+                },
+            );
+            attributes(&mut otlp::attributes(&mut body));
             Recording {
                 queue: self.queue.clone(),
                 started,
-                span: Box::new(Finished {
-                    trace_id,
-                    span_id,
-                    parent_span_id: parent.as_ref().map(|p| p.span_id),
-                    trace_state: state,
-                    name: span_name(method),
-                    kind,
-                    start_unix_nanos: self.clock.unix_nanos(started),
-                    end_unix_nanos: 0,
-                    attributes: list,
-                    error_status: None,
-                }),
+                start_unix_nanos,
+                remote_parent: parent.is_some(),
+                error_status: None,
+                body,
             }
         });
         ActiveSpan {
             trace_id,
             recording,
-        }
-    }
-
-    /// `warden.local.id`: the current SVID's ID, shared between spans.
-    pub fn local_id(&self, store: &crate::identity::SvidStore) -> Option<Arc<str>> {
-        let svid = store.current()?;
-        let id = svid.spiffe_id().as_str();
-        let mut cached = match self.local_id.lock() {
-            Ok(cached) => cached,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        match &*cached {
-            Some(value) if **value == *id => Some(value.clone()),
-            _ => {
-                let value: Arc<str> = Arc::from(id);
-                *cached = Some(value.clone());
-                Some(value)
-            }
         }
     }
 
@@ -546,7 +554,6 @@ const WARN_EVERY: Duration = Duration::from_secs(30);
 async fn export_loop(queue: Arc<Queue>, settings: Settings) {
     let resource = otlp::encode_resource(&settings.resource);
     let scope = otlp::encode_scope("warden", env!("CARGO_PKG_VERSION"));
-    let mut scratch = Vec::new();
     let mut last_warning: Option<Instant> = None;
     let mut unreported = 0u64;
     loop {
@@ -556,22 +563,22 @@ async fn export_loop(queue: Arc<Queue>, settings: Settings) {
             _ = queue.stop.notified() => true,
         } || queue.stopping.load(Ordering::Relaxed);
         loop {
-            let batch = queue.take();
-            if batch.is_empty() {
+            let (spans, count) = queue.take();
+            if count == 0 {
                 break;
             }
-            let mut body = Vec::with_capacity(64 + batch.len() * 400);
+            let mut body = Vec::with_capacity(64 + resource.len() + scope.len() + spans.len());
             if settings.protocol == Protocol::Grpc {
                 // gRPC frame: not compressed, then the message length.
                 body.extend_from_slice(&[0; 5]);
             }
-            otlp::encode_request(&mut body, &mut scratch, &resource, &scope, &batch);
+            otlp::encode_request(&mut body, &resource, &scope, &spans);
             if settings.protocol == Protocol::Grpc {
                 let len = u32::try_from(body.len() - 5).unwrap_or(u32::MAX);
                 body[1..5].copy_from_slice(&len.to_be_bytes());
             }
-            let count = batch.len() as u64;
-            drop(batch);
+            drop(spans);
+            let count = count as u64;
             let stats = &queue.stats;
             match settings.sender.send(body).await {
                 Ok(()) => {
@@ -595,27 +602,13 @@ async fn export_loop(queue: Arc<Queue>, settings: Settings) {
                 }
             }
             // A partial batch: wait for the next tick unless shutting down.
-            if !stopping
-                && queue
-                    .spans
-                    .lock()
-                    .map(|s| s.len() < queue.max_batch)
-                    .unwrap_or(true)
-            {
+            if !stopping && queue.len() < queue.max_batch {
                 break;
             }
         }
         if stopping {
             return;
         }
-    }
-}
-
-/// `http.request.method`: a static string for the standard methods.
-pub fn method_value(method: &http::Method) -> Value {
-    match span_name(method) {
-        "HTTP" => Value::Owned(method.to_string()),
-        name => Value::Static(name),
     }
 }
 
@@ -780,6 +773,37 @@ mod tests {
             let err = Settings::from_env(&env_of(&bad), "w").err();
             assert!(err.is_some(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn the_queue_hands_out_batches_in_order_and_drops_past_its_size() {
+        let queue = Queue {
+            pending: Mutex::new(Pending::default()),
+            max_queue: 5,
+            max_batch: 2,
+            full: Notify::new(),
+            stop: Notify::new(),
+            stopping: AtomicBool::new(false),
+            stats: TraceStats::default(),
+        };
+        for body in [&b"a"[..], b"bb", b"ccc", b"dddd", b"eeeee", b"ffffff"] {
+            queue.push(body);
+        }
+        assert_eq!(queue.stats.queue_full.load(Ordering::Relaxed), 1);
+        // Each span is `ScopeSpans.spans` (tag 0x12), its length, its body.
+        let expect = |bodies: &[&[u8]]| {
+            let mut out = Vec::new();
+            for b in bodies {
+                otlp::put_span(&mut out, b);
+            }
+            out
+        };
+        assert_eq!(queue.take(), (expect(&[b"a", b"bb"]), 2));
+        assert_eq!(queue.take(), (expect(&[b"ccc", b"dddd"]), 2));
+        queue.push(b"g");
+        assert_eq!(queue.take(), (expect(&[b"eeeee", b"g"]), 2));
+        assert_eq!(queue.take(), (Vec::new(), 0));
+        assert_eq!(queue.len(), 0);
     }
 
     #[test]

@@ -3,11 +3,11 @@
 //! `collector/trace/v1` messages, field numbers as published there) and sent
 //! over gRPC or HTTP/protobuf with hyper.
 //!
-//! No intermediate message structs: a batch of 512 spans is one buffer
-//! written in one pass per span. The tests decode what this writes with
-//! opentelemetry-proto's generated (prost) types.
+//! No intermediate message structs: each span is encoded as it is recorded,
+//! its attribute values borrowed from the request, and a batch is the
+//! queue's bytes behind a few framing bytes. The tests decode what this
+//! writes with opentelemetry-proto's generated (prost) types.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,80 +16,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-
-/// An attribute value.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Value {
-    Static(&'static str),
-    Shared(Arc<str>),
-    Owned(String),
-    Int(i64),
-    Strings(Vec<String>),
-}
-
-impl From<&'static str> for Value {
-    fn from(v: &'static str) -> Self {
-        Value::Static(v)
-    }
-}
-
-impl From<String> for Value {
-    fn from(v: String) -> Self {
-        Value::Owned(v)
-    }
-}
-
-impl From<Arc<str>> for Value {
-    fn from(v: Arc<str>) -> Self {
-        Value::Shared(v)
-    }
-}
-
-impl From<i64> for Value {
-    fn from(v: i64) -> Self {
-        Value::Int(v)
-    }
-}
-
-/// A span attribute: a static key and its value.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Attribute {
-    pub key: &'static str,
-    pub value: Value,
-}
-
-impl Attribute {
-    pub fn new(key: &'static str, value: impl Into<Value>) -> Attribute {
-        Attribute {
-            key,
-            value: value.into(),
-        }
-    }
-}
-
-/// `Span.SpanKind`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Server = 2,
-    Client = 3,
-}
-
-/// A finished span, as queued for export.
-#[derive(Debug)]
-pub struct Finished {
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-    pub parent_span_id: Option<[u8; 8]>,
-    /// The W3C `tracestate` it carries, when not empty.
-    pub trace_state: Option<String>,
-    pub name: &'static str,
-    pub kind: Kind,
-    pub start_unix_nanos: u64,
-    pub end_unix_nanos: u64,
-    pub attributes: Vec<Attribute>,
-    /// An HTTP status that makes the span an error (`Status.code = ERROR`).
-    pub error_status: Option<u16>,
-}
 
 // Protobuf wire types.
 const VARINT: u8 = 0;
@@ -139,13 +65,12 @@ fn put_len(out: &mut Vec<u8>, field: u32, len: usize) {
     put_varint(out, len as u64);
 }
 
-fn string_value(v: &Value) -> Option<&str> {
-    match v {
-        Value::Static(s) => Some(s),
-        Value::Shared(s) => Some(s),
-        Value::Owned(s) => Some(s),
-        Value::Int(_) | Value::Strings(_) => None,
-    }
+/// An attribute value, borrowed for as long as it takes to encode it.
+#[derive(Clone, Copy)]
+enum Any<'a> {
+    Str(&'a str),
+    Int(i64),
+    Strs(&'a [String]),
 }
 
 /// `ArrayValue { repeated AnyValue values = 1 }` of strings: its body size.
@@ -157,34 +82,16 @@ fn array_len(values: &[String]) -> usize {
 }
 
 /// The body size of `AnyValue` for `v`.
-fn any_value_len(v: &Value) -> usize {
+fn any_value_len(v: Any<'_>) -> usize {
     match v {
-        Value::Int(i) => tag_len(3) + varint_len(*i as u64),
-        Value::Strings(values) => field_len(5, array_len(values)),
-        other => field_len(1, string_value(other).map_or(0, str::len)),
-    }
-}
-
-fn put_any_value(out: &mut Vec<u8>, v: &Value) {
-    match v {
-        Value::Int(i) => {
-            put_tag(out, 3, VARINT);
-            // int64: two's complement as a 64-bit varint.
-            put_varint(out, *i as u64);
-        }
-        Value::Strings(values) => {
-            put_len(out, 5, array_len(values));
-            for s in values {
-                put_len(out, 1, field_len(1, s.len()));
-                put_bytes(out, 1, s.as_bytes());
-            }
-        }
-        other => put_bytes(out, 1, string_value(other).unwrap_or("").as_bytes()),
+        Any::Str(s) => field_len(1, s.len()),
+        Any::Int(i) => tag_len(3) + varint_len(i as u64),
+        Any::Strs(values) => field_len(5, array_len(values)),
     }
 }
 
 /// `KeyValue { string key = 1; AnyValue value = 2 }`, as field `field`.
-fn put_key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
+fn put_key_value(out: &mut Vec<u8>, field: u32, key: &str, value: Any<'_>) {
     let value_len = any_value_len(value);
     put_len(
         out,
@@ -193,55 +100,119 @@ fn put_key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
     );
     put_bytes(out, 1, key.as_bytes());
     put_len(out, 2, value_len);
-    put_any_value(out, value);
+    match value {
+        Any::Str(s) => put_bytes(out, 1, s.as_bytes()),
+        Any::Int(i) => {
+            put_tag(out, 3, VARINT);
+            // int64: two's complement as a 64-bit varint.
+            put_varint(out, i as u64);
+        }
+        Any::Strs(values) => {
+            put_len(out, 5, array_len(values));
+            for s in values {
+                put_len(out, 1, field_len(1, s.len()));
+                put_bytes(out, 1, s.as_bytes());
+            }
+        }
+    }
 }
 
-/// One `Span` message body.
-fn put_span(out: &mut Vec<u8>, span: &Finished) {
-    put_bytes(out, 1, &span.trace_id);
-    put_bytes(out, 2, &span.span_id);
-    if let Some(state) = &span.trace_state {
-        put_bytes(out, 3, state.as_bytes());
+/// A span's attributes (`Span.attributes`), encoded as they are given: the
+/// values are borrowed, never copied into intermediate structures.
+pub struct Attributes<'a> {
+    buf: &'a mut Vec<u8>,
+}
+
+impl Attributes<'_> {
+    pub fn str(&mut self, key: &str, value: &str) {
+        put_key_value(self.buf, 9, key, Any::Str(value));
     }
-    if let Some(parent) = &span.parent_span_id {
-        put_bytes(out, 4, parent);
+
+    pub fn int(&mut self, key: &str, value: i64) {
+        put_key_value(self.buf, 9, key, Any::Int(value));
     }
-    put_bytes(out, 5, span.name.as_bytes());
-    put_tag(out, 6, VARINT);
-    put_varint(out, span.kind as u64);
-    put_tag(out, 7, FIXED64);
-    out.extend_from_slice(&span.start_unix_nanos.to_le_bytes());
-    put_tag(out, 8, FIXED64);
-    out.extend_from_slice(&span.end_unix_nanos.to_le_bytes());
-    for a in &span.attributes {
-        put_key_value(out, 9, a.key, &a.value);
+
+    pub fn strs(&mut self, key: &str, values: &[String]) {
+        put_key_value(self.buf, 9, key, Any::Strs(values));
     }
-    if let Some(status) = span.error_status {
+}
+
+/// `Span.SpanKind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Server = 2,
+    Client = 3,
+}
+
+/// What a span starts with.
+pub struct SpanStart<'a> {
+    pub trace_id: &'a [u8; 16],
+    pub span_id: &'a [u8; 8],
+    pub parent_span_id: Option<&'a [u8; 8]>,
+    /// The W3C `tracestate` it carries, when not empty.
+    pub trace_state: Option<&'a str>,
+    pub name: &'a str,
+    pub kind: Kind,
+    pub start_unix_nanos: u64,
+}
+
+/// Begins a `Span` message body in `buf`: its identity, name, kind and
+/// start. Attributes follow (`attributes`), then `end_span`.
+pub fn begin_span(buf: &mut Vec<u8>, start: &SpanStart<'_>) {
+    put_bytes(buf, 1, start.trace_id);
+    put_bytes(buf, 2, start.span_id);
+    if let Some(state) = start.trace_state {
+        put_bytes(buf, 3, state.as_bytes());
+    }
+    if let Some(parent) = start.parent_span_id {
+        put_bytes(buf, 4, parent);
+    }
+    put_bytes(buf, 5, start.name.as_bytes());
+    put_tag(buf, 6, VARINT);
+    put_varint(buf, start.kind as u64);
+    put_tag(buf, 7, FIXED64);
+    buf.extend_from_slice(&start.start_unix_nanos.to_le_bytes());
+}
+
+/// The attribute writer for a span body begun with `begin_span`.
+pub fn attributes(buf: &mut Vec<u8>) -> Attributes<'_> {
+    Attributes { buf }
+}
+
+/// Ends a `Span` message body: end time, status, flags.
+pub fn end_span(
+    buf: &mut Vec<u8>,
+    end_unix_nanos: u64,
+    error_status: Option<u16>,
+    remote_parent: bool,
+) {
+    put_tag(buf, 8, FIXED64);
+    buf.extend_from_slice(&end_unix_nanos.to_le_bytes());
+    if let Some(status) = error_status {
         // Status { string message = 2; StatusCode code = 3 (ERROR = 2) }.
         let message = format!("HTTP {status}");
-        put_len(out, 15, field_len(2, message.len()) + tag_len(3) + 1);
-        put_bytes(out, 2, message.as_bytes());
-        put_tag(out, 3, VARINT);
-        put_varint(out, 2);
+        put_len(buf, 15, field_len(2, message.len()) + tag_len(3) + 1);
+        put_bytes(buf, 2, message.as_bytes());
+        put_tag(buf, 3, VARINT);
+        put_varint(buf, 2);
     }
     // Flags: the W3C flags (sampled), and whether the parent is remote
-    // (bit 8: known, bit 9: remote). Every parent here is in another process.
-    let flags: u32 = 0x01
-        | 0x100
-        | if span.parent_span_id.is_some() {
-            0x200
-        } else {
-            0
-        };
-    put_tag(out, 16, FIXED32);
-    out.extend_from_slice(&flags.to_le_bytes());
+    // (bit 8: known, bit 9: remote).
+    let flags: u32 = 0x01 | 0x100 | if remote_parent { 0x200 } else { 0 };
+    put_tag(buf, 16, FIXED32);
+    buf.extend_from_slice(&flags.to_le_bytes());
+}
+
+/// Appends a finished span body to `spans` as `ScopeSpans.spans` (field 2).
+pub fn put_span(spans: &mut Vec<u8>, body: &[u8]) {
+    put_bytes(spans, 2, body);
 }
 
 /// A `Resource` message body with `attributes`.
 pub fn encode_resource(attributes: &[(String, String)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (k, v) in attributes {
-        put_key_value(&mut out, 1, k, &Value::Owned(v.clone()));
+        put_key_value(&mut out, 1, k, Any::Str(v));
     }
     out
 }
@@ -256,29 +227,16 @@ pub fn encode_scope(name: &str, version: &str) -> Vec<u8> {
 
 /// Encodes `ExportTraceServiceRequest { ResourceSpans { resource, ScopeSpans
 /// { scope, spans } } }` after whatever `out` already holds (the gRPC frame
-/// header, say). `scratch` is reused between calls.
-pub fn encode_request(
-    out: &mut Vec<u8>,
-    scratch: &mut Vec<u8>,
-    resource: &[u8],
-    scope: &[u8],
-    spans: &[Box<Finished>],
-) {
-    scratch.clear();
-    let mut one = Vec::with_capacity(512);
-    for span in spans {
-        one.clear();
-        put_span(&mut one, span);
-        put_bytes(scratch, 2, &one);
-    }
-    let scope_spans = field_len(1, scope.len()) + scratch.len();
+/// header, say). `spans` holds spans as `put_span` wrote them.
+pub fn encode_request(out: &mut Vec<u8>, resource: &[u8], scope: &[u8], spans: &[u8]) {
+    let scope_spans = field_len(1, scope.len()) + spans.len();
     let resource_spans = field_len(1, resource.len()) + field_len(2, scope_spans);
     out.reserve(field_len(1, resource_spans));
     put_len(out, 1, resource_spans);
     put_bytes(out, 1, resource);
     put_len(out, 2, scope_spans);
     put_bytes(out, 1, scope);
-    out.extend_from_slice(scratch);
+    out.extend_from_slice(spans);
 }
 
 /// The wire protocol to the collector.
