@@ -327,7 +327,7 @@ impl Inbound {
             // Cheap (shared bytes); the path is copied only for a sampled span.
             let uri = req.uri().clone();
             let attributes = |list: &mut Attributes<'_>| {
-                list.str("http.request.method", method.as_str());
+                telemetry::put_method(list, &method);
                 list.str("url.path", uri.path());
                 list.str("client.address", &info.client_address);
                 list.str("tls.protocol.version", info.tls_version);

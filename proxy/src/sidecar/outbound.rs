@@ -71,7 +71,7 @@ impl Route {
             // Cheap (shared bytes); the path is copied only for a sampled span.
             let uri = req.uri().clone();
             let attributes = |list: &mut Attributes<'_>| {
-                list.str("http.request.method", method.as_str());
+                telemetry::put_method(list, &method);
                 list.str("url.path", uri.path());
                 list.str("server.address", &self.server_address);
                 list.int("server.port", i64::from(self.upstream.port()));

@@ -612,6 +612,19 @@ async fn export_loop(queue: Arc<Queue>, settings: Settings) {
     }
 }
 
+/// `http.request.method`: the method, or `_OTHER` with the method in
+/// `http.request.method_original` for one outside the standard set (the
+/// OTel HTTP conventions).
+pub fn put_method(list: &mut Attributes<'_>, method: &http::Method) {
+    match span_name(method) {
+        "HTTP" => {
+            list.str("http.request.method", "_OTHER");
+            list.str("http.request.method_original", method.as_str());
+        }
+        name => list.str("http.request.method", name),
+    }
+}
+
 /// The span name: the method, as the OTel HTTP conventions have it
 /// (`HTTP` for methods outside the standard set).
 fn span_name(method: &http::Method) -> &'static str {
@@ -804,6 +817,24 @@ mod tests {
         assert_eq!(queue.take(), (expect(&[b"eeeee", b"g"]), 2));
         assert_eq!(queue.take(), (Vec::new(), 0));
         assert_eq!(queue.len(), 0);
+    }
+
+    #[test]
+    fn nonstandard_methods_are_other_with_the_original_kept() {
+        let encoded = |method: &str| {
+            let mut buf = Vec::new();
+            let method = http::Method::from_bytes(method.as_bytes()).expect("method");
+            put_method(&mut otlp::attributes(&mut buf), &method);
+            String::from_utf8_lossy(&buf).into_owned()
+        };
+        let purge = encoded("PURGE");
+        assert!(
+            purge.contains("_OTHER")
+                && purge.contains("http.request.method_original")
+                && purge.contains("PURGE")
+        );
+        let get = encoded("GET");
+        assert!(get.contains("GET") && !get.contains("_OTHER") && !get.contains("original"));
     }
 
     #[test]
