@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use base64::Engine;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -666,6 +666,12 @@ async fn route(
     }
 }
 
+/// How much of an oversized body is read and thrown away (within
+/// `DRAIN_TIME`) before the 413 goes out: a client still sending its body
+/// then reads the answer instead of a reset connection.
+const DRAIN_MAX: usize = 4 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
 async fn read_json<T: DeserializeOwned>(req: Request<Incoming>, limit: usize) -> Result<T, Fail> {
     let too_large = || {
         Fail::new(
@@ -674,28 +680,43 @@ async fn read_json<T: DeserializeOwned>(req: Request<Incoming>, limit: usize) ->
             format!("request body exceeds {limit} bytes"),
         )
     };
-    if req
+    let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|n| n > limit)
-    {
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > DRAIN_MAX) {
         return Err(too_large());
     }
-    let bytes = Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                too_large()
-            } else {
-                Fail::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string())
+    let bad_body = |e: hyper::Error| Fail::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string());
+    let mut body = req.into_body();
+    let mut bytes = Vec::new();
+    let mut seen = declared.filter(|&n| n > limit).unwrap_or(0);
+    while seen <= limit {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        if let Ok(data) = frame.map_err(bad_body)?.into_data() {
+            seen += data.len();
+            if seen <= limit {
+                bytes.extend_from_slice(&data);
             }
-        })?
-        .to_bytes();
+        }
+    }
+    if seen > limit {
+        // Bounded in bytes and time; whatever happens, the answer is 413.
+        let _ = tokio::time::timeout(DRAIN_TIME, async {
+            let mut drained = 0;
+            while drained <= DRAIN_MAX {
+                match body.frame().await {
+                    Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len()),
+                    _ => break,
+                }
+            }
+        })
+        .await;
+        return Err(too_large());
+    }
     serde_json::from_slice(&bytes)
         .map_err(|e| Fail::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))
 }
