@@ -135,7 +135,7 @@ async fn a_call_leaves_linked_client_and_server_spans() {
         assert_eq!(span.status.as_ref().map_or(0, |s| s.code), 0, "no error");
     }
     assert!(
-        client_span.start_time_unix_nano <= server_span.start_time_unix_nano
+        client_span.start_time_unix_nano <= server_span.start_time_unix_nano + 1_000_000
             && server_span.end_time_unix_nano <= client_span.end_time_unix_nano + 1_000_000,
         "the server span inside the client span (1 ms of clock slack)"
     );
@@ -337,11 +337,81 @@ async fn traffic_with_collector_at(collector: SocketAddr) -> String {
     let client = ids.start_with_env("frontend", &[route_to(server.inbound(), ORDERS)], &env);
     server.wait_ready().await;
     client.wait_ready().await;
+    // Each call well inside the 10 s export timeout: the request path
+    // never waits for the exporter.
     for _ in 0..50 {
-        let reply = get(client.outbound[0], "/x", &[]).await.expect("call");
+        let reply =
+            tokio::time::timeout(Duration::from_secs(3), get(client.outbound[0], "/x", &[]))
+                .await
+                .expect("a call waited on the collector")
+                .expect("call");
         assert_eq!(reply.status, 200);
     }
     server.metrics().await
+}
+
+/// A collector that answers every export with gRPC status UNAVAILABLE
+/// (trailers-only): the exports count as failed, the spans as lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_refusing_exports_is_counted() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    let response = hyper::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .header("grpc-status", "14")
+                        .header("grpc-message", "overloaded")
+                        .body(http_body_util::Empty::<bytes::Bytes>::new())
+                        .expect("response");
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+            });
+        }
+    });
+    let env = otlp_env(addr, 20);
+    let ids = Identities::new();
+    let app = TestApp::start().await;
+    let server = ids.start_with_env("orders", &inbound_to(app.addr), &env);
+    server.wait_ready().await;
+    let client = ids.start("frontend", &[route_to(server.inbound(), ORDERS)]);
+    client.wait_ready().await;
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        assert_eq!(
+            get(client.outbound[0], "/x", &[])
+                .await
+                .expect("call")
+                .status,
+            200
+        );
+        metrics = server.metrics().await;
+        if sample(&metrics, "warden_trace_exports_total{result=\"failed\"}")
+            .is_some_and(|n| n >= 2.0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        sample(&metrics, "warden_trace_exports_total{result=\"failed\"}").is_some_and(|n| n >= 2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "warden_trace_exports_total{result=\"ok\"}"),
+        Some(0.0),
+        "{metrics}"
+    );
+    let logs = server.logs();
+    assert!(logs.contains("grpc-status 14: overloaded"), "{logs}");
 }
 
 /// The value of the sample `line_prefix ... <value>` in an exposition.

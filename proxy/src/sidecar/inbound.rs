@@ -56,8 +56,6 @@ struct ConnInfo {
     source: SocketAddr,
     tls_version: &'static str,
     peer_id: Option<HeaderValue>,
-    /// The caller's ID as a span attribute value, shared by every span of
-    /// the connection.
     /// `client.address` for spans, when tracing is on.
     client_address: String,
     /// `x-forwarded-client-cert` for the app; None for unauthenticated peers.

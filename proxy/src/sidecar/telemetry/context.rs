@@ -92,12 +92,26 @@ pub fn parse_traceparent(value: &[u8]) -> Option<([u8; 16], [u8; 8], bool)> {
 /// The parent named by `headers`, if they carry a valid `traceparent`. A
 /// `tracestate` that does not parse is dropped, as the W3C rules ask.
 pub fn extract(headers: &http::HeaderMap) -> Option<Parent> {
-    let (trace_id, span_id, sampled) = parse_traceparent(headers.get(&TRACEPARENT)?.as_bytes())?;
-    let state = headers
-        .get(&TRACESTATE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<TraceState>().ok())
-        .filter(|s| !s.header().is_empty());
+    // Two `traceparent` headers: no valid parent (W3C).
+    let mut parents = headers.get_all(&TRACEPARENT).iter();
+    let value = parents.next()?;
+    if parents.next().is_some() {
+        return None;
+    }
+    let (trace_id, span_id, sampled) = parse_traceparent(value.as_bytes())?;
+    // `tracestate` may come as several header lines: one list, joined.
+    let mut lines = headers.get_all(&TRACESTATE).iter().map(|v| v.to_str());
+    let state = match (lines.next(), lines.next()) {
+        (None, _) => None,
+        (Some(Ok(one)), None) => one.parse::<TraceState>().ok(),
+        (Some(first), Some(second)) => {
+            let all: Result<Vec<&str>, _> = [first, second].into_iter().chain(lines).collect();
+            all.ok()
+                .and_then(|all| all.join(",").parse::<TraceState>().ok())
+        }
+        (Some(Err(_)), None) => None,
+    }
+    .filter(|s| !s.header().is_empty());
     Some(Parent {
         trace_id,
         span_id,
@@ -293,6 +307,22 @@ mod tests {
             }
         }
         assert!(agreed_valid > 1000, "too few valid cases: {agreed_valid}");
+    }
+
+    #[test]
+    fn duplicated_traceparent_is_no_parent_and_tracestate_lines_are_one_list() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut headers = http::HeaderMap::new();
+        headers.append(TRACEPARENT, http::HeaderValue::from_static(good));
+        headers.append(TRACESTATE, http::HeaderValue::from_static("a=1"));
+        headers.append(TRACESTATE, http::HeaderValue::from_static("b=2,c=3"));
+        let parent = extract(&headers).expect("parent");
+        assert_eq!(
+            parent.state.map(|s| s.header()).as_deref(),
+            Some("a=1,b=2,c=3")
+        );
+        headers.append(TRACEPARENT, http::HeaderValue::from_static(good));
+        assert_eq!(extract(&headers), None);
     }
 
     #[test]

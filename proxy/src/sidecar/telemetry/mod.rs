@@ -4,10 +4,10 @@
 //! (gRPC or HTTP/protobuf) in batches off the request path. Configured only
 //! by the standard `OTEL_*` variables; off unless an OTLP endpoint is set.
 //!
-//! The span pipeline is Warden's own, on the `opentelemetry` crate's data
-//! model (trace and span IDs, `TraceState`): a span is a plain struct until
-//! it ends, then goes into a bounded queue that one task on the sidecar's
-//! runtime drains, encoding straight to OTLP protobuf. The OpenTelemetry
+//! The span pipeline is Warden's own (IDs and flags as W3C and OTLP define
+//! them, `tracestate` checked with the `opentelemetry` crate's `TraceState`):
+//! a sampled span is encoded to OTLP protobuf as it is recorded, into a
+//! bounded queue that one task on the sidecar's runtime sends from. The OpenTelemetry
 //! SDK's pipeline (span objects behind locks, a batch thread, conversion to
 //! generated message structs, tonic) cost about 16 CPU-µs per span here;
 //! see the README's tracing-cost figures.
@@ -48,6 +48,11 @@ pub struct TraceStats {
     pub exports_failed: AtomicU64,
 }
 
+/// A batch stays under the 4 MiB message limit collectors apply by default.
+const MAX_BATCH_BYTES: usize = 3 << 20;
+/// Encoded spans waiting, at most (besides `OTEL_BSP_MAX_QUEUE_SIZE`).
+const MAX_QUEUE_BYTES: usize = 16 << 20;
+
 /// Finished spans waiting for the exporter, already encoded: `bytes` holds
 /// them as `ScopeSpans.spans` fields, `ends` where each one ends.
 #[derive(Default)]
@@ -75,10 +80,13 @@ impl Queue {
         }
     }
 
-    /// Queues one encoded span body, or counts it dropped when full.
+    /// Queues one encoded span body, or counts it dropped when full (in
+    /// spans, or in bytes).
     fn push(&self, body: &[u8]) {
         let mut pending = self.lock();
-        if pending.ends.len() >= self.max_queue {
+        if pending.ends.len() >= self.max_queue
+            || pending.bytes.len() + body.len() > MAX_QUEUE_BYTES
+        {
             drop(pending);
             self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
             return;
@@ -96,7 +104,12 @@ impl Queue {
     /// Up to one batch, oldest first: the encoded spans and their count.
     fn take(&self) -> (Vec<u8>, usize) {
         let mut pending = self.lock();
-        let count = pending.ends.len().min(self.max_batch);
+        // At most `max_batch` spans and (past the first) `MAX_BATCH_BYTES`.
+        let count = pending.ends[..pending.ends.len().min(self.max_batch)]
+            .iter()
+            .take_while(|&&end| end <= MAX_BATCH_BYTES)
+            .count()
+            .max(pending.ends.len().min(1));
         if count == 0 {
             return (Vec::new(), 0);
         }
@@ -130,39 +143,61 @@ pub struct Tracing {
     exporter: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
+/// Logs a telemetry setting that does not parse; the default applies. As
+/// the OpenTelemetry configuration rules ask, a mistake in these variables
+/// (often set for a whole pod) never stops the data plane; only an endpoint
+/// or protocol that cannot be used does.
+fn warn_default(problem: &str) {
+    tracing::warn!("{problem}; using the default");
+}
+
 /// Whether the environment asks for OTLP trace export.
-fn enabled(env: &dyn Fn(&str) -> Option<String>) -> Result<bool, String> {
+/// `OTEL_TRACES_EXPORTER` is a list: tracing is on when it names `otlp` (or
+/// is unset); other exporters are not available and are ignored.
+fn enabled(env: &dyn Fn(&str) -> Option<String>) -> bool {
     let set = |k: &str| env(k).is_some_and(|v| !v.trim().is_empty());
     if env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
-        return Ok(false);
+        return false;
     }
-    match env("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
-        None | Some("" | "otlp") => {}
-        Some("none") => return Ok(false),
-        Some(other) => {
-            return Err(format!(
-                "OTEL_TRACES_EXPORTER={other:?} is not supported: use otlp or none"
-            ));
+    if let Some(list) = env("OTEL_TRACES_EXPORTER").filter(|v| !v.trim().is_empty()) {
+        let names: Vec<&str> = list.split(',').map(str::trim).collect();
+        let others: Vec<&&str> = names
+            .iter()
+            .filter(|n| !matches!(**n, "otlp" | "none" | ""))
+            .collect();
+        if !others.is_empty() {
+            tracing::warn!(
+                "OTEL_TRACES_EXPORTER names {others:?}: only otlp is available, the rest is ignored"
+            );
+        }
+        if !names.contains(&"otlp") {
+            return false;
         }
     }
-    Ok(set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 }
 
-/// The `_TRACES_` form of a variable if set, else the general one.
-fn traces_var(env: &dyn Fn(&str) -> Option<String>, general: &str) -> Option<String> {
+/// The `_TRACES_` form of a variable if set and not empty, else the general
+/// one (an empty variable counts as unset).
+fn traces_var(env: &dyn Fn(&str) -> Option<String>, general: &str) -> Option<(String, String)> {
     let specific = general.replacen("OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_TRACES_", 1);
-    env(&specific)
-        .or_else(|| env(general))
-        .filter(|v| !v.trim().is_empty())
+    let value = |name: &str| {
+        env(name)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (name.to_owned(), v))
+    };
+    value(&specific).or_else(|| value(general))
 }
 
-fn millis(env: &dyn Fn(&str) -> Option<String>, name: &str, default: u64) -> Result<u64, String> {
-    match env(name).filter(|v| !v.trim().is_empty()) {
-        None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| format!("{name}={v:?} is not a whole number")),
+/// A whole number of milliseconds (or items), the default when unset or
+/// unparsable.
+fn number(name: &str, value: Option<&str>, default: u64) -> u64 {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => default,
+        Some(v) => v.parse().unwrap_or_else(|_| {
+            warn_default(&format!("{name}={v:?} is not a whole number"));
+            default
+        }),
     }
 }
 
@@ -174,8 +209,11 @@ fn percent_decode(text: &str) -> Option<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            let pair = bytes.get(i + 1..i + 3)?;
+            if !pair.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?);
             i += 3;
         } else {
             out.push(bytes[i]);
@@ -185,21 +223,25 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// `k=v,k2=v2` with percent-encoded values.
-fn key_values(name: &str, text: &str) -> Result<Vec<(String, String)>, String> {
-    text.split(',')
+/// `k=v,k2=v2` with percent-encoded values; an entry that does not parse
+/// is left out, with a warning.
+fn key_values(name: &str, text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for item in text
+        .split(',')
         .map(str::trim)
         .filter(|item| !item.is_empty())
-        .map(|item| {
-            let (k, v) = item
-                .split_once('=')
-                .filter(|(k, _)| !k.trim().is_empty())
-                .ok_or_else(|| format!("{name}: {item:?} is not key=value"))?;
-            let v = percent_decode(v.trim())
-                .ok_or_else(|| format!("{name}: bad percent-encoding in {item:?}"))?;
-            Ok((k.trim().to_owned(), v))
-        })
-        .collect()
+    {
+        let parsed = item
+            .split_once('=')
+            .filter(|(k, _)| !k.trim().is_empty())
+            .and_then(|(k, v)| Some((k.trim().to_owned(), percent_decode(v.trim())?)));
+        match parsed {
+            Some(kv) => out.push(kv),
+            None => tracing::warn!("{name}: {item:?} is not key=value (percent-encoded); left out"),
+        }
+    }
+    out
 }
 
 impl Settings {
@@ -207,17 +249,17 @@ impl Settings {
         env: &dyn Fn(&str) -> Option<String>,
         default_service: &str,
     ) -> Result<Settings, String> {
-        let protocol = match traces_var(env, "OTEL_EXPORTER_OTLP_PROTOCOL")
-            .as_deref()
-            .map(str::trim)
-        {
-            None | Some("grpc") => Protocol::Grpc,
-            Some("http/protobuf") => Protocol::HttpProtobuf,
-            Some(other) => {
-                return Err(format!(
-                    "OTEL_EXPORTER_OTLP_PROTOCOL={other:?} is not supported: use grpc or http/protobuf"
-                ));
-            }
+        let protocol = match traces_var(env, "OTEL_EXPORTER_OTLP_PROTOCOL") {
+            None => Protocol::Grpc,
+            Some((name, value)) => match value.trim() {
+                "grpc" => Protocol::Grpc,
+                "http/protobuf" => Protocol::HttpProtobuf,
+                other => {
+                    return Err(format!(
+                        "{name}={other:?} is not supported: use grpc or http/protobuf"
+                    ));
+                }
+            },
         };
         // The traces endpoint is used as given; the general one gets
         // `/v1/traces` appended for HTTP (the OTLP exporter rules).
@@ -234,29 +276,39 @@ impl Settings {
                 }
             };
         let mut headers = HeaderMap::new();
-        if let Some(text) = traces_var(env, "OTEL_EXPORTER_OTLP_HEADERS") {
-            for (k, v) in key_values("OTEL_EXPORTER_OTLP_HEADERS", &text)? {
-                let name =
-                    HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).map_err(|_| {
-                        format!("OTEL_EXPORTER_OTLP_HEADERS: {k:?} is not a header name")
-                    })?;
-                let value = HeaderValue::from_str(&v).map_err(|_| {
-                    format!("OTEL_EXPORTER_OTLP_HEADERS: the value of {k:?} is not a header value")
-                })?;
-                headers.append(name, value);
+        if let Some((var, text)) = traces_var(env, "OTEL_EXPORTER_OTLP_HEADERS") {
+            for (k, v) in key_values(&var, &text) {
+                match (
+                    HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()),
+                    HeaderValue::from_str(&v),
+                ) {
+                    (Ok(name), Ok(mut value)) => {
+                        // Credentials, often: never HPACK-indexed.
+                        value.set_sensitive(true);
+                        headers.append(name, value);
+                    }
+                    _ => tracing::warn!("{var}: {k:?} is not a usable header; left out"),
+                }
             }
         }
-        let timeout_name = if env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").is_some() {
-            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
-        } else {
-            "OTEL_EXPORTER_OTLP_TIMEOUT"
+        let timeout = match traces_var(env, "OTEL_EXPORTER_OTLP_TIMEOUT") {
+            Some((name, value)) => number(&name, Some(&value), 10_000),
+            None => 10_000,
         };
-        let timeout = Duration::from_millis(millis(env, timeout_name, 10_000)?.max(1));
-        let sender = Sender::new(&endpoint, protocol, headers, timeout)?;
-        let sampler = Sampler::from_env(
-            env("OTEL_TRACES_SAMPLER").as_deref(),
-            env("OTEL_TRACES_SAMPLER_ARG").as_deref(),
+        let sender = Sender::new(
+            &endpoint,
+            protocol,
+            headers,
+            Duration::from_millis(timeout.max(1)),
         )?;
+        let name = env("OTEL_TRACES_SAMPLER");
+        let arg = env("OTEL_TRACES_SAMPLER_ARG");
+        let sampler = Sampler::from_env(name.as_deref(), arg.as_deref()).unwrap_or_else(|e| {
+            warn_default(&e);
+            // A bad ratio: the named sampler at ratio 1; a bad name: the default.
+            Sampler::from_env(name.as_deref(), None)
+                .unwrap_or(Sampler::ParentBased(context::Root::AlwaysOn))
+        });
         // Resource: the SDK description, then OTEL_RESOURCE_ATTRIBUTES, then
         // the service name (OTEL_SERVICE_NAME over service.name over ours).
         let mut resource = vec![
@@ -268,7 +320,7 @@ impl Settings {
             ),
         ];
         if let Some(text) = env("OTEL_RESOURCE_ATTRIBUTES") {
-            for (k, v) in key_values("OTEL_RESOURCE_ATTRIBUTES", &text)? {
+            for (k, v) in key_values("OTEL_RESOURCE_ATTRIBUTES", &text) {
                 resource.retain(|(key, _)| *key != k);
                 resource.push((k, v));
             }
@@ -286,10 +338,11 @@ impl Settings {
             }
             None => {}
         }
-        let max_queue = usize::try_from(millis(env, "OTEL_BSP_MAX_QUEUE_SIZE", 2048)?)
+        let bsp = |name: &str, default: u64| number(name, env(name).as_deref(), default);
+        let max_queue = usize::try_from(bsp("OTEL_BSP_MAX_QUEUE_SIZE", 2048))
             .unwrap_or(usize::MAX)
             .max(1);
-        let max_batch = usize::try_from(millis(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?)
+        let max_batch = usize::try_from(bsp("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512))
             .unwrap_or(usize::MAX)
             .clamp(1, max_queue);
         Ok(Settings {
@@ -297,9 +350,7 @@ impl Settings {
             protocol,
             sampler,
             resource,
-            schedule_delay: Duration::from_millis(
-                millis(env, "OTEL_BSP_SCHEDULE_DELAY", 5000)?.max(1),
-            ),
+            schedule_delay: Duration::from_millis(bsp("OTEL_BSP_SCHEDULE_DELAY", 5000).max(1)),
             max_queue,
             max_batch,
         })
@@ -420,7 +471,7 @@ impl Tracing {
     /// inside the tokio runtime: the exporter is a task on it.
     pub fn from_env(default_service: &str) -> Result<Option<Tracing>, String> {
         let env = |k: &str| std::env::var(k).ok();
-        if !enabled(&env)? {
+        if !enabled(&env) {
             return Ok(None);
         }
         let settings = Settings::from_env(&env, default_service)?;
@@ -694,17 +745,24 @@ mod tests {
     #[test]
     fn enabled_only_with_an_endpoint_and_not_disabled() {
         let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317");
-        assert_eq!(enabled(&env_of(&[])), Ok(false));
-        assert_eq!(enabled(&env_of(&[endpoint])), Ok(true));
-        assert_eq!(
-            enabled(&env_of(&[endpoint, ("OTEL_SDK_DISABLED", "true")])),
-            Ok(false)
-        );
-        assert_eq!(
-            enabled(&env_of(&[endpoint, ("OTEL_TRACES_EXPORTER", "none")])),
-            Ok(false)
-        );
-        assert!(enabled(&env_of(&[endpoint, ("OTEL_TRACES_EXPORTER", "zipkin")])).is_err());
+        assert!(!enabled(&env_of(&[])));
+        assert!(enabled(&env_of(&[endpoint])));
+        assert!(!enabled(&env_of(&[
+            endpoint,
+            ("OTEL_SDK_DISABLED", "true")
+        ])));
+        assert!(!enabled(&env_of(&[
+            endpoint,
+            ("OTEL_TRACES_EXPORTER", "none")
+        ])));
+        assert!(!enabled(&env_of(&[
+            endpoint,
+            ("OTEL_TRACES_EXPORTER", "zipkin")
+        ])));
+        assert!(enabled(&env_of(&[
+            endpoint,
+            ("OTEL_TRACES_EXPORTER", "otlp, console")
+        ])));
     }
 
     #[tokio::test]
@@ -762,6 +820,7 @@ mod tests {
             .filter(|(k, _)| k == "service.name")
             .collect();
         assert_eq!(names, [&("service.name".to_owned(), "orders".to_owned())]);
+        // What cannot be used stops the sidecar.
         for bad in [
             vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317")],
             vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")],
@@ -769,23 +828,53 @@ mod tests {
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
                 ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
             ],
-            vec![
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
-                ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"),
-            ],
-            vec![
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
-                ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
-            ],
-            vec![
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
-                ("OTEL_TRACES_SAMPLER", "traceidratio"),
-                ("OTEL_TRACES_SAMPLER_ARG", "2"),
-            ],
         ] {
             let err = Settings::from_env(&env_of(&bad), "w").err();
             assert!(err.is_some(), "{bad:?} accepted");
         }
+        // Mistakes elsewhere fall back to the defaults.
+        let lenient = Settings::from_env(
+            &env_of(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", " "),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "novalue,x-token=a%20b,bad%=1"),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "2"),
+                ("OTEL_BSP_MAX_QUEUE_SIZE", "lots"),
+                ("OTEL_RESOURCE_ATTRIBUTES", "=x,team=payments"),
+            ]),
+            "w",
+        )
+        .expect("lenient settings");
+        assert_eq!(
+            lenient.sender.uri().to_string(),
+            "http://c:4318/v1/traces",
+            "an empty _TRACES_ variable falls back to the general one"
+        );
+        assert_eq!(
+            lenient.sampler,
+            Sampler::from_env(Some("traceidratio"), Some("1")).expect("ratio 1")
+        );
+        assert_eq!(lenient.max_queue, 2048);
+        assert!(
+            lenient
+                .resource
+                .contains(&("team".to_owned(), "payments".to_owned()))
+        );
+        let unknown = Settings::from_env(
+            &env_of(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                ("OTEL_TRACES_SAMPLER", "jaeger_remote"),
+            ]),
+            "w",
+        )
+        .expect("settings");
+        assert_eq!(
+            unknown.sampler,
+            Sampler::ParentBased(context::Root::AlwaysOn)
+        );
     }
 
     #[test]
@@ -838,9 +927,47 @@ mod tests {
     }
 
     #[test]
+    fn batches_and_the_queue_are_bounded_in_bytes_too() {
+        let queue = Queue {
+            pending: Mutex::new(Pending::default()),
+            max_queue: 100,
+            max_batch: 100,
+            full: Notify::new(),
+            stop: Notify::new(),
+            stopping: AtomicBool::new(false),
+            stats: TraceStats::default(),
+        };
+        let big = vec![b'x'; 2 << 20];
+        for _ in 0..9 {
+            queue.push(&big);
+        }
+        assert_eq!(queue.len(), 7, "16 MiB hold seven 2 MiB spans");
+        assert_eq!(queue.stats.queue_full.load(Ordering::Relaxed), 2);
+        let (bytes, count) = queue.take();
+        assert_eq!(count, 1, "a second 2 MiB span would pass 3 MiB");
+        assert!(bytes.len() > 2 << 20 && bytes.len() < MAX_BATCH_BYTES);
+        assert_eq!(queue.len(), 6);
+    }
+
+    #[test]
+    fn long_attribute_values_are_cut_at_a_character_boundary() {
+        let mut buf = Vec::new();
+        // "a" then two-byte characters: byte 2048 falls inside one.
+        let long = format!("a{}", "é".repeat(5000));
+        otlp::attributes(&mut buf).str("url.path", &long);
+        assert!(buf.len() < otlp::MAX_VALUE_BYTES + 32, "{}", buf.len());
+        let value = format!("a{}", "é".repeat(1023));
+        assert!(
+            buf.ends_with(value.as_bytes()),
+            "cut at 2047 bytes, after a whole character"
+        );
+    }
+
+    #[test]
     fn percent_decoding() {
         assert_eq!(percent_decode("a%20b%2Cc").as_deref(), Some("a b,c"));
         assert_eq!(percent_decode("bad%2"), None);
         assert_eq!(percent_decode("bad%zz"), None);
+        assert_eq!(percent_decode("bad%+f"), None);
     }
 }

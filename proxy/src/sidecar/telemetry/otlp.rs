@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 // Protobuf wire types.
 const VARINT: u8 = 0;
@@ -123,9 +123,24 @@ pub struct Attributes<'a> {
     buf: &'a mut Vec<u8>,
 }
 
+/// String attribute values are cut to this many bytes (at a character
+/// boundary): a 64 KiB request path must not make a 64 KiB span.
+pub const MAX_VALUE_BYTES: usize = 2048;
+
+fn truncated(value: &str) -> &str {
+    if value.len() <= MAX_VALUE_BYTES {
+        return value;
+    }
+    let mut end = MAX_VALUE_BYTES;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    &value[..end]
+}
+
 impl Attributes<'_> {
     pub fn str(&mut self, key: &str, value: &str) {
-        put_key_value(self.buf, 9, key, Any::Str(value));
+        put_key_value(self.buf, 9, key, Any::Str(truncated(value)));
     }
 
     pub fn int(&mut self, key: &str, value: i64) {
@@ -289,9 +304,18 @@ impl Sender {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
         let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_idle_timeout(Duration::from_secs(60));
+        builder
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60));
         if protocol == Protocol::Grpc {
-            builder.http2_only(true);
+            // A collector that vanished without a reset is noticed by the
+            // pings, not after TCP's own timeout (minutes).
+            builder
+                .http2_only(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .http2_keep_alive_timeout(timeout.min(Duration::from_secs(10)))
+                .http2_keep_alive_while_idle(true);
         }
         Ok(Sender {
             client: builder.build(connector),
@@ -344,11 +368,11 @@ impl Sender {
             .map_err(|e| error_chain(&e))?;
         let status = response.status();
         let head_grpc_status = grpc_status(response.headers());
-        let collected = response
-            .into_body()
+        // An export answer is a few bytes; more is not read.
+        let collected = http_body_util::Limited::new(response.into_body(), 64 * 1024)
             .collect()
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| error_chain(&*e))?;
         if !status.is_success() {
             return Err(format!("collector answered HTTP {status}"));
         }
