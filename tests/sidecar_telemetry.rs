@@ -256,26 +256,7 @@ async fn failed_exports_are_counted_and_warned_about_once() {
     let gone = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
     let gone_addr = gone.local_addr().expect("addr");
     drop(gone);
-    let env = otlp_env(gone_addr, 20);
-    let ids = Identities::new();
-    let app = TestApp::start().await;
-    let server = ids.start_with_env("orders", &inbound_to(app.addr), &env);
-    server.wait_ready().await;
-    let client = ids.start("frontend", &[route_to(server.inbound(), ORDERS)]);
-    client.wait_ready().await;
-    let mut metrics = String::new();
-    // Calls until at least three exports failed (bounded).
-    for _ in 0..200 {
-        let reply = get(client.outbound[0], "/x", &[]).await.expect("call");
-        assert_eq!(reply.status, 200);
-        metrics = server.metrics().await;
-        if sample(&metrics, "warden_trace_exports_total{result=\"failed\"}")
-            .is_some_and(|n| n >= 3.0)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let (server, metrics, _ids) = calls_until_exports_failed(gone_addr, 3.0).await;
     let failed_exports = sample(&metrics, "warden_trace_exports_total{result=\"failed\"}");
     assert!(failed_exports.is_some_and(|n| n >= 3.0), "{metrics}");
     assert!(
@@ -377,30 +358,7 @@ async fn a_collector_refusing_exports_is_counted() {
             });
         }
     });
-    let env = otlp_env(addr, 20);
-    let ids = Identities::new();
-    let app = TestApp::start().await;
-    let server = ids.start_with_env("orders", &inbound_to(app.addr), &env);
-    server.wait_ready().await;
-    let client = ids.start("frontend", &[route_to(server.inbound(), ORDERS)]);
-    client.wait_ready().await;
-    let mut metrics = String::new();
-    for _ in 0..200 {
-        assert_eq!(
-            get(client.outbound[0], "/x", &[])
-                .await
-                .expect("call")
-                .status,
-            200
-        );
-        metrics = server.metrics().await;
-        if sample(&metrics, "warden_trace_exports_total{result=\"failed\"}")
-            .is_some_and(|n| n >= 2.0)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let (server, metrics, _ids) = calls_until_exports_failed(addr, 2.0).await;
     assert!(
         sample(&metrics, "warden_trace_exports_total{result=\"failed\"}").is_some_and(|n| n >= 2.0),
         "{metrics}"
@@ -412,6 +370,36 @@ async fn a_collector_refusing_exports_is_counted() {
     );
     let logs = server.logs();
     assert!(logs.contains("grpc-status 14: overloaded"), "{logs}");
+}
+
+/// A pair whose server sidecar exports to `collector` every 20 ms; calls
+/// through it (bounded) until at least `failed` exports failed. Returns the
+/// server sidecar, its last metrics, and the identities (which own the
+/// sidecars' files).
+async fn calls_until_exports_failed(
+    collector: SocketAddr,
+    failed: f64,
+) -> (support::mesh::Proxy, String, Identities) {
+    let env = otlp_env(collector, 20);
+    let ids = Identities::new();
+    let app = TestApp::start().await;
+    let server = ids.start_with_env("orders", &inbound_to(app.addr), &env);
+    server.wait_ready().await;
+    let client = ids.start("frontend", &[route_to(server.inbound(), ORDERS)]);
+    client.wait_ready().await;
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        let reply = get(client.outbound[0], "/x", &[]).await.expect("call");
+        assert_eq!(reply.status, 200);
+        metrics = server.metrics().await;
+        if sample(&metrics, "warden_trace_exports_total{result=\"failed\"}")
+            .is_some_and(|n| n >= failed)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    (server, metrics, ids)
 }
 
 /// The value of the sample `line_prefix ... <value>` in an exposition.

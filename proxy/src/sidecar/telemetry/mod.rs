@@ -73,6 +73,18 @@ struct Queue {
 }
 
 impl Queue {
+    fn new(max_queue: usize, max_batch: usize) -> Queue {
+        Queue {
+            pending: Mutex::new(Pending::default()),
+            max_queue,
+            max_batch,
+            full: Notify::new(),
+            stop: Notify::new(),
+            stopping: AtomicBool::new(false),
+            stats: TraceStats::default(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
         match self.pending.lock() {
             Ok(pending) => pending,
@@ -475,15 +487,7 @@ impl Tracing {
             return Ok(None);
         }
         let settings = Settings::from_env(&env, default_service)?;
-        let queue = Arc::new(Queue {
-            pending: Mutex::new(Pending::default()),
-            max_queue: settings.max_queue,
-            max_batch: settings.max_batch,
-            full: Notify::new(),
-            stop: Notify::new(),
-            stopping: AtomicBool::new(false),
-            stats: TraceStats::default(),
-        });
+        let queue = Arc::new(Queue::new(settings.max_queue, settings.max_batch));
         let sampler = settings.sampler;
         let exporter = tokio::spawn(export_loop(queue.clone(), settings));
         Ok(Some(Tracing {
@@ -879,15 +883,7 @@ mod tests {
 
     #[test]
     fn the_queue_hands_out_batches_in_order_and_drops_past_its_size() {
-        let queue = Queue {
-            pending: Mutex::new(Pending::default()),
-            max_queue: 5,
-            max_batch: 2,
-            full: Notify::new(),
-            stop: Notify::new(),
-            stopping: AtomicBool::new(false),
-            stats: TraceStats::default(),
-        };
+        let queue = Queue::new(5, 2);
         for body in [&b"a"[..], b"bb", b"ccc", b"dddd", b"eeeee", b"ffffff"] {
             queue.push(body);
         }
@@ -928,15 +924,7 @@ mod tests {
 
     #[test]
     fn batches_and_the_queue_are_bounded_in_bytes_too() {
-        let queue = Queue {
-            pending: Mutex::new(Pending::default()),
-            max_queue: 100,
-            max_batch: 100,
-            full: Notify::new(),
-            stop: Notify::new(),
-            stopping: AtomicBool::new(false),
-            stats: TraceStats::default(),
-        };
+        let queue = Queue::new(100, 100);
         let big = vec![b'x'; 2 << 20];
         for _ in 0..9 {
             queue.push(&big);
