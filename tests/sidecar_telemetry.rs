@@ -210,6 +210,42 @@ async fn a_call_leaves_linked_client_and_server_spans() {
     assert!(audit.contains(denied_trace), "{audit}");
 }
 
+/// Spans still queued when the sidecar is told to stop leave during the
+/// drain: with a 60 s schedule delay, only the shutdown flush sends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_spans_are_flushed_at_shutdown() {
+    let receiver = Receiver::default();
+    let collector = start_receiver(receiver.clone()).await;
+    let env = otlp_env(collector, 60_000);
+    let ids = Identities::new();
+    let app = TestApp::start().await;
+    let mut server = ids.start_with_env("orders", &inbound_to(app.addr), &env);
+    let client = ids.start("frontend", &[route_to(server.inbound(), ORDERS)]);
+    server.wait_ready().await;
+    client.wait_ready().await;
+    let trace_id = "6bf92f3577b34da6a3ce929d0e0e4736";
+    let reply = get(
+        client.outbound[0],
+        "/bye",
+        &[("traceparent", &format!("00-{trace_id}-00f067aa0ba902b7-01"))],
+    )
+    .await
+    .expect("call");
+    assert_eq!(reply.status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        receiver.count.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "exported before the delay"
+    );
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .expect("join");
+    assert!(status.success(), "{status:?}");
+    let spans = spans_of(&receiver, trace_id, 1).await;
+    assert_eq!(spans[0].0, "warden-orders");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_also_go_out_over_otlp_http_protobuf() {
     let receiver = Receiver::default();

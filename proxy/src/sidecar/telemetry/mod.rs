@@ -585,6 +585,14 @@ impl Tracing {
             && tokio::time::timeout(limit, &mut task).await.is_err()
         {
             task.abort();
+            tracing::warn!(
+                ?limit,
+                "trace export cut off at shutdown; the batch in flight is lost"
+            );
+        }
+        let left = self.queue.len();
+        if left > 0 {
+            tracing::warn!(spans = left, "spans not exported before shutdown");
         }
     }
 }
