@@ -68,7 +68,8 @@ impl Route {
             .then(|| (req.method().to_string(), req.uri().path().to_owned()));
         let span = self.shared.traces.as_ref().map(|traces| {
             let method = req.method().clone();
-            // Cheap (shared bytes); the path is copied only for a sampled span.
+            // Owned (cheap: shared bytes), as `req` lends its headers to
+            // `start` meanwhile; the attributes borrow them only when sampled.
             let uri = req.uri().clone();
             let attributes = |list: &mut Attributes<'_>| {
                 telemetry::put_method(list, &method);

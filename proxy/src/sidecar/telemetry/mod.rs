@@ -30,7 +30,6 @@ use otlp::{Protocol, Sender};
 /// Export settings from the `OTEL_*` variables.
 struct Settings {
     sender: Sender,
-    protocol: Protocol,
     sampler: Sampler,
     resource: Vec<(String, String)>,
     schedule_delay: Duration,
@@ -359,7 +358,6 @@ impl Settings {
             .clamp(1, max_queue);
         Ok(Settings {
             sender,
-            protocol,
             sampler,
             resource,
             schedule_delay: Duration::from_millis(bsp("OTEL_BSP_SCHEDULE_DELAY", 5000).max(1)),
@@ -630,16 +628,10 @@ async fn export_loop(queue: Arc<Queue>, settings: Settings) {
             if count == 0 {
                 break;
             }
-            let mut body = Vec::with_capacity(64 + resource.len() + scope.len() + spans.len());
-            if settings.protocol == Protocol::Grpc {
-                // gRPC frame: not compressed, then the message length.
-                body.extend_from_slice(&[0; 5]);
-            }
+            let mut body = settings
+                .sender
+                .body(64 + resource.len() + scope.len() + spans.len());
             otlp::encode_request(&mut body, &resource, &scope, &spans);
-            if settings.protocol == Protocol::Grpc {
-                let len = u32::try_from(body.len() - 5).unwrap_or(u32::MAX);
-                body[1..5].copy_from_slice(&len.to_be_bytes());
-            }
             drop(spans);
             let count = count as u64;
             let stats = &queue.stats;

@@ -261,6 +261,9 @@ pub enum Protocol {
     HttpProtobuf,
 }
 
+/// A gRPC message frame's header: a compression flag, then the length.
+const GRPC_FRAME: usize = 5;
+
 const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// Sends encoded batches to one collector.
@@ -331,8 +334,19 @@ impl Sender {
         &self.uri
     }
 
-    /// Sends one encoded request (for gRPC, with its 5-byte frame header
-    /// already in front), bounded by the export timeout.
+    /// An empty request body with room for `capacity` message bytes; for
+    /// gRPC it starts with the 5-byte frame header that `send` fills in.
+    pub fn body(&self, capacity: usize) -> Vec<u8> {
+        let mut body = Vec::with_capacity(GRPC_FRAME + capacity);
+        if self.protocol == Protocol::Grpc {
+            // Not compressed; the length follows once the message is there.
+            body.extend_from_slice(&[0; GRPC_FRAME]);
+        }
+        body
+    }
+
+    /// Sends a body made by `body` with the encoded message after it,
+    /// bounded by the export timeout.
     pub async fn send(&self, body: Vec<u8>) -> Result<(), String> {
         match tokio::time::timeout(self.timeout, self.send_inner(body)).await {
             Ok(result) => result,
@@ -340,7 +354,12 @@ impl Sender {
         }
     }
 
-    async fn send_inner(&self, body: Vec<u8>) -> Result<(), String> {
+    async fn send_inner(&self, mut body: Vec<u8>) -> Result<(), String> {
+        if self.protocol == Protocol::Grpc {
+            let len = u32::try_from(body.len() - GRPC_FRAME)
+                .map_err(|_| "an export message over 4 GiB".to_owned())?;
+            body[1..GRPC_FRAME].copy_from_slice(&len.to_be_bytes());
+        }
         let mut request = Request::builder()
             .method(Method::POST)
             .uri(self.uri.clone());
