@@ -371,29 +371,16 @@ async fn traffic_with_collector_at(collector: SocketAddr) -> String {
 /// (trailers-only): the exports count as failed, the spans as lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_refusing_exports_is_counted() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_req| async {
-                    let response = hyper::Response::builder()
-                        .header("content-type", "application/grpc")
-                        .header("grpc-status", "14")
-                        .header("grpc-message", "overloaded")
-                        .body(http_body_util::Empty::<bytes::Bytes>::new())
-                        .expect("response");
-                    Ok::<_, std::convert::Infallible>(response)
-                });
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-            });
-        }
-    });
+    let addr = support::otlp::serve(hyper::service::service_fn(|_req| async {
+        let response = hyper::Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "14")
+            .header("grpc-message", "overloaded")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("response");
+        Ok::<_, std::convert::Infallible>(response)
+    }))
+    .await;
     let (server, metrics, _ids) = calls_until_exports_failed(addr, 2.0).await;
     assert!(
         sample(&metrics, "warden_trace_exports_total{result=\"failed\"}").is_some_and(|n| n >= 2.0),

@@ -75,15 +75,29 @@ impl TraceService for Receiver {
     }
 }
 
-pub async fn start_receiver(receiver: Receiver) -> SocketAddr {
+/// Serves `service` (a clone per connection) over HTTP/1.1 and h2c on a
+/// fresh 127.0.0.1 port, until the test's runtime ends.
+pub async fn serve<S, B>(service: S) -> SocketAddr
+where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<B>,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let service = TraceServiceServer::new(receiver);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let service = hyper_util::service::TowerToHyperService::new(service.clone());
+            let service = service.clone();
             tokio::spawn(async move {
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
@@ -94,54 +108,46 @@ pub async fn start_receiver(receiver: Receiver) -> SocketAddr {
     addr
 }
 
+pub async fn start_receiver(receiver: Receiver) -> SocketAddr {
+    serve(hyper_util::service::TowerToHyperService::new(
+        TraceServiceServer::new(receiver),
+    ))
+    .await
+}
+
 /// The same receiver over OTLP/HTTP with protobuf bodies (`POST /v1/traces`).
 pub async fn start_http_receiver(receiver: Receiver) -> SocketAddr {
     use http_body_util::{BodyExt, Full};
     use prost::Message;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
+    serve(hyper::service::service_fn(
+        move |req: hyper::Request<hyper::body::Incoming>| {
             let receiver = receiver.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let receiver = receiver.clone();
-                        async move {
-                            let ok = req.uri().path() == "/v1/traces";
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|c| c.to_bytes())
-                                .unwrap_or_default();
-                            let status = match ExportTraceServiceRequest::decode(body) {
-                                Ok(request) if ok => {
-                                    let _ = receiver.export(tonic::Request::new(request)).await;
-                                    200
-                                }
-                                _ => 400,
-                            };
-                            let mut response = hyper::Response::new(Full::new(bytes::Bytes::from(
-                                ExportTraceServiceResponse::default().encode_to_vec(),
-                            )));
-                            *response.status_mut() =
-                                hyper::StatusCode::from_u16(status).expect("status");
-                            response.headers_mut().insert(
-                                "content-type",
-                                hyper::header::HeaderValue::from_static("application/x-protobuf"),
-                            );
-                            Ok::<_, std::convert::Infallible>(response)
-                        }
-                    },
+            async move {
+                let ok = req.uri().path() == "/v1/traces";
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                let status = match ExportTraceServiceRequest::decode(body) {
+                    Ok(request) if ok => {
+                        let _ = receiver.export(tonic::Request::new(request)).await;
+                        200
+                    }
+                    _ => 400,
+                };
+                let mut response = hyper::Response::new(Full::new(bytes::Bytes::from(
+                    ExportTraceServiceResponse::default().encode_to_vec(),
+                )));
+                *response.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+                response.headers_mut().insert(
+                    "content-type",
+                    hyper::header::HeaderValue::from_static("application/x-protobuf"),
                 );
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        },
+    ))
+    .await
 }
