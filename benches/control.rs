@@ -33,6 +33,8 @@ use warden_proxy::identity::{SpiffeId, Svid, TrustDomain, new_key_and_csr, pem_e
 #[allow(dead_code)]
 #[path = "support/proc.rs"]
 mod proc_stat;
+#[path = "support/runner.rs"]
+mod runner;
 
 // The tests' private PostgreSQL server.
 #[allow(dead_code)]
@@ -374,12 +376,5 @@ async fn run() -> Result<(), Error> {
 }
 
 fn main() -> Result<(), Error> {
-    // `cargo test --benches` runs benches with `--test`-ish flags: skip.
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
-        return Ok(());
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    runner::main(run())
 }

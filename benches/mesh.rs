@@ -40,6 +40,8 @@ use warden_proxy::identity::SpiffeId;
 
 #[path = "support/proc.rs"]
 mod proc_stat;
+#[path = "support/runner.rs"]
+mod runner;
 
 // Shared with the tests, which use more of it.
 #[allow(dead_code)]
@@ -604,12 +606,5 @@ async fn run() -> Result<(), Error> {
 }
 
 fn main() -> Result<(), Error> {
-    // `cargo test --benches` runs benches with `--test`-ish flags: skip.
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
-        return Ok(());
-    }
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    runner::main(run())
 }

@@ -1,0 +1,15 @@
+//! The `main` of the load benches that run their own async harness.
+
+/// Runs `run` on a multi-thread runtime, except under `cargo test
+/// --benches`, which passes `--list` or `--test`: then nothing runs.
+pub fn main<E: From<std::io::Error>>(
+    run: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), E> {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return Ok(());
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run)
+}
