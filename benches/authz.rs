@@ -104,6 +104,7 @@ fn bench_shape(c: &mut Criterion, group: &str, shape: Shape) {
             method: "GET",
             path: "/api/3/items",
             host: "orders.ns3",
+            port: 80,
             source_ip: IpAddr::from([127, 0, 0, 1]),
             headers,
             tls_version: "TLSv1_3",

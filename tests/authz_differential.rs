@@ -241,6 +241,7 @@ fn indexed_decisions_equal_plain_cedar_over_the_whole_set() {
                 method: pick::<&str>(&mut rng, &METHODS),
                 path: pick::<&str>(&mut rng, &PATHS),
                 host: "svc",
+                port: 80,
                 source_ip: *pick(&mut rng, &ADDRESSES),
                 headers: match rng.random_range(0..4) {
                     0 | 1 => with_id,

@@ -105,8 +105,23 @@ async fn h2_and_grpc_keep_their_trailers() {
     .await
     .expect("h2 call");
     assert_eq!(reply.status, 200);
-    assert_eq!(reply.echo()["version"], "HTTP/2.0", "h2 end to end");
+    assert_eq!(
+        reply.echo()["version"],
+        "HTTP/1.1",
+        "the app is declared HTTP/1.1 (inbound.app_protocol): plain HTTP/2 is translated"
+    );
     assert_eq!(reply.echo()["headers"]["x-warden-peer-id"], FRONTEND);
+    // gRPC cannot be HTTP/1.1: it stays HTTP/2 end to end.
+    let reply = send(
+        &client,
+        Request::get(format!("http://{}/h2", pair.via()))
+            .header("content-type", "application/grpc+json")
+            .body(body(""))
+            .expect("req"),
+    )
+    .await
+    .expect("gRPC-typed call");
+    assert_eq!(reply.echo()["version"], "HTTP/2.0", "h2 end to end");
     let req = Request::get(format!("http://{}/te", pair.via()))
         .header("te", "trailers")
         .body(body(""))
@@ -409,9 +424,11 @@ async fn an_app_on_a_unix_socket_is_reached_over_http1_and_h2() {
         .expect("call");
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.echo()["headers"]["x-warden-peer-id"], FRONTEND);
+    // gRPC goes to the app as HTTP/2 (h2c), over the unix socket too.
     let reply = send(
         &h2c_client(),
         Request::get(format!("http://{}/h2", client.outbound[0]))
+            .header("content-type", "application/grpc+json")
             .body(body(""))
             .expect("req"),
     )

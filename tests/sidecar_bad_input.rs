@@ -8,20 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rustls::pki_types::ServerName;
-use support::mesh::{FRONTEND, INTRUDER, ORDERS, Pair, TD, TestApp, get, inbound_to, route_to};
+use support::mesh::{
+    FRONTEND, INTRUDER, ORDERS, Pair, TD, TestApp, get, inbound_to, raw_exchange, route_to,
+};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warden_proxy::identity::{ExpectedIdentity, TrustBundleSet};
-
-/// Sends raw bytes and reads what comes back until the peer closes (bounded).
-async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request).await.expect("write");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
-    out
-}
 
 /// An HTTP/1.1 GET /healthz over TLS with `config`; the response head, or why not.
 async fn tls_get(config: Arc<rustls::ClientConfig>, addr: SocketAddr) -> Result<String, String> {
@@ -186,6 +179,36 @@ async fn permissive_inbound_serves_plaintext_as_unauthenticated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunked_body_is_the_callers_fault() {
+    let ids = support::mesh::Identities::new();
+    let app = TestApp::start().await;
+    let policies = ids.path("policies");
+    std::fs::create_dir_all(&policies).expect("policy dir");
+    std::fs::write(
+        policies.join("all.cedar"),
+        "permit (principal, action, resource);",
+    )
+    .expect("policy");
+    let mut settings = inbound_to(app.addr);
+    settings.push("inbound.mode=permissive".into());
+    settings.push(format!("authz.policies={}", policies.display()));
+    let server = ids.start("orders", &settings);
+    server.wait_ready().await;
+    // The app reads the whole body before answering (`/grpc`), so the
+    // broken chunk fails the exchange: 400 naming the body, not a 502
+    // naming hyper's internals.
+    let bad = raw_exchange(
+        server.inbound(),
+        b"POST /grpc HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nbad\r\n0\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&bad);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("request body is malformed"), "{text}");
+    assert!(!text.contains("hyper"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_is_not_the_expected_identity_gets_502() {
     let pair = Pair::start(&[], &[]).await;
     let wrong = pair
@@ -226,6 +249,15 @@ async fn malformed_oversized_and_slow_requests_are_refused() {
     assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
     assert!(text.contains("connection: close"), "{text}");
     assert!(!text.contains("smuggled"), "{text}");
+
+    // A malformed chunked body from the app: 400, not the peer's 502.
+    let bad = raw_exchange(
+        via,
+        b"POST /grpc HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nnot-hex\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&bad);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
 
     // Slowloris: a head that never finishes is cut off after the timeout.
     let mut slow = TcpStream::connect(via).await.expect("connect");

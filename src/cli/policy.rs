@@ -8,6 +8,7 @@ use warden_proxy::authz::{
     UnauthenticatedKind,
 };
 use warden_proxy::identity::SpiffeId;
+use warden_proxy::sidecar::normalize::{PathRules, normalize_host, normalize_path};
 
 use crate::{PolicyCheckArgs, PolicyEvalArgs};
 
@@ -89,6 +90,13 @@ pub fn eval(args: PolicyEvalArgs) -> anyhow::Result<ExitCode> {
         }
         None => SystemTime::now(),
     };
+    // Decided over the request as a sidecar with the default rules would
+    // see it: the normalized path and host.
+    let rules = PathRules::default();
+    let path = normalize_path(&args.path, rules)
+        .map_err(|e| anyhow::anyhow!("--path {:?}: {e} (a sidecar answers 400)", args.path))?;
+    let host = normalize_host(&args.host, 80)
+        .map_err(|e| anyhow::anyhow!("--host {:?}: {e} (a sidecar answers 400)", args.host))?;
     let tls_version = if matches!(peer, Peer::Workload(_)) {
         "TLSv1_3"
     } else {
@@ -108,8 +116,9 @@ pub fn eval(args: PolicyEvalArgs) -> anyhow::Result<ExitCode> {
     } else {
         authorizer.authorize_http(&HttpRequestFacts {
             method: &args.method,
-            path: &args.path,
-            host: &args.host,
+            path: &path,
+            host: &host.name,
+            port: host.port.unwrap_or(80),
             source_ip: args.source_ip,
             headers: &header_refs,
             tls_version,
@@ -119,6 +128,9 @@ pub fn eval(args: PolicyEvalArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", decision.audit_json());
     } else {
+        if *path != args.path || host.authority() != args.host {
+            println!("normalized:     {} {}", host.authority(), path);
+        }
         println!("decision:       {}", decision.decision.to_uppercase());
         println!("principal:      {}", decision.principal);
         println!("action:         Action::\"{}\"", decision.action);

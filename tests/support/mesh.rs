@@ -438,6 +438,8 @@ async fn app(mut req: Request<Incoming>) -> Result<Response<TestBody>, Infallibl
         "method": req.method().as_str(),
         "path": path,
         "version": format!("{:?}", req.version()),
+        // HTTP/2's `:authority` (HTTP/1.1 carries it in `host`).
+        "authority": req.uri().authority().map(|a| a.as_str()),
         "headers": headers,
     });
     Ok(Response::new(body(echo.to_string())))
@@ -494,4 +496,14 @@ pub async fn tcp_echo() -> SocketAddr {
         }
     });
     addr
+}
+
+/// Sends raw bytes and reads what comes back until the peer closes (bounded).
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    out
 }

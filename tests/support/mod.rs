@@ -4,6 +4,7 @@
 
 pub mod control;
 pub mod mesh;
+pub mod nginx;
 pub mod otlp;
 pub mod policies;
 pub mod postgres;

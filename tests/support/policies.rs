@@ -69,6 +69,7 @@ pub fn decide(engine: &Arc<PolicyEngine>, peer: Peer, req: Req<'_>) -> Decision 
         method: req.method,
         path: req.path,
         host: "orders.shop",
+        port: 80,
         source_ip: IpAddr::from([127, 0, 0, 1]),
         headers: req.headers,
         tls_version: "TLSv1_3",

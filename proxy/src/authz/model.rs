@@ -185,8 +185,12 @@ pub fn service_entity(service: &ServiceInfo) -> Result<(EntityUid, Entity), Stri
 #[derive(Debug, Clone)]
 pub struct HttpRequestFacts<'a> {
     pub method: &'a str,
+    /// Normalized (see `sidecar::normalize`): what the app receives.
     pub path: &'a str,
+    /// Normalized: lowercase, no trailing dot, no port.
     pub host: &'a str,
+    /// The port the request was addressed to (the host's, else 80/443).
+    pub port: u16,
     pub source_ip: IpAddr,
     /// Request headers, names lowercase. Only headers the schema declares
     /// are passed to Cedar.
@@ -272,10 +276,13 @@ pub fn http_context(
     // Checked whether or not the policies read headers, so the decision does
     // not depend on which policies happen to be evaluated.
     check_duplicate_headers(facts, declared_headers)?;
-    let mut pairs = Vec::with_capacity(7);
+    let mut pairs = Vec::with_capacity(8);
     push_if_needed(&mut pairs, needs, "method", || string(facts.method));
     push_if_needed(&mut pairs, needs, "path", || string(facts.path));
     push_if_needed(&mut pairs, needs, "host", || string(facts.host));
+    push_if_needed(&mut pairs, needs, "port", || {
+        RestrictedExpression::new_long(i64::from(facts.port))
+    });
     if needs.wants("headers") {
         pairs.push((
             "headers".to_owned(),

@@ -11,13 +11,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
+use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::{Deserialize, Deserializer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+
+use super::http::{CallerBody, error_chain};
 
 /// Where the app listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,28 +180,144 @@ impl tower::Service<Uri> for AppConnector {
     }
 }
 
-pub type AppClient = Client<AppConnector, Incoming>;
-
 /// Idle keep-alive connections kept to the app; more are closed after use.
 const MAX_IDLE_APP_CONNECTIONS: usize = 256;
 
-/// Pooled clients to the app: HTTP/1.1, and HTTP/2 (prior knowledge).
-pub fn app_clients(
-    app: &AppAddr,
+/// Why a request to the app failed; [`super::inbound`] maps each to a status.
+#[derive(Debug)]
+pub enum AppError {
+    /// No connection could be made: 503, or 504 when it timed out.
+    Connect(io::Error),
+    /// The caller's own request body failed to read: 400.
+    CallerBody,
+    /// The app broke the exchange: 502.
+    Exchange(String),
+}
+
+/// Requests to the app: HTTP/1.1 over pooled keep-alive connections, or
+/// HTTP/2 (h2c, prior knowledge) multiplexed on one connection. Both read
+/// at most `window` bytes ahead of a slow consumer.
+pub struct AppClients {
+    h1: Client<AppConnector, CallerBody>,
+    h2: AppH2,
+}
+
+impl AppClients {
+    pub fn new(
+        app: &AppAddr,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        window: u32,
+    ) -> Self {
+        let connector = AppConnector {
+            app: app.clone(),
+            timeout: connect_timeout,
+        };
+        let h1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(idle_timeout)
+            .pool_max_idle_per_host(MAX_IDLE_APP_CONNECTIONS)
+            // The read buffer is what a slow caller makes the sidecar hold.
+            .http1_max_buf_size(usize::try_from(window).unwrap_or(usize::MAX).max(8192))
+            .build(connector);
+        AppClients {
+            h1,
+            h2: AppH2 {
+                app: app.clone(),
+                connect_timeout,
+                window,
+                current: tokio::sync::Mutex::new(None),
+            },
+        }
+    }
+
+    /// Sends `req` (its URI absolute: the pool is keyed by its authority
+    /// for HTTP/1.1, and HTTP/2 sends it as `:authority`).
+    pub async fn send(
+        &self,
+        req: Request<Incoming>,
+        h2: bool,
+    ) -> Result<Response<Incoming>, AppError> {
+        let (req, fault) = CallerBody::wrap(req);
+        let result = if h2 {
+            self.h2.send(req).await
+        } else {
+            self.h1.request(req).await.map_err(|e| {
+                match super::http::find_source::<io::Error>(&e) {
+                    Some(io) if e.is_connect() => {
+                        AppError::Connect(io::Error::new(io.kind(), io.to_string()))
+                    }
+                    _ => AppError::Exchange(error_chain(&e)),
+                }
+            })
+        };
+        match result {
+            Err(_) if fault.happened() => Err(AppError::CallerBody),
+            other => other,
+        }
+    }
+}
+
+/// One multiplexed h2c connection to the app, opened on first use and
+/// again after it closes. Unlike a pooled client it leaves `:authority` to
+/// each request, so the app sees the host the caller named.
+struct AppH2 {
+    app: AppAddr,
     connect_timeout: Duration,
-    idle_timeout: Duration,
-) -> (AppClient, AppClient) {
-    let connector = AppConnector {
-        app: app.clone(),
-        timeout: connect_timeout,
-    };
-    let h1 = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(idle_timeout)
-        .pool_max_idle_per_host(MAX_IDLE_APP_CONNECTIONS)
-        .build(connector.clone());
-    let h2 = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .pool_idle_timeout(idle_timeout)
-        .build(connector);
-    (h1, h2)
+    window: u32,
+    current: tokio::sync::Mutex<Option<SendRequest<CallerBody>>>,
+}
+
+impl AppH2 {
+    async fn sender(&self) -> Result<SendRequest<CallerBody>, AppError> {
+        // Held across the connect: concurrent first requests share one.
+        let mut current = self.current.lock().await;
+        if let Some(sender) = current.as_ref()
+            && !sender.is_closed()
+        {
+            return Ok(sender.clone());
+        }
+        let io = self
+            .app
+            .connect(self.connect_timeout)
+            .await
+            .map_err(AppError::Connect)?;
+        let (sender, connection) = super::tuned_h2_client(self.window)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| AppError::Exchange(format!("HTTP/2 handshake: {}", error_chain(&e))))?;
+        let app = self.app.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%app, error = %e, "h2c connection to the app ended");
+            }
+        });
+        *current = Some(sender.clone());
+        Ok(sender)
+    }
+
+    async fn send(&self, req: Request<CallerBody>) -> Result<Response<Incoming>, AppError> {
+        let mut req = Some(req);
+        // A request the connection handed back unsent (it was closing) is
+        // retried once on a new connection.
+        for attempt in 0..2 {
+            let mut sender = self.sender().await?;
+            let Some(request) = req.take() else { break };
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(response),
+                Err(mut e) => {
+                    req = e.take_message();
+                    if req.is_none() || attempt == 1 {
+                        return Err(AppError::Exchange(error_chain(e.error())));
+                    }
+                    let mut current = self.current.lock().await;
+                    if current.as_ref().is_some_and(SendRequest::is_closed) {
+                        *current = None;
+                    }
+                }
+            }
+        }
+        Err(AppError::Exchange(
+            "the app kept closing the connection".into(),
+        ))
+    }
 }

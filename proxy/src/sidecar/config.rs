@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 pub use super::app::AppAddr;
+pub use super::normalize::{EscapedSlashes, PathRules};
 use crate::authz::Mode;
 use crate::identity::SpiffeId;
 
@@ -288,7 +289,7 @@ pub enum AppProtocol {
     H2,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InboundConfig {
     /// Where peers connect (TLS). Unset: no inbound listener.
@@ -302,6 +303,36 @@ pub struct InboundConfig {
     /// Opaque TCP listeners: each its own port, TLS, one `connect` decision
     /// per connection, then bytes spliced to its `app`.
     pub opaque: Vec<OpaqueConfig>,
+    /// Merge repeated slashes in request paths before the policy sees them
+    /// (and the app gets them), as Envoy's `merge_slashes`.
+    pub merge_slashes: bool,
+    /// `%2F`/`%5C` in paths: `reject` (400), `keep` or `decode`.
+    pub escaped_slashes: EscapedSlashes,
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        InboundConfig {
+            listen: None,
+            app: None,
+            app_protocol: AppProtocol::default(),
+            mode: InboundMode::default(),
+            tls12: false,
+            opaque: Vec::new(),
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashes::default(),
+        }
+    }
+}
+
+impl InboundConfig {
+    /// How request paths are normalized.
+    pub fn path_rules(&self) -> PathRules {
+        PathRules {
+            merge_slashes: self.merge_slashes,
+            escaped_slashes: self.escaped_slashes,
+        }
+    }
 }
 
 /// An opaque TCP port of the local app, exposed to peers over mTLS.
@@ -419,6 +450,11 @@ pub struct Limits {
     /// Connecting (TCP and TLS) to a peer sidecar: past this, 504.
     #[serde(deserialize_with = "duration")]
     pub peer_connect_timeout: Duration,
+    /// Bytes of one request or response body the sidecar reads ahead of a
+    /// slow consumer, per stream or connection and per direction (HTTP/2
+    /// stream windows and send buffers, HTTP/1 read buffers): past it the
+    /// sender waits (backpressure) instead of the sidecar buffering.
+    pub buffer_window: u32,
     /// Open connections per listener; further ones wait in the accept queue.
     pub max_connections: usize,
     /// Requests in flight per sidecar; past it, 503 at once (load shedding).
@@ -440,6 +476,7 @@ impl Default for Limits {
             app_connect_timeout: Duration::from_secs(2),
             app_response_timeout: Duration::from_secs(60),
             peer_connect_timeout: Duration::from_secs(5),
+            buffer_window: 64 * 1024,
             max_connections: 10_000,
             max_concurrent_requests: 10_000,
             drain_timeout: Duration::from_secs(20),
@@ -453,6 +490,11 @@ pub const MAX_COUNT: usize = 1_000_000;
 
 /// hyper's floor for its read buffer.
 pub const MIN_HEADER_BYTES: usize = 8 * 1024;
+
+/// Bounds of `limits.buffer_window`: hyper's HTTP/1 buffer floor, and a
+/// ceiling past which the window no longer bounds anything useful.
+pub const MIN_BUFFER_WINDOW: u32 = 8 * 1024;
+pub const MAX_BUFFER_WINDOW: u32 = 16 * 1024 * 1024;
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
@@ -676,6 +718,15 @@ impl SidecarConfig {
                 format!(
                     "{} is below the minimum of {MIN_HEADER_BYTES}",
                     l.max_header_bytes
+                ),
+            ));
+        }
+        if !(MIN_BUFFER_WINDOW..=MAX_BUFFER_WINDOW).contains(&l.buffer_window) {
+            return Err(key_error(
+                "limits.buffer_window",
+                format!(
+                    "{} is outside {MIN_BUFFER_WINDOW}..={MAX_BUFFER_WINDOW}",
+                    l.buffer_window
                 ),
             ));
         }

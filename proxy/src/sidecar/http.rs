@@ -230,6 +230,68 @@ impl<G: Unpin> http_body::Body for Guarded<G> {
     }
 }
 
+/// A caller's request body on its way upstream, remembering whether
+/// reading it failed (a malformed chunked encoding, a stream the caller
+/// reset): the upstream request then fails, and the fault is the caller's
+/// (400), not the upstream's (502).
+pub struct CallerBody {
+    inner: hyper::body::Incoming,
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Set once a [`CallerBody`] failed to read.
+#[derive(Clone, Default)]
+pub struct BodyFault(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl BodyFault {
+    pub fn happened(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl CallerBody {
+    /// Wraps a request's body; the returned [`BodyFault`] tells later
+    /// whether it failed.
+    pub fn wrap(req: Request<hyper::body::Incoming>) -> (Request<CallerBody>, BodyFault) {
+        let fault = BodyFault::default();
+        let failed = fault.0.clone();
+        (req.map(|inner| CallerBody { inner, failed }), fault)
+    }
+}
+
+impl http_body::Body for CallerBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(_))) = &polled {
+            self.failed
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The refusal for a request whose own body could not be read.
+pub fn malformed_body() -> Refusal {
+    Refusal::new(
+        StatusCode::BAD_REQUEST,
+        "the request body is malformed or was cut off (bad chunked encoding, reset stream)",
+    )
+}
+
 fn text_body(text: String) -> Body {
     Full::new(Bytes::from(text))
         .map_err(|e: Infallible| match e {})
@@ -245,6 +307,8 @@ pub struct Refusal {
     pub reason: String,
 }
 
+pub const GRPC_INVALID_ARGUMENT: u8 = 3;
+pub const GRPC_UNIMPLEMENTED: u8 = 12;
 pub const GRPC_PERMISSION_DENIED: u8 = 7;
 pub const GRPC_UNAVAILABLE: u8 = 14;
 pub const GRPC_DEADLINE_EXCEEDED: u8 = 4;
@@ -254,6 +318,9 @@ impl Refusal {
     pub fn new(status: StatusCode, reason: impl Into<String>) -> Self {
         let grpc_status = match status {
             StatusCode::FORBIDDEN => GRPC_PERMISSION_DENIED,
+            // Retrying a malformed request cannot help: not UNAVAILABLE.
+            StatusCode::BAD_REQUEST => GRPC_INVALID_ARGUMENT,
+            StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_FOUND => GRPC_UNIMPLEMENTED,
             StatusCode::GATEWAY_TIMEOUT => GRPC_DEADLINE_EXCEEDED,
             StatusCode::TOO_MANY_REQUESTS => GRPC_RESOURCE_EXHAUSTED,
             _ => GRPC_UNAVAILABLE,

@@ -17,14 +17,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
 
-use super::app::{AppAddr, AppClient};
+use super::app::{AppAddr, AppClients, AppError};
 use super::config::{AppProtocol, InboundMode};
 use super::http::{
-    Body, ORIG_PROTO, PEER_ID, REQUEST_ID, Refusal, XFCC, boxed, error_chain, is_grpc,
-    relay_upgrade, request_host, request_id, restore_upgrade, strip_hop_by_hop, strip_reserved,
-    strip_response, upgrade_allowed, upgrade_protocol,
+    Body, PEER_ID, REQUEST_ID, Refusal, XFCC, boxed, error_chain, is_grpc, malformed_body,
+    relay_upgrade, request_id, restore_upgrade, strip_hop_by_hop, strip_reserved, strip_response,
+    upgrade_allowed, upgrade_protocol,
 };
 use super::metrics::{Direction, Handshake, handshake_failure};
+use super::normalize::{Host, NormalizeError, Target, normalize_request};
 use super::splice::{Lapse, PeerValidity, lapsed, splice};
 use super::telemetry::{self, ActiveSpan, Attributes, Kind};
 use super::{Shared, accept_loop, serve_http};
@@ -47,8 +48,7 @@ pub(crate) struct Inbound {
     pub app_authority: String,
     /// mTLS required (strict), or a certificate optional (permissive).
     pub tls: Arc<ServerConfig>,
-    pub h1: AppClient,
-    pub h2: AppClient,
+    pub clients: AppClients,
 }
 
 /// What is known about one inbound connection, fixed at its handshake.
@@ -433,9 +433,10 @@ impl Inbound {
                 "none",
             ));
         };
+        // One spelling of the path and host for the policy and the app.
+        let target = normalize_request(&req, self.shared.config.inbound.path_rules())
+            .map_err(|e| (normalize_refusal(&e), "none"))?;
         // Sanitize first, so policy sees exactly the headers the app will.
-        let restore_http1 =
-            req.headers().get(ORIG_PROTO).is_some() || req.version() != Version::HTTP_2;
         let upgrade = upgrade_protocol(&req);
         if let Some(protocol) = &upgrade {
             upgrade_allowed(protocol).map_err(|refusal| (refusal, "none"))?;
@@ -445,13 +446,13 @@ impl Inbound {
         // handshake's verified identity reaches the app.
         strip_reserved(req.headers_mut());
 
-        let decision = authorize(authorizer, &req, info);
+        let decision = authorize(authorizer, &req, info, &target);
         if !decision.errors.is_empty() {
             metrics.authz_error();
         }
         if decision.decision == "deny" {
             let trace_id = span.map(ActiveSpan::trace_id).unwrap_or_default();
-            tracing::warn!(target: "warden::audit", request_id = %id, trace_id = %trace_id, method = %req.method(), path = req.uri().path(), "{}", decision.audit_json());
+            tracing::warn!(target: "warden::audit", request_id = %id, trace_id = %trace_id, method = %req.method(), path = %target.path, "{}", decision.audit_json());
         } else {
             tracing::debug!(target: "warden::audit", request_id = %id, "{}", decision.audit_json());
         }
@@ -465,9 +466,7 @@ impl Inbound {
             return Err((Refusal::new(StatusCode::FORBIDDEN, reason), label));
         }
         *decided = Some(decision);
-        let response = self
-            .forward(req, info, id, grpc, restore_http1, upgrade)
-            .await;
+        let response = self.forward(req, info, id, grpc, upgrade, &target).await;
         Ok((response, label))
     }
 
@@ -477,11 +476,10 @@ impl Inbound {
         info: &ConnInfo,
         id: &str,
         grpc: bool,
-        restore_http1: bool,
         upgrade: Option<HeaderValue>,
+        target: &Target,
     ) -> Response<Body> {
         let limits = &self.shared.config.limits;
-        let host = request_host(&req);
         let headers = req.headers_mut();
         if let Some(v) = &info.xfcc {
             headers.insert(XFCC, v.clone());
@@ -492,21 +490,28 @@ impl Inbound {
         if let Ok(v) = HeaderValue::from_str(id) {
             headers.insert(REQUEST_ID, v);
         }
-        let h2 = !restore_http1 || self.shared.config.inbound.app_protocol == AppProtocol::H2;
+        // gRPC needs HTTP/2 (trailers); everything else goes to the app in
+        // the protocol it is declared to speak, whatever the caller spoke.
+        let h2 = upgrade.is_none()
+            && (grpc || self.shared.config.inbound.app_protocol == AppProtocol::H2);
+        // The app gets the host the policy saw, in the form it saw it:
+        // `Host` for HTTP/1.1, `:authority` for HTTP/2.
+        headers.remove(header::HOST);
+        let host = target.host.as_ref().map(Host::authority);
         if !h2
-            && !headers.contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(&host)
+            && let Some(host) = &host
+            && let Ok(v) = HeaderValue::from_str(host)
         {
             headers.insert(header::HOST, v);
         }
-        let path = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        // A fixed authority: the connection pool is keyed by it, and the
-        // caller must not be able to open a pool per Host header.
-        let uri = format!("http://{}{}", self.app_authority, path);
+        // HTTP/1.1: a fixed authority, since the connection pool is keyed
+        // by it and the caller must not be able to open a pool per Host
+        // header. HTTP/2 has one connection, and names the host per request.
+        let authority = match &host {
+            Some(host) if h2 => host.as_str(),
+            _ => self.app_authority.as_str(),
+        };
+        let uri = format!("http://{authority}{}", target.path_and_query());
         match uri.parse::<Uri>() {
             Ok(uri) => *req.uri_mut() = uri,
             Err(_) => {
@@ -525,38 +530,31 @@ impl Inbound {
         if let Some(protocol) = upgrade {
             return self.upgrade(req, protocol, id, info.validity.clone()).await;
         }
-        let client = if h2 { &self.h2 } else { &self.h1 };
-        let sent = tokio::time::timeout(limits.app_response_timeout, client.request(req)).await;
-        match sent {
+        let sent =
+            tokio::time::timeout(limits.app_response_timeout, self.clients.send(req, h2)).await;
+        let refusal = match sent {
             Ok(Ok(mut response)) => {
                 strip_response(&mut response);
-                response.map(boxed)
+                return response.map(boxed);
             }
-            Ok(Err(e)) => {
-                let refusal = match super::http::find_source::<std::io::Error>(&e) {
-                    Some(io) if e.is_connect() => {
-                        app_unavailable(&self.app, io, limits.app_connect_timeout)
-                    }
-                    _ => Refusal::new(
-                        StatusCode::BAD_GATEWAY,
-                        format!("app at {} failed: {}", self.app, error_chain(&e)),
-                    ),
-                };
-                tracing::warn!(request_id = id, reason = %refusal.reason, "inbound request failed");
-                refusal.response(id, grpc)
+            Ok(Err(AppError::Connect(e))) => {
+                app_unavailable(&self.app, &e, limits.app_connect_timeout)
             }
-            Err(_) => {
-                let refusal = Refusal::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "app at {} did not respond within {:?}",
-                        self.app, limits.app_response_timeout
-                    ),
-                );
-                tracing::warn!(request_id = id, reason = %refusal.reason, "inbound request timed out");
-                refusal.response(id, grpc)
-            }
-        }
+            Ok(Err(AppError::CallerBody)) => malformed_body(),
+            Ok(Err(AppError::Exchange(e))) => Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                format!("app at {} failed: {e}", self.app),
+            ),
+            Err(_) => Refusal::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "app at {} did not respond within {:?}",
+                    self.app, limits.app_response_timeout
+                ),
+            ),
+        };
+        tracing::warn!(request_id = id, reason = %refusal.reason, "inbound request failed");
+        refusal.response(id, grpc)
     }
 }
 
@@ -641,8 +639,21 @@ fn app_unavailable(app: &AppAddr, e: &std::io::Error, timeout: std::time::Durati
     }
 }
 
-fn authorize(authorizer: &PeerAuthorizer, req: &Request<Incoming>, info: &ConnInfo) -> Decision {
-    let host = request_host(req);
+/// 405 for CONNECT, 400 for every other target that does not normalize.
+fn normalize_refusal(e: &NormalizeError) -> Refusal {
+    let status = match e {
+        NormalizeError::Connect => StatusCode::METHOD_NOT_ALLOWED,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    Refusal::new(status, e.to_string())
+}
+
+fn authorize(
+    authorizer: &PeerAuthorizer,
+    req: &Request<Incoming>,
+    info: &ConnInfo,
+    target: &Target,
+) -> Decision {
     let headers: Vec<(&str, Cow<'_, str>)> = req
         .headers()
         .iter()
@@ -651,8 +662,9 @@ fn authorize(authorizer: &PeerAuthorizer, req: &Request<Incoming>, info: &ConnIn
     let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_ref())).collect();
     let facts = HttpRequestFacts {
         method: req.method().as_str(),
-        path: req.uri().path(),
-        host: &host,
+        path: &target.path,
+        host: target.host.as_ref().map_or("", |h| h.name.as_str()),
+        port: target.port,
         source_ip: info.source.ip(),
         headers: &headers,
         tls_version: info.tls_version,

@@ -13,6 +13,7 @@ pub mod config;
 pub mod http;
 mod inbound;
 pub mod metrics;
+pub mod normalize;
 mod outbound;
 mod peer;
 mod splice;
@@ -140,6 +141,26 @@ async fn shutting_down(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|draining| *draining).await;
 }
 
+/// The HTTP/2 connection window for a stream window of `window`: room for
+/// 16 streams at full speed. Memory per connection is bounded by it.
+fn connection_window(window: u32) -> u32 {
+    window.saturating_mul(16)
+}
+
+/// An HTTP/2 client (to peer sidecars and h2c apps) that holds at most
+/// `window` bytes per stream in each direction.
+pub(crate) fn tuned_h2_client(window: u32) -> hyper::client::conn::http2::Builder<TokioExecutor> {
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(connection_window(window))
+        .max_send_buf_size(window as usize)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    builder
+}
+
 fn http_builder(config: &SidecarConfig) -> auto::Builder<TokioExecutor> {
     let limits = &config.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -152,6 +173,9 @@ fn http_builder(config: &SidecarConfig) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
+        .initial_stream_window_size(limits.buffer_window)
+        .initial_connection_window_size(connection_window(limits.buffer_window))
+        .max_send_buf_size(limits.buffer_window as usize)
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_pending_accept_reset_streams(limits.h2_max_pending_resets)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
@@ -495,10 +519,11 @@ impl Sidecar {
                 .app
                 .clone()
                 .unwrap_or(app::AppAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 0))));
-            let (h1, h2) = app::app_clients(
+            let clients = app::AppClients::new(
                 &app,
                 shared.config.limits.app_connect_timeout,
                 shared.config.limits.idle_timeout,
+                shared.config.limits.buffer_window,
             );
             let app_authority = match &app {
                 app::AppAddr::Tcp(addr) => addr.to_string(),
@@ -509,8 +534,7 @@ impl Sidecar {
                 app_authority,
                 app,
                 tls,
-                h1,
-                h2,
+                clients,
             });
             for (opaque, listener) in shared.config.inbound.opaque.iter().zip(opaque_listeners) {
                 shared
@@ -535,6 +559,7 @@ impl Sidecar {
                 identity.clone(),
                 tls,
                 shared.config.limits.peer_connect_timeout,
+                shared.config.limits.buffer_window,
                 store.clone(),
                 shared.metrics.clone(),
             );

@@ -15,9 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::config::{RouteProtocol, normalize_authority};
 use super::http::{
-    Body, ORIG_PROTO, ORIG_PROTO_HTTP1, Refusal, boxed, error_chain, is_grpc, relay_upgrade,
-    request_host, request_id, restore_upgrade, strip_hop_by_hop, strip_reserved, strip_response,
-    upgrade_allowed, upgrade_protocol,
+    Body, CallerBody, ORIG_PROTO, ORIG_PROTO_HTTP1, Refusal, boxed, error_chain, is_grpc,
+    malformed_body, relay_upgrade, request_host, request_id, restore_upgrade, strip_hop_by_hop,
+    strip_reserved, strip_response, upgrade_allowed, upgrade_protocol,
 };
 use super::metrics::Direction;
 use super::peer::{Carrying, PeerChannel, PeerError, PeerFacts};
@@ -180,6 +180,7 @@ impl Route {
         *req.version_mut() = Version::HTTP_2;
 
         let timeout = self.shared.config.limits.app_response_timeout;
+        let (req, fault) = CallerBody::wrap(req);
         let mut req = Some(req);
         // A request the shared connection refused before sending (it was
         // closing: GOAWAY, a peer restart) is retried once on a new one.
@@ -205,6 +206,7 @@ impl Route {
                     *response.version_mut() = from_version;
                     return Ok(response.map(boxed));
                 }
+                Ok(Err(_)) if fault.happened() => return Err(malformed_body()),
                 Ok(Err(mut e)) => {
                     req = e.take_message();
                     if req.is_none() || attempt == 1 {

@@ -9,15 +9,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, watch};
 use tokio_rustls::TlsConnector;
 
+use super::http::CallerBody;
 use super::metrics::{Direction, Handshake, Metrics, handshake_failure};
 use super::splice::{Lapse, PeerValidity, lapsed};
 use crate::identity::{SpiffeId, SvidLeaf, SvidStore, Timestamp, describe_io_error};
@@ -61,6 +61,8 @@ pub struct PeerChannel {
     tls_http1: TlsConnector,
     tls_opaque: TlsConnector,
     connect_timeout: Duration,
+    /// Per-stream flow-control window and send buffer (`limits.buffer_window`).
+    window: u32,
     svid_generation: watch::Receiver<u64>,
     store: Arc<SvidStore>,
     metrics: Arc<Metrics>,
@@ -69,7 +71,7 @@ pub struct PeerChannel {
 }
 
 struct Connected {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<CallerBody>,
     generation: u64,
     /// Which connection this is, so a request it refused can retire it.
     id: u64,
@@ -81,6 +83,7 @@ impl PeerChannel {
         expected: SpiffeId,
         tls: Arc<ClientConfig>,
         connect_timeout: Duration,
+        window: u32,
         store: Arc<SvidStore>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -96,6 +99,7 @@ impl PeerChannel {
             tls_opaque: with_alpn(&[]),
             tls: with_alpn(&[b"h2"]),
             connect_timeout,
+            window,
             svid_generation: store.subscribe(),
             store,
             metrics,
@@ -106,7 +110,7 @@ impl PeerChannel {
 
     /// A sender on the shared connection, connecting first if there is none,
     /// it has closed, or our SVID has rotated since it was made.
-    pub async fn sender(&self) -> Result<(SendRequest<Incoming>, u64), PeerError> {
+    pub async fn sender(&self) -> Result<(SendRequest<CallerBody>, u64), PeerError> {
         let generation = *self.svid_generation.borrow();
         // Held across the connect: concurrent first requests share one connection.
         let mut current = self.current.lock().await;
@@ -176,7 +180,7 @@ impl PeerChannel {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Incoming>, PeerError> {
+    async fn connect(&self) -> Result<SendRequest<CallerBody>, PeerError> {
         let tls = self.handshake(Carrying::H2).await?;
         let tls_facts = PeerFacts::of(&tls);
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
@@ -185,10 +189,7 @@ impl PeerChannel {
                 reason: "ALPN did not select h2".into(),
             });
         }
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
+        let (sender, connection) = super::tuned_h2_client(self.window)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|e| PeerError::Protocol {
