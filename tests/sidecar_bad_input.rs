@@ -104,22 +104,9 @@ async fn strict_inbound_refuses_every_peer_without_a_valid_svid() {
         assert!(result.is_err(), "{name}: served: {result:?}");
     }
     // No client certificate at all.
-    let store = Arc::new(warden_proxy::identity::SvidStore::new());
-    store.set_bundles(our_bundles(&pair));
-    let anonymous =
-        rustls::ClientConfig::builder_with_provider(warden_proxy::tls::crypto_provider().clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("versions")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(
-                warden_proxy::identity::SpiffeServerVerifier::new(
-                    store,
-                    ExpectedIdentity::AnyTrusted,
-                ),
-            ))
-            .with_no_client_auth();
+    let anonymous = anonymous_client(our_bundles(&pair));
     assert!(
-        tls_get(Arc::new(anonymous), inbound).await.is_err(),
+        tls_get(anonymous, inbound).await.is_err(),
         "served without a certificate"
     );
 

@@ -322,7 +322,7 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resu
 
 /// The app behind the server sidecar. `GET /anything` echoes the request as
 /// JSON; `POST /echo` streams the body back; `/slow/<ms>` answers after a
-/// pause; `/grpc` answers like a gRPC server (trailers); `/status/<code>`
+/// pause; `/big/<bytes>` answers that many bytes (up to 16 MiB); `/grpc` answers like a gRPC server (trailers); `/status/<code>`
 /// answers with that status.
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -395,6 +395,13 @@ async fn app(mut req: Request<Incoming>) -> Result<Response<TestBody>, Infallibl
         let (parts, incoming) = req.into_parts();
         let _ = parts;
         return Ok(Response::new(incoming.map_err(Into::into).boxed()));
+    }
+    if let Some(size) = path.strip_prefix("/big/") {
+        // That many bytes, from one shared buffer, as fast as they are taken.
+        static BIG: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+        let big = BIG.get_or_init(|| Bytes::from(vec![b'x'; 16 * 1024 * 1024]));
+        let size: usize = size.parse().unwrap_or(0);
+        return Ok(Response::new(body(big.slice(..size.min(big.len())))));
     }
     if let Some(ms) = path.strip_prefix("/slow/") {
         let ms: u64 = ms.parse().unwrap_or(1000);

@@ -358,6 +358,25 @@ pub fn client_presenting(
     Arc::new(config)
 }
 
+/// A TLS 1.3 client that verifies servers with Warden's verifier against
+/// `bundles` and presents no certificate.
+pub fn anonymous_client(bundles: TrustBundleSet) -> Arc<rustls::ClientConfig> {
+    let store = Arc::new(SvidStore::new());
+    store.set_bundles(bundles);
+    let verifier = warden_proxy::identity::SpiffeServerVerifier::new(
+        store,
+        warden_proxy::identity::ExpectedIdentity::AnyTrusted,
+    );
+    let config =
+        rustls::ClientConfig::builder_with_provider(warden_proxy::tls::crypto_provider().clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+    Arc::new(config)
+}
+
 /// A server presenting `chain` no matter what, verifying clients with
 /// Warden's verifier against `bundles`.
 pub fn server_presenting(

@@ -428,7 +428,9 @@ pub struct Limits {
     /// A peer must finish its TLS handshake within this.
     #[serde(deserialize_with = "duration")]
     pub tls_handshake_timeout: Duration,
-    /// An HTTP/1 client must send a request's headers within this (slowloris).
+    /// A connection's first request head must arrive within this of the
+    /// connection's start, and each later HTTP/1 head within this of its
+    /// first byte (slowloris); past it the connection is closed.
     #[serde(deserialize_with = "duration")]
     pub header_read_timeout: Duration,
     /// Largest request head accepted (431 beyond); at least 8 KiB.
@@ -455,8 +457,16 @@ pub struct Limits {
     /// stream windows and send buffers, HTTP/1 read buffers): past it the
     /// sender waits (backpressure) instead of the sidecar buffering.
     pub buffer_window: u32,
-    /// Open connections per listener; further ones wait in the accept queue.
+    /// Open connections per listener. At the cap, the connection idle the
+    /// longest is closed to make room; with none idle, the new one is
+    /// closed at once.
     pub max_connections: usize,
+    /// Open connections per source address on the inbound listeners.
+    pub max_connections_per_source: usize,
+    /// Failed TLS handshakes a source address may have within 10 s before
+    /// its new connections are closed at accept for the rest of the 10 s;
+    /// 0 turns this off.
+    pub max_handshake_failures: u32,
     /// Requests in flight per sidecar; past it, 503 at once (load shedding).
     pub max_concurrent_requests: usize,
     /// On SIGTERM, in-flight requests get this long to finish.
@@ -478,6 +488,8 @@ impl Default for Limits {
             peer_connect_timeout: Duration::from_secs(5),
             buffer_window: 64 * 1024,
             max_connections: 10_000,
+            max_connections_per_source: 1_000,
+            max_handshake_failures: 20,
             max_concurrent_requests: 10_000,
             drain_timeout: Duration::from_secs(20),
         }
@@ -732,6 +744,10 @@ impl SidecarConfig {
         }
         for (key, value) in [
             ("limits.max_connections", l.max_connections),
+            (
+                "limits.max_connections_per_source",
+                l.max_connections_per_source,
+            ),
             ("limits.max_concurrent_requests", l.max_concurrent_requests),
             (
                 "limits.h2_max_concurrent_streams",
@@ -740,6 +756,9 @@ impl SidecarConfig {
         ] {
             if value == 0 {
                 return Err(key_error(key, "must be at least 1"));
+            }
+            if value > MAX_COUNT {
+                return Err(key_error(key, format!("must be at most {MAX_COUNT}")));
             }
         }
         for (key, value) in [

@@ -28,7 +28,8 @@ use super::metrics::{Direction, Handshake, handshake_failure};
 use super::normalize::{Host, NormalizeError, Target, normalize_request};
 use super::splice::{Lapse, PeerValidity, lapsed, splice};
 use super::telemetry::{self, ActiveSpan, Attributes, Kind};
-use super::{Shared, accept_loop, serve_http};
+use super::Shared;
+use super::connections::{Slot, accept_loop, serve_http};
 use crate::authz::{
     Decision, HttpRequestFacts, Peer, PeerAuthorizer, TcpConnectionFacts, UnauthenticatedKind,
 };
@@ -92,18 +93,18 @@ impl Inbound {
             listener,
             shared,
             Direction::Inbound,
-            move |stream, source| {
+            move |stream, source, slot| {
                 let this = self.clone();
-                async move { this.connection(stream, source).await }
+                async move { this.connection(stream, source, slot).await }
             },
         )
         .await;
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream, source: SocketAddr) {
+    async fn connection(self: Arc<Self>, stream: TcpStream, source: SocketAddr, slot: Slot) {
         let permissive = self.shared.config.inbound.mode == InboundMode::Permissive;
         if let Some((io, info)) = self.accept_peer(stream, source, permissive).await {
-            self.serve(io, info).await;
+            self.serve(io, info, slot).await;
         }
     }
 
@@ -141,11 +142,13 @@ impl Inbound {
         {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
+                self.shared.handshake_failures.failed(source.ip().to_canonical());
                 metrics.handshake(Direction::Inbound, Handshake::Failed(handshake_failure(&e)));
                 tracing::info!(%source, error = %e, "inbound TLS handshake failed");
                 return None;
             }
             Err(_) => {
+                self.shared.handshake_failures.failed(source.ip().to_canonical());
                 metrics.handshake(Direction::Inbound, Handshake::Timeout);
                 tracing::info!(%source, "inbound TLS handshake timed out");
                 return None;
@@ -191,10 +194,13 @@ impl Inbound {
             listener,
             shared,
             Direction::Inbound,
-            move |stream, source| {
+            move |stream, source, slot| {
                 let this = self.clone();
                 let app = app.clone();
-                async move { this.opaque_connection(stream, source, &app).await }
+                async move {
+                    this.opaque_connection(stream, source, &app).await;
+                    drop(slot);
+                }
             },
         )
         .await;
@@ -295,14 +301,14 @@ impl Inbound {
         }
     }
 
-    async fn serve<I>(self: Arc<Self>, io: I, info: ConnInfo)
+    async fn serve<I>(self: Arc<Self>, io: I, info: ConnInfo, slot: Slot)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let info = Arc::new(info);
         let shared = self.shared.clone();
         let validity = info.validity.clone();
-        serve_http(io, &shared, validity, move |req| {
+        serve_http(io, &shared, slot, validity, move |req| {
             let this = self.clone();
             let info = info.clone();
             async move { this.request(req, &info).await }

@@ -128,6 +128,10 @@ pub struct Metrics {
     peers: Mutex<BTreeMap<(Direction, String), u64>>,
     rotations: AtomicU64,
     open_connections: [AtomicI64; 2],
+    /// Connections closed at accept, by direction and why.
+    refused: Mutex<BTreeMap<(Direction, &'static str), u64>>,
+    /// Idle connections closed to make room for a new one, by direction.
+    evicted: [AtomicU64; 2],
     shed: AtomicU64,
     authz_errors: AtomicU64,
 }
@@ -217,6 +221,17 @@ impl Metrics {
             metrics: self,
             direction,
         }
+    }
+
+    /// A connection closed as soon as it was accepted; `reason` is
+    /// `max_connections`, `per_source` or `handshake_failures`.
+    pub fn connection_refused(&self, direction: Direction, reason: &'static str) {
+        *lock(&self.refused).entry((direction, reason)).or_default() += 1;
+    }
+
+    /// An idle connection closed to make room at the connection cap.
+    pub fn connection_evicted(&self, direction: Direction) {
+        self.evicted[direction.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn open_connections(&self, direction: Direction) -> i64 {
@@ -342,6 +357,33 @@ impl Metrics {
                 "warden_open_connections{{direction=\"{}\"}} {}",
                 direction.label(),
                 self.open_connections(direction)
+            );
+        }
+        family(
+            &mut out,
+            "warden_connections_refused_total",
+            "counter",
+            "Connections closed as soon as they were accepted, by direction and reason: max_connections (the cap is full and no connection is idle), per_source (the source address holds limits.max_connections_per_source), handshake_failures (the source failed too many TLS handshakes lately).",
+        );
+        for ((direction, reason), n) in lock(&self.refused).iter() {
+            let _ = writeln!(
+                out,
+                "warden_connections_refused_total{{direction=\"{}\",reason=\"{reason}\"}} {n}",
+                direction.label()
+            );
+        }
+        family(
+            &mut out,
+            "warden_connections_evicted_total",
+            "counter",
+            "Idle connections closed to make room for a new one at limits.max_connections, by direction.",
+        );
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            let _ = writeln!(
+                out,
+                "warden_connections_evicted_total{{direction=\"{}\"}} {}",
+                direction.label(),
+                self.evicted[direction.index()].load(Ordering::Relaxed)
             );
         }
         family(

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+mod connections;
 pub mod http;
 mod inbound;
 pub mod metrics;
@@ -20,25 +21,18 @@ mod splice;
 pub mod telemetry;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ::http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
 
-use self::http::Body;
-use self::metrics::{Direction, Metrics};
+use self::metrics::Metrics;
 use crate::authz::{
     PolicyEngine, PolicySnapshot, PolicySource, PolicyWatcher, ReloadStatus, ServiceInfo,
 };
@@ -86,6 +80,8 @@ pub(crate) struct Shared {
     tracker: TaskTracker,
     builder: auto::Builder<TokioExecutor>,
     listeners_up: AtomicBool,
+    /// Sources failing TLS handshakes, refused at accept for a while.
+    handshake_failures: connections::HandshakeFailures,
     /// Trace export, when `OTEL_EXPORTER_OTLP_ENDPOINT` asks for it.
     pub traces: Option<telemetry::Tracing>,
     /// The log filter, changeable through the admin API.
@@ -136,6 +132,10 @@ impl Shared {
     }
 }
 
+/// The window over which a source's failed TLS handshakes are counted
+/// (`limits.max_handshake_failures`).
+pub const HANDSHAKE_FAILURE_WINDOW: Duration = Duration::from_secs(10);
+
 async fn shutting_down(rx: &mut watch::Receiver<bool>) {
     // The sender lives as long as the sidecar; if it is gone, so are we.
     let _ = rx.wait_for(|draining| *draining).await;
@@ -167,7 +167,9 @@ fn http_builder(config: &SidecarConfig) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // Our own watchdog times request heads (`connections::serve_http`):
+        // hyper's timer also runs while a keep-alive connection is idle.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes)
         .keep_alive(true);
     builder
@@ -182,180 +184,6 @@ fn http_builder(config: &SidecarConfig) -> auto::Builder<TokioExecutor> {
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
     builder
-}
-
-/// Accepts connections until shutdown, at most `limits.max_connections`
-/// open at once (the rest wait in the kernel's accept queue).
-async fn accept_loop<F, Fut>(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    direction: Direction,
-    handle: F,
-) where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let slots = Arc::new(Semaphore::new(shared.config.limits.max_connections));
-    let mut shutdown = shared.shutdown.clone();
-    loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit,
-            _ = shutting_down(&mut shutdown) => break,
-        };
-        let Ok(permit) = permit else { break };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutting_down(&mut shutdown) => break,
-        };
-        let (stream, source) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: back off, don't spin.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let task = handle(stream, source);
-        let metrics = shared.metrics.clone();
-        shared.tracker.spawn(async move {
-            let _open = metrics.connection_opened(direction);
-            task.await;
-            drop(permit);
-        });
-    }
-    // The listener is dropped here: new connections are refused from now on.
-}
-
-/// When a connection last had a request in flight.
-struct Activity {
-    start: Instant,
-    in_flight: AtomicUsize,
-    last_ms: AtomicU64,
-}
-
-/// A request in flight on a connection, until its response body ends.
-struct InFlight(Arc<Activity>);
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            start: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.clone())
-    }
-
-    fn idle_for(&self) -> Duration {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_millis(
-            self.now_ms()
-                .saturating_sub(self.last_ms.load(Ordering::Acquire)),
-        )
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.last_ms.store(self.0.now_ms(), Ordering::Release);
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Serves HTTP/1.1 or HTTP/2 (detected) on one connection with `handler`,
-/// closing it gracefully when idle too long, when the sidecar drains, or at
-/// `deadline` (when the peer's certificate expires).
-async fn serve_http<I, F, Fut>(
-    io: I,
-    shared: &Arc<Shared>,
-    validity: Option<splice::PeerValidity>,
-    handler: F,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
-{
-    let activity = Arc::new(Activity::new());
-    let counted = activity.clone();
-    let service = service_fn(move |req| {
-        let activity = counted.clone();
-        let response = handler(req);
-        async move {
-            let in_flight = activity.begin();
-            let response = response.await;
-            // Still in flight while the body streams: an idle check must
-            // not retire a connection in the middle of a long response.
-            Ok::<_, Infallible>(response.map(|body| self::http::Guarded {
-                body,
-                _guard: in_flight,
-            }))
-        }
-    });
-    let conn = shared
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    let idle = shared.config.limits.idle_timeout;
-    let mut ticker = tokio::time::interval(
-        (idle / 2)
-            .min(Duration::from_secs(1))
-            .max(Duration::from_millis(10)),
-    );
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shutdown = shared.shutdown.clone();
-    let mut revocations = shared.store.subscribe_revocations();
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                break;
-            }
-            _ = shutting_down(&mut shutdown), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            // A revoked peer is cut at once, in-flight requests and all;
-            // the ticker catches a revocation this wakeup missed.
-            changed = revocations.changed(), if validity.is_some() => {
-                if changed.is_err() || splice::lapsed(validity.as_ref()) == Some(splice::Lapse::Revoked) {
-                    tracing::info!("closing a connection whose peer was revoked");
-                    break;
-                }
-            }
-            _ = ticker.tick() => {
-                match splice::lapsed(validity.as_ref()) {
-                    Some(splice::Lapse::Revoked) => {
-                        tracing::info!("closing a connection whose peer was revoked");
-                        break;
-                    }
-                    Some(splice::Lapse::Expired) if !closing => {
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                    _ if !closing && activity.idle_for() >= idle => {
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
 }
 
 /// The addresses a started sidecar listens on.
@@ -474,6 +302,7 @@ impl Sidecar {
 
         let traces = telemetry::Tracing::from_env(&format!("warden-{}", config.service.name))
             .map_err(SidecarError::Telemetry)?;
+        let shared_limits = config.limits.clone();
         let shared = Arc::new(Shared {
             traces,
             log_control,
@@ -487,6 +316,10 @@ impl Sidecar {
             shutdown: shutdown_rx,
             tracker: TaskTracker::new(),
             listeners_up: AtomicBool::new(false),
+            handshake_failures: connections::HandshakeFailures::new(
+                shared_limits.max_handshake_failures,
+                HANDSHAKE_FAILURE_WINDOW,
+            ),
             control_policies,
             control_watch,
         });

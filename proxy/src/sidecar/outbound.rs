@@ -23,7 +23,8 @@ use super::metrics::Direction;
 use super::peer::{Carrying, PeerChannel, PeerError, PeerFacts};
 use super::splice::splice;
 use super::telemetry::{self, ActiveSpan, Attributes, Kind};
-use super::{Shared, accept_loop, serve_http};
+use super::Shared;
+use super::connections::{Slot, accept_loop, serve_http};
 
 /// One destination: a peer sidecar and the identity it must prove.
 pub(crate) struct Route {
@@ -41,17 +42,17 @@ impl Route {
             listener,
             shared,
             Direction::Outbound,
-            move |stream, source| {
+            move |stream, _source, slot| {
                 let this = self.clone();
-                async move { this.connection(stream, source).await }
+                async move { this.connection(stream, slot).await }
             },
         )
         .await;
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream, _source: SocketAddr) {
+    async fn connection(self: Arc<Self>, stream: TcpStream, slot: Slot) {
         let shared = self.shared.clone();
-        serve_http(stream, &shared, None, move |req| {
+        serve_http(stream, &shared, slot, None, move |req| {
             let this = self.clone();
             async move { this.request(req).await }
         })
@@ -307,9 +308,12 @@ impl Route {
             listener,
             shared,
             Direction::Outbound,
-            move |mut stream, _source| {
+            move |mut stream, _source, slot| {
                 let this = self.clone();
-                async move { this.splice(&mut stream).await }
+                async move {
+                    this.splice(&mut stream).await;
+                    drop(slot);
+                }
             },
         )
         .await;
@@ -364,11 +368,11 @@ impl ProxyListener {
             listener,
             shared,
             Direction::Outbound,
-            move |stream, _source| {
+            move |stream, _source, slot| {
                 let this = self.clone();
                 async move {
                     let shared = this.shared.clone();
-                    serve_http(stream, &shared, None, move |req| {
+                    serve_http(stream, &shared, slot, None, move |req| {
                         let this = this.clone();
                         async move { this.request(req).await }
                     })

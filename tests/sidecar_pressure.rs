@@ -1,0 +1,334 @@
+//! The sidecar under pressure from clients that hold on: slow readers cost
+//! a bounded window each, not the whole response; a full connection table
+//! makes room by closing the longest-idle connection, or closes the
+//! newcomer at once; one source cannot take every slot; connections that
+//! never ask anything, or drip a head, are closed; idle keep-alive lasts
+//! `idle_timeout`; a source failing handshakes is refused at accept.
+//! (Latency under attack is measured by `cargo bench --bench pressure`,
+//! not asserted here.)
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use support::mesh::{Identities, Pair, TestApp, inbound_to};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(IpAddr::from(from), 0))
+        .expect("bind source");
+    socket.connect(to).await.expect("connect")
+}
+
+/// Sends one keep-alive GET and reads its (small) response.
+async fn request_on(stream: &mut TcpStream, path: &str) -> Result<String, String> {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: app\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 16 * 1024];
+    match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+        Ok(Ok(0)) => Err("closed".into()),
+        Ok(Ok(n)) => Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 10 s".into()),
+    }
+}
+
+/// Whether the peer closed `stream` within `limit` (EOF or reset).
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn metric(metrics: &str, line_prefix: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A permissive sidecar (plaintext clients written by hand) in front of
+/// the test app, everyone allowed.
+async fn permissive(ids: &Identities, app: SocketAddr, extra: &[&str]) -> support::mesh::Proxy {
+    let policies = ids.path("policies");
+    std::fs::create_dir_all(&policies).expect("policy dir");
+    std::fs::write(
+        policies.join("all.cedar"),
+        "permit (principal, action, resource);",
+    )
+    .expect("policy");
+    let mut settings = inbound_to(app);
+    settings.push("inbound.mode=permissive".into());
+    settings.push(format!("authz.policies={}", policies.display()));
+    settings.extend(extra.iter().map(|s| s.to_string()));
+    let sidecar = ids.start("orders", &settings);
+    sidecar.wait_ready().await;
+    sidecar
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_cost_a_bounded_window_each() {
+    let ids = Identities::new();
+    let app = TestApp::start().await;
+    let sidecar = permissive(&ids, app.addr, &[]).await;
+    let inbound = sidecar.inbound();
+    let pid = sidecar.child.id();
+    // Warm the allocator and pools with a few whole responses.
+    for _ in 0..4 {
+        let mut s = connect_from([127, 0, 0, 1], inbound).await;
+        s.write_all(b"GET /big/4194304 HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut sink)).await;
+        assert!(sink.len() > 4_000_000, "whole response read");
+    }
+    let before = rss_kib(pid);
+    // 200 readers each ask for 4 MiB, take the first bytes and stop.
+    let readers = 200;
+    let mut held = Vec::new();
+    for i in 0..readers {
+        let mut s = connect_from([127, 0, 1, 1 + (i / 100) as u8], inbound).await;
+        s.write_all(b"GET /big/4194304 HTTP/1.1\r\nhost: app\r\n\r\n")
+            .await
+            .expect("write");
+        let mut first = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut first))
+            .await
+            .expect("first bytes in time")
+            .expect("read");
+        assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(s);
+    }
+    // Let every response run into its window (the app writes as fast as
+    // the sidecar reads): wait until the RSS stops growing (bounded).
+    let mut after = rss_kib(pid);
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = rss_kib(pid);
+        if now <= after {
+            break;
+        }
+        after = now;
+    }
+    let grown = after.saturating_sub(before);
+    println!("{readers} slow readers: RSS {before} -> {after} KiB (+{grown} KiB, {} KiB each)", grown / readers);
+    // Before the windows were bounded, each held about 1 MiB.
+    assert!(
+        grown < readers * 192 + 16 * 1024,
+        "{readers} slow readers grew the sidecar by {grown} KiB"
+    );
+    // The others are still served.
+    let mut other = connect_from([127, 0, 0, 1], inbound).await;
+    let reply = request_on(&mut other, "/x").await.expect("served");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_table_closes_the_longest_idle_connection_for_a_new_one() {
+    let ids = Identities::new();
+    let app = TestApp::start().await;
+    let sidecar = permissive(&ids, app.addr, &["limits.max_connections=10"]).await;
+    let inbound = sidecar.inbound();
+    let mut idle = Vec::new();
+    for i in 0..10u8 {
+        let mut s = connect_from([127, 0, 2, 1 + i], inbound).await;
+        let reply = request_on(&mut s, "/x").await.expect("served");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        idle.push(s);
+    }
+    // The table is full of idle connections: a new client is served at
+    // once, and the oldest idle connection is the one closed.
+    let started = std::time::Instant::now();
+    let mut fresh = connect_from([127, 0, 2, 100], inbound).await;
+    let reply = request_on(&mut fresh, "/x").await.expect("served");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    println!("served with a full table in {:?}", started.elapsed());
+    assert!(closed_within(&mut idle[0], Duration::from_secs(5)).await, "oldest idle connection closed");
+    assert!(
+        request_on(&mut idle[9], "/x").await.is_ok(),
+        "the newest idle connection kept"
+    );
+    let metrics = sidecar.metrics().await;
+    assert_eq!(
+        metric(&metrics, "warden_connections_evicted_total{direction=\"inbound\"}"),
+        1,
+        "{metrics}"
+    );
+
+    // Every slot busy (requests in flight): the newcomer is closed at once
+    // rather than left waiting in the accept queue.
+    let mut busy = Vec::new();
+    for (i, s) in idle.iter_mut().enumerate().skip(1) {
+        s.write_all(b"GET /slow/3000 HTTP/1.1\r\nhost: app\r\n\r\n")
+            .await
+            .unwrap_or_else(|e| panic!("busy {i}: {e}"));
+        busy.push(i);
+    }
+    fresh
+        .write_all(b"GET /slow/3000 HTTP/1.1\r\nhost: app\r\n\r\n")
+        .await
+        .expect("busy fresh");
+    // Wait until all ten are in flight (observable: the gauge of requests
+    // is not exported, so probe with a newcomer until it is refused).
+    let mut refused = false;
+    for _ in 0..50 {
+        let mut late = connect_from([127, 0, 2, 200], inbound).await;
+        let _ = late
+            .write_all(b"GET /x HTTP/1.1\r\nhost: app\r\n\r\n")
+            .await;
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_secs(2), late.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                refused = true;
+                break;
+            }
+            Ok(Ok(_)) => {} // a slot was still idle: it was evicted for us
+            Err(_) => panic!("a newcomer was left hanging at the cap"),
+        }
+    }
+    assert!(refused, "with every slot busy a newcomer is closed at once");
+    let metrics = sidecar.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "warden_connections_refused_total{direction=\"inbound\",reason=\"max_connections\"}"
+        ) >= 1,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_take_every_slot() {
+    let ids = Identities::new();
+    let app = TestApp::start().await;
+    let sidecar = permissive(&ids, app.addr, &["limits.max_connections_per_source=3"]).await;
+    let inbound = sidecar.inbound();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = connect_from([127, 0, 3, 1], inbound).await;
+        let reply = request_on(&mut s, "/x").await.expect("served");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        held.push(s);
+    }
+    let mut fourth = connect_from([127, 0, 3, 1], inbound).await;
+    assert!(
+        request_on(&mut fourth, "/x").await.is_err(),
+        "a fourth connection from the same source is closed"
+    );
+    let mut other = connect_from([127, 0, 3, 2], inbound).await;
+    let reply = request_on(&mut other, "/x").await.expect("another source served");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let metrics = sidecar.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "warden_connections_refused_total{direction=\"inbound\",reason=\"per_source\"}"
+        ),
+        1,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_and_idle_keepalive_lasts_its_timeout() {
+    let ids = Identities::new();
+    let app = TestApp::start().await;
+    let sidecar = permissive(
+        &ids,
+        app.addr,
+        &[
+            "limits.header_read_timeout=1s",
+            "limits.tls_handshake_timeout=1s",
+            "limits.idle_timeout=4s",
+        ],
+    )
+    .await;
+    let inbound = sidecar.inbound();
+    // Never a request: closed after the head timeout.
+    let mut silent = connect_from([127, 0, 0, 1], inbound).await;
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(5)).await,
+        "a connection that never sends a request is closed"
+    );
+    // A keep-alive connection idle longer than the head timeout but within
+    // the idle timeout is still open and serves its next request.
+    let mut keep = connect_from([127, 0, 0, 1], inbound).await;
+    request_on(&mut keep, "/x").await.expect("first request");
+    assert!(
+        !closed_within(&mut keep, Duration::from_millis(2500)).await,
+        "an idle keep-alive connection was closed before idle_timeout"
+    );
+    let reply = request_on(&mut keep, "/x").await.expect("second request");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    // ...and is closed once idle_timeout passes.
+    assert!(closed_within(&mut keep, Duration::from_secs(10)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_failing_handshakes_is_refused_at_accept() {
+    let pair = Pair::start(&["limits.max_handshake_failures=3".to_owned()], &[]).await;
+    let inbound = pair.server.inbound();
+    // A TLS client without a certificate: strict mode fails each handshake.
+    let no_cert = support::anonymous_client(warden_proxy::identity::TrustBundleSet::new().with(
+        support::load_bundle(&pair.ids.path("orders"), support::mesh::TD),
+    ));
+    let attempt = |from: [u8; 4]| {
+        let config = no_cert.clone();
+        async move {
+            let tcp = connect_from(from, inbound).await;
+            let name = rustls::pki_types::ServerName::try_from("warden.test").expect("name");
+            let mut tls = match tokio_rustls::TlsConnector::from(config).connect(name, tcp).await {
+                Ok(tls) => tls,
+                Err(_) => return,
+            };
+            // TLS 1.3: the server's refusal of the missing certificate
+            // arrives after the client's handshake is done.
+            let _ = tls.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+            let mut buf = [0u8; 64];
+            let _ = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await;
+        }
+    };
+    for _ in 0..3 {
+        attempt([127, 0, 4, 1]).await;
+    }
+    // The fourth connection from that source is closed before any TLS.
+    let mut tcp = connect_from([127, 0, 4, 1], inbound).await;
+    let _ = tcp.write_all(b"\x16\x03\x01").await;
+    assert!(closed_within(&mut tcp, Duration::from_secs(5)).await);
+    let metrics = pair.server.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "warden_connections_refused_total{direction=\"inbound\",reason=\"handshake_failures\"}"
+        ),
+        1,
+        "{metrics}"
+    );
+    // Peers with certificates are served meanwhile.
+    let reply = support::mesh::get(pair.via(), "/x", &[]).await.expect("call");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
