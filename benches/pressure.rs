@@ -19,7 +19,8 @@
 //! `WARDEN_BENCH_BIN` runs another `warden` binary (an older build, for a
 //! before/after comparison in one run); `WARDEN_BENCH_SET` adds `--set`
 //! flags (space-separated). Results are printed and written to
-//! `target/pressure-bench.json`. Run: `cargo bench --bench pressure`.
+//! `target/pressure-bench.json`. `WARDEN_BENCH_ONLY=slow` or `storm` runs
+//! one attack. Run: `cargo bench --bench pressure`.
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -40,6 +41,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use warden_control::ca::{CertificateAuthority, InitOptions};
 use warden_proxy::identity::SpiffeId;
 
+// CPU time is the mesh bench's; this one reads only RSS.
+#[allow(dead_code)]
 #[path = "support/proc.rs"]
 mod proc_stat;
 #[path = "support/runner.rs"]
@@ -85,6 +88,7 @@ async fn start_app() -> Result<SocketAddr, Error> {
 struct Sidecar {
     child: Child,
     inbound: SocketAddr,
+    admin: SocketAddr,
 }
 
 impl Sidecar {
@@ -101,37 +105,83 @@ impl Sidecar {
             .stdin(Stdio::null())
             .spawn()?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut inbound = None;
+        let (mut inbound, mut admin) = (None, None);
         for line in BufReader::new(stdout).lines() {
             let line = line?;
             if line == "started" {
                 let inbound = inbound.ok_or("no inbound listener")?;
-                return Ok(Sidecar { child, inbound });
+                let admin = admin.ok_or("no admin listener")?;
+                return Ok(Sidecar {
+                    child,
+                    inbound,
+                    admin,
+                });
             }
-            if let Some(("inbound", addr)) = line.split_once(' ') {
-                inbound = Some(addr.parse()?);
+            match line.split_once(' ') {
+                Some(("inbound", addr)) => inbound = Some(addr.parse()?),
+                Some(("admin", addr)) => admin = Some(addr.parse()?),
+                _ => {}
             }
         }
         Err("warden proxy exited before starting".into())
+    }
+
+    /// Waits (at most 20 s) for `/ready`.
+    async fn ready(&self) -> Result<(), Error> {
+        for _ in 0..400 {
+            if let Ok(mut s) = TcpStream::connect(self.admin).await {
+                let _ = s
+                    .write_all(b"GET /ready HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
+                    .await;
+                let mut buf = [0u8; 32];
+                if let Ok(n) = s.read(&mut buf).await
+                    && buf[..n].starts_with(b"HTTP/1.1 200")
+                {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err("the sidecar never became ready".into())
     }
 
     fn rss_kib(&self) -> u64 {
         proc_stat::rss_kib(self.child.id())
     }
 
-    /// The RSS once it stops falling (at most `limit`), sampled every 500 ms.
-    async fn settled_rss(&self, limit: Duration) -> u64 {
+    /// The RSS once it has not grown for 2 s (at most `limit`), sampled
+    /// every 500 ms: what an attack holds once it has taken its fill.
+    async fn grown_rss(&self, limit: Duration) -> u64 {
+        self.settle(limit, Duration::from_secs(2), |now, best| now > best)
+            .await
+    }
+
+    /// The RSS once it has not fallen for 12 s (at most `limit`): what is
+    /// left after an attack, once the allocator has had time to give
+    /// memory back (jemalloc's decay is 10 s).
+    async fn shrunk_rss(&self, limit: Duration) -> u64 {
+        self.settle(limit, Duration::from_secs(12), |now, best| now + 256 < best)
+            .await
+    }
+
+    async fn settle(
+        &self,
+        limit: Duration,
+        quiet: Duration,
+        moved: impl Fn(u64, u64) -> bool,
+    ) -> u64 {
         let started = Instant::now();
-        let mut last = self.rss_kib();
-        while started.elapsed() < limit {
+        let mut best = self.rss_kib();
+        let mut since = Instant::now();
+        while started.elapsed() < limit && since.elapsed() < quiet {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let now = self.rss_kib();
-            if now + 256 >= last {
-                return now.min(last);
+            if moved(now, best) {
+                best = now;
+                since = Instant::now();
             }
-            last = now;
         }
-        last
+        best
     }
 }
 
@@ -190,7 +240,12 @@ async fn idle_keepalive(from: IpAddr, to: SocketAddr) -> Option<TcpStream> {
 }
 
 /// Opens `count` connections with `open`, `batch` at a time.
-async fn open_many<F, Fut>(count: usize, per_source: usize, to: SocketAddr, open: F) -> Vec<TcpStream>
+async fn open_many<F, Fut>(
+    count: usize,
+    per_source: usize,
+    to: SocketAddr,
+    open: F,
+) -> Vec<TcpStream>
 where
     F: Fn(IpAddr, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = Option<TcpStream>> + Send + 'static,
@@ -280,7 +335,7 @@ async fn fresh_client(target: SocketAddr, tries: usize) -> (f64, f64, usize) {
             let n = s.read(&mut buf).await.ok()?;
             buf[..n].starts_with(b"HTTP/1.1 200").then_some(())
         };
-        match tokio::time::timeout(Duration::from_secs(10), answered).await {
+        match tokio::time::timeout(Duration::from_secs(5), answered).await {
             Ok(Some(())) => times.push(started.elapsed().as_secs_f64() * 1000.0),
             _ => failures += 1,
         }
@@ -292,7 +347,8 @@ async fn fresh_client(target: SocketAddr, tries: usize) -> (f64, f64, usize) {
 }
 
 fn identity_dir(dir: &std::path::Path) -> Result<std::path::PathBuf, Error> {
-    let ca = CertificateAuthority::init(&dir.join("ca"), &InitOptions::new("bench.warden".parse()?))?;
+    let ca =
+        CertificateAuthority::init(&dir.join("ca"), &InitOptions::new("bench.warden".parse()?))?;
     let id = SpiffeId::parse("spiffe://bench.warden/ns/shop/sa/orders")?;
     let out = dir.join("orders");
     ca.issue_to_dir(&id, None, &out)?;
@@ -328,17 +384,21 @@ async fn run() -> Result<(), Error> {
     }
     let sidecar = Sidecar::start(&settings)?;
     let target = sidecar.inbound;
+    sidecar.ready().await?;
     // Warm up: pools, allocator arenas, policy engine.
     let _ = victim(target, rate, Duration::from_secs(1)).await;
-    let idle = sidecar.settled_rss(Duration::from_secs(5)).await;
+    let idle = sidecar.shrunk_rss(Duration::from_secs(20)).await;
     let base = victim(target, rate, length).await;
     println!(
         "baseline: idle RSS {} KiB; victim p50 {:.2} ms p99 {:.2} ms, {} errors",
         idle, base.p50_ms, base.p99_ms, base.errors
     );
 
+    let only = std::env::var("WARDEN_BENCH_ONLY").unwrap_or_default();
+    let slow_count = if only == "storm" { 0 } else { slow_count };
+    let storm = if only == "slow" { 0 } else { storm };
     let slow = open_many(slow_count, per_source, target, slow_reader).await;
-    let slow_rss = sidecar.settled_rss(Duration::from_secs(10)).await;
+    let slow_rss = sidecar.grown_rss(Duration::from_secs(20)).await;
     let under_slow = victim(target, rate, length).await;
     let slow_rss_max = slow_rss.max(sidecar.rss_kib());
     println!(
@@ -353,15 +413,15 @@ async fn run() -> Result<(), Error> {
         under_slow.errors
     );
     drop(slow);
-    let after_slow = sidecar.settled_rss(Duration::from_secs(30)).await;
+    let after_slow = sidecar.shrunk_rss(Duration::from_secs(60)).await;
 
     let storm_started = Instant::now();
     let held = open_many(storm, per_source, target, idle_keepalive).await;
     let storm_open = storm_started.elapsed();
     let storm_rss = sidecar.rss_kib();
-    let (fresh_median, fresh_max, fresh_failures) = fresh_client(target, 20).await;
+    let (fresh_median, fresh_max, fresh_failures) = fresh_client(target, 10).await;
     println!(
-        "storm: {} of {storm} keep-alive connections open in {:.1} s; RSS {} KiB; a new client answered in {:.1} ms median, {:.1} ms max, {} of 20 not answered within 10 s",
+        "storm: {} of {storm} keep-alive connections open in {:.1} s; RSS {} KiB; a new client answered in {:.1} ms median, {:.1} ms max, {} of 10 not answered within 5 s",
         held.len(),
         storm_open.as_secs_f64(),
         storm_rss,
@@ -370,7 +430,7 @@ async fn run() -> Result<(), Error> {
         fresh_failures
     );
     drop(held);
-    let after_storm = sidecar.settled_rss(Duration::from_secs(60)).await;
+    let after_storm = sidecar.shrunk_rss(Duration::from_secs(90)).await;
     println!(
         "after the storm: RSS {} KiB ({:.2}x idle); after the slow readers left: {} KiB",
         after_storm,

@@ -1077,3 +1077,158 @@ async fn revoking_the_server_cuts_the_callers_connections(db: Db) {
         .expect("revoked.json");
     assert!(saved.contains(ORDERS), "{saved}");
 }
+
+/// Free text is bounded and plain, filters are known values, bodies are
+/// declared JSON: nothing a caller sends can forge an inventory row in an
+/// operator's terminal or read as an empty answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_text_filters_and_media_types_are_checked_at_the_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let control = Control::start(&dir.path().join("control"), any_port(), &Db::Sqlite, &[]);
+    let anon = control.client(false);
+    let admin = control.client(true);
+    let orders = SpiffeId::parse(ORDERS).expect("id");
+    let token = control.token(ORDERS);
+    let join_as = |instance: String| {
+        let (csr, _) = csr_pem(&orders);
+        let anon = anon.clone();
+        let token = token.clone();
+        async move {
+            anon.post::<_, api::SvidResponse>(
+                api::JOIN,
+                &api::JoinRequest {
+                    token,
+                    csr,
+                    ttl_secs: None,
+                    instance,
+                },
+            )
+            .await
+        }
+    };
+    // Terminal escapes and a newline that would forge a second row.
+    let forged = "host-1\x1b[2K\rspiffe://example.org/ns/x/sa/admin active".to_owned();
+    assert_eq!(
+        refused_code(join_as(forged).await),
+        (400, "bad_instance".into())
+    );
+    assert_eq!(
+        refused_code(join_as("h".repeat(300)).await),
+        (400, "bad_instance".into())
+    );
+    // Refused before the token was looked at: it still works.
+    let joined = join_as("orders-7f9c/pod_1.x:8080".into())
+        .await
+        .expect("a plain instance joins");
+    assert_eq!(joined.spiffe_id, ORDERS);
+
+    // Labels: keys plain, values without controls or bidi overrides, few.
+    let token_with = |labels: BTreeMap<String, String>| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .post::<_, api::TokenResponse>(
+                    api::ADMIN_TOKENS,
+                    &api::TokenRequest {
+                        spiffe_id: FRONTEND.into(),
+                        ttl_secs: Some(60),
+                        labels,
+                    },
+                )
+                .await
+        }
+    };
+    for (k, v) in [
+        ("team", "pay\u{202e}ments"),
+        ("team", "a\x07b"),
+        ("a b", "x"),
+        ("", "x"),
+    ] {
+        assert_eq!(
+            refused_code(token_with(BTreeMap::from([(k.to_owned(), v.to_owned())])).await),
+            (400, "bad_label".into()),
+            "{k:?}={v:?}"
+        );
+    }
+    let many: BTreeMap<String, String> = (0..33).map(|i| (format!("k{i}"), "v".into())).collect();
+    assert_eq!(
+        refused_code(token_with(many).await),
+        (400, "bad_label".into())
+    );
+    token_with(BTreeMap::from([("team".into(), "payments, EU".into())]))
+        .await
+        .expect("plain labels");
+
+    // A revocation reason is free text too.
+    assert_eq!(
+        refused_code(
+            admin
+                .post::<_, api::RevokeResponse>(
+                    api::ADMIN_REVOCATIONS,
+                    &api::RevokeRequest {
+                        target: ORDERS.into(),
+                        reason: "key leaked\x1b]0;owned\x07".into(),
+                    },
+                )
+                .await
+        ),
+        (400, "bad_reason".into())
+    );
+
+    // Filters: unknown values and parameters are 400, not an empty list.
+    for query in [
+        "?status=bogus",
+        "?status=Active",
+        "?colour=red",
+        "?expiring_within_secs=soon",
+    ] {
+        let path = format!("{}{query}", api::ADMIN_IDENTITIES);
+        assert_eq!(
+            refused_code(admin.get::<serde_json::Value>(&path).await),
+            (400, "bad_query".into()),
+            "{query}"
+        );
+    }
+    let active: Vec<serde_json::Value> = admin
+        .get(&format!("{}?status=active", api::ADMIN_IDENTITIES))
+        .await
+        .expect("known filter");
+    assert_eq!(active.len(), 1);
+    assert_eq!(
+        refused_code(
+            admin
+                .get::<serde_json::Value>(&format!("{}?limit=all", api::ADMIN_AUDIT))
+                .await
+        ),
+        (400, "bad_query".into())
+    );
+
+    // Bodies must be declared JSON; the admin scheme is case-insensitive.
+    let admin_token =
+        std::fs::read_to_string(control.dir.join("admin.token")).expect("admin token");
+    let body = format!(r#"{{"spiffe_id":"{FRONTEND}"}}"#);
+    let post = |content_type: &str, scheme: &str| {
+        let ct = if content_type.is_empty() {
+            String::new()
+        } else {
+            format!("content-type: {content_type}\r\n")
+        };
+        format!(
+            "POST {} HTTP/1.1\r\nhost: warden-control\r\nauthorization: {scheme} {}\r\n{ct}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            api::ADMIN_TOKENS,
+            admin_token.trim(),
+            body.len()
+        )
+    };
+    for ct in ["text/plain", "", "application/x-www-form-urlencoded"] {
+        let reply = control.raw_request(post(ct, "Bearer").as_bytes()).await;
+        assert!(reply.starts_with("HTTP/1.1 415"), "{ct:?}: {reply}");
+        assert!(reply.contains("unsupported_media_type"), "{reply}");
+    }
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let reply = control
+            .raw_request(post("Application/JSON; charset=utf-8", scheme).as_bytes())
+            .await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{scheme}: {reply}");
+    }
+}

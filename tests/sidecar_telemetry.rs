@@ -524,6 +524,8 @@ async fn json_logs_an_access_log_and_a_log_filter_changed_at_run_time() {
     let json = vec![("WARDEN_LOG_FORMAT".to_owned(), "json".to_owned())];
     let mut s = inbound_to(app.addr);
     s.push("telemetry.access_log=true".into());
+    let token_file = ids.path("admin.token");
+    s.push(format!("admin.token_file={}", token_file.display()));
     let server = ids.start_with_env("orders", &s, &json);
     let intruder = ids.start("intruder", &[route_to(server.inbound(), ORDERS)]);
     server.wait_ready().await;
@@ -564,24 +566,88 @@ async fn json_logs_an_access_log_and_a_log_filter_changed_at_run_time() {
     assert_eq!(access["decision"], "deny");
     assert_eq!(access["peer"], INTRUDER);
 
-    // The filter, read and replaced through the admin API.
+    // The filter, read and replaced through the admin API, with the token
+    // the sidecar wrote (0600) to admin.token_file.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&token_file)
+        .expect("token file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "token file mode {mode:o}");
+    let token = std::fs::read_to_string(&token_file).expect("token");
     let admin = server.admin;
-    let put = |filter: &'static str| async move {
+    let put = |filter: &'static str, authorization: Option<String>| async move {
         let client = support::mesh::http1_client();
-        let req = hyper::Request::put(format!("http://{admin}/logging"))
-            .body(support::mesh::body(filter))
-            .expect("req");
+        let mut req = hyper::Request::put(format!("http://{admin}/logging"));
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
+        let req = req.body(support::mesh::body(filter)).expect("req");
         support::mesh::send(&client, req).await.expect("put")
     };
-    let replaced = put("debug,h2=warn").await;
+    let bearer = |scheme: &str| Some(format!("{scheme} {}", token.trim()));
+    // Without the token, or with a wrong one: refused, nothing changed.
+    assert_eq!(put("off", None).await.status, 401);
+    assert_eq!(put("off", Some("Bearer nope".into())).await.status, 401);
+    assert_eq!(put("off", Some(token.trim().to_owned())).await.status, 401);
+    assert_eq!(
+        get(admin, "/logging", &[]).await.expect("get").body.trim(),
+        "info"
+    );
+    let replaced = put("debug,h2=warn", bearer("Bearer")).await;
     assert_eq!(replaced.status, 200, "{}", replaced.body);
     assert_eq!(
         get(admin, "/logging", &[]).await.expect("get").body.trim(),
         "debug,h2=warn"
     );
-    assert_eq!(put("warden=[").await.status, 400);
+    assert_eq!(put("warden=[", bearer("bearer")).await.status, 400);
     assert_eq!(
         get(admin, "/logging", &[]).await.expect("get").body.trim(),
         "debug,h2=warn"
     );
+
+    // Logging off silences the logs, not the audit records: a deny after
+    // it still leaves its line.
+    assert_eq!(put("off", bearer("BEARER")).await.status, 200);
+    assert_eq!(
+        get(intruder.outbound[0], "/after-off", &[])
+            .await
+            .expect("call")
+            .status,
+        403
+    );
+    let mut audited = false;
+    for _ in 0..50 {
+        audited = server.logs().lines().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                v["target"] == "warden::audit" && v["fields"]["path"] == "/after-off"
+            })
+        });
+        if audited {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        audited,
+        "the deny after `off` left no audit line:\n{}",
+        server.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_file_the_admin_api_is_read_only() {
+    let ids = Identities::new();
+    let app = TestApp::start().await;
+    let server = ids.start("orders", &inbound_to(app.addr));
+    server.wait_ready().await;
+    let req = hyper::Request::put(format!("http://{}/logging", server.admin))
+        .header("authorization", "Bearer anything")
+        .body(support::mesh::body("off"))
+        .expect("req");
+    let reply = support::mesh::send(&support::mesh::http1_client(), req)
+        .await
+        .expect("put");
+    assert_eq!(reply.status, 403);
+    assert!(reply.body.contains("admin.token_file"), "{}", reply.body);
 }

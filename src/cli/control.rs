@@ -13,6 +13,7 @@ use warden_control::server::{self, ADMIN_TOKEN_FILE, BUNDLE_FILE, ENDPOINT_FILE,
 use warden_proxy::control::{ControlClient, ControlError, api};
 use warden_proxy::identity::SpiffeId;
 
+use super::{json_shown, shown};
 use crate::{AdminArgs, ControlServeArgs, IdentitiesCommand, TokenCreateArgs};
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -100,7 +101,7 @@ fn call<T>(f: impl Future<Output = Result<T, ControlError>>) -> anyhow::Result<T
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    println!("{}", json_shown(serde_json::to_string_pretty(value)?));
     Ok(())
 }
 
@@ -122,10 +123,12 @@ pub fn token_create(args: TokenCreateArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         print_json(&token)?;
     } else {
-        println!("{}", token.token);
+        println!("{}", shown(&token.token));
         eprintln!(
             "join token {} for {}, single use, expires at {} (Unix time)",
-            token.token_id, token.spiffe_id, token.expires_at
+            shown(&token.token_id),
+            shown(&token.spiffe_id),
+            token.expires_at
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -177,12 +180,12 @@ pub fn identities(command: IdentitiesCommand) -> anyhow::Result<ExitCode> {
                     .unwrap_or_else(|| "-".into());
                 println!(
                     "{:<50} {:<8} {:>10} {:<34} {:<24} {}",
-                    i["spiffe_id"].as_str().unwrap_or(""),
-                    i["status"].as_str().unwrap_or(""),
+                    shown(i["spiffe_id"].as_str().unwrap_or("")),
+                    shown(i["status"].as_str().unwrap_or("")),
                     expires,
-                    i["last_serial"].as_str().unwrap_or("-"),
-                    i["instance"].as_str().unwrap_or("-"),
-                    i["labels"],
+                    shown(i["last_serial"].as_str().unwrap_or("-")),
+                    shown(i["instance"].as_str().unwrap_or("-")),
+                    shown(&i["labels"].to_string()),
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -206,7 +209,9 @@ pub fn identities(command: IdentitiesCommand) -> anyhow::Result<ExitCode> {
             ))?;
             println!(
                 "revoked {} ({} SVIDs); sidecars refuse it from revocation {}",
-                revoked.spiffe_id, revoked.svids_revoked, revoked.seq
+                shown(&revoked.spiffe_id),
+                revoked.svids_revoked,
+                revoked.seq
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -234,12 +239,15 @@ pub fn policy_push(dir: &Path, admin: &AdminArgs) -> anyhow::Result<ExitCode> {
     if pushed.changed {
         println!(
             "policy version {} ({}, {} policies) is current",
-            pushed.version, pushed.digest, pushed.policies
+            pushed.version,
+            shown(&pushed.digest),
+            pushed.policies
         );
     } else {
         println!(
             "unchanged: version {} ({}) is already current",
-            pushed.version, pushed.digest
+            pushed.version,
+            shown(&pushed.digest)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -251,8 +259,8 @@ pub fn policy_rollback(version: i64, admin: &AdminArgs) -> anyhow::Result<ExitCo
         call(client.post(api::ADMIN_POLICY_ROLLBACK, &api::PolicyRollback { version }))?;
     println!(
         "policy version {} ({}) is current",
-        done["version"],
-        done["digest"].as_str().unwrap_or("")
+        shown(&done["version"].to_string()),
+        shown(done["digest"].as_str().unwrap_or(""))
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -31,7 +31,11 @@ pub fn check(args: PolicyCheckArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            println!("{}: {e}", args.dir.display());
+            println!(
+                "{}: {}",
+                args.dir.display(),
+                super::shown_lines(&e.to_string())
+            );
             Ok(ExitCode::FAILURE)
         }
     }
@@ -151,7 +155,7 @@ pub fn eval(args: PolicyEvalArgs) -> anyhow::Result<ExitCode> {
             println!("policies:       {id}{at}");
         }
         for e in &decision.errors {
-            println!("error:          {e}");
+            println!("error:          {}", super::shown(e));
         }
         println!("policy version: {version}");
     }

@@ -112,7 +112,7 @@ pub fn inspect(args: SvidInspectArgs) -> anyhow::Result<ExitCode> {
     };
     let ok = out.broken_rules.is_empty() && !matches!(out.bundle_check, Some(Err(_)));
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        println!("{}", super::json_shown(serde_json::to_string_pretty(&out)?));
     } else {
         print_text(&out);
     }
@@ -130,8 +130,8 @@ fn print_text(out: &InspectOutput) {
         None => println!("spiffe id:   (none valid; URI SANs: {:?})", out.uri_sans),
     }
     println!("serial:      {}", out.serial);
-    println!("subject:     {}", out.subject);
-    println!("issuer:      {}", out.issuer);
+    println!("subject:     {}", super::shown(&out.subject));
+    println!("issuer:      {}", super::shown(&out.issuer));
     println!("not before:  {}", out.not_before);
     println!("not after:   {}", out.not_after);
     println!("time left:   {}", describe_left(out.seconds_left));

@@ -170,6 +170,31 @@ impl Control {
         ControlClient::trusting(self.api, server_id(), &pem).expect("client")
     }
 
+    /// One request written by hand over TLS (no client certificate): the
+    /// raw response, for what `ControlClient` would never send.
+    pub async fn raw_request(&self, request: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tls = warden_proxy::tls::client_config(
+            Arc::new(self.bundle_store()),
+            warden_proxy::identity::ExpectedIdentity::exactly(server_id()),
+            warden_proxy::tls::TlsVersions::Tls13Only,
+            &[b"http/1.1"],
+        )
+        .expect("TLS config");
+        let tcp = tokio::net::TcpStream::connect(self.api)
+            .await
+            .expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("warden-control").expect("name");
+        let mut stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .expect("TLS");
+        stream.write_all(request).await.expect("write");
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
     /// A store holding only the control plane's bundle.
     pub fn bundle_store(&self) -> SvidStore {
         let pem = std::fs::read(self.dir.join("bundle.pem")).expect("bundle.pem");

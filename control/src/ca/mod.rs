@@ -33,6 +33,15 @@ use x509_parser::prelude::FromDer;
 
 pub use csr::CsrError;
 
+/// Checks a CSR (PEM or DER) the way the CA does before it signs one:
+/// structure, signature, key strength, no CA rights, at most one URI SAN
+/// and a valid SPIFFE ID in it. Returns the ID it names, if any. For tools
+/// and fuzzing; signing runs the same checks itself.
+pub fn check_csr(csr: &[u8]) -> Result<Option<SpiffeId>, CsrError> {
+    let der = csr::decode(csr)?;
+    csr::check(&der).map(|checked| checked.requested_id)
+}
+
 use crate::files::{self, FileError, PRIVATE_MODE, PUBLIC_MODE};
 
 /// Default SVID lifetime.

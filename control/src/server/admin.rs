@@ -12,7 +12,9 @@ pub(super) fn admin_auth(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.trim().split_once(' '))
+        // The scheme is case-insensitive (RFC 9110 11.1).
+        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token));
     let fail = match presented {
         None => Fail::new(
             StatusCode::UNAUTHORIZED,
@@ -53,19 +55,15 @@ pub(super) async fn admin(
         }
         (&Method::GET, api::ADMIN_IDENTITIES) => {
             let q = query_params(&req);
+            input::only_known(&q, &["status", "expiring_within_secs"])?;
+            let status = input::one_of(&q, "status", &IDENTITY_STATUSES)?.map(str::to_owned);
+            let within: Option<i64> = input::number(&q, "expiring_within_secs")?;
             let now = unix_now();
             let mut list = blocking(move || db.identities(now)).await?;
-            if let Some(status) = q.get("status") {
-                list.retain(|i| i.status == *status);
+            if let Some(status) = status {
+                list.retain(|i| i.status == status);
             }
-            if let Some(within) = q.get("expiring_within_secs") {
-                let within: i64 = within.parse().map_err(|_| {
-                    Fail::new(
-                        StatusCode::BAD_REQUEST,
-                        "bad_query",
-                        "expiring_within_secs must be a number of seconds",
-                    )
-                })?;
+            if let Some(within) = within {
                 list.retain(|i| {
                     i.status == "active"
                         && i.expires_at
@@ -111,6 +109,7 @@ pub(super) async fn admin(
         }
         (&Method::POST, api::ADMIN_REVOCATIONS) => {
             let body: api::RevokeRequest = read_json(req, MAX_BODY).await?;
+            input::check_text("reason", &body.reason, input::MAX_REASON)?;
             if body.reason.trim().is_empty() {
                 return Err(Fail::new(
                     StatusCode::BAD_REQUEST,
@@ -214,10 +213,10 @@ pub(super) async fn admin(
             ))
         }
         (&Method::GET, api::ADMIN_AUDIT) => {
-            let limit = query_params(&req)
-                .get("limit")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(100u32)
+            let q = query_params(&req);
+            input::only_known(&q, &["limit"])?;
+            let limit = input::number::<u32>(&q, "limit")?
+                .unwrap_or(100)
                 .min(10_000);
             let events = blocking(move || db.audit_tail(limit)).await?;
             Ok(json_response(StatusCode::OK, &events))
@@ -229,6 +228,12 @@ pub(super) async fn admin(
         )),
     }
 }
+
+/// Labels a join token (and so an identity) may carry.
+const MAX_LABELS: usize = 32;
+
+/// The values of an identity's `status` (and of the list's filter).
+const IDENTITY_STATUSES: [&str; 5] = ["pending", "active", "expired", "stale", "revoked"];
 
 /// Default time a new root is published before it signs.
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(600);
@@ -288,14 +293,15 @@ pub(super) async fn create_token(
             ),
         ));
     }
+    if body.labels.len() > MAX_LABELS {
+        return Err(bad(
+            "bad_label",
+            format!("at most {MAX_LABELS} labels per token"),
+        ));
+    }
     let mut labels = serde_json::Map::new();
     for (k, v) in body.labels {
-        if k.is_empty() || k.len() > 63 || v.len() > 255 {
-            return Err(bad(
-                "bad_label",
-                format!("label {k:?}: keys are 1-63 bytes, values at most 255"),
-            ));
-        }
+        input::check_label(&k, &v)?;
         labels.insert(k, serde_json::Value::String(v));
     }
     let token = new_secret("wdt_");

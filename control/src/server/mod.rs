@@ -46,6 +46,7 @@ use crate::store::{
 };
 
 mod admin;
+mod input;
 mod limiter;
 mod maintain;
 mod metrics;
@@ -53,6 +54,7 @@ mod workload;
 
 pub use admin::{DEFAULT_ROTATION_GRACE, MAX_ROTATION_GRACE, MIN_ROTATION_GRACE};
 use admin::{admin, admin_auth};
+use input::{percent_decode, query_params, read_json};
 use maintain::{maintain_authorities, poll_changes};
 use metrics::serve_metrics;
 use workload::{join, renew, watch_changes};
@@ -666,61 +668,6 @@ async fn route(
     }
 }
 
-/// How much of an oversized body is read and thrown away (within
-/// `DRAIN_TIME`) before the 413 goes out: a client still sending its body
-/// then reads the answer instead of a reset connection.
-const DRAIN_MAX: usize = 4 << 20;
-const DRAIN_TIME: Duration = Duration::from_secs(2);
-
-async fn read_json<T: DeserializeOwned>(req: Request<Incoming>, limit: usize) -> Result<T, Fail> {
-    let too_large = || {
-        Fail::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("request body exceeds {limit} bytes"),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > DRAIN_MAX) {
-        return Err(too_large());
-    }
-    let bad_body = |e: hyper::Error| Fail::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string());
-    let mut body = req.into_body();
-    let mut bytes = Vec::new();
-    let mut seen = declared.filter(|&n| n > limit).unwrap_or(0);
-    while seen <= limit {
-        let Some(frame) = body.frame().await else {
-            break;
-        };
-        if let Ok(data) = frame.map_err(bad_body)?.into_data() {
-            seen += data.len();
-            if seen <= limit {
-                bytes.extend_from_slice(&data);
-            }
-        }
-    }
-    if seen > limit {
-        // Bounded in bytes and time; whatever happens, the answer is 413.
-        let _ = tokio::time::timeout(DRAIN_TIME, async {
-            let mut drained = 0;
-            while drained <= DRAIN_MAX {
-                match body.frame().await {
-                    Some(Ok(frame)) => drained += frame.data_ref().map_or(0, |d| d.len()),
-                    _ => break,
-                }
-            }
-        })
-        .await;
-        return Err(too_large());
-    }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| Fail::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))
-}
-
 /// Runs a blocking store call off the runtime.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
@@ -743,35 +690,4 @@ fn refused(
         AuditEvent::refused(event, &fail.code, fail.message.clone(), actor).with_id(id),
     ));
     fail
-}
-
-fn query_params(req: &Request<Incoming>) -> BTreeMap<String, String> {
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (!k.is_empty()).then(|| (k.to_owned(), percent_decode(v)))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(s.get(i + 1..i + 3).unwrap_or("zz"), 16)
-        {
-            out.push(b);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

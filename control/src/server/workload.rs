@@ -36,7 +36,7 @@ pub(super) fn sign(
         issued_at: unix_now(),
         expires_at: issued.not_after.0,
         kind: kind.to_owned(),
-        instance: instance.chars().take(200).collect(),
+        instance: instance.to_owned(),
         revoked: false,
     };
     Ok(Signed {
@@ -59,6 +59,7 @@ pub(super) async fn join(
     let actor = remote.to_string();
     let body: api::JoinRequest = read_json(req, MAX_BODY)
         .await
+        .and_then(|body: api::JoinRequest| input::check_instance(&body.instance).map(|()| body))
         .map_err(|f| refused(state, "join", &actor, None, f))?;
     let hash = digest_hex(body.token.as_bytes());
     let actor = format!("token:{}", &hash[..12]);
@@ -109,6 +110,7 @@ pub(super) async fn renew(
     let id = caller.id.to_string();
     let body: api::RenewRequest = read_json(req, MAX_BODY)
         .await
+        .and_then(|body: api::RenewRequest| input::check_instance(&body.instance).map(|()| body))
         .map_err(|f| refused(state, "renew", &id, Some(&id), f))?;
     let cas = state.cas.clone();
     let db = state.db.clone();

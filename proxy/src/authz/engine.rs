@@ -532,9 +532,8 @@ impl PolicyEngine {
             errors,
             policy_version,
         };
-        if !allow {
-            tracing::info!(target: "warden::audit", "{}", decision.audit_json());
-        }
+        // The caller writes the audit line: it knows the request (id,
+        // trace, path), which a second line here would not.
         decision
     }
 }

@@ -178,3 +178,26 @@ pub struct CaRotateRequest {
     #[serde(default)]
     pub grace_secs: Option<u64>,
 }
+
+/// Characters no free-text field of this API may hold, and that the CLI
+/// never prints raw: controls (C0, DEL, C1) and the bidirectional
+/// formatting characters that reorder what a terminal shows.
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// Longest `instance` a sidecar may give (a host and pod name, a pid).
+pub const MAX_INSTANCE: usize = 253;
+
+/// Whether `instance` may name a sidecar in the inventory: at most
+/// [`MAX_INSTANCE`] bytes of letters, digits and `.-_:/@+`.
+pub fn is_valid_instance(instance: &str) -> bool {
+    instance.len() <= MAX_INSTANCE
+        && instance
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:/@+".contains(&b))
+}

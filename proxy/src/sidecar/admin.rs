@@ -1,5 +1,8 @@
 //! The admin server, apart from traffic ports: `/live`, `/ready`,
-//! `/identity`, `/policy` and `/metrics`.
+//! `/identity`, `/policy` and `/metrics`, open to anything that can reach
+//! it (keep it on loopback), and `PUT /logging`, which needs the bearer
+//! token the sidecar wrote to `admin.token_file`: anything on the pod's
+//! loopback (a compromised app, an SSRF in it) can reach the admin port.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,6 +15,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use super::Shared;
@@ -118,8 +122,76 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     }
 }
 
+/// The credential of mutating admin requests: a random token written to a
+/// file only the sidecar's user can read.
+pub(crate) struct AdminToken {
+    digest: [u8; 32],
+}
+
+impl AdminToken {
+    /// Makes a fresh token and writes it to `path`, mode 0600.
+    pub fn create(path: &std::path::Path) -> std::io::Result<Self> {
+        use std::io::Write as _;
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        let token: String = (0..32)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        // An existing file keeps its mode on open: narrow it.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(token.as_bytes())?;
+        file.write_all(b"\n")?;
+        Ok(AdminToken {
+            digest: Sha256::digest(token.as_bytes()).into(),
+        })
+    }
+
+    /// Whether `authorization` is `Bearer <token>` (scheme in any case).
+    fn accepts(&self, authorization: Option<&header::HeaderValue>) -> bool {
+        let Some(value) = authorization.and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let Some((scheme, token)) = value.trim().split_once(' ') else {
+            return false;
+        };
+        // Digests compared, so the comparison's time says nothing of the token.
+        scheme.eq_ignore_ascii_case("bearer")
+            && <[u8; 32]>::from(Sha256::digest(token.trim().as_bytes())) == self.digest
+    }
+}
+
+/// Why a mutating request is refused, or `None` when it carries the token.
+fn refuse_mutation(req: &Request<Incoming>, shared: &Shared) -> Option<Response<Full<Bytes>>> {
+    let Some(token) = &shared.admin_token else {
+        return Some(reply(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "the admin API is read-only: set admin.token_file to allow changes\n".into(),
+        ));
+    };
+    if token.accepts(req.headers().get(header::AUTHORIZATION)) {
+        return None;
+    }
+    let mut response = reply(
+        StatusCode::UNAUTHORIZED,
+        "text/plain",
+        "send Authorization: Bearer <the token in admin.token_file>\n".into(),
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    Some(response)
+}
+
 /// `GET /logging`: the log filter in force. `PUT /logging` with a filter
-/// (RUST_LOG syntax, e.g. `info,warden::access=info`) as the body: replace it.
+/// (RUST_LOG syntax, e.g. `info,warden::access=info`) as the body, and the
+/// admin token: replace it. Audit lines do not go through this filter.
 async fn logging(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     use http_body_util::BodyExt;
     let Some(control) = &shared.log_control else {
@@ -132,6 +204,10 @@ async fn logging(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
     let new = match *req.method() {
         Method::GET | Method::HEAD => None,
         Method::PUT => {
+            if let Some(refusal) = refuse_mutation(&req, shared) {
+                tracing::warn!(target: "warden::audit", "admin: PUT /logging refused: no valid token");
+                return refusal;
+            }
             let limited = http_body_util::Limited::new(req.into_body(), 4096);
             match limited.collect().await {
                 Ok(body) => Some(String::from_utf8_lossy(&body.to_bytes()).trim().to_owned()),

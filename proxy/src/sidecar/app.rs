@@ -203,28 +203,23 @@ pub struct AppClients {
 }
 
 impl AppClients {
-    pub fn new(
-        app: &AppAddr,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
-        window: u32,
-    ) -> Self {
+    pub fn new(app: &AppAddr, limits: &super::config::Limits) -> Self {
         let connector = AppConnector {
             app: app.clone(),
-            timeout: connect_timeout,
+            timeout: limits.app_connect_timeout,
         };
         let h1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(idle_timeout)
+            .pool_idle_timeout(limits.idle_timeout)
             .pool_max_idle_per_host(MAX_IDLE_APP_CONNECTIONS)
-            // The read buffer is what a slow caller makes the sidecar hold.
-            .http1_max_buf_size(usize::try_from(window).unwrap_or(usize::MAX).max(8192))
+            // The read buffer (so each chunk read from the app) is part of
+            // what a slow caller makes the sidecar hold.
+            .http1_max_buf_size(limits.buffer_window as usize)
             .build(connector);
         AppClients {
             h1,
             h2: AppH2 {
                 app: app.clone(),
-                connect_timeout,
-                window,
+                limits: limits.clone(),
                 current: tokio::sync::Mutex::new(None),
             },
         }
@@ -262,8 +257,7 @@ impl AppClients {
 /// each request, so the app sees the host the caller named.
 struct AppH2 {
     app: AppAddr,
-    connect_timeout: Duration,
-    window: u32,
+    limits: super::config::Limits,
     current: tokio::sync::Mutex<Option<SendRequest<CallerBody>>>,
 }
 
@@ -278,10 +272,10 @@ impl AppH2 {
         }
         let io = self
             .app
-            .connect(self.connect_timeout)
+            .connect(self.limits.app_connect_timeout)
             .await
             .map_err(AppError::Connect)?;
-        let (sender, connection) = super::tuned_h2_client(self.window)
+        let (sender, connection) = super::tuned_h2_client(&self.limits)
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| AppError::Exchange(format!("HTTP/2 handshake: {}", error_chain(&e))))?;

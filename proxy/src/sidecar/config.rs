@@ -219,6 +219,17 @@ impl ControlConfig {
                 "required with control.address (or control.state_dir holding an SVID from an earlier run)",
             ));
         }
+        if let Some(instance) = &self.instance
+            && !crate::control::api::is_valid_instance(instance)
+        {
+            return Err(key_error(
+                "control.instance",
+                format!(
+                    "at most {} bytes of letters, digits and .-_:/@+",
+                    crate::control::api::MAX_INSTANCE
+                ),
+            ));
+        }
         if self.policies && authz.policies.is_some() {
             return Err(key_error(
                 "authz.policies",
@@ -411,12 +422,17 @@ pub struct RouteConfig {
 pub struct AdminConfig {
     /// `/live`, `/ready`, `/identity`, `/metrics`. Keep it on loopback.
     pub listen: SocketAddr,
+    /// Where the sidecar writes (mode 0600, anew at each start) the bearer
+    /// token that mutating admin requests (`PUT /logging`) must carry.
+    /// Unset: the admin API is read-only.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 15000)),
+            token_file: None,
         }
     }
 }
@@ -452,11 +468,15 @@ pub struct Limits {
     /// Connecting (TCP and TLS) to a peer sidecar: past this, 504.
     #[serde(deserialize_with = "duration")]
     pub peer_connect_timeout: Duration,
-    /// Bytes of one request or response body the sidecar reads ahead of a
-    /// slow consumer, per stream or connection and per direction (HTTP/2
-    /// stream windows and send buffers, HTTP/1 read buffers): past it the
-    /// sender waits (backpressure) instead of the sidecar buffering.
+    /// Bytes of a body the sidecar holds ahead of a slow consumer, per
+    /// HTTP/1 connection or HTTP/2 stream: HTTP/1 responses are paced to
+    /// what the connection has written, reads from the app and HTTP/2
+    /// send buffers stop at it; past it the sender waits (backpressure).
+    /// Also the largest response head accepted from the app.
     pub buffer_window: u32,
+    /// HTTP/2 flow-control window per stream (the connection's is 16
+    /// times it): what a peer may send ahead of a slow consumer.
+    pub h2_stream_window: u32,
     /// Open connections per listener. At the cap, the connection idle the
     /// longest is closed to make room; with none idle, the new one is
     /// closed at once.
@@ -486,7 +506,8 @@ impl Default for Limits {
             app_connect_timeout: Duration::from_secs(2),
             app_response_timeout: Duration::from_secs(60),
             peer_connect_timeout: Duration::from_secs(5),
-            buffer_window: 64 * 1024,
+            buffer_window: 16 * 1024,
+            h2_stream_window: 65_535,
             max_connections: 10_000,
             max_connections_per_source: 1_000,
             max_handshake_failures: 20,
@@ -503,8 +524,8 @@ pub const MAX_COUNT: usize = 1_000_000;
 /// hyper's floor for its read buffer.
 pub const MIN_HEADER_BYTES: usize = 8 * 1024;
 
-/// Bounds of `limits.buffer_window`: hyper's HTTP/1 buffer floor, and a
-/// ceiling past which the window no longer bounds anything useful.
+/// Bounds of `limits.buffer_window` and `limits.h2_stream_window`: hyper's
+/// HTTP/1 buffer floor, and a ceiling past which they bound nothing useful.
 pub const MIN_BUFFER_WINDOW: u32 = 8 * 1024;
 pub const MAX_BUFFER_WINDOW: u32 = 16 * 1024 * 1024;
 
@@ -591,13 +612,30 @@ impl SidecarConfig {
         env: impl IntoIterator<Item = (String, String)>,
         sets: &[String],
     ) -> Result<Self, ConfigError> {
-        let mut table = match file {
+        let text = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::Syntax {
+                Some(
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                        path: path.to_owned(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        Self::parse(file.zip(text.as_deref()), env, sets)
+    }
+
+    /// As [`SidecarConfig::load`], with the file's text already read
+    /// (`(path, text)`; the path only names it in errors).
+    pub fn parse(
+        file: Option<(&Path, &str)>,
+        env: impl IntoIterator<Item = (String, String)>,
+        sets: &[String],
+    ) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some((path, text)) => {
+                toml::from_str::<toml::Table>(text).map_err(|e| ConfigError::Syntax {
                     path: path.to_owned(),
                     message: e.to_string(),
                 })?
@@ -733,14 +771,16 @@ impl SidecarConfig {
                 ),
             ));
         }
-        if !(MIN_BUFFER_WINDOW..=MAX_BUFFER_WINDOW).contains(&l.buffer_window) {
-            return Err(key_error(
-                "limits.buffer_window",
-                format!(
-                    "{} is outside {MIN_BUFFER_WINDOW}..={MAX_BUFFER_WINDOW}",
-                    l.buffer_window
-                ),
-            ));
+        for (key, value) in [
+            ("limits.buffer_window", l.buffer_window),
+            ("limits.h2_stream_window", l.h2_stream_window),
+        ] {
+            if !(MIN_BUFFER_WINDOW..=MAX_BUFFER_WINDOW).contains(&value) {
+                return Err(key_error(
+                    key,
+                    format!("{value} is outside {MIN_BUFFER_WINDOW}..={MAX_BUFFER_WINDOW}"),
+                ));
+            }
         }
         for (key, value) in [
             ("limits.max_connections", l.max_connections),

@@ -25,8 +25,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-use super::http::{Body, Guarded};
+use super::http::Body;
 use super::metrics::Direction;
+use super::pacing::{Paced, WriteProgress};
 use super::splice::{self, PeerValidity};
 use super::{Shared, shutting_down};
 
@@ -52,6 +53,8 @@ pub(crate) struct Activity {
     /// Asked to close to make room for another connection.
     evicted: AtomicBool,
     evict: Notify,
+    /// What the connection has written, for pacing HTTP/1 responses.
+    progress: Arc<WriteProgress>,
 }
 
 /// A request in flight on a connection, until its response body ends.
@@ -75,6 +78,7 @@ impl Activity {
             multiplexed: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
             evict: Notify::new(),
+            progress: Arc::new(WriteProgress::default()),
         }
     }
 
@@ -250,7 +254,11 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut table = lock(&self.table.inner);
         table.open = table.open.saturating_sub(1);
-        if table.http.remove(&self.id).is_some_and(|a| a.evicted.load(Ordering::Acquire)) {
+        if table
+            .http
+            .remove(&self.id)
+            .is_some_and(|a| a.evicted.load(Ordering::Acquire))
+        {
             table.leaving = table.leaving.saturating_sub(1);
         }
         if let Some(n) = table.by_source.get_mut(&self.source) {
@@ -347,13 +355,12 @@ pub(crate) async fn accept_loop<F, Fut>(
             }
         };
         let source_ip = source.ip().to_canonical();
-        let admitted = if direction == Direction::Inbound
-            && shared.handshake_failures.blocked(source_ip)
-        {
-            Err(Refused::HandshakeFailures)
-        } else {
-            table.admit(source_ip)
-        };
+        let admitted =
+            if direction == Direction::Inbound && shared.handshake_failures.blocked(source_ip) {
+                Err(Refused::HandshakeFailures)
+            } else {
+                table.admit(source_ip)
+            };
         let slot = match admitted {
             Ok((slot, evicted)) => {
                 if evicted {
@@ -406,7 +413,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Observed<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.activity.progress.wrote(n);
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -414,7 +425,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Observed<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.activity.progress.wrote(n);
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -450,17 +465,17 @@ pub(crate) async fn serve_http<I, F, Fut>(
     let activity = Arc::new(Activity::new());
     slot.track(activity.clone());
     let counted = activity.clone();
+    let window = u64::from(shared.config.limits.buffer_window);
     let service = service_fn(move |req: Request<Incoming>| {
         let in_flight = counted.begin(req.version());
+        // HTTP/2 streams are bounded by flow control and the send buffer.
+        let progress = (req.version() != Version::HTTP_2).then(|| counted.progress.clone());
         let response = handler(req);
         async move {
             let response = response.await;
             // Still in flight while the body streams: an idle check must
             // not retire a connection in the middle of a long response.
-            Ok::<_, Infallible>(response.map(|body| Guarded {
-                body,
-                _guard: in_flight,
-            }))
+            Ok::<_, Infallible>(response.map(|body| Paced::new(body, in_flight, progress, window)))
         }
     });
     let io = Observed {

@@ -204,32 +204,6 @@ where
     body.map_err(Into::into).boxed()
 }
 
-/// A body that holds `G` until it is finished or dropped.
-pub struct Guarded<G> {
-    pub body: Body,
-    pub _guard: G,
-}
-
-impl<G: Unpin> http_body::Body for Guarded<G> {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
 /// A caller's request body on its way upstream, remembering whether
 /// reading it failed (a malformed chunked encoding, a stream the caller
 /// reset): the upstream request then fails, and the fault is the caller's

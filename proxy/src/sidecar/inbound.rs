@@ -17,8 +17,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
 
+use super::Shared;
 use super::app::{AppAddr, AppClients, AppError};
 use super::config::{AppProtocol, InboundMode};
+use super::connections::{Slot, accept_loop, serve_http};
 use super::http::{
     Body, PEER_ID, REQUEST_ID, Refusal, XFCC, boxed, error_chain, is_grpc, malformed_body,
     relay_upgrade, request_id, restore_upgrade, strip_hop_by_hop, strip_reserved, strip_response,
@@ -28,8 +30,6 @@ use super::metrics::{Direction, Handshake, handshake_failure};
 use super::normalize::{Host, NormalizeError, Target, normalize_request};
 use super::splice::{Lapse, PeerValidity, lapsed, splice};
 use super::telemetry::{self, ActiveSpan, Attributes, Kind};
-use super::Shared;
-use super::connections::{Slot, accept_loop, serve_http};
 use crate::authz::{
     Decision, HttpRequestFacts, Peer, PeerAuthorizer, TcpConnectionFacts, UnauthenticatedKind,
 };
@@ -142,13 +142,17 @@ impl Inbound {
         {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
-                self.shared.handshake_failures.failed(source.ip().to_canonical());
+                self.shared
+                    .handshake_failures
+                    .failed(source.ip().to_canonical());
                 metrics.handshake(Direction::Inbound, Handshake::Failed(handshake_failure(&e)));
                 tracing::info!(%source, error = %e, "inbound TLS handshake failed");
                 return None;
             }
             Err(_) => {
-                self.shared.handshake_failures.failed(source.ip().to_canonical());
+                self.shared
+                    .handshake_failures
+                    .failed(source.ip().to_canonical());
                 metrics.handshake(Direction::Inbound, Handshake::Timeout);
                 tracing::info!(%source, "inbound TLS handshake timed out");
                 return None;

@@ -16,6 +16,7 @@ mod inbound;
 pub mod metrics;
 pub mod normalize;
 mod outbound;
+mod pacing;
 mod peer;
 mod splice;
 pub mod telemetry;
@@ -65,6 +66,8 @@ pub enum SidecarError {
     Telemetry(String),
     #[error("{key}: {message}")]
     Control { key: &'static str, message: String },
+    #[error("admin.token_file: {0}")]
+    Admin(String),
 }
 
 /// State every listener and connection of one sidecar shares.
@@ -86,6 +89,8 @@ pub(crate) struct Shared {
     pub traces: Option<telemetry::Tracing>,
     /// The log filter, changeable through the admin API.
     pub log_control: Option<LogControl>,
+    /// The credential of mutating admin requests (`admin.token_file`).
+    admin_token: Option<admin::AdminToken>,
     /// With a control plane: policy bundles from its watch (when
     /// `control.policies`), and what the watch has applied.
     control_policies: Option<watch::Receiver<Option<crate::control::api::PolicyUpdate>>>,
@@ -147,15 +152,18 @@ fn connection_window(window: u32) -> u32 {
     window.saturating_mul(16)
 }
 
-/// An HTTP/2 client (to peer sidecars and h2c apps) that holds at most
-/// `window` bytes per stream in each direction.
-pub(crate) fn tuned_h2_client(window: u32) -> hyper::client::conn::http2::Builder<TokioExecutor> {
+/// An HTTP/2 client (to peer sidecars and h2c apps) bounded by `limits`:
+/// the peer may send `h2_stream_window` ahead per stream, and at most
+/// `buffer_window` waits to be sent per stream.
+pub(crate) fn tuned_h2_client(
+    limits: &config::Limits,
+) -> hyper::client::conn::http2::Builder<TokioExecutor> {
     let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
-        .initial_stream_window_size(window)
-        .initial_connection_window_size(connection_window(window))
-        .max_send_buf_size(window as usize)
+        .initial_stream_window_size(limits.h2_stream_window)
+        .initial_connection_window_size(connection_window(limits.h2_stream_window))
+        .max_send_buf_size(limits.buffer_window as usize)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
     builder
@@ -171,12 +179,16 @@ fn http_builder(config: &SidecarConfig) -> auto::Builder<TokioExecutor> {
         // hyper's timer also runs while a keep-alive connection is idle.
         .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes)
+        // Copy body chunks into one bounded write buffer rather than queue
+        // them: a queued chunk pins the whole read buffer it was cut from,
+        // which is what a slow reader makes the sidecar hold.
+        .writev(false)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .initial_stream_window_size(limits.buffer_window)
-        .initial_connection_window_size(connection_window(limits.buffer_window))
+        .initial_stream_window_size(limits.h2_stream_window)
+        .initial_connection_window_size(connection_window(limits.h2_stream_window))
         .max_send_buf_size(limits.buffer_window as usize)
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_pending_accept_reset_streams(limits.h2_max_pending_resets)
@@ -302,10 +314,17 @@ impl Sidecar {
 
         let traces = telemetry::Tracing::from_env(&format!("warden-{}", config.service.name))
             .map_err(SidecarError::Telemetry)?;
+        let admin_token = match &config.admin.token_file {
+            Some(path) => Some(admin::AdminToken::create(path).map_err(|e| {
+                SidecarError::Admin(format!("cannot write {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
         let shared_limits = config.limits.clone();
         let shared = Arc::new(Shared {
             traces,
             log_control,
+            admin_token,
             builder: http_builder(&config),
             inflight: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
             config,
@@ -352,12 +371,7 @@ impl Sidecar {
                 .app
                 .clone()
                 .unwrap_or(app::AppAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 0))));
-            let clients = app::AppClients::new(
-                &app,
-                shared.config.limits.app_connect_timeout,
-                shared.config.limits.idle_timeout,
-                shared.config.limits.buffer_window,
-            );
+            let clients = app::AppClients::new(&app, &shared.config.limits);
             let app_authority = match &app {
                 app::AppAddr::Tcp(addr) => addr.to_string(),
                 app::AppAddr::Unix(_) => "localhost".to_owned(),
@@ -391,8 +405,7 @@ impl Sidecar {
                 upstream,
                 identity.clone(),
                 tls,
-                shared.config.limits.peer_connect_timeout,
-                shared.config.limits.buffer_window,
+                shared.config.limits.clone(),
                 store.clone(),
                 shared.metrics.clone(),
             );
@@ -639,8 +652,21 @@ fn start_control(
     let client = ControlClient::new(addr, server_id.clone(), store.clone())
         .map_err(|e| err("control.address", e.to_string()))?;
     let instance = config.instance.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        format!("{}/{}", host.trim(), std::process::id())
+        // The kernel takes any bytes as a host name; the inventory does not.
+        let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .chars()
+            .take(200)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || ".-_".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{host}/{}", std::process::id())
     });
     let source = ControlSource::new(
         client.clone(),

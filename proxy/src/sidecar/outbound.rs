@@ -13,7 +13,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::Shared;
 use super::config::{RouteProtocol, normalize_authority};
+use super::connections::{Slot, accept_loop, serve_http};
 use super::http::{
     Body, CallerBody, ORIG_PROTO, ORIG_PROTO_HTTP1, Refusal, boxed, error_chain, is_grpc,
     malformed_body, relay_upgrade, request_host, request_id, restore_upgrade, strip_hop_by_hop,
@@ -23,8 +25,6 @@ use super::metrics::Direction;
 use super::peer::{Carrying, PeerChannel, PeerError, PeerFacts};
 use super::splice::splice;
 use super::telemetry::{self, ActiveSpan, Attributes, Kind};
-use super::Shared;
-use super::connections::{Slot, accept_loop, serve_http};
 
 /// One destination: a peer sidecar and the identity it must prove.
 pub(crate) struct Route {

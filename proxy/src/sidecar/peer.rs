@@ -61,8 +61,8 @@ pub struct PeerChannel {
     tls_http1: TlsConnector,
     tls_opaque: TlsConnector,
     connect_timeout: Duration,
-    /// Per-stream flow-control window and send buffer (`limits.buffer_window`).
-    window: u32,
+    /// Windows and buffers of the HTTP/2 connection.
+    limits: super::config::Limits,
     svid_generation: watch::Receiver<u64>,
     store: Arc<SvidStore>,
     metrics: Arc<Metrics>,
@@ -82,8 +82,7 @@ impl PeerChannel {
         addr: SocketAddr,
         expected: SpiffeId,
         tls: Arc<ClientConfig>,
-        connect_timeout: Duration,
-        window: u32,
+        limits: super::config::Limits,
         store: Arc<SvidStore>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -98,8 +97,8 @@ impl PeerChannel {
             tls_http1: with_alpn(&[b"http/1.1"]),
             tls_opaque: with_alpn(&[]),
             tls: with_alpn(&[b"h2"]),
-            connect_timeout,
-            window,
+            connect_timeout: limits.peer_connect_timeout,
+            limits,
             svid_generation: store.subscribe(),
             store,
             metrics,
@@ -189,7 +188,7 @@ impl PeerChannel {
                 reason: "ALPN did not select h2".into(),
             });
         }
-        let (sender, connection) = super::tuned_h2_client(self.window)
+        let (sender, connection) = super::tuned_h2_client(&self.limits)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|e| PeerError::Protocol {

@@ -23,7 +23,7 @@ use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use tokio::sync::Notify;
 
-pub use context::{Parent, Sampler};
+pub use context::{Parent, Sampler, format_traceparent, parse_traceparent};
 pub use otlp::{Attributes, Kind};
 use otlp::{Protocol, Sender};
 
