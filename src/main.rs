@@ -36,8 +36,25 @@ struct Cli {
         default_value = "text"
     )]
     log_format: LogFormat,
+    /// What the audit log (target `warden::audit`, on stderr whatever the
+    /// log filter) records: `deny` (denied requests and connections,
+    /// refused admin calls) or `all` (allowed requests too).
+    #[arg(
+        long,
+        global = true,
+        env = "WARDEN_AUDIT",
+        value_enum,
+        default_value = "deny"
+    )]
+    audit: AuditLevel,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AuditLevel {
+    Deny,
+    All,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -46,14 +63,18 @@ enum LogFormat {
     Json,
 }
 
-/// Audit records (`warden::audit`) go to their own sink at `info` and up,
-/// which neither `--log` nor the admin API's log filter can turn off.
+/// Audit records (`warden::audit`) go to their own sink, which neither
+/// `--log` nor the admin API's log filter can turn off.
 const AUDIT_TARGET: &str = "warden::audit";
 
 /// Installs the log subscriber, to stderr: the log lines, with a filter
 /// that can be replaced while running (the sidecar's admin API does), and
 /// the audit lines, which that filter does not govern.
-fn init_logging(filter: &str, format: LogFormat) -> warden_proxy::sidecar::LogControl {
+fn init_logging(
+    filter: &str,
+    format: LogFormat,
+    audit: AuditLevel,
+) -> warden_proxy::sidecar::LogControl {
     use tracing_subscriber::Layer;
     use tracing_subscriber::filter::filter_fn;
     use tracing_subscriber::layer::SubscriberExt;
@@ -74,10 +95,15 @@ fn init_logging(filter: &str, format: LogFormat) -> warden_proxy::sidecar::LogCo
         .with_filter(filter_fn(|meta| meta.target() != AUDIT_TARGET))
         .with_filter(log_filter)
         .boxed();
+    // Denies are audited at warn, allowed requests at debug.
+    let audit_level = match audit {
+        AuditLevel::Deny => tracing::Level::INFO,
+        AuditLevel::All => tracing::Level::DEBUG,
+    };
     let audit = sink()
-        .with_filter(filter_fn(|meta| {
-            meta.target() == AUDIT_TARGET && *meta.level() <= tracing::Level::INFO
-        }))
+        .with_filter(
+            tracing_subscriber::filter::Targets::new().with_target(AUDIT_TARGET, audit_level),
+        )
         .boxed();
     let _ = tracing_subscriber::registry()
         .with(vec![logs, audit])
@@ -439,7 +465,7 @@ enum IdCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let log_control = init_logging(&cli.log, cli.log_format);
+    let log_control = init_logging(&cli.log, cli.log_format, cli.audit);
     warden_proxy::tls::install_default_provider();
     let result = match cli.command {
         Command::Ca(CaCommand::Init(args)) => cli::ca::init(args),

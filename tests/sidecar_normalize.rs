@@ -23,7 +23,7 @@ server {
   listen LISTEN default_server;
   server_name _;
   location /admin { return 200 "ADMIN uri=$request_uri host=$http_host\n"; }
-  location / { return 200 "app uri=$request_uri host=$http_host\n"; }
+  location / { return 200 "app uri=$request_uri host=$http_host$http_x_original_url\n"; }
 }
 server {
   listen LISTEN;
@@ -243,17 +243,36 @@ async fn allowed_spellings_reach_nginx_in_the_form_the_policy_saw() {
     let (status, body) = h2(inbound, "http://App.Example.:80/x/../y", &[]).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body.trim(), "app uri=/y host=app.example");
-    // HTTP/1.0 may omit Host.
-    let (status, body) = h1(inbound, "GET /a/./b HTTP/1.0\r\n\r\n").await;
+    // Raw UTF-8 reaches the app in the one spelling the policy saw.
+    let (status, body) = h1(inbound, &get_head("/café", "app.example")).await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.starts_with("app uri=/a/b"), "{body}");
+    assert_eq!(body.trim(), "app uri=/caf%C3%A9 host=app.example");
+    // Headers that some frameworks take as the real URL do not reach it.
+    let (status, body) = h1(
+        inbound,
+        "GET / HTTP/1.1\r\nHost: app.example\r\nX-Original-URL: /admin\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.trim(), "app uri=/ host=app.example");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_targets_and_hosts_are_refused_with_400() {
     let setup = setup(&[]).await;
     let inbound = setup.sidecar.inbound();
-    let cases: [(&str, u16); 8] = [
+    let cases: [(&str, u16); 11] = [
+        // No host at all, in any version: the app would pick one itself.
+        ("GET / HTTP/1.0\r\n\r\n", 400),
+        // A dot segment with parameters is `..` to Tomcat and Spring.
+        (
+            "GET /x/..;/admin HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        (
+            "GET /x/%2e%2e;x/admin HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n",
+            400,
+        ),
         (
             "GET / HTTP/1.1\r\nHost: app.example\r\nHost: admin.internal\r\nConnection: close\r\n\r\n",
             400,

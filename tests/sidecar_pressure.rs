@@ -286,6 +286,29 @@ async fn silent_connections_are_closed_and_idle_keepalive_lasts_its_timeout() {
         closed_within(&mut silent, Duration::from_secs(5)).await,
         "a connection that never sends a request is closed"
     );
+    // An HTTP/2 client may open its connection early and ask later: past
+    // the head timeout it is still served (h2 keep-alive and idle_timeout
+    // govern it, not the head timer).
+    let tcp = connect_from([127, 0, 0, 1], inbound).await;
+    let (h2, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut h2 = h2.ready().await.expect("still open past the head timeout");
+    let (response, _) = h2
+        .send_request(
+            http::Request::get("http://app/x")
+                .body(())
+                .expect("request"),
+            true,
+        )
+        .expect("send");
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("answer in time")
+        .expect("response");
+    assert_eq!(response.status(), 200);
+    drop(h2);
+    connection.abort();
     // A keep-alive connection idle longer than the head timeout but within
     // the idle timeout is still open and serves its next request.
     let mut keep = connect_from([127, 0, 0, 1], inbound).await;

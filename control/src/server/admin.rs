@@ -12,9 +12,7 @@ pub(super) fn admin_auth(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        // The scheme is case-insensitive (RFC 9110 11.1).
-        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token));
+        .and_then(api::bearer_token);
     let fail = match presented {
         None => Fail::new(
             StatusCode::UNAUTHORIZED,

@@ -108,10 +108,12 @@ pub(super) async fn renew(
         ));
     };
     let id = caller.id.to_string();
-    let body: api::RenewRequest = read_json(req, MAX_BODY)
+    let mut body: api::RenewRequest = read_json(req, MAX_BODY)
         .await
-        .and_then(|body: api::RenewRequest| input::check_instance(&body.instance).map(|()| body))
         .map_err(|f| refused(state, "renew", &id, Some(&id), f))?;
+    // Made plain rather than refused: a sidecar enrolled before the check
+    // must not lose its identity over its instance name.
+    body.instance = api::sanitize_instance(&body.instance);
     let cas = state.cas.clone();
     let db = state.db.clone();
     let (bound, serial) = (id.clone(), caller.serial.clone());

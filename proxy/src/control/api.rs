@@ -201,3 +201,29 @@ pub fn is_valid_instance(instance: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b".-_:/@+".contains(&b))
 }
+
+/// `instance` made acceptable: characters outside the allowed set become
+/// `_`, and it is cut to [`MAX_INSTANCE`] bytes. For names that come from
+/// elsewhere (the host name) and for sidecars older than the check.
+pub fn sanitize_instance(instance: &str) -> String {
+    instance
+        .bytes()
+        .take(MAX_INSTANCE)
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b".-_:/@+".contains(&b) {
+                char::from(b)
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The token of an `Authorization: Bearer <token>` value (the scheme in
+/// any case, RFC 9110 11.1).
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}

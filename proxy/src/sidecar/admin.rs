@@ -129,23 +129,34 @@ pub(crate) struct AdminToken {
 }
 
 impl AdminToken {
-    /// Makes a fresh token and writes it to `path`, mode 0600.
+    /// Makes a fresh token and writes it to `path`, mode 0600: into a new
+    /// file beside it (never through an existing file or symlink), then
+    /// renamed over `path`.
     pub fn create(path: &std::path::Path) -> std::io::Result<Self> {
         use std::io::Write as _;
-        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        use std::os::unix::fs::OpenOptionsExt as _;
         let token: String = (0..32)
             .map(|_| format!("{:02x}", rand::random::<u8>()))
             .collect();
-        let mut file = std::fs::OpenOptions::new()
+        let mut staged = path.as_os_str().to_owned();
+        staged.push(format!(".{}.tmp", std::process::id()));
+        let staged = std::path::PathBuf::from(staged);
+        let _ = std::fs::remove_file(&staged);
+        let written = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
-            .open(path)?;
-        // An existing file keeps its mode on open: narrow it.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        file.write_all(token.as_bytes())?;
-        file.write_all(b"\n")?;
+            .open(&staged)
+            .and_then(|mut file| {
+                file.write_all(token.as_bytes())?;
+                file.write_all(b"\n")?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&staged, path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&staged);
+            return Err(e);
+        }
         Ok(AdminToken {
             digest: Sha256::digest(token.as_bytes()).into(),
         })
@@ -153,15 +164,14 @@ impl AdminToken {
 
     /// Whether `authorization` is `Bearer <token>` (scheme in any case).
     fn accepts(&self, authorization: Option<&header::HeaderValue>) -> bool {
-        let Some(value) = authorization.and_then(|v| v.to_str().ok()) else {
-            return false;
-        };
-        let Some((scheme, token)) = value.trim().split_once(' ') else {
+        let Some(token) = authorization
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::control::api::bearer_token)
+        else {
             return false;
         };
         // Digests compared, so the comparison's time says nothing of the token.
-        scheme.eq_ignore_ascii_case("bearer")
-            && <[u8; 32]>::from(Sha256::digest(token.trim().as_bytes())) == self.digest
+        <[u8; 32]>::from(Sha256::digest(token.as_bytes())) == self.digest
     }
 }
 
@@ -205,7 +215,13 @@ async fn logging(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
         Method::GET | Method::HEAD => None,
         Method::PUT => {
             if let Some(refusal) = refuse_mutation(&req, shared) {
-                tracing::warn!(target: "warden::audit", "admin: PUT /logging refused: no valid token");
+                // At most one audit line a second: anything on loopback can
+                // send these, and audit lines cannot be filtered away.
+                static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let now = unix_seconds(SystemTime::now());
+                if LAST.swap(now, std::sync::atomic::Ordering::Relaxed) != now {
+                    tracing::warn!(target: "warden::audit", "admin: PUT /logging refused: no valid token");
+                }
                 return refusal;
             }
             let limited = http_body_util::Limited::new(req.into_body(), 4096);

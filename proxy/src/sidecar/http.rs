@@ -147,6 +147,12 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let from_caller = hyper::upgrade::on(&mut req);
+    // The tunnel keeps the caller's connection's place in its table (and
+    // busy, never closed to make room) after the HTTP side is done.
+    let busy = req
+        .extensions()
+        .get::<super::admission::Slot>()
+        .map(super::admission::Slot::busy);
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
     tracker.spawn(async move {
@@ -159,6 +165,7 @@ where
         let from_server = hyper::upgrade::on(&mut response);
         // Tracked, so a drain waits for the tunnel (up to its deadline).
         tracker.spawn(async move {
+            let _busy = busy;
             match tokio::join!(from_caller, from_server) {
                 (Ok(caller), Ok(server)) => {
                     let mut caller = hyper_util::rt::TokioIo::new(caller);

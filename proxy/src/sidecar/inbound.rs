@@ -18,9 +18,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
 
 use super::Shared;
+use super::admission::{Slot, accept_loop, source_key};
 use super::app::{AppAddr, AppClients, AppError};
 use super::config::{AppProtocol, InboundMode};
-use super::connections::{Slot, accept_loop, serve_http};
+use super::connections::serve_http;
 use super::http::{
     Body, PEER_ID, REQUEST_ID, Refusal, XFCC, boxed, error_chain, is_grpc, malformed_body,
     relay_upgrade, request_id, restore_upgrade, strip_hop_by_hop, strip_reserved, strip_response,
@@ -103,7 +104,12 @@ impl Inbound {
 
     async fn connection(self: Arc<Self>, stream: TcpStream, source: SocketAddr, slot: Slot) {
         let permissive = self.shared.config.inbound.mode == InboundMode::Permissive;
-        if let Some((io, info)) = self.accept_peer(stream, source, permissive).await {
+        // A connection still in its handshake can be asked to make room too.
+        let accepted = tokio::select! {
+            accepted = self.accept_peer(stream, source, permissive) => accepted,
+            () = slot.activity().evicted() => None,
+        };
+        if let Some((io, info)) = accepted {
             self.serve(io, info, slot).await;
         }
     }
@@ -133,6 +139,15 @@ impl Inbound {
                     return Some((Either::Left(stream), info));
                 }
                 Ok(Ok(1)) => {}
+                // Nothing sent within the handshake timeout: counted as a
+                // failed handshake, as a silent TLS client would be.
+                Err(_) => {
+                    self.shared
+                        .handshake_failures
+                        .failed(source_key(source.ip()));
+                    metrics.handshake(Direction::Inbound, Handshake::Timeout);
+                    return None;
+                }
                 _ => return None,
             }
         }
@@ -140,11 +155,18 @@ impl Inbound {
         let tls = match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream))
             .await
         {
-            Ok(Ok(tls)) => tls,
+            Ok(Ok(mut tls)) => {
+                // What rustls buffers for a slow reader is bounded too: the
+                // response pacing counts bytes handed to it, not sent.
+                tls.get_mut()
+                    .1
+                    .set_buffer_limit(Some(limits.buffer_window as usize));
+                tls
+            }
             Ok(Err(e)) => {
                 self.shared
                     .handshake_failures
-                    .failed(source.ip().to_canonical());
+                    .failed(source_key(source.ip()));
                 metrics.handshake(Direction::Inbound, Handshake::Failed(handshake_failure(&e)));
                 tracing::info!(%source, error = %e, "inbound TLS handshake failed");
                 return None;
@@ -152,7 +174,7 @@ impl Inbound {
             Err(_) => {
                 self.shared
                     .handshake_failures
-                    .failed(source.ip().to_canonical());
+                    .failed(source_key(source.ip()));
                 metrics.handshake(Direction::Inbound, Handshake::Timeout);
                 tracing::info!(%source, "inbound TLS handshake timed out");
                 return None;
@@ -201,23 +223,32 @@ impl Inbound {
             move |stream, source, slot| {
                 let this = self.clone();
                 let app = app.clone();
-                async move {
-                    this.opaque_connection(stream, source, &app).await;
-                    drop(slot);
-                }
+                async move { this.opaque_connection(stream, source, &app, slot).await }
             },
         )
         .await;
     }
 
-    async fn opaque_connection(&self, stream: TcpStream, source: SocketAddr, app: &AppAddr) {
+    async fn opaque_connection(
+        &self,
+        stream: TcpStream,
+        source: SocketAddr,
+        app: &AppAddr,
+        slot: Slot,
+    ) {
         let metrics = &self.shared.metrics;
         // Opaque protocols may have the server speak first, so there is no
         // first byte to wait for: TLS always (certificate optional in
         // permissive mode).
-        let Some((mut io, info)) = self.accept_peer(stream, source, false).await else {
+        let accepted = tokio::select! {
+            accepted = self.accept_peer(stream, source, false) => accepted,
+            () = slot.activity().evicted() => None,
+        };
+        let Some((mut io, info)) = accepted else {
             return;
         };
+        // From here the stream is in use: never closed to make room.
+        let _busy = slot.busy();
         let decision = match info.authorizer(&self.shared) {
             Some(authorizer) => authorizer.authorize_tcp(&TcpConnectionFacts {
                 source_ip: source.ip(),
@@ -446,6 +477,10 @@ impl Inbound {
         // One spelling of the path and host for the policy and the app.
         let target = normalize_request(&req, self.shared.config.inbound.path_rules())
             .map_err(|e| (normalize_refusal(&e), "none"))?;
+        // The headers say what the target says: one canonical Host (a
+        // policy reading `context.headers` sees it too), and no header an
+        // app framework would take as a different URL or method.
+        canonical_headers(req.headers_mut(), &target);
         // Sanitize first, so policy sees exactly the headers the app will.
         let upgrade = upgrade_protocol(&req);
         if let Some(protocol) = &upgrade {
@@ -504,16 +539,12 @@ impl Inbound {
         // the protocol it is declared to speak, whatever the caller spoke.
         let h2 = upgrade.is_none()
             && (grpc || self.shared.config.inbound.app_protocol == AppProtocol::H2);
-        // The app gets the host the policy saw, in the form it saw it:
-        // `Host` for HTTP/1.1, `:authority` for HTTP/2.
-        headers.remove(header::HOST);
-        let host = target.host.as_ref().map(Host::authority);
-        if !h2
-            && let Some(host) = &host
-            && let Ok(v) = HeaderValue::from_str(host)
-        {
-            headers.insert(header::HOST, v);
+        // The app gets the host the policy saw: `Host` holds it already
+        // (`canonical_headers`); HTTP/2 carries it as `:authority` instead.
+        if h2 {
+            headers.remove(header::HOST);
         }
+        let host = target.host.as_ref().map(Host::authority);
         // HTTP/1.1: a fixed authority, since the connection pool is keyed
         // by it and the caller must not be able to open a pool per Host
         // header. HTTP/2 has one connection, and names the host per request.
@@ -646,6 +677,30 @@ fn app_unavailable(app: &AppAddr, e: &std::io::Error, timeout: std::time::Durati
             StatusCode::SERVICE_UNAVAILABLE,
             format!("app at {app} is unavailable: {e}"),
         )
+    }
+}
+
+/// Headers some frameworks read as the real URL or method (Symfony and IIS
+/// rewrites, Rails and Express method overrides): a request carrying them
+/// would be routed to something the policy never decided on.
+const OVERRIDE_HEADERS: [&str; 5] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// `Host` set to the normalized host, and the override headers dropped.
+fn canonical_headers(headers: &mut http::HeaderMap, target: &Target) {
+    headers.remove(header::HOST);
+    if let Some(host) = &target.host
+        && let Ok(v) = HeaderValue::from_str(&host.authority())
+    {
+        headers.insert(header::HOST, v);
+    }
+    for name in OVERRIDE_HEADERS {
+        headers.remove(name);
     }
 }
 

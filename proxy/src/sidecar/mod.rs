@@ -8,6 +8,7 @@
 //! returns.
 
 pub mod admin;
+mod admission;
 pub mod app;
 pub mod config;
 mod connections;
@@ -84,7 +85,7 @@ pub(crate) struct Shared {
     builder: auto::Builder<TokioExecutor>,
     listeners_up: AtomicBool,
     /// Sources failing TLS handshakes, refused at accept for a while.
-    handshake_failures: connections::HandshakeFailures,
+    handshake_failures: admission::HandshakeFailures,
     /// Trace export, when `OTEL_EXPORTER_OTLP_ENDPOINT` asks for it.
     pub traces: Option<telemetry::Tracing>,
     /// The log filter, changeable through the admin API.
@@ -335,7 +336,7 @@ impl Sidecar {
             shutdown: shutdown_rx,
             tracker: TaskTracker::new(),
             listeners_up: AtomicBool::new(false),
-            handshake_failures: connections::HandshakeFailures::new(
+            handshake_failures: admission::HandshakeFailures::new(
                 shared_limits.max_handshake_failures,
                 HANDSHAKE_FAILURE_WINDOW,
             ),
@@ -653,20 +654,8 @@ fn start_control(
         .map_err(|e| err("control.address", e.to_string()))?;
     let instance = config.instance.clone().unwrap_or_else(|| {
         // The kernel takes any bytes as a host name; the inventory does not.
-        let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .unwrap_or_default()
-            .trim()
-            .chars()
-            .take(200)
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || ".-_".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        format!("{host}/{}", std::process::id())
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        crate::control::api::sanitize_instance(&format!("{}/{}", host.trim(), std::process::id()))
     });
     let source = ControlSource::new(
         client.clone(),

@@ -62,10 +62,13 @@ pub enum NormalizeError {
     EncodedSlash,
     /// A byte that is not allowed in a path (controls, space, raw `\`).
     BadPathByte(u8),
+    /// A dot segment with parameters (`..;x`): Tomcat, Jetty and Spring
+    /// read it as `..`, so it could climb where the policy saw no climb.
+    DotSegmentParams,
     /// More than one `Host` header, or `Host` and the request target's
     /// authority (`:authority`, absolute form) naming different hosts.
     ConflictingHost,
-    /// HTTP/1.1 without `Host` (RFC 9112 3.2).
+    /// No `Host` nor `:authority` (RFC 9112 3.2 requires one of HTTP/1.1).
     MissingHost,
     /// A host that is not a DNS name, IPv4 or bracketed IPv6 literal, or
     /// that carries user info or a bad port.
@@ -93,11 +96,16 @@ impl fmt::Display for NormalizeError {
             NormalizeError::BadPathByte(b) => {
                 write!(f, "byte 0x{b:02X} is not allowed in a path")
             }
+            NormalizeError::DotSegmentParams => {
+                write!(f, "a dot segment with parameters (`..;`) is refused")
+            }
             NormalizeError::ConflictingHost => write!(
                 f,
                 "conflicting hosts: more than one Host header, or Host and the request target disagree"
             ),
-            NormalizeError::MissingHost => write!(f, "an HTTP/1.1 request needs a Host header"),
+            NormalizeError::MissingHost => {
+                write!(f, "a request needs a Host header (or HTTP/2 :authority)")
+            }
             NormalizeError::BadHost => write!(f, "the host is not a valid host[:port]"),
             NormalizeError::Connect => write!(f, "CONNECT is not served by the inbound listener"),
         }
@@ -122,13 +130,13 @@ fn is_unreserved(b: u8) -> bool {
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
-/// Bytes a path may carry as they are: RFC 3986 `pchar` and `/`, plus the
-/// bytes above 0x7F that `http` accepts (UTF-8 sent raw); `%` is handled
-/// apart. Controls, space, `"`, `<`, `>`, `\`, `^`, `` ` ``, `{`, `|`,
-/// `}` and `#` are refused: apps disagree on what they mean.
+/// Bytes a path may carry as they are: RFC 3986 `pchar` and `/`; `%`, and
+/// the bytes above 0x7F that `http` accepts (UTF-8 sent raw, which the
+/// normal form percent-encodes), are handled apart. Controls, space, `"`,
+/// `<`, `>`, `\`, `^`, `` ` ``, `{`, `|`, `}` and `#` are refused: apps
+/// disagree on what they mean.
 fn is_path_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric()
-        || b >= 0x80
         || matches!(
             b,
             b'-' | b'.'
@@ -164,9 +172,9 @@ pub fn normalize_path(path: &str, rules: PathRules) -> Result<Cow<'_, str>, Norm
         return Ok(Cow::Borrowed(path));
     }
     let decoded = decode(bytes, rules)?;
-    let out = remove_dot_segments(&decoded, rules.merge_slashes);
-    // Only whole bytes of the input and ASCII were moved; a decoded escape
-    // is an ASCII unreserved character or a slash.
+    let out = remove_dot_segments(&decoded, rules.merge_slashes)?;
+    // Only ASCII is left: raw bytes above 0x7F were percent-encoded, and a
+    // decoded escape is an unreserved character or a slash.
     match String::from_utf8(out) {
         Ok(s) => Ok(Cow::Owned(s)),
         Err(_) => Err(NormalizeError::BadEscape),
@@ -208,25 +216,31 @@ fn is_canonical(bytes: &[u8], rules: PathRules) -> Result<bool, NormalizeError> 
                 continue;
             }
             b'/' => {
-                let segment = &bytes[seg_start..i];
-                if segment == b"."
-                    || segment == b".."
-                    || (rules.merge_slashes && segment.is_empty())
-                {
+                if !canonical_segment(&bytes[seg_start..i], rules) {
                     canonical = false;
                 }
                 seg_start = i + 1;
             }
+            // Raw UTF-8: the normal form has it percent-encoded.
+            0x80.. => canonical = false,
             _ if !is_path_byte(b) => return Err(NormalizeError::BadPathByte(b)),
             _ => {}
         }
         i += 1;
     }
     let last = bytes.get(seg_start..).unwrap_or_default();
-    if last == b"." || last == b".." {
+    // A last empty segment is a trailing slash, which stays.
+    if !last.is_empty() && !canonical_segment(last, rules) {
         canonical = false;
     }
     Ok(canonical)
+}
+
+/// Whether one segment (between slashes) is already in normal form as far
+/// as dot segments and empty segments go.
+fn canonical_segment(segment: &[u8], rules: PathRules) -> bool {
+    let name = segment.split(|b| *b == b';').next().unwrap_or_default();
+    !(name == b"." || name == b".." || (rules.merge_slashes && segment.is_empty()))
 }
 
 /// Percent-decoding of unreserved characters (and slashes under
@@ -236,6 +250,15 @@ fn decode(bytes: &[u8], rules: PathRules) -> Result<Vec<u8>, NormalizeError> {
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
+        if b >= 0x80 {
+            out.extend_from_slice(&[
+                b'%',
+                HEX_UPPER[usize::from(b >> 4)],
+                HEX_UPPER[usize::from(b & 0xf)],
+            ]);
+            i += 1;
+            continue;
+        }
         if b != b'%' {
             if !is_path_byte(b) {
                 return Err(NormalizeError::BadPathByte(b));
@@ -271,7 +294,7 @@ fn decode(bytes: &[u8], rules: PathRules) -> Result<Vec<u8>, NormalizeError> {
 }
 
 /// RFC 3986 5.2.4 over segments, optionally dropping empty ones.
-fn remove_dot_segments(path: &[u8], merge_slashes: bool) -> Vec<u8> {
+fn remove_dot_segments(path: &[u8], merge_slashes: bool) -> Result<Vec<u8>, NormalizeError> {
     let mut segments: Vec<&[u8]> = Vec::new();
     // The input starts with `/`; split what follows.
     let mut parts = path[1..].split(|b| *b == b'/').peekable();
@@ -280,6 +303,10 @@ fn remove_dot_segments(path: &[u8], merge_slashes: bool) -> Vec<u8> {
     let mut trailing = false;
     while let Some(segment) = parts.next() {
         let last = parts.peek().is_none();
+        let name = segment.split(|b| *b == b';').next().unwrap_or_default();
+        if name.len() < segment.len() && (name == b"." || name == b"..") {
+            return Err(NormalizeError::DotSegmentParams);
+        }
         match segment {
             b"." => trailing = last,
             b".." => {
@@ -302,7 +329,7 @@ fn remove_dot_segments(path: &[u8], merge_slashes: bool) -> Vec<u8> {
     if trailing || segments.is_empty() {
         out.push(b'/');
     }
-    out
+    Ok(out)
 }
 
 /// A request's host, normalized: lowercase, no trailing dot, and the port
@@ -333,14 +360,16 @@ pub fn normalize_host(raw: &str, default_port: u16) -> Result<Host, NormalizeErr
     let (name, port) = if let Some(rest) = raw.strip_prefix('[') {
         // An IPv6 literal: `[addr]` or `[addr]:port`.
         let (addr, after) = rest.split_once(']').ok_or(NormalizeError::BadHost)?;
-        if addr.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(NormalizeError::BadHost);
-        }
+        // One spelling per address: `[0::1]` and `[::1]` are the same host.
+        let addr = addr
+            .parse::<std::net::Ipv6Addr>()
+            .map_err(|_| NormalizeError::BadHost)?
+            .to_string();
         let port = match after {
             "" => None,
             p => Some(p.strip_prefix(':').ok_or(NormalizeError::BadHost)?),
         };
-        (format!("[{}]", addr.to_ascii_lowercase()), port)
+        (format!("[{addr}]"), port)
     } else {
         let (name, port) = match raw.rsplit_once(':') {
             Some((name, port)) => (name, Some(port)),
@@ -457,7 +486,10 @@ pub fn normalize_request<B>(
             .map(http::HeaderValue::as_bytes),
         uri.authority().map(http::uri::Authority::as_str),
         default_port,
-        req.version() == http::Version::HTTP_11,
+        // HTTP/1.0 and HTTP/2 may leave the host out on the wire, but the
+        // app would then answer for a host of its choosing (its default
+        // virtual host) that no policy saw: refused as well.
+        true,
     )?;
     let port = host.as_ref().and_then(|h| h.port).unwrap_or(default_port);
     Ok(Target {
@@ -521,6 +553,8 @@ mod tests {
         assert_eq!(norm("/a%3fb").as_deref(), Ok("/a%3Fb"));
         assert_eq!(norm("/%25%32%65").as_deref(), Ok("/%252e"));
         assert_eq!(norm("/caf%C3%A9").as_deref(), Ok("/caf%C3%A9"));
+        // Raw UTF-8 and its escapes are one spelling.
+        assert_eq!(norm("/café").as_deref(), Ok("/caf%C3%A9"));
     }
 
     #[test]
@@ -568,6 +602,10 @@ mod tests {
         assert_eq!(norm("/a%zz"), Err(NormalizeError::BadEscape));
         assert_eq!(norm("/a\\b"), Err(NormalizeError::BadPathByte(b'\\')));
         assert_eq!(norm("/a b"), Err(NormalizeError::BadPathByte(b' ')));
+        for p in ["/x/..;/admin", "/.;x/admin", "/x/%2e%2e;/admin", "/a/..;"] {
+            assert_eq!(norm(p), Err(NormalizeError::DotSegmentParams), "{p}");
+        }
+        assert_eq!(norm("/a;b/c..;d").as_deref(), Ok("/a;b/c..;d"));
     }
 
     #[test]
@@ -614,6 +652,10 @@ mod tests {
         assert_eq!(
             normalize_host("[FE80::1]:8443", 80).map(|h| h.authority()),
             Ok("[fe80::1]:8443".into())
+        );
+        assert_eq!(
+            normalize_host("[0:0::1]", 80).map(|h| h.authority()),
+            Ok("[::1]".into())
         );
         for bad in [
             "",

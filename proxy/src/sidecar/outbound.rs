@@ -14,8 +14,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::Shared;
+use super::admission::{Slot, accept_loop};
 use super::config::{RouteProtocol, normalize_authority};
-use super::connections::{Slot, accept_loop, serve_http};
+use super::connections::serve_http;
 use super::http::{
     Body, CallerBody, ORIG_PROTO, ORIG_PROTO_HTTP1, Refusal, boxed, error_chain, is_grpc,
     malformed_body, relay_upgrade, request_host, request_id, restore_upgrade, strip_hop_by_hop,
@@ -311,8 +312,9 @@ impl Route {
             move |mut stream, _source, slot| {
                 let this = self.clone();
                 async move {
+                    // An app's opaque stream is in use from the start.
+                    let _busy = slot.busy();
                     this.splice(&mut stream).await;
-                    drop(slot);
                 }
             },
         )
@@ -434,7 +436,10 @@ impl ProxyListener {
                 let tunnel = hyper::upgrade::on(&mut req);
                 let idle = self.shared.config.limits.idle_timeout;
                 let validity = route.channel.validity(&PeerFacts::of(&tls));
+                // The tunnel keeps the connection's place in the table.
+                let busy = req.extensions().get::<Slot>().map(Slot::busy);
                 self.shared.tracker.spawn(async move {
+                    let _busy = busy;
                     match tunnel.await {
                         Ok(upgraded) => {
                             if let Err(e) = splice(

@@ -33,8 +33,8 @@ pub(crate) struct WriteProgress {
 impl WriteProgress {
     /// `n` bytes went to the peer: wakes a body waiting for room.
     pub fn wrote(&self, n: usize) {
-        self.written.fetch_add(n as u64, Ordering::AcqRel);
-        if self.waiting.swap(false, Ordering::AcqRel) {
+        self.written.fetch_add(n as u64, Ordering::SeqCst);
+        if self.waiting.swap(false, Ordering::SeqCst) {
             let waker = self
                 .drained
                 .lock()
@@ -47,7 +47,7 @@ impl WriteProgress {
     }
 
     fn written(&self) -> u64 {
-        self.written.load(Ordering::Acquire)
+        self.written.load(Ordering::SeqCst)
     }
 
     /// Runs `cx`'s waker on the next write.
@@ -56,7 +56,10 @@ impl WriteProgress {
             .drained
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cx.waker().clone());
-        self.waiting.store(true, Ordering::Release);
+        // SeqCst here and in `wrote`: a store-then-load on each side, so at
+        // least one of them sees the other's write (no lost wakeup), also
+        // if a body and its connection's writes ran on different tasks.
+        self.waiting.store(true, Ordering::SeqCst);
     }
 }
 
