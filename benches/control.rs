@@ -36,6 +36,8 @@ mod proc_stat;
 #[path = "support/runner.rs"]
 mod runner;
 
+use runner::env_or;
+
 // The tests' private PostgreSQL server.
 #[allow(dead_code)]
 #[path = "../tests/support/postgres.rs"]
@@ -44,13 +46,6 @@ mod postgres;
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 const TD: &str = "bench.warden";
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Server {
     child: Child,

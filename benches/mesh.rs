@@ -43,6 +43,8 @@ mod proc_stat;
 #[path = "support/runner.rs"]
 mod runner;
 
+use runner::env_or;
+
 // Shared with the tests, which use more of it.
 #[allow(dead_code)]
 #[path = "../tests/support/otlp.rs"]
@@ -52,13 +54,6 @@ const FRONTEND: &str = "spiffe://bench.warden/ns/shop/sa/frontend";
 const ORDERS: &str = "spiffe://bench.warden/ns/shop/sa/orders";
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The app: `/echo` returns the body, anything else a short text.
 async fn start_app() -> Result<SocketAddr, Error> {

@@ -54,16 +54,11 @@ mod proc_stat;
 #[path = "support/runner.rs"]
 mod runner;
 
+use runner::env_or;
+
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 const BIG: usize = 4 * 1024 * 1024;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The app: `/big` answers 4 MiB, anything else `ok`.
 async fn start_app() -> Result<SocketAddr, Error> {

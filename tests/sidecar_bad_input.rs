@@ -169,18 +169,9 @@ async fn permissive_inbound_serves_plaintext_as_unauthenticated() {
 async fn a_malformed_chunked_body_is_the_callers_fault() {
     let ids = support::mesh::Identities::new();
     let app = TestApp::start().await;
-    let policies = ids.path("policies");
-    std::fs::create_dir_all(&policies).expect("policy dir");
-    std::fs::write(
-        policies.join("all.cedar"),
-        "permit (principal, action, resource);",
-    )
-    .expect("policy");
-    let mut settings = inbound_to(app.addr);
-    settings.push("inbound.mode=permissive".into());
-    settings.push(format!("authz.policies={}", policies.display()));
-    let server = ids.start("orders", &settings);
-    server.wait_ready().await;
+    let server = ids
+        .permissive(app.addr, support::mesh::ALLOW_ALL, &[])
+        .await;
     // The app reads the whole body before answering (`/grpc`), so the
     // broken chunk fails the exchange: 400 naming the body, not a 502
     // naming hyper's internals.

@@ -106,15 +106,7 @@ struct Setup {
 async fn setup(extra: &[&str]) -> Setup {
     let nginx = Nginx::start(NGINX);
     let ids = Identities::new();
-    let policies = ids.path("policies");
-    std::fs::create_dir_all(&policies).expect("policy dir");
-    std::fs::write(policies.join("admin.cedar"), POLICY).expect("policy");
-    let mut settings = inbound_to(nginx.addr);
-    settings.push("inbound.mode=permissive".into());
-    settings.push(format!("authz.policies={}", policies.display()));
-    settings.extend(extra.iter().map(|s| s.to_string()));
-    let sidecar = ids.start("orders", &settings);
-    sidecar.wait_ready().await;
+    let sidecar = ids.permissive(nginx.addr, POLICY, extra).await;
     Setup {
         nginx,
         _ids: ids,
@@ -348,11 +340,8 @@ async fn encoded_slashes_can_be_kept_or_decoded_instead() {
 async fn through_a_sidecar_pair_the_canonical_path_is_decided_and_forwarded() {
     let nginx = Nginx::start(NGINX);
     let ids = Identities::new();
-    let policies = ids.path("policies");
-    std::fs::create_dir_all(&policies).expect("policy dir");
-    std::fs::write(policies.join("admin.cedar"), POLICY).expect("policy");
     let mut settings = inbound_to(nginx.addr);
-    settings.push(format!("authz.policies={}", policies.display()));
+    settings.push(format!("authz.policies={}", ids.policies(POLICY).display()));
     let server = ids.start("orders", &settings);
     let client = ids.start("frontend", &[route_to(server.inbound(), ORDERS)]);
     server.wait_ready().await;

@@ -12,7 +12,7 @@ mod support;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use support::mesh::{Identities, Pair, TestApp, inbound_to};
+use support::mesh::{Identities, Pair, TestApp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -73,20 +73,7 @@ fn metric(metrics: &str, line_prefix: &str) -> u64 {
 /// A permissive sidecar (plaintext clients written by hand) in front of
 /// the test app, everyone allowed.
 async fn permissive(ids: &Identities, app: SocketAddr, extra: &[&str]) -> support::mesh::Proxy {
-    let policies = ids.path("policies");
-    std::fs::create_dir_all(&policies).expect("policy dir");
-    std::fs::write(
-        policies.join("all.cedar"),
-        "permit (principal, action, resource);",
-    )
-    .expect("policy");
-    let mut settings = inbound_to(app);
-    settings.push("inbound.mode=permissive".into());
-    settings.push(format!("authz.policies={}", policies.display()));
-    settings.extend(extra.iter().map(|s| s.to_string()));
-    let sidecar = ids.start("orders", &settings);
-    sidecar.wait_ready().await;
-    sidecar
+    ids.permissive(app, support::mesh::ALLOW_ALL, extra).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

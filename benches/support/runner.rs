@@ -13,3 +13,12 @@ pub fn main<E: From<std::io::Error>>(
         .build()?
         .block_on(run)
 }
+
+/// The value of variable `name` parsed as `T`, or `default` when unset or
+/// unparsable (the benches' knobs).
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

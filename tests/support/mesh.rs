@@ -24,6 +24,8 @@ pub const TD: &str = "example.org";
 pub const FRONTEND: &str = "spiffe://example.org/ns/shop/sa/frontend";
 pub const ORDERS: &str = "spiffe://example.org/ns/shop/sa/orders";
 pub const INTRUDER: &str = "spiffe://example.org/ns/other/sa/intruder";
+/// A policy that lets everyone do everything.
+pub const ALLOW_ALL: &str = "permit (principal, action, resource);";
 
 /// One `warden proxy` process; killed when dropped.
 pub struct Proxy {
@@ -184,6 +186,29 @@ impl Identities {
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// A policy directory holding `text` as its one file.
+    pub fn policies(&self, text: &str) -> PathBuf {
+        let dir = self.path("policies");
+        std::fs::create_dir_all(&dir).expect("policy dir");
+        std::fs::write(dir.join("policies.cedar"), text).expect("policy file");
+        dir
+    }
+
+    /// `orders` in permissive mode (plaintext clients can be written by
+    /// hand) in front of `app`, running `policy`, ready.
+    pub async fn permissive(&self, app: SocketAddr, policy: &str, extra: &[&str]) -> Proxy {
+        let mut settings = inbound_to(app);
+        settings.push("inbound.mode=permissive".into());
+        settings.push(format!(
+            "authz.policies={}",
+            self.policies(policy).display()
+        ));
+        settings.extend(extra.iter().map(|s| s.to_string()));
+        let sidecar = self.start("orders", &settings);
+        sidecar.wait_ready().await;
+        sidecar
     }
 
     /// Settings for a sidecar holding the SVID in directory `name`.

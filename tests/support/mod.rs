@@ -337,6 +337,22 @@ impl rustls::server::ResolvesServerCert for FixedCert {
     }
 }
 
+/// TLS 1.3 client configuration that verifies servers with Warden's
+/// verifier against `bundles`, expecting `expected`.
+fn client_builder(
+    bundles: TrustBundleSet,
+    expected: warden_proxy::identity::ExpectedIdentity,
+) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
+    let store = Arc::new(SvidStore::new());
+    store.set_bundles(bundles);
+    let verifier = warden_proxy::identity::SpiffeServerVerifier::new(store, expected);
+    rustls::ClientConfig::builder_with_provider(warden_proxy::tls::crypto_provider().clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+}
+
 /// A client presenting `chain` no matter what, verifying the server with
 /// Warden's verifier against `bundles`.
 pub fn client_presenting(
@@ -345,36 +361,22 @@ pub fn client_presenting(
     bundles: TrustBundleSet,
     expected: warden_proxy::identity::ExpectedIdentity,
 ) -> Arc<rustls::ClientConfig> {
-    let store = Arc::new(SvidStore::new());
-    store.set_bundles(bundles);
-    let verifier = warden_proxy::identity::SpiffeServerVerifier::new(store, expected);
-    let config =
-        rustls::ClientConfig::builder_with_provider(warden_proxy::tls::crypto_provider().clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("versions")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_client_cert_resolver(Arc::new(FixedCert::new(chain, key_pem)));
-    Arc::new(config)
+    Arc::new(
+        client_builder(bundles, expected)
+            .with_client_cert_resolver(Arc::new(FixedCert::new(chain, key_pem))),
+    )
 }
 
 /// A TLS 1.3 client that verifies servers with Warden's verifier against
 /// `bundles` and presents no certificate.
 pub fn anonymous_client(bundles: TrustBundleSet) -> Arc<rustls::ClientConfig> {
-    let store = Arc::new(SvidStore::new());
-    store.set_bundles(bundles);
-    let verifier = warden_proxy::identity::SpiffeServerVerifier::new(
-        store,
-        warden_proxy::identity::ExpectedIdentity::AnyTrusted,
-    );
-    let config =
-        rustls::ClientConfig::builder_with_provider(warden_proxy::tls::crypto_provider().clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("versions")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
-    Arc::new(config)
+    Arc::new(
+        client_builder(
+            bundles,
+            warden_proxy::identity::ExpectedIdentity::AnyTrusted,
+        )
+        .with_no_client_auth(),
+    )
 }
 
 /// A server presenting `chain` no matter what, verifying clients with
