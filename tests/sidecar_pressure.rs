@@ -129,7 +129,7 @@ async fn slow_readers_cost_a_bounded_window_each() {
     // Before the windows were bounded and responses paced, each held
     // about 600 KiB (1 MiB in the hardening report).
     assert!(
-        grown < readers * 160 + 8 * 1024,
+        grown < readers * 96 + 8 * 1024,
         "{readers} slow readers grew the sidecar by {grown} KiB"
     );
     // The others are still served.

@@ -2,7 +2,8 @@
 # Runs every fuzz target for SECONDS (default 30) over its checked-in
 # corpus; new inputs go to a scratch directory (the corpus is not changed).
 # Stops with the target's log on the first crash. Needs nightly and
-# cargo-fuzz (`cargo install cargo-fuzz`).
+# cargo-fuzz (`cargo install cargo-fuzz`). WARDEN_FUZZ_BUILD adds flags to
+# cargo fuzz run (CI: `--dev`, a debug build).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 seconds="${1:-30}"
@@ -12,7 +13,8 @@ trap 'rm -rf "$scratch"' EXIT
 for target in $targets; do
     mkdir -p "$scratch/$target" "tests/fuzz/corpus/$target"
     log="$scratch/$target.log"
-    if ! cargo +nightly fuzz run --fuzz-dir tests/fuzz "$target" \
+    # shellcheck disable=SC2086 # the flags are meant to split
+    if ! cargo +nightly fuzz run ${WARDEN_FUZZ_BUILD:-} --fuzz-dir tests/fuzz "$target" \
         "$scratch/$target" "tests/fuzz/corpus/$target" -- \
         -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1; then
         echo "== $target: FAILED"

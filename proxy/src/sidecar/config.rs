@@ -506,7 +506,9 @@ impl Default for Limits {
             app_connect_timeout: Duration::from_secs(2),
             app_response_timeout: Duration::from_secs(60),
             peer_connect_timeout: Duration::from_secs(5),
-            buffer_window: 16 * 1024,
+            // 1,000 slow readers then cost about 64 MiB (pressure bench);
+            // 16 KiB gives about 10% more bulk throughput for 60% more.
+            buffer_window: 8 * 1024,
             h2_stream_window: 65_535,
             max_connections: 10_000,
             max_connections_per_source: 1_000,

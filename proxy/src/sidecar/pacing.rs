@@ -109,11 +109,14 @@ impl<G> Paced<G> {
         room()
     }
 
-    /// At most `room` bytes of `data`; the rest is kept for later.
+    /// At most `room` bytes of `data`; the rest is kept for later, copied
+    /// out: hyper copies what it is handed into its own buffer at once, so
+    /// the chunk's allocation (a whole read buffer) is freed instead of
+    /// being pinned by a small remainder while the reader is slow.
     fn hand_over(&mut self, mut data: Bytes, room: u64) -> Frame<Bytes> {
         if (data.len() as u64) > room {
             let rest = data.split_off(usize::try_from(room).unwrap_or(usize::MAX));
-            self.pending = Some(rest);
+            self.pending = Some(Bytes::copy_from_slice(&rest));
         }
         self.handed += data.len() as u64;
         Frame::data(data)
