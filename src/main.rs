@@ -161,6 +161,58 @@ enum ControlCommand {
     /// Join tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Apply the database's pending schema migrations (`serve` also applies
+    /// them on start), or list them with --dry-run.
+    Migrate(ControlMigrateArgs),
+    /// Take a consistent copy of the SQLite database while the control
+    /// plane serves (the CA's key in `<data-dir>/ca` is not in it: back that
+    /// up with your secrets). For PostgreSQL use pg_dump.
+    Backup(ControlBackupArgs),
+    /// Put a backup taken by `backup` back as the database of a data
+    /// directory that has none.
+    Restore(ControlRestoreArgs),
+}
+
+#[derive(Args)]
+struct ControlMigrateArgs {
+    /// The control plane's data directory (its database is `control.db`).
+    #[arg(long, env = "WARDEN_CONTROL_DIR", default_value = "warden-control")]
+    data_dir: PathBuf,
+    /// A PostgreSQL URL or SQLite file instead of `<data-dir>/control.db`.
+    #[arg(long, env = "WARDEN_CONTROL_DATABASE")]
+    database: Option<String>,
+    /// Only list applied and pending migrations; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ControlBackupArgs {
+    /// The control plane's data directory (its database is `control.db`).
+    #[arg(long, env = "WARDEN_CONTROL_DIR", default_value = "warden-control")]
+    data_dir: PathBuf,
+    /// The backup file to create (refused if it exists); written 0600.
+    #[arg(long)]
+    out: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ControlRestoreArgs {
+    /// The data directory to restore into: it must have no `control.db`.
+    #[arg(long, env = "WARDEN_CONTROL_DIR", default_value = "warden-control")]
+    data_dir: PathBuf,
+    /// A file made by `warden control backup`.
+    #[arg(long)]
+    from: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -479,6 +531,9 @@ fn main() -> ExitCode {
         Command::Proxy(args) => cli::proxy::run(args, log_control),
         Command::Demo(args) => cli::demo::run(args),
         Command::Control(ControlCommand::Serve(args)) => cli::control::serve(args),
+        Command::Control(ControlCommand::Migrate(args)) => cli::control::migrate(args),
+        Command::Control(ControlCommand::Backup(args)) => cli::control::backup(args),
+        Command::Control(ControlCommand::Restore(args)) => cli::control::restore(args),
         Command::Control(ControlCommand::Token(TokenCommand::Create(args))) => {
             cli::control::token_create(args)
         }

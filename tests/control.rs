@@ -3,6 +3,7 @@
 //! renewal under traffic, an outage, revocation, bad input, restarts and
 //! policy distribution.
 
+#[macro_use]
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,29 +20,6 @@ use support::mesh::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warden_proxy::control::{ControlClient, ControlError, api};
 use warden_proxy::identity::{SpiffeId, Svid, new_key_and_csr, pem_encode};
-
-/// Every control-plane test runs on both backends: embedded SQLite, and a
-/// real PostgreSQL server (a fresh database per test).
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Db::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Db::postgres()).await
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     sidecars_join_by_token_renew_under_traffic_and_ride_out_a_control_plane_outage,

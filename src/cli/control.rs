@@ -14,7 +14,10 @@ use warden_proxy::control::{ControlClient, ControlError, api};
 use warden_proxy::identity::SpiffeId;
 
 use super::{json_shown, shown};
-use crate::{AdminArgs, ControlServeArgs, IdentitiesCommand, TokenCreateArgs};
+use crate::{
+    AdminArgs, ControlBackupArgs, ControlMigrateArgs, ControlRestoreArgs, ControlServeArgs,
+    IdentitiesCommand, TokenCreateArgs,
+};
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
@@ -58,6 +61,118 @@ pub fn serve(args: ControlServeArgs) -> anyhow::Result<ExitCode> {
         drop(control);
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `warden control migrate`: applies pending migrations (or lists them
+/// with --dry-run) and prints where the schema stands.
+pub fn migrate(args: ControlMigrateArgs) -> anyhow::Result<ExitCode> {
+    use warden_control::store::{Database, Store};
+    let database = match &args.database {
+        Some(text) => Database::parse(text),
+        None => Database::Sqlite(args.data_dir.join(server::DB_FILE)),
+    };
+    let status = Store::migrate(&database, !args.dry_run).with_context(|| database.describe())?;
+    if args.json {
+        print_json(&status)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{}: schema version {} (this warden knows {})",
+        shown(&database.describe()),
+        status.current,
+        status.known
+    );
+    for step in &status.applied {
+        let how = if status.migrated.iter().any(|m| m.version == step.version) {
+            "applied now"
+        } else {
+            "applied"
+        };
+        println!(
+            "  V{:<4} {:<28} {how} {}",
+            step.version,
+            shown(&step.name),
+            shown(step.applied_on.as_deref().unwrap_or(""))
+        );
+    }
+    for step in &status.pending {
+        println!("  V{:<4} {:<28} pending", step.version, shown(&step.name));
+    }
+    if status.current > status.known {
+        println!(
+            "the schema is newer than this warden knows; its newer steps say this version may run on it"
+        );
+    } else if args.dry_run && !status.pending.is_empty() {
+        println!("dry run: nothing was changed");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_backup(
+    report: &warden_control::store::BackupReport,
+    verb: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        return print_json(report);
+    }
+    println!(
+        "{verb} {} ({} bytes, schema version {}): {} identities, {} SVIDs, {} revocations, {} policy versions, {} audit records",
+        shown(&report.path.display().to_string()),
+        report.bytes,
+        report.schema_version,
+        report.identities,
+        report.svids,
+        report.revocations,
+        report.policies,
+        report.audit
+    );
+    Ok(())
+}
+
+/// `warden control backup`: an online copy of `<data-dir>/control.db`.
+pub fn backup(args: ControlBackupArgs) -> anyhow::Result<ExitCode> {
+    if let Ok(url) = std::env::var("WARDEN_CONTROL_DATABASE")
+        && let warden_control::store::Database::Postgres(_) =
+            warden_control::store::Database::parse(&url)
+    {
+        bail!(
+            "WARDEN_CONTROL_DATABASE names PostgreSQL: back it up with pg_dump (see the README); \
+             `warden control backup` copies the embedded SQLite database only"
+        );
+    }
+    let db = args.data_dir.join(server::DB_FILE);
+    let report = warden_control::store::backup_sqlite(&db, &args.out)
+        .with_context(|| format!("backup of {}", db.display()))?;
+    print_backup(&report, "wrote", args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `warden control restore`: a backup back into a data directory without
+/// a database.
+pub fn restore(args: ControlRestoreArgs) -> anyhow::Result<ExitCode> {
+    let dir = &args.data_dir;
+    if !dir.exists() {
+        // A directory made here is the control plane's: owner only.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let db = dir.join(server::DB_FILE);
+    let report = warden_control::store::restore_sqlite(&args.from, &db)
+        .with_context(|| format!("restore of {}", args.from.display()))?;
+    print_backup(&report, "restored", args.json)?;
+    if !dir.join("ca").join("ca.json").exists() {
+        eprintln!(
+            "warning: {} has no CA: put the old data directory's ca/ back (or start serve with \
+             --ca-dir), or serve will create a new CA that your sidecars do not trust",
+            dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// An admin client from the data directory's `control.json`, `bundle.pem`
@@ -162,8 +277,8 @@ pub fn identities(command: IdentitiesCommand) -> anyhow::Result<ExitCode> {
             }
             let now = warden_control::store::unix_now();
             println!(
-                "{:<50} {:<8} {:>10} {:<34} {:<24} LABELS",
-                "SPIFFE ID", "STATUS", "EXPIRES IN", "SERIAL", "INSTANCE"
+                "{:<50} {:<8} {:>10} {:<34} {:<24} {:<8} LABELS",
+                "SPIFFE ID", "STATUS", "EXPIRES IN", "SERIAL", "INSTANCE", "SIDECAR"
             );
             for i in &list {
                 let expires = i["expires_at"]
@@ -179,12 +294,13 @@ pub fn identities(command: IdentitiesCommand) -> anyhow::Result<ExitCode> {
                     })
                     .unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<50} {:<8} {:>10} {:<34} {:<24} {}",
+                    "{:<50} {:<8} {:>10} {:<34} {:<24} {:<8} {}",
                     shown(i["spiffe_id"].as_str().unwrap_or("")),
                     shown(i["status"].as_str().unwrap_or("")),
                     expires,
                     shown(i["last_serial"].as_str().unwrap_or("-")),
                     shown(i["instance"].as_str().unwrap_or("-")),
+                    shown(i["sidecar_version"].as_str().unwrap_or("-")),
                     shown(&i["labels"].to_string()),
                 );
             }

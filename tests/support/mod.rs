@@ -2,6 +2,31 @@
 //! CAs in temporary directories, real TLS over 127.0.0.1.
 #![allow(dead_code)]
 
+/// Runs each `async fn NAME(db: Db)` as two tests, `sqlite::NAME` and
+/// `postgres::NAME`: embedded SQLite, and a real PostgreSQL server (a fresh
+/// database per test). The invoking module imports `Db`.
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Db::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Db::postgres()).await
+                }
+            )*
+        }
+    };
+}
+
 pub mod control;
 pub mod mesh;
 pub mod nginx;

@@ -159,6 +159,7 @@ impl State {
             trust_domain: cas.bundle.trust_domain().to_string(),
             bundle_pem: cas.bundle_pem.clone(),
             digest: cas.bundle_digest.clone(),
+            version: api::VERSION.to_owned(),
         }
     }
 
@@ -243,6 +244,7 @@ impl From<StoreError> for Fail {
     fn from(e: StoreError) -> Self {
         let status = match &e {
             StoreError::Db { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Schema(_) => StatusCode::INTERNAL_SERVER_ERROR,
             StoreError::Refused { code, .. } => match *code {
                 c if c.starts_with("csr_") => StatusCode::BAD_REQUEST,
                 "unknown_identity" | "unknown_serial" | "unknown_version" => StatusCode::NOT_FOUND,
@@ -250,7 +252,7 @@ impl From<StoreError> for Fail {
                 _ => StatusCode::FORBIDDEN,
             },
         };
-        if let StoreError::Db { message, .. } = &e {
+        if let StoreError::Db { message, .. } | StoreError::Schema(message) = &e {
             tracing::error!(error = %message, "database error");
         }
         Fail::new(status, e.code(), e.to_string())
@@ -653,7 +655,7 @@ async fn route(
             format!("no endpoint {path}"),
         )),
     };
-    match result {
+    let mut response = match result {
         Ok(response) => response,
         Err(mut fail) => {
             // The audit row is written before the caller hears the refusal.
@@ -665,7 +667,12 @@ async fn route(
             }
             fail_response(&fail)
         }
-    }
+    };
+    response.headers_mut().insert(
+        api::VERSION_HEADER,
+        header::HeaderValue::from_static(api::VERSION),
+    );
+    response
 }
 
 /// Runs a blocking store call off the runtime.

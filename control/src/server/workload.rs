@@ -10,6 +10,7 @@ pub(super) fn sign(
     ttl_secs: Option<u64>,
     kind: &str,
     instance: &str,
+    sidecar_version: Option<&str>,
 ) -> Result<Signed<api::SvidResponse>, StoreError> {
     let bound_id = SpiffeId::parse(bound)
         .map_err(|e| StoreError::refused("internal", format!("stored ID {bound:?}: {e}")))?;
@@ -38,6 +39,7 @@ pub(super) fn sign(
         kind: kind.to_owned(),
         instance: instance.to_owned(),
         revoked: false,
+        sidecar_version: sidecar_version.map(str::to_owned),
     };
     Ok(Signed {
         value: api::SvidResponse {
@@ -51,12 +53,39 @@ pub(super) fn sign(
     })
 }
 
+/// The version a sidecar reports in `Warden-Version` (sidecars before
+/// 0.2.0 send none); a malformed one is refused.
+fn sidecar_version(req: &Request<Incoming>) -> Result<Option<String>, Fail> {
+    let Some(value) = req.headers().get(api::VERSION_HEADER) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .ok()
+        .filter(|v| api::check_version(v).is_ok());
+    match text {
+        Some(v) => Ok(Some(v.to_owned())),
+        None => Err(Fail::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_version",
+            format!(
+                "{}: {}",
+                api::VERSION_HEADER,
+                api::check_version(&String::from_utf8_lossy(value.as_bytes()))
+                    .err()
+                    .unwrap_or_else(|| "not ASCII".into())
+            ),
+        )),
+    }
+}
+
 pub(super) async fn join(
     state: &Arc<State>,
     remote: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Fail> {
     let actor = remote.to_string();
+    let version = sidecar_version(&req).map_err(|f| refused(state, "join", &actor, None, f))?;
     let body: api::JoinRequest = read_json(req, MAX_BODY)
         .await
         .and_then(|body: api::JoinRequest| input::check_instance(&body.instance).map(|()| body))
@@ -76,6 +105,7 @@ pub(super) async fn join(
                 body.ttl_secs,
                 "join",
                 &body.instance,
+                version.as_deref(),
             )
         })
     })
@@ -108,6 +138,7 @@ pub(super) async fn renew(
         ));
     };
     let id = caller.id.to_string();
+    let version = sidecar_version(&req).map_err(|f| refused(state, "renew", &id, Some(&id), f))?;
     let mut body: api::RenewRequest = read_json(req, MAX_BODY)
         .await
         .map_err(|f| refused(state, "renew", &id, Some(&id), f))?;
@@ -126,6 +157,7 @@ pub(super) async fn renew(
                 body.ttl_secs,
                 "renew",
                 &body.instance,
+                version.as_deref(),
             )
         })
     })

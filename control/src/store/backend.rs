@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 use super::StoreError;
+use super::migrate::{self, Dialect, MigrationSet, SchemaStatus};
 
 /// Where the control plane keeps its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -281,60 +282,6 @@ impl Sql for postgres::Transaction<'_> {
     }
 }
 
-const SQLITE_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS tokens (
-    hash TEXT PRIMARY KEY, token_id TEXT NOT NULL, spiffe_id TEXT NOT NULL,
-    labels TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
-    used_at INTEGER);
-CREATE TABLE IF NOT EXISTS identities (
-    spiffe_id TEXT PRIMARY KEY, labels TEXT NOT NULL, created_at INTEGER NOT NULL,
-    revoked_at INTEGER, revoke_reason TEXT);
-CREATE TABLE IF NOT EXISTS svids (
-    serial TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, key_sha256 TEXT NOT NULL,
-    issued_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, kind TEXT NOT NULL,
-    instance TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS svids_by_id ON svids (spiffe_id, issued_at);
-CREATE TABLE IF NOT EXISTS revocations (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, spiffe_id TEXT,
-    serial TEXT, expires_at INTEGER, reason TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS policies (
-    version INTEGER PRIMARY KEY AUTOINCREMENT, created_at INTEGER NOT NULL,
-    digest TEXT NOT NULL, files TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS policy_head (
-    id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, event TEXT NOT NULL,
-    outcome TEXT NOT NULL, spiffe_id TEXT, serial TEXT, reason TEXT,
-    detail TEXT NOT NULL, actor TEXT NOT NULL);
-";
-
-const POSTGRES_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS tokens (
-    hash TEXT PRIMARY KEY, token_id TEXT NOT NULL, spiffe_id TEXT NOT NULL,
-    labels TEXT NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL,
-    used_at BIGINT);
-CREATE TABLE IF NOT EXISTS identities (
-    spiffe_id TEXT PRIMARY KEY, labels TEXT NOT NULL, created_at BIGINT NOT NULL,
-    revoked_at BIGINT, revoke_reason TEXT);
-CREATE TABLE IF NOT EXISTS svids (
-    serial TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, key_sha256 TEXT NOT NULL,
-    issued_at BIGINT NOT NULL, expires_at BIGINT NOT NULL, kind TEXT NOT NULL,
-    instance TEXT NOT NULL, revoked BIGINT NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS svids_by_id ON svids (spiffe_id, issued_at);
-CREATE TABLE IF NOT EXISTS revocations (
-    seq BIGSERIAL PRIMARY KEY, at BIGINT NOT NULL, spiffe_id TEXT,
-    serial TEXT, expires_at BIGINT, reason TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS policies (
-    version BIGSERIAL PRIMARY KEY, created_at BIGINT NOT NULL,
-    digest TEXT NOT NULL, files TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS policy_head (
-    id BIGINT PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL);
-CREATE TABLE IF NOT EXISTS audit (
-    seq BIGSERIAL PRIMARY KEY, at BIGINT NOT NULL, event TEXT NOT NULL,
-    outcome TEXT NOT NULL, spiffe_id TEXT, serial TEXT, reason TEXT,
-    detail TEXT NOT NULL, actor TEXT NOT NULL);
-";
-
 /// How many times a PostgreSQL transaction that lost a serialization
 /// conflict to another replica is retried.
 const MAX_ATTEMPTS: u32 = 8;
@@ -370,6 +317,61 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+fn sqlite_connect(path: &std::path::Path) -> Result<rusqlite::Connection, StoreError> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+/// Where `database`'s schema stands against `migrations` (or this build's);
+/// with `apply`, migrates it. A PostgreSQL client is closed on a plain
+/// thread (see [`Backend`]'s drop).
+pub fn migrate(
+    database: &Database,
+    migrations: Option<&MigrationSet>,
+    apply: bool,
+) -> Result<SchemaStatus, StoreError> {
+    match database {
+        Database::Sqlite(path) => {
+            let set = migrations
+                .cloned()
+                .unwrap_or_else(|| MigrationSet::builtin(Dialect::Sqlite));
+            if !apply {
+                // A dry run writes nothing: no file, no pragma, no lock file.
+                let mut conn = if path.exists() {
+                    rusqlite::Connection::open_with_flags(
+                        path,
+                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                    )?
+                } else {
+                    rusqlite::Connection::open_in_memory()?
+                };
+                return migrate::upgrade(&mut conn, &set, false);
+            }
+            let mut conn = sqlite_connect(path)?;
+            migrate::upgrade_sqlite(&mut conn, path, &set, true)
+        }
+        Database::Postgres(url) => {
+            let url = url.clone();
+            let set = migrations
+                .cloned()
+                .unwrap_or_else(|| MigrationSet::builtin(Dialect::Postgres));
+            // The blocking client must not run (or drop) inside a runtime.
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(move || {
+                        let mut client = pg_connect(&url)?;
+                        migrate::upgrade_postgres(&mut client, &set, apply)
+                    })
+                    .join()
+                    .unwrap_or_else(|_| Err(StoreError::schema("the migration thread panicked")))
+            })
+        }
+    }
+}
+
 fn pg_connect(url: &str) -> Result<postgres::Client, StoreError> {
     let mut config: postgres::Config = url
         .parse()
@@ -380,23 +382,27 @@ fn pg_connect(url: &str) -> Result<postgres::Client, StoreError> {
 }
 
 impl Backend {
-    pub fn open(database: &Database) -> Result<Backend, StoreError> {
+    /// Opens `database` and brings its schema up to date (`migrations`, or
+    /// this build's), refusing one newer than it can run on.
+    pub fn open(
+        database: &Database,
+        migrations: Option<&MigrationSet>,
+    ) -> Result<Backend, StoreError> {
         match database {
             Database::Sqlite(path) => {
-                let conn = rusqlite::Connection::open(path)?;
-                conn.busy_timeout(std::time::Duration::from_secs(5))?;
-                conn.pragma_update(None, "journal_mode", "WAL")?;
-                conn.pragma_update(None, "synchronous", "FULL")?;
-                conn.execute_batch(SQLITE_SCHEMA)?;
+                let mut conn = sqlite_connect(path)?;
+                let set = migrations
+                    .cloned()
+                    .unwrap_or_else(|| MigrationSet::builtin(Dialect::Sqlite));
+                migrate::upgrade_sqlite(&mut conn, path, &set, true)?;
                 Ok(Backend::Sqlite(Mutex::new(conn)))
             }
             Database::Postgres(url) => {
                 let mut client = pg_connect(url)?;
-                // Replicas starting together must not race on CREATE TABLE.
-                let mut tx = client.transaction()?;
-                tx.execute("SELECT pg_advisory_xact_lock(7270417)", &[])?;
-                tx.batch_execute(POSTGRES_SCHEMA)?;
-                tx.commit()?;
+                let set = migrations
+                    .cloned()
+                    .unwrap_or_else(|| MigrationSet::builtin(Dialect::Postgres));
+                migrate::upgrade_postgres(&mut client, &set, true)?;
                 Ok(Backend::Postgres {
                     url: url.clone(),
                     client: Mutex::new(Some(Box::new(client))),

@@ -10,6 +10,8 @@
 //! point loses nothing that was committed.
 
 mod backend;
+mod backup;
+pub mod migrate;
 
 use std::collections::BTreeMap;
 
@@ -17,6 +19,8 @@ use serde::Serialize;
 
 pub use backend::Database;
 use backend::{Backend, Row, Sql};
+pub use backup::{BackupReport, backup_sqlite, restore_sqlite};
+pub use migrate::{Dialect, MigrationSet, SchemaStatus};
 
 /// A refused or failed store operation. `code` is a stable reason for the
 /// API and the audit trail.
@@ -26,6 +30,10 @@ pub enum StoreError {
     Refused { code: &'static str, message: String },
     #[error("database: {message}")]
     Db { message: String, retryable: bool },
+    /// The schema is newer than this build can run on, its history diverges
+    /// from the code, or a migration failed (and was rolled back).
+    #[error("database schema: {0}")]
+    Schema(String),
 }
 
 impl StoreError {
@@ -43,6 +51,10 @@ impl StoreError {
         }
     }
 
+    pub(crate) fn schema(message: impl Into<String>) -> Self {
+        StoreError::Schema(message.into())
+    }
+
     fn retryable(&self) -> bool {
         matches!(
             self,
@@ -57,6 +69,7 @@ impl StoreError {
         match self {
             StoreError::Refused { code, .. } => code,
             StoreError::Db { .. } => "database",
+            StoreError::Schema(_) => "schema",
         }
     }
 }
@@ -80,6 +93,8 @@ pub struct SvidRecord {
     /// The sidecar instance that asked for it.
     pub instance: String,
     pub revoked: bool,
+    /// The Warden version the sidecar reported (`Warden-Version`), if any.
+    pub sidecar_version: Option<String>,
 }
 
 /// One identity: everything known about a SPIFFE ID.
@@ -94,6 +109,8 @@ pub struct IdentityRecord {
     pub expires_at: Option<i64>,
     pub last_serial: Option<String>,
     pub instance: Option<String>,
+    /// The Warden version the sidecar reported with its last SVID.
+    pub sidecar_version: Option<String>,
     pub svids_issued: i64,
     pub revoked_at: Option<i64>,
     pub revoke_reason: Option<String>,
@@ -184,10 +201,26 @@ impl Store {
     /// Opens (creating the schema if needed) `database`. With `echo_audit`,
     /// every audit record is also a JSON line on stdout.
     pub fn open(database: &Database, echo_audit: bool) -> Result<Self, StoreError> {
+        Self::open_with(database, echo_audit, None)
+    }
+
+    /// [`Store::open`] with a migration set other than this build's (tests:
+    /// an older control plane, or a step that fails).
+    pub fn open_with(
+        database: &Database,
+        echo_audit: bool,
+        migrations: Option<&MigrationSet>,
+    ) -> Result<Self, StoreError> {
         Ok(Store {
-            backend: Backend::open(database)?,
+            backend: Backend::open(database, migrations)?,
             echo_audit,
         })
+    }
+
+    /// Where `database`'s schema stands; with `apply`, migrates it first.
+    /// Opens nothing else (the `warden control migrate` command).
+    pub fn migrate(database: &Database, apply: bool) -> Result<SchemaStatus, StoreError> {
+        backend::migrate(database, None, apply)
     }
 
     /// Records an audit event (outside any other transaction: refusals are
@@ -531,8 +564,8 @@ impl Store {
             };
             let svids = sql
                 .rows(
-                    "SELECT serial, spiffe_id, key_sha256, issued_at, expires_at, kind, instance, revoked \
-                     FROM svids WHERE spiffe_id = ?1 ORDER BY issued_at DESC, expires_at DESC, serial DESC",
+                    "SELECT serial, spiffe_id, key_sha256, issued_at, expires_at, kind, instance, revoked, \
+                     sidecar_version FROM svids WHERE spiffe_id = ?1 ORDER BY issued_at DESC, expires_at DESC, serial DESC",
                     &[spiffe_id.into()],
                 )?
                 .iter()
@@ -676,7 +709,7 @@ fn query_identities(
     let rows = sql.rows(
         "SELECT i.spiffe_id, i.labels, i.created_at, i.revoked_at, i.revoke_reason, \
                 s.issued_at, s.expires_at, s.serial, s.instance, \
-                (SELECT COUNT(*) FROM svids c WHERE c.spiffe_id = i.spiffe_id) \
+                (SELECT COUNT(*) FROM svids c WHERE c.spiffe_id = i.spiffe_id), s.sidecar_version \
          FROM identities i \
          LEFT JOIN svids s ON s.serial = ( \
              SELECT l.serial FROM svids l WHERE l.spiffe_id = i.spiffe_id \
@@ -702,6 +735,7 @@ fn query_identities(
                 last_serial: r.opt_text(7)?,
                 instance: r.opt_text(8)?,
                 svids_issued: r.int(9)?,
+                sidecar_version: r.opt_text(10)?,
             };
             record.status_at(now, ttl);
             Ok(record)
@@ -725,8 +759,8 @@ fn check_not_revoked(sql: &mut dyn Sql, spiffe_id: &str) -> Result<(), StoreErro
 
 fn insert_svid(sql: &mut dyn Sql, svid: &SvidRecord) -> Result<(), StoreError> {
     sql.exec(
-        "INSERT INTO svids (serial, spiffe_id, key_sha256, issued_at, expires_at, kind, instance) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO svids (serial, spiffe_id, key_sha256, issued_at, expires_at, kind, instance, \
+         sidecar_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         &[
             (&svid.serial).into(),
             (&svid.spiffe_id).into(),
@@ -735,6 +769,7 @@ fn insert_svid(sql: &mut dyn Sql, svid: &SvidRecord) -> Result<(), StoreError> {
             svid.expires_at.into(),
             (&svid.kind).into(),
             (&svid.instance).into(),
+            svid.sidecar_version.as_ref().into(),
         ],
     )?;
     Ok(())
@@ -750,6 +785,7 @@ fn svid_row(r: &Row) -> Result<SvidRecord, StoreError> {
         kind: r.text(5)?,
         instance: r.text(6)?,
         revoked: r.int(7)? != 0,
+        sidecar_version: r.opt_text(8)?,
     })
 }
 
@@ -849,6 +885,7 @@ mod tests {
             kind: "join".into(),
             instance: "i".into(),
             revoked: false,
+            sidecar_version: None,
         }
     }
 

@@ -33,6 +33,59 @@ pub const ADMIN_CA_ROTATE: &str = "/v1/admin/ca/rotate";
 /// `GET`, admin: the newest audit records; `?limit=N`.
 pub const ADMIN_AUDIT: &str = "/v1/admin/audit";
 
+/// This build's Warden version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Sent by both sides on every request and response: the sender's Warden
+/// version. How the API stays usable across one version of skew:
+/// - the API stays under `/v1/`; responses only gain fields, and clients
+///   ignore fields they do not know (no `deny_unknown_fields` on responses)
+///   and default the ones an older server does not send (`#[serde(default)]`);
+/// - the control plane keeps refusing unknown request fields, so a request
+///   field is only ever added as optional with a safe default, and a
+///   sidecar sends a new one only to a control plane whose `Warden-Version`
+///   (on any earlier response, or `GET /v1/bundle`, which needs no
+///   credential) is the version that introduced it or later; facts an older
+///   control plane may ignore travel as headers instead, as this one does.
+pub const VERSION_HEADER: &str = "warden-version";
+
+/// The longest version string either side accepts.
+pub const MAX_VERSION: usize = 64;
+
+/// A version as sent in [`VERSION_HEADER`]: at most [`MAX_VERSION`] bytes
+/// of ASCII letters, digits, `.`, `-` and `+` (semantic versioning).
+pub fn check_version(version: &str) -> Result<(), String> {
+    if version.is_empty() || version.len() > MAX_VERSION {
+        return Err(format!(
+            "a version is 1 to {MAX_VERSION} characters, not {}",
+            version.len()
+        ));
+    }
+    if !version
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'))
+    {
+        return Err("a version has only letters, digits, '.', '-' and '+'".into());
+    }
+    Ok(())
+}
+
+/// `major.minor` of a semantic version.
+fn major_minor(version: &str) -> Option<(u64, u64)> {
+    let mut parts = version.split(['.', '-', '+']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Whether a sidecar at `ours` and a control plane at `theirs` are within
+/// the supported skew: the same major version and at most one minor apart.
+/// An unparsable version is not judged (true).
+pub fn skew_supported(ours: &str, theirs: &str) -> bool {
+    match (major_minor(ours), major_minor(theirs)) {
+        (Some((a, x)), Some((b, y))) => a == b && x.abs_diff(y) <= 1,
+        _ => true,
+    }
+}
+
 /// The error body of every refusal.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ApiError {
@@ -81,6 +134,9 @@ pub struct BundleResponse {
     pub bundle_pem: String,
     /// SHA-256 of `bundle_pem`, hex.
     pub digest: String,
+    /// The control plane's Warden version (empty from one before 0.2.0).
+    #[serde(default)]
+    pub version: String,
 }
 
 /// What sidecars must refuse.
@@ -226,4 +282,29 @@ pub fn bearer_token(authorization: &str) -> Option<&str> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then_some(token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert!(check_version("0.2.0").is_ok());
+        assert!(check_version("1.10.3-rc.1+build.5").is_ok());
+        for bad in [
+            "",
+            "0.2.0\n",
+            "0.2 0",
+            "\u{1b}[31m",
+            &"9".repeat(MAX_VERSION + 1),
+        ] {
+            assert!(check_version(bad).is_err(), "{bad:?}");
+        }
+        assert!(skew_supported("0.2.0", "0.1.7"));
+        assert!(skew_supported("0.2.0", "0.3.0-rc.1"));
+        assert!(!skew_supported("0.2.0", "0.4.0"));
+        assert!(!skew_supported("1.2.0", "2.2.0"));
+        assert!(skew_supported("0.2.0", "dev"));
+    }
 }

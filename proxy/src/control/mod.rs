@@ -63,6 +63,8 @@ pub struct ControlClient {
     tls: TlsConnector,
     timeout: Duration,
     bearer: Option<String>,
+    /// The control plane's `Warden-Version`, from its last response.
+    server_version: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for ControlClient {
@@ -115,6 +117,7 @@ impl ControlClient {
             tls: TlsConnector::from(tls),
             timeout: Duration::from_secs(10),
             bearer: None,
+            server_version: Arc::default(),
         })
     }
 
@@ -126,6 +129,42 @@ impl ControlClient {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The control plane's Warden version, as its last response said
+    /// (`None` before any call, or from a control plane older than 0.2.0,
+    /// which did not say). A new request field is sent only to a control
+    /// plane whose version is known to accept it: see [`api::VERSION_HEADER`].
+    pub fn server_version(&self) -> Option<String> {
+        self.server_version
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn note_server_version(&self, value: Option<&http::HeaderValue>) {
+        let Some(theirs) = value
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| api::check_version(v).is_ok())
+        else {
+            return;
+        };
+        let mut known = self
+            .server_version
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if known.as_deref() == Some(theirs) {
+            return;
+        }
+        if !api::skew_supported(api::VERSION, theirs) {
+            tracing::warn!(
+                control_plane = theirs,
+                sidecar = api::VERSION,
+                "the control plane's version is more than one minor version from this \
+                 sidecar's; only adjacent versions are supported together"
+            );
+        }
+        *known = Some(theirs.to_owned());
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ControlError> {
@@ -180,7 +219,8 @@ impl ControlClient {
                 .method(method)
                 .uri(path)
                 .header(header::HOST, "warden-control")
-                .header(header::ACCEPT, "application/json");
+                .header(header::ACCEPT, "application/json")
+                .header(api::VERSION_HEADER, api::VERSION);
             if let Some(token) = &self.bearer {
                 request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
             }
@@ -195,6 +235,7 @@ impl ControlClient {
                 .await
                 .map_err(|e| ControlError::Http(e.to_string()))?;
             let status = response.status();
+            self.note_server_version(response.headers().get(api::VERSION_HEADER));
             let bytes = Limited::new(response.into_body(), MAX_RESPONSE)
                 .collect()
                 .await
