@@ -410,7 +410,14 @@ pub(crate) fn upgrade_postgres(
     apply: bool,
 ) -> Result<SchemaStatus, StoreError> {
     client.execute("SELECT pg_advisory_lock($1)", &[&PG_LOCK])?;
-    let result = upgrade(client, set, apply);
+    // A step that waits long for a table lock (another replica's
+    // transaction) fails and is rolled back rather than queueing every
+    // replica's queries behind it; the next start tries again.
+    let result = client
+        .batch_execute("SET lock_timeout = '10s'")
+        .map_err(StoreError::from)
+        .and_then(|()| upgrade(client, set, apply));
+    let _ = client.batch_execute("RESET lock_timeout");
     let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&PG_LOCK]);
     let status = result?;
     unlocked?;
@@ -502,6 +509,28 @@ mod tests {
         .expect("insert");
         let err = upgrade(&mut conn, &set, false).expect_err("malformed");
         assert!(err.to_string().contains("malformed"), "{err}");
+    }
+
+    #[test]
+    fn a_step_and_its_history_row_commit_together() {
+        let mut conn = rusqlite::Connection::open_in_memory().expect("open");
+        let set = MigrationSet::builtin(Dialect::Sqlite);
+        upgrade(&mut conn, &set, true).expect("migrate");
+        // The step succeeds; recording it fails. Committed apart (refinery's
+        // ungrouped mode), the table would stay with no history row, and
+        // the next start would fail on it forever.
+        conn.execute_batch(
+            "CREATE TRIGGER no_v3 BEFORE INSERT ON warden_schema_history \
+             WHEN NEW.version = 3 BEGIN SELECT RAISE(ABORT, 'no V3'); END;",
+        )
+        .expect("trigger");
+        let next = set.with("V3__table", "CREATE TABLE t3 (x INTEGER);");
+        let err = upgrade(&mut conn, &next, true).expect_err("history insert fails");
+        assert!(err.to_string().contains("stays at version 2"), "{err}");
+        assert!(
+            !conn.has_table("t3").expect("query"),
+            "V3 committed without its row"
+        );
     }
 
     #[test]
