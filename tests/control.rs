@@ -842,27 +842,6 @@ fn sidecar_config_for_the_control_plane_is_checked() {
     );
 }
 
-#[test]
-fn the_demo_mesh_runs_on_its_control_plane_and_exits_0() {
-    let out = support::warden(&["demo"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for expected in [
-        "control plane for trust domain demo.warden.local",
-        "=> 200",
-        "=> 403",
-        "revoked",
-        "=> 502",
-        "All as expected.",
-    ] {
-        assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_one_postgres_database() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -79,6 +79,11 @@ fn spawn_sidecar(name: &'static str, settings: &[String]) -> anyhow::Result<Side
     if std::env::var_os("WARDEN_LOG").is_none() {
         command.env("WARDEN_LOG", "error");
     }
+    // The sidecar dies with the demo, even a demo killed with SIGKILL: it
+    // asks the kernel for SIGTERM when its parent goes. (That is when the
+    // thread that spawned it exits: the demo spawns from the main thread,
+    // the one `block_on` runs on.)
+    command.env(super::proxy::PARENT_PID_ENV, std::process::id().to_string());
     let mut child = command
         .stdout(Stdio::piped())
         .stdin(Stdio::null())
@@ -385,7 +390,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
 
     if args.keep {
-        println!("\nThe mesh keeps running; look around, then press Ctrl-C:");
+        println!("\nThe mesh keeps running; look around, then press Ctrl-C (or send SIGTERM):");
         for s in [&orders, &frontend, &intruder] {
             println!(
                 "  {:<9} http://{}/metrics  http://{0}/ready  http://{0}/identity  http://{0}/policy",
@@ -401,7 +406,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             control.data.display(),
             control.endpoint.metrics_address
         );
-        tokio::signal::ctrl_c().await?;
+        super::proxy::wait_for_termination().await?;
     }
     drop((intruder, frontend, orders));
     Ok(if as_expected {

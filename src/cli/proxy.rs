@@ -11,6 +11,7 @@ use crate::ProxyArgs;
 /// supervisor or test can find ports chosen with `:0`), then serves until
 /// SIGTERM or SIGINT and drains.
 pub fn run(args: ProxyArgs, log_control: LogControl) -> anyhow::Result<ExitCode> {
+    exit_with_parent()?;
     let config = SidecarConfig::load(args.config.as_deref(), std::env::vars(), &args.set)
         .context("invalid configuration")?;
     let runtime = match args.workers {
@@ -59,6 +60,30 @@ pub fn run(args: ProxyArgs, log_control: LogControl) -> anyhow::Result<ExitCode>
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The environment variable a supervisor (`warden demo`) sets to its own
+/// pid so that the sidecar it starts does not outlive it.
+pub(crate) const PARENT_PID_ENV: &str = "WARDEN_PARENT_PID";
+
+/// With `WARDEN_PARENT_PID` set: asks the kernel for SIGTERM (a drain) when
+/// the parent dies, however it dies (a SIGKILL included), and exits at once
+/// if the parent is already gone (it died before the request was made).
+fn exit_with_parent() -> anyhow::Result<()> {
+    let Some(expected) = std::env::var_os(PARENT_PID_ENV) else {
+        return Ok(());
+    };
+    let expected: i32 = expected
+        .to_str()
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("{PARENT_PID_ENV} must be a process id"))?;
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+        .context("cannot ask to be signalled when the parent exits")?;
+    let parent = rustix::process::Pid::as_raw(rustix::process::getppid());
+    if parent != expected {
+        anyhow::bail!("the parent process {expected} is gone; not starting");
+    }
+    Ok(())
 }
 
 pub(crate) async fn wait_for_termination() -> anyhow::Result<()> {
