@@ -4,5 +4,6 @@
 
 pub mod ca;
 pub mod files;
+pub mod reason;
 pub mod server;
 pub mod store;

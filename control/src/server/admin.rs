@@ -15,8 +15,7 @@ pub(super) fn admin_auth(
         .and_then(api::bearer_token);
     let fail = match presented {
         None => Fail::new(
-            StatusCode::UNAUTHORIZED,
-            "admin_credentials_required",
+            Reason::AdminCredentialsRequired,
             "admin calls need `Authorization: Bearer <token from admin.token>`",
         ),
         Some(token) => {
@@ -29,11 +28,7 @@ pub(super) fn admin_auth(
             if diff == 0 {
                 return Ok(());
             }
-            Fail::new(
-                StatusCode::UNAUTHORIZED,
-                "bad_admin_credentials",
-                "the admin token is not valid",
-            )
+            Fail::new(Reason::BadAdminCredentials, "the admin token is not valid")
         }
     };
     Err(refused(state, "admin", &remote.to_string(), None, fail))
@@ -99,19 +94,17 @@ pub(super) async fn admin(
                     &IdentityDetail { identity, svids },
                 )),
                 None => Err(Fail::new(
-                    StatusCode::NOT_FOUND,
-                    "unknown_identity",
+                    Reason::UnknownIdentity,
                     "no such identity or serial in the inventory",
                 )),
             }
         }
         (&Method::POST, api::ADMIN_REVOCATIONS) => {
             let body: api::RevokeRequest = read_json(req, MAX_BODY).await?;
-            input::check_text("reason", &body.reason, input::MAX_REASON)?;
+            input::check_text("reason", Reason::BadReason, &body.reason, input::MAX_REASON)?;
             if body.reason.trim().is_empty() {
                 return Err(Fail::new(
-                    StatusCode::BAD_REQUEST,
-                    "reason_required",
+                    Reason::ReasonRequired,
                     "a revocation needs a reason",
                 ));
             }
@@ -179,8 +172,7 @@ pub(super) async fn admin(
                 .map_or(DEFAULT_ROTATION_GRACE, Duration::from_secs);
             if grace < MIN_ROTATION_GRACE || grace > MAX_ROTATION_GRACE {
                 return Err(Fail::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_grace",
+                    Reason::BadGrace,
                     format!(
                         "the grace period must be between {}s and {}s: sidecars need it to learn the new root",
                         MIN_ROTATION_GRACE.as_secs(),
@@ -192,19 +184,17 @@ pub(super) async fn admin(
             let now = unix_now();
             let plan = tokio::task::spawn_blocking(move || rotation::rotate(&dir, grace, now))
                 .await
-                .map_err(|e| {
-                    Fail::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-                })?
-                .map_err(|e| Fail::new(StatusCode::CONFLICT, "rotation_refused", e.to_string()))?;
+                .map_err(|e| Fail::new(Reason::Internal, e.to_string()))?
+                .map_err(|e| Fail::new(Reason::RotationRefused, e.to_string()))?;
             let event = AuditEvent::ok("ca_rotate", None, None, "admin").with_detail(format!(
                 "new CA {} signs from {}",
                 plan.authorities.last().map_or("", |a| a.dir.as_str()),
                 plan.authorities.last().map_or(0, |a| a.sign_from)
             ));
             let _ = blocking(move || db.audit(&event)).await;
-            maintain_authorities(state).await.map_err(|e| {
-                Fail::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })?;
+            maintain_authorities(state)
+                .await
+                .map_err(|e| Fail::new(Reason::Internal, e.to_string()))?;
             Ok(json_response(
                 StatusCode::OK,
                 &ca_status(&state.cas.load_full()),
@@ -220,8 +210,7 @@ pub(super) async fn admin(
             Ok(json_response(StatusCode::OK, &events))
         }
         _ => Err(Fail::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            Reason::NotFound,
             format!("no admin endpoint {method} {path}"),
         )),
     }
@@ -262,19 +251,23 @@ pub(super) async fn create_token(
     state: &Arc<State>,
     body: api::TokenRequest,
 ) -> Result<Response<Body>, Fail> {
-    let bad = |code: &str, m: String| Fail::new(StatusCode::BAD_REQUEST, code, m);
-    let id = SpiffeId::parse(&body.spiffe_id)
-        .map_err(|e| bad("invalid_spiffe_id", format!("{:?}: {e}", body.spiffe_id)))?;
+    let bad = |reason: Reason, m: String| Fail::new(reason, m);
+    let id = SpiffeId::parse(&body.spiffe_id).map_err(|e| {
+        bad(
+            Reason::InvalidSpiffeId,
+            format!("{:?}: {e}", body.spiffe_id),
+        )
+    })?;
     let trust_domain = state.cas.load().signing.trust_domain().clone();
     if !id.is_member_of(&trust_domain) {
         return Err(bad(
-            "foreign_trust_domain",
+            Reason::ForeignTrustDomain,
             format!("{id} is outside this CA's trust domain {}", trust_domain),
         ));
     }
     if id.is_root() || id == state.server_id {
         return Err(bad(
-            "reserved_id",
+            Reason::ReservedId,
             format!("{id} cannot be given to a workload"),
         ));
     }
@@ -284,7 +277,7 @@ pub(super) async fn create_token(
         .unwrap_or(DEFAULT_TOKEN_TTL);
     if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
         return Err(bad(
-            "bad_ttl",
+            Reason::BadTtl,
             format!(
                 "token TTL must be between 1s and {}s",
                 MAX_TOKEN_TTL.as_secs()
@@ -293,7 +286,7 @@ pub(super) async fn create_token(
     }
     if body.labels.len() > MAX_LABELS {
         return Err(bad(
-            "bad_label",
+            Reason::BadLabel,
             format!("at most {MAX_LABELS} labels per token"),
         ));
     }
@@ -324,7 +317,7 @@ pub(super) async fn create_token(
 /// Checks a pushed bundle the way a sidecar will load it; returns its digest
 /// and policy count.
 pub(super) fn validate_policies(files: &BTreeMap<String, String>) -> Result<(String, usize), Fail> {
-    let bad = |m: String| Fail::new(StatusCode::BAD_REQUEST, "invalid_policy", m);
+    let bad = |m: String| Fail::new(Reason::InvalidPolicy, m);
     let policy_files = PolicyFiles::from_named(files).map_err(bad)?;
     let snapshot = PolicySnapshot::from_files(policy_files).map_err(|e| bad(e.to_string()))?;
     Ok((snapshot.version().to_owned(), snapshot.len()))

@@ -20,26 +20,23 @@ fn json_media_type(req: &Request<Incoming>) -> Result<(), Fail> {
     match declared {
         Some(media) if media.eq_ignore_ascii_case("application/json") => Ok(()),
         _ => Err(Fail::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            Reason::UnsupportedMediaType,
             "send the body as Content-Type: application/json",
         )),
     }
 }
 
 /// A free-text field: at most `max` bytes, no unsafe characters.
-pub(super) fn check_text(field: &str, value: &str, max: usize) -> Result<(), Fail> {
+pub(super) fn check_text(field: &str, reason: Reason, value: &str, max: usize) -> Result<(), Fail> {
     if value.len() > max {
         return Err(Fail::new(
-            StatusCode::BAD_REQUEST,
-            format!("bad_{field}"),
+            reason,
             format!("{field} is {} bytes; at most {max}", value.len()),
         ));
     }
     if let Some(c) = value.chars().find(|c| api::is_unsafe_char(*c)) {
         return Err(Fail::new(
-            StatusCode::BAD_REQUEST,
-            format!("bad_{field}"),
+            reason,
             format!(
                 "{field} holds the control or formatting character U+{:04X}",
                 u32::from(c)
@@ -55,8 +52,7 @@ pub(super) fn check_instance(instance: &str) -> Result<(), Fail> {
         Ok(())
     } else {
         Err(Fail::new(
-            StatusCode::BAD_REQUEST,
-            "bad_instance",
+            Reason::BadInstance,
             format!(
                 "instance must be at most {} bytes of letters, digits and .-_:/@+",
                 api::MAX_INSTANCE
@@ -75,15 +71,14 @@ pub(super) fn check_label(key: &str, value: &str) -> Result<(), Fail> {
             .all(|b| b.is_ascii_alphanumeric() || b".-_/".contains(&b));
     if !key_ok {
         return Err(Fail::new(
-            StatusCode::BAD_REQUEST,
-            "bad_label",
+            Reason::BadLabel,
             format!(
                 "label key {:?}: 1-63 bytes of letters, digits and .-_/",
                 key.escape_debug().to_string()
             ),
         ));
     }
-    check_text("label", value, 255)
+    check_text("label", Reason::BadLabel, value, 255)
 }
 
 /// A query parameter that must be one of `allowed`, if present.
@@ -96,8 +91,7 @@ pub(super) fn one_of<'a>(
         None => Ok(None),
         Some(v) if allowed.contains(&v.as_str()) => Ok(Some(v)),
         Some(v) => Err(Fail::new(
-            StatusCode::BAD_REQUEST,
-            "bad_query",
+            Reason::BadQuery,
             format!(
                 "{name}={:?} is not one of {}",
                 v.escape_debug().to_string(),
@@ -115,13 +109,8 @@ pub(super) fn number<T: std::str::FromStr>(
     params
         .get(name)
         .map(|v| {
-            v.parse().map_err(|_| {
-                Fail::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_query",
-                    format!("{name} must be a number"),
-                )
-            })
+            v.parse()
+                .map_err(|_| Fail::new(Reason::BadQuery, format!("{name} must be a number")))
         })
         .transpose()
 }
@@ -131,8 +120,7 @@ pub(super) fn only_known(params: &BTreeMap<String, String>, known: &[&str]) -> R
     match params.keys().find(|k| !known.contains(&k.as_str())) {
         None => Ok(()),
         Some(k) => Err(Fail::new(
-            StatusCode::BAD_REQUEST,
-            "bad_query",
+            Reason::BadQuery,
             format!(
                 "unknown query parameter {:?}; known: {}",
                 k.escape_debug().to_string(),
@@ -158,8 +146,7 @@ pub(super) async fn read_json<T: DeserializeOwned>(
     json_media_type(&req)?;
     let too_large = || {
         Fail::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            Reason::BodyTooLarge,
             format!("request body exceeds {limit} bytes"),
         )
     };
@@ -171,7 +158,7 @@ pub(super) async fn read_json<T: DeserializeOwned>(
     if declared.is_some_and(|n| n > DRAIN_MAX) {
         return Err(too_large());
     }
-    let bad_body = |e: hyper::Error| Fail::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string());
+    let bad_body = |e: hyper::Error| Fail::new(Reason::BadBody, e.to_string());
     let mut body = req.into_body();
     let mut bytes = Vec::new();
     let mut seen = declared.filter(|&n| n > limit).unwrap_or(0);
@@ -200,8 +187,7 @@ pub(super) async fn read_json<T: DeserializeOwned>(
         .await;
         return Err(too_large());
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| Fail::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))
+    serde_json::from_slice(&bytes).map_err(|e| Fail::new(Reason::MalformedJson, e.to_string()))
 }
 
 pub(super) fn query_params(req: &Request<Incoming>) -> BTreeMap<String, String> {

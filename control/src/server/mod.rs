@@ -29,6 +29,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use warden_proxy::authz::{PolicyFiles, PolicySnapshot};
+
+use crate::reason::{CsrReason, Reason};
 use warden_proxy::control::api;
 use warden_proxy::control::{ControlClient, digest_hex};
 use warden_proxy::identity::{
@@ -220,20 +222,18 @@ pub struct ControlPlane {
     _shutdown: watch::Sender<bool>,
 }
 
-/// A refusal on its way to the caller.
+/// A refusal on its way to the caller: its reason decides the status.
 struct Fail {
-    status: StatusCode,
-    code: String,
+    reason: Reason,
     message: String,
     /// The audit record to write before answering, for refusals that are audited.
     audit: Option<Box<AuditEvent>>,
 }
 
 impl Fail {
-    fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> Self {
+    fn new(reason: Reason, message: impl Into<String>) -> Self {
         Fail {
-            status,
-            code: code.into(),
+            reason,
             message: message.into(),
             audit: None,
         }
@@ -242,44 +242,36 @@ impl Fail {
 
 impl From<StoreError> for Fail {
     fn from(e: StoreError) -> Self {
-        let status = match &e {
-            StoreError::Db { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            StoreError::Schema(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            StoreError::Refused { code, .. } => match *code {
-                c if c.starts_with("csr_") => StatusCode::BAD_REQUEST,
-                "unknown_identity" | "unknown_serial" | "unknown_version" => StatusCode::NOT_FOUND,
-                "already_revoked" => StatusCode::CONFLICT,
-                _ => StatusCode::FORBIDDEN,
-            },
-        };
-        if let StoreError::Db { message, .. } | StoreError::Schema(message) = &e {
-            tracing::error!(error = %message, "database error");
+        let reason = e.reason();
+        if reason.status().is_server_error() {
+            tracing::error!(reason = reason.code(), error = %e, "request failed");
         }
-        Fail::new(status, e.code(), e.to_string())
+        Fail::new(reason, e.to_string())
     }
 }
 
 fn csr_refusal(e: CsrError) -> StoreError {
-    // One namespace of reasons for the API: `csr_identity_mismatch`, ...
-    let code: &'static str = match e.code() {
-        "malformed_csr" => "csr_malformed",
-        "bad_signature" => "csr_bad_signature",
-        "weak_key" => "csr_weak_key",
-        "unsupported_key" => "csr_unsupported_key",
-        "requests_ca" => "csr_requests_ca",
-        "multiple_uri_sans" => "csr_multiple_uri_sans",
-        "unsupported_san" => "csr_unsupported_san",
-        "invalid_spiffe_id" => "csr_invalid_spiffe_id",
-        "identity_mismatch" => "csr_identity_mismatch",
-        "missing_spiffe_id" => "csr_missing_spiffe_id",
-        "foreign_trust_domain" => "csr_foreign_trust_domain",
-        "root_path_id" => "csr_root_path_id",
-        "ttl_too_long" => "csr_ttl_too_long",
-        "ttl_too_short" => "csr_ttl_too_short",
-        "ca_expired" => "ca_expired",
-        _ => "csr_internal",
+    // One namespace of reasons for the API: `csr_identity_mismatch`, ...;
+    // the CA's own failures are not the caller's (500, 503).
+    let reason = match &e {
+        CsrError::Malformed(_) => Reason::Csr(CsrReason::Malformed),
+        CsrError::BadSignature => Reason::Csr(CsrReason::BadSignature),
+        CsrError::WeakKey(_) => Reason::Csr(CsrReason::WeakKey),
+        CsrError::UnsupportedKey(_) => Reason::Csr(CsrReason::UnsupportedKey),
+        CsrError::RequestsCa(_) => Reason::Csr(CsrReason::RequestsCa),
+        CsrError::MultipleUriSans(_) => Reason::Csr(CsrReason::MultipleUriSans),
+        CsrError::UnsupportedSan(_) => Reason::Csr(CsrReason::UnsupportedSan),
+        CsrError::InvalidSpiffeId { .. } => Reason::Csr(CsrReason::InvalidSpiffeId),
+        CsrError::IdentityMismatch { .. } => Reason::Csr(CsrReason::IdentityMismatch),
+        CsrError::MissingSpiffeId => Reason::Csr(CsrReason::MissingSpiffeId),
+        CsrError::ForeignTrustDomain { .. } => Reason::Csr(CsrReason::ForeignTrustDomain),
+        CsrError::RootPathId(_) => Reason::Csr(CsrReason::RootPathId),
+        CsrError::TtlTooLong { .. } => Reason::Csr(CsrReason::TtlTooLong),
+        CsrError::TtlTooShort(_) => Reason::Csr(CsrReason::TtlTooShort),
+        CsrError::CaExpired => Reason::CaExpired,
+        CsrError::Internal(_) => Reason::Internal,
     };
-    StoreError::refused(code, e.to_string())
+    StoreError::refused(reason, e.to_string())
 }
 
 type Body = Full<Bytes>;
@@ -297,9 +289,9 @@ fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> 
 
 fn fail_response(fail: &Fail) -> Response<Body> {
     json_response(
-        fail.status,
+        fail.reason.status(),
         &api::ApiError {
-            error: fail.code.clone(),
+            error: fail.reason.code().to_owned(),
             message: fail.message.clone(),
         },
     )
@@ -645,15 +637,10 @@ async fn route(
             Err(fail) => Err(fail),
         },
         (_, api::BUNDLE | api::JOIN | api::RENEW | api::WATCH) => Err(Fail::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            Reason::MethodNotAllowed,
             format!("{method} is not allowed on {path}"),
         )),
-        _ => Err(Fail::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no endpoint {path}"),
-        )),
+        _ => Err(Fail::new(Reason::NotFound, format!("no endpoint {path}"))),
     };
     let mut response = match result {
         Ok(response) => response,
@@ -681,7 +668,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(f)
         .await
-        .unwrap_or_else(|e| Err(StoreError::refused("internal", e.to_string())))
+        .unwrap_or_else(|e| Err(StoreError::refused(Reason::Internal, e.to_string())))
 }
 
 /// Audits and counts a refusal, then hands it on.
@@ -692,9 +679,10 @@ fn refused(
     id: Option<&str>,
     mut fail: Fail,
 ) -> Fail {
-    state.count(|c| *c.refused.entry((event, fail.code.clone())).or_default() += 1);
+    let code = fail.reason.code();
+    state.count(|c| *c.refused.entry((event, code.to_owned())).or_default() += 1);
     fail.audit = Some(Box::new(
-        AuditEvent::refused(event, &fail.code, fail.message.clone(), actor).with_id(id),
+        AuditEvent::refused(event, code, fail.message.clone(), actor).with_id(id),
     ));
     fail
 }

@@ -13,7 +13,7 @@ pub(super) fn sign(
     sidecar_version: Option<&str>,
 ) -> Result<Signed<api::SvidResponse>, StoreError> {
     let bound_id = SpiffeId::parse(bound)
-        .map_err(|e| StoreError::refused("internal", format!("stored ID {bound:?}: {e}")))?;
+        .map_err(|e| StoreError::refused(Reason::Internal, format!("stored ID {bound:?}: {e}")))?;
     let issued = cas
         .signing
         .sign_csr(
@@ -66,8 +66,7 @@ fn sidecar_version(req: &Request<Incoming>) -> Result<Option<String>, Fail> {
     match text {
         Some(v) => Ok(Some(v.to_owned())),
         None => Err(Fail::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_version",
+            Reason::InvalidVersion,
             format!(
                 "{}: {}",
                 api::VERSION_HEADER,
@@ -131,8 +130,7 @@ pub(super) async fn renew(
             "anonymous",
             None,
             Fail::new(
-                StatusCode::UNAUTHORIZED,
-                "mtls_required",
+                Reason::MtlsRequired,
                 "renewal needs the current SVID as the TLS client certificate",
             ),
         ));
@@ -178,8 +176,7 @@ pub(super) async fn watch_changes(
 ) -> Result<Response<Body>, Fail> {
     let Some(caller) = caller else {
         return Err(Fail::new(
-            StatusCode::UNAUTHORIZED,
-            "mtls_required",
+            Reason::MtlsRequired,
             "the watch needs an SVID as the TLS client certificate",
         ));
     };
@@ -232,8 +229,7 @@ pub(super) async fn watch_changes(
         || revocations.serials.contains(&caller.serial)
     {
         return Err(Fail::new(
-            StatusCode::FORBIDDEN,
-            "identity_revoked",
+            Reason::IdentityRevoked,
             format!("{} is revoked", caller.id),
         ));
     }

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::StoreError;
 use super::migrate::{self, Dialect, MigrationSet};
+use crate::reason::Reason;
 
 /// What a backup or a restore copied.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -40,7 +41,7 @@ fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
 fn copy(from: &rusqlite::Connection, to: &Path) -> Result<(), StoreError> {
     if to.exists() {
         return Err(StoreError::refused(
-            "exists",
+            Reason::FileExists,
             format!("{} already exists; refusing to overwrite it", to.display()),
         ));
     }
@@ -97,7 +98,7 @@ fn copy(from: &rusqlite::Connection, to: &Path) -> Result<(), StoreError> {
         std::fs::hard_link(&tmp, to).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 StoreError::refused(
-                    "exists",
+                    Reason::FileExists,
                     format!("{} already exists; refusing to overwrite it", to.display()),
                 )
             } else {
@@ -160,7 +161,7 @@ fn report(conn: &mut rusqlite::Connection, path: &Path) -> Result<BackupReport, 
 pub fn backup_sqlite(db: &Path, out: &Path) -> Result<BackupReport, StoreError> {
     if !db.exists() {
         return Err(StoreError::refused(
-            "not_found",
+            Reason::FileNotFound,
             format!("{} does not exist", db.display()),
         ));
     }
@@ -190,7 +191,7 @@ pub fn restore_sqlite(from: &Path, db: &Path) -> Result<BackupReport, StoreError
             .any(|s| beside(s).exists())
     {
         return Err(StoreError::refused(
-            "exists",
+            Reason::FileExists,
             format!(
                 "{} already exists: restore into an empty data directory",
                 db.display()
@@ -199,7 +200,7 @@ pub fn restore_sqlite(from: &Path, db: &Path) -> Result<BackupReport, StoreError
     }
     if !from.exists() {
         return Err(StoreError::refused(
-            "not_found",
+            Reason::FileNotFound,
             format!("{} does not exist", from.display()),
         ));
     }
@@ -207,7 +208,7 @@ pub fn restore_sqlite(from: &Path, db: &Path) -> Result<BackupReport, StoreError
         rusqlite::Connection::open_with_flags(from, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     check_integrity(&source).map_err(|e| {
         StoreError::refused(
-            "corrupt",
+            Reason::Corrupt,
             format!("{} is not a sound backup: {e}", from.display()),
         )
     })?;
@@ -220,7 +221,7 @@ pub fn restore_sqlite(from: &Path, db: &Path) -> Result<BackupReport, StoreError
         )?;
         if known == 0 {
             return Err(StoreError::refused(
-                "not_a_backup",
+                Reason::NotABackup,
                 format!("{} is not a Warden control-plane database", from.display()),
             ));
         }

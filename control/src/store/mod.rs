@@ -18,16 +18,18 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use backend::Database;
+
+use crate::reason::Reason;
 use backend::{Backend, Row, Sql};
 pub use backup::{BackupReport, backup_sqlite, restore_sqlite};
 pub use migrate::{Dialect, MigrationSet, SchemaStatus};
 
-/// A refused or failed store operation. `code` is a stable reason for the
-/// API and the audit trail.
+/// A refused or failed store operation; [`StoreError::reason`] is what
+/// the API and the audit trail say.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{message}")]
-    Refused { code: &'static str, message: String },
+    Refused { reason: Reason, message: String },
     #[error("database: {message}")]
     Db { message: String, retryable: bool },
     /// The schema is newer than this build can run on, its history diverges
@@ -37,9 +39,9 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub fn refused(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn refused(reason: Reason, message: impl Into<String>) -> Self {
         StoreError::Refused {
-            code,
+            reason,
             message: message.into(),
         }
     }
@@ -65,12 +67,16 @@ impl StoreError {
         )
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            StoreError::Refused { code, .. } => code,
-            StoreError::Db { .. } => "database",
-            StoreError::Schema(_) => "schema",
+            StoreError::Refused { reason, .. } => *reason,
+            StoreError::Db { .. } => Reason::Database,
+            StoreError::Schema(_) => Reason::Schema,
         }
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.reason().code()
     }
 }
 
@@ -262,7 +268,7 @@ impl Store {
                 && row.opt_int(0)?.is_some()
             {
                 return Err(StoreError::refused(
-                    "identity_revoked",
+                    Reason::IdentityRevoked,
                     format!("{spiffe_id} is revoked; no token can be made for it"),
                 ));
             }
@@ -312,14 +318,14 @@ impl Store {
             )?;
             let Some(row) = row else {
                 return Err(StoreError::refused(
-                    "unknown_token",
+                    Reason::UnknownToken,
                     "the join token is not known to this control plane",
                 ));
             };
             let (token_id, spiffe_id) = (row.text(0)?, row.text(1)?);
             if let Some(used) = row.opt_int(3)? {
                 return Err(StoreError::refused(
-                    "token_reused",
+                    Reason::TokenReused,
                     format!(
                         "join token {token_id} was already used at {used}; tokens are single-use"
                     ),
@@ -328,7 +334,7 @@ impl Store {
             let expires_at = row.int(2)?;
             if expires_at <= now {
                 return Err(StoreError::refused(
-                    "token_expired",
+                    Reason::TokenExpired,
                     format!("join token {token_id} expired at {expires_at}"),
                 ));
             }
@@ -373,20 +379,20 @@ impl Store {
             )?;
             let Some(row) = row else {
                 return Err(StoreError::refused(
-                    "unknown_svid",
+                    Reason::UnknownSvid,
                     format!("SVID {serial} was not issued by this control plane"),
                 ));
             };
             let owner = row.text(0)?;
             if owner != spiffe_id {
                 return Err(StoreError::refused(
-                    "identity_mismatch",
+                    Reason::IdentityMismatch,
                     format!("SVID {serial} belongs to {owner}, not {spiffe_id}"),
                 ));
             }
             if row.int(1)? != 0 {
                 return Err(StoreError::refused(
-                    "svid_revoked",
+                    Reason::SvidRevoked,
                     format!("SVID {serial} is revoked"),
                 ));
             }
@@ -423,13 +429,13 @@ impl Store {
                 match revoked_at(sql, target)? {
                     None => {
                         return Err(StoreError::refused(
-                            "unknown_identity",
+                            Reason::UnknownIdentity,
                             format!("{target} is not in the inventory"),
                         ));
                     }
                     Some(Some(at)) => {
                         return Err(StoreError::refused(
-                            "already_revoked",
+                            Reason::AlreadyRevoked,
                             format!("{target} was already revoked at {at}"),
                         ));
                     }
@@ -461,13 +467,13 @@ impl Store {
                 )?;
                 let Some(row) = row else {
                     return Err(StoreError::refused(
-                        "unknown_serial",
+                        Reason::UnknownSerial,
                         format!("no SVID with serial {serial} was issued here"),
                     ));
                 };
                 if row.int(2)? != 0 {
                     return Err(StoreError::refused(
-                        "already_revoked",
+                        Reason::AlreadyRevoked,
                         format!("SVID {serial} was already revoked"),
                     ));
                 }
@@ -614,7 +620,7 @@ impl Store {
         let (bundle, event) = self.backend.tx(|sql| {
             let Some(bundle) = policy_version(sql, version)? else {
                 return Err(StoreError::refused(
-                    "unknown_version",
+                    Reason::UnknownVersion,
                     format!("there is no policy version {version}"),
                 ));
             };
@@ -746,12 +752,12 @@ fn query_identities(
 fn check_not_revoked(sql: &mut dyn Sql, spiffe_id: &str) -> Result<(), StoreError> {
     match revoked_at(sql, spiffe_id)? {
         Some(Some(at)) => Err(StoreError::refused(
-            "identity_revoked",
+            Reason::IdentityRevoked,
             format!("{spiffe_id} was revoked at {at}"),
         )),
         Some(None) => Ok(()),
         None => Err(StoreError::refused(
-            "unknown_identity",
+            Reason::UnknownIdentity,
             format!("{spiffe_id} is not in the inventory"),
         )),
     }
@@ -899,10 +905,13 @@ mod tests {
             .expect("token");
         let refused = store
             .redeem_token("h", 150, |_| -> Result<Signed<()>, StoreError> {
-                Err(StoreError::refused("bad_csr", "no"))
+                Err(StoreError::refused(
+                    crate::reason::Reason::Csr(crate::reason::CsrReason::Malformed),
+                    "no",
+                ))
             })
             .expect_err("signer refused");
-        assert_eq!(refused.code(), "bad_csr");
+        assert_eq!(refused.code(), "csr_malformed");
         // The refusal did not burn the token.
         store
             .redeem_token("h", 150, |bound| {
