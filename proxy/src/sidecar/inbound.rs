@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use rustls::ServerConfig;
 use sha2::{Digest, Sha256};
@@ -23,9 +23,9 @@ use super::app::{AppAddr, AppClients, AppError};
 use super::config::{AppProtocol, InboundMode};
 use super::connections::serve_http;
 use super::http::{
-    Body, PEER_ID, REQUEST_ID, Refusal, XFCC, boxed, error_chain, is_grpc, malformed_body,
-    relay_upgrade, request_id, restore_upgrade, strip_hop_by_hop, strip_reserved, strip_response,
-    upgrade_allowed, upgrade_protocol,
+    Body, PEER_ID, REQUEST_ID, Refusal, RefusalKind, XFCC, boxed, error_chain, is_grpc,
+    malformed_body, relay_upgrade, request_id, restore_upgrade, strip_hop_by_hop, strip_reserved,
+    strip_response, upgrade_allowed, upgrade_protocol,
 };
 use super::metrics::{Direction, Handshake, handshake_failure};
 use super::normalize::{Host, NormalizeError, Target, normalize_request};
@@ -391,7 +391,11 @@ impl Inbound {
                 (response, status, label)
             }
             // Counted by what it means, also when gRPC carries it as 200.
-            Err((refusal, label)) => (refusal.response(&id, grpc), refusal.status.as_u16(), label),
+            Err((refusal, label)) => (
+                refusal.response(&id, grpc),
+                refusal.status().as_u16(),
+                label,
+            ),
         };
         let metrics = &self.shared.metrics;
         metrics.request(Direction::Inbound, status, label);
@@ -441,7 +445,7 @@ impl Inbound {
             metrics.shed();
             return Err((
                 Refusal::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                    RefusalKind::Overloaded,
                     "overloaded: too many requests in flight, retry later",
                 ),
                 "none",
@@ -451,7 +455,7 @@ impl Inbound {
             Some(Lapse::Expired) => {
                 return Err((
                     Refusal::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
+                        RefusalKind::CertificateLapsed,
                         "the caller's certificate expired during this connection; reconnect",
                     ),
                     "none",
@@ -459,7 +463,7 @@ impl Inbound {
             }
             Some(Lapse::Revoked) => {
                 return Err((
-                    Refusal::new(StatusCode::FORBIDDEN, "the caller's certificate is revoked"),
+                    Refusal::new(RefusalKind::Revoked, "the caller's certificate is revoked"),
                     "deny",
                 ));
             }
@@ -468,7 +472,7 @@ impl Inbound {
         let Some(authorizer) = info.authorizer(&self.shared) else {
             return Err((
                 Refusal::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                    RefusalKind::NotReady,
                     "sidecar not ready: no identity or policy yet",
                 ),
                 "none",
@@ -508,7 +512,7 @@ impl Inbound {
                 decision.principal, decision.action
             );
             *decided = Some(decision);
-            return Err((Refusal::new(StatusCode::FORBIDDEN, reason), label));
+            return Err((Refusal::new(RefusalKind::Denied, reason), label));
         }
         *decided = Some(decision);
         let response = self.forward(req, info, id, grpc, upgrade, &target).await;
@@ -557,7 +561,7 @@ impl Inbound {
             Ok(uri) => *req.uri_mut() = uri,
             Err(_) => {
                 return Refusal::new(
-                    StatusCode::BAD_REQUEST,
+                    RefusalKind::BadRequest,
                     "request target cannot be forwarded",
                 )
                 .response(id, grpc);
@@ -583,11 +587,11 @@ impl Inbound {
             }
             Ok(Err(AppError::CallerBody)) => malformed_body(),
             Ok(Err(AppError::Exchange(e))) => Refusal::new(
-                StatusCode::BAD_GATEWAY,
+                RefusalKind::AppFailed,
                 format!("app at {} failed: {e}", self.app),
             ),
             Err(_) => Refusal::new(
-                StatusCode::GATEWAY_TIMEOUT,
+                RefusalKind::AppTimeout,
                 format!(
                     "app at {} did not respond within {:?}",
                     self.app, limits.app_response_timeout
@@ -645,7 +649,7 @@ impl Inbound {
                 response.map(boxed)
             }
             Ok(Err(e)) => Refusal::new(
-                StatusCode::BAD_GATEWAY,
+                RefusalKind::AppFailed,
                 format!(
                     "app at {} failed the upgrade: {}",
                     self.app,
@@ -654,7 +658,7 @@ impl Inbound {
             )
             .response(id, false),
             Err(_) => Refusal::new(
-                StatusCode::GATEWAY_TIMEOUT,
+                RefusalKind::AppTimeout,
                 format!(
                     "app at {} did not respond within {:?}",
                     self.app, limits.app_response_timeout
@@ -669,12 +673,12 @@ impl Inbound {
 fn app_unavailable(app: &AppAddr, e: &std::io::Error, timeout: std::time::Duration) -> Refusal {
     if e.kind() == std::io::ErrorKind::TimedOut {
         Refusal::new(
-            StatusCode::GATEWAY_TIMEOUT,
+            RefusalKind::AppTimeout,
             format!("app at {app} did not accept a connection within {timeout:?}"),
         )
     } else {
         Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+            RefusalKind::AppUnavailable,
             format!("app at {app} is unavailable: {e}"),
         )
     }
@@ -706,11 +710,11 @@ fn canonical_headers(headers: &mut http::HeaderMap, target: &Target) {
 
 /// 405 for CONNECT, 400 for every other target that does not normalize.
 fn normalize_refusal(e: &NormalizeError) -> Refusal {
-    let status = match e {
-        NormalizeError::Connect => StatusCode::METHOD_NOT_ALLOWED,
-        _ => StatusCode::BAD_REQUEST,
+    let kind = match e {
+        NormalizeError::Connect => RefusalKind::MethodNotAllowed,
+        _ => RefusalKind::BadRequest,
     };
-    Refusal::new(status, e.to_string())
+    Refusal::new(kind, e.to_string())
 }
 
 fn authorize(

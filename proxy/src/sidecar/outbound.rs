@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
@@ -18,9 +18,9 @@ use super::admission::{Slot, accept_loop};
 use super::config::{RouteProtocol, normalize_authority};
 use super::connections::serve_http;
 use super::http::{
-    Body, CallerBody, ORIG_PROTO, ORIG_PROTO_HTTP1, Refusal, boxed, error_chain, is_grpc,
-    malformed_body, relay_upgrade, request_host, request_id, restore_upgrade, strip_hop_by_hop,
-    strip_reserved, strip_response, upgrade_allowed, upgrade_protocol,
+    Body, CallerBody, ORIG_PROTO, ORIG_PROTO_HTTP1, Refusal, RefusalKind, boxed, error_chain,
+    is_grpc, malformed_body, relay_upgrade, request_host, request_id, restore_upgrade,
+    strip_hop_by_hop, strip_reserved, strip_response, upgrade_allowed, upgrade_protocol,
 };
 use super::metrics::Direction;
 use super::peer::{Carrying, PeerChannel, PeerError, PeerFacts};
@@ -124,10 +124,10 @@ impl Route {
         let Ok(_permit) = self.shared.inflight.clone().try_acquire_owned() else {
             metrics.shed();
             let refusal = Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
+                RefusalKind::Overloaded,
                 "overloaded: too many requests in flight, retry later",
             );
-            metrics.request(Direction::Outbound, refusal.status.as_u16(), "none");
+            metrics.request(Direction::Outbound, refusal.status().as_u16(), "none");
             return refusal.response(&id, grpc);
         };
         match self.forward(req).await {
@@ -138,7 +138,7 @@ impl Route {
             Err(refusal) => {
                 tracing::warn!(request_id = %id, upstream = %self.upstream, reason = %refusal.reason, "outbound request failed");
                 // Counted by what it means, also when gRPC carries it as 200.
-                metrics.request(Direction::Outbound, refusal.status.as_u16(), "none");
+                metrics.request(Direction::Outbound, refusal.status().as_u16(), "none");
                 refusal.response(&id, grpc)
             }
         }
@@ -168,7 +168,7 @@ impl Route {
             .parse::<Uri>()
             .map_err(|_| {
                 Refusal::new(
-                    StatusCode::BAD_REQUEST,
+                    RefusalKind::BadRequest,
                     format!("bad Host header {authority:?}"),
                 )
             })?;
@@ -213,7 +213,7 @@ impl Route {
                     req = e.take_message();
                     if req.is_none() || attempt == 1 {
                         return Err(Refusal::new(
-                            StatusCode::BAD_GATEWAY,
+                            RefusalKind::PeerFailed,
                             format!(
                                 "peer sidecar {} failed the request: {}",
                                 self.upstream,
@@ -225,7 +225,7 @@ impl Route {
                 }
                 Err(_) => {
                     return Err(Refusal::new(
-                        StatusCode::GATEWAY_TIMEOUT,
+                        RefusalKind::PeerTimeout,
                         format!(
                             "peer sidecar {} did not respond within {timeout:?}",
                             self.upstream
@@ -235,7 +235,7 @@ impl Route {
             }
         }
         Err(Refusal::new(
-            StatusCode::BAD_GATEWAY,
+            RefusalKind::PeerFailed,
             format!("peer sidecar {} kept closing the connection", self.upstream),
         ))
     }
@@ -284,7 +284,7 @@ impl Route {
                 Ok(response.map(boxed))
             }
             Ok(Err(e)) => Err(Refusal::new(
-                StatusCode::BAD_GATEWAY,
+                RefusalKind::PeerFailed,
                 format!(
                     "peer sidecar {} failed the upgrade: {}",
                     self.upstream,
@@ -292,7 +292,7 @@ impl Route {
                 ),
             )),
             Err(_) => Err(Refusal::new(
-                StatusCode::GATEWAY_TIMEOUT,
+                RefusalKind::PeerTimeout,
                 format!(
                     "peer sidecar {} did not respond within {timeout:?}",
                     self.upstream
@@ -345,12 +345,12 @@ impl Route {
 }
 
 fn peer_refusal(e: PeerError) -> Refusal {
-    let status = match e {
-        PeerError::Unreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        PeerError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        PeerError::Handshake { .. } | PeerError::Protocol { .. } => StatusCode::BAD_GATEWAY,
+    let kind = match e {
+        PeerError::Unreachable { .. } => RefusalKind::PeerUnreachable,
+        PeerError::Timeout { .. } => RefusalKind::PeerTimeout,
+        PeerError::Handshake { .. } | PeerError::Protocol { .. } => RefusalKind::PeerFailed,
     };
-    Refusal::new(status, e.to_string())
+    Refusal::new(kind, e.to_string())
 }
 
 /// The explicit HTTP proxy (`http_proxy=`): absolute-form requests go to the
@@ -393,7 +393,7 @@ impl ProxyListener {
         let Some(target) = target else {
             return self.refuse(
                 Refusal::new(
-                    StatusCode::BAD_REQUEST,
+                    RefusalKind::BadRequest,
                     "this is an HTTP proxy: send absolute-form requests (http_proxy=) or CONNECT",
                 ),
                 &id,
@@ -410,7 +410,7 @@ impl ProxyListener {
         let Some((route, protocol)) = self.services.get(&target) else {
             return self.refuse(
                 Refusal::new(
-                    StatusCode::FORBIDDEN,
+                    RefusalKind::NoRoute,
                     format!("no route to {target}: not declared in [[outbound.services]]"),
                 ),
                 &id,
@@ -466,7 +466,7 @@ impl ProxyListener {
             }
             (true, RouteProtocol::Http) => self.refuse(
                 Refusal::new(
-                    StatusCode::BAD_REQUEST,
+                    RefusalKind::WrongProtocol,
                     format!("{target} is an HTTP service: send it requests, not CONNECT"),
                 ),
                 &id,
@@ -474,7 +474,7 @@ impl ProxyListener {
             ),
             (false, RouteProtocol::Tcp) => self.refuse(
                 Refusal::new(
-                    StatusCode::BAD_REQUEST,
+                    RefusalKind::WrongProtocol,
                     format!("{target} is an opaque TCP service: use CONNECT"),
                 ),
                 &id,
@@ -487,7 +487,7 @@ impl ProxyListener {
         tracing::warn!(request_id = %id, reason = %refusal.reason, "proxy request refused");
         self.shared
             .metrics
-            .request(Direction::Outbound, refusal.status.as_u16(), "none");
+            .request(Direction::Outbound, refusal.status().as_u16(), "none");
         refusal.response(id, grpc)
     }
 }
