@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use http::Method;
 use support::control::{Control, Db, eventually};
 use support::mesh::{
-    FRONTEND, INTRUDER, ORDERS, Proxy, TestApp, get, inbound_to, route_to, tcp_echo,
+    FRONTEND, INTRUDER, ORDERS, Proxy, TestApp, get, inbound_to, read_some, route_to, tcp_echo,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warden_proxy::control::{ControlClient, ControlError, api};
@@ -220,18 +220,6 @@ async fn cut_after(live: &mut tokio::net::TcpStream, since: Instant) -> Option<D
         }
     }
     None
-}
-
-async fn read_some(stream: &mut tokio::net::TcpStream, want: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 256];
-    while out.len() < want {
-        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    out
 }
 
 async fn revocation_cuts_live_connections_within_seconds_and_refuses_new_ones(db: Db) {

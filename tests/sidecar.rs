@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use hyper::Request;
 use support::mesh::{
-    FRONTEND, INTRUDER, ORDERS, Pair, body, get, h2c_client, http1_client, route_to, send,
+    FRONTEND, INTRUDER, ORDERS, Pair, body, get, h2c_client, http1_client, read_some, route_to,
+    send,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,20 +236,6 @@ async fn admin_reports_readiness_identity_and_policy() {
         404
     );
     let _ = Duration::ZERO;
-}
-
-/// Reads from `stream` until `want` bytes arrived or it closes (bounded).
-async fn read_some(stream: &mut tokio::net::TcpStream, want: usize) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while out.len() < want {
-        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

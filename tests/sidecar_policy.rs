@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::mesh::{FRONTEND, Pair, get};
+use support::mesh::{FRONTEND, Pair, get, read_some};
 use support::policies::dir_with;
 
 const ONLY_HEALTHZ: &str = "@id(\"healthz\")\npermit (principal, action == Action::\"GET\", resource)\nwhen { context.path == \"/healthz\" };\n";
@@ -184,4 +184,125 @@ async fn sighup_reloads_policies_at_once() {
     let pid = rustix::process::Pid::from_raw(pair.server.child.id() as i32).expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::HUP).expect("SIGHUP");
     eventually_status(&pair, "/orders", 200).await;
+}
+
+/// Whether the stream ends (EOF or reset) within `limit`.
+async fn ends_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(limit, stream.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+async fn websocket(via: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(via).await.expect("connect");
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: orders\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let head = String::from_utf8_lossy(&read_some(&mut stream, 1).await).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{path}: {head}");
+    echoes(&mut stream, b"hello").await;
+    stream
+}
+
+async fn echoes(stream: &mut tokio::net::TcpStream, message: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    stream.write_all(message).await.expect("write");
+    assert_eq!(
+        read_some(stream, message.len()).await,
+        message.to_ascii_uppercase()
+    );
+}
+
+const FRONTEND_MAY_ALL: &str = "@id(\"frontend-all\")\npermit (principal == Workload::\"spiffe://example.org/ns/shop/sa/frontend\", action, resource == Service::\"orders\");\n";
+
+/// A new policy set is applied to connections already open: a live opaque
+/// TCP connection and a live WebSocket it now denies are closed (with a
+/// metric and an audit line), and a WebSocket it still allows stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_closes_the_live_tunnels_it_now_denies() {
+    use support::mesh::{Identities, ORDERS, TestApp, inbound_to, tcp_echo};
+    let ids = Identities::new();
+    let echo = tcp_echo().await;
+    let app = TestApp::start().await;
+    let policies = ids.policies(FRONTEND_MAY_ALL);
+    let mut settings = inbound_to(app.addr);
+    settings.extend([
+        format!("inbound.opaque=[{{listen=\"127.0.0.1:0\", app=\"{echo}\"}}]"),
+        format!("authz.policies={}", policies.display()),
+        "authz.reload_interval=100ms".to_owned(),
+    ]);
+    let server = ids.start("orders", &settings);
+    let (inbound, opaque) = (server.inbound(), server.opaque[0]);
+    let client = ids.start(
+        "frontend",
+        &[format!(
+            "outbound.routes=[{{listen=\"127.0.0.1:0\", upstream=\"{inbound}\", identity=\"{ORDERS}\"}}, {{listen=\"127.0.0.1:0\", upstream=\"{opaque}\", identity=\"{ORDERS}\", protocol=\"tcp\"}}]"
+        )],
+    );
+    server.wait_ready().await;
+    client.wait_ready().await;
+
+    let mut tcp = tokio::net::TcpStream::connect(client.outbound[1])
+        .await
+        .expect("connect");
+    assert_eq!(read_some(&mut tcp, 6).await, b"hello\n");
+    echoes(&mut tcp, b"select 1;").await;
+    let mut chat = websocket(client.outbound[0], "/chat").await;
+    let mut feed = websocket(client.outbound[0], "/feed").await;
+
+    let before = get(server.admin, "/policy", &[])
+        .await
+        .expect("policy")
+        .body;
+    std::fs::write(
+        policies.join("policies.cedar"),
+        format!(
+            "{FRONTEND_MAY_ALL}@id(\"no-tcp\")\nforbid (principal, action == Action::\"connect\", resource);\n\
+             @id(\"no-chat\")\nforbid (principal, action in Action::\"read\", resource) when {{ context.path == \"/chat\" }};\n"
+        ),
+    )
+    .expect("write");
+    for _ in 0..100 {
+        let now = get(server.admin, "/policy", &[])
+            .await
+            .expect("policy")
+            .body;
+        if now != before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Within 2 s of the new set being in force.
+    assert!(
+        ends_within(&mut tcp, Duration::from_secs(2)).await,
+        "the opaque connection the new set denies is still open"
+    );
+    assert!(
+        ends_within(&mut chat, Duration::from_secs(2)).await,
+        "the WebSocket the new set denies is still open"
+    );
+    echoes(&mut feed, b"still allowed").await;
+
+    let metrics = server.metrics().await;
+    for kind in ["tcp", "upgrade"] {
+        assert!(
+            metrics.contains(&format!(
+                "warden_reauthorization_closes_total{{kind=\"{kind}\"}} 1"
+            )),
+            "{metrics}"
+        );
+    }
+    let logs = server.logs();
+    assert!(
+        logs.contains("closing an opaque connection the new policy set denies")
+            && logs.contains("closing an upgraded connection the new policy set denies")
+            && logs.contains("no-tcp")
+            && logs.contains("no-chat"),
+        "{logs}"
+    );
 }

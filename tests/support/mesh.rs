@@ -501,6 +501,21 @@ fn tokio_stream_iter(
     Iter(frames.into_iter())
 }
 
+/// Reads from `stream` until `want` bytes arrived, it ended, or 10 s
+/// passed without data; what arrived.
+pub async fn read_some(stream: &mut tokio::net::TcpStream, want: usize) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while out.len() < want {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    out
+}
+
 /// A TCP server that greets each connection first (server speaks first, as
 /// databases do), then echoes back what it reads, upper-cased.
 pub async fn tcp_echo() -> SocketAddr {

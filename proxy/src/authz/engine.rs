@@ -266,6 +266,11 @@ impl PeerAuthorizer {
         &self.peer
     }
 
+    /// The policy set in force now (to tell when it changes).
+    pub fn current_snapshot(&self) -> Option<Arc<PolicySnapshot>> {
+        self.engine.snapshot()
+    }
+
     /// Authorizes one HTTP request.
     pub fn authorize_http(&self, facts: &HttpRequestFacts<'_>) -> Decision {
         self.http(facts, Slicing::Indexed)

@@ -142,6 +142,7 @@ pub async fn relay_upgrade<I>(
     tracker: &tokio_util::task::TaskTracker,
     idle: std::time::Duration,
     validity: Option<super::splice::PeerValidity>,
+    reauthorize: Option<super::splice::Reauthorize>,
 ) -> Result<Response<hyper::body::Incoming>, hyper::Error>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -170,9 +171,14 @@ where
                 (Ok(caller), Ok(server)) => {
                     let mut caller = hyper_util::rt::TokioIo::new(caller);
                     let mut server = hyper_util::rt::TokioIo::new(server);
-                    if let Err(e) =
-                        super::splice::splice(&mut caller, &mut server, idle, validity.as_ref())
-                            .await
+                    if let Err(e) = super::splice::splice(
+                        &mut caller,
+                        &mut server,
+                        idle,
+                        validity.as_ref(),
+                        reauthorize,
+                    )
+                    .await
                     {
                         tracing::debug!(error = %e, "upgraded connection ended");
                     }

@@ -29,7 +29,7 @@ use super::http::{
 };
 use super::metrics::{Direction, Handshake, handshake_failure};
 use super::normalize::{Host, NormalizeError, Target, normalize_request};
-use super::splice::{Lapse, PeerValidity, lapsed, splice};
+use super::splice::{Lapse, PeerValidity, Reauthorize, lapsed, splice};
 use super::telemetry::{self, ActiveSpan, Attributes, Kind};
 use crate::authz::{
     Decision, HttpRequestFacts, Peer, PeerAuthorizer, TcpConnectionFacts, UnauthenticatedKind,
@@ -51,6 +51,13 @@ pub(crate) struct Inbound {
     /// mTLS required (strict), or a certificate optional (permissive).
     pub tls: Arc<ServerConfig>,
     pub clients: AppClients,
+}
+
+/// An allowed upgrade request: the protocol, and how its tunnel is decided
+/// again when the policy set changes.
+struct Upgrade {
+    protocol: HeaderValue,
+    reauthorize: Option<Reauthorize>,
 }
 
 /// What is known about one inbound connection, fixed at its handshake.
@@ -249,13 +256,28 @@ impl Inbound {
         };
         // From here the stream is in use: never closed to make room.
         let _busy = slot.busy();
-        let decision = match info.authorizer(&self.shared) {
-            Some(authorizer) => authorizer.authorize_tcp(&TcpConnectionFacts {
+        let tls_version = info.tls_version;
+        let decide = move |authorizer: &PeerAuthorizer| {
+            authorizer.authorize_tcp(&TcpConnectionFacts {
                 source_ip: source.ip(),
-                tls_version: info.tls_version,
+                tls_version,
                 now: SystemTime::now(),
-            }),
-            None => {
+            })
+        };
+        let (decision, reauthorize) = match (info.authorizer(&self.shared), self.shared.engine()) {
+            (Some(authorizer), Some(engine)) => {
+                let metrics = self.shared.metrics.clone();
+                let reauthorize = Reauthorize::new(
+                    engine.for_peer(authorizer.peer().clone()),
+                    decide,
+                    move |decision| {
+                        metrics.reauthorization_close(false);
+                        tracing::warn!(target: "warden::audit", %source, event = "reauthorization", "closing an opaque connection the new policy set denies: {}", decision.audit_json());
+                    },
+                );
+                (decide(authorizer), reauthorize)
+            }
+            _ => {
                 metrics.tcp_connection(Direction::Inbound, "none");
                 return;
             }
@@ -280,6 +302,7 @@ impl Inbound {
             &mut upstream,
             limits.idle_timeout,
             info.validity.as_ref(),
+            Some(reauthorize),
         )
         .await
         {
@@ -515,8 +538,69 @@ impl Inbound {
             return Err((Refusal::new(RefusalKind::Denied, reason), label));
         }
         *decided = Some(decision);
+        let upgrade = upgrade.map(|protocol| Upgrade {
+            reauthorize: self.reauthorize_upgrade(authorizer, &req, info, &target, id),
+            protocol,
+        });
         let response = self.forward(req, info, id, grpc, upgrade, &target).await;
         Ok((response, label))
+    }
+
+    /// For an upgraded tunnel: its request's facts, kept to be decided
+    /// again when the policy set changes (see [`Reauthorize`]).
+    fn reauthorize_upgrade(
+        &self,
+        authorizer: &PeerAuthorizer,
+        req: &Request<Incoming>,
+        info: &ConnInfo,
+        target: &Target,
+        id: &str,
+    ) -> Option<Reauthorize> {
+        let engine = self.shared.engine()?;
+        let method = req.method().as_str().to_owned();
+        let path = target.path.clone();
+        let host = target
+            .host
+            .as_ref()
+            .map_or(String::new(), |h| h.name.clone());
+        let port = target.port;
+        let source_ip = info.source.ip();
+        let tls_version = info.tls_version;
+        let headers: Vec<(String, String)> = req
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let metrics = self.shared.metrics.clone();
+        let request_id = id.to_owned();
+        Some(Reauthorize::new(
+            engine.for_peer(authorizer.peer().clone()),
+            move |authorizer| {
+                let headers: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                authorizer.authorize_http(&HttpRequestFacts {
+                    method: &method,
+                    path: &path,
+                    host: &host,
+                    port,
+                    source_ip,
+                    headers: &headers,
+                    tls_version,
+                    now: SystemTime::now(),
+                })
+            },
+            move |decision| {
+                metrics.reauthorization_close(true);
+                tracing::warn!(target: "warden::audit", request_id = %request_id, event = "reauthorization", "closing an upgraded connection the new policy set denies: {}", decision.audit_json());
+            },
+        ))
     }
 
     async fn forward(
@@ -525,7 +609,7 @@ impl Inbound {
         info: &ConnInfo,
         id: &str,
         grpc: bool,
-        upgrade: Option<HeaderValue>,
+        upgrade: Option<Upgrade>,
         target: &Target,
     ) -> Response<Body> {
         let limits = &self.shared.config.limits;
@@ -572,8 +656,14 @@ impl Inbound {
         } else {
             Version::HTTP_11
         };
-        if let Some(protocol) = upgrade {
-            return self.upgrade(req, protocol, id, info.validity.clone()).await;
+        if let Some(Upgrade {
+            protocol,
+            reauthorize,
+        }) = upgrade
+        {
+            return self
+                .upgrade(req, protocol, id, info.validity.clone(), reauthorize)
+                .await;
         }
         let sent =
             tokio::time::timeout(limits.app_response_timeout, self.clients.send(req, h2)).await;
@@ -612,6 +702,7 @@ impl Inbound {
         protocol: HeaderValue,
         id: &str,
         validity: Option<PeerValidity>,
+        reauthorize: Option<Reauthorize>,
     ) -> Response<Body> {
         let limits = &self.shared.config.limits;
         restore_upgrade(req.headers_mut(), protocol);
@@ -640,6 +731,7 @@ impl Inbound {
                 &self.shared.tracker,
                 limits.idle_timeout,
                 validity,
+                reauthorize,
             ),
         )
         .await

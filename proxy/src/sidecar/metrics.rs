@@ -134,6 +134,8 @@ pub struct Metrics {
     evicted: [AtomicU64; 2],
     shed: AtomicU64,
     authz_errors: AtomicU64,
+    /// Tunnels closed because a new policy set denies them: opaque, upgrade.
+    reauthorization_closes: [AtomicU64; 2],
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -240,6 +242,12 @@ impl Metrics {
 
     pub fn shed(&self) {
         self.shed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A live tunnel closed because the policy set that replaced the one it
+    /// was admitted under denies it; `upgrade` or else opaque TCP.
+    pub fn reauthorization_close(&self, upgrade: bool) {
+        self.reauthorization_closes[usize::from(upgrade)].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn authz_error(&self) {
@@ -384,6 +392,19 @@ impl Metrics {
                 "warden_connections_evicted_total{{direction=\"{}\"}} {}",
                 direction.label(),
                 self.evicted[direction.index()].load(Ordering::Relaxed)
+            );
+        }
+        family(
+            &mut out,
+            "warden_reauthorization_closes_total",
+            "counter",
+            "Live opaque connections and upgraded tunnels closed because a new policy set denies them.",
+        );
+        for (i, kind) in ["tcp", "upgrade"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "warden_reauthorization_closes_total{{kind=\"{kind}\"}} {}",
+                self.reauthorization_closes[i].load(Ordering::Relaxed)
             );
         }
         family(

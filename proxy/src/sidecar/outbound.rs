@@ -275,6 +275,7 @@ impl Route {
                 &self.shared.tracker,
                 self.shared.config.limits.idle_timeout,
                 validity,
+                None,
             ),
         )
         .await
@@ -332,7 +333,7 @@ impl Route {
                 metrics.tcp_connection(Direction::Outbound, "none");
                 let idle = self.shared.config.limits.idle_timeout;
                 let validity = self.channel.validity(&PeerFacts::of(&tls));
-                if let Err(e) = splice(stream, &mut tls, idle, validity.as_ref()).await {
+                if let Err(e) = splice(stream, &mut tls, idle, validity.as_ref(), None).await {
                     tracing::debug!(error = %e, "opaque connection ended");
                 }
             }
@@ -447,6 +448,7 @@ impl ProxyListener {
                                 &mut tls,
                                 idle,
                                 validity.as_ref(),
+                                None,
                             )
                             .await
                             {

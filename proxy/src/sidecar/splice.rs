@@ -13,7 +13,60 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::authz::{Decision, PeerAuthorizer, PolicySnapshot};
 use crate::identity::SvidStore;
+
+/// A tunnel's authorization, decided again whenever the policy set changes
+/// (looked at with the tunnel's other limits, at least once a second): the
+/// facts it was admitted with, under the new set. A tunnel the new set
+/// denies is closed.
+pub struct Reauthorize {
+    authorizer: PeerAuthorizer,
+    /// The set the last decision was made under.
+    seen: Option<Arc<PolicySnapshot>>,
+    decide: Box<dyn Fn(&PeerAuthorizer) -> Decision + Send + Sync>,
+    /// Called with the deny before the tunnel closes (audit, metric).
+    on_deny: Box<dyn Fn(&Decision) + Send + Sync>,
+}
+
+impl Reauthorize {
+    /// `decide` repeats the admission decision; the current set is taken
+    /// as the one it was admitted under.
+    pub fn new(
+        authorizer: PeerAuthorizer,
+        decide: impl Fn(&PeerAuthorizer) -> Decision + Send + Sync + 'static,
+        on_deny: impl Fn(&Decision) + Send + Sync + 'static,
+    ) -> Self {
+        Reauthorize {
+            seen: authorizer.current_snapshot(),
+            authorizer,
+            decide: Box::new(decide),
+            on_deny: Box::new(on_deny),
+        }
+    }
+
+    /// The new decision, when the set changed since the last one and now
+    /// denies the tunnel.
+    fn denied_now(&mut self) -> Option<Decision> {
+        let now = self.authorizer.current_snapshot();
+        let same = match (&now, &self.seen) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return None;
+        }
+        self.seen = now;
+        let decision = (self.decide)(&self.authorizer);
+        if decision.allowed {
+            None
+        } else {
+            (self.on_deny)(&decision);
+            Some(decision)
+        }
+    }
+}
 
 /// What an authenticated connection's identity rests on: the peer's
 /// certificate, vouched for until it expires or the control plane revokes
@@ -108,6 +161,7 @@ pub async fn splice<A, B>(
     b: &mut B,
     idle: Duration,
     validity: Option<&PeerValidity>,
+    mut reauthorize: Option<Reauthorize>,
 ) -> io::Result<()>
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -142,6 +196,12 @@ where
                     Some(Lapse::Expired) => return Err(io::Error::new(io::ErrorKind::TimedOut, "the peer's certificate expired")),
                     Some(Lapse::Revoked) => return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the peer's certificate was revoked")),
                     None => {}
+                }
+                if let Some(decision) = reauthorize.as_mut().and_then(Reauthorize::denied_now) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("policy version {} denies this connection now", decision.policy_version),
+                    ));
                 }
             }
         }
