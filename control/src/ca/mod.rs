@@ -546,11 +546,7 @@ impl CertificateAuthority {
         chain.extend(self.intermediates.iter().cloned());
         Ok(IssuedSvid {
             spiffe_id,
-            serial: serial
-                .to_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
+            serial: hex::encode(serial.to_bytes()),
             not_before: Timestamp::from_system_time(not_before),
             not_after: Timestamp::from_system_time(not_after),
             chain,

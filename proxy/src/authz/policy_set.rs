@@ -434,7 +434,7 @@ fn version_of(schema_text: &str, sources: &[PolicySource]) -> String {
         hash.update(s.text.as_bytes());
     }
     let digest = hash.finalize();
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex::encode(&digest[..8]);
     format!("sha256:{hex}")
 }
 

@@ -266,10 +266,7 @@ impl ControlClient {
 
 /// SHA-256 of `bytes`, lowercase hex.
 pub fn digest_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Where the sidecar keeps its SVID between restarts, so a restart does not

@@ -258,7 +258,7 @@ pub fn inspect_leaf(der: &[u8], now: Timestamp) -> Result<LeafReport, SvidError>
     Ok(LeafReport {
         spiffe_id,
         uri_sans,
-        serial: hex(cert.raw_serial()),
+        serial: hex::encode(cert.raw_serial()),
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
         not_before,
@@ -327,15 +327,6 @@ pub fn check_public_key(
         };
     }
     Err(LeafRule::UnsupportedKey(format!("algorithm {alg}")))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// The SPIFFE ID of the first (leaf) certificate of a verified peer chain.

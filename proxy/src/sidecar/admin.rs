@@ -135,9 +135,7 @@ impl AdminToken {
     pub fn create(path: &std::path::Path) -> std::io::Result<Self> {
         use std::io::Write as _;
         use std::os::unix::fs::OpenOptionsExt as _;
-        let token: String = (0..32)
-            .map(|_| format!("{:02x}", rand::random::<u8>()))
-            .collect();
+        let token = hex::encode(rand::random::<[u8; 32]>());
         let mut staged = path.as_os_str().to_owned();
         staged.push(format!(".{}.tmp", std::process::id()));
         let staged = std::path::PathBuf::from(staged);

@@ -198,7 +198,7 @@ impl Inbound {
                 Ok(svid) => (
                     Peer::Workload(svid.spiffe_id),
                     Some((
-                        hex(&Sha256::digest(leaf)),
+                        hex::encode(Sha256::digest(leaf)),
                         svid.not_after.to_system_time(),
                         svid.serial,
                     )),
@@ -832,8 +832,4 @@ fn authorize(
         now: SystemTime::now(),
     };
     authorizer.authorize_http(&facts)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

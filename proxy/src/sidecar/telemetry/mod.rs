@@ -214,24 +214,23 @@ fn number(name: &str, value: Option<&str>, default: u64) -> u64 {
 
 /// `%XX` escapes of a W3C-baggage-style value (`OTEL_EXPORTER_OTLP_HEADERS`,
 /// `OTEL_RESOURCE_ATTRIBUTES`).
+/// Strict: every `%` must start an escape of two hex digits, and the result
+/// must be UTF-8.
 fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let pair = bytes.get(i + 1..i + 3)?;
-            if !pair.iter().all(u8::is_ascii_hexdigit) {
-                return None;
-            }
-            out.push(u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let stray = bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'%'
+            && !bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|pair| pair.iter().all(u8::is_ascii_hexdigit))
+    });
+    if stray {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
 }
 
 /// `k=v,k2=v2` with percent-encoded values; an entry that does not parse
