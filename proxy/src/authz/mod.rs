@@ -9,6 +9,7 @@ pub mod engine;
 pub mod index;
 pub mod model;
 mod native;
+pub mod policy_error;
 pub mod policy_files;
 pub mod policy_set;
 pub mod reload;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::policy_set::{PolicyError, PolicyIssue};
+use super::policy_error::{PolicyError, PolicyIssue};
 
 /// Largest policy or schema file accepted.
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;

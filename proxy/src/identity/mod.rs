@@ -9,6 +9,7 @@ pub mod rotation;
 pub mod spiffe_id;
 pub mod store;
 pub mod svid;
+pub mod verifiers;
 pub mod verify;
 
 pub use bundle::{BundleError, TrustBundle, TrustBundleSet, pem_encode};
@@ -20,7 +21,7 @@ pub use store::{Revoked, Svid, SvidLoadError, SvidResolver, SvidStore};
 pub use svid::{
     LeafReport, LeafRule, SvidError, SvidLeaf, Timestamp, inspect_leaf, peer_spiffe_id,
 };
+pub use verifiers::{SpiffeClientVerifier, SpiffeServerVerifier};
 pub use verify::{
-    ExpectedIdentity, PeerRole, SpiffeClientVerifier, SpiffeServerVerifier, describe_io_error,
-    describe_tls_error, verify_peer_svid,
+    ExpectedIdentity, PeerRole, describe_io_error, describe_tls_error, verify_peer_svid,
 };

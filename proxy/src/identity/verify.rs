@@ -1,23 +1,20 @@
-//! SVID validation for rustls, both directions.
+//! SVID validation, both directions: what a peer's chain must satisfy
+//! ([`verify_peer_svid`]), which the rustls verifiers
+//! ([`super::verifiers`]) apply on every handshake.
 //!
 //! A peer's chain is validated against the bundle of the peer's *own* trust
 //! domain only (never a merged bundle), then the X.509-SVID leaf rules apply,
-//! then the expected-identity matcher. The bundles are read from the
-//! [`SvidStore`] on every handshake, so bundle rotation needs no new config.
+//! then the expected-identity matcher.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::pki_types::{CertificateDer, UnixTime};
 
 use super::bundle::TrustBundleSet;
 use super::spiffe_id::{SpiffeId, TrustDomain};
-use super::store::SvidStore;
 use super::svid::{SvidError, SvidLeaf, Timestamp};
 use crate::tls::crypto_provider;
 
@@ -119,147 +116,14 @@ fn describe_webpki_error(e: &webpki::Error) -> String {
     }
 }
 
-fn signature_algorithms() -> &'static WebPkiSupportedAlgorithms {
+pub(super) fn signature_algorithms() -> &'static WebPkiSupportedAlgorithms {
     &crypto_provider().signature_verification_algorithms
 }
 
-fn to_rustls_error(e: SvidError) -> rustls::Error {
+pub(super) fn to_rustls_error(e: SvidError) -> rustls::Error {
     rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
         Arc::new(e),
     )))
-}
-
-/// Server side: verifies the client's SVID.
-#[derive(Debug)]
-pub struct SpiffeClientVerifier {
-    store: Arc<SvidStore>,
-    expected: ExpectedIdentity,
-    mandatory: bool,
-}
-
-impl SpiffeClientVerifier {
-    /// `mandatory = false` lets clients without a certificate complete the
-    /// handshake (permissive mode); a certificate that is presented must
-    /// still be valid.
-    pub fn new(store: Arc<SvidStore>, expected: ExpectedIdentity, mandatory: bool) -> Self {
-        Self {
-            store,
-            expected,
-            mandatory,
-        }
-    }
-}
-
-impl ClientCertVerifier for SpiffeClientVerifier {
-    fn client_auth_mandatory(&self) -> bool {
-        self.mandatory
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let bundles = self.store.bundles();
-        verify_peer_svid(
-            &bundles,
-            end_entity,
-            intermediates,
-            now,
-            PeerRole::Client,
-            &self.expected,
-        )
-        .and_then(|leaf| self.store.check_revocation(&leaf))
-        .map(|()| ClientCertVerified::assertion())
-        .map_err(to_rustls_error)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, signature_algorithms())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, signature_algorithms())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        signature_algorithms().supported_schemes()
-    }
-}
-
-/// Client side: verifies the server's SVID against the identity expected for
-/// the destination. The TLS server name is not used: the SPIFFE ID is the name.
-#[derive(Debug)]
-pub struct SpiffeServerVerifier {
-    store: Arc<SvidStore>,
-    expected: ExpectedIdentity,
-}
-
-impl SpiffeServerVerifier {
-    pub fn new(store: Arc<SvidStore>, expected: ExpectedIdentity) -> Self {
-        Self { store, expected }
-    }
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let bundles = self.store.bundles();
-        verify_peer_svid(
-            &bundles,
-            end_entity,
-            intermediates,
-            now,
-            PeerRole::Server,
-            &self.expected,
-        )
-        .and_then(|leaf| self.store.check_revocation(&leaf))
-        .map(|()| ServerCertVerified::assertion())
-        .map_err(to_rustls_error)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, signature_algorithms())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, signature_algorithms())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        signature_algorithms().supported_schemes()
-    }
 }
 
 /// Explains a TLS failure to an operator: for a refused SVID, the rule it
