@@ -13,13 +13,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::Method;
-use support::control::{Control, Db, eventually};
+use support::control::{Control, Db, any_port, csr_pem, eventually};
 use support::mesh::{
     FRONTEND, INTRUDER, ORDERS, Proxy, TestApp, get, inbound_to, read_some, route_to, tcp_echo,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warden_proxy::control::{ControlClient, ControlError, api};
-use warden_proxy::identity::{SpiffeId, Svid, new_key_and_csr, pem_encode};
+use warden_proxy::identity::{SpiffeId, Svid};
 
 on_both_backends!(
     sidecars_join_by_token_renew_under_traffic_and_ride_out_a_control_plane_outage,
@@ -30,10 +30,6 @@ on_both_backends!(
     ca_rotation_under_traffic_fails_no_request,
     revoking_the_server_cuts_the_callers_connections,
 );
-
-fn any_port() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
 
 async fn serial_of(p: &Proxy) -> Option<String> {
     let r = get(p.admin, "/identity", &[]).await.ok()?;
@@ -310,11 +306,6 @@ async fn revocation_cuts_live_connections_within_seconds_and_refuses_new_ones(db
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("identity_revoked"));
     eprintln!("live connection cut {cut:?} after the revocation");
-}
-
-fn csr_pem(id: &SpiffeId) -> (String, String) {
-    let kc = new_key_and_csr(id).expect("csr");
-    (pem_encode("CERTIFICATE REQUEST", &kc.csr_der), kc.key_pem)
 }
 
 fn csr_from_params(params: rcgen::CertificateParams) -> String {

@@ -13,32 +13,26 @@ mod support;
 mod api_0_1;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use http::Method;
-use support::control::{Control, Db, server_id};
+use support::control::{Control, Db, any_port, csr_pem, server_id};
 use support::mesh::TD;
 use warden_control::store::{Database, MigrationSet, Store, migrate::Dialect};
 use warden_proxy::control::api;
-use warden_proxy::identity::{SpiffeId, Svid, new_key_and_csr, pem_encode};
+use warden_proxy::identity::{SpiffeId, Svid};
 
 const FIXTURE_TOKEN: &str = "wjt_fixture_unused_0001";
 const NEWEST: i32 = 2;
-
-fn any_port() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
 
 fn id(path: &str) -> String {
     format!("spiffe://{TD}/{path}")
 }
 
-fn csr_pem(spiffe_id: &str) -> (String, String) {
-    let kc = new_key_and_csr(&SpiffeId::parse(spiffe_id).expect("id")).expect("csr");
-    (pem_encode("CERTIFICATE REQUEST", &kc.csr_der), kc.key_pem)
+fn csr_for(spiffe_id: &str) -> (String, String) {
+    csr_pem(&SpiffeId::parse(spiffe_id).expect("id"))
 }
 
 /// Runs blocking PostgreSQL or store work off any runtime.
@@ -247,7 +241,7 @@ async fn a_0_1_database_is_migrated_and_a_0_1_sidecar_reads_every_row(db: Db) {
     let new_id = id("fixture/new");
     let store = Arc::new(control.bundle_store());
     let old = api_0_1::OldClient::new(control.api, server_id(), store.clone());
-    let (csr, key) = csr_pem(&new_id);
+    let (csr, key) = csr_for(&new_id);
     let joined: api_0_1::SvidResponse = old
         .post(
             api_0_1::JOIN,
@@ -263,7 +257,7 @@ async fn a_0_1_database_is_migrated_and_a_0_1_sidecar_reads_every_row(db: Db) {
     assert_eq!(joined.spiffe_id, new_id);
     let svid = Svid::from_pem(joined.chain_pem.as_bytes(), key.as_bytes()).expect("svid");
     store.install(svid, None).expect("install");
-    let (csr, key) = csr_pem(&new_id);
+    let (csr, key) = csr_for(&new_id);
     let renewed: api_0_1::SvidResponse = old
         .post(
             api_0_1::RENEW,
@@ -325,7 +319,7 @@ async fn a_0_1_database_is_migrated_and_a_0_1_sidecar_reads_every_row(db: Db) {
     let bundle: api::BundleResponse = today.get(api::BUNDLE).await.expect("bundle");
     assert_eq!(bundle.version, api::VERSION);
     assert_eq!(today.server_version().as_deref(), Some(api::VERSION));
-    let (csr, _) = csr_pem(&id("fixture/today"));
+    let (csr, _) = csr_for(&id("fixture/today"));
     let _: api::SvidResponse = today
         .post(
             api::JOIN,
@@ -537,7 +531,7 @@ async fn backup_under_100_joins_in_flight_restores_every_answered_join() {
         let client = control.client(false);
         let answered = answered.clone();
         joins.spawn(async move {
-            let (csr, _) = csr_pem(&t.spiffe_id);
+            let (csr, _) = csr_for(&t.spiffe_id);
             let svid: api::SvidResponse = client
                 .post(
                     api::JOIN,

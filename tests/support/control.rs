@@ -16,6 +16,20 @@ use super::{path_str, warden_bin};
 
 pub const SERVER_ID: &str = "spiffe://example.org/warden/control";
 
+/// 127.0.0.1, any port.
+pub fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// A new key and a PEM CSR for `id`: (CSR PEM, key PEM).
+pub fn csr_pem(id: &SpiffeId) -> (String, String) {
+    let kc = warden_proxy::identity::new_key_and_csr(id).expect("csr");
+    (
+        warden_proxy::identity::pem_encode("CERTIFICATE REQUEST", &kc.csr_der),
+        kc.key_pem,
+    )
+}
+
 pub fn server_id() -> SpiffeId {
     SpiffeId::parse(SERVER_ID).expect("server id")
 }

@@ -317,6 +317,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// `migrations`, or this build's for `dialect`.
+fn or_builtin(migrations: Option<&MigrationSet>, dialect: Dialect) -> MigrationSet {
+    migrations
+        .cloned()
+        .unwrap_or_else(|| MigrationSet::builtin(dialect))
+}
+
 fn sqlite_connect(path: &std::path::Path) -> Result<rusqlite::Connection, StoreError> {
     let conn = rusqlite::Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -335,9 +342,7 @@ pub fn migrate(
 ) -> Result<SchemaStatus, StoreError> {
     match database {
         Database::Sqlite(path) => {
-            let set = migrations
-                .cloned()
-                .unwrap_or_else(|| MigrationSet::builtin(Dialect::Sqlite));
+            let set = or_builtin(migrations, Dialect::Sqlite);
             if !apply {
                 // A dry run writes nothing: no file, no pragma, no lock file.
                 let mut conn = if path.exists() {
@@ -355,9 +360,7 @@ pub fn migrate(
         }
         Database::Postgres(url) => {
             let url = url.clone();
-            let set = migrations
-                .cloned()
-                .unwrap_or_else(|| MigrationSet::builtin(Dialect::Postgres));
+            let set = or_builtin(migrations, Dialect::Postgres);
             // The blocking client must not run (or drop) inside a runtime.
             std::thread::scope(|scope| {
                 scope
@@ -391,17 +394,13 @@ impl Backend {
         match database {
             Database::Sqlite(path) => {
                 let mut conn = sqlite_connect(path)?;
-                let set = migrations
-                    .cloned()
-                    .unwrap_or_else(|| MigrationSet::builtin(Dialect::Sqlite));
+                let set = or_builtin(migrations, Dialect::Sqlite);
                 migrate::upgrade_sqlite(&mut conn, path, &set, true)?;
                 Ok(Backend::Sqlite(Mutex::new(conn)))
             }
             Database::Postgres(url) => {
                 let mut client = pg_connect(url)?;
-                let set = migrations
-                    .cloned()
-                    .unwrap_or_else(|| MigrationSet::builtin(Dialect::Postgres));
+                let set = or_builtin(migrations, Dialect::Postgres);
                 migrate::upgrade_postgres(&mut client, &set, true)?;
                 Ok(Backend::Postgres {
                     url: url.clone(),

@@ -266,9 +266,19 @@ impl PeerAuthorizer {
         &self.peer
     }
 
-    /// The policy set in force now (to tell when it changes).
-    pub fn current_snapshot(&self) -> Option<Arc<PolicySnapshot>> {
-        self.engine.snapshot()
+    /// A new authorizer for the same peer and engine (one a long-lived
+    /// tunnel keeps to be decided again later).
+    pub fn fork(&self) -> PeerAuthorizer {
+        self.engine.for_peer(self.peer.clone())
+    }
+
+    /// Whether the policy set in force now has this version.
+    pub fn policy_version_is(&self, version: &str) -> bool {
+        self.engine
+            .snapshot
+            .load()
+            .as_ref()
+            .is_some_and(|s| s.version() == version)
     }
 
     /// Authorizes one HTTP request.

@@ -57,7 +57,7 @@ pub(crate) struct Inbound {
 /// again when the policy set changes.
 struct Upgrade {
     protocol: HeaderValue,
-    reauthorize: Option<Reauthorize>,
+    reauthorize: Reauthorize,
 }
 
 /// What is known about one inbound connection, fixed at its handshake.
@@ -264,24 +264,11 @@ impl Inbound {
                 now: SystemTime::now(),
             })
         };
-        let (decision, reauthorize) = match (info.authorizer(&self.shared), self.shared.engine()) {
-            (Some(authorizer), Some(engine)) => {
-                let metrics = self.shared.metrics.clone();
-                let reauthorize = Reauthorize::new(
-                    engine.for_peer(authorizer.peer().clone()),
-                    decide,
-                    move |decision| {
-                        metrics.reauthorization_close(false);
-                        tracing::warn!(target: "warden::audit", %source, event = "reauthorization", "closing an opaque connection the new policy set denies: {}", decision.audit_json());
-                    },
-                );
-                (decide(authorizer), reauthorize)
-            }
-            _ => {
-                metrics.tcp_connection(Direction::Inbound, "none");
-                return;
-            }
+        let Some(authorizer) = info.authorizer(&self.shared) else {
+            metrics.tcp_connection(Direction::Inbound, "none");
+            return;
         };
+        let decision = decide(authorizer);
         metrics.tcp_connection(Direction::Inbound, decision.decision);
         if decision.decision == "deny" {
             tracing::warn!(target: "warden::audit", %source, "{}", decision.audit_json());
@@ -289,6 +276,11 @@ impl Inbound {
         if !decision.allowed {
             return;
         }
+        let closes = self.shared.metrics.clone();
+        let reauthorize = Reauthorize::new(authorizer, &decision, decide, move |decision| {
+            closes.reauthorization_close(false);
+            tracing::warn!(target: "warden::audit", %source, event = "reauthorization", "closing an opaque connection the new policy set denies: {}", decision.audit_json());
+        });
         let limits = &self.shared.config.limits;
         let mut upstream = match app.connect(limits.app_connect_timeout).await {
             Ok(upstream) => upstream,
@@ -537,11 +529,11 @@ impl Inbound {
             *decided = Some(decision);
             return Err((Refusal::new(RefusalKind::Denied, reason), label));
         }
-        *decided = Some(decision);
         let upgrade = upgrade.map(|protocol| Upgrade {
-            reauthorize: self.reauthorize_upgrade(authorizer, &req, info, &target, id),
+            reauthorize: self.reauthorize_upgrade(authorizer, &decision, &req, info, &target, id),
             protocol,
         });
+        *decided = Some(decision);
         let response = self.forward(req, info, id, grpc, upgrade, &target).await;
         Ok((response, label))
     }
@@ -551,12 +543,12 @@ impl Inbound {
     fn reauthorize_upgrade(
         &self,
         authorizer: &PeerAuthorizer,
+        admitted: &Decision,
         req: &Request<Incoming>,
         info: &ConnInfo,
         target: &Target,
         id: &str,
-    ) -> Option<Reauthorize> {
-        let engine = self.shared.engine()?;
+    ) -> Reauthorize {
         let method = req.method().as_str().to_owned();
         let path = target.path.clone();
         let host = target
@@ -578,8 +570,9 @@ impl Inbound {
             .collect();
         let metrics = self.shared.metrics.clone();
         let request_id = id.to_owned();
-        Some(Reauthorize::new(
-            engine.for_peer(authorizer.peer().clone()),
+        Reauthorize::new(
+            authorizer,
+            admitted,
             move |authorizer| {
                 let headers: Vec<(&str, &str)> = headers
                     .iter()
@@ -600,7 +593,7 @@ impl Inbound {
                 metrics.reauthorization_close(true);
                 tracing::warn!(target: "warden::audit", request_id = %request_id, event = "reauthorization", "closing an upgraded connection the new policy set denies: {}", decision.audit_json());
             },
-        ))
+        )
     }
 
     async fn forward(
@@ -702,7 +695,7 @@ impl Inbound {
         protocol: HeaderValue,
         id: &str,
         validity: Option<PeerValidity>,
-        reauthorize: Option<Reauthorize>,
+        reauthorize: Reauthorize,
     ) -> Response<Body> {
         let limits = &self.shared.config.limits;
         restore_upgrade(req.headers_mut(), protocol);
@@ -731,7 +724,7 @@ impl Inbound {
                 &self.shared.tracker,
                 limits.idle_timeout,
                 validity,
-                reauthorize,
+                Some(reauthorize),
             ),
         )
         .await

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::authz::{Decision, PeerAuthorizer, PolicySnapshot};
+use crate::authz::{Decision, PeerAuthorizer};
 use crate::identity::SvidStore;
 
 /// A tunnel's authorization, decided again whenever the policy set changes
@@ -22,24 +22,25 @@ use crate::identity::SvidStore;
 /// denies is closed.
 pub struct Reauthorize {
     authorizer: PeerAuthorizer,
-    /// The set the last decision was made under.
-    seen: Option<Arc<PolicySnapshot>>,
+    /// The version of the set the last decision was made under.
+    seen: String,
     decide: Box<dyn Fn(&PeerAuthorizer) -> Decision + Send + Sync>,
     /// Called with the deny before the tunnel closes (audit, metric).
     on_deny: Box<dyn Fn(&Decision) + Send + Sync>,
 }
 
 impl Reauthorize {
-    /// `decide` repeats the admission decision; the current set is taken
-    /// as the one it was admitted under.
+    /// For a tunnel `admitted` by `authorizer`; `decide` repeats that
+    /// decision.
     pub fn new(
-        authorizer: PeerAuthorizer,
+        authorizer: &PeerAuthorizer,
+        admitted: &Decision,
         decide: impl Fn(&PeerAuthorizer) -> Decision + Send + Sync + 'static,
         on_deny: impl Fn(&Decision) + Send + Sync + 'static,
     ) -> Self {
         Reauthorize {
-            seen: authorizer.current_snapshot(),
-            authorizer,
+            authorizer: authorizer.fork(),
+            seen: admitted.policy_version.clone(),
             decide: Box::new(decide),
             on_deny: Box::new(on_deny),
         }
@@ -48,17 +49,11 @@ impl Reauthorize {
     /// The new decision, when the set changed since the last one and now
     /// denies the tunnel.
     fn denied_now(&mut self) -> Option<Decision> {
-        let now = self.authorizer.current_snapshot();
-        let same = match (&now, &self.seen) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
-        if same {
+        if self.authorizer.policy_version_is(&self.seen) {
             return None;
         }
-        self.seen = now;
         let decision = (self.decide)(&self.authorizer);
+        self.seen.clone_from(&decision.policy_version);
         if decision.allowed {
             None
         } else {
