@@ -14,6 +14,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use warden_proxy::authz::policy_set::DEFAULT_SCHEMA;
 use warden_proxy::authz::{
     HttpRequestFacts, Mode, Peer, PolicyEngine, PolicySnapshot, PolicySource, ServiceInfo,
+    TlsVersion,
 };
 use warden_proxy::identity::SpiffeId;
 
@@ -107,7 +108,7 @@ fn bench_shape(c: &mut Criterion, group: &str, shape: Shape) {
             port: 80,
             source_ip: IpAddr::from([127, 0, 0, 1]),
             headers,
-            tls_version: "TLSv1_3",
+            tls_version: TlsVersion::Tls13,
             now: SystemTime::now(),
         };
         let first = authorizer.authorize_http(&facts);

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use support::policies::*;
 use warden_proxy::authz::{
     HttpRequestFacts, Mode, Peer, PolicyEngine, PolicySnapshot, PolicyWatcher, TcpConnectionFacts,
-    UnauthenticatedKind,
+    TlsVersion, UnauthenticatedKind,
 };
 
 #[test]
@@ -233,7 +233,7 @@ fn example_federated_read_only() {
         .for_peer(workload(partner))
         .authorize_tcp(&TcpConnectionFacts {
             source_ip: IpAddr::from([127, 0, 0, 1]),
-            tls_version: "TLSv1_3",
+            tls_version: TlsVersion::Tls13,
             now: SystemTime::now(),
         });
     assert!(!tcp.allowed, "read access does not include opaque TCP");
@@ -362,7 +362,7 @@ async fn hot_reload_swaps_good_sets_and_keeps_the_last_good_one() {
             port: 80,
             source_ip: IpAddr::from([127, 0, 0, 1]),
             headers: &[],
-            tls_version: "TLSv1_3",
+            tls_version: TlsVersion::Tls13,
             now: SystemTime::now(),
         })
     };
@@ -427,7 +427,7 @@ permit (principal, action == Action::"GET", resource) when { context.source_ip.i
     let tcp = |ip: IpAddr| {
         peer.authorize_tcp(&TcpConnectionFacts {
             source_ip: ip,
-            tls_version: "TLSv1_3",
+            tls_version: TlsVersion::Tls13,
             now: SystemTime::now(),
         })
     };
@@ -449,7 +449,7 @@ permit (principal, action == Action::"GET", resource) when { context.source_ip.i
             port: 80,
             source_ip: mapped,
             headers: &[],
-            tls_version: "TLSv1_3",
+            tls_version: TlsVersion::Tls13,
             now: SystemTime::now(),
         })
     };

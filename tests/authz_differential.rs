@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use warden_proxy::authz::policy_set::DEFAULT_SCHEMA;
 use warden_proxy::authz::{
     HttpRequestFacts, Mode, Peer, PolicyEngine, PolicySchema, PolicySnapshot, PolicySource,
-    ServiceInfo, UnauthenticatedKind,
+    ServiceInfo, TlsVersion, UnauthenticatedKind,
 };
 use warden_proxy::identity::SpiffeId;
 
@@ -248,7 +248,7 @@ fn indexed_decisions_equal_plain_cedar_over_the_whole_set() {
                     2 => twice,
                     _ => &[],
                 },
-                tls_version: "TLSv1_3",
+                tls_version: TlsVersion::Tls13,
                 now: SystemTime::now(),
             };
             let indexed = authorizer.authorize_http(&facts);

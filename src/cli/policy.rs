@@ -4,8 +4,8 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use warden_proxy::authz::{
-    HttpRequestFacts, Mode, Peer, PolicyEngine, PolicySnapshot, ServiceInfo, TcpConnectionFacts,
-    UnauthenticatedKind,
+    HttpRequestFacts, Mode, Outcome, Peer, PolicyEngine, PolicySnapshot, ServiceInfo,
+    TcpConnectionFacts, TlsVersion, UnauthenticatedKind,
 };
 use warden_proxy::identity::SpiffeId;
 use warden_proxy::sidecar::normalize::{PathRules, normalize_host, normalize_path};
@@ -102,9 +102,9 @@ pub fn eval(args: PolicyEvalArgs) -> anyhow::Result<ExitCode> {
     let host = normalize_host(&args.host, 80)
         .map_err(|e| anyhow::anyhow!("--host {:?}: {e} (a sidecar answers 400)", args.host))?;
     let tls_version = if matches!(peer, Peer::Workload(_)) {
-        "TLSv1_3"
+        TlsVersion::Tls13
     } else {
-        "none"
+        TlsVersion::Plaintext
     };
     let engine = Arc::new(PolicyEngine::new(service, Mode::Enforce));
     let version = snapshot.version().to_owned();
@@ -135,12 +135,15 @@ pub fn eval(args: PolicyEvalArgs) -> anyhow::Result<ExitCode> {
         if *path != args.path || host.authority() != args.host {
             println!("normalized:     {} {}", host.authority(), path);
         }
-        println!("decision:       {}", decision.decision.to_uppercase());
+        println!(
+            "decision:       {}",
+            decision.decision.as_str().to_uppercase()
+        );
         println!("principal:      {}", decision.principal);
         println!("action:         Action::\"{}\"", decision.action);
         println!("resource:       {}", decision.resource);
         if decision.policies.is_empty() {
-            let why = if decision.decision == "deny" && decision.errors.is_empty() {
+            let why = if decision.decision == Outcome::Deny && decision.errors.is_empty() {
                 " (default deny: no permit matched)"
             } else {
                 ""

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use warden_proxy::authz::{
-    Decision, HttpRequestFacts, Mode, Peer, PolicyEngine, PolicySnapshot, ServiceInfo,
+    Decision, HttpRequestFacts, Mode, Peer, PolicyEngine, PolicySnapshot, ServiceInfo, TlsVersion,
 };
 use warden_proxy::identity::SpiffeId;
 
@@ -72,7 +72,7 @@ pub fn decide(engine: &Arc<PolicyEngine>, peer: Peer, req: Req<'_>) -> Decision 
         port: 80,
         source_ip: IpAddr::from([127, 0, 0, 1]),
         headers: req.headers,
-        tls_version: "TLSv1_3",
+        tls_version: TlsVersion::Tls13,
         now: req.now,
     })
 }

@@ -39,8 +39,8 @@ pub enum Mode {
 pub struct Decision {
     /// Whether the request may proceed (always true in audit mode).
     pub allowed: bool,
-    /// What the policies decided: "allow" or "deny".
-    pub decision: &'static str,
+    /// What the policies decided (a deny in audit mode is still `allowed`).
+    pub decision: Outcome,
     pub mode: Mode,
     pub principal: String,
     pub action: String,
@@ -51,6 +51,37 @@ pub struct Decision {
     /// Evaluation errors; any error makes the decision a deny.
     pub errors: Vec<String>,
     pub policy_version: String,
+}
+
+/// What the policies decided, serialized as `"allow"` or `"deny"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Allow,
+    Deny,
+}
+
+impl Outcome {
+    /// The label in metrics, spans and access logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// So `decision.decision == "deny"` reads as it always has.
+impl PartialEq<&str> for Outcome {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 impl Decision {
@@ -306,7 +337,7 @@ impl PeerAuthorizer {
     }
 
     /// Authorizes one opaque TCP connection.
-    pub fn authorize_tcp(&self, facts: &TcpConnectionFacts<'_>) -> Decision {
+    pub fn authorize_tcp(&self, facts: &TcpConnectionFacts) -> Decision {
         self.decide(CONNECT_ACTION, Slicing::Indexed, None, |prepared, needs| {
             model::tcp_context(facts, prepared.authenticated, needs)
         })
@@ -538,7 +569,7 @@ impl PolicyEngine {
         errors.sort();
         let decision = Decision {
             allowed: allow || self.mode == Mode::Audit,
-            decision: if allow { "allow" } else { "deny" },
+            decision: if allow { Outcome::Allow } else { Outcome::Deny },
             mode: self.mode,
             principal,
             action: action.to_owned(),

@@ -14,8 +14,10 @@ pub mod policy_files;
 pub mod policy_set;
 pub mod reload;
 
-pub use engine::{Decision, Mode, PeerAuthorizer, PolicyEngine};
-pub use model::{HttpRequestFacts, Peer, ServiceInfo, TcpConnectionFacts, UnauthenticatedKind};
+pub use engine::{Decision, Mode, Outcome, PeerAuthorizer, PolicyEngine};
+pub use model::{
+    HttpRequestFacts, Peer, ServiceInfo, TcpConnectionFacts, TlsVersion, UnauthenticatedKind,
+};
 pub use policy_set::{
     PolicyError, PolicyFiles, PolicyIssue, PolicySchema, PolicySnapshot, PolicySource,
     read_policy_dir,

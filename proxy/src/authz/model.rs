@@ -195,26 +195,55 @@ pub struct HttpRequestFacts<'a> {
     /// Request headers, names lowercase. Only headers the schema declares
     /// are passed to Cedar.
     pub headers: &'a [(&'a str, &'a str)],
-    /// "TLSv1_3", "TLSv1_2" or "none".
-    pub tls_version: &'a str,
+    pub tls_version: TlsVersion,
     pub now: SystemTime,
 }
 
 /// What the proxy knows about one opaque TCP connection.
-#[derive(Debug, Clone)]
-pub struct TcpConnectionFacts<'a> {
+#[derive(Debug, Clone, Copy)]
+pub struct TcpConnectionFacts {
     pub source_ip: IpAddr,
-    pub tls_version: &'a str,
+    pub tls_version: TlsVersion,
     pub now: SystemTime,
 }
 
-fn tls_record(authenticated: bool, version: &str) -> RestrictedExpression {
+/// How the caller's connection was protected, as policies see it in
+/// `context.tls.version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls13,
+    Tls12,
+    /// A plaintext connection (permissive mode).
+    Plaintext,
+}
+
+impl TlsVersion {
+    /// The spelling in `context.tls.version` and the trace span.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::Tls13 => "TLSv1_3",
+            TlsVersion::Tls12 => "TLSv1_2",
+            TlsVersion::Plaintext => "none",
+        }
+    }
+
+    /// The version rustls negotiated (TLS 1.3 unless it says 1.2: Warden
+    /// offers no other).
+    pub fn of(negotiated: Option<rustls::ProtocolVersion>) -> Self {
+        match negotiated {
+            Some(rustls::ProtocolVersion::TLSv1_2) => TlsVersion::Tls12,
+            _ => TlsVersion::Tls13,
+        }
+    }
+}
+
+fn tls_record(authenticated: bool, version: TlsVersion) -> RestrictedExpression {
     record([
         (
             "authenticated",
             RestrictedExpression::new_bool(authenticated),
         ),
-        ("version", string(version)),
+        ("version", string(version.as_str())),
     ])
 }
 
@@ -253,7 +282,7 @@ fn push_connection_attrs(
     needs: &ContextNeeds,
     source_ip: IpAddr,
     authenticated: bool,
-    tls_version: &str,
+    tls_version: TlsVersion,
     now: SystemTime,
 ) {
     push_if_needed(pairs, needs, "source_ip", || {
@@ -342,7 +371,7 @@ pub(crate) fn check_duplicate_headers(
 
 /// The TCP connection context, with only the attributes `needs` asks for.
 pub fn tcp_context(
-    facts: &TcpConnectionFacts<'_>,
+    facts: &TcpConnectionFacts,
     authenticated: bool,
     needs: &ContextNeeds,
 ) -> Result<Context, String> {

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use super::bundle::{BundleError, TrustBundle, TrustBundleSet};
-use super::rotation::{SvidSource, SvidUpdate};
+use super::rotation::{RotationPolicy, SvidSource, SvidUpdate};
 use super::spiffe_id::TrustDomain;
 use super::store::{Svid, SvidLoadError, SvidStore};
 use super::svid::SvidError;
@@ -44,6 +44,8 @@ pub struct FileSource {
     key: PathBuf,
     bundle: PathBuf,
     federated: Vec<(TrustDomain, PathBuf)>,
+    /// When whatever writes the files should have renewed the SVID.
+    rotation: RotationPolicy,
 }
 
 /// The raw bytes of every file, read in one pass, to detect changes.
@@ -62,12 +64,21 @@ impl FileSource {
             key: key.into(),
             bundle: bundle.into(),
             federated: Vec::new(),
+            rotation: RotationPolicy::default(),
         }
     }
 
     /// Also trust `trust_domain`'s bundle from `path` (federation).
     pub fn with_federated(mut self, trust_domain: TrustDomain, path: impl Into<PathBuf>) -> Self {
         self.federated.push((trust_domain, path.into()));
+        self
+    }
+
+    /// The rotation schedule the files are expected to follow: an SVID
+    /// past its latest renewal point and not replaced is reported (logged,
+    /// and `overdue` in the watch status) while it still works.
+    pub fn with_rotation(mut self, rotation: RotationPolicy) -> Self {
+        self.rotation = rotation;
         self
     }
 
@@ -141,8 +152,29 @@ impl FileSource {
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut installed: Option<Snapshot> = None;
             let mut logged_failure: Option<Snapshot> = None;
+            let mut overdue: Option<String> = None;
             loop {
                 ticker.tick().await;
+                let late = store.current().filter(|svid| {
+                    let latest = self.rotation.refresh_delay(
+                        svid.not_before(),
+                        svid.not_after(),
+                        SystemTime::now(),
+                        1.0,
+                    );
+                    latest.is_zero() && svid.is_valid_at(SystemTime::now())
+                });
+                match late {
+                    Some(svid) if overdue.as_deref() != Some(svid.serial()) => {
+                        tracing::warn!(
+                            serial = svid.serial(),
+                            "SVID from files is past its renewal point ([rotation]) and was not replaced; is whatever writes the files renewing it?"
+                        );
+                        overdue = Some(svid.serial().to_owned());
+                    }
+                    Some(_) => {}
+                    None => overdue = None,
+                }
                 if let Some(svid) = store.current()
                     && !svid.is_valid_at(SystemTime::now())
                     && store.clear_if_current(&svid)
@@ -182,6 +214,7 @@ impl FileSource {
                 status_tx.send_modify(|s| {
                     s.polls += 1;
                     s.last_error = outcome.err();
+                    s.overdue = overdue.is_some();
                 });
             }
         });
@@ -196,6 +229,9 @@ pub struct WatchStatus {
     pub polls: u64,
     /// Why the files on disk are not in use, if they are not.
     pub last_error: Option<String>,
+    /// The SVID in use is past its latest renewal point and the files were
+    /// not replaced.
+    pub overdue: bool,
 }
 
 /// A running SVID file watcher; stops when dropped.

@@ -5,6 +5,7 @@
 pub mod bundle;
 pub mod file_source;
 pub mod keygen;
+pub mod peer;
 pub mod rotation;
 pub mod spiffe_id;
 pub mod store;
@@ -15,6 +16,7 @@ pub mod verify;
 pub use bundle::{BundleError, TrustBundle, TrustBundleSet, pem_encode};
 pub use file_source::{FileSource, FileSourceError, FileWatcher, WatchStatus};
 pub use keygen::{KeyAndCsr, KeygenError, new_key_and_csr};
+pub use peer::PeerIdentity;
 pub use rotation::{RotationPolicy, SvidSource, SvidUpdate, run_rotation, run_rotation_with_clock};
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use store::{Revoked, Svid, SvidLoadError, SvidResolver, SvidStore};

@@ -18,8 +18,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
-use super::Shared;
 use super::metrics::unix_seconds;
+use super::shared::Shared;
 use crate::identity::Timestamp;
 
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
@@ -95,7 +95,7 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
                     "version": status.version,
                     "source": match &shared.config.authz.policies {
                         Some(p) => p.display().to_string(),
-                        None if shared.config.control.policies => "control plane".into(),
+                        None if shared.config.policies_from_control() => "control plane".into(),
                         None => "built-in default".into(),
                     },
                     "mode": shared.config.authz.mode,

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::connections::{Activity, InFlight};
 use super::metrics::Direction;
-use super::{Shared, shutting_down};
+use super::shared::{Shared, shutting_down};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)

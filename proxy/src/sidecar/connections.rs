@@ -23,8 +23,8 @@ use tokio::sync::Notify;
 use super::admission::Slot;
 use super::http::Body;
 use super::pacing::{Paced, WriteProgress};
+use super::shared::{Shared, shutting_down};
 use super::splice::{self, PeerValidity};
-use super::{Shared, shutting_down};
 
 /// What one connection is doing, read by its own watchdog and by the
 /// table when it needs room.

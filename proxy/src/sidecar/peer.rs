@@ -20,7 +20,7 @@ use tokio_rustls::TlsConnector;
 use super::http::CallerBody;
 use super::metrics::{Direction, Handshake, Metrics, handshake_failure};
 use super::splice::{Lapse, PeerValidity, lapsed};
-use crate::identity::{SpiffeId, SvidLeaf, SvidStore, Timestamp, describe_io_error};
+use crate::identity::{PeerIdentity, SpiffeId, SvidStore, describe_io_error};
 
 /// Why no connection to the peer could be had; each maps to a status.
 #[derive(Debug, thiserror::Error)]
@@ -181,7 +181,7 @@ impl PeerChannel {
 
     async fn connect(&self) -> Result<SendRequest<CallerBody>, PeerError> {
         let tls = self.handshake(Carrying::H2).await?;
-        let tls_facts = PeerFacts::of(&tls);
+        let validity = self.validity(&tls);
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(PeerError::Protocol {
                 addr: self.addr,
@@ -196,7 +196,6 @@ impl PeerChannel {
                 reason: e.to_string(),
             })?;
         let addr = self.addr;
-        let validity = self.validity(&tls_facts);
         let mut revocations = self.store.subscribe_revocations();
         tokio::spawn(async move {
             tokio::pin!(connection);
@@ -224,32 +223,12 @@ impl PeerChannel {
 
     /// What the server's certificate on `tls` vouches for, to watch for its
     /// expiry or revocation.
-    pub fn validity(&self, tls: &PeerFacts) -> Option<PeerValidity> {
-        let leaf = SvidLeaf::parse(tls.leaf.as_deref()?, Timestamp::now()).ok()?;
+    pub fn validity(&self, tls: &PeerTls) -> Option<PeerValidity> {
+        let identity = PeerIdentity::of_connection(tls.get_ref().1).ok()??;
         Some(PeerValidity {
-            expires: leaf.not_after.to_system_time(),
-            spiffe_id: leaf.spiffe_id.to_string(),
-            serial: leaf.serial,
+            identity: Arc::new(identity),
             store: self.store.clone(),
         })
-    }
-}
-
-/// The server's leaf certificate of a connection, kept for [`PeerChannel::validity`].
-pub struct PeerFacts {
-    leaf: Option<Vec<u8>>,
-}
-
-impl PeerFacts {
-    pub fn of(tls: &PeerTls) -> Self {
-        PeerFacts {
-            leaf: tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| c.as_ref().to_vec()),
-        }
     }
 }
 

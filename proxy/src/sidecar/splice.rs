@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::authz::{Decision, PeerAuthorizer};
-use crate::identity::SvidStore;
+use crate::identity::{PeerIdentity, SvidStore};
 
 /// A tunnel's authorization, decided again whenever the policy set changes
 /// (looked at with the tunnel's other limits, at least once a second): the
@@ -68,9 +68,7 @@ impl Reauthorize {
 /// it. Connections check it at least once a second.
 #[derive(Debug, Clone)]
 pub struct PeerValidity {
-    pub expires: SystemTime,
-    pub spiffe_id: String,
-    pub serial: String,
+    pub identity: Arc<PeerIdentity>,
     pub store: Arc<SvidStore>,
 }
 
@@ -83,9 +81,13 @@ pub enum Lapse {
 
 impl PeerValidity {
     pub fn lapse(&self) -> Option<Lapse> {
-        if self.store.is_revoked(&self.spiffe_id, &self.serial) {
+        let identity = &*self.identity;
+        if self
+            .store
+            .is_revoked(identity.spiffe_id.as_str(), &identity.serial)
+        {
             Some(Lapse::Revoked)
-        } else if SystemTime::now() >= self.expires {
+        } else if SystemTime::now() >= identity.not_after {
             Some(Lapse::Expired)
         } else {
             None

@@ -1,0 +1,76 @@
+//! Sections whose every value is valid by its type: read from the file
+//! and used as they are.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::file::{duration, mode};
+use crate::authz::Mode;
+
+/// Telemetry that is not configured by `OTEL_*` variables.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// One JSON line per request on stdout (method, path, status, duration,
+    /// peer, decision, request and trace ids).
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// The service this sidecar protects: the Cedar resource `Service::"<name>"`.
+    pub name: String,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig { name: "app".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthzConfig {
+    /// Directory of `*.cedar` files (and optionally `schema.cedarschema`),
+    /// hot-reloaded. Unset: the built-in `policies/default.cedar`.
+    pub policies: Option<PathBuf>,
+    /// `enforce`, or `audit` (decide and record, but let everything through).
+    #[serde(deserialize_with = "mode")]
+    pub mode: Mode,
+    #[serde(deserialize_with = "duration")]
+    pub reload_interval: Duration,
+}
+
+impl Default for AuthzConfig {
+    fn default() -> Self {
+        AuthzConfig {
+            policies: None,
+            mode: Mode::Enforce,
+            reload_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// `/live`, `/ready`, `/identity`, `/metrics`. Keep it on loopback.
+    pub listen: SocketAddr,
+    /// Where the sidecar writes (mode 0600, anew at each start) the bearer
+    /// token that mutating admin requests (`PUT /logging`) must carry.
+    /// Unset: the admin API is read-only.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 15000)),
+            token_file: None,
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Where the sidecar's SVID comes from: files, or a control plane; never
+//! both, never neither. Everything a source needs is resolved here, so
+//! starting it cannot find a key missing.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::file::{ControlSection, IdentitySection};
+use super::{ConfigError, key_error};
+use crate::identity::SpiffeId;
+
+#[derive(Debug, Clone)]
+pub enum IdentitySource {
+    /// SVID files (`[identity]`), polled and hot-swapped.
+    Files(FileIdentity),
+    /// A control plane (`[control]`) issues and renews the SVID.
+    Control(ControlSource),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub bundle: PathBuf,
+    pub poll_interval: Duration,
+}
+
+#[derive(Clone)]
+pub struct ControlSource {
+    pub address: SocketAddr,
+    /// The control plane's SPIFFE ID; it also names the trust domain.
+    pub server_id: SpiffeId,
+    /// The trust bundle that authenticates the control plane.
+    pub bundle: PathBuf,
+    /// How to join; None when `state_dir` holds an SVID from an earlier run.
+    pub join: Option<JoinToken>,
+    pub state_dir: Option<PathBuf>,
+    pub instance: Option<String>,
+    pub svid_ttl: Option<Duration>,
+    /// Take policies from the control plane.
+    pub policies: bool,
+}
+
+/// The single-use join token, or the file that holds it.
+#[derive(Clone)]
+pub enum JoinToken {
+    Inline(String),
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for ControlSource {
+    // Never print the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let join = match &self.join {
+            Some(JoinToken::Inline(_)) => "token <redacted>".to_owned(),
+            Some(JoinToken::File(path)) => format!("token_file {}", path.display()),
+            None => "state_dir".to_owned(),
+        };
+        f.debug_struct("ControlSource")
+            .field("address", &self.address)
+            .field("server_id", &self.server_id)
+            .field("join", &join)
+            .field("policies", &self.policies)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdentitySource {
+    /// The identity source the two sections describe.
+    pub(super) fn from_sections(
+        identity: &IdentitySection,
+        control: &ControlSection,
+    ) -> Result<Self, ConfigError> {
+        match control.address {
+            Some(address) => {
+                if identity.dir.is_some() || identity.cert.is_some() || identity.key.is_some() {
+                    return Err(key_error(
+                        "identity.dir",
+                        "SVID files cannot be combined with control.address (the control plane issues the SVID)",
+                    ));
+                }
+                control_source(address, control).map(IdentitySource::Control)
+            }
+            None => {
+                if control.server_id.is_some()
+                    || control.bundle.is_some()
+                    || control.token.is_some()
+                    || control.token_file.is_some()
+                    || control.policies
+                {
+                    return Err(key_error(
+                        "control.address",
+                        "required when other control.* keys are set",
+                    ));
+                }
+                file_identity(identity).map(IdentitySource::Files)
+            }
+        }
+    }
+
+    /// The SVID certificate file; an error naming the key for a control
+    /// plane source, which has none.
+    pub fn cert_path(&self) -> Result<PathBuf, ConfigError> {
+        match self {
+            IdentitySource::Files(files) => Ok(files.cert.clone()),
+            IdentitySource::Control(_) => Err(key_error(
+                "identity.cert",
+                "the control plane issues the SVID: there is no file",
+            )),
+        }
+    }
+
+    pub fn control(&self) -> Option<&ControlSource> {
+        match self {
+            IdentitySource::Control(control) => Some(control),
+            IdentitySource::Files(_) => None,
+        }
+    }
+}
+
+fn file_identity(identity: &IdentitySection) -> Result<FileIdentity, ConfigError> {
+    let file = |explicit: &Option<PathBuf>, name: &str, key: &str| match (explicit, &identity.dir) {
+        (Some(path), _) => Ok(path.clone()),
+        (None, Some(dir)) => Ok(dir.join(name)),
+        (None, None) => Err(key_error(
+            format!("identity.{key}"),
+            "required (or set identity.dir)",
+        )),
+    };
+    Ok(FileIdentity {
+        cert: file(&identity.cert, "svid.pem", "cert")?,
+        key: file(&identity.key, "svid.key", "key")?,
+        bundle: file(&identity.bundle, "bundle.pem", "bundle")?,
+        poll_interval: identity.poll_interval,
+    })
+}
+
+fn control_source(
+    address: SocketAddr,
+    control: &ControlSection,
+) -> Result<ControlSource, ConfigError> {
+    let Some(server_id) = control.server_id.clone() else {
+        return Err(key_error(
+            "control.server_id",
+            "required with control.address",
+        ));
+    };
+    let Some(bundle) = control.bundle.clone() else {
+        return Err(key_error(
+            "control.bundle",
+            "required with control.address: the trust bundle that authenticates the control plane",
+        ));
+    };
+    let join = match (&control.token, &control.token_file) {
+        (Some(_), Some(_)) => {
+            return Err(key_error(
+                "control.token",
+                "set control.token or control.token_file, not both",
+            ));
+        }
+        (Some(token), None) => Some(JoinToken::Inline(token.clone())),
+        (None, Some(path)) => Some(JoinToken::File(path.clone())),
+        (None, None) if control.state_dir.is_some() => None,
+        (None, None) => {
+            return Err(key_error(
+                "control.token",
+                "required with control.address (or control.state_dir holding an SVID from an earlier run)",
+            ));
+        }
+    };
+    if let Some(instance) = &control.instance
+        && !crate::control::api::is_valid_instance(instance)
+    {
+        return Err(key_error(
+            "control.instance",
+            format!(
+                "at most {} bytes of letters, digits and .-_:/@+",
+                crate::control::api::MAX_INSTANCE
+            ),
+        ));
+    }
+    Ok(ControlSource {
+        address,
+        server_id,
+        bundle,
+        join,
+        state_dir: control.state_dir.clone(),
+        instance: control.instance.clone(),
+        svid_ttl: control.svid_ttl,
+        policies: control.policies,
+    })
+}

@@ -1,0 +1,222 @@
+//! Layering and validation, each error checked for the key it names.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::*;
+
+fn load(file: &str, env: &[(&str, &str)], sets: &[&str]) -> Result<SidecarConfig, ConfigError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sidecar.toml");
+    std::fs::write(&path, file).expect("write");
+    SidecarConfig::load(
+        Some(&path),
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+    )
+}
+
+const MINIMAL: &str = "[identity]\ndir = \"/run/svid\"\n[inbound]\nlisten = \"127.0.0.1:15006\"\napp = \"127.0.0.1:8080\"\n";
+
+#[test]
+fn layers_override_in_order() {
+    let c = load(
+        MINIMAL,
+        &[
+            ("WARDEN_LIMITS_MAX_CONNECTIONS", "7"),
+            ("WARDEN_INBOUND_MODE", "permissive"),
+            ("WARDEN_LOG", "debug"),
+        ],
+        &["limits.max_connections=9", "limits.drain_timeout=3s"],
+    )
+    .expect("valid");
+    assert_eq!(c.limits.max_connections, 9);
+    assert_eq!(c.inbound.mode, InboundMode::Permissive);
+    assert_eq!(c.limits.drain_timeout, Duration::from_secs(3));
+    assert_eq!(
+        c.identity.cert_path().expect("cert"),
+        PathBuf::from("/run/svid/svid.pem")
+    );
+}
+
+#[test]
+fn errors_name_the_key() {
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+    let cases: &[Case] = &[
+        (
+            MINIMAL,
+            &[("WARDEN_INBOUND_LISTEN", "nowhere")],
+            &[],
+            "inbound.listen",
+        ),
+        (
+            MINIMAL,
+            &[],
+            &["limits.idle_timeout=soon"],
+            "limits.idle_timeout",
+        ),
+        (
+            MINIMAL,
+            &[],
+            &["limits.max_header_bytes=100"],
+            "limits.max_header_bytes",
+        ),
+        (MINIMAL, &[], &["inbound.lisen=1"], "lisen"),
+        (MINIMAL, &[], &["authz.mode=maybe"], "authz.mode"),
+        (
+            "[inbound]\nlisten = \"127.0.0.1:1\"\napp = \"127.0.0.1:2\"\n",
+            &[],
+            &[],
+            "identity.cert",
+        ),
+        (
+            "[identity]\ndir = \"/x\"\n[[outbound.routes]]\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\nidentity = \"spiffe://td/a b\"\n",
+            &[],
+            &[],
+            "outbound.routes[0].identity",
+        ),
+        ("[identity]\ndir = \"/x\"\n", &[], &[], "nothing to do"),
+        (
+            MINIMAL,
+            &[],
+            &[
+                "outbound.services=[{authority=\"a b\", upstream=\"127.0.0.1:1\", identity=\"spiffe://td/x\"}]",
+                "outbound.proxy_listen=127.0.0.1:0",
+            ],
+            "outbound.services[0].authority",
+        ),
+        (
+            MINIMAL,
+            &[],
+            &[
+                "outbound.services=[{authority=\"a\", upstream=\"127.0.0.1:1\", identity=\"spiffe://td/x\"}]",
+            ],
+            "outbound.proxy_listen",
+        ),
+        (
+            MINIMAL,
+            &[],
+            &["admin.listen=127.0.0.1:15006"],
+            "admin.listen",
+        ),
+    ];
+    for (file, env, sets, needle) in cases {
+        let err = load(file, env, sets).expect_err(needle).to_string();
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+}
+
+#[test]
+fn a_syntax_error_names_the_file() {
+    let err = load("[inbound\n", &[], &[])
+        .expect_err("syntax")
+        .to_string();
+    assert!(err.contains("sidecar.toml"), "{err}");
+}
+
+#[test]
+fn one_identity_source_never_both_nor_neither() {
+    let control = "[control]\naddress = \"127.0.0.1:7443\"\nserver_id = \"spiffe://td/warden/control\"\nbundle = \"/b.pem\"\ntoken = \"t\"\n[inbound]\nlisten = \"127.0.0.1:15006\"\napp = \"127.0.0.1:8080\"\n";
+    let c = load(control, &[], &[]).expect("control source");
+    let source = c.control().expect("control");
+    assert!(matches!(source.join, Some(JoinToken::Inline(_))));
+    assert!(
+        !format!("{source:?}").contains("\"t\""),
+        "the token is never printed"
+    );
+    assert!(c.identity.cert_path().is_err());
+    let both = format!("{control}[identity]\ndir = \"/run/svid\"\n");
+    let err = load(&both, &[], &[]).expect_err("both").to_string();
+    assert!(err.contains("identity.dir"), "{err}");
+    let neither = "[inbound]\nlisten = \"127.0.0.1:15006\"\napp = \"127.0.0.1:8080\"\n";
+    let err = load(neither, &[], &[]).expect_err("neither").to_string();
+    assert!(err.contains("identity.cert"), "{err}");
+    let files = load(MINIMAL, &[], &[]).expect("files");
+    let IdentitySource::Files(f) = &files.identity else {
+        panic!("files expected: {:?}", files.identity);
+    };
+    assert_eq!(f.bundle, PathBuf::from("/run/svid/bundle.pem"));
+}
+
+#[test]
+fn every_listener_of_every_section_is_unique() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["inbound.opaque=[{listen=\"127.0.0.1:15006\", app=\"127.0.0.1:5432\"}]"],
+            "inbound.opaque[0].listen",
+        ),
+        (
+            &[
+                "outbound.routes=[{listen=\"127.0.0.1:4000\", upstream=\"127.0.0.1:1\", identity=\"spiffe://td/x\"}]",
+                "outbound.proxy_listen=127.0.0.1:4000",
+            ],
+            "outbound.proxy_listen",
+        ),
+    ];
+    for (sets, key) in cases {
+        let err = load(MINIMAL, &[], sets).expect_err(key).to_string();
+        assert!(
+            err.contains(key) && err.contains("used by another listener"),
+            "{key}: {err}"
+        );
+    }
+    // Port 0 (any free port) is never a clash.
+    load(
+        MINIMAL,
+        &[],
+        &[
+            "admin.listen=127.0.0.1:0",
+            "outbound.proxy_listen=127.0.0.1:0",
+        ],
+    )
+    .expect("port 0 twice");
+}
+
+#[test]
+fn the_inbound_listener_comes_with_its_app_and_services_are_normalized() {
+    let c = load(
+        MINIMAL,
+        &[],
+        &[
+            "outbound.services=[{authority=\"API.Example\", upstream=\"127.0.0.1:1\", identity=\"spiffe://td/x\"}]",
+            "outbound.proxy_listen=127.0.0.1:0",
+        ],
+    )
+    .expect("valid");
+    let http = c.inbound.http.expect("inbound http");
+    assert_eq!(http.listen, "127.0.0.1:15006".parse().expect("addr"));
+    assert_eq!(http.app.to_string(), "127.0.0.1:8080");
+    let proxy = c.outbound.proxy.expect("proxy");
+    assert_eq!(proxy.services[0].authority, "api.example:80");
+}
+
+#[test]
+fn rotation_defaults_and_bounds() {
+    let c = load(MINIMAL, &[], &[]).expect("valid");
+    assert_eq!(c.rotation, RotationPolicy::default());
+    let c = load(
+        MINIMAL,
+        &[("WARDEN_ROTATION_RENEW_FRACTION", "0.6")],
+        &[
+            "rotation.jitter=0.05",
+            "rotation.backoff_base=250ms",
+            "rotation.backoff_cap=10s",
+        ],
+    )
+    .expect("valid");
+    assert_eq!(c.rotation.refresh_fraction, 0.6);
+    assert_eq!(c.rotation.jitter_fraction, 0.05);
+    assert_eq!(c.rotation.initial_backoff, Duration::from_millis(250));
+    assert_eq!(c.rotation.max_backoff, Duration::from_secs(10));
+    for (set, key) in [
+        ("rotation.renew_fraction=1.5", "rotation.renew_fraction"),
+        ("rotation.renew_fraction=nan", "rotation.renew_fraction"),
+        ("rotation.jitter=0.6", "rotation.jitter"),
+        ("rotation.backoff_base=1ms", "rotation.backoff_base"),
+        ("rotation.backoff_cap=500ms", "rotation.backoff_cap"),
+        ("rotation.retry=1", "retry"),
+    ] {
+        let err = load(MINIMAL, &[], &[set]).expect_err(set).to_string();
+        assert!(err.contains(key), "{set}: {err}");
+    }
+}

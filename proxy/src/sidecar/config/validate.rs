@@ -1,0 +1,218 @@
+//! From what the configuration says to what the sidecar runs on: every
+//! check that types alone cannot make, each error naming its key.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::file::{FileConfig, InboundSection, OutboundSection, RotationSection};
+use super::limits::at_least_a_millisecond;
+use super::source::IdentitySource;
+use super::traffic::{
+    HttpProxy, InboundConfig, InboundHttp, OutboundConfig, ServiceRoute, normalize_authority,
+};
+use super::{ConfigError, PathRules, SidecarConfig, key_error};
+use crate::identity::RotationPolicy;
+
+impl TryFrom<FileConfig> for SidecarConfig {
+    type Error = ConfigError;
+
+    fn try_from(file: FileConfig) -> Result<Self, ConfigError> {
+        let identity = IdentitySource::from_sections(&file.identity, &file.control)?;
+        if file.control.policies && file.authz.policies.is_some() {
+            return Err(key_error(
+                "authz.policies",
+                "cannot be combined with control.policies = true",
+            ));
+        }
+        if file.service.name.is_empty() {
+            return Err(key_error("service.name", "must not be empty"));
+        }
+        let inbound = inbound(file.inbound)?;
+        let outbound = outbound(file.outbound)?;
+        if inbound.http.is_none()
+            && inbound.opaque.is_empty()
+            && outbound.routes.is_empty()
+            && outbound.proxy.is_none()
+        {
+            return Err(key_error(
+                "inbound.listen",
+                "nothing to do: set inbound.listen/inbound.app, declare [[inbound.opaque]] or [[outbound.routes]]",
+            ));
+        }
+        unique_listeners(&inbound, &outbound, file.admin.listen)?;
+        file.limits.check()?;
+        at_least_a_millisecond("identity.poll_interval", file.identity.poll_interval)?;
+        at_least_a_millisecond("authz.reload_interval", file.authz.reload_interval)?;
+        Ok(SidecarConfig {
+            identity,
+            service: file.service,
+            authz: file.authz,
+            inbound,
+            outbound,
+            admin: file.admin,
+            limits: file.limits,
+            telemetry: file.telemetry,
+            rotation: rotation(&file.rotation)?,
+        })
+    }
+}
+
+fn inbound(section: InboundSection) -> Result<InboundConfig, ConfigError> {
+    let http = match (section.listen, section.app) {
+        (Some(listen), Some(app)) => Some(InboundHttp { listen, app }),
+        (Some(_), None) => {
+            return Err(key_error(
+                "inbound.app",
+                "required when inbound.listen is set",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(key_error(
+                "inbound.listen",
+                "required when inbound.app is set",
+            ));
+        }
+        (None, None) => None,
+    };
+    Ok(InboundConfig {
+        http,
+        app_protocol: section.app_protocol,
+        mode: section.mode,
+        tls12: section.tls12,
+        opaque: section.opaque,
+        path_rules: PathRules {
+            merge_slashes: section.merge_slashes,
+            escaped_slashes: section.escaped_slashes,
+        },
+    })
+}
+
+fn outbound(section: OutboundSection) -> Result<OutboundConfig, ConfigError> {
+    let mut services = Vec::with_capacity(section.services.len());
+    let mut authorities = HashSet::new();
+    for (i, service) in section.services.into_iter().enumerate() {
+        let key = format!("outbound.services[{i}].authority");
+        let Some(authority) = normalize_authority(&service.authority, 80) else {
+            return Err(key_error(
+                key,
+                format!("{:?} is not host:port", service.authority),
+            ));
+        };
+        if !authorities.insert(authority.clone()) {
+            return Err(key_error(key, format!("{authority} is declared twice")));
+        }
+        services.push(ServiceRoute {
+            authority,
+            ..service
+        });
+    }
+    let proxy = match (section.proxy_listen, services.is_empty()) {
+        (Some(listen), _) => Some(HttpProxy { listen, services }),
+        (None, true) => None,
+        (None, false) => {
+            return Err(key_error(
+                "outbound.proxy_listen",
+                "required when outbound.services are declared",
+            ));
+        }
+    };
+    Ok(OutboundConfig {
+        routes: section.routes,
+        proxy,
+    })
+}
+
+/// Every listener of every section on an address of its own (port 0, "any
+/// free port", excepted).
+fn unique_listeners(
+    inbound: &InboundConfig,
+    outbound: &OutboundConfig,
+    admin: SocketAddr,
+) -> Result<(), ConfigError> {
+    let listeners = inbound
+        .http
+        .iter()
+        .map(|h| ("inbound.listen".to_owned(), h.listen))
+        .chain(std::iter::once(("admin.listen".to_owned(), admin)))
+        .chain(
+            inbound
+                .opaque
+                .iter()
+                .enumerate()
+                .map(|(i, o)| (format!("inbound.opaque[{i}].listen"), o.listen)),
+        )
+        .chain(
+            outbound
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("outbound.routes[{i}].listen"), r.listen)),
+        )
+        .chain(
+            outbound
+                .proxy
+                .iter()
+                .map(|p| ("outbound.proxy_listen".to_owned(), p.listen)),
+        );
+    let mut seen: HashMap<SocketAddr, String> = HashMap::new();
+    for (key, addr) in listeners {
+        if addr.port() == 0 {
+            continue;
+        }
+        if let Some(first) = seen.get(&addr) {
+            return Err(key_error(
+                key,
+                format!("{addr} is used by another listener ({first})"),
+            ));
+        }
+        seen.insert(addr, key);
+    }
+    Ok(())
+}
+
+/// `[rotation]`, bounded so that no setting renews an SVID at its birth or
+/// its death, or retries in a busy loop.
+fn rotation(section: &RotationSection) -> Result<RotationPolicy, ConfigError> {
+    let RotationSection {
+        renew_fraction,
+        jitter,
+        backoff_base,
+        backoff_cap,
+    } = *section;
+    if !(renew_fraction.is_finite() && (0.1..=0.9).contains(&renew_fraction)) {
+        return Err(key_error(
+            "rotation.renew_fraction",
+            format!("{renew_fraction} is outside 0.1..=0.9"),
+        ));
+    }
+    if !(jitter.is_finite() && (0.0..=0.5).contains(&jitter)) {
+        return Err(key_error(
+            "rotation.jitter",
+            format!("{jitter} is outside 0.0..=0.5"),
+        ));
+    }
+    if renew_fraction - jitter < 0.05 || renew_fraction + jitter > 0.95 {
+        return Err(key_error(
+            "rotation.jitter",
+            format!(
+                "renew_fraction ± jitter ({renew_fraction} ± {jitter}) must stay within 0.05..=0.95 of the lifetime"
+            ),
+        ));
+    }
+    if backoff_base < Duration::from_millis(100) {
+        return Err(key_error("rotation.backoff_base", "must be at least 100ms"));
+    }
+    if backoff_cap < backoff_base {
+        return Err(key_error(
+            "rotation.backoff_cap",
+            "must be at least rotation.backoff_base",
+        ));
+    }
+    Ok(RotationPolicy {
+        refresh_fraction: renew_fraction,
+        jitter_fraction: jitter,
+        initial_backoff: backoff_base,
+        max_backoff: backoff_cap,
+    })
+}

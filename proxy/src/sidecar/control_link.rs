@@ -1,0 +1,110 @@
+//! The control plane as the SVID source: its bundle for the first contact,
+//! an SVID saved by an earlier run if still valid, then the rotation (join,
+//! renewals, on the `[rotation]` schedule) and the watch (revocations,
+//! bundles and policies).
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::SidecarError;
+use super::config::{ControlSource, JoinToken};
+use crate::control::api::PolicyUpdate;
+use crate::control::{ControlClient, StateDir, WatchState, WatchTargets, revoked_set, run_watch};
+use crate::identity::{RotationPolicy, SvidStore, TrustBundle, TrustBundleSet, run_rotation};
+
+/// The policy bundles (when the sidecar takes them from the control
+/// plane) and what the watch has applied.
+pub(super) type ControlChannels = (
+    Option<watch::Receiver<Option<PolicyUpdate>>>,
+    watch::Receiver<WatchState>,
+);
+
+pub(super) fn start(
+    config: &ControlSource,
+    rotation: &RotationPolicy,
+    store: &Arc<SvidStore>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<ControlChannels, SidecarError> {
+    let err = |key: &'static str, message: String| SidecarError::Control { key, message };
+    let trust_domain = config.server_id.trust_domain();
+    let bundle_path = &config.bundle;
+    let pem = std::fs::read(bundle_path).map_err(|e| {
+        err(
+            "control.bundle",
+            format!("cannot read {}: {e}", bundle_path.display()),
+        )
+    })?;
+    let bundle = TrustBundle::from_bytes(trust_domain.clone(), &pem)
+        .map_err(|e| err("control.bundle", format!("{}: {e}", bundle_path.display())))?;
+    store.set_bundles(TrustBundleSet::new().with(bundle));
+    let state = config.state_dir.clone().map(StateDir);
+    if let Some(list) = state.as_ref().and_then(StateDir::load_revoked) {
+        store.set_revoked(revoked_set(&list));
+    }
+    if let Some(saved) = state.as_ref().and_then(StateDir::load) {
+        match store.install(saved, None) {
+            Ok(()) => tracing::info!("using the SVID saved by an earlier run"),
+            Err(e) => tracing::warn!(error = %e, "the saved SVID does not validate; joining anew"),
+        }
+    }
+    let token = match &config.join {
+        Some(JoinToken::Inline(t)) => Some(t.trim().to_owned()),
+        Some(JoinToken::File(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| {
+                    err(
+                        "control.token_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let client = ControlClient::new(config.address, config.server_id.clone(), store.clone())
+        .map_err(|e| err("control.address", e.to_string()))?;
+    let instance = config.instance.clone().unwrap_or_else(|| {
+        // The kernel takes any bytes as a host name; the inventory does not.
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        crate::control::api::sanitize_instance(&format!("{}/{}", host.trim(), std::process::id()))
+    });
+    let source = crate::control::ControlSource::new(
+        client.clone(),
+        store.clone(),
+        trust_domain.clone(),
+        token,
+        instance,
+        config.svid_ttl,
+        state.clone(),
+    );
+    let mut stop = shutdown.clone();
+    tokio::spawn(run_rotation(
+        store.clone(),
+        source,
+        rotation.clone(),
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    ));
+    let (policy_tx, policy_rx) = if config.policies {
+        let (tx, rx) = watch::channel(None);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let (state_tx, state_rx) = watch::channel(WatchState::default());
+    tokio::spawn(run_watch(
+        WatchTargets {
+            client,
+            store: store.clone(),
+            trust_domain,
+            policies: policy_tx,
+            state: state_tx,
+            state_dir: state,
+        },
+        shutdown.clone(),
+    ));
+    Ok((policy_rx, state_rx))
+}

@@ -1,0 +1,90 @@
+//! HTTP plumbing shared by the inbound and outbound sides: the body type,
+//! hop-by-hop headers and Warden's own ([`headers`]), the caller's body
+//! ([`body`]), upgrades ([`upgrade`]) and Warden's own answers
+//! ([`refusal`]).
+
+mod body;
+mod headers;
+mod refusal;
+mod upgrade;
+
+use bytes::Bytes;
+use http::Request;
+use http::header;
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+
+pub use body::{BodyFault, CallerBody};
+pub use headers::{
+    ORIG_PROTO, ORIG_PROTO_HTTP1, PEER_ID, REQUEST_ID, XFCC, is_reserved, restore_upgrade,
+    strip_hop_by_hop, strip_reserved, strip_response, upgrade_allowed, upgrade_protocol,
+};
+pub use refusal::{
+    GRPC_DEADLINE_EXCEEDED, GRPC_INVALID_ARGUMENT, GRPC_PERMISSION_DENIED, GRPC_UNAVAILABLE,
+    GRPC_UNIMPLEMENTED, Refusal, RefusalKind, malformed_body,
+};
+pub use upgrade::relay_upgrade;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every response body: streamed from a peer or the app, or made here.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Whether the request is gRPC (its errors are grpc-status trailers, not HTTP codes).
+pub fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// A fresh request id: 16 hex digits.
+pub fn request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+pub fn boxed<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed()
+}
+
+/// The host a request was addressed to: `Host`, or the URI's authority (HTTP/2).
+pub fn request_host<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
+        .unwrap_or_default()
+}
+
+/// An error and its sources, one line.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// The first error in `e`'s source chain of type `T`.
+pub fn find_source<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = err.source();
+    }
+    None
+}

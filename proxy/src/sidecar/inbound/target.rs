@@ -1,0 +1,163 @@
+//! Stage 2 of a request: one spelling of its target for the policy and the
+//! app, and headers that say the same. The path and host are normalized
+//! (`normalize`), `Host` is set to the normalized host, headers an app
+//! framework would read as a different URL or method are dropped, an
+//! upgrade other than WebSocket is refused, and hop-by-hop and Warden's own
+//! headers are stripped: the policy sees exactly what the app will.
+
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Request};
+
+use crate::sidecar::http::{
+    Refusal, RefusalKind, strip_hop_by_hop, strip_reserved, upgrade_allowed, upgrade_protocol,
+};
+use crate::sidecar::normalize::{NormalizeError, PathRules, Target, normalize_request};
+
+/// A request's target, and the protocol it asks to upgrade to.
+#[derive(Debug)]
+pub(super) struct Prepared {
+    pub target: Target,
+    /// An allowed `Upgrade` (WebSocket), restored on the app's connection.
+    pub upgrade: Option<HeaderValue>,
+}
+
+pub(super) fn prepare<B>(req: &mut Request<B>, rules: PathRules) -> Result<Prepared, Refusal> {
+    let target = normalize_request(req, rules).map_err(|e| normalize_refusal(&e))?;
+    // A policy reading `context.headers` sees the canonical Host too.
+    canonical_headers(req.headers_mut(), &target);
+    let upgrade = upgrade_protocol(req);
+    if let Some(protocol) = &upgrade {
+        upgrade_allowed(protocol)?;
+    }
+    strip_hop_by_hop(req.headers_mut());
+    // Whatever the caller claims about identity is dropped; only the
+    // handshake's verified identity reaches the app.
+    strip_reserved(req.headers_mut());
+    Ok(Prepared { target, upgrade })
+}
+
+/// Headers some frameworks read as the real URL or method (Symfony and IIS
+/// rewrites, Rails and Express method overrides): a request carrying them
+/// would be routed to something the policy never decided on.
+const OVERRIDE_HEADERS: [&str; 5] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// `Host` set to the normalized host, and the override headers dropped.
+fn canonical_headers(headers: &mut HeaderMap, target: &Target) {
+    headers.remove(header::HOST);
+    if let Some(host) = &target.host
+        && let Ok(v) = HeaderValue::from_str(&host.authority())
+    {
+        headers.insert(header::HOST, v);
+    }
+    for name in OVERRIDE_HEADERS {
+        headers.remove(name);
+    }
+}
+
+/// 405 for CONNECT, 400 for every other target that does not normalize.
+fn normalize_refusal(e: &NormalizeError) -> Refusal {
+    let kind = match e {
+        NormalizeError::Connect => RefusalKind::MethodNotAllowed,
+        _ => RefusalKind::BadRequest,
+    };
+    Refusal::new(kind, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{Method, StatusCode};
+
+    use super::*;
+    use crate::sidecar::http::{PEER_ID, XFCC};
+
+    fn request(method: Method, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).expect("request")
+    }
+
+    #[test]
+    fn the_target_and_host_header_are_canonical() {
+        let mut req = request(
+            Method::GET,
+            "/x/../admin/./a",
+            &[("host", "API.Example.ORG.:8080")],
+        );
+        let prepared = prepare(&mut req, PathRules::default()).expect("prepared");
+        assert_eq!(prepared.target.path, "/admin/a");
+        assert_eq!(req.headers()[header::HOST], "api.example.org:8080");
+        assert!(prepared.upgrade.is_none());
+    }
+
+    #[test]
+    fn override_identity_and_hop_by_hop_headers_are_dropped() {
+        let mut req = request(
+            Method::POST,
+            "/public",
+            &[
+                ("host", "svc"),
+                ("x-http-method-override", "DELETE"),
+                ("x-original-url", "/admin"),
+                ("x-warden-peer-id", "spiffe://evil/admin"),
+                ("x-forwarded-client-cert", "URI=spiffe://evil/admin"),
+                ("connection", "close, x-keep"),
+                ("x-keep", "1"),
+            ],
+        );
+        prepare(&mut req, PathRules::default()).expect("prepared");
+        let h = req.headers();
+        for name in [
+            "x-http-method-override",
+            "x-original-url",
+            "connection",
+            "x-keep",
+        ] {
+            assert!(h.get(name).is_none(), "{name} kept");
+        }
+        assert!(h.get(PEER_ID).is_none() && h.get(XFCC).is_none());
+    }
+
+    #[test]
+    fn websocket_upgrades_pass_and_others_are_refused() {
+        let mut ws = request(
+            Method::GET,
+            "/chat",
+            &[
+                ("host", "svc"),
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+            ],
+        );
+        let prepared = prepare(&mut ws, PathRules::default()).expect("websocket");
+        assert_eq!(prepared.upgrade.expect("upgrade"), "websocket");
+        let mut h2c = request(
+            Method::GET,
+            "/",
+            &[
+                ("host", "svc"),
+                ("connection", "upgrade"),
+                ("upgrade", "h2c"),
+            ],
+        );
+        let refusal = prepare(&mut h2c, PathRules::default()).expect_err("refused");
+        assert_eq!(refusal.kind, RefusalKind::UpgradeRefused);
+    }
+
+    #[test]
+    fn connect_and_bad_targets_are_refused_by_kind() {
+        let mut connect = request(Method::CONNECT, "svc:443", &[]);
+        let refusal = prepare(&mut connect, PathRules::default()).expect_err("connect");
+        assert_eq!(refusal.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let mut slash = request(Method::GET, "/%2fadmin", &[("host", "svc")]);
+        let refusal = prepare(&mut slash, PathRules::default()).expect_err("slash");
+        assert_eq!(refusal.kind, RefusalKind::BadRequest);
+    }
+}

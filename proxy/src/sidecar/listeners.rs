@@ -1,0 +1,181 @@
+//! The sidecar's traffic listeners: bound before anything is served (so a
+//! port in use fails the start), then each handed to its side.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use super::config::{InboundMode, RouteProtocol, SidecarConfig};
+use super::shared::Shared;
+use super::{SidecarError, app, inbound, outbound, peer};
+use crate::identity::{ExpectedIdentity, SpiffeId};
+use crate::tls::{ClientAuth, TlsVersions, client_config, server_config};
+
+/// The addresses a started sidecar listens on.
+#[derive(Debug, Clone)]
+pub struct Addresses {
+    pub admin: SocketAddr,
+    pub inbound: Option<SocketAddr>,
+    /// One per `[[inbound.opaque]]`, in order.
+    pub opaque: Vec<SocketAddr>,
+    /// One per `[[outbound.routes]]`, in order.
+    pub outbound: Vec<SocketAddr>,
+    /// The explicit HTTP proxy, if configured.
+    pub proxy: Option<SocketAddr>,
+}
+
+/// Every traffic listener, bound, in the order of the configuration.
+pub(super) struct Bound {
+    inbound: Option<TcpListener>,
+    opaque: Vec<TcpListener>,
+    routes: Vec<TcpListener>,
+    proxy: Option<TcpListener>,
+}
+
+pub(super) async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, SidecarError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| SidecarError::Bind {
+            key: key.to_owned(),
+            addr,
+            source,
+        })
+}
+
+impl Bound {
+    pub async fn bind_all(config: &SidecarConfig) -> Result<Self, SidecarError> {
+        let inbound = match &config.inbound.http {
+            Some(http) => Some(bind("inbound.listen", http.listen).await?),
+            None => None,
+        };
+        let mut opaque = Vec::new();
+        for (i, o) in config.inbound.opaque.iter().enumerate() {
+            opaque.push(bind(&format!("inbound.opaque[{i}].listen"), o.listen).await?);
+        }
+        let mut routes = Vec::new();
+        for (i, route) in config.outbound.routes.iter().enumerate() {
+            routes.push(bind(&format!("outbound.routes[{i}].listen"), route.listen).await?);
+        }
+        let proxy = match &config.outbound.proxy {
+            Some(p) => Some(bind("outbound.proxy_listen", p.listen).await?),
+            None => None,
+        };
+        Ok(Bound {
+            inbound,
+            opaque,
+            routes,
+            proxy,
+        })
+    }
+
+    pub fn addresses(&self, admin: SocketAddr) -> Addresses {
+        let local = |l: &TcpListener| l.local_addr().expect("bound listener has an address");
+        Addresses {
+            admin,
+            inbound: self.inbound.as_ref().map(local),
+            opaque: self.opaque.iter().map(local).collect(),
+            outbound: self.routes.iter().map(local).collect(),
+            proxy: self.proxy.as_ref().map(local),
+        }
+    }
+
+    /// Hands every listener to its side, tracked for the drain.
+    pub fn serve(self, shared: &Arc<Shared>) -> Result<(), SidecarError> {
+        let config = &shared.config;
+        let versions = if config.inbound.tls12 {
+            TlsVersions::Tls12And13
+        } else {
+            TlsVersions::Tls13Only
+        };
+        if self.inbound.is_some() || !self.opaque.is_empty() {
+            let client_auth = match config.inbound.mode {
+                InboundMode::Strict => ClientAuth::Required,
+                InboundMode::Permissive => ClientAuth::Optional,
+            };
+            let tls = server_config(
+                shared.store.clone(),
+                client_auth,
+                ExpectedIdentity::AnyTrusted,
+                versions,
+                &[b"h2", b"http/1.1"],
+            )?;
+            let opaque = Arc::new(inbound::Opaque {
+                shared: shared.clone(),
+                tls: tls.clone(),
+            });
+            for (o, listener) in config.inbound.opaque.iter().zip(self.opaque) {
+                shared
+                    .tracker
+                    .spawn(opaque.clone().run(listener, o.app.clone()));
+            }
+            if let (Some(listener), Some(http)) = (self.inbound, &config.inbound.http) {
+                let app = http.app.clone();
+                let app_authority = match &app {
+                    app::AppAddr::Tcp(addr) => addr.to_string(),
+                    app::AppAddr::Unix(_) => "localhost".to_owned(),
+                };
+                let inbound = Arc::new(inbound::Inbound {
+                    shared: shared.clone(),
+                    clients: app::AppClients::new(&app, &config.limits),
+                    app_authority,
+                    app,
+                    tls,
+                });
+                shared.tracker.spawn(inbound.run(listener));
+            }
+        }
+        let make_route =
+            |upstream: SocketAddr, identity: &SpiffeId| route(shared, versions, upstream, identity);
+        for (config, listener) in config.outbound.routes.iter().zip(self.routes) {
+            let route = make_route(config.upstream, &config.identity)?;
+            match config.protocol {
+                RouteProtocol::Http => shared.tracker.spawn(route.run(listener)),
+                RouteProtocol::Tcp => shared.tracker.spawn(route.run_tcp(listener)),
+            };
+        }
+        if let (Some(listener), Some(proxy)) = (self.proxy, &config.outbound.proxy) {
+            let mut services = HashMap::new();
+            for service in &proxy.services {
+                let route = make_route(service.upstream, &service.identity)?;
+                services.insert(service.authority.clone(), (route, service.protocol));
+            }
+            let proxy = Arc::new(outbound::ProxyListener {
+                shared: shared.clone(),
+                services,
+            });
+            shared.tracker.spawn(proxy.run(listener));
+        }
+        Ok(())
+    }
+}
+
+/// One destination's route: its mTLS client, expecting exactly `identity`.
+fn route(
+    shared: &Arc<Shared>,
+    versions: TlsVersions,
+    upstream: SocketAddr,
+    identity: &SpiffeId,
+) -> Result<Arc<outbound::Route>, SidecarError> {
+    let tls = client_config(
+        shared.store.clone(),
+        ExpectedIdentity::exactly(identity.clone()),
+        versions,
+        &[b"h2"],
+    )?;
+    let channel = peer::PeerChannel::new(
+        upstream,
+        identity.clone(),
+        tls,
+        shared.config.limits.clone(),
+        shared.store.clone(),
+        shared.metrics.clone(),
+    );
+    Ok(Arc::new(outbound::Route {
+        server_address: upstream.ip().to_string(),
+        shared: shared.clone(),
+        upstream,
+        channel,
+    }))
+}
