@@ -432,3 +432,22 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_attribute_values_are_cut_at_a_character_boundary() {
+        let mut buf = Vec::new();
+        // "a" then two-byte characters: byte 2048 falls inside one.
+        let long = format!("a{}", "é".repeat(5000));
+        attributes(&mut buf).str("url.path", &long);
+        assert!(buf.len() < MAX_VALUE_BYTES + 32, "{}", buf.len());
+        let value = format!("a{}", "é".repeat(1023));
+        assert!(
+            buf.ends_with(value.as_bytes()),
+            "cut at 2047 bytes, after a whole character"
+        );
+    }
+}

@@ -1,0 +1,168 @@
+//! The watch: long-polls the control plane for revocations, trust-bundle
+//! changes and policy bundles, and applies them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use tokio::sync::watch;
+
+use crate::identity::{Revoked, SvidStore, TrustBundle, TrustBundleSet};
+
+use super::{ControlClient, StateDir, api, digest_hex};
+
+/// What the watch has applied, for `/identity` and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct WatchState {
+    pub revocation_seq: i64,
+    pub revoked: usize,
+    pub policy_version: Option<i64>,
+    pub connected: bool,
+    pub last_error: Option<String>,
+}
+
+/// Turns a revocation list into what the store refuses.
+pub fn revoked_set(list: &api::RevocationList) -> Revoked {
+    Revoked {
+        spiffe_ids: list.spiffe_ids.iter().cloned().collect(),
+        serials: list.serials.iter().cloned().collect(),
+    }
+}
+
+/// Where the watch connects and what it feeds.
+pub struct WatchTargets {
+    pub client: ControlClient,
+    pub store: Arc<SvidStore>,
+    pub trust_domain: crate::identity::TrustDomain,
+    /// Policy bundles go here when the sidecar takes them from the control plane.
+    pub policies: Option<watch::Sender<Option<api::PolicyUpdate>>>,
+    pub state: watch::Sender<WatchState>,
+    /// Keeps the revocation list across restarts.
+    pub state_dir: Option<StateDir>,
+}
+
+/// Shortest pause between two watch calls, so that a control plane that
+/// answers at once (or a sidecar that cannot apply an answer) never turns
+/// the watch into a busy loop.
+const MIN_WATCH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Long-polls the control plane for revocations, bundle changes and (when
+/// `policies` is given) policy bundles, and applies them. Runs until
+/// `shutdown` flips; backs off (capped at 30 s) while the control plane is
+/// unreachable, keeping everything it last applied.
+pub async fn run_watch(targets: WatchTargets, mut shutdown: watch::Receiver<bool>) {
+    let WatchTargets {
+        client,
+        store,
+        trust_domain,
+        policies,
+        state,
+        state_dir,
+    } = targets;
+    let mut failures: u32 = 0;
+    let mut generation = store.subscribe();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        // mTLS needs an SVID: wait for the first one.
+        if store.current().is_none() {
+            tokio::select! {
+                _ = generation.changed() => continue,
+                _ = shutdown.changed() => return,
+            }
+        }
+        let current = state.borrow().clone();
+        let bundle_digest = store
+            .bundles()
+            .get(trust_domain.name())
+            .map(|b| digest_hex(b.to_pem().as_bytes()))
+            .unwrap_or_default();
+        let policy = match (&policies, current.policy_version) {
+            (Some(_), Some(v)) => v.to_string(),
+            (Some(_), None) => "none".to_owned(),
+            // Not watching policies: say we have whatever is current.
+            (None, _) => "any".to_owned(),
+        };
+        // The first call after (re)connecting answers at once, so the
+        // sidecar catches up before it starts waiting.
+        let wait_ms = if current.connected { 20_000 } else { 0 };
+        let path = format!(
+            "{}?revocations={}&bundle={}&policy={}&wait_ms={wait_ms}",
+            api::WATCH,
+            current.revocation_seq,
+            bundle_digest,
+            policy
+        );
+        let result: Result<api::WatchResponse, _> = tokio::select! {
+            r = client.call(Method::GET, &path, None, Duration::from_secs(30)) => r,
+            _ = shutdown.changed() => return,
+        };
+        match result {
+            Ok(update) => {
+                failures = 0;
+                apply(&store, &trust_domain, &update, &bundle_digest);
+                if update.revocations.seq != current.revocation_seq
+                    && let Some(dir) = &state_dir
+                    && let Err(e) = dir.save_revoked(&update.revocations)
+                {
+                    tracing::warn!(error = %e, "cannot save the revocation list");
+                }
+                let mut next = current;
+                next.revocation_seq = update.revocations.seq;
+                next.revoked =
+                    update.revocations.spiffe_ids.len() + update.revocations.serials.len();
+                next.connected = true;
+                next.last_error = None;
+                if let (Some(tx), Some(p)) = (&policies, update.policy) {
+                    next.policy_version = Some(p.version);
+                    let _ = tx.send(Some(p));
+                }
+                let _ = state.send(next);
+                tokio::select! {
+                    _ = tokio::time::sleep(MIN_WATCH_INTERVAL) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::warn!(error = %e, failures, "control plane watch failed; keeping the last revocations, bundle and policies");
+                }
+                state.send_modify(|s| {
+                    s.connected = false;
+                    s.last_error = Some(e.to_string());
+                });
+                let delay = Duration::from_millis(500u64.saturating_mul(1 << failures.min(6)))
+                    .min(Duration::from_secs(30));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    }
+}
+
+fn apply(
+    store: &SvidStore,
+    trust_domain: &crate::identity::TrustDomain,
+    update: &api::WatchResponse,
+    bundle_digest: &str,
+) {
+    store.set_revoked(revoked_set(&update.revocations));
+    match TrustBundle::from_pem(trust_domain.clone(), update.bundle.bundle_pem.as_bytes()) {
+        Ok(bundle) => {
+            if digest_hex(bundle.to_pem().as_bytes()) != bundle_digest {
+                tracing::info!(
+                    roots = bundle.roots().len(),
+                    "trust bundle changed; installing it"
+                );
+                store.set_bundles(TrustBundleSet::new().with(bundle));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the control plane sent an unusable trust bundle; keeping the current one")
+        }
+    }
+}

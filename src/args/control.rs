@@ -1,0 +1,175 @@
+//! `warden control ...`, `warden identities ...` and the flags every admin
+//! command shares to reach the control plane.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+#[derive(Subcommand)]
+pub(crate) enum ControlCommand {
+    /// Serve the control-plane API. On first start creates the CA (unless
+    /// --ca-dir names one made by `warden ca init`), the database and the
+    /// admin token in --data-dir.
+    Serve(ControlServeArgs),
+    /// Join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Apply the database's pending schema migrations (`serve` also applies
+    /// them on start), or list them with --dry-run.
+    Migrate(ControlMigrateArgs),
+    /// Take a consistent copy of the SQLite database while the control
+    /// plane serves (the CA's key in `<data-dir>/ca` is not in it: back that
+    /// up with your secrets). For PostgreSQL use pg_dump.
+    Backup(ControlBackupArgs),
+    /// Put a backup taken by `backup` back as the database of a data
+    /// directory that has none.
+    Restore(ControlRestoreArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct ControlMigrateArgs {
+    /// The control plane's data directory (its database is `control.db`).
+    #[arg(long, env = "WARDEN_CONTROL_DIR", default_value = "warden-control")]
+    pub(crate) data_dir: PathBuf,
+    /// A PostgreSQL URL or SQLite file instead of `<data-dir>/control.db`.
+    #[arg(long, env = "WARDEN_CONTROL_DATABASE")]
+    pub(crate) database: Option<String>,
+    /// Only list applied and pending migrations; change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct ControlBackupArgs {
+    /// The control plane's data directory (its database is `control.db`).
+    #[arg(long, env = "WARDEN_CONTROL_DIR", default_value = "warden-control")]
+    pub(crate) data_dir: PathBuf,
+    /// The backup file to create (refused if it exists); written 0600.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct ControlRestoreArgs {
+    /// The data directory to restore into: it must have no `control.db`.
+    #[arg(long, env = "WARDEN_CONTROL_DIR", default_value = "warden-control")]
+    pub(crate) data_dir: PathBuf,
+    /// A file made by `warden control backup`.
+    #[arg(long)]
+    pub(crate) from: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Print a single-use join token bound to one SPIFFE ID.
+    Create(TokenCreateArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct ControlServeArgs {
+    /// Directory for the CA, the database, `admin.token` and `control.json`.
+    #[arg(long, env = "WARDEN_CONTROL_DIR", default_value = "warden-control")]
+    pub(crate) data_dir: PathBuf,
+    /// The HTTPS API.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// Plaintext `/live`, `/ready` and `/metrics`.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    pub(crate) metrics_listen: std::net::SocketAddr,
+    /// A CA directory prepared with `warden ca init` (default: `<data-dir>/ca`,
+    /// created on first start).
+    #[arg(long)]
+    pub(crate) ca_dir: Option<PathBuf>,
+    /// Trust domain of the CA created on first start (default `warden.local`).
+    #[arg(long)]
+    pub(crate) trust_domain: Option<String>,
+    /// Default SVID lifetime of the CA created on first start.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) svid_ttl: Option<Duration>,
+    /// State store: `postgres://user:password@host:port/db` (replicas share
+    /// it, and the CA via --ca-dir), or a SQLite file. Default: SQLite
+    /// `<data-dir>/control.db`.
+    #[arg(long, env = "WARDEN_CONTROL_DATABASE")]
+    pub(crate) database: Option<String>,
+}
+
+/// How admin commands reach the control plane.
+#[derive(Args, Clone)]
+pub(crate) struct AdminArgs {
+    /// The control plane's data directory: `control.json`, `bundle.pem` and
+    /// `admin.token` are read from it (copy those three to administer from elsewhere).
+    #[arg(long, env = "WARDEN_CONTROL_DIR", default_value = "warden-control")]
+    pub(crate) data_dir: PathBuf,
+    /// API address, instead of the one in `control.json`.
+    #[arg(long, env = "WARDEN_CONTROL_SERVER")]
+    pub(crate) server: Option<std::net::SocketAddr>,
+    /// Trust bundle that authenticates the control plane (default `<data-dir>/bundle.pem`).
+    #[arg(long)]
+    pub(crate) bundle: Option<PathBuf>,
+    /// Admin token file (default `<data-dir>/admin.token`).
+    #[arg(long)]
+    pub(crate) admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct TokenCreateArgs {
+    /// The SPIFFE ID the joining sidecar will get, e.g. `spiffe://warden.local/ns/prod/sa/api`.
+    #[arg(long)]
+    pub(crate) spiffe_id: String,
+    /// How long the token may be used (single use either way).
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub(crate) ttl: Duration,
+    /// Owner or other label for the inventory, KEY=VALUE (repeatable).
+    #[arg(long)]
+    pub(crate) label: Vec<String>,
+    /// Print token, id, SPIFFE ID and expiry as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum IdentitiesCommand {
+    /// Every identity: status (pending, active, expired, stale, revoked),
+    /// expiry, last serial, instance and labels.
+    List {
+        /// Only active identities whose SVID expires within this window.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expiring_within: Option<Duration>,
+        /// Only identities with this status.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// One identity (by SPIFFE ID or SVID serial) with every SVID issued to it, as JSON.
+    Show {
+        target: String,
+        #[arg(long, hide = true)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Revoke an identity (every SVID, no more issuance) or one SVID by
+    /// serial; sidecars refuse it and cut its connections within seconds.
+    Revoke {
+        target: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
