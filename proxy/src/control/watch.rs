@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::Method;
 use tokio::sync::watch;
 
-use crate::identity::{Revoked, SvidStore, TrustBundle, TrustBundleSet};
+use crate::identity::{Backoff, Revoked, SvidStore, TrustBundle, TrustBundleSet};
 
 use super::{ControlClient, StateDir, api, digest_hex};
 
@@ -39,6 +39,9 @@ pub struct WatchTargets {
     pub state: watch::Sender<WatchState>,
     /// Keeps the revocation list across restarts.
     pub state_dir: Option<StateDir>,
+    /// How retries back off while the control plane is unreachable
+    /// (`[rotation]`, as the SVID renewals).
+    pub backoff: Backoff,
 }
 
 /// Shortest pause between two watch calls, so that a control plane that
@@ -48,8 +51,8 @@ const MIN_WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Long-polls the control plane for revocations, bundle changes and (when
 /// `policies` is given) policy bundles, and applies them. Runs until
-/// `shutdown` flips; backs off (capped at 30 s) while the control plane is
-/// unreachable, keeping everything it last applied.
+/// `shutdown` flips; backs off (`backoff`, jittered) while the control plane
+/// is unreachable, keeping everything it last applied.
 pub async fn run_watch(targets: WatchTargets, mut shutdown: watch::Receiver<bool>) {
     let WatchTargets {
         client,
@@ -58,6 +61,7 @@ pub async fn run_watch(targets: WatchTargets, mut shutdown: watch::Receiver<bool
         policies,
         state,
         state_dir,
+        backoff,
     } = targets;
     let mut failures: u32 = 0;
     let mut generation = store.subscribe();
@@ -133,8 +137,7 @@ pub async fn run_watch(targets: WatchTargets, mut shutdown: watch::Receiver<bool
                     s.connected = false;
                     s.last_error = Some(e.to_string());
                 });
-                let delay = Duration::from_millis(500u64.saturating_mul(1 << failures.min(6)))
-                    .min(Duration::from_secs(30));
+                let delay = backoff.next_delay(failures);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => return,

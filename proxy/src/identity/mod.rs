@@ -2,6 +2,7 @@
 //! and the hot-swappable store. The one place both the sidecar and the control
 //! plane take identity from.
 
+pub mod backoff;
 pub mod bundle;
 pub mod file_source;
 pub mod keygen;
@@ -13,6 +14,7 @@ pub mod svid;
 pub mod verifiers;
 pub mod verify;
 
+pub use backoff::Backoff;
 pub use bundle::{BundleError, TrustBundle, TrustBundleSet, pem_encode};
 pub use file_source::{FileSource, FileSourceError, FileWatcher, WatchStatus};
 pub use keygen::{KeyAndCsr, KeygenError, new_key_and_csr};

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 
+use super::backoff::Backoff;
 use super::bundle::TrustBundleSet;
 use super::store::{Svid, SvidStore};
 
@@ -85,26 +86,21 @@ impl RotationPolicy {
         refresh_at.duration_since(now).unwrap_or_default()
     }
 
+    /// The retry schedule of this policy (renewals and the control-plane
+    /// watch alike).
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            base: self.initial_backoff,
+            cap: self.max_backoff,
+            jitter: self.jitter_fraction,
+        }
+    }
+
     /// Delay before retry number `failures` (1 for the first retry). `jitter`
     /// in [0, 1] shortens it by up to `jitter_fraction`, so a fleet that failed
     /// together does not retry together.
     pub fn backoff_delay(&self, failures: u32, jitter: f64) -> Duration {
-        let exponent = failures.saturating_sub(1).min(30);
-        let base = self
-            .initial_backoff
-            .saturating_mul(1u32 << exponent)
-            .min(self.max_backoff);
-        let jitter = if jitter.is_finite() {
-            jitter.clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
-        let factor = 1.0 - self.jitter_fraction * jitter;
-        if factor.is_finite() && factor >= 0.0 {
-            base.mul_f64(factor)
-        } else {
-            base
-        }
+        self.backoff().delay(failures, jitter)
     }
 }
 
@@ -159,7 +155,7 @@ pub async fn run_rotation_with_clock<S: SvidSource>(
                 let jitter = rand::rng().random_range(-1.0..=1.0);
                 policy.refresh_delay(svid.not_before(), svid.not_after(), now, jitter)
             }
-            (_, n) => policy.backoff_delay(n, rand::rng().random_range(0.0..=1.0)),
+            (_, n) => policy.backoff().next_delay(n),
         };
         if let Some(svid) = &current {
             let left = svid.time_left(now);

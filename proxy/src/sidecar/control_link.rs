@@ -103,6 +103,7 @@ pub(super) fn start(
             policies: policy_tx,
             state: state_tx,
             state_dir: state,
+            backoff: rotation.backoff(),
         },
         shutdown.clone(),
     ));
