@@ -49,7 +49,7 @@ pub(super) async fn admin(
         (&Method::GET, api::ADMIN_IDENTITIES) => {
             let q = query_params(&req);
             input::only_known(&q, &["status", "expiring_within_secs"])?;
-            let status = input::one_of(&q, "status", &IDENTITY_STATUSES)?.map(str::to_owned);
+            let status: Option<IdentityStatus> = input::one_of(&q, "status")?;
             let within: Option<i64> = input::number(&q, "expiring_within_secs")?;
             let now = unix_now();
             let mut list = blocking(move || db.identities(now)).await?;
@@ -58,7 +58,7 @@ pub(super) async fn admin(
             }
             if let Some(within) = within {
                 list.retain(|i| {
-                    i.status == "active"
+                    i.status == IdentityStatus::Active
                         && i.expires_at
                             .is_some_and(|e| e <= now.saturating_add(within))
                 });
@@ -218,9 +218,6 @@ pub(super) async fn admin(
 
 /// Labels a join token (and so an identity) may carry.
 const MAX_LABELS: usize = 32;
-
-/// The values of an identity's `status` (and of the list's filter).
-const IDENTITY_STATUSES: [&str; 5] = ["pending", "active", "expired", "stale", "revoked"];
 
 /// Default time a new root is published before it signs.
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(600);

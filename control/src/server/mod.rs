@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use warden_proxy::authz::{PolicyFiles, PolicySnapshot};
 
-use crate::reason::{CsrReason, Reason};
+use crate::reason::Reason;
 use warden_proxy::control::api;
 use warden_proxy::control::{ControlClient, digest_hex};
 use warden_proxy::identity::{
@@ -44,7 +44,8 @@ use crate::ca::rotation::{self, Authorities, RotationPlan};
 use crate::ca::{CertificateAuthority, CsrError, InitOptions, SignRequest};
 use crate::files::{self, PRIVATE_MODE, PUBLIC_MODE};
 use crate::store::{
-    AuditEvent, Database, IdentityRecord, Signed, Store, StoreError, SvidRecord, unix_now,
+    AuditEvent, Database, IdentityRecord, IdentityStatus, Signed, Store, StoreError, SvidKind,
+    SvidRecord, UnknownWord, unix_now,
 };
 
 mod admin;

@@ -32,27 +32,7 @@ impl From<StoreError> for Fail {
 }
 
 pub(super) fn csr_refusal(e: CsrError) -> StoreError {
-    // One namespace of reasons for the API: `csr_identity_mismatch`, ...;
-    // the CA's own failures are not the caller's (500, 503).
-    let reason = match &e {
-        CsrError::Malformed(_) => Reason::Csr(CsrReason::Malformed),
-        CsrError::BadSignature => Reason::Csr(CsrReason::BadSignature),
-        CsrError::WeakKey(_) => Reason::Csr(CsrReason::WeakKey),
-        CsrError::UnsupportedKey(_) => Reason::Csr(CsrReason::UnsupportedKey),
-        CsrError::RequestsCa(_) => Reason::Csr(CsrReason::RequestsCa),
-        CsrError::MultipleUriSans(_) => Reason::Csr(CsrReason::MultipleUriSans),
-        CsrError::UnsupportedSan(_) => Reason::Csr(CsrReason::UnsupportedSan),
-        CsrError::InvalidSpiffeId { .. } => Reason::Csr(CsrReason::InvalidSpiffeId),
-        CsrError::IdentityMismatch { .. } => Reason::Csr(CsrReason::IdentityMismatch),
-        CsrError::MissingSpiffeId => Reason::Csr(CsrReason::MissingSpiffeId),
-        CsrError::ForeignTrustDomain { .. } => Reason::Csr(CsrReason::ForeignTrustDomain),
-        CsrError::RootPathId(_) => Reason::Csr(CsrReason::RootPathId),
-        CsrError::TtlTooLong { .. } => Reason::Csr(CsrReason::TtlTooLong),
-        CsrError::TtlTooShort(_) => Reason::Csr(CsrReason::TtlTooShort),
-        CsrError::CaExpired => Reason::CaExpired,
-        CsrError::Internal(_) => Reason::Internal,
-    };
-    StoreError::refused(reason, e.to_string())
+    StoreError::refused(e.reason(), e.to_string())
 }
 
 pub(super) type Body = Full<Bytes>;
@@ -95,10 +75,10 @@ pub(super) fn refused(
     id: Option<&str>,
     mut fail: Fail,
 ) -> Fail {
-    let code = fail.reason.code();
-    state.count(|c| *c.refused.entry((event, code.to_owned())).or_default() += 1);
+    let reason = fail.reason;
+    state.count(|c| *c.refused.entry((event, reason.code())).or_default() += 1);
     fail.audit = Some(Box::new(
-        AuditEvent::refused(event, code, fail.message.clone(), actor).with_id(id),
+        AuditEvent::refused(event, reason, fail.message.clone(), actor).with_id(id),
     ));
     fail
 }

@@ -82,7 +82,7 @@ fn handshake_refused(state: &State, remote: SocketAddr, e: &std::io::Error) {
     }
     let event = AuditEvent::refused(
         "handshake",
-        "bad_client_certificate",
+        Reason::BadClientCertificate,
         reason,
         &remote.to_string(),
     );

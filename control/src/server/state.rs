@@ -6,8 +6,9 @@ use super::*;
 /// Counters for `/metrics`.
 #[derive(Default)]
 pub(super) struct Counters {
-    pub(super) issued: BTreeMap<&'static str, u64>,
-    pub(super) refused: BTreeMap<(&'static str, String), u64>,
+    pub(super) issued: BTreeMap<SvidKind, u64>,
+    /// By (event, reason code): ordered as the metric lines are.
+    pub(super) refused: BTreeMap<(&'static str, &'static str), u64>,
     pub(super) revocations: u64,
     pub(super) policy_pushes: u64,
     pub(super) handshake_failures: u64,
@@ -63,7 +64,7 @@ impl State {
         for (source, count) in due {
             let event = AuditEvent::refused(
                 "refusals_suppressed",
-                "rate_limited",
+                Reason::RateLimited,
                 format!(
                     "{count} more refusals from {source} within {}s were counted in the metrics, not audited one by one",
                     limiter::WINDOW.as_secs()

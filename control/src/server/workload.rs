@@ -8,7 +8,7 @@ pub(super) fn sign(
     csr: &str,
     bound: &str,
     ttl_secs: Option<u64>,
-    kind: &str,
+    kind: SvidKind,
     instance: &str,
     sidecar_version: Option<&str>,
 ) -> Result<Signed<api::SvidResponse>, StoreError> {
@@ -36,7 +36,7 @@ pub(super) fn sign(
         key_sha256,
         issued_at: unix_now(),
         expires_at: issued.not_after.0,
-        kind: kind.to_owned(),
+        kind,
         instance: instance.to_owned(),
         revoked: false,
         sidecar_version: sidecar_version.map(str::to_owned),
@@ -96,7 +96,7 @@ pub(super) async fn join(
                 &body.csr,
                 bound,
                 body.ttl_secs,
-                "join",
+                SvidKind::Join,
                 &body.instance,
                 version.as_deref(),
             )
@@ -105,7 +105,7 @@ pub(super) async fn join(
     .await;
     match outcome {
         Ok(svid) => {
-            state.count(|c| *c.issued.entry("join").or_default() += 1);
+            state.count(|c| *c.issued.entry(SvidKind::Join).or_default() += 1);
             Ok(json_response(StatusCode::OK, &svid))
         }
         Err(e) => Err(refused(state, "join", &actor, None, e.into())),
@@ -147,7 +147,7 @@ pub(super) async fn renew(
                 &body.csr,
                 bound,
                 body.ttl_secs,
-                "renew",
+                SvidKind::Renew,
                 &body.instance,
                 version.as_deref(),
             )
@@ -156,7 +156,7 @@ pub(super) async fn renew(
     .await;
     match outcome {
         Ok(svid) => {
-            state.count(|c| *c.issued.entry("renew").or_default() += 1);
+            state.count(|c| *c.issued.entry(SvidKind::Renew).or_default() += 1);
             Ok(json_response(StatusCode::OK, &svid))
         }
         Err(e) => Err(refused(state, "renew", &id, Some(&id), e.into())),

@@ -2,7 +2,9 @@
 //! one, and the audit trail.
 
 use super::backend::{Row, Sql};
-use super::{AuditEvent, IdentityRecord, Store, StoreError, SvidRecord, labels_map};
+use super::{
+    AuditEvent, IdentityRecord, IdentityStatus, Store, StoreError, SvidRecord, labels_map,
+};
 
 impl Store {
     /// The latest expiry of the SVIDs issued at or before `at`: once past,
@@ -107,12 +109,13 @@ fn query_identities(
             let issued = r.opt_int(5)?;
             let expires = r.opt_int(6)?;
             let ttl = issued.zip(expires).map(|(i, e)| e - i);
-            let mut record = IdentityRecord {
+            let revoked_at = r.opt_int(3)?;
+            Ok(IdentityRecord {
                 spiffe_id: r.text(0)?,
-                status: String::new(),
+                status: IdentityStatus::at(now, revoked_at.is_some(), expires, ttl),
                 labels: labels_map(&r.text(1)?),
                 created_at: r.int(2)?,
-                revoked_at: r.opt_int(3)?,
+                revoked_at,
                 revoke_reason: r.opt_text(4)?,
                 last_issued_at: issued,
                 expires_at: expires,
@@ -120,9 +123,7 @@ fn query_identities(
                 instance: r.opt_text(8)?,
                 svids_issued: r.int(9)?,
                 sidecar_version: r.opt_text(10)?,
-            };
-            record.status_at(now, ttl);
-            Ok(record)
+            })
         })
         .collect()
 }
@@ -134,7 +135,10 @@ fn svid_row(r: &Row) -> Result<SvidRecord, StoreError> {
         key_sha256: r.text(2)?,
         issued_at: r.int(3)?,
         expires_at: r.int(4)?,
-        kind: r.text(5)?,
+        kind: r
+            .text(5)?
+            .parse()
+            .map_err(|e| StoreError::db(format!("column 5: {e}"), false))?,
         instance: r.text(6)?,
         revoked: r.int(7)? != 0,
         sidecar_version: r.opt_text(8)?,

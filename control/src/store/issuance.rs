@@ -213,7 +213,7 @@ fn insert_svid(sql: &mut dyn Sql, svid: &SvidRecord) -> Result<(), StoreError> {
             (&svid.key_sha256).into(),
             svid.issued_at.into(),
             svid.expires_at.into(),
-            (&svid.kind).into(),
+            svid.kind.as_str().into(),
             (&svid.instance).into(),
             svid.sidecar_version.as_ref().into(),
         ],

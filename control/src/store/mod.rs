@@ -13,6 +13,7 @@ mod backend;
 mod backup;
 mod inventory;
 mod issuance;
+mod kinds;
 pub mod migrate;
 mod policy;
 mod records;
@@ -23,11 +24,10 @@ pub use backend::Database;
 use crate::reason::Reason;
 use backend::{Backend, Sql};
 pub use backup::{BackupReport, backup_sqlite, restore_sqlite};
+pub use kinds::{IdentityStatus, STALE_LIFETIMES, SvidKind, UnknownWord};
 pub use migrate::{Dialect, MigrationSet, SchemaStatus};
 use policy::policy_head;
-pub use records::{
-    AuditEvent, IdentityRecord, PolicyBundle, Revocations, STALE_LIFETIMES, Signed, SvidRecord,
-};
+pub use records::{AuditEvent, IdentityRecord, PolicyBundle, Revocations, Signed, SvidRecord};
 use revocation::revocation_seq;
 
 /// A refused or failed store operation; [`StoreError::reason`] is what

@@ -5,12 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::kinds::{IdentityStatus, SvidKind};
 use super::unix_now;
-
-/// An identity becomes `stale` once it has gone unrenewed for this many
-/// lifetimes past its last SVID's expiry: its workload is gone, and whoever
-/// owns it should clean it up.
-pub const STALE_LIFETIMES: i64 = 3;
+use crate::reason::Reason;
 
 /// One SVID as the inventory records it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -22,7 +19,7 @@ pub struct SvidRecord {
     pub issued_at: i64,
     pub expires_at: i64,
     /// `join` (first SVID, by token) or `renew`.
-    pub kind: String,
+    pub kind: SvidKind,
     /// The sidecar instance that asked for it.
     pub instance: String,
     pub revoked: bool,
@@ -35,7 +32,7 @@ pub struct SvidRecord {
 pub struct IdentityRecord {
     pub spiffe_id: String,
     /// `pending` (token made, never joined), `active`, `expired`, `stale`, `revoked`.
-    pub status: String,
+    pub status: IdentityStatus,
     pub labels: serde_json::Map<String, serde_json::Value>,
     pub created_at: i64,
     pub last_issued_at: Option<i64>,
@@ -47,22 +44,6 @@ pub struct IdentityRecord {
     pub svids_issued: i64,
     pub revoked_at: Option<i64>,
     pub revoke_reason: Option<String>,
-}
-
-impl IdentityRecord {
-    pub(super) fn status_at(&mut self, now: i64, ttl: Option<i64>) {
-        self.status = if self.revoked_at.is_some() {
-            "revoked"
-        } else {
-            match (self.expires_at, ttl) {
-                (None, _) => "pending",
-                (Some(exp), _) if exp > now => "active",
-                (Some(exp), Some(ttl)) if now - exp > STALE_LIFETIMES * ttl.max(1) => "stale",
-                _ => "expired",
-            }
-        }
-        .to_owned();
-    }
 }
 
 /// What sidecars must refuse.
@@ -124,10 +105,10 @@ impl AuditEvent {
         }
     }
 
-    pub fn refused(event: &str, reason: &str, detail: impl Into<String>, actor: &str) -> Self {
+    pub fn refused(event: &str, reason: Reason, detail: impl Into<String>, actor: &str) -> Self {
         AuditEvent {
             outcome: "refused".to_owned(),
-            reason: Some(reason.to_owned()),
+            reason: Some(reason.code().to_owned()),
             detail: detail.into(),
             ..Self::ok(event, None, None, actor)
         }

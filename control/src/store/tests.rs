@@ -10,7 +10,7 @@ fn record(serial: &str, id: &str, issued: i64, ttl: i64) -> SvidRecord {
         key_sha256: "k".into(),
         issued_at: issued,
         expires_at: issued + ttl,
-        kind: "join".into(),
+        kind: SvidKind::Join,
         instance: "i".into(),
         revoked: false,
         sidecar_version: None,
