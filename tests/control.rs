@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::Method;
-use support::control::{Control, Db, any_port, csr_pem, eventually};
+use support::control::{Control, Db, TestClock, any_port, csr_pem, eventually};
 use support::mesh::{
     FRONTEND, INTRUDER, ORDERS, Proxy, TestApp, get, inbound_to, read_some, route_to, tcp_echo,
 };
@@ -102,6 +102,7 @@ impl Traffic {
                             }
                         }
                     }
+                    // Pacing, not waiting for anything: a steady request rate.
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }));
@@ -137,6 +138,7 @@ async fn renewals(sidecars: &[&Proxy], n: usize, limit: Duration) {
                 s.insert(serial);
             }
         }
+        // The poll interval of this wait for new serials.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -152,11 +154,25 @@ async fn sidecars_join_by_token_renew_under_traffic_and_ride_out_a_control_plane
     // At least five renewals of each sidecar while traffic flows.
     renewals(&[&server, &client], 5, Duration::from_secs(60)).await;
 
-    // The control plane dies (SIGKILL) for longer than a renewal interval.
+    // The control plane dies (SIGKILL) for longer than a renewal interval:
+    // until each sidecar has tried to renew and failed.
+    let failed_renewals = |p: &Proxy| p.logs().matches("SVID refresh").count();
+    let failed_before = [failed_renewals(&server), failed_renewals(&client)];
     let api = control.api;
     control.kill9();
     let before = [serial_of(&server).await, serial_of(&client).await];
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    eventually(
+        Duration::from_secs(30),
+        "a failed renewal on each sidecar",
+        || async {
+            let now = [failed_renewals(&server), failed_renewals(&client)];
+            now.iter()
+                .zip(failed_before)
+                .all(|(n, b)| *n > b)
+                .then_some(())
+        },
+    )
+    .await;
     let metrics = client.metrics().await;
     assert!(
         metrics.contains("warden_svid_expiry_timestamp_seconds"),
@@ -207,6 +223,7 @@ async fn sidecars_join_by_token_renew_under_traffic_and_ride_out_a_control_plane
 /// 15 s; how long after `since` that happened.
 async fn cut_after(live: &mut tokio::net::TcpStream, since: Instant) -> Option<Duration> {
     while since.elapsed() < Duration::from_secs(15) {
+        // Probe pacing: how soon the cut is seen is what is measured.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let wrote = live.write_all(b"b;").await;
         let mut buf = [0u8; 16];
@@ -365,7 +382,9 @@ async fn renew(client: &ControlClient, csr: String) -> Result<api::SvidResponse,
 
 async fn bad_requests_are_refused_precisely_audited_and_change_nothing(db: Db) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let control = Control::start(&dir.path().join("control"), any_port(), &db, &[]);
+    // In process, on a clock the test moves: expiries without sleeping.
+    let clock = Arc::new(TestClock::default());
+    let control = Control::start_in_process(&dir.path().join("control"), &db, clock.clone()).await;
     let anon = control.client(false);
     let orders = SpiffeId::parse(ORDERS).expect("id");
     let token = control.token(ORDERS);
@@ -431,12 +450,14 @@ async fn bad_requests_are_refused_precisely_audited_and_change_nothing(db: Db) {
         )
         .await
         .expect("token");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Two seconds later on the control plane's clock, the 1 s token is expired.
+    clock.set_offset(2);
     let frontend = SpiffeId::parse(FRONTEND).expect("id");
     assert_eq!(
         refused_code(join(&anon, &short.token, csr_pem(&frontend).0).await),
         (403, "token_expired".into())
     );
+    clock.set_offset(0);
 
     // Renewal: needs mTLS, the same ID only, a new key each time.
     assert_eq!(
@@ -491,6 +512,9 @@ async fn bad_requests_are_refused_precisely_audited_and_change_nothing(db: Db) {
     let short_id = SpiffeId::parse("spiffe://example.org/ns/shop/sa/short-lived").expect("id");
     let short_token = control.token(short_id.as_str());
     let (csr, key) = csr_pem(&short_id);
+    // Signed 3 s in the past: still valid now (it must be, to be presented),
+    // expired within about 2 s.
+    clock.set_offset(-3);
     let short: api::SvidResponse = anon
         .post(
             api::JOIN,
@@ -503,9 +527,16 @@ async fn bad_requests_are_refused_precisely_audited_and_change_nothing(db: Db) {
         )
         .await
         .expect("join with a 5 s SVID");
+    clock.set_offset(0);
     let expiring = mtls_client(&control, &short.chain_pem, &key);
-    // Past its expiry (certificate times are whole seconds).
-    tokio::time::sleep(Duration::from_millis(6500)).await;
+    // Past its expiry as the server's handshake sees it (the system time;
+    // certificate times are whole seconds).
+    eventually(
+        Duration::from_secs(10),
+        "the short SVID to expire",
+        || async { (warden_control::store::unix_now() > short.expires_at).then_some(()) },
+    )
+    .await;
     match renew(&expiring, csr_pem(&short_id).0).await {
         // TLS 1.3: the server's refusal of a client certificate reaches the
         // client as an alert, seen during the handshake or on its first read.

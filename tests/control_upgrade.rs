@@ -547,7 +547,8 @@ async fn backup_under_100_joins_in_flight_restores_every_answered_join() {
             answered.lock().expect("lock").insert(svid.serial);
         });
     }
-    // Back up once some joins are answered and others are still running.
+    // Back up once some joins are answered and others are still running:
+    // polled every 5 ms (finer than `eventually`), or the joins finish first.
     for _ in 0..2_000 {
         if answered.lock().expect("lock").len() >= 20 {
             break;

@@ -2,7 +2,7 @@
 //! directory.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rcgen::{Issuer, KeyPair, PKCS_ECDSA_P256_SHA256};
 use warden_proxy::identity::{SpiffeId, TrustBundle, new_key_and_csr, pem_encode};
@@ -18,6 +18,12 @@ impl CertificateAuthority {
     /// Creates a CA in `dir` (created if missing). Refuses if `dir` already
     /// holds any CA file.
     pub fn init(dir: &Path, options: &InitOptions) -> Result<Self, CaError> {
+        Self::init_at(dir, options, SystemTime::now())
+    }
+
+    /// [`CertificateAuthority::init`] with `now` as the time of creation
+    /// (the control plane's clock): the CA certificate is valid from `now`.
+    pub fn init_at(dir: &Path, options: &InitOptions, now: SystemTime) -> Result<Self, CaError> {
         options.validate()?;
         if options.default_svid_ttl > options.max_svid_ttl {
             return Err(CaError::Generate(format!(
@@ -46,7 +52,7 @@ impl CertificateAuthority {
             roots,
         } = match &options.parent {
             None => {
-                let params = ca_params(td, options.ca_ttl, None);
+                let params = ca_params(td, options.ca_ttl, None, now);
                 let cert = params
                     .self_signed(&key)
                     .map_err(|e| CaError::Generate(e.to_string()))?;
@@ -56,7 +62,7 @@ impl CertificateAuthority {
                     roots: vec![cert.der().clone()],
                 }
             }
-            Some(parent) => parent::sign_under_parent(parent, &key, td, options.ca_ttl)?,
+            Some(parent) => parent::sign_under_parent(parent, &key, td, options.ca_ttl, now)?,
         };
         let bundle =
             TrustBundle::new(td.clone(), roots).map_err(|e| CaError::Generate(e.to_string()))?;

@@ -18,6 +18,7 @@ pub(super) fn ca_params(
     trust_domain: &TrustDomain,
     ttl: Duration,
     path_len: Option<u8>,
+    now: SystemTime,
 ) -> CertificateParams {
     let mut params = CertificateParams::default();
     params
@@ -38,7 +39,6 @@ pub(super) fn ca_params(
     if let Ok(uri) = trust_domain.id().as_str().try_into() {
         params.subject_alt_names = vec![SanType::URI(uri)];
     }
-    let now = SystemTime::now();
     params.not_before = (now - BACKDATE).into();
     params.not_after = (now + ttl).into();
     params.serial_number = Some(random_serial());

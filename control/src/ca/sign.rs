@@ -14,6 +14,17 @@ use super::{
 impl CertificateAuthority {
     /// Checks a CSR (PEM or DER) and signs it into an X.509-SVID.
     pub fn sign_csr(&self, csr: &[u8], request: &SignRequest) -> Result<IssuedSvid, CsrError> {
+        self.sign_csr_at(csr, request, SystemTime::now())
+    }
+
+    /// [`CertificateAuthority::sign_csr`] with `now` as the time of signing
+    /// (the control plane's clock): the SVID is valid from about `now`.
+    pub fn sign_csr_at(
+        &self,
+        csr: &[u8],
+        request: &SignRequest,
+        now: SystemTime,
+    ) -> Result<IssuedSvid, CsrError> {
         let der = csr::decode(csr)?;
         let checked = csr::check(&der)?;
         let spiffe_id = match (checked.requested_id, &request.bound_id) {
@@ -48,7 +59,6 @@ impl CertificateAuthority {
         if ttl < MIN_SVID_TTL {
             return Err(CsrError::TtlTooShort(ttl.as_secs()));
         }
-        let now = SystemTime::now();
         let not_before = now - BACKDATE.min(ttl / 4);
         // An SVID never outlives the CA that signed it (nor MAX_LIFETIME,
         // should ca.json have been edited by hand).

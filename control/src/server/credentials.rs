@@ -35,6 +35,7 @@ pub(super) fn new_secret(prefix: &str) -> String {
 pub(super) struct LocalSource {
     pub(super) cas: Arc<ArcSwap<Authorities>>,
     pub(super) id: SpiffeId,
+    pub(super) clock: Arc<dyn Clock>,
 }
 
 impl SvidSource for LocalSource {
@@ -47,12 +48,13 @@ impl SvidSource for LocalSource {
         // it, including one that has not yet learned a newer root.
         let issued = cas
             .oldest_published()
-            .sign_csr(
+            .sign_csr_at(
                 &kc.csr_der,
                 &SignRequest {
                     bound_id: Some(self.id.clone()),
                     ttl: None,
                 },
+                self.clock.now(),
             )
             .map_err(setup)?;
         let svid =

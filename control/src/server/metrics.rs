@@ -63,7 +63,7 @@ const EXPIRY_BUCKETS: [(&str, i64); 5] = [
 pub(super) async fn metrics_text(state: &Arc<State>) -> Result<String, StoreError> {
     use std::fmt::Write;
     let db = state.db.clone();
-    let now = unix_now();
+    let now = state.now();
     let identities = blocking(move || db.identities(now)).await?;
     let mut out = String::new();
     let c = state

@@ -35,17 +35,18 @@ use warden_proxy::control::api;
 use warden_proxy::control::{ControlClient, digest_hex};
 use warden_proxy::identity::{
     ExpectedIdentity, RotationPolicy, SpiffeId, Svid, SvidLeaf, SvidSource, SvidStore, SvidUpdate,
-    Timestamp, TrustBundleSet, TrustDomain, new_key_and_csr, run_rotation,
+    Timestamp, TrustBundleSet, TrustDomain, new_key_and_csr, run_rotation_with_clock,
 };
 use warden_proxy::tls::{ClientAuth, TlsVersions, server_config};
 use x509_parser::prelude::FromDer;
 
 use crate::ca::rotation::{self, Authorities, RotationPlan};
 use crate::ca::{CertificateAuthority, CsrError, InitOptions, SignRequest};
+use crate::clock::{self, Clock};
 use crate::files::{self, PRIVATE_MODE, PUBLIC_MODE};
 use crate::store::{
-    AuditEvent, Database, IdentityRecord, IdentityStatus, Signed, Store, StoreError, SvidKind,
-    SvidRecord, UnknownWord, unix_now,
+    AuditEvent, AuditSink, Database, IdentityRecord, IdentityStatus, Signed, Store, StoreError,
+    SvidKind, SvidRecord, UnknownWord,
 };
 
 mod admin;
@@ -139,9 +140,37 @@ pub struct ControlPlane {
     _shutdown: watch::Sender<bool>,
 }
 
+/// What a control plane takes from the program that embeds it, besides its
+/// options: where the time comes from, and where audit lines go when
+/// `audit_stdout` is set. `warden control serve` uses the defaults (the
+/// system clock, stdout); tests run it in-process on a clock they set.
+#[derive(Clone)]
+pub struct Surroundings {
+    pub clock: Arc<dyn Clock>,
+    pub audit_sink: Option<AuditSink>,
+}
+
+impl Default for Surroundings {
+    fn default() -> Self {
+        Surroundings {
+            clock: clock::system(),
+            audit_sink: None,
+        }
+    }
+}
+
 /// Creates or loads everything in the data directory, binds both ports and
 /// starts serving. Must run inside a tokio runtime.
 pub async fn start(options: ServeOptions) -> Result<ControlPlane, ServeError> {
+    start_with(options, Surroundings::default()).await
+}
+
+/// [`start`] in `surroundings`.
+pub async fn start_with(
+    options: ServeOptions,
+    surroundings: Surroundings,
+) -> Result<ControlPlane, ServeError> {
+    let Surroundings { clock, audit_sink } = surroundings;
     let data = &options.data_dir;
     std::fs::create_dir_all(data)
         .map_err(|e| setup(format!("cannot create {}: {e}", data.display())))?;
@@ -163,7 +192,7 @@ pub async fn start(options: ServeOptions) -> Result<ControlPlane, ServeError> {
         if let Some(ttl) = options.svid_ttl {
             init.default_svid_ttl = ttl;
         }
-        let ca = CertificateAuthority::init(&ca_dir, &init).map_err(setup)?;
+        let ca = CertificateAuthority::init_at(&ca_dir, &init, clock.now()).map_err(setup)?;
         tracing::info!(dir = %ca_dir.display(), trust_domain = %ca.trust_domain(), "created a new CA");
         ca
     };
@@ -186,7 +215,10 @@ pub async fn start(options: ServeOptions) -> Result<ControlPlane, ServeError> {
     let opened = {
         let database = database.clone();
         tokio::task::spawn_blocking(move || {
-            let db = Store::open(&database, audit_stdout)?;
+            let mut db = Store::open(&database, audit_stdout)?;
+            if let Some(sink) = audit_sink {
+                db = db.with_audit_sink(sink);
+            }
             let marks = db.change_marks()?;
             Ok::<_, StoreError>((db, marks))
         })
@@ -202,7 +234,7 @@ pub async fn start(options: ServeOptions) -> Result<ControlPlane, ServeError> {
         .workload_id("/warden/control")
         .map_err(setup)?;
     let cas = Arc::new(ArcSwap::from_pointee(
-        Authorities::load(&ca_dir, unix_now(), None).map_err(setup)?,
+        Authorities::load(&ca_dir, clock.unix_now(), None).map_err(setup)?,
     ));
 
     // The server's own SVID, from its own CA, renewed in-process.
@@ -210,6 +242,7 @@ pub async fn start(options: ServeOptions) -> Result<ControlPlane, ServeError> {
     let local = LocalSource {
         cas: cas.clone(),
         id: server_id.clone(),
+        clock: clock.clone(),
     };
     let first = local.fetch().await.map_err(setup)?;
     svid_store
@@ -218,13 +251,15 @@ pub async fn start(options: ServeOptions) -> Result<ControlPlane, ServeError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     {
         let mut stop = shutdown_rx.clone();
-        tokio::spawn(run_rotation(
+        let clock = clock.clone();
+        tokio::spawn(run_rotation_with_clock(
             svid_store.clone(),
             local,
             RotationPolicy::default(),
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },
+            move || clock.now(),
         ));
     }
     let tls = server_config(
@@ -277,6 +312,7 @@ pub async fn start(options: ServeOptions) -> Result<ControlPlane, ServeError> {
         changes,
         counters: Mutex::new(Counters::default()),
         audit_limiter: Mutex::new(limiter::AuditLimiter::new(std::time::Instant::now())),
+        clock,
     });
     tokio::spawn(poll_changes(state.clone(), changes_tx, shutdown_rx.clone()));
     tokio::spawn(serve_api(

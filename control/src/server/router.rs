@@ -43,7 +43,11 @@ pub(super) async fn serve_api(
                 Err(_) => return,
             };
             let caller = tls.get_ref().1.peer_certificates().and_then(|certs| {
-                let leaf = SvidLeaf::parse(certs.first()?, Timestamp::now()).ok()?;
+                let leaf = SvidLeaf::parse(
+                    certs.first()?,
+                    Timestamp::from_system_time(state.clock.now()),
+                )
+                .ok()?;
                 Some(Caller {
                     id: leaf.spiffe_id,
                     serial: leaf.serial,

@@ -30,11 +30,19 @@ pub(super) struct State {
     pub(super) changes: watch::Receiver<Changes>,
     pub(super) counters: Mutex<Counters>,
     pub(super) audit_limiter: Mutex<limiter::AuditLimiter>,
+    /// "Now" for every expiry, revocation and status decision. (The audit
+    /// limiter's windows are monotonic intervals, not times: `Instant`.)
+    pub(super) clock: Arc<dyn Clock>,
 }
 
 pub(super) type Changes = (i64, Option<i64>, String);
 
 impl State {
+    /// [`State::clock`] in Unix seconds.
+    pub(super) fn now(&self) -> i64 {
+        self.clock.unix_now()
+    }
+
     pub(super) fn bundle(&self) -> api::BundleResponse {
         let cas = self.cas.load();
         api::BundleResponse {

@@ -19,6 +19,8 @@ mod policy;
 mod records;
 mod revocation;
 
+use std::sync::Arc;
+
 pub use backend::Database;
 
 use crate::reason::Reason;
@@ -86,11 +88,14 @@ impl StoreError {
     }
 }
 
+/// Takes each audit record as one JSON line, `{"audit": {...}}`.
+pub type AuditSink = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// The control plane's database.
 pub struct Store {
     backend: Backend,
-    /// Also print each audit record as a JSON line on stdout.
-    echo_audit: bool,
+    /// Where each audit record also goes as a JSON line, if anywhere.
+    echo: Option<AuditSink>,
 }
 
 fn labels_map(text: &str) -> serde_json::Map<String, serde_json::Value> {
@@ -111,10 +116,24 @@ impl Store {
         echo_audit: bool,
         migrations: Option<&MigrationSet>,
     ) -> Result<Self, StoreError> {
+        let echo: Option<AuditSink> = if echo_audit {
+            Some(Arc::new(|line: &str| println!("{line}")))
+        } else {
+            None
+        };
         Ok(Store {
             backend: Backend::open(database, migrations)?,
-            echo_audit,
+            echo,
         })
+    }
+
+    /// Audit lines go to `sink` instead of stdout (if they are echoed at
+    /// all: see [`Store::open`]).
+    pub fn with_audit_sink(mut self, sink: AuditSink) -> Self {
+        if self.echo.is_some() {
+            self.echo = Some(sink);
+        }
+        self
     }
 
     /// Where `database`'s schema stands; with `apply`, migrates it first.
@@ -132,10 +151,10 @@ impl Store {
     }
 
     fn echo(&self, e: &AuditEvent) {
-        if self.echo_audit
+        if let Some(sink) = &self.echo
             && let Ok(line) = serde_json::to_string(&serde_json::json!({ "audit": e }))
         {
-            println!("{line}");
+            sink(&line);
         }
     }
 
@@ -165,11 +184,10 @@ fn insert_audit(sql: &mut dyn Sql, e: &AuditEvent) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The system time in Unix seconds (the server reads its injected
+/// [`crate::clock::Clock`] instead).
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    crate::clock::unix_secs(std::time::SystemTime::now())
 }
 
 #[cfg(test)]
