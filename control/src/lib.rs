@@ -3,6 +3,7 @@
 //! HTTPS API sidecars and operators use ([`server`]).
 
 pub mod ca;
+pub mod clock;
 pub mod files;
 pub mod reason;
 pub mod server;

@@ -73,6 +73,11 @@ pub enum Reason {
     // Try again later: 503.
     CaExpired,
     Database,
+    // In the audit trail only, never an API answer: a TLS handshake
+    // refused for its client certificate (401), and the summary row of
+    // refusals not audited one by one (429).
+    BadClientCertificate,
+    RateLimited,
     // Local operations (backup, restore), never an API answer.
     FileExists,
     FileNotFound,
@@ -159,6 +164,8 @@ impl Reason {
             Reason::Schema,
             Reason::CaExpired,
             Reason::Database,
+            Reason::BadClientCertificate,
+            Reason::RateLimited,
             Reason::FileExists,
             Reason::FileNotFound,
             Reason::Corrupt,
@@ -209,6 +216,8 @@ impl Reason {
             Reason::Schema => "schema",
             Reason::CaExpired => "ca_expired",
             Reason::Database => "database",
+            Reason::BadClientCertificate => "bad_client_certificate",
+            Reason::RateLimited => "rate_limited",
             Reason::FileExists => "exists",
             Reason::FileNotFound => "file_not_found",
             Reason::Corrupt => "corrupt",
@@ -238,7 +247,8 @@ impl Reason {
             | Reason::NotABackup => StatusCode::BAD_REQUEST,
             Reason::MtlsRequired
             | Reason::AdminCredentialsRequired
-            | Reason::BadAdminCredentials => StatusCode::UNAUTHORIZED,
+            | Reason::BadAdminCredentials
+            | Reason::BadClientCertificate => StatusCode::UNAUTHORIZED,
             Reason::UnknownToken
             | Reason::TokenReused
             | Reason::TokenExpired
@@ -257,6 +267,7 @@ impl Reason {
             }
             Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::Internal | Reason::Schema => StatusCode::INTERNAL_SERVER_ERROR,
             Reason::CaExpired | Reason::Database => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -5,8 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use warden_proxy::control::ControlClient;
 use warden_proxy::identity::{SpiffeId, SvidStore};
@@ -54,9 +55,44 @@ impl Db {
     }
 }
 
-/// One `warden control serve`; killed (SIGKILL) when dropped.
+/// A clock a test sets, for a control plane started with
+/// [`Control::start_in_process`]: the system time moved by an offset.
+#[derive(Default)]
+pub struct TestClock {
+    offset_secs: AtomicI64,
+}
+
+impl TestClock {
+    /// From now on the clock reads the system time plus `secs` (behind it
+    /// when negative).
+    pub fn set_offset(&self, secs: i64) {
+        self.offset_secs.store(secs, Ordering::SeqCst);
+    }
+
+    pub fn now(&self) -> SystemTime {
+        let secs = self.offset_secs.load(Ordering::SeqCst);
+        let by = Duration::from_secs(secs.unsigned_abs());
+        if secs >= 0 {
+            SystemTime::now() + by
+        } else {
+            SystemTime::now() - by
+        }
+    }
+}
+
+/// How a [`Control`] runs.
+enum Server {
+    /// A `warden control serve` process.
+    Process(Child),
+    /// `warden_control::server::start_with` in the test process.
+    InProcess(warden_control::server::ControlPlane),
+    Stopped,
+}
+
+/// One `warden control serve` (or one in this process); killed (SIGKILL)
+/// or stopped when dropped.
 pub struct Control {
-    pub child: Child,
+    server: Server,
     pub api: SocketAddr,
     pub metrics: SocketAddr,
     pub dir: PathBuf,
@@ -104,7 +140,7 @@ impl Control {
                     }
                 });
                 return Control {
-                    child,
+                    server: Server::Process(child),
                     api: api.expect("api address"),
                     metrics: metrics.expect("metrics address"),
                     dir: dir.to_owned(),
@@ -126,14 +162,60 @@ impl Control {
         );
     }
 
+    /// As [`Control::start`] (any port), but in this process and on
+    /// `clock`, so that a test moves the time instead of sleeping. Audit
+    /// lines go to [`Control::audit_lines`] as they would on stdout.
+    pub async fn start_in_process(dir: &Path, db: &Db, clock: Arc<TestClock>) -> Control {
+        use warden_control::server::{ServeOptions, Surroundings, start_with};
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let lines = stdout.clone();
+        let options = ServeOptions {
+            data_dir: dir.to_owned(),
+            listen: any_port(),
+            metrics_listen: any_port(),
+            ca_dir: None,
+            trust_domain: Some(warden_proxy::identity::TrustDomain::new(TD).expect("td")),
+            svid_ttl: None,
+            database: match db {
+                Db::Sqlite => None,
+                Db::Postgres(url) => Some(warden_control::store::Database::Postgres(url.clone())),
+            },
+            audit_stdout: true,
+        };
+        let surroundings = Surroundings {
+            clock: Arc::new(move || clock.now()),
+            audit_sink: Some(Arc::new(move |line: &str| {
+                lines.lock().expect("lock").push(line.to_owned());
+            })),
+        };
+        let plane = start_with(options, surroundings)
+            .await
+            .expect("start the control plane in process");
+        Control {
+            api: plane.endpoint.address,
+            metrics: plane.endpoint.metrics_address,
+            server: Server::InProcess(plane),
+            dir: dir.to_owned(),
+            // Its logs go to the test's tracing (none): nothing to read.
+            log: dir.with_extension("no-log"),
+            stdout,
+        }
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// SIGKILL: no chance to flush or clean up.
+    /// SIGKILL: no chance to flush or clean up. (In process: stopped.)
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match std::mem::replace(&mut self.server, Server::Stopped) {
+            Server::Process(mut child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Server::InProcess(plane) => drop(plane),
+            Server::Stopped => {}
+        }
     }
 
     /// `warden ARGS --data-dir DIR`, as an operator would run it.

@@ -14,8 +14,10 @@ use x509_parser::cri_attributes::ParsedCriAttribute;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
-/// Why the CA refused to sign. [`CsrError::code`] gives a stable
-/// machine-readable reason for audit records and API responses.
+use crate::reason::{CsrReason, Reason};
+
+/// Why the CA refused to sign. [`CsrError::reason`] is what audit records
+/// and API responses say.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CsrError {
     #[error("CSR is not a valid PKCS#10 request: {0}")]
@@ -53,24 +55,26 @@ pub enum CsrError {
 }
 
 impl CsrError {
-    pub fn code(&self) -> &'static str {
+    /// One namespace of reasons for the API: `csr_identity_mismatch`, ...;
+    /// the CA's own failures are not the caller's (500, 503).
+    pub fn reason(&self) -> Reason {
         match self {
-            CsrError::Malformed(_) => "malformed_csr",
-            CsrError::BadSignature => "bad_signature",
-            CsrError::WeakKey(_) => "weak_key",
-            CsrError::UnsupportedKey(_) => "unsupported_key",
-            CsrError::RequestsCa(_) => "requests_ca",
-            CsrError::MultipleUriSans(_) => "multiple_uri_sans",
-            CsrError::UnsupportedSan(_) => "unsupported_san",
-            CsrError::InvalidSpiffeId { .. } => "invalid_spiffe_id",
-            CsrError::IdentityMismatch { .. } => "identity_mismatch",
-            CsrError::MissingSpiffeId => "missing_spiffe_id",
-            CsrError::ForeignTrustDomain { .. } => "foreign_trust_domain",
-            CsrError::RootPathId(_) => "root_path_id",
-            CsrError::TtlTooLong { .. } => "ttl_too_long",
-            CsrError::TtlTooShort(_) => "ttl_too_short",
-            CsrError::CaExpired => "ca_expired",
-            CsrError::Internal(_) => "internal",
+            CsrError::Malformed(_) => Reason::Csr(CsrReason::Malformed),
+            CsrError::BadSignature => Reason::Csr(CsrReason::BadSignature),
+            CsrError::WeakKey(_) => Reason::Csr(CsrReason::WeakKey),
+            CsrError::UnsupportedKey(_) => Reason::Csr(CsrReason::UnsupportedKey),
+            CsrError::RequestsCa(_) => Reason::Csr(CsrReason::RequestsCa),
+            CsrError::MultipleUriSans(_) => Reason::Csr(CsrReason::MultipleUriSans),
+            CsrError::UnsupportedSan(_) => Reason::Csr(CsrReason::UnsupportedSan),
+            CsrError::InvalidSpiffeId { .. } => Reason::Csr(CsrReason::InvalidSpiffeId),
+            CsrError::IdentityMismatch { .. } => Reason::Csr(CsrReason::IdentityMismatch),
+            CsrError::MissingSpiffeId => Reason::Csr(CsrReason::MissingSpiffeId),
+            CsrError::ForeignTrustDomain { .. } => Reason::Csr(CsrReason::ForeignTrustDomain),
+            CsrError::RootPathId(_) => Reason::Csr(CsrReason::RootPathId),
+            CsrError::TtlTooLong { .. } => Reason::Csr(CsrReason::TtlTooLong),
+            CsrError::TtlTooShort(_) => Reason::Csr(CsrReason::TtlTooShort),
+            CsrError::CaExpired => Reason::CaExpired,
+            CsrError::Internal(_) => Reason::Internal,
         }
     }
 }

@@ -18,6 +18,7 @@ pub(super) fn sign_under_parent(
     key: &KeyPair,
     trust_domain: &TrustDomain,
     ca_ttl: Duration,
+    now: SystemTime,
 ) -> Result<CaCertificates, CaError> {
     let (cert_path, key_path) = (Path::new("--root-cert"), Path::new("--root-key"));
     let parent_chain = parse_certs(cert_path, &parent.cert_pem)?;
@@ -40,12 +41,12 @@ pub(super) fn sign_under_parent(
         ));
     }
     let ttl = not_after(&parsed)
-        .duration_since(SystemTime::now())
+        .duration_since(now)
         .map_err(|_| invalid(cert_path, "the parent CA has expired"))?
         .min(ca_ttl);
     let issuer = Issuer::from_ca_cert_der(parent_cert, parent_key)
         .map_err(|e| invalid(cert_path, format!("cannot sign with it: {e}")))?;
-    let cert = ca_params(trust_domain, ttl, Some(0))
+    let cert = ca_params(trust_domain, ttl, Some(0), now)
         .signed_by(key, &issuer)
         .map_err(|e| {
             invalid(

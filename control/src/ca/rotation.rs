@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use warden_proxy::identity::TrustBundle;
+use warden_proxy::identity::{Timestamp, TrustBundle};
 
 use super::{CaError, CertificateAuthority, InitOptions};
 use crate::files::{self, PUBLIC_MODE};
@@ -224,7 +224,11 @@ pub fn rotate(ca_dir: &Path, grace: Duration, now: i64) -> Result<RotationPlan, 
     let mut options = InitOptions::new(settings.trust_domain.clone());
     options.default_svid_ttl = Duration::from_secs(settings.default_svid_ttl_secs);
     options.max_svid_ttl = Duration::from_secs(settings.max_svid_ttl_secs);
-    CertificateAuthority::init(&ca_dir.join(&dir), &options)?;
+    CertificateAuthority::init_at(
+        &ca_dir.join(&dir),
+        &options,
+        Timestamp(now).to_system_time(),
+    )?;
     let grace_secs = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
     plan.authorities.push(Authority {
         dir,

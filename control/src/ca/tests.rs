@@ -1,6 +1,7 @@
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
-use rcgen::{CertificateParams, KeyPair, SanType};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose, SanType};
 use rustls_pki_types::UnixTime;
 use warden_proxy::identity::{
     ExpectedIdentity, PeerRole, SvidLeaf, TrustBundleSet, new_key_and_csr, verify_peer_svid,

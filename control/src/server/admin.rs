@@ -49,16 +49,16 @@ pub(super) async fn admin(
         (&Method::GET, api::ADMIN_IDENTITIES) => {
             let q = query_params(&req);
             input::only_known(&q, &["status", "expiring_within_secs"])?;
-            let status = input::one_of(&q, "status", &IDENTITY_STATUSES)?.map(str::to_owned);
+            let status: Option<IdentityStatus> = input::one_of(&q, "status")?;
             let within: Option<i64> = input::number(&q, "expiring_within_secs")?;
-            let now = unix_now();
+            let now = state.now();
             let mut list = blocking(move || db.identities(now)).await?;
             if let Some(status) = status {
                 list.retain(|i| i.status == status);
             }
             if let Some(within) = within {
                 list.retain(|i| {
-                    i.status == "active"
+                    i.status == IdentityStatus::Active
                         && i.expires_at
                             .is_some_and(|e| e <= now.saturating_add(within))
                 });
@@ -75,7 +75,7 @@ pub(super) async fn admin(
                 .and_then(|rest| rest.strip_prefix('/'))
                 .map(percent_decode)
                 .unwrap_or_default();
-            let now = unix_now();
+            let now = state.now();
             let found = blocking(move || {
                 let id = if key.starts_with("spiffe://") {
                     key
@@ -108,9 +108,9 @@ pub(super) async fn admin(
                     "a revocation needs a reason",
                 ));
             }
+            let now = state.now();
             let (id, n) =
-                blocking(move || db.revoke(body.target.trim(), body.reason.trim(), unix_now()))
-                    .await?;
+                blocking(move || db.revoke(body.target.trim(), body.reason.trim(), now)).await?;
             state.count(|c| c.revocations += 1);
             let db = state.db.clone();
             let seq = blocking(move || db.revocation_seq()).await?;
@@ -140,8 +140,8 @@ pub(super) async fn admin(
             let (digest, count) = validate_policies(&body.files)?;
             let files = body.files;
             let d = digest.clone();
-            let (version, changed) =
-                blocking(move || db.push_policy(&d, &files, unix_now())).await?;
+            let now = state.now();
+            let (version, changed) = blocking(move || db.push_policy(&d, &files, now)).await?;
             state.count(|c| c.policy_pushes += 1);
             Ok(json_response(
                 StatusCode::OK,
@@ -181,7 +181,7 @@ pub(super) async fn admin(
                 ));
             }
             let dir = state.ca_dir.clone();
-            let now = unix_now();
+            let now = state.now();
             let plan = tokio::task::spawn_blocking(move || rotation::rotate(&dir, grace, now))
                 .await
                 .map_err(|e| Fail::new(Reason::Internal, e.to_string()))?
@@ -218,9 +218,6 @@ pub(super) async fn admin(
 
 /// Labels a join token (and so an identity) may carry.
 const MAX_LABELS: usize = 32;
-
-/// The values of an identity's `status` (and of the list's filter).
-const IDENTITY_STATUSES: [&str; 5] = ["pending", "active", "expired", "stale", "revoked"];
 
 /// Default time a new root is published before it signs.
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(600);
@@ -298,7 +295,7 @@ pub(super) async fn create_token(
     let token = new_secret("wdt_");
     let hash = digest_hex(token.as_bytes());
     let token_id = hash[..12].to_owned();
-    let now = unix_now();
+    let now = state.now();
     let expires_at = now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
     let db = state.db.clone();
     let (sid, tid) = (id.to_string(), token_id.clone());

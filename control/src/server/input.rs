@@ -81,24 +81,23 @@ pub(super) fn check_label(key: &str, value: &str) -> Result<(), Fail> {
     check_text("label", Reason::BadLabel, value, 255)
 }
 
-/// A query parameter that must be one of `allowed`, if present.
-pub(super) fn one_of<'a>(
-    params: &'a BTreeMap<String, String>,
+/// A query parameter that must name one of `T`'s values, if present.
+pub(super) fn one_of<T: std::str::FromStr<Err = UnknownWord>>(
+    params: &BTreeMap<String, String>,
     name: &str,
-    allowed: &[&str],
-) -> Result<Option<&'a str>, Fail> {
-    match params.get(name) {
-        None => Ok(None),
-        Some(v) if allowed.contains(&v.as_str()) => Ok(Some(v)),
-        Some(v) => Err(Fail::new(
+) -> Result<Option<T>, Fail> {
+    let Some(v) = params.get(name) else {
+        return Ok(None);
+    };
+    v.parse().map(Some).map_err(|UnknownWord(_, allowed)| {
+        Fail::new(
             Reason::BadQuery,
             format!(
-                "{name}={:?} is not one of {}",
+                "{name}={:?} is not one of {allowed}",
                 v.escape_debug().to_string(),
-                allowed.join(", ")
             ),
-        )),
-    }
+        )
+    })
 }
 
 /// A numeric query parameter, if present.

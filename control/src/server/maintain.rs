@@ -42,7 +42,7 @@ pub(super) async fn poll_changes(
 /// when their times come (re-issuing the server's own SVID from the new
 /// CA), and retires an old root once every SVID it signed has expired.
 pub(super) async fn maintain_authorities(state: &Arc<State>) -> Result<(), ServeError> {
-    let now = unix_now();
+    let now = state.now();
     let ca_dir = state.ca_dir.clone();
     let read_plan = || {
         let dir = ca_dir.clone();
@@ -111,6 +111,7 @@ pub(super) async fn maintain_authorities(state: &Arc<State>) -> Result<(), Serve
     let local = LocalSource {
         cas: state.cas.clone(),
         id: state.server_id.clone(),
+        clock: state.clock.clone(),
     };
     let fresh = local.fetch().await?;
     state

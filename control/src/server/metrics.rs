@@ -63,7 +63,7 @@ const EXPIRY_BUCKETS: [(&str, i64); 5] = [
 pub(super) async fn metrics_text(state: &Arc<State>) -> Result<String, StoreError> {
     use std::fmt::Write;
     let db = state.db.clone();
-    let now = unix_now();
+    let now = state.now();
     let identities = blocking(move || db.identities(now)).await?;
     let mut out = String::new();
     let c = state
@@ -74,11 +74,11 @@ pub(super) async fn metrics_text(state: &Arc<State>) -> Result<String, StoreErro
         out,
         "# HELP warden_control_svids_issued_total SVIDs signed, by kind (join or renew).\n# TYPE warden_control_svids_issued_total counter"
     );
-    for kind in ["join", "renew"] {
+    for kind in SvidKind::ALL {
         let _ = writeln!(
             out,
             "warden_control_svids_issued_total{{kind=\"{kind}\"}} {}",
-            c.issued.get(kind).copied().unwrap_or(0)
+            c.issued.get(&kind).copied().unwrap_or(0)
         );
     }
     let _ = writeln!(
@@ -111,7 +111,7 @@ pub(super) async fn metrics_text(state: &Arc<State>) -> Result<String, StoreErro
         out,
         "# HELP warden_control_identities Identities in the inventory, by status.\n# TYPE warden_control_identities gauge"
     );
-    for status in ["pending", "active", "expired", "stale", "revoked"] {
+    for status in IdentityStatus::ALL {
         let n = identities.iter().filter(|i| i.status == status).count();
         let _ = writeln!(out, "warden_control_identities{{status=\"{status}\"}} {n}");
     }
@@ -122,7 +122,9 @@ pub(super) async fn metrics_text(state: &Arc<State>) -> Result<String, StoreErro
     for (label, secs) in EXPIRY_BUCKETS {
         let n = identities
             .iter()
-            .filter(|i| i.status == "active" && i.expires_at.is_some_and(|e| e - now <= secs))
+            .filter(|i| {
+                i.status == IdentityStatus::Active && i.expires_at.is_some_and(|e| e - now <= secs)
+            })
             .count();
         let _ = writeln!(
             out,

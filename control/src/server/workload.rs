@@ -2,26 +2,34 @@
 
 use super::*;
 
-/// Signs `csr` for `bound` and describes the result for the inventory.
+/// What a join or a renewal asks to have signed.
+pub(super) struct Asked<'a> {
+    pub(super) csr: &'a str,
+    pub(super) ttl_secs: Option<u64>,
+    pub(super) kind: SvidKind,
+    pub(super) instance: &'a str,
+    pub(super) sidecar_version: Option<&'a str>,
+}
+
+/// Signs the CSR `asked` for `bound` at `now`, and describes the result
+/// for the inventory.
 pub(super) fn sign(
     cas: &Authorities,
-    csr: &str,
     bound: &str,
-    ttl_secs: Option<u64>,
-    kind: &str,
-    instance: &str,
-    sidecar_version: Option<&str>,
+    asked: &Asked<'_>,
+    now: std::time::SystemTime,
 ) -> Result<Signed<api::SvidResponse>, StoreError> {
     let bound_id = SpiffeId::parse(bound)
         .map_err(|e| StoreError::refused(Reason::Internal, format!("stored ID {bound:?}: {e}")))?;
     let issued = cas
         .signing
-        .sign_csr(
-            csr.as_bytes(),
+        .sign_csr_at(
+            asked.csr.as_bytes(),
             &SignRequest {
                 bound_id: Some(bound_id),
-                ttl: ttl_secs.map(Duration::from_secs),
+                ttl: asked.ttl_secs.map(Duration::from_secs),
             },
+            now,
         )
         .map_err(csr_refusal)?;
     let key_sha256 = issued
@@ -34,12 +42,12 @@ pub(super) fn sign(
         serial: issued.serial.clone(),
         spiffe_id: issued.spiffe_id.to_string(),
         key_sha256,
-        issued_at: unix_now(),
+        issued_at: clock::unix_secs(now),
         expires_at: issued.not_after.0,
-        kind: kind.to_owned(),
-        instance: instance.to_owned(),
+        kind: asked.kind,
+        instance: asked.instance.to_owned(),
         revoked: false,
-        sidecar_version: sidecar_version.map(str::to_owned),
+        sidecar_version: asked.sidecar_version.map(str::to_owned),
     };
     Ok(Signed {
         value: api::SvidResponse {
@@ -89,23 +97,23 @@ pub(super) async fn join(
     // an SVID is never signed by a CA that stopped signing meanwhile.
     let cas = state.cas.clone();
     let db = state.db.clone();
+    let now = state.clock.now();
     let outcome = blocking(move || {
-        db.redeem_token(&hash, unix_now(), |bound| {
-            sign(
-                &cas.load(),
-                &body.csr,
-                bound,
-                body.ttl_secs,
-                "join",
-                &body.instance,
-                version.as_deref(),
-            )
+        let asked = Asked {
+            csr: &body.csr,
+            ttl_secs: body.ttl_secs,
+            kind: SvidKind::Join,
+            instance: &body.instance,
+            sidecar_version: version.as_deref(),
+        };
+        db.redeem_token(&hash, clock::unix_secs(now), |bound| {
+            sign(&cas.load(), bound, &asked, now)
         })
     })
     .await;
     match outcome {
         Ok(svid) => {
-            state.count(|c| *c.issued.entry("join").or_default() += 1);
+            state.count(|c| *c.issued.entry(SvidKind::Join).or_default() += 1);
             Ok(json_response(StatusCode::OK, &svid))
         }
         Err(e) => Err(refused(state, "join", &actor, None, e.into())),
@@ -140,23 +148,23 @@ pub(super) async fn renew(
     let cas = state.cas.clone();
     let db = state.db.clone();
     let (bound, serial) = (id.clone(), caller.serial.clone());
+    let now = state.clock.now();
     let outcome = blocking(move || {
+        let asked = Asked {
+            csr: &body.csr,
+            ttl_secs: body.ttl_secs,
+            kind: SvidKind::Renew,
+            instance: &body.instance,
+            sidecar_version: version.as_deref(),
+        };
         db.renew(&bound, &serial, |bound| {
-            sign(
-                &cas.load(),
-                &body.csr,
-                bound,
-                body.ttl_secs,
-                "renew",
-                &body.instance,
-                version.as_deref(),
-            )
+            sign(&cas.load(), bound, &asked, now)
         })
     })
     .await;
     match outcome {
         Ok(svid) => {
-            state.count(|c| *c.issued.entry("renew").or_default() += 1);
+            state.count(|c| *c.issued.entry(SvidKind::Renew).or_default() += 1);
             Ok(json_response(StatusCode::OK, &svid))
         }
         Err(e) => Err(refused(state, "renew", &id, Some(&id), e.into())),
@@ -205,9 +213,10 @@ pub(super) async fn watch_changes(
         }
     };
     let db = state.db.clone();
+    let now = state.now();
     let with_policy = policy_differs(head);
     let (revocations, policy) = blocking(move || {
-        let revocations = db.revocations(unix_now())?;
+        let revocations = db.revocations(now)?;
         let policy = if with_policy {
             db.current_policy()?
         } else {

@@ -1,0 +1,138 @@
+//! The HTTPS listener: TLS handshakes (a refused client certificate is
+//! audited), the caller's identity, and routing to the endpoints.
+
+use super::*;
+
+/// The facts of an mTLS caller.
+#[derive(Debug, Clone)]
+pub(super) struct Caller {
+    pub(super) id: SpiffeId,
+    pub(super) serial: String,
+}
+
+pub(super) async fn serve_api(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let acceptor = acceptor.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    handshake_refused(&state, remote, &e);
+                    return;
+                }
+                Err(_) => return,
+            };
+            let caller = tls.get_ref().1.peer_certificates().and_then(|certs| {
+                let leaf = SvidLeaf::parse(
+                    certs.first()?,
+                    Timestamp::from_system_time(state.clock.now()),
+                )
+                .ok()?;
+                Some(Caller {
+                    id: leaf.spiffe_id,
+                    serial: leaf.serial,
+                })
+            });
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                let caller = caller.clone();
+                async move { Ok::<_, Infallible>(route(&state, caller.as_ref(), remote, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(64 * 1024)
+                .header_read_timeout(Duration::from_secs(10))
+                .timer(hyper_util::rt::TokioTimer::new())
+                .serve_connection(TokioIo::new(tls), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(%remote, error = %e, "API connection ended with an error");
+            }
+        });
+    }
+}
+
+/// A client that presented a certificate we refuse (expired, revoked,
+/// foreign) is audited: it is a workload failing to renew or an intruder.
+fn handshake_refused(state: &State, remote: SocketAddr, e: &std::io::Error) {
+    let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+        return;
+    };
+    if !matches!(tls, rustls::Error::InvalidCertificate(_)) {
+        return;
+    }
+    let reason = warden_proxy::identity::describe_tls_error(tls);
+    state.count(|c| c.handshake_failures += 1);
+    if !state.audit_admitted(remote.ip()) {
+        return;
+    }
+    let event = AuditEvent::refused(
+        "handshake",
+        Reason::BadClientCertificate,
+        reason,
+        &remote.to_string(),
+    );
+    let db = state.db.clone();
+    tokio::task::spawn_blocking(move || db.audit(&event));
+}
+
+async fn route(
+    state: &Arc<State>,
+    caller: Option<&Caller>,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let result = match (&method, path.as_str()) {
+        (&Method::GET, api::BUNDLE) => Ok(json_response(StatusCode::OK, &state.bundle())),
+        (&Method::POST, api::JOIN) => join(state, remote, req).await,
+        (&Method::POST, api::RENEW) => renew(state, caller, req).await,
+        (&Method::GET, api::WATCH) => watch_changes(state, caller, req).await,
+        (_, p) if p.starts_with("/v1/admin/") => match admin_auth(state, &req, remote) {
+            Ok(()) => admin(state, req).await,
+            Err(fail) => Err(fail),
+        },
+        (_, api::BUNDLE | api::JOIN | api::RENEW | api::WATCH) => Err(Fail::new(
+            Reason::MethodNotAllowed,
+            format!("{method} is not allowed on {path}"),
+        )),
+        _ => Err(Fail::new(Reason::NotFound, format!("no endpoint {path}"))),
+    };
+    let mut response = match result {
+        Ok(response) => response,
+        Err(mut fail) => {
+            // The audit row is written before the caller hears the refusal.
+            if let Some(event) = fail.audit.take()
+                && state.audit_admitted(remote.ip())
+            {
+                let db = state.db.clone();
+                let _ = tokio::task::spawn_blocking(move || db.audit(&event)).await;
+            }
+            fail_response(&fail)
+        }
+    };
+    response.headers_mut().insert(
+        api::VERSION_HEADER,
+        header::HeaderValue::from_static(api::VERSION),
+    );
+    response
+}

@@ -1,0 +1,222 @@
+//! Join tokens, joins and renewals: every SVID is recorded in the
+//! transaction that authorizes it.
+
+use super::backend::Sql;
+use super::{AuditEvent, Reason, Signed, Store, StoreError, SvidRecord, insert_audit, labels_map};
+
+impl Store {
+    /// Stores a join token (by its hash only) bound to `spiffe_id`. Refused
+    /// for a revoked identity.
+    pub fn create_token(
+        &self,
+        hash: &str,
+        token_id: &str,
+        spiffe_id: &str,
+        labels: &serde_json::Map<String, serde_json::Value>,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let event = AuditEvent::ok("token_created", Some(spiffe_id), None, "admin")
+            .with_detail(format!("token {token_id} expires at {expires_at}"));
+        let labels_text = serde_json::Value::Object(labels.clone()).to_string();
+        self.backend.tx(|sql| {
+            let existing = sql.row(
+                "SELECT revoked_at, labels FROM identities WHERE spiffe_id = ?1",
+                &[spiffe_id.into()],
+            )?;
+            if let Some(row) = &existing
+                && row.opt_int(0)?.is_some()
+            {
+                return Err(StoreError::refused(
+                    Reason::IdentityRevoked,
+                    format!("{spiffe_id} is revoked; no token can be made for it"),
+                ));
+            }
+            sql.exec(
+                "INSERT INTO tokens (hash, token_id, spiffe_id, labels, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                &[hash.into(), token_id.into(), spiffe_id.into(), labels_text.clone().into(), now.into(), expires_at.into()],
+            )?;
+            // Labels given at token creation describe the identity; later
+            // tokens may add labels, never drop them.
+            match existing {
+                None => {
+                    sql.exec(
+                        "INSERT INTO identities (spiffe_id, labels, created_at) VALUES (?1, ?2, ?3)",
+                        &[spiffe_id.into(), labels_text.clone().into(), now.into()],
+                    )?;
+                }
+                Some(row) => {
+                    let mut merged = labels_map(&row.text(1)?);
+                    merged.extend(labels.clone());
+                    sql.exec(
+                        "UPDATE identities SET labels = ?2 WHERE spiffe_id = ?1",
+                        &[spiffe_id.into(), serde_json::Value::Object(merged).to_string().into()],
+                    )?;
+                }
+            }
+            insert_audit(sql, &event)
+        })?;
+        self.echo(&event);
+        Ok(())
+    }
+
+    /// Redeems a join token: checks it (unused, unexpired, identity not
+    /// revoked), calls `sign` with the bound SPIFFE ID, records the SVID and
+    /// marks the token used, in one transaction. A refusal changes nothing.
+    /// `sign` may run more than once (a transaction retried after a
+    /// conflict with another replica); only one result is ever returned.
+    pub fn redeem_token<T>(
+        &self,
+        hash: &str,
+        now: i64,
+        sign: impl Fn(&str) -> Result<Signed<T>, StoreError>,
+    ) -> Result<T, StoreError> {
+        let (value, event) = self.backend.tx(|sql| {
+            let row = sql.row(
+                "SELECT token_id, spiffe_id, expires_at, used_at FROM tokens WHERE hash = ?1",
+                &[hash.into()],
+            )?;
+            let Some(row) = row else {
+                return Err(StoreError::refused(
+                    Reason::UnknownToken,
+                    "the join token is not known to this control plane",
+                ));
+            };
+            let (token_id, spiffe_id) = (row.text(0)?, row.text(1)?);
+            if let Some(used) = row.opt_int(3)? {
+                return Err(StoreError::refused(
+                    Reason::TokenReused,
+                    format!(
+                        "join token {token_id} was already used at {used}; tokens are single-use"
+                    ),
+                ));
+            }
+            let expires_at = row.int(2)?;
+            if expires_at <= now {
+                return Err(StoreError::refused(
+                    Reason::TokenExpired,
+                    format!("join token {token_id} expired at {expires_at}"),
+                ));
+            }
+            check_not_revoked(sql, &spiffe_id)?;
+            let signed = sign(&spiffe_id)?;
+            insert_svid(sql, &signed.record)?;
+            sql.exec(
+                "UPDATE tokens SET used_at = ?2 WHERE hash = ?1",
+                &[hash.into(), now.into()],
+            )?;
+            let event = AuditEvent::ok(
+                "join",
+                Some(&spiffe_id),
+                Some(&signed.record.serial),
+                &format!("token:{token_id}"),
+            )
+            .with_detail(format!(
+                "instance {} expires at {}",
+                signed.record.instance, signed.record.expires_at
+            ));
+            insert_audit(sql, &event)?;
+            Ok((signed.value, event))
+        })?;
+        self.echo(&event);
+        Ok(value)
+    }
+
+    /// Renews for the holder of `serial` (its current SVID, already verified
+    /// by the TLS handshake): refused if that SVID was not issued here, or
+    /// it or its identity is revoked. `sign` may run more than once, as for
+    /// [`Store::redeem_token`].
+    pub fn renew<T>(
+        &self,
+        spiffe_id: &str,
+        serial: &str,
+        sign: impl Fn(&str) -> Result<Signed<T>, StoreError>,
+    ) -> Result<T, StoreError> {
+        let (value, event) = self.backend.tx(|sql| {
+            let row = sql.row(
+                "SELECT spiffe_id, revoked FROM svids WHERE serial = ?1",
+                &[serial.into()],
+            )?;
+            let Some(row) = row else {
+                return Err(StoreError::refused(
+                    Reason::UnknownSvid,
+                    format!("SVID {serial} was not issued by this control plane"),
+                ));
+            };
+            let owner = row.text(0)?;
+            if owner != spiffe_id {
+                return Err(StoreError::refused(
+                    Reason::IdentityMismatch,
+                    format!("SVID {serial} belongs to {owner}, not {spiffe_id}"),
+                ));
+            }
+            if row.int(1)? != 0 {
+                return Err(StoreError::refused(
+                    Reason::SvidRevoked,
+                    format!("SVID {serial} is revoked"),
+                ));
+            }
+            check_not_revoked(sql, spiffe_id)?;
+            let signed = sign(spiffe_id)?;
+            insert_svid(sql, &signed.record)?;
+            let event = AuditEvent::ok(
+                "renew",
+                Some(spiffe_id),
+                Some(&signed.record.serial),
+                spiffe_id,
+            )
+            .with_detail(format!(
+                "renewed {serial}; instance {} expires at {}",
+                signed.record.instance, signed.record.expires_at
+            ));
+            insert_audit(sql, &event)?;
+            Ok((signed.value, event))
+        })?;
+        self.echo(&event);
+        Ok(value)
+    }
+}
+
+pub(super) fn revoked_at(
+    sql: &mut dyn Sql,
+    spiffe_id: &str,
+) -> Result<Option<Option<i64>>, StoreError> {
+    sql.row(
+        "SELECT revoked_at FROM identities WHERE spiffe_id = ?1",
+        &[spiffe_id.into()],
+    )?
+    .map(|r| r.opt_int(0))
+    .transpose()
+}
+
+fn check_not_revoked(sql: &mut dyn Sql, spiffe_id: &str) -> Result<(), StoreError> {
+    match revoked_at(sql, spiffe_id)? {
+        Some(Some(at)) => Err(StoreError::refused(
+            Reason::IdentityRevoked,
+            format!("{spiffe_id} was revoked at {at}"),
+        )),
+        Some(None) => Ok(()),
+        None => Err(StoreError::refused(
+            Reason::UnknownIdentity,
+            format!("{spiffe_id} is not in the inventory"),
+        )),
+    }
+}
+
+fn insert_svid(sql: &mut dyn Sql, svid: &SvidRecord) -> Result<(), StoreError> {
+    sql.exec(
+        "INSERT INTO svids (serial, spiffe_id, key_sha256, issued_at, expires_at, kind, instance, \
+         sidecar_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        &[
+            (&svid.serial).into(),
+            (&svid.spiffe_id).into(),
+            (&svid.key_sha256).into(),
+            svid.issued_at.into(),
+            svid.expires_at.into(),
+            svid.kind.as_str().into(),
+            (&svid.instance).into(),
+            svid.sidecar_version.as_ref().into(),
+        ],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! The store's rules on SQLite: single-use tokens, refusals that change
+//! nothing, revocation and the statuses it reports.
+
+use super::*;
+
+fn record(serial: &str, id: &str, issued: i64, ttl: i64) -> SvidRecord {
+    SvidRecord {
+        serial: serial.into(),
+        spiffe_id: id.into(),
+        key_sha256: "k".into(),
+        issued_at: issued,
+        expires_at: issued + ttl,
+        kind: SvidKind::Join,
+        instance: "i".into(),
+        revoked: false,
+        sidecar_version: None,
+    }
+}
+
+#[test]
+fn tokens_are_single_use_and_refusals_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&Database::Sqlite(dir.path().join("db")), false).expect("open");
+    let id = "spiffe://td/a";
+    store
+        .create_token("h", "t1", id, &serde_json::Map::new(), 100, 200)
+        .expect("token");
+    let refused = store
+        .redeem_token("h", 150, |_| -> Result<Signed<()>, StoreError> {
+            Err(StoreError::refused(
+                crate::reason::Reason::Csr(crate::reason::CsrReason::Malformed),
+                "no",
+            ))
+        })
+        .expect_err("signer refused");
+    assert_eq!(refused.code(), "csr_malformed");
+    // The refusal did not burn the token.
+    store
+        .redeem_token("h", 150, |bound| {
+            assert_eq!(bound, id);
+            Ok(Signed {
+                record: record("s1", id, 150, 60),
+                value: (),
+            })
+        })
+        .expect("redeem");
+    let again = store
+        .redeem_token("h", 151, |_| -> Result<Signed<()>, StoreError> {
+            unreachable!("a used token never reaches the signer")
+        })
+        .expect_err("reuse");
+    assert_eq!(again.code(), "token_reused");
+    store
+        .create_token("h2", "t2", id, &serde_json::Map::new(), 100, 120)
+        .expect("token");
+    let expired = store
+        .redeem_token("h2", 150, |_| -> Result<Signed<()>, StoreError> {
+            unreachable!()
+        })
+        .expect_err("expired");
+    assert_eq!(expired.code(), "token_expired");
+    let identities = store.identities(160).expect("list");
+    assert_eq!(identities.len(), 1);
+    assert_eq!(identities[0].status, "active");
+    assert_eq!(identities[0].svids_issued, 1);
+    assert_eq!(store.identities(211).expect("list")[0].status, "expired");
+    assert_eq!(
+        store.identities(211 + 181).expect("list")[0].status,
+        "stale"
+    );
+}
+
+#[test]
+fn revocation_blocks_renewal_and_is_listed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&Database::Sqlite(dir.path().join("db")), false).expect("open");
+    let id = "spiffe://td/a";
+    store
+        .create_token("h", "t1", id, &serde_json::Map::new(), 100, 200)
+        .expect("token");
+    store
+        .redeem_token("h", 150, |_| {
+            Ok(Signed {
+                record: record("s1", id, 150, 60),
+                value: (),
+            })
+        })
+        .expect("redeem");
+    store
+        .renew(id, "s1", |_| {
+            Ok(Signed {
+                record: record("s2", id, 170, 60),
+                value: (),
+            })
+        })
+        .expect("renew");
+    assert_eq!(
+        store
+            .renew(
+                "spiffe://td/b",
+                "s2",
+                |_| -> Result<Signed<()>, StoreError> { unreachable!() }
+            )
+            .expect_err("other id")
+            .code(),
+        "identity_mismatch"
+    );
+    store
+        .revoke("S2", "key leaked", 180)
+        .expect("revoke serial");
+    assert_eq!(
+        store
+            .renew(id, "s2", |_| -> Result<Signed<()>, StoreError> {
+                unreachable!()
+            })
+            .expect_err("revoked serial")
+            .code(),
+        "svid_revoked"
+    );
+    let r = store.revocations(181).expect("revocations");
+    assert_eq!(r.serials, ["s2"]);
+    assert!(r.spiffe_ids.is_empty());
+    // Expired serials drop off the list.
+    assert!(store.revocations(300).expect("r").serials.is_empty());
+    store.revoke(id, "decommissioned", 190).expect("revoke id");
+    assert_eq!(
+        store
+            .renew(id, "s1", |_| -> Result<Signed<()>, StoreError> {
+                unreachable!()
+            })
+            .expect_err("revoked id")
+            .code(),
+        "svid_revoked"
+    );
+    assert_eq!(
+        store
+            .create_token("h3", "t3", id, &serde_json::Map::new(), 200, 300)
+            .expect_err("no token for revoked")
+            .code(),
+        "identity_revoked"
+    );
+    assert_eq!(store.revocations(200).expect("r").spiffe_ids, [id]);
+    assert_eq!(store.identities(200).expect("l")[0].status, "revoked");
+    assert_eq!(
+        store.revoke(id, "again", 201).expect_err("twice").code(),
+        "already_revoked"
+    );
+}
