@@ -6,6 +6,7 @@
 
 pub mod context_needs;
 pub mod engine;
+mod error;
 pub mod index;
 pub mod model;
 mod native;
@@ -15,6 +16,7 @@ pub mod policy_set;
 pub mod reload;
 
 pub use engine::{Decision, Mode, Outcome, PeerAuthorizer, PolicyEngine};
+pub use error::AuthzError;
 pub use model::{
     HttpRequestFacts, Peer, ServiceInfo, TcpConnectionFacts, TlsVersion, UnauthenticatedKind,
 };

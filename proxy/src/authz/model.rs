@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use cedar_policy::{Context, Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
 
 use super::context_needs::ContextNeeds;
+use super::error::AuthzError;
 use crate::identity::{SpiffeId, Timestamp};
 
 /// The actions of HTTP methods the schema declares; any other method is `OTHER`.
@@ -104,11 +105,11 @@ pub struct PrincipalEntities {
     pub entities: Vec<Entity>,
 }
 
-pub fn principal_entities(peer: &Peer) -> Result<PrincipalEntities, String> {
+pub fn principal_entities(peer: &Peer) -> Result<PrincipalEntities, AuthzError> {
     let entity = |uid: EntityUid,
                   attrs: HashMap<String, RestrictedExpression>,
                   parents: HashSet<EntityUid>| {
-        Entity::new(uid, attrs, parents).map_err(|e| e.to_string())
+        Entity::new(uid, attrs, parents).map_err(|e| AuthzError::Entities(e.to_string()))
     };
     match peer {
         Peer::Unauthenticated(kind) => {
@@ -168,7 +169,7 @@ pub fn principal_entities(peer: &Peer) -> Result<PrincipalEntities, String> {
     }
 }
 
-pub fn service_entity(service: &ServiceInfo) -> Result<(EntityUid, Entity), String> {
+pub fn service_entity(service: &ServiceInfo) -> Result<(EntityUid, Entity), AuthzError> {
     let uid = uid("Service", &service.name);
     let mut attrs = HashMap::from([
         ("name".to_owned(), string(&service.name)),
@@ -177,7 +178,8 @@ pub fn service_entity(service: &ServiceInfo) -> Result<(EntityUid, Entity), Stri
     if let Some(ns) = &service.namespace {
         attrs.insert("namespace".to_owned(), string(ns));
     }
-    let entity = Entity::new(uid.clone(), attrs, HashSet::new()).map_err(|e| e.to_string())?;
+    let entity = Entity::new(uid.clone(), attrs, HashSet::new())
+        .map_err(|e| AuthzError::Entities(e.to_string()))?;
     Ok((uid, entity))
 }
 
@@ -301,7 +303,7 @@ pub fn http_context(
     authenticated: bool,
     declared_headers: &[String],
     needs: &ContextNeeds,
-) -> Result<Context, String> {
+) -> Result<Context, AuthzError> {
     // Checked whether or not the policies read headers, so the decision does
     // not depend on which policies happen to be evaluated.
     check_duplicate_headers(facts, declared_headers)?;
@@ -326,13 +328,13 @@ pub fn http_context(
         facts.tls_version,
         facts.now,
     );
-    Context::from_pairs(pairs).map_err(|e| e.to_string())
+    Context::from_pairs(pairs).map_err(|e| AuthzError::Context(e.to_string()))
 }
 
 fn headers_record(
     facts: &HttpRequestFacts<'_>,
     declared_headers: &[String],
-) -> Result<RestrictedExpression, String> {
+) -> Result<RestrictedExpression, AuthzError> {
     let headers = facts
         .headers
         .iter()
@@ -342,7 +344,7 @@ fn headers_record(
                 .any(|d| d.eq_ignore_ascii_case(name))
         })
         .map(|(name, value)| (name.to_ascii_lowercase(), string(value)));
-    RestrictedExpression::new_record(headers).map_err(|e| e.to_string())
+    RestrictedExpression::new_record(headers).map_err(|e| AuthzError::Context(e.to_string()))
 }
 
 /// A declared header sent twice could dodge a forbid on its value (which
@@ -350,7 +352,7 @@ fn headers_record(
 pub(crate) fn check_duplicate_headers(
     facts: &HttpRequestFacts<'_>,
     declared_headers: &[String],
-) -> Result<(), String> {
+) -> Result<(), AuthzError> {
     // Few headers are declared: a small list beats hashing, and allocates
     // only when a declared header is present.
     let mut seen: Vec<&str> = Vec::new();
@@ -362,7 +364,7 @@ pub(crate) fn check_duplicate_headers(
             continue;
         }
         if seen.iter().any(|s| s.eq_ignore_ascii_case(name)) {
-            return Err(format!("declared header {name:?} is sent more than once"));
+            return Err(AuthzError::DuplicateHeader((*name).to_owned()));
         }
         seen.push(name);
     }
@@ -374,7 +376,7 @@ pub fn tcp_context(
     facts: &TcpConnectionFacts,
     authenticated: bool,
     needs: &ContextNeeds,
-) -> Result<Context, String> {
+) -> Result<Context, AuthzError> {
     let mut pairs = Vec::with_capacity(3);
     push_connection_attrs(
         &mut pairs,
@@ -384,5 +386,5 @@ pub fn tcp_context(
         facts.tls_version,
         facts.now,
     );
-    Context::from_pairs(pairs).map_err(|e| e.to_string())
+    Context::from_pairs(pairs).map_err(|e| AuthzError::Context(e.to_string()))
 }
