@@ -13,7 +13,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::eventually_blocking;
+// Through `wait` by name: the control bench includes this file and that one.
+use super::wait::eventually_blocking;
 
 pub fn bin_dir() -> PathBuf {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
