@@ -42,6 +42,10 @@ use runner::env_or;
 #[allow(dead_code)]
 #[path = "../tests/support/postgres.rs"]
 mod postgres;
+// What postgres.rs waits with.
+#[allow(dead_code)]
+#[path = "../tests/support/wait.rs"]
+mod wait;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 

@@ -7,6 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use support::eventually_blocking;
+
 #[test]
 fn the_demo_mesh_runs_on_its_control_plane_and_exits_0() {
     let out = support::warden(&["demo"]);
@@ -64,6 +66,20 @@ fn alive(pid: u32) -> bool {
     parent_and_state(pid).is_some_and(|(_, state)| state != 'Z')
 }
 
+/// Kills those of its processes still alive when dropped: none is left
+/// behind, whatever the verdict.
+struct Reaper(Vec<u32>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for p in self.0.iter().filter(|p| alive(**p)) {
+            if let Some(pid) = rustix::process::Pid::from_raw(*p as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
 /// Starts `warden demo --keep`, waits until the mesh is up, signals the
 /// demo with `signal`, and checks that each of its sidecars is gone soon.
 fn sidecars_die_with_the_demo(signal: rustix::process::Signal) {
@@ -97,23 +113,18 @@ fn sidecars_die_with_the_demo(signal: rustix::process::Signal) {
     rustix::process::kill_process(pid, signal).expect("signal the demo");
     let status = demo.wait().expect("wait for the demo");
     // Bounded: the sidecars drain (at most their drain timeout) and exit.
-    let mut left = sidecars.clone();
-    for _ in 0..200 {
-        left.retain(|p| alive(*p));
-        if left.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for p in &left {
-        // Do not leave them behind whatever the verdict.
-        if let Some(pid) = rustix::process::Pid::from_raw(*p as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-        }
-    }
-    assert!(
-        left.is_empty(),
-        "sidecars {left:?} outlived the demo ({status}) by 10 s"
+    let _reaper = Reaper(sidecars.clone());
+    eventually_blocking(
+        format_args!("the sidecars to die with the demo ({status})"),
+        Duration::from_secs(10),
+        || {
+            let left: Vec<u32> = sidecars.iter().copied().filter(|p| alive(*p)).collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?} still alive"))
+            }
+        },
     );
     drop(lines);
 }

@@ -92,12 +92,9 @@ async fn watcher_keeps_the_last_good_svid_until_the_files_agree() {
     let status = watcher.status();
     let saw = |needle: &'static str| {
         let status = status.clone();
-        move || {
-            status
-                .borrow()
-                .last_error
-                .as_deref()
-                .is_some_and(|e| e.contains(needle))
+        async move || match status.borrow().last_error.clone() {
+            Some(e) if e.contains(needle) => Ok(()),
+            other => Err(format!("last error {other:?}")),
         }
     };
 
@@ -105,9 +102,9 @@ async fn watcher_keeps_the_last_good_svid_until_the_files_agree() {
     // mismatch, and the store keeps the old SVID.
     let next = svid_issue(&tmp.path().join("ca"), ID, &tmp.path().join("next"));
     std::fs::copy(next.join("svid.key"), dir.join("svid.key")).expect("copy");
-    assert_eventually(
-        Duration::from_secs(10),
+    eventually(
         "watcher sees the mismatch",
+        Duration::from_secs(10),
         saw("does not match"),
     )
     .await;
@@ -115,9 +112,9 @@ async fn watcher_keeps_the_last_good_svid_until_the_files_agree() {
 
     // Garbage written over the certificate: still the old SVID.
     std::fs::write(dir.join("svid.pem"), "garbage").expect("write");
-    assert_eventually(
-        Duration::from_secs(10),
+    eventually(
         "watcher sees the garbage",
+        Duration::from_secs(10),
         saw("no certificate found"),
     )
     .await;
@@ -126,9 +123,14 @@ async fn watcher_keeps_the_last_good_svid_until_the_files_agree() {
     // The matching certificate arrives: swapped.
     std::fs::copy(next.join("svid.pem"), dir.join("svid.pem")).expect("copy");
     let new_serial = load_svid(&next).serial().to_owned();
-    assert_eventually(Duration::from_secs(10), "new SVID installed", || {
-        store.current().is_some_and(|s| s.serial() == new_serial)
-    })
+    eventually(
+        "new SVID installed",
+        Duration::from_secs(10),
+        async || match store.current() {
+            Some(s) if s.serial() == new_serial => Ok(()),
+            other => Err(format!("serial {:?}", other.map(|s| s.serial().to_owned()))),
+        },
+    )
     .await;
     assert_eq!(status.borrow().last_error, None);
     watcher.stop();

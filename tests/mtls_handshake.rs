@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use support::*;
-use warden_proxy::identity::{ExpectedIdentity, SpiffeId, SvidStore, TrustBundleSet};
+use warden_proxy::identity::{ExpectedIdentity, SpiffeId, SvidError, SvidStore, TrustBundleSet};
 use warden_proxy::tls::{ClientAuth, TlsVersions, client_config, server_config};
 
 const SERVER_ID: &str = "spiffe://example.org/ns/prod/sa/orders";
@@ -80,9 +80,12 @@ async fn server_refusal(
     addr: std::net::SocketAddr,
     accepted: &mut tokio::sync::mpsc::UnboundedReceiver<Accepted>,
 ) -> String {
+    // TLS 1.3: the client learns of the refusal from the server's alert.
+    let refused = connect(client, addr).await;
     assert!(
-        connect(client, addr).await.is_err(),
-        "the connection must fail"
+        matches!(&refused, Err(e) if e == "received fatal alert: CertificateUnknown"),
+        "the connection must fail with the server's alert: {:?}",
+        refused.map(|c| c.seen_as)
     );
     let outcome = accepted.recv().await.expect("server outcome");
     outcome
@@ -146,7 +149,11 @@ async fn tls12_is_opt_in() {
     );
     // ... and fails against the default (TLS 1.3 only).
     let (addr13, _rx13, _t13) = spawn_identity_server(strict_server(mesh.server_store())).await;
-    assert!(connect(tls12_client, addr13).await.is_err());
+    let refused = connect(tls12_client, addr13).await.map(|c| c.seen_as);
+    assert_eq!(
+        refused,
+        Err("received fatal alert: ProtocolVersion".to_owned())
+    );
 }
 
 #[tokio::test]
@@ -190,9 +197,10 @@ async fn strict_server_refuses_rogue_ca_expired_and_foreign_clients() {
     let rogue_svid = load_svid(&mesh.path("rogue"));
     let rogue_store = SvidStore::new();
     rogue_store.set_bundles(ours.clone());
+    let refused = rogue_store.install(rogue_svid, None);
     assert!(
-        rogue_store.install(rogue_svid, None).is_err(),
-        "our store refuses an SVID its bundle does not validate"
+        matches!(refused, Err(SvidError::UntrustedChain { .. })),
+        "our store refuses an SVID its bundle does not validate: {refused:?}"
     );
     // Present it anyway, as an attacker would.
     let rogue_key = std::fs::read_to_string(mesh.path("rogue").join("svid.key")).expect("key");
@@ -247,12 +255,17 @@ async fn strict_server_refuses_rogue_ca_expired_and_foreign_clients() {
     let anonymous = Arc::new(SvidStore::new());
     anonymous
         .set_bundles(TrustBundleSet::new().with(load_bundle(&mesh.path("client"), "example.org")));
-    assert!(
-        connect(client_expecting(anonymous, SERVER_ID), addr)
-            .await
-            .is_err()
+    let refused = connect(client_expecting(anonymous, SERVER_ID), addr)
+        .await
+        .map(|c| c.seen_as);
+    assert_eq!(
+        refused,
+        Err("received fatal alert: CertificateRequired".to_owned())
     );
-    assert!(accepted.recv().await.expect("outcome").peer.is_err());
+    assert_eq!(
+        accepted.recv().await.expect("outcome").peer,
+        Err("peer sent no certificates".to_owned())
+    );
 }
 
 #[tokio::test]
@@ -324,18 +337,20 @@ async fn permissive_server_accepts_clients_without_a_certificate() {
     expired.not_before = (SystemTime::now() - Duration::from_secs(100)).into();
     let (leaf, key) = raw.sign(&expired);
     let bundles = TrustBundleSet::new().with(load_bundle(&mesh.path("client"), "example.org"));
-    assert!(
-        connect(
-            client_presenting(
-                vec![leaf],
-                &key,
-                bundles,
-                ExpectedIdentity::exactly(id(SERVER_ID))
-            ),
-            addr
-        )
-        .await
-        .is_err()
+    let refused = connect(
+        client_presenting(
+            vec![leaf],
+            &key,
+            bundles,
+            ExpectedIdentity::exactly(id(SERVER_ID)),
+        ),
+        addr,
+    )
+    .await
+    .map(|c| c.seen_as);
+    assert_eq!(
+        refused,
+        Err("received fatal alert: CertificateUnknown".to_owned())
     );
 }
 

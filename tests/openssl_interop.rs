@@ -69,13 +69,18 @@ fn openssl_verifies_and_reads_a_root_issued_svid() {
         "spiffe://example.org/x",
         &tmp.path().join("o"),
     );
-    let (ok, _) = openssl(&[
+    let (ok, text) = openssl(&[
         "verify",
         "-CAfile",
         path_str(&bundle),
         path_str(&other.join("svid.pem")),
     ]);
     assert!(!ok, "a foreign CA's SVID must not verify");
+    // Refused for its issuer, not for anything else.
+    assert!(
+        text.contains("unable to get local issuer certificate"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -2,10 +2,13 @@
 //! refresh at about half-life, exponential backoff on failure, and the
 //! current SVID kept while renewals fail.
 
+mod support;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use support::eventually_every;
 use tokio::time::Instant;
 use warden_control::ca::{CertificateAuthority, InitOptions, SignRequest};
 use warden_proxy::identity::{
@@ -89,14 +92,18 @@ fn start(
     (store, stop, task)
 }
 
+/// Steps the paused clock a second at a time until `n` fetches happened.
 async fn wait_for_fetches(src: &Shared, n: usize) {
-    for _ in 0..10_000 {
-        if src.0.fetches.lock().expect("lock").len() >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    panic!("fewer than {n} fetches");
+    eventually_every(
+        format_args!("{n} fetches"),
+        Duration::from_secs(10_000),
+        Duration::from_secs(1),
+        async || match src.0.fetches.lock().expect("lock").len() {
+            done if done >= n => Ok(()),
+            done => Err(format!("{done} fetches")),
+        },
+    )
+    .await
 }
 
 #[tokio::test(start_paused = true)]
@@ -181,22 +188,22 @@ async fn an_svid_that_cannot_be_renewed_is_dropped_at_expiry() {
     // From now on the control plane is unreachable.
     src.0.fail_next.store(u32::MAX, Ordering::SeqCst);
     let expiry = svid.not_after();
-    let mut dropped_at = None;
-    for _ in 0..200 {
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        match store.current() {
+    // A minute of paused time per look.
+    let dropped_at = eventually_every(
+        "the SVID dropped",
+        Duration::from_secs(200 * 60),
+        Duration::from_secs(60),
+        async || match store.current() {
             Some(current) => {
-                assert_eq!(current.serial(), svid.serial(), "no other SVID can appear")
+                assert_eq!(current.serial(), svid.serial(), "no other SVID can appear");
+                Err(format!("{} still current", current.serial()))
             }
-            None => {
-                dropped_at = Some(clock());
-                break;
-            }
-        }
-    }
+            None => Ok(clock()),
+        },
+    )
+    .await;
     let _ = stop.send(());
     task.await.expect("rotation task");
-    let dropped_at = dropped_at.expect("the SVID was never dropped");
     assert!(dropped_at >= expiry, "dropped before it expired");
     assert!(
         dropped_at.duration_since(expiry).unwrap_or_default() <= Duration::from_secs(120),

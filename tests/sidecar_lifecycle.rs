@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use support::mesh::{FRONTEND, ORDERS, Pair, body, get, http1_client, send};
-use support::{RawCa, svid_params};
+use support::{RawCa, eventually, svid_params};
 
 /// Writes a fresh SVID for `id`, valid for `ttl`, into `dir`: key first,
 /// then certificate, each replaced atomically (as a node agent would).
@@ -33,14 +33,32 @@ async fn serial(admin: std::net::SocketAddr) -> String {
     json["serial"].as_str().expect("serial").to_owned()
 }
 
+/// Waits (bounded) until the sidecar at `admin` presents a serial other
+/// than `old`: it picked up the files just written. The new serial.
+async fn installed(admin: std::net::SocketAddr, old: &str) -> String {
+    eventually(
+        "a new SVID installed",
+        Duration::from_secs(10),
+        async || {
+            let now = serial(admin).await;
+            if now == old { Err(now) } else { Ok(now) }
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn svids_rotate_under_load_with_zero_failed_requests() {
     let ttl = Duration::from_secs(6);
     let pair = Pair::start(&[], &[]).await;
     let ca = RawCa::load(&pair.ids.ca());
+    let (server, client) = (pair.server.admin, pair.client.admin);
+    let (mut server_serial, mut client_serial) = (serial(server).await, serial(client).await);
     // Start from short-lived SVIDs, then keep replacing them.
     rotate(&ca, ORDERS, &pair.ids.path("orders"), ttl);
     rotate(&ca, FRONTEND, &pair.ids.path("frontend"), ttl);
+    server_serial = installed(server, &server_serial).await;
+    client_serial = installed(client, &client_serial).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
@@ -78,13 +96,15 @@ async fn svids_rotate_under_load_with_zero_failed_requests() {
     let mut serials = BTreeSet::new();
     let rotations = 12;
     for _ in 0..rotations {
+        // Each SVID serves traffic for a while before the next: the pause
+        // is the load the rotation happens under, not a wait.
         tokio::time::sleep(Duration::from_secs(2)).await;
         rotate(&ca, ORDERS, &pair.ids.path("orders"), ttl);
         rotate(&ca, FRONTEND, &pair.ids.path("frontend"), ttl);
-        serials.insert(serial(pair.server.admin).await);
+        server_serial = installed(server, &server_serial).await;
+        client_serial = installed(client, &client_serial).await;
+        serials.insert(server_serial.clone());
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    serials.insert(serial(pair.server.admin).await);
     stop.store(true, Ordering::Relaxed);
     let mut failures = Vec::new();
     for w in workers {
@@ -127,7 +147,7 @@ async fn drain(victim_is_server: bool) {
     let in_flight: Vec<_> = (0..3)
         .map(|_| tokio::spawn(async move { get(via, "/slow/1500", &[]).await }))
         .collect();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    pair.app.slow_in_flight(3).await;
     let (victim, listener) = if victim_is_server {
         let inbound = pair.server.inbound();
         (&mut pair.server, inbound)
@@ -136,15 +156,15 @@ async fn drain(victim_is_server: bool) {
     };
     let pid = rustix::process::Pid::from_raw(victim.child.id() as i32).expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
-    let mut refused = false;
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(25)).await;
-        if tokio::net::TcpStream::connect(listener).await.is_err() {
-            refused = true;
-            break;
-        }
-    }
-    assert!(refused, "the draining sidecar still accepts connections");
+    eventually(
+        "the draining sidecar to stop accepting connections",
+        Duration::from_secs(1),
+        async || match tokio::net::TcpStream::connect(listener).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
     for request in in_flight {
         let reply = request.await.expect("join").expect("in-flight request");
         assert_eq!(reply.status, 200, "{}", reply.body);

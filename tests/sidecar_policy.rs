@@ -6,6 +6,7 @@ mod support;
 
 use std::time::Duration;
 
+use support::eventually;
 use support::mesh::{FRONTEND, Pair, get, read_some};
 use support::policies::dir_with;
 
@@ -26,16 +27,15 @@ async fn policy(pair: &Pair) -> serde_json::Value {
 
 /// Polls until `path` answers `want` (bounded).
 async fn eventually_status(pair: &Pair, path: &str, want: u16) {
-    for _ in 0..100 {
-        if status(pair, path).await == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "{path} never answered {want}; policy: {}",
-        policy(pair).await
-    );
+    eventually(
+        format_args!("{path} to answer {want}"),
+        Duration::from_secs(10),
+        async || match status(pair, path).await {
+            got if got == want => Ok(()),
+            got => Err(format!("{got}; policy: {}", policy(pair).await)),
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,14 +63,19 @@ async fn policies_hot_reload_through_a_sidecar_pair() {
         "permit (principal, action, resource) when { context.nope == 1 };",
     )
     .expect("write");
-    let mut refused = serde_json::Value::Null;
-    for _ in 0..100 {
-        refused = policy(&pair).await;
-        if refused["failures"].as_u64() > Some(0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let refused = eventually(
+        "the broken set refused",
+        Duration::from_secs(10),
+        async || {
+            let now = policy(&pair).await;
+            if now["failures"].as_u64() > Some(0) {
+                Ok(now)
+            } else {
+                Err(now)
+            }
+        },
+    )
+    .await;
     assert!(
         refused["last_error"]
             .as_str()
@@ -116,16 +121,19 @@ async fn without_a_valid_policy_set_the_sidecar_is_not_ready_and_denies() {
     let mut s = support::mesh::inbound_to(app.addr);
     s.extend(settings);
     let server = ids.start("orders", &s);
-    let mut ready = None;
-    for _ in 0..100 {
-        let r = get(server.admin, "/ready", &[]).await.expect("ready");
-        if r.body.contains("broken.cedar") {
-            ready = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let ready = ready.expect("a readiness answer naming the broken file");
+    let ready = eventually(
+        "a readiness answer naming the broken file",
+        Duration::from_secs(5),
+        async || {
+            let r = get(server.admin, "/ready", &[]).await.expect("ready");
+            if r.body.contains("broken.cedar") {
+                Ok(r)
+            } else {
+                Err(format!("{} {}", r.status, r.body))
+            }
+        },
+    )
+    .await;
     assert_eq!(ready.status, 503);
     assert!(ready.body.contains("broken.cedar"), "{}", ready.body);
     let client = ids.start(
@@ -267,16 +275,18 @@ async fn a_policy_change_closes_the_live_tunnels_it_now_denies() {
         ),
     )
     .expect("write");
-    for _ in 0..100 {
-        let now = get(server.admin, "/policy", &[])
-            .await
-            .expect("policy")
-            .body;
-        if now != before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the new policy set in force",
+        Duration::from_secs(5),
+        async || {
+            let now = get(server.admin, "/policy", &[])
+                .await
+                .expect("policy")
+                .body;
+            now != before
+        },
+    )
+    .await;
     // Within 2 s of the new set being in force.
     assert!(
         ends_within(&mut tcp, Duration::from_secs(2)).await,

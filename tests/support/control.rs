@@ -339,21 +339,11 @@ impl Drop for Control {
     }
 }
 
-/// Polls `f` every 100 ms until it returns `Some`, at most `limit`.
+/// [`super::eventually`] in the argument order the control-plane tests use.
 pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    super::eventually(what, limit, async || f().await).await
 }

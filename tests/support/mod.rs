@@ -33,6 +33,11 @@ pub mod nginx;
 pub mod otlp;
 pub mod policies;
 pub mod postgres;
+pub mod wait;
+
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use wait::{eventually, eventually_blocking, eventually_every};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -308,18 +313,6 @@ pub async fn connect(
         server,
         seen_as: line.trim_end().to_owned(),
     })
-}
-
-/// Polls `check` every 50 ms until it returns true, for at most `limit`.
-pub async fn assert_eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("not true within {limit:?}: {what}");
 }
 
 /// Presents a fixed certificate chain, whatever it is: how a misbehaving or

@@ -8,10 +8,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::eventually_blocking;
+
 pub struct Nginx {
     child: Child,
     pub addr: SocketAddr,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// The nginx binary, or a clear panic: `.ci/run` installs package `nginx`.
@@ -55,7 +57,7 @@ impl Nginx {
         );
         let path = dir.path().join("nginx.conf");
         std::fs::write(&path, conf).expect("nginx.conf");
-        let mut child = Command::new(binary())
+        let child = Command::new(binary())
             .arg("-p")
             .arg(dir.path())
             .arg("-e")
@@ -67,26 +69,27 @@ impl Nginx {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn nginx");
-        // Ready once it accepts; gone if the port was taken.
-        for _ in 0..200 {
-            if let Ok(Some(_)) = child.try_wait() {
-                return None;
-            }
-            if std::net::TcpStream::connect(addr).is_ok() {
-                return Some(Nginx {
-                    child,
-                    addr,
-                    _dir: dir,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "nginx did not accept on {addr}: {}",
-            std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+        // Ready once it accepts; gone if the port was taken. Killed (by
+        // drop) if it does neither in time.
+        let mut nginx = Nginx { child, addr, dir };
+        let started = eventually_blocking(
+            format_args!("nginx to accept on {addr}"),
+            Duration::from_secs(5),
+            || {
+                if let Ok(Some(_)) = nginx.child.try_wait() {
+                    return Ok(false);
+                }
+                match std::net::TcpStream::connect(addr) {
+                    Ok(_) => Ok(true),
+                    Err(e) => Err(format!("{e}; error.log: {}", nginx.error_log())),
+                }
+            },
         );
+        started.then_some(nginx)
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
 }
 

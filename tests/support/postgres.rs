@@ -13,6 +13,9 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+// Through `wait` by name: the control bench includes this file and that one.
+use super::wait::eventually_blocking;
+
 pub fn bin_dir() -> PathBuf {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|d| {
@@ -101,16 +104,18 @@ fn start_private_cluster() -> String {
     // It outlives this process by design; reap it should it end earlier.
     std::thread::spawn(move || watchdog.wait());
     let url = format!("postgres://warden@127.0.0.1:{port}/postgres");
-    for _ in 0..200 {
-        if postgres::Client::connect(&url, postgres::NoTls).is_ok() {
-            return url;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!(
-        "the private PostgreSQL server did not come up:\n{}",
-        std::fs::read_to_string(base.join("server.log")).unwrap_or_default()
+    eventually_blocking(
+        "the private PostgreSQL server to come up",
+        Duration::from_secs(10),
+        || match postgres::Client::connect(&url, postgres::NoTls) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!(
+                "{e}; server.log:\n{}",
+                std::fs::read_to_string(base.join("server.log")).unwrap_or_default()
+            )),
+        },
     );
+    url
 }
 
 /// An admin URL of a running server.

@@ -1,0 +1,129 @@
+//! The end-to-end load bench: an app reached directly (the baseline) and
+//! through a sidecar pair (two `warden proxy` processes, mTLS and a Cedar
+//! decision in between), measured side by side in one run.
+//!
+//! For each scenario and target: closed-loop throughput, latency
+//! percentiles at a fixed rate (open loop: requests start on schedule
+//! whatever the responses do; latency is measured from each request's
+//! start, because tokio's timer fires up to 1 ms late; how late the
+//! generator ran is reported as `generator_lag_max_ms`),
+//! errors, the sidecars' CPU time per request (from /proc) and their RSS.
+//! Results are printed and written to `target/mesh-bench.json`.
+//!
+//! Run: `cargo bench --bench mesh`. `WARDEN_BENCH_SECS` (default 3) sets
+//! each phase's length; `WARDEN_BENCH_RATE` (default 2000) the open-loop
+//! rate; `WARDEN_BENCH_CONNS` (default 16) the closed-loop concurrency;
+//! `WARDEN_BENCH_ONLY=tracing` runs only the tracing-cost phases, and
+//! `WARDEN_BENCH_ROUNDS` (default 3) sets how many rounds of them, and
+//! `WARDEN_BENCH_TRACING_RATE` (default 4000) their fixed open-loop rate.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+use warden_control::ca::{CertificateAuthority, InitOptions};
+use warden_proxy::identity::SpiffeId;
+
+#[path = "../support/proc.rs"]
+mod proc_stat;
+#[path = "../support/proxy.rs"]
+mod proxy;
+#[path = "../support/runner.rs"]
+mod runner;
+
+// Shared with the tests, which use more of them.
+#[allow(dead_code)]
+#[path = "../../tests/support/otlp.rs"]
+mod otlp;
+#[allow(dead_code)]
+#[path = "../../tests/support/wait.rs"]
+mod wait;
+
+mod load;
+mod phases;
+mod target;
+mod tracing_cost;
+
+use load::{SCENARIOS, open_loop};
+use phases::{closed_phase, report};
+use runner::env_or;
+use target::{Sidecar, start_app, wait_serving};
+
+const FRONTEND: &str = "spiffe://bench.warden/ns/shop/sa/frontend";
+const ORDERS: &str = "spiffe://bench.warden/ns/shop/sa/orders";
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+async fn run() -> Result<(), Error> {
+    let length = Duration::from_secs(env_or("WARDEN_BENCH_SECS", 3));
+    let rate: u64 = env_or("WARDEN_BENCH_RATE", 2000);
+    let conns: usize = env_or("WARDEN_BENCH_CONNS", 16);
+    let dir = tempfile::tempdir()?;
+    let ca = CertificateAuthority::init(
+        &dir.path().join("ca"),
+        &InitOptions::new("bench.warden".parse()?),
+    )?;
+    ca.issue_to_dir(
+        &SpiffeId::parse(FRONTEND)?,
+        None,
+        &dir.path().join("frontend"),
+    )?;
+    ca.issue_to_dir(&SpiffeId::parse(ORDERS)?, None, &dir.path().join("orders"))?;
+    let app = start_app().await?;
+    let base = |name: &str| {
+        vec![
+            format!("identity.dir={}", dir.path().join(name).display()),
+            format!("service.name={name}"),
+            "admin.listen=127.0.0.1:0".to_owned(),
+        ]
+    };
+    let pair = |env: Vec<(String, String)>| {
+        let mut s = base("orders");
+        s.push("inbound.listen=127.0.0.1:0".into());
+        s.push(format!("inbound.app={app}"));
+        let server = Sidecar::start(&s, &env)?;
+        let inbound = server.inbound.ok_or("no inbound")?;
+        let mut c = base("frontend");
+        c.push(format!("outbound.routes=[{{listen=\"127.0.0.1:0\", upstream=\"{inbound}\", identity=\"{ORDERS}\"}}]"));
+        let client = Sidecar::start(&c, &env)?;
+        Ok::<_, Error>((client, server))
+    };
+    let (client_sidecar, server) = pair(Vec::new())?;
+    let via = client_sidecar.outbound.ok_or("no outbound")?;
+    wait_serving(via).await?;
+    println!(
+        "mesh bench: {}s per phase, closed loop {conns} connections, open loop {rate} req/s (or half the slower target's closed-loop rate); sidecar CPU is both sidecars, from /proc",
+        length.as_secs()
+    );
+    let mut results = Vec::new();
+    // `WARDEN_BENCH_ONLY=tracing` runs only the tracing-cost phases.
+    let only_tracing = std::env::var("WARDEN_BENCH_ONLY").is_ok_and(|v| v == "tracing");
+    for scenario in SCENARIOS.iter().copied().filter(|_| !only_tracing) {
+        let direct = closed_phase(app, scenario, &[], conns, length).await;
+        let mesh = closed_phase(via, scenario, &[&client_sidecar, &server], conns, length).await;
+        // The open loop runs both targets at one rate, at most half what the
+        // slower one sustained, so it measures latency, not a queue.
+        let fair = rate.min((direct.rps.min(mesh.rps) / 2.0) as u64).max(1);
+        for (label, target, phase) in [("direct", app, &direct), ("mesh", via, &mesh)] {
+            let open = open_loop(target, scenario, fair, length).await;
+            results.push(report(label, scenario, phase, &open, fair));
+        }
+    }
+    drop((client_sidecar, server));
+
+    results.push(tracing_cost::measure(&pair, conns, length).await?);
+
+    let out = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("mesh-bench.json");
+    std::fs::write(
+        &out,
+        serde_json::to_string_pretty(&json!({ "results": results }))?,
+    )?;
+    println!("written to {}", out.display());
+    Ok(())
+}
+
+fn main() -> Result<(), Error> {
+    runner::main(run())
+}
