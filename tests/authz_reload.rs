@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use support::policies::*;
-use warden_proxy::authz::{HttpRequestFacts, Mode, PolicyEngine, PolicyWatcher};
+use warden_proxy::authz::{HttpRequestFacts, Mode, PolicyEngine, PolicyWatcher, TlsVersion};
 
 #[tokio::test]
 async fn hot_reload_swaps_good_sets_and_keeps_the_last_good_one() {
@@ -35,7 +35,7 @@ async fn hot_reload_swaps_good_sets_and_keeps_the_last_good_one() {
             port: 80,
             source_ip: IpAddr::from([127, 0, 0, 1]),
             headers: &[],
-            tls_version: "TLSv1_3",
+            tls_version: TlsVersion::Tls13,
             now: SystemTime::now(),
         })
     };

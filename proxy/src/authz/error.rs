@@ -41,6 +41,9 @@ mod tests {
             AuthzError::UnknownAction("FETCH").to_string(),
             "unknown action FETCH"
         );
-        assert_eq!(AuthzError::Request("bad".into()).to_string(), "request: bad");
+        assert_eq!(
+            AuthzError::Request("bad".into()).to_string(),
+            "request: bad"
+        );
     }
 }

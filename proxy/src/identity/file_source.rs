@@ -75,8 +75,9 @@ impl FileSource {
     }
 
     /// The rotation schedule the files are expected to follow: an SVID
-    /// past its latest renewal point and not replaced is reported (logged,
-    /// and `overdue` in the watch status) while it still works.
+    /// halfway from its latest renewal point to its expiry and not replaced
+    /// is reported (logged, and `overdue` in the watch status) while it
+    /// still works.
     pub fn with_rotation(mut self, rotation: RotationPolicy) -> Self {
         self.rotation = rotation;
         self
@@ -155,20 +156,18 @@ impl FileSource {
             let mut overdue: Option<String> = None;
             loop {
                 ticker.tick().await;
+                let now = SystemTime::now();
                 let late = store.current().filter(|svid| {
-                    let latest = self.rotation.refresh_delay(
-                        svid.not_before(),
-                        svid.not_after(),
-                        SystemTime::now(),
-                        1.0,
-                    );
-                    latest.is_zero() && svid.is_valid_at(SystemTime::now())
+                    let overdue_at = self
+                        .rotation
+                        .overdue_at(svid.not_before(), svid.not_after());
+                    now >= overdue_at && svid.is_valid_at(now)
                 });
                 match late {
                     Some(svid) if overdue.as_deref() != Some(svid.serial()) => {
                         tracing::warn!(
                             serial = svid.serial(),
-                            "SVID from files is past its renewal point ([rotation]) and was not replaced; is whatever writes the files renewing it?"
+                            "SVID from files is well past its renewal point ([rotation]) and was not replaced; is whatever writes the files renewing it?"
                         );
                         overdue = Some(svid.serial().to_owned());
                     }
@@ -229,8 +228,9 @@ pub struct WatchStatus {
     pub polls: u64,
     /// Why the files on disk are not in use, if they are not.
     pub last_error: Option<String>,
-    /// The SVID in use is past its latest renewal point and the files were
-    /// not replaced.
+    /// The SVID in use is halfway from its latest renewal point to its
+    /// expiry ([`RotationPolicy::overdue_at`]) and the files were not
+    /// replaced.
     pub overdue: bool,
 }
 

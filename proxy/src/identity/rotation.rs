@@ -86,6 +86,22 @@ impl RotationPolicy {
         refresh_at.duration_since(now).unwrap_or_default()
     }
 
+    /// When an SVID valid from `not_before` to `not_after` counts as not
+    /// renewed in time: halfway from the latest point this schedule would
+    /// renew it (`refresh_fraction + jitter_fraction`) to its expiry. The
+    /// slack is for writers on their own schedule (cert-manager renews at
+    /// two thirds of the lifetime by default).
+    pub fn overdue_at(&self, not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+        let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+        let latest = (self.refresh_fraction + self.jitter_fraction).clamp(0.0, 1.0);
+        let fraction = if latest.is_finite() {
+            latest + (1.0 - latest) / 2.0
+        } else {
+            1.0
+        };
+        not_before + lifetime.mul_f64(fraction)
+    }
+
     /// The retry schedule of this policy (renewals and the control-plane
     /// watch alike).
     pub fn backoff(&self) -> Backoff {

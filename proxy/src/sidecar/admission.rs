@@ -260,7 +260,7 @@ pub(crate) async fn accept_loop<F, Fut>(
     // The local app is every outbound listener's only client.
     let per_source = (direction == Direction::Inbound).then_some(limits.max_connections_per_source);
     let table = ConnectionTable::new(limits.max_connections, per_source);
-    let mut shutdown = shared.shutdown.clone();
+    let mut shutdown = shared.lifecycle.shutdown.clone();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -276,12 +276,12 @@ pub(crate) async fn accept_loop<F, Fut>(
             }
         };
         let key = source_key(source.ip());
-        let admitted = if direction == Direction::Inbound && shared.handshake_failures.blocked(key)
-        {
-            Err(Refused::HandshakeFailures)
-        } else {
-            table.admit(key)
-        };
+        let admitted =
+            if direction == Direction::Inbound && shared.traffic.handshake_failures.blocked(key) {
+                Err(Refused::HandshakeFailures)
+            } else {
+                table.admit(key)
+            };
         let slot = match admitted {
             Ok((slot, evicted)) => {
                 if evicted {
@@ -299,7 +299,7 @@ pub(crate) async fn accept_loop<F, Fut>(
         let _ = stream.set_nodelay(true);
         let task = handle(stream, source, slot);
         let metrics = shared.metrics.clone();
-        shared.tracker.spawn(async move {
+        shared.lifecycle.tracker.spawn(async move {
             let _open = metrics.connection_opened(direction);
             task.await;
         });

@@ -268,6 +268,7 @@ pub(crate) async fn serve_http<I, F, Fut>(
         activity: activity.clone(),
     };
     let conn = shared
+        .traffic
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
@@ -279,7 +280,7 @@ pub(crate) async fn serve_http<I, F, Fut>(
             .max(Duration::from_millis(10)),
     );
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shutdown = shared.shutdown.clone();
+    let mut shutdown = shared.lifecycle.shutdown.clone();
     let mut revocations = shared.store.subscribe_revocations();
     let mut closing = false;
     loop {

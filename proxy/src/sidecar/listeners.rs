@@ -107,6 +107,7 @@ impl Bound {
             });
             for (o, listener) in config.inbound.opaque.iter().zip(self.opaque) {
                 shared
+                    .lifecycle
                     .tracker
                     .spawn(opaque.clone().run(listener, o.app.clone()));
             }
@@ -123,7 +124,7 @@ impl Bound {
                     app,
                     tls,
                 });
-                shared.tracker.spawn(inbound.run(listener));
+                shared.lifecycle.tracker.spawn(inbound.run(listener));
             }
         }
         let make_route =
@@ -131,8 +132,8 @@ impl Bound {
         for (config, listener) in config.outbound.routes.iter().zip(self.routes) {
             let route = make_route(config.upstream, &config.identity)?;
             match config.protocol {
-                RouteProtocol::Http => shared.tracker.spawn(route.run(listener)),
-                RouteProtocol::Tcp => shared.tracker.spawn(route.run_tcp(listener)),
+                RouteProtocol::Http => shared.lifecycle.tracker.spawn(route.run(listener)),
+                RouteProtocol::Tcp => shared.lifecycle.tracker.spawn(route.run_tcp(listener)),
             };
         }
         if let (Some(listener), Some(proxy)) = (self.proxy, &config.outbound.proxy) {
@@ -145,7 +146,7 @@ impl Bound {
                 shared: shared.clone(),
                 services,
             });
-            shared.tracker.spawn(proxy.run(listener));
+            shared.lifecycle.tracker.spawn(proxy.run(listener));
         }
         Ok(())
     }

@@ -28,8 +28,8 @@ mod splice;
 pub mod telemetry;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
@@ -37,7 +37,7 @@ use tokio_util::task::TaskTracker;
 use self::config::IdentitySource;
 use self::listeners::{Bound, bind};
 use self::metrics::Metrics;
-use self::shared::Shared;
+use self::shared::{Lifecycle, PolicyState, Shared, Traffic};
 use crate::identity::{FileSource, FileWatcher, SvidStore};
 pub(crate) use builders::tuned_h2_client;
 pub use config::{ConfigError, SidecarConfig};
@@ -95,6 +95,8 @@ impl Sidecar {
         config: SidecarConfig,
         log_control: Option<LogControl>,
     ) -> Result<Self, SidecarError> {
+        // Parsing checked it; a caller may have changed it since.
+        config.check()?;
         let store = Arc::new(SvidStore::new());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (svid_watcher, control_policies, control_watch) = match &config.identity {
@@ -136,28 +138,33 @@ impl Sidecar {
             traces,
             log_control,
             admin_token,
-            builder: builders::http_builder(&config.limits),
-            inflight: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
-            handshake_failures: admission::HandshakeFailures::new(
-                config.limits.max_handshake_failures,
-                HANDSHAKE_FAILURE_WINDOW,
-            ),
+            traffic: Traffic {
+                builder: builders::http_builder(&config.limits),
+                inflight: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
+                handshake_failures: admission::HandshakeFailures::new(
+                    config.limits.max_handshake_failures,
+                    HANDSHAKE_FAILURE_WINDOW,
+                ),
+            },
+            policy: PolicyState {
+                control_updates: control_policies,
+                ..PolicyState::default()
+            },
+            lifecycle: Lifecycle {
+                shutdown: shutdown_rx,
+                tracker: TaskTracker::new(),
+                listeners_up: AtomicBool::new(false),
+            },
             config,
             store: store.clone(),
             metrics: Arc::new(Metrics::default()),
-            engine: OnceLock::new(),
-            policy_status: OnceLock::new(),
-            shutdown: shutdown_rx,
-            tracker: TaskTracker::new(),
-            listeners_up: AtomicBool::new(false),
-            control_policies,
             control_watch,
         });
         tokio::spawn(policy::start_policy(shared.clone(), builtin));
         tokio::spawn(policy::count_rotations(shared.clone()));
         tokio::spawn(admin::serve(admin_listener, shared.clone()));
         bound.serve(&shared)?;
-        shared.listeners_up.store(true, Ordering::Release);
+        shared.lifecycle.listeners_up.store(true, Ordering::Release);
         Ok(Sidecar {
             shared,
             shutdown,
@@ -181,15 +188,15 @@ impl Sidecar {
     /// were still open at the deadline.
     pub async fn drain(self) -> usize {
         let _ = self.shutdown.send(true);
-        self.shared.tracker.close();
+        self.shared.lifecycle.tracker.close();
         let deadline = self.shared.config.limits.drain_timeout;
-        let left = if tokio::time::timeout(deadline, self.shared.tracker.wait())
+        let left = if tokio::time::timeout(deadline, self.shared.lifecycle.tracker.wait())
             .await
             .is_ok()
         {
             0
         } else {
-            let left = self.shared.tracker.len();
+            let left = self.shared.lifecycle.tracker.len();
             tracing::warn!(
                 connections = left,
                 ?deadline,

@@ -59,7 +59,7 @@ pub(super) async fn start_policy(shared: Arc<Shared>, builtin: Option<PolicySnap
                 ..ReloadStatus::default()
             };
             engine.install(snapshot);
-            let _ = shared.policy_status.set(watch::channel(status).1);
+            let _ = shared.policy.status.set(watch::channel(status).1);
         }
         (None, Some(dir)) => {
             let w = PolicyWatcher::start(
@@ -67,20 +67,20 @@ pub(super) async fn start_policy(shared: Arc<Shared>, builtin: Option<PolicySnap
                 engine.clone(),
                 shared.config.authz.reload_interval,
             );
-            let _ = shared.policy_status.set(w.status());
+            let _ = shared.policy.status.set(w.status());
             watcher = Some(w);
         }
-        (None, None) => match shared.control_policies.clone() {
+        (None, None) => match shared.policy.control_updates.clone() {
             Some(updates) => {
-                let _ = shared.engine.set(engine.clone());
+                let _ = shared.policy.engine.set(engine.clone());
                 return install_control_policies(&shared, &engine, updates).await;
             }
             None => return,
         },
     }
-    let _ = shared.engine.set(engine);
+    let _ = shared.policy.engine.set(engine);
     // The watcher runs until the sidecar drains.
-    let mut shutdown = shared.shutdown.clone();
+    let mut shutdown = shared.lifecycle.shutdown.clone();
     shutting_down(&mut shutdown).await;
     drop(watcher);
 }
@@ -93,8 +93,8 @@ async fn install_control_policies(
     mut updates: watch::Receiver<Option<crate::control::api::PolicyUpdate>>,
 ) {
     let (status_tx, status_rx) = watch::channel(ReloadStatus::default());
-    let _ = shared.policy_status.set(status_rx);
-    let mut shutdown = shared.shutdown.clone();
+    let _ = shared.policy.status.set(status_rx);
+    let mut shutdown = shared.lifecycle.shutdown.clone();
     loop {
         let update = updates.borrow_and_update().clone();
         if let Some(update) = update {

@@ -17,43 +17,69 @@ use crate::identity::SvidStore;
 
 /// State every listener and connection of one sidecar shares.
 pub(crate) struct Shared {
+    /// What the sidecar was started with.
     pub config: SidecarConfig,
+    /// Its identity: SVID, trust bundles, revocations.
     pub store: Arc<SvidStore>,
+    /// The policy engine, once the sidecar knows its own identity.
+    pub(super) policy: PolicyState,
+    /// Taking and serving connections and requests.
+    pub(super) traffic: Traffic,
+    /// The sidecar's life: the drain signal and what a drain waits for.
+    pub(super) lifecycle: Lifecycle,
     pub metrics: Arc<Metrics>,
-    /// Requests in flight across the sidecar (load shedding past it).
-    pub inflight: Arc<Semaphore>,
-    pub(super) engine: OnceLock<Arc<PolicyEngine>>,
-    pub(super) policy_status: OnceLock<watch::Receiver<ReloadStatus>>,
-    pub(super) shutdown: watch::Receiver<bool>,
-    pub(super) tracker: TaskTracker,
-    pub(super) builder: auto::Builder<TokioExecutor>,
-    pub(super) listeners_up: AtomicBool,
-    /// Sources failing TLS handshakes, refused at accept for a while.
-    pub(super) handshake_failures: admission::HandshakeFailures,
     /// Trace export, when `OTEL_EXPORTER_OTLP_ENDPOINT` asks for it.
     pub traces: Option<telemetry::Tracing>,
     /// The log filter, changeable through the admin API.
     pub log_control: Option<LogControl>,
     /// The credential of mutating admin requests (`admin.token_file`).
     pub(super) admin_token: Option<admin::AdminToken>,
-    /// With a control plane: policy bundles from its watch (when
-    /// `control.policies`), and what the watch has applied.
-    pub(super) control_policies: Option<watch::Receiver<Option<crate::control::api::PolicyUpdate>>>,
+    /// With a control plane: what its watch has applied.
     pub control_watch: Option<watch::Receiver<crate::control::WatchState>>,
+}
+
+/// The policy side: the engine (made once the first SVID names the
+/// service), its reload status, and the control plane's policy bundles
+/// when it is their source.
+#[derive(Default)]
+pub(crate) struct PolicyState {
+    pub engine: OnceLock<Arc<PolicyEngine>>,
+    pub status: OnceLock<watch::Receiver<ReloadStatus>>,
+    pub control_updates: Option<watch::Receiver<Option<crate::control::api::PolicyUpdate>>>,
+}
+
+/// Taking and serving traffic.
+pub(crate) struct Traffic {
+    /// Requests in flight across the sidecar (load shedding past it).
+    pub inflight: Arc<Semaphore>,
+    /// hyper's server builder, bounded by `[limits]`.
+    pub builder: auto::Builder<TokioExecutor>,
+    /// Sources failing TLS handshakes, refused at accept for a while.
+    pub handshake_failures: admission::HandshakeFailures,
+}
+
+/// The sidecar's life.
+pub(crate) struct Lifecycle {
+    /// Flips to true when the drain starts.
+    pub shutdown: watch::Receiver<bool>,
+    /// Every connection and tunnel: a drain waits for them.
+    pub tracker: TaskTracker,
+    /// Every listener bound and handed to its side.
+    pub listeners_up: AtomicBool,
 }
 
 impl Shared {
     /// The policy engine, once the sidecar knows its own identity.
     pub fn engine(&self) -> Option<&Arc<PolicyEngine>> {
-        self.engine.get()
+        self.policy.engine.get()
     }
 
     pub fn policy_status(&self) -> Option<ReloadStatus> {
-        self.policy_status.get().map(|rx| rx.borrow().clone())
+        self.policy.status.get().map(|rx| rx.borrow().clone())
     }
 
     pub fn draining(&self) -> bool {
-        *self.shutdown.borrow()
+        *self.lifecycle.shutdown.borrow()
     }
 
     /// Why the sidecar is not ready; empty when it is.
@@ -75,7 +101,7 @@ impl Shared {
                 reasons.push(format!("no valid policy set: {why}"));
             }
         }
-        if !self.listeners_up.load(Ordering::Acquire) {
+        if !self.lifecycle.listeners_up.load(Ordering::Acquire) {
             reasons.push("listeners not up".to_owned());
         }
         reasons

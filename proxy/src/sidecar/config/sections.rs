@@ -1,5 +1,6 @@
-//! Sections whose every value is valid by its type: read from the file
-//! and used as they are.
+//! Sections read from the file and used as they are: `validate` checks
+//! their few bounds (a non-empty `service.name`, intervals of at least
+//! 1 ms) in place.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -40,11 +40,7 @@ impl TryFrom<FileConfig> for SidecarConfig {
                 "nothing to do: set inbound.listen/inbound.app, declare [[inbound.opaque]] or [[outbound.routes]]",
             ));
         }
-        unique_listeners(&inbound, &outbound, file.admin.listen)?;
-        file.limits.check()?;
-        at_least_a_millisecond("identity.poll_interval", file.identity.poll_interval)?;
-        at_least_a_millisecond("authz.reload_interval", file.authz.reload_interval)?;
-        Ok(SidecarConfig {
+        let config = SidecarConfig {
             identity,
             service: file.service,
             authz: file.authz,
@@ -53,8 +49,24 @@ impl TryFrom<FileConfig> for SidecarConfig {
             admin: file.admin,
             limits: file.limits,
             telemetry: file.telemetry,
-            rotation: rotation(&file.rotation)?,
-        })
+            rotation: rotation(&file.rotation),
+        };
+        config.check()?;
+        Ok(config)
+    }
+}
+
+impl SidecarConfig {
+    /// The bounds of values a caller could change after parsing (the
+    /// fields are public): checked again when a sidecar starts.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        unique_listeners(&self.inbound, &self.outbound, self.admin.listen)?;
+        self.limits.check()?;
+        if let IdentitySource::Files(files) = &self.identity {
+            at_least_a_millisecond("identity.poll_interval", files.poll_interval)?;
+        }
+        at_least_a_millisecond("authz.reload_interval", self.authz.reload_interval)?;
+        check_rotation(&self.rotation)
     }
 }
 
@@ -171,15 +183,24 @@ fn unique_listeners(
     Ok(())
 }
 
+fn rotation(section: &RotationSection) -> RotationPolicy {
+    RotationPolicy {
+        refresh_fraction: section.renew_fraction,
+        jitter_fraction: section.jitter,
+        initial_backoff: section.backoff_base,
+        max_backoff: section.backoff_cap,
+    }
+}
+
 /// `[rotation]`, bounded so that no setting renews an SVID at its birth or
 /// its death, or retries in a busy loop.
-fn rotation(section: &RotationSection) -> Result<RotationPolicy, ConfigError> {
-    let RotationSection {
-        renew_fraction,
-        jitter,
-        backoff_base,
-        backoff_cap,
-    } = *section;
+fn check_rotation(policy: &RotationPolicy) -> Result<(), ConfigError> {
+    let RotationPolicy {
+        refresh_fraction: renew_fraction,
+        jitter_fraction: jitter,
+        initial_backoff: backoff_base,
+        max_backoff: backoff_cap,
+    } = *policy;
     if !(renew_fraction.is_finite() && (0.1..=0.9).contains(&renew_fraction)) {
         return Err(key_error(
             "rotation.renew_fraction",
@@ -209,10 +230,5 @@ fn rotation(section: &RotationSection) -> Result<RotationPolicy, ConfigError> {
             "must be at least rotation.backoff_base",
         ));
     }
-    Ok(RotationPolicy {
-        refresh_fraction: renew_fraction,
-        jitter_fraction: jitter,
-        initial_backoff: backoff_base,
-        max_backoff: backoff_cap,
-    })
+    Ok(())
 }

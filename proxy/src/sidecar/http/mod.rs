@@ -21,7 +21,7 @@ pub use headers::{
 };
 pub use refusal::{
     GRPC_DEADLINE_EXCEEDED, GRPC_INVALID_ARGUMENT, GRPC_PERMISSION_DENIED, GRPC_UNAVAILABLE,
-    GRPC_UNIMPLEMENTED, Refusal, RefusalKind, malformed_body,
+    GRPC_UNIMPLEMENTED, Refusal, RefusalKind, malformed_body, overloaded,
 };
 pub use upgrade::relay_upgrade;
 

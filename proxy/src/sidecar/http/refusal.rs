@@ -11,6 +11,14 @@ use http_body_util::{BodyExt, Full};
 
 use super::{Body, REQUEST_ID};
 
+/// The refusal of load shedding, on either side.
+pub fn overloaded() -> Refusal {
+    Refusal::new(
+        RefusalKind::Overloaded,
+        "overloaded: too many requests in flight, retry later",
+    )
+}
+
 /// The refusal for a request whose own body could not be read.
 pub fn malformed_body() -> Refusal {
     Refusal::new(

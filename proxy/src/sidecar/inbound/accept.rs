@@ -131,7 +131,10 @@ pub(super) async fn accept(
             // Nothing sent within the handshake timeout: counted as a
             // failed handshake, as a silent TLS client would be.
             Err(_) => {
-                shared.handshake_failures.failed(source_key(source.ip()));
+                shared
+                    .traffic
+                    .handshake_failures
+                    .failed(source_key(source.ip()));
                 metrics.handshake(Direction::Inbound, Handshake::Timeout);
                 return None;
             }
@@ -150,13 +153,19 @@ pub(super) async fn accept(
                 tls
             }
             Ok(Err(e)) => {
-                shared.handshake_failures.failed(source_key(source.ip()));
+                shared
+                    .traffic
+                    .handshake_failures
+                    .failed(source_key(source.ip()));
                 metrics.handshake(Direction::Inbound, Handshake::Failed(handshake_failure(&e)));
                 tracing::info!(%source, error = %e, "inbound TLS handshake failed");
                 return None;
             }
             Err(_) => {
-                shared.handshake_failures.failed(source_key(source.ip()));
+                shared
+                    .traffic
+                    .handshake_failures
+                    .failed(source_key(source.ip()));
                 metrics.handshake(Direction::Inbound, Handshake::Timeout);
                 tracing::info!(%source, "inbound TLS handshake timed out");
                 return None;

@@ -7,19 +7,20 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::accept::ConnInfo;
 use crate::authz::PeerAuthorizer;
-use crate::sidecar::http::{Refusal, RefusalKind};
+use crate::sidecar::http::{Refusal, RefusalKind, overloaded};
 use crate::sidecar::shared::Shared;
 use crate::sidecar::splice::Lapse;
 
 /// A request the sidecar took: its place among the requests in flight
-/// (held until the response is produced), and the connection's authorizer.
+/// (held until the response head is produced; a streaming body does not
+/// hold it), and the connection's authorizer.
 pub(super) struct Admitted<'a> {
     pub _permit: OwnedSemaphorePermit,
     pub authorizer: &'a PeerAuthorizer,
 }
 
 pub(super) fn admit<'a>(shared: &Shared, conn: &'a ConnInfo) -> Result<Admitted<'a>, Refusal> {
-    let Ok(permit) = shared.inflight.clone().try_acquire_owned() else {
+    let Ok(permit) = shared.traffic.inflight.clone().try_acquire_owned() else {
         shared.metrics.shed();
         return Err(overloaded());
     };
@@ -36,14 +37,6 @@ pub(super) fn admit<'a>(shared: &Shared, conn: &'a ConnInfo) -> Result<Admitted<
         _permit: permit,
         authorizer,
     })
-}
-
-/// The refusal of load shedding, on either side.
-pub(crate) fn overloaded() -> Refusal {
-    Refusal::new(
-        RefusalKind::Overloaded,
-        "overloaded: too many requests in flight, retry later",
-    )
 }
 
 /// An expired certificate asks the caller to reconnect (its sidecar has a

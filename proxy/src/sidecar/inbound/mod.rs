@@ -45,7 +45,6 @@ use super::metrics::Direction;
 use super::shared::Shared;
 use crate::authz::Decision;
 
-pub(crate) use self::admit::overloaded;
 pub(crate) use self::opaque::Opaque;
 
 pub(crate) struct Inbound {
@@ -125,28 +124,32 @@ impl Inbound {
         if !decision.allowed {
             return Err(authorize::denied(decision));
         }
+        // Decided again later on the facts the policy saw: before the
+        // identity headers are added.
+        let reauthorize = prepared.upgrade.is_some().then(|| {
+            authorize::reauthorize_upgrade(
+                admitted.authorizer,
+                decision,
+                &req,
+                conn,
+                target,
+                &observed.id,
+                shared.metrics.clone(),
+            )
+        });
         identity_headers::insert(
             req.headers_mut(),
             conn.xfcc.as_ref(),
             conn.peer_id.as_ref(),
             &observed.id,
         );
-        let forwarded = match prepared.upgrade {
-            None => self.forward(req, target, observed.grpc).await,
-            Some(protocol) => {
-                let reauthorize = authorize::reauthorize_upgrade(
-                    admitted.authorizer,
-                    decision,
-                    &req,
-                    conn,
-                    target,
-                    &observed.id,
-                    shared.metrics.clone(),
-                );
+        let forwarded = match (prepared.upgrade, reauthorize) {
+            (Some(protocol), Some(reauthorize)) => {
                 let validity = conn.validity.clone();
                 self.upgrade(req, target, protocol, validity, reauthorize)
                     .await
             }
+            _ => self.forward(req, target, observed.grpc).await,
         };
         forwarded.inspect_err(|refusal| {
             tracing::warn!(request_id = %observed.id, reason = %refusal.reason, "inbound request failed");

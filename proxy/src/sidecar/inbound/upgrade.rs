@@ -39,7 +39,7 @@ impl Inbound {
         let relayed = relay_upgrade(
             app,
             req,
-            &self.shared.tracker,
+            &self.shared.lifecycle.tracker,
             limits.idle_timeout,
             validity,
             Some(reauthorize),

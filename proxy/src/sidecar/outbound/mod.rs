@@ -26,8 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use self::observe::Observed;
 use super::admission::{Slot, accept_loop};
 use super::connections::serve_http;
-use super::http::{Body, Refusal, strip_reserved, upgrade_allowed, upgrade_protocol};
-use super::inbound::overloaded;
+use super::http::{Body, Refusal, overloaded, strip_reserved, upgrade_allowed, upgrade_protocol};
 use super::metrics::Direction;
 use super::peer::PeerChannel;
 use super::shared::Shared;
@@ -76,7 +75,7 @@ impl Route {
     /// The peer's response, or the refusal of the first step that failed.
     async fn handle(&self, mut req: Request<Incoming>) -> Result<Response<Body>, Refusal> {
         let shared = &*self.shared;
-        let Ok(_permit) = shared.inflight.clone().try_acquire_owned() else {
+        let Ok(_permit) = shared.traffic.inflight.clone().try_acquire_owned() else {
             shared.metrics.shed();
             return Err(overloaded());
         };

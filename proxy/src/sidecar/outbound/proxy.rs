@@ -54,37 +54,25 @@ impl ProxyListener {
         .await;
     }
 
-    async fn request(&self, mut req: Request<Incoming>) -> Response<Body> {
+    async fn request(&self, req: Request<Incoming>) -> Response<Body> {
         let id = request_id();
         let grpc = is_grpc(&req);
+        match self.handle(req).await {
+            Ok(response) => response,
+            Err(refusal) => self.refuse(refusal, &id, grpc),
+        }
+    }
+
+    /// The declared service the request names, then its route's answer or
+    /// a tunnel to it.
+    async fn handle(&self, mut req: Request<Incoming>) -> Result<Response<Body>, Refusal> {
         let connect = req.method() == Method::CONNECT;
-        let target = req.uri().authority().map(|a| a.as_str().to_owned());
-        let Some(target) = target else {
-            return self.refuse(
-                Refusal::new(
-                    RefusalKind::BadRequest,
-                    "this is an HTTP proxy: send absolute-form requests (http_proxy=) or CONNECT",
-                ),
-                &id,
-                grpc,
-            );
-        };
-        let original = target.clone();
-        let default_port = if req.uri().scheme_str() == Some("https") {
-            443
-        } else {
-            80
-        };
-        let target = normalize_authority(&target, default_port).unwrap_or(target);
+        let (original, target) = target(&req)?;
         let Some((route, protocol)) = self.services.get(&target) else {
-            return self.refuse(
-                Refusal::new(
-                    RefusalKind::NoRoute,
-                    format!("no route to {target}: not declared in [[outbound.services]]"),
-                ),
-                &id,
-                grpc,
-            );
+            return Err(Refusal::new(
+                RefusalKind::NoRoute,
+                format!("no route to {target}: not declared in [[outbound.services]]"),
+            ));
         };
         match (connect, protocol) {
             (false, RouteProtocol::Http) => {
@@ -93,64 +81,58 @@ impl ProxyListener {
                 if let Ok(host) = HeaderValue::from_str(&original) {
                     req.headers_mut().insert(header::HOST, host);
                 }
-                route.request(req).await
+                Ok(route.request(req).await)
             }
-            (true, RouteProtocol::Tcp) => {
-                // Dial first: a peer that is down or not the expected
-                // identity gets a 5xx, not a 200 and a close.
-                let mut tls = match route.channel.connect_tls(Carrying::Tcp).await {
-                    Ok(tls) => tls,
-                    Err(e) => return self.refuse(peer_refusal(e), &id, grpc),
-                };
-                let tunnel = hyper::upgrade::on(&mut req);
-                let idle = self.shared.config.limits.idle_timeout;
-                let validity = route.channel.validity(&tls);
-                // The tunnel keeps the connection's place in the table.
-                let busy = req.extensions().get::<Slot>().map(Slot::busy);
-                self.shared.tracker.spawn(async move {
-                    let _busy = busy;
-                    match tunnel.await {
-                        Ok(upgraded) => {
-                            if let Err(e) = splice(
-                                &mut TokioIo::new(upgraded),
-                                &mut tls,
-                                idle,
-                                validity.as_ref(),
-                                None,
-                            )
-                            .await
-                            {
-                                tracing::debug!(error = %e, "CONNECT tunnel ended");
-                            }
-                        }
-                        Err(e) => tracing::debug!(error = %e, "CONNECT tunnel not established"),
-                    }
-                });
-                self.shared
-                    .metrics
-                    .tcp_connection(Direction::Outbound, "none");
-                self.shared
-                    .metrics
-                    .request(Direction::Outbound, 200, "none");
-                Response::new(boxed(http_body_util::Empty::<bytes::Bytes>::new()))
-            }
-            (true, RouteProtocol::Http) => self.refuse(
-                Refusal::new(
-                    RefusalKind::WrongProtocol,
-                    format!("{target} is an HTTP service: send it requests, not CONNECT"),
-                ),
-                &id,
-                grpc,
-            ),
-            (false, RouteProtocol::Tcp) => self.refuse(
-                Refusal::new(
-                    RefusalKind::WrongProtocol,
-                    format!("{target} is an opaque TCP service: use CONNECT"),
-                ),
-                &id,
-                grpc,
-            ),
+            (true, RouteProtocol::Tcp) => self.tunnel(route, req).await,
+            (true, RouteProtocol::Http) => Err(Refusal::new(
+                RefusalKind::WrongProtocol,
+                format!("{target} is an HTTP service: send it requests, not CONNECT"),
+            )),
+            (false, RouteProtocol::Tcp) => Err(Refusal::new(
+                RefusalKind::WrongProtocol,
+                format!("{target} is an opaque TCP service: use CONNECT"),
+            )),
         }
+    }
+
+    /// CONNECT to an opaque service: dialled first, so a peer that is down
+    /// or not the expected identity gets a 5xx, not a 200 and a close; then
+    /// the caller's upgraded connection is spliced to it.
+    async fn tunnel(
+        &self,
+        route: &Route,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Body>, Refusal> {
+        let mut tls = route
+            .channel
+            .connect_tls(Carrying::Tcp)
+            .await
+            .map_err(peer_refusal)?;
+        let tunnel = hyper::upgrade::on(&mut req);
+        let idle = self.shared.config.limits.idle_timeout;
+        let validity = route.channel.validity(&tls);
+        // The tunnel keeps the connection's place in the table.
+        let busy = req.extensions().get::<Slot>().map(Slot::busy);
+        self.shared.lifecycle.tracker.spawn(async move {
+            let _busy = busy;
+            match tunnel.await {
+                Ok(upgraded) => {
+                    let mut upgraded = TokioIo::new(upgraded);
+                    let spliced =
+                        splice(&mut upgraded, &mut tls, idle, validity.as_ref(), None).await;
+                    if let Err(e) = spliced {
+                        tracing::debug!(error = %e, "CONNECT tunnel ended");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "CONNECT tunnel not established"),
+            }
+        });
+        let metrics = &self.shared.metrics;
+        metrics.tcp_connection(Direction::Outbound, "none");
+        metrics.request(Direction::Outbound, 200, "none");
+        Ok(Response::new(boxed(
+            http_body_util::Empty::<bytes::Bytes>::new(),
+        )))
     }
 
     fn refuse(&self, refusal: Refusal, id: &str, grpc: bool) -> Response<Body> {
@@ -159,5 +141,55 @@ impl ProxyListener {
             .metrics
             .request(Direction::Outbound, refusal.status().as_u16(), "none");
         refusal.response(id, grpc)
+    }
+}
+
+/// The request's target as written (for `Host`) and as the services are
+/// keyed (normalized `host:port`).
+fn target<B>(req: &Request<B>) -> Result<(String, String), Refusal> {
+    let Some(original) = req.uri().authority().map(|a| a.as_str().to_owned()) else {
+        return Err(Refusal::new(
+            RefusalKind::BadRequest,
+            "this is an HTTP proxy: send absolute-form requests (http_proxy=) or CONNECT",
+        ));
+    };
+    let default_port = if req.uri().scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    let key = normalize_authority(&original, default_port).unwrap_or_else(|| original.clone());
+    Ok((original, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: Method, uri: &str) -> Request<()> {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(())
+            .expect("request")
+    }
+
+    #[test]
+    fn the_target_is_keyed_by_normalized_host_and_port() {
+        let (original, key) = target(&req(Method::GET, "http://Orders.SVC/x")).expect("target");
+        assert_eq!(
+            (original.as_str(), key.as_str()),
+            ("Orders.SVC", "orders.svc:80")
+        );
+        let (_, key) = target(&req(Method::GET, "https://orders.svc/x")).expect("target");
+        assert_eq!(key, "orders.svc:443");
+        let (_, key) = target(&req(Method::CONNECT, "db.svc:5432")).expect("target");
+        assert_eq!(key, "db.svc:5432");
+    }
+
+    #[test]
+    fn an_origin_form_request_is_refused() {
+        let refusal = target(&req(Method::GET, "/x")).expect_err("origin form");
+        assert_eq!(refusal.kind, RefusalKind::BadRequest);
     }
 }

@@ -37,7 +37,7 @@ impl Route {
         let relayed = relay_upgrade(
             tls,
             req,
-            &self.shared.tracker,
+            &self.shared.lifecycle.tracker,
             limits.idle_timeout,
             validity,
             None,
