@@ -112,66 +112,19 @@ pub(super) async fn accept(
     source: SocketAddr,
     plaintext_ok: bool,
 ) -> Option<(PeerIo, ConnInfo)> {
-    let metrics = &shared.metrics;
-    let limits = &shared.config.limits;
-    if plaintext_ok {
-        let mut first = [0u8; 1];
-        match tokio::time::timeout(limits.tls_handshake_timeout, stream.peek(&mut first)).await {
-            Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD => {
-                metrics.handshake(Direction::Inbound, Handshake::Plaintext);
-                let info = ConnInfo::new(
-                    shared,
-                    source,
-                    TlsVersion::Plaintext,
-                    Err(UnauthenticatedKind::Plaintext),
-                );
-                return Some((Either::Left(stream), info));
-            }
-            Ok(Ok(1)) => {}
-            // Nothing sent within the handshake timeout: counted as a
-            // failed handshake, as a silent TLS client would be.
-            Err(_) => {
-                shared
-                    .traffic
-                    .handshake_failures
-                    .failed(source_key(source.ip()));
-                metrics.handshake(Direction::Inbound, Handshake::Timeout);
-                return None;
-            }
-            _ => return None,
-        }
+    if plaintext_ok && !sniff_tls(shared, &stream, source).await? {
+        shared
+            .metrics
+            .handshake(Direction::Inbound, Handshake::Plaintext);
+        let info = ConnInfo::new(
+            shared,
+            source,
+            TlsVersion::Plaintext,
+            Err(UnauthenticatedKind::Plaintext),
+        );
+        return Some((Either::Left(stream), info));
     }
-    let acceptor = TlsAcceptor::from(tls.clone());
-    let tls =
-        match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(mut tls)) => {
-                // What rustls buffers for a slow reader is bounded too: the
-                // response pacing counts bytes handed to it, not sent.
-                tls.get_mut()
-                    .1
-                    .set_buffer_limit(Some(limits.buffer_window as usize));
-                tls
-            }
-            Ok(Err(e)) => {
-                shared
-                    .traffic
-                    .handshake_failures
-                    .failed(source_key(source.ip()));
-                metrics.handshake(Direction::Inbound, Handshake::Failed(handshake_failure(&e)));
-                tracing::info!(%source, error = %e, "inbound TLS handshake failed");
-                return None;
-            }
-            Err(_) => {
-                shared
-                    .traffic
-                    .handshake_failures
-                    .failed(source_key(source.ip()));
-                metrics.handshake(Direction::Inbound, Handshake::Timeout);
-                tracing::info!(%source, "inbound TLS handshake timed out");
-                return None;
-            }
-        };
-    metrics.handshake(Direction::Inbound, Handshake::Ok);
+    let tls = handshake(shared, tls, stream, source).await?;
     let conn = tls.get_ref().1;
     let tls_version = TlsVersion::of(conn.protocol_version());
     let identity = match PeerIdentity::of_connection(conn) {
@@ -185,4 +138,62 @@ pub(super) async fn accept(
     };
     let info = ConnInfo::new(shared, source, tls_version, identity);
     Some((Either::Right(Box::new(tls)), info))
+}
+
+/// Whether the connection starts a TLS handshake (its first byte), within
+/// the handshake timeout; None when it closed or sent nothing in time.
+async fn sniff_tls(shared: &Shared, stream: &TcpStream, source: SocketAddr) -> Option<bool> {
+    let mut first = [0u8; 1];
+    let timeout = shared.config.limits.tls_handshake_timeout;
+    match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => Some(first[0] == TLS_HANDSHAKE_RECORD),
+        // Nothing sent within the handshake timeout: counted as a failed
+        // handshake, as a silent TLS client would be.
+        Err(_) => {
+            failed(shared, source, Handshake::Timeout);
+            None
+        }
+        _ => None,
+    }
+}
+
+/// The TLS handshake within its timeout, counted either way.
+async fn handshake(
+    shared: &Shared,
+    tls: &Arc<ServerConfig>,
+    stream: TcpStream,
+    source: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let limits = &shared.config.limits;
+    let acceptor = TlsAcceptor::from(tls.clone());
+    match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(mut tls)) => {
+            // What rustls buffers for a slow reader is bounded too: the
+            // response pacing counts bytes handed to it, not sent.
+            tls.get_mut()
+                .1
+                .set_buffer_limit(Some(limits.buffer_window as usize));
+            shared.metrics.handshake(Direction::Inbound, Handshake::Ok);
+            Some(tls)
+        }
+        Ok(Err(e)) => {
+            failed(shared, source, Handshake::Failed(handshake_failure(&e)));
+            tracing::info!(%source, error = %e, "inbound TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            failed(shared, source, Handshake::Timeout);
+            tracing::info!(%source, "inbound TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// A failed handshake: counted, and held against its source address.
+fn failed(shared: &Shared, source: SocketAddr, outcome: Handshake) {
+    shared
+        .traffic
+        .handshake_failures
+        .failed(source_key(source.ip()));
+    shared.metrics.handshake(Direction::Inbound, outcome);
 }
