@@ -20,8 +20,8 @@ use clap::Parser;
 use args::{
     AdminArgs, CaCommand, CaInitArgs, Cli, Command, ControlBackupArgs, ControlCommand,
     ControlMigrateArgs, ControlRestoreArgs, ControlServeArgs, DemoArgs, IdCommand,
-    IdentitiesCommand, PolicyCheckArgs, PolicyCommand, PolicyEvalArgs, ProxyArgs, SvidCommand,
-    SvidInspectArgs, SvidIssueArgs, TokenCommand, TokenCreateArgs,
+    IdentitiesCommand, InitArgs, InitBackend, PolicyCheckArgs, PolicyCommand, PolicyEvalArgs,
+    ProxyArgs, SvidCommand, SvidInspectArgs, SvidIssueArgs, TokenCommand, TokenCreateArgs,
 };
 use logging::init_logging;
 
@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Eval(args)) => cli::policy::eval(*args),
         Command::Proxy(args) => cli::proxy::run(args, log_control),
         Command::Demo(args) => cli::demo::run(args),
+        Command::Init(args) => cli::init::run(args),
         Command::Control(ControlCommand::Serve(args)) => cli::control::serve(args),
         Command::Control(ControlCommand::Migrate(args)) => cli::control::migrate(args),
         Command::Control(ControlCommand::Backup(args)) => cli::control::backup(args),

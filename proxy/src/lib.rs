@@ -4,6 +4,7 @@
 pub mod authz;
 pub mod control;
 pub mod identity;
+pub mod intercept;
 pub mod sidecar;
 pub mod tls;
 pub mod watcher;

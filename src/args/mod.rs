@@ -85,6 +85,9 @@ pub(crate) enum Command {
     /// Run a demo mesh on loopback: a CA, two apps behind their sidecars,
     /// an allowed call and a denied one.
     Demo(DemoArgs),
+    /// Redirect this network namespace's TCP through the sidecar
+    /// (iptables or nftables), as an init container does.
+    Init(InitArgs),
     /// The control plane: the CA, join tokens, renewal, revocation and
     /// policy distribution over one HTTPS API.
     #[command(subcommand)]
@@ -108,6 +111,57 @@ pub(crate) struct ProxyArgs {
     /// machine cross-thread wakeups cost more than a second core gains.
     #[arg(long, env = "WARDEN_WORKERS", default_value_t = 1)]
     pub(crate) workers: usize,
+}
+
+#[derive(Args)]
+pub(crate) struct InitArgs {
+    /// The sidecar's user id: its own connections are never redirected.
+    #[arg(long)]
+    pub(crate) proxy_uid: u32,
+    /// The sidecar's group id: connections of this group are never redirected either.
+    #[arg(long)]
+    pub(crate) proxy_gid: Option<u32>,
+    /// Where redirected inbound connections go (the sidecar's inbound.listen port).
+    #[arg(long, default_value_t = 15006)]
+    pub(crate) inbound_port: u16,
+    /// Where redirected outbound connections go (the transparent outbound port).
+    #[arg(long, default_value_t = 15001)]
+    pub(crate) outbound_port: u16,
+    /// The sidecar's admin port: never redirected.
+    #[arg(long, default_value_t = 15000)]
+    pub(crate) admin_port: u16,
+    /// Inbound ports left alone, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) skip_inbound_ports: Vec<u16>,
+    /// Outbound destination ports left alone, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) skip_outbound_ports: Vec<u16>,
+    /// Outbound destinations left alone, comma-separated CIDRs (10.0.0.0/8, fd00::/8).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) skip_outbound_cidrs: Vec<String>,
+    /// `iptables` (as installed: nft-backed on current distributions),
+    /// `iptables-legacy` or `nftables`; default: iptables if installed, else nftables.
+    #[arg(long, value_enum)]
+    pub(crate) backend: Option<InitBackend>,
+    /// IPv4 only (no ip6tables rules; nftables covers both families in one table).
+    #[arg(long)]
+    pub(crate) no_ipv6: bool,
+    /// Names Warden's chains (<PREFIX>_INBOUND, <PREFIX>_OUTPUT) and nftables table (lowercase).
+    #[arg(long, default_value = "WARDEN")]
+    pub(crate) chain_prefix: String,
+    /// Print the commands and rules, change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Remove exactly what init added (nothing installed: no change).
+    #[arg(long)]
+    pub(crate) remove: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum InitBackend {
+    Iptables,
+    IptablesLegacy,
+    Nftables,
 }
 
 #[derive(Args)]

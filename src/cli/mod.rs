@@ -5,6 +5,7 @@ pub mod ca;
 pub mod control;
 pub mod demo;
 pub mod id;
+pub mod init;
 pub mod policy;
 pub mod proxy;
 pub mod svid;

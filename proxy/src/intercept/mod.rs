@@ -1,0 +1,10 @@
+//! Transparent interception: the rules `warden init` sets in a workload's
+//! network namespace so that its TCP goes through its sidecar without the
+//! app knowing ([`rules`]), and installing or removing them with iptables
+//! or nftables ([`apply`]).
+
+pub mod apply;
+pub mod rules;
+
+pub use apply::{Backend, InitError, Outcome, install, remove};
+pub use rules::{Cidr, Family, Interception, IptablesRules, RulesError};
