@@ -366,3 +366,65 @@ fn legacy_iptables_redirects_the_workload_and_never_the_sidecar() {
 fn nftables_redirects_the_workload_and_never_the_sidecar() {
     traffic_is_redirected("nftables", "trn");
 }
+
+/// Runs `f` on a thread moved into namespace `ns` (sockets it makes stay
+/// there), and returns what it returns.
+fn on_thread_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsFd;
+    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("namespace file");
+    std::thread::spawn(move || {
+        rustix::thread::move_into_link_name_space(
+            file.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .expect("setns into the test's namespace");
+        f()
+    })
+    .join()
+    .expect("the namespace thread")
+}
+
+#[test]
+fn a_redirected_connection_tells_where_it_was_going() {
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::time::Duration;
+    use warden_proxy::intercept::{Redirected, redirected};
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Namespaces::new("odst", 2);
+    let (client, pod) = (ns.name(0), ns.name(1));
+    ip(&[
+        "-n", client, "link", "add", "wc0", "type", "veth", "peer", "name", "wp0", "netns", pod,
+    ]);
+    ip(&["-n", client, "addr", "add", "198.18.30.1/30", "dev", "wc0"]);
+    ip(&["-n", pod, "addr", "add", "198.18.30.2/30", "dev", "wp0"]);
+    ip(&["-n", client, "link", "set", "wc0", "up"]);
+    ip(&["-n", pod, "link", "set", "wp0", "up"]);
+    // The test runs as root: the "sidecar" uid is someone else, so the
+    // test's own connections count as the app's and are redirected.
+    ok(warden_in(
+        pod,
+        &["--proxy-uid", "1337", "--backend", "iptables", "--no-ipv6"],
+    ));
+    let seen = on_thread_in(pod, || {
+        let listener = TcpListener::bind("0.0.0.0:15001").expect("the outbound port");
+        let accept = |to: SocketAddr| {
+            let _client = TcpStream::connect_timeout(&to, Duration::from_secs(3))
+                .expect("connect (redirected to 15001)");
+            let (accepted, _) = listener.accept().expect("accept");
+            let local = accepted.local_addr().expect("local address");
+            redirected(&accepted, local).expect("SO_ORIGINAL_DST")
+        };
+        // The app calls the client's 8080: it lands on 15001, and says so.
+        let away = accept("198.18.30.1:8080".parse().expect("addr"));
+        // Loopback is not redirected: a direct connection to the port is a loop.
+        let direct = accept("127.0.0.1:15001".parse().expect("addr"));
+        (away, direct)
+    });
+    assert_eq!(
+        seen.0,
+        Redirected::To("198.18.30.1:8080".parse().expect("addr"))
+    );
+    assert_eq!(seen.1, Redirected::Loop);
+}
