@@ -42,6 +42,27 @@ impl Drop for Namespaces {
     }
 }
 
+/// Joins `client` (198.18.`net`.1/30) and `pod` (198.18.`net`.2/30) by a
+/// veth made inside the client namespace with its peer in the pod's:
+/// nothing is ever created in the host's namespace.
+fn link(client: &str, pod: &str, net: u8) {
+    ip(&[
+        "-n", client, "link", "add", "wc0", "type", "veth", "peer", "name", "wp0", "netns", pod,
+    ]);
+    for (ns, dev, host) in [(client, "wc0", 1), (pod, "wp0", 2)] {
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("198.18.{net}.{host}/30"),
+            "dev",
+            dev,
+        ]);
+        ip(&["-n", ns, "link", "set", dev, "up"]);
+    }
+}
+
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("ip runs");
     assert!(
@@ -310,15 +331,7 @@ fn traffic_is_redirected(backend: &str, test: &str) {
     }
     let ns = Namespaces::new(test, 2);
     let (client, pod) = (ns.name(0), ns.name(1));
-    // A veth made inside the client namespace with its peer in the pod's:
-    // nothing is ever created in the host's namespace.
-    ip(&[
-        "-n", client, "link", "add", "wc0", "type", "veth", "peer", "name", "wp0", "netns", pod,
-    ]);
-    ip(&["-n", client, "addr", "add", "198.18.20.1/30", "dev", "wc0"]);
-    ip(&["-n", pod, "addr", "add", "198.18.20.2/30", "dev", "wp0"]);
-    ip(&["-n", client, "link", "set", "wc0", "up"]);
-    ip(&["-n", pod, "link", "set", "wp0", "up"]);
+    link(client, pod, 20);
     let _pod_ports = listeners(pod);
     let _client_ports = listeners(client);
     // Before init: straight to the app.
@@ -394,13 +407,7 @@ fn a_redirected_connection_tells_where_it_was_going() {
     }
     let ns = Namespaces::new("odst", 2);
     let (client, pod) = (ns.name(0), ns.name(1));
-    ip(&[
-        "-n", client, "link", "add", "wc0", "type", "veth", "peer", "name", "wp0", "netns", pod,
-    ]);
-    ip(&["-n", client, "addr", "add", "198.18.30.1/30", "dev", "wc0"]);
-    ip(&["-n", pod, "addr", "add", "198.18.30.2/30", "dev", "wp0"]);
-    ip(&["-n", client, "link", "set", "wc0", "up"]);
-    ip(&["-n", pod, "link", "set", "wp0", "up"]);
+    link(client, pod, 30);
     // The test runs as root: the "sidecar" uid is someone else, so the
     // test's own connections count as the app's and are redirected.
     ok(warden_in(
