@@ -64,15 +64,7 @@ impl Route {
                     }
                     self.channel.reset(connection).await;
                 }
-                Err(_) => {
-                    return Err(Refusal::new(
-                        RefusalKind::PeerTimeout,
-                        format!(
-                            "peer sidecar {} did not respond within {timeout:?}",
-                            self.upstream
-                        ),
-                    ));
-                }
+                Err(_) => return Err(peer_timeout(self.upstream, timeout)),
             }
         }
         Err(Refusal::new(
@@ -111,6 +103,14 @@ fn for_peer<B>(req: &mut Request<B>, upstream: SocketAddr) -> Result<Version, Re
     }
     *req.version_mut() = Version::HTTP_2;
     Ok(from_version)
+}
+
+/// 504: the peer sidecar did not start its response in time.
+pub(super) fn peer_timeout(upstream: SocketAddr, timeout: std::time::Duration) -> Refusal {
+    Refusal::new(
+        RefusalKind::PeerTimeout,
+        format!("peer sidecar {upstream} did not respond within {timeout:?}"),
+    )
 }
 
 /// The refusal of a peer sidecar that could not be reached or proven.

@@ -7,7 +7,7 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 
 use super::Route;
-use super::forward::peer_refusal;
+use super::forward::{peer_refusal, peer_timeout};
 use crate::sidecar::http::{
     Body, Refusal, RefusalKind, boxed, error_chain, relay_upgrade, restore_upgrade,
     strip_hop_by_hop, strip_response,
@@ -55,13 +55,7 @@ impl Route {
                     error_chain(&e)
                 ),
             )),
-            Err(_) => Err(Refusal::new(
-                RefusalKind::PeerTimeout,
-                format!(
-                    "peer sidecar {} did not respond within {timeout:?}",
-                    self.upstream
-                ),
-            )),
+            Err(_) => Err(peer_timeout(self.upstream, timeout)),
         }
     }
 }
