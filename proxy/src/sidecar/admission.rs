@@ -111,14 +111,16 @@ impl ConnectionTable {
             // Of those with nothing in flight: one that never asked
             // anything (a slowloris, a connection parked for later) before
             // any that did, then the longest idle.
+            // Ties go to the older connection (the lower id), whatever
+            // the map's order.
             let candidate = table
                 .connections
-                .values()
-                .filter(|a| !a.evicted.load(std::sync::atomic::Ordering::Acquire))
+                .iter()
+                .filter(|(_, a)| !a.evicted.load(std::sync::atomic::Ordering::Acquire))
                 .take(EVICTION_SAMPLE)
-                .filter(|a| a.is_quiet())
-                .max_by_key(|a| (a.is_fresh(), a.idle_for()))
-                .cloned();
+                .filter(|(_, a)| a.is_quiet())
+                .min_by_key(|(id, a)| (!a.is_fresh(), a.quiet_since(), **id))
+                .map(|(_, a)| a.clone());
             match candidate {
                 Some(activity) => {
                     activity.ask_to_close();
@@ -337,6 +339,39 @@ mod tests {
         );
         drop(b_busy);
         assert!(table.admit(ip(4)).is_ok(), "b is quiet again");
+    }
+
+    #[test]
+    fn the_connection_idle_the_longest_makes_room_even_when_served_within_a_millisecond() {
+        // Sixteen connections, each served one request in this order, all
+        // within well under a millisecond: the first served is the one to go.
+        let order = [5usize, 3, 11, 0, 15, 7, 1, 9, 13, 2, 8, 14, 4, 10, 6, 12];
+        let table = ConnectionTable::new(order.len(), None);
+        let slots: Vec<Slot> = (0..order.len())
+            .map(|i| {
+                table
+                    .admit(ip(u8::try_from(i).expect("small")))
+                    .expect("room")
+                    .0
+            })
+            .collect();
+        for &i in &order {
+            drop(slots[i].activity().begin(::http::Version::HTTP_11));
+        }
+        let (_newcomer, evicted) = table.admit(ip(200)).expect("room made");
+        assert!(evicted);
+        let gone: Vec<usize> = (0..order.len())
+            .filter(|&i| slots[i].activity().evicted.load(Acquire))
+            .collect();
+        assert_eq!(gone, vec![order[0]], "the first served goes");
+        // A connection that never asked anything goes before any idle one.
+        let table = ConnectionTable::new(2, None);
+        let (served, _) = table.admit(ip(1)).expect("room");
+        drop(served.activity().begin(::http::Version::HTTP_11));
+        let (parked, _) = table.admit(ip(2)).expect("room");
+        let _ = table.admit(ip(3)).expect("room made");
+        assert!(parked.activity().evicted.load(Acquire), "never asked: goes");
+        assert!(!served.activity().evicted.load(Acquire));
     }
 
     #[test]

@@ -31,8 +31,9 @@ use super::splice::{self, PeerValidity};
 pub(crate) struct Activity {
     start: Instant,
     in_flight: AtomicUsize,
-    /// When the last request ended (ms since `start`).
-    last_ms: AtomicU64,
+    /// When the last request ended (ns since `start`: exact, so connections
+    /// served one after another never tie for the longest idle).
+    last_ns: AtomicU64,
     /// Requests started so far.
     requests: AtomicU64,
     /// When bytes of a new request head started arriving while nothing
@@ -53,7 +54,7 @@ pub(crate) struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.last_ms.store(self.0.now_ms(), Ordering::Release);
+        self.0.last_ns.store(self.0.now_ns(), Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -63,7 +64,7 @@ impl Activity {
         Activity {
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
-            last_ms: AtomicU64::new(0),
+            last_ns: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             head_since_ms: AtomicU64::new(0),
             multiplexed: AtomicBool::new(false),
@@ -75,6 +76,10 @@ impl Activity {
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Holds the connection busy (a tunnel, an opaque stream) until the
@@ -103,7 +108,7 @@ impl Activity {
         self.evict.notified().await;
     }
 
-    fn begin(self: &Arc<Self>, version: Version) -> InFlight {
+    pub(super) fn begin(self: &Arc<Self>, version: Version) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.requests.fetch_add(1, Ordering::AcqRel);
         self.head_since_ms.store(0, Ordering::Release);
@@ -129,12 +134,16 @@ impl Activity {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return Duration::ZERO;
         }
-        let since = if self.requests.load(Ordering::Acquire) == 0 {
-            0
-        } else {
-            self.last_ms.load(Ordering::Acquire)
-        };
-        Duration::from_millis(self.now_ms().saturating_sub(since))
+        self.quiet_since().elapsed()
+    }
+
+    /// When the connection last had something to do: its last request's
+    /// end, or its start if it never made one.
+    pub(super) fn quiet_since(&self) -> Instant {
+        if self.requests.load(Ordering::Acquire) == 0 {
+            return self.start;
+        }
+        self.start + Duration::from_nanos(self.last_ns.load(Ordering::Acquire))
     }
 
     /// Whether a request head is overdue: the first one `timeout` after
