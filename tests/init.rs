@@ -10,117 +10,12 @@
 //! test ends, failed or not; the host's own rules and interfaces are never
 //! touched.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+mod support;
 
-/// Network namespaces of one test, deleted (with everything in them) on drop.
-struct Namespaces(Vec<String>);
-
-impl Namespaces {
-    fn new(test: &str, count: usize) -> Self {
-        let names: Vec<String> = (0..count)
-            .map(|i| format!("wi{}{test}{i}", std::process::id()))
-            .collect();
-        let made = Namespaces(names);
-        for name in &made.0 {
-            ip(&["netns", "add", name]);
-            ip(&["-n", name, "link", "set", "lo", "up"]);
-        }
-        made
-    }
-
-    fn name(&self, i: usize) -> &str {
-        &self.0[i]
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
-/// Joins `client` (198.18.`net`.1/30) and `pod` (198.18.`net`.2/30) by a
-/// veth made inside the client namespace with its peer in the pod's:
-/// nothing is ever created in the host's namespace.
-fn link(client: &str, pod: &str, net: u8) {
-    ip(&[
-        "-n", client, "link", "add", "wc0", "type", "veth", "peer", "name", "wp0", "netns", pod,
-    ]);
-    for (ns, dev, host) in [(client, "wc0", 1), (pod, "wp0", 2)] {
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("198.18.{net}.{host}/30"),
-            "dev",
-            dev,
-        ]);
-        ip(&["-n", ns, "link", "set", dev, "up"]);
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip runs");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs `args` inside namespace `ns` (as `uid` when given).
-fn in_ns(ns: &str, uid: Option<u32>, args: &[&str]) -> Output {
-    let mut command = Command::new("ip");
-    command.args(["netns", "exec", ns]);
-    if let Some(uid) = uid {
-        let uid = uid.to_string();
-        command.args([
-            "setpriv",
-            &format!("--reuid={uid}"),
-            &format!("--regid={uid}"),
-            "--clear-groups",
-        ]);
-    }
-    command.args(args).output().expect("ip netns exec runs")
-}
-
-fn warden_in(ns: &str, args: &[&str]) -> Output {
-    let mut all = vec![env!("CARGO_BIN_EXE_warden"), "init"];
-    all.extend_from_slice(args);
-    in_ns(ns, None, &all)
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        stdout(&out),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout(&out)
-}
-
-/// Root is needed for namespaces: CI runs as root and must run these.
-fn root_or_skip() -> bool {
-    let root = rustix::process::geteuid().is_root();
-    if !root {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "these tests need root, and CI runs as root"
-        );
-        eprintln!("skipped: needs root (network namespaces, iptables)");
-    }
-    root
-}
+use support::netns::{
+    Background, Namespaces, in_ns, link, ok, on_thread_in, python, root_or_skip, spawn_ready,
+    stdout, warden_init_in as warden_in,
+};
 
 /// What is installed in `ns`, as the backend lists it.
 fn listing(ns: &str, backend: &str) -> String {
@@ -277,38 +172,8 @@ except OSError as e:
     print("error", e)
 "#;
 
-/// The system's python3: a client runs under another uid, which cannot
-/// reach a per-user install (pyenv under /root).
-fn python() -> &'static str {
-    if std::path::Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
-
-struct Listeners(Child);
-
-impl Drop for Listeners {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn listeners(ns: &str) -> Listeners {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, python(), "-c", LISTENERS])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("listeners start");
-    assert_eq!(line.trim(), "ready");
-    Listeners(child)
+fn listeners(ns: &str) -> Background {
+    spawn_ready(ns, None, &[python(), "-c", LISTENERS])
 }
 
 fn connect(ns: &str, uid: u32, addr: &str, port: u16) -> String {
@@ -378,23 +243,6 @@ fn legacy_iptables_redirects_the_workload_and_never_the_sidecar() {
 #[test]
 fn nftables_redirects_the_workload_and_never_the_sidecar() {
     traffic_is_redirected("nftables", "trn");
-}
-
-/// Runs `f` on a thread moved into namespace `ns` (sockets it makes stay
-/// there), and returns what it returns.
-fn on_thread_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    use std::os::fd::AsFd;
-    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("namespace file");
-    std::thread::spawn(move || {
-        rustix::thread::move_into_link_name_space(
-            file.as_fd(),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .expect("setns into the test's namespace");
-        f()
-    })
-    .join()
-    .expect("the namespace thread")
 }
 
 #[test]

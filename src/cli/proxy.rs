@@ -45,6 +45,9 @@ pub fn run(args: ProxyArgs, log_control: LogControl) -> anyhow::Result<ExitCode>
         for (i, route) in addresses.outbound.iter().enumerate() {
             writeln!(out, "outbound[{i}] {route}")?;
         }
+        if let Some(transparent) = addresses.transparent {
+            writeln!(out, "transparent {transparent}")?;
+        }
         writeln!(out, "started")?;
         out.flush()?;
         drop(out);

@@ -29,6 +29,7 @@ macro_rules! on_both_backends {
 
 pub mod control;
 pub mod mesh;
+pub mod netns;
 pub mod nginx;
 pub mod otlp;
 pub mod policies;

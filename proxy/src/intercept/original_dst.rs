@@ -5,19 +5,20 @@
 //! loop (or a client that connected to the sidecar's port directly).
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 
 use rustix::net::sockopt::{ip_original_dst, ipv6_original_dst};
 
 /// The original destination of an accepted connection whose local
-/// address is `local` (its family picks the option).
+/// address is `local` (its family picks the option: an IPv4 connection
+/// accepted on a dual-stack socket has a v4-mapped local address).
 pub fn original_dst<S: AsFd>(socket: S, local: SocketAddr) -> io::Result<SocketAddr> {
-    match local {
-        SocketAddr::V4(_) => ip_original_dst(socket)
+    match local.ip().to_canonical() {
+        IpAddr::V4(_) => ip_original_dst(socket)
             .map(SocketAddr::V4)
             .map_err(io::Error::from),
-        SocketAddr::V6(_) => ipv6_original_dst(socket)
+        IpAddr::V6(_) => ipv6_original_dst(socket)
             .map(SocketAddr::V6)
             .map_err(io::Error::from),
     }
@@ -36,7 +37,8 @@ pub enum Redirected {
 /// Classifies an accepted connection by its original destination.
 pub fn redirected<S: AsFd>(socket: S, local: SocketAddr) -> io::Result<Redirected> {
     let original = original_dst(socket, local)?;
-    Ok(if original == local {
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    Ok(if canonical(original) == canonical(local) {
         Redirected::Loop
     } else {
         Redirected::To(original)

@@ -246,18 +246,26 @@ impl HandshakeFailures {
     }
 }
 
+/// A listener's side of the sidecar: what its connections share.
+pub(crate) trait Side {
+    fn shared(&self) -> &Arc<Shared>;
+}
+
 /// Accepts connections until shutdown. Each is admitted by the listener's
 /// [`ConnectionTable`] (and, inbound, the handshake-failure limiter) or
-/// closed at once; admitted ones are handled by `handle` with their slot.
-pub(crate) async fn accept_loop<F, Fut>(
+/// closed at once; admitted ones are handled by `handle`, given the
+/// listener's side (`this`) and the connection's slot.
+pub(crate) async fn accept_loop<T, F, Fut>(
     listener: TcpListener,
-    shared: Arc<Shared>,
     direction: Direction,
+    this: Arc<T>,
     handle: F,
 ) where
-    F: Fn(TcpStream, SocketAddr, Slot) -> Fut,
+    T: Side,
+    F: Fn(Arc<T>, TcpStream, SocketAddr, Slot) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let shared = this.shared().clone();
     let limits = &shared.config.limits;
     // The local app is every outbound listener's only client.
     let per_source = (direction == Direction::Inbound).then_some(limits.max_connections_per_source);
@@ -299,7 +307,7 @@ pub(crate) async fn accept_loop<F, Fut>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let task = handle(stream, source, slot);
+        let task = handle(this.clone(), stream, source, slot);
         let metrics = shared.metrics.clone();
         shared.lifecycle.tracker.spawn(async move {
             let _open = metrics.connection_opened(direction);

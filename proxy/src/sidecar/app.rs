@@ -194,6 +194,30 @@ pub enum AppError {
     Exchange(String),
 }
 
+/// One app behind the inbound listener: where it is, the authority of
+/// requests to it, and its pooled connections.
+pub struct App {
+    pub addr: AppAddr,
+    /// The URI authority of requests to the app (its address, or
+    /// `localhost` for a unix socket).
+    pub authority: String,
+    pub clients: AppClients,
+}
+
+impl App {
+    pub fn new(addr: AppAddr, limits: &super::config::Limits) -> Self {
+        let authority = match &addr {
+            AppAddr::Tcp(addr) => addr.to_string(),
+            AppAddr::Unix(_) => "localhost".to_owned(),
+        };
+        App {
+            clients: AppClients::new(&addr, limits),
+            authority,
+            addr,
+        }
+    }
+}
+
 /// Requests to the app: HTTP/1.1 over pooled keep-alive connections, or
 /// HTTP/2 (h2c, prior knowledge) multiplexed on one connection. Both read
 /// at most `window` bytes ahead of a slow consumer.

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 
-use super::config::{InboundMode, RouteProtocol, SidecarConfig};
+use super::config::{InboundApp, InboundMode, RouteProtocol, SidecarConfig};
 use super::shared::Shared;
 use super::{SidecarError, app, inbound, outbound, peer};
 use crate::identity::{ExpectedIdentity, SpiffeId};
@@ -24,6 +25,8 @@ pub struct Addresses {
     pub outbound: Vec<SocketAddr>,
     /// The explicit HTTP proxy, if configured.
     pub proxy: Option<SocketAddr>,
+    /// The transparent outbound listener, if configured.
+    pub transparent: Option<SocketAddr>,
 }
 
 /// Every traffic listener, bound, in the order of the configuration.
@@ -32,6 +35,7 @@ pub(super) struct Bound {
     opaque: Vec<TcpListener>,
     routes: Vec<TcpListener>,
     proxy: Option<TcpListener>,
+    transparent: Option<TcpListener>,
 }
 
 pub(super) async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, SidecarError> {
@@ -62,11 +66,16 @@ impl Bound {
             Some(p) => Some(bind("outbound.proxy_listen", p.listen).await?),
             None => None,
         };
+        let transparent = match &config.outbound.transparent {
+            Some(t) => Some(bind("outbound.transparent_listen", t.listen).await?),
+            None => None,
+        };
         Ok(Bound {
             inbound,
             opaque,
             routes,
             proxy,
+            transparent,
         })
     }
 
@@ -78,12 +87,28 @@ impl Bound {
             opaque: self.opaque.iter().map(local).collect(),
             outbound: self.routes.iter().map(local).collect(),
             proxy: self.proxy.as_ref().map(local),
+            transparent: self.transparent.as_ref().map(local),
         }
     }
 
+    /// Every bound address, the admin's too: where a transparent
+    /// connection must never be sent.
+    fn own(&self, admin: SocketAddr) -> Vec<SocketAddr> {
+        let a = self.addresses(admin);
+        [a.admin]
+            .into_iter()
+            .chain(a.inbound)
+            .chain(a.opaque)
+            .chain(a.outbound)
+            .chain(a.proxy)
+            .chain(a.transparent)
+            .collect()
+    }
+
     /// Hands every listener to its side, tracked for the drain.
-    pub fn serve(self, shared: &Arc<Shared>) -> Result<(), SidecarError> {
+    pub fn serve(self, shared: &Arc<Shared>, admin: SocketAddr) -> Result<(), SidecarError> {
         let config = &shared.config;
+        let own = self.own(admin);
         let versions = if config.inbound.tls12 {
             TlsVersions::Tls12And13
         } else {
@@ -112,17 +137,21 @@ impl Bound {
                     .spawn(opaque.clone().run(listener, o.app.clone()));
             }
             if let (Some(listener), Some(http)) = (self.inbound, &config.inbound.http) {
-                let app = http.app.clone();
-                let app_authority = match &app {
-                    app::AppAddr::Tcp(addr) => addr.to_string(),
-                    app::AppAddr::Unix(_) => "localhost".to_owned(),
+                let app =
+                    |addr: &app::AppAddr| Arc::new(app::App::new(addr.clone(), &config.limits));
+                let (app, transparent) = match &http.app {
+                    InboundApp::Fixed(addr) => (Some(app(addr)), None),
+                    InboundApp::Transparent { fallback } => (
+                        fallback.as_ref().map(app),
+                        Some(inbound::TransparentApps::default()),
+                    ),
                 };
                 let inbound = Arc::new(inbound::Inbound {
                     shared: shared.clone(),
-                    clients: app::AppClients::new(&app, &config.limits),
-                    app_authority,
                     app,
+                    transparent,
                     tls,
+                    opaque,
                 });
                 shared.lifecycle.tracker.spawn(inbound.run(listener));
             }
@@ -147,6 +176,21 @@ impl Bound {
                 services,
             });
             shared.lifecycle.tracker.spawn(proxy.run(listener));
+        }
+        if let (Some(listener), Some(t)) = (self.transparent, &config.outbound.transparent) {
+            let for_routes = shared.clone();
+            let make_route: outbound::MakeRoute = Box::new(move |upstream, identity| {
+                route(&for_routes, versions, upstream, identity)
+            });
+            let endpoints = Arc::new(ArcSwap::from_pointee(config.outbound.endpoints.clone()));
+            let transparent = Arc::new(outbound::TransparentListener::new(
+                shared.clone(),
+                t.clone(),
+                endpoints,
+                own,
+                make_route,
+            ));
+            shared.lifecycle.tracker.spawn(transparent.run(listener));
         }
         Ok(())
     }

@@ -14,6 +14,8 @@ mod builders;
 pub mod config;
 mod connections;
 mod control_link;
+mod detect;
+pub mod discovery;
 pub mod http;
 mod inbound;
 mod listeners;
@@ -163,7 +165,7 @@ impl Sidecar {
         tokio::spawn(policy::start_policy(shared.clone(), builtin));
         tokio::spawn(policy::count_rotations(shared.clone()));
         tokio::spawn(admin::serve(admin_listener, shared.clone()));
-        bound.serve(&shared)?;
+        bound.serve(&shared, addresses.admin)?;
         shared.lifecycle.listeners_up.store(true, Ordering::Release);
         Ok(Sidecar {
             shared,

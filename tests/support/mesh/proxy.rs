@@ -18,6 +18,7 @@ pub struct Proxy {
     pub opaque: Vec<SocketAddr>,
     pub outbound: Vec<SocketAddr>,
     pub proxy: Option<SocketAddr>,
+    pub transparent: Option<SocketAddr>,
     pub log: PathBuf,
     /// What the sidecar printed on stdout after `started` (the access log).
     pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
@@ -32,8 +33,23 @@ impl Proxy {
     /// As [`Proxy::start`], with extra environment variables.
     pub fn start_with_env(log: &Path, settings: &[String], env: &[(String, String)]) -> Proxy {
         let mut command = Command::new(warden_bin());
-        command.arg("proxy").env("WARDEN_LOG", "info");
+        command.env("WARDEN_LOG", "info");
         command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        Proxy::start_command(command, log, settings)
+    }
+
+    /// Starts `warden proxy` inside network namespace `ns` (as root).
+    pub fn start_in_namespace(ns: &str, log: &Path, settings: &[String]) -> Proxy {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns, warden_bin()]);
+        command.env("WARDEN_LOG", "info");
+        Proxy::start_command(command, log, settings)
+    }
+
+    /// Runs `command` (the `warden` binary, or a wrapper that executes it)
+    /// with `proxy --set ...` and reads the listener addresses it prints.
+    fn start_command(mut command: Command, log: &Path, settings: &[String]) -> Proxy {
+        command.arg("proxy");
         for s in settings {
             command.arg("--set").arg(s);
         }
@@ -52,6 +68,7 @@ impl Proxy {
             opaque: Vec::new(),
             outbound: Vec::new(),
             proxy: None,
+            transparent: None,
             log: log.to_owned(),
             stdout: Default::default(),
         };
@@ -73,6 +90,7 @@ impl Proxy {
                 "admin" => proxy.admin = addr,
                 "inbound" => proxy.inbound = Some(addr),
                 "proxy" => proxy.proxy = Some(addr),
+                "transparent" => proxy.transparent = Some(addr),
                 w if w.starts_with("opaque[") => proxy.opaque.push(addr),
                 _ => proxy.outbound.push(addr),
             }

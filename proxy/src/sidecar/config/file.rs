@@ -10,7 +10,10 @@ use serde::{Deserialize, Deserializer};
 
 use super::limits::Limits;
 use super::sections::{AdminConfig, AuthzConfig, ServiceConfig, TelemetryConfig};
-use super::traffic::{AppProtocol, InboundMode, OpaqueConfig, RouteConfig, ServiceRoute};
+use super::traffic::{
+    AppProtocol, EndpointConfig, InboundMode, OpaqueConfig, RouteConfig, ServiceRoute,
+    UnknownDestination,
+};
 use super::{AppAddr, EscapedSlashes};
 use crate::authz::Mode;
 use crate::identity::SpiffeId;
@@ -107,6 +110,9 @@ pub(super) struct InboundSection {
     pub listen: Option<SocketAddr>,
     /// The local app, `127.0.0.1:PORT` or `unix:/path`.
     pub app: Option<AppAddr>,
+    /// Connections `warden init` redirected go to the app at the port they
+    /// were sent to (HTTP or opaque TCP by the caller's ALPN).
+    pub transparent: bool,
     pub app_protocol: AppProtocol,
     pub mode: InboundMode,
     /// Also accept TLS 1.2 (TLS 1.3 only by default).
@@ -126,6 +132,7 @@ impl Default for InboundSection {
         InboundSection {
             listen: None,
             app: None,
+            transparent: false,
             app_protocol: AppProtocol::default(),
             mode: InboundMode::default(),
             tls12: false,
@@ -136,7 +143,7 @@ impl Default for InboundSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct OutboundSection {
     pub routes: Vec<RouteConfig>,
@@ -144,6 +151,30 @@ pub(super) struct OutboundSection {
     /// absolute-form requests and CONNECT, to the destinations in `services`.
     pub proxy_listen: Option<SocketAddr>,
     pub services: Vec<ServiceRoute>,
+    /// Where `warden init` redirects the app's outbound TCP.
+    pub transparent_listen: Option<SocketAddr>,
+    /// A redirected connection to a destination outside the mesh:
+    /// `passthrough` or `deny`.
+    pub unknown: UnknownDestination,
+    /// How long the app's first bytes are awaited to tell HTTP from opaque.
+    #[serde(deserialize_with = "duration")]
+    pub detect_timeout: Duration,
+    /// The mesh's destinations and the identity each must prove.
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+impl Default for OutboundSection {
+    fn default() -> Self {
+        OutboundSection {
+            routes: Vec::new(),
+            proxy_listen: None,
+            services: Vec::new(),
+            transparent_listen: None,
+            unknown: UnknownDestination::default(),
+            detect_timeout: Duration::from_secs(1),
+            endpoints: Vec::new(),
+        }
+    }
 }
 
 /// `[rotation]`: when SVIDs are renewed and how every retry against the

@@ -25,8 +25,9 @@ pub use limits::{Limits, MAX_BUFFER_WINDOW, MAX_COUNT, MIN_BUFFER_WINDOW, MIN_HE
 pub use sections::{AdminConfig, AuthzConfig, ServiceConfig, TelemetryConfig};
 pub use source::{ControlSource, FileIdentity, IdentitySource, JoinToken};
 pub use traffic::{
-    AppProtocol, HttpProxy, InboundConfig, InboundHttp, InboundMode, OpaqueConfig, OutboundConfig,
-    RouteConfig, RouteProtocol, ServiceRoute, normalize_authority,
+    AppProtocol, EndpointConfig, HttpProxy, InboundApp, InboundConfig, InboundHttp, InboundMode,
+    OpaqueConfig, OutboundConfig, RouteConfig, RouteProtocol, ServiceRoute, TransparentOutbound,
+    UnknownDestination, normalize_authority,
 };
 
 use crate::identity::RotationPolicy;

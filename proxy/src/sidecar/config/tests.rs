@@ -185,9 +185,90 @@ fn the_inbound_listener_comes_with_its_app_and_services_are_normalized() {
     .expect("valid");
     let http = c.inbound.http.expect("inbound http");
     assert_eq!(http.listen, "127.0.0.1:15006".parse().expect("addr"));
-    assert_eq!(http.app.to_string(), "127.0.0.1:8080");
+    assert!(
+        matches!(&http.app, InboundApp::Fixed(app) if app.to_string() == "127.0.0.1:8080"),
+        "{:?}",
+        http.app
+    );
     let proxy = c.outbound.proxy.expect("proxy");
     assert_eq!(proxy.services[0].authority, "api.example:80");
+}
+
+#[test]
+fn transparent_mode_needs_no_app_and_endpoints_need_the_transparent_listener() {
+    const TRANSPARENT: &str = "[identity]\ndir = \"/run/svid\"\n[inbound]\nlisten = \"0.0.0.0:15006\"\ntransparent = true\n[outbound]\ntransparent_listen = \"127.0.0.1:15001\"\nendpoints = [{address = \"198.18.0.2\", identity = \"spiffe://td/b\"}, {address = \"198.18.0.3:5432\", identity = \"spiffe://td/db\"}]\n";
+    let c = load(TRANSPARENT, &[], &[]).expect("valid");
+    let http = c.inbound.http.expect("inbound http");
+    assert!(
+        matches!(http.app, InboundApp::Transparent { fallback: None }),
+        "{:?}",
+        http.app
+    );
+    let t = c.outbound.transparent.expect("transparent listener");
+    assert_eq!(t.unknown, UnknownDestination::Passthrough, "the default");
+    assert_eq!(t.detect_timeout, Duration::from_secs(1));
+    assert_eq!(c.outbound.endpoints.len(), 2);
+    let db = c
+        .outbound
+        .endpoints
+        .lookup("198.18.0.3:5432".parse().expect("addr"))
+        .expect("listed");
+    assert_eq!(db.as_str(), "spiffe://td/db");
+    let c = load(
+        TRANSPARENT,
+        &[("WARDEN_INBOUND_APP", "127.0.0.1:8080")],
+        &["outbound.unknown=deny"],
+    )
+    .expect("valid");
+    assert!(matches!(
+        c.inbound.http.expect("http").app,
+        InboundApp::Transparent { fallback: Some(_) }
+    ));
+    assert_eq!(
+        c.outbound.transparent.expect("listener").unknown,
+        UnknownDestination::Deny
+    );
+    for (set, key) in [
+        ("outbound.unknown=allow", "outbound.unknown"),
+        ("outbound.detect_timeout=0s", "outbound.detect_timeout"),
+        (
+            "outbound.transparent_listen=0.0.0.0:15006",
+            "outbound.transparent_listen",
+        ),
+        (
+            "outbound.endpoints=[{address=\"db.local\", identity=\"spiffe://td/db\"}]",
+            "outbound.endpoints[0].address",
+        ),
+        (
+            "outbound.endpoints=[{address=\"198.18.0.2\", identity=\"spiffe://td/a\"}, {address=\"198.18.0.2\", identity=\"spiffe://td/b\"}]",
+            "outbound.endpoints[1].address",
+        ),
+        (
+            "outbound.endpoints=[{address=\"198.18.0.2\", identity=\"not an id\"}]",
+            "outbound.endpoints[0].identity",
+        ),
+    ] {
+        let err = load(TRANSPARENT, &[], &[set]).expect_err(set).to_string();
+        assert!(err.contains(key), "{set}: {err}");
+    }
+    // Endpoints without the listener that uses them.
+    let err = load(
+        MINIMAL,
+        &[],
+        &["outbound.endpoints=[{address=\"198.18.0.2\", identity=\"spiffe://td/b\"}]"],
+    )
+    .expect_err("endpoints alone")
+    .to_string();
+    assert!(err.contains("outbound.transparent_listen"), "{err}");
+    // Transparent with no listener: named as inbound.listen's need.
+    let err = load(
+        "[identity]\ndir = \"/run/svid\"\n[inbound]\ntransparent = true\n",
+        &[],
+        &[],
+    )
+    .expect_err("no listener")
+    .to_string();
+    assert!(err.contains("inbound.listen"), "{err}");
 }
 
 #[test]

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::file::spiffe_id;
 use super::{AppAddr, PathRules};
 use crate::identity::SpiffeId;
+use crate::sidecar::discovery::Endpoints;
 
 /// How the inbound listener treats peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -51,11 +52,24 @@ pub struct InboundConfig {
 }
 
 /// Where peers connect (`inbound.listen`) and the app they reach
-/// (`inbound.app`): one never without the other.
+/// (`inbound.app`, or with `inbound.transparent` the port each connection
+/// was redirected from): never one without the other.
 #[derive(Debug, Clone)]
 pub struct InboundHttp {
     pub listen: SocketAddr,
-    pub app: AppAddr,
+    pub app: InboundApp,
+}
+
+/// Where the inbound listener sends a connection.
+#[derive(Debug, Clone)]
+pub enum InboundApp {
+    /// Every connection to `inbound.app`.
+    Fixed(AppAddr),
+    /// `inbound.transparent = true`: a connection `warden init` redirected
+    /// goes to the app on loopback at the port it was sent to; one that
+    /// was not redirected goes to `fallback` (`inbound.app`), or is closed
+    /// when there is none (it would loop into the sidecar).
+    Transparent { fallback: Option<AppAddr> },
 }
 
 /// The outbound side, validated.
@@ -64,6 +78,46 @@ pub struct OutboundConfig {
     pub routes: Vec<RouteConfig>,
     /// The explicit HTTP proxy, when `outbound.proxy_listen` is set.
     pub proxy: Option<HttpProxy>,
+    /// The transparent listener, when `outbound.transparent_listen` is set.
+    pub transparent: Option<TransparentOutbound>,
+    /// The mesh's destinations (`[[outbound.endpoints]]`), for the
+    /// transparent listener.
+    pub endpoints: Endpoints,
+}
+
+/// The listener `warden init` redirects the app's outbound TCP to.
+#[derive(Debug, Clone)]
+pub struct TransparentOutbound {
+    pub listen: SocketAddr,
+    /// What happens to a destination outside the mesh.
+    pub unknown: UnknownDestination,
+    /// How long to wait for the app's first bytes to tell HTTP from opaque
+    /// TCP; a protocol where the server speaks first waits this long, then
+    /// is carried as opaque TCP.
+    pub detect_timeout: std::time::Duration,
+}
+
+/// `outbound.unknown`: a redirected connection to a destination no
+/// endpoint names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownDestination {
+    /// Connected as the app asked, in plaintext (as Linkerd and Istio do).
+    #[default]
+    Passthrough,
+    /// Closed.
+    Deny,
+}
+
+/// One `[[outbound.endpoints]]` entry as the file says it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// `ip` (every port of that workload) or `ip:port`.
+    pub address: String,
+    /// The SPIFFE ID the workload's sidecar must present.
+    #[serde(deserialize_with = "spiffe_id")]
+    pub identity: SpiffeId,
 }
 
 /// The explicit HTTP proxy (`http_proxy=http://<listen>`) and the

@@ -9,10 +9,12 @@ use super::file::{FileConfig, InboundSection, OutboundSection, RotationSection};
 use super::limits::at_least_a_millisecond;
 use super::source::IdentitySource;
 use super::traffic::{
-    HttpProxy, InboundConfig, InboundHttp, OutboundConfig, ServiceRoute, normalize_authority,
+    HttpProxy, InboundApp, InboundConfig, InboundHttp, OutboundConfig, ServiceRoute,
+    TransparentOutbound, normalize_authority,
 };
 use super::{ConfigError, PathRules, SidecarConfig, key_error};
 use crate::identity::RotationPolicy;
+use crate::sidecar::discovery::{EndpointAddress, Endpoints};
 
 impl TryFrom<FileConfig> for SidecarConfig {
     type Error = ConfigError;
@@ -34,10 +36,11 @@ impl TryFrom<FileConfig> for SidecarConfig {
             && inbound.opaque.is_empty()
             && outbound.routes.is_empty()
             && outbound.proxy.is_none()
+            && outbound.transparent.is_none()
         {
             return Err(key_error(
                 "inbound.listen",
-                "nothing to do: set inbound.listen/inbound.app, declare [[inbound.opaque]] or [[outbound.routes]]",
+                "nothing to do: set inbound.listen/inbound.app, declare [[inbound.opaque]] or [[outbound.routes]], or set outbound.transparent_listen",
             ));
         }
         let config = SidecarConfig {
@@ -71,18 +74,23 @@ impl SidecarConfig {
 }
 
 fn inbound(section: InboundSection) -> Result<InboundConfig, ConfigError> {
-    let http = match (section.listen, section.app) {
+    let app = match (section.app, section.transparent) {
+        (app, true) => Some(InboundApp::Transparent { fallback: app }),
+        (Some(app), false) => Some(InboundApp::Fixed(app)),
+        (None, false) => None,
+    };
+    let http = match (section.listen, app) {
         (Some(listen), Some(app)) => Some(InboundHttp { listen, app }),
         (Some(_), None) => {
             return Err(key_error(
                 "inbound.app",
-                "required when inbound.listen is set",
+                "required when inbound.listen is set (or set inbound.transparent = true)",
             ));
         }
         (None, Some(_)) => {
             return Err(key_error(
                 "inbound.listen",
-                "required when inbound.app is set",
+                "required when inbound.app or inbound.transparent is set",
             ));
         }
         (None, None) => None,
@@ -129,9 +137,37 @@ fn outbound(section: OutboundSection) -> Result<OutboundConfig, ConfigError> {
             ));
         }
     };
+    let transparent = section
+        .transparent_listen
+        .map(|listen| TransparentOutbound {
+            listen,
+            unknown: section.unknown,
+            detect_timeout: section.detect_timeout,
+        });
+    if let Some(t) = &transparent {
+        at_least_a_millisecond("outbound.detect_timeout", t.detect_timeout)?;
+    }
+    let mut entries = Vec::with_capacity(section.endpoints.len());
+    for (i, entry) in section.endpoints.into_iter().enumerate() {
+        let address = entry
+            .address
+            .parse::<EndpointAddress>()
+            .map_err(|e| key_error(format!("outbound.endpoints[{i}].address"), e))?;
+        entries.push((address, entry.identity));
+    }
+    let endpoints = Endpoints::new(entries)
+        .map_err(|(i, e)| key_error(format!("outbound.endpoints[{i}].address"), e.to_string()))?;
+    if transparent.is_none() && !endpoints.is_empty() {
+        return Err(key_error(
+            "outbound.transparent_listen",
+            "required when outbound.endpoints are declared (only the transparent listener uses them)",
+        ));
+    }
     Ok(OutboundConfig {
         routes: section.routes,
         proxy,
+        transparent,
+        endpoints,
     })
 }
 
@@ -166,6 +202,12 @@ fn unique_listeners(
                 .proxy
                 .iter()
                 .map(|p| ("outbound.proxy_listen".to_owned(), p.listen)),
+        )
+        .chain(
+            outbound
+                .transparent
+                .iter()
+                .map(|t| ("outbound.transparent_listen".to_owned(), t.listen)),
         );
     let mut seen: HashMap<SocketAddr, String> = HashMap::new();
     for (key, addr) in listeners {

@@ -10,7 +10,7 @@ use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use super::Inbound;
-use crate::sidecar::app::{AppAddr, AppError};
+use crate::sidecar::app::{App, AppAddr, AppError};
 use crate::sidecar::config::AppProtocol;
 use crate::sidecar::http::{Body, Refusal, RefusalKind, boxed, malformed_body, strip_response};
 use crate::sidecar::normalize::{Host, Target};
@@ -18,6 +18,7 @@ use crate::sidecar::normalize::{Host, Target};
 impl Inbound {
     pub(super) async fn forward(
         &self,
+        app: &App,
         mut req: Request<Incoming>,
         target: &Target,
         grpc: bool,
@@ -25,24 +26,24 @@ impl Inbound {
         // gRPC needs HTTP/2 (trailers); everything else goes to the app in
         // the protocol it is declared to speak, whatever the caller spoke.
         let h2 = grpc || self.shared.config.inbound.app_protocol == AppProtocol::H2;
-        for_app(&mut req, target, h2, &self.app_authority)?;
+        for_app(&mut req, target, h2, &app.authority)?;
         let limits = &self.shared.config.limits;
         let sent =
-            tokio::time::timeout(limits.app_response_timeout, self.clients.send(req, h2)).await;
+            tokio::time::timeout(limits.app_response_timeout, app.clients.send(req, h2)).await;
         match sent {
             Ok(Ok(mut response)) => {
                 strip_response(&mut response);
                 Ok(response.map(boxed))
             }
             Ok(Err(AppError::Connect(e))) => {
-                Err(app_unavailable(&self.app, &e, limits.app_connect_timeout))
+                Err(app_unavailable(&app.addr, &e, limits.app_connect_timeout))
             }
             Ok(Err(AppError::CallerBody)) => Err(malformed_body()),
             Ok(Err(AppError::Exchange(e))) => Err(Refusal::new(
                 RefusalKind::AppFailed,
-                format!("app at {} failed: {e}", self.app),
+                format!("app at {} failed: {e}", app.addr),
             )),
-            Err(_) => Err(app_timeout(&self.app, limits.app_response_timeout)),
+            Err(_) => Err(app_timeout(&app.addr, limits.app_response_timeout)),
         }
     }
 }

@@ -9,9 +9,9 @@ use std::time::SystemTime;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::accept::accept;
+use super::accept::{ConnInfo, PeerIo, accept};
 use crate::authz::{Decision, Outcome, PeerAuthorizer, TcpConnectionFacts};
-use crate::sidecar::admission::{Slot, accept_loop};
+use crate::sidecar::admission::{Side, Slot, accept_loop};
 use crate::sidecar::app::AppAddr;
 use crate::sidecar::metrics::Direction;
 use crate::sidecar::shared::Shared;
@@ -25,15 +25,19 @@ pub(crate) struct Opaque {
     pub tls: Arc<ServerConfig>,
 }
 
+impl Side for Opaque {
+    fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
 impl Opaque {
     pub async fn run(self: Arc<Self>, listener: TcpListener, app: AppAddr) {
-        let shared = self.shared.clone();
         accept_loop(
             listener,
-            shared,
             Direction::Inbound,
-            move |stream, source, slot| {
-                let this = self.clone();
+            self,
+            move |this, stream, source, slot| {
                 let app = app.clone();
                 async move { this.opaque_connection(stream, source, &app, slot).await }
             },
@@ -48,7 +52,6 @@ impl Opaque {
         app: &AppAddr,
         slot: Slot,
     ) {
-        let metrics = &self.shared.metrics;
         // Opaque protocols may have the server speak first, so there is no
         // first byte to wait for: TLS always (certificate optional in
         // permissive mode).
@@ -56,9 +59,16 @@ impl Opaque {
             accepted = accept(&self.shared, &self.tls, stream, source, false) => accepted,
             () = slot.activity().evicted() => None,
         };
-        let Some((mut io, conn)) = accepted else {
-            return;
-        };
+        if let Some((io, conn)) = accepted {
+            self.serve(io, &conn, app, &slot).await;
+        }
+    }
+
+    /// An accepted connection: decided once, then spliced to `app` (and
+    /// decided again whenever the policy set changes), or closed.
+    pub(super) async fn serve(&self, mut io: PeerIo, conn: &ConnInfo, app: &AppAddr, slot: &Slot) {
+        let metrics = &self.shared.metrics;
+        let source = conn.source;
         // From here the stream is in use: never closed to make room.
         let _busy = slot.busy();
         let Some(authorizer) = conn.authorizer(&self.shared) else {

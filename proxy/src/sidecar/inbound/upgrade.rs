@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 
 use super::Inbound;
 use super::forward::{app_timeout, app_unavailable, unforwardable};
+use crate::sidecar::app::App;
 use crate::sidecar::http::{
     Body, Refusal, RefusalKind, boxed, error_chain, relay_upgrade, restore_upgrade, strip_response,
 };
@@ -17,6 +18,7 @@ use crate::sidecar::splice::{PeerValidity, Reauthorize};
 impl Inbound {
     pub(super) async fn upgrade(
         &self,
+        app: &App,
         mut req: Request<Incoming>,
         target: &Target,
         protocol: HeaderValue,
@@ -31,13 +33,13 @@ impl Inbound {
             .map_err(|_| unforwardable())?;
         *req.version_mut() = Version::HTTP_11;
         restore_upgrade(req.headers_mut(), protocol);
-        let app = self
-            .app
+        let connected = app
+            .addr
             .connect(limits.app_connect_timeout)
             .await
-            .map_err(|e| app_unavailable(&self.app, &e, limits.app_connect_timeout))?;
+            .map_err(|e| app_unavailable(&app.addr, &e, limits.app_connect_timeout))?;
         let relayed = relay_upgrade(
-            app,
+            connected,
             req,
             &self.shared.lifecycle.tracker,
             limits.idle_timeout,
@@ -53,11 +55,11 @@ impl Inbound {
                 RefusalKind::AppFailed,
                 format!(
                     "app at {} failed the upgrade: {}",
-                    self.app,
+                    app.addr,
                     error_chain(&e)
                 ),
             )),
-            Err(_) => Err(app_timeout(&self.app, limits.app_response_timeout)),
+            Err(_) => Err(app_timeout(&app.addr, limits.app_response_timeout)),
         }
     }
 }

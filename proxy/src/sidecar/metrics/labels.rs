@@ -20,6 +20,53 @@ impl Direction {
     }
 }
 
+/// What a transparent listener did with a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Transparent {
+    /// Inbound: redirected by `warden init`, to the app at its port.
+    Redirected,
+    /// Inbound: not redirected, to `inbound.app`.
+    Direct,
+    /// Not redirected, with nowhere to go but the sidecar itself: closed.
+    Loop,
+    /// Outbound: a mesh destination, carried as HTTP over mTLS.
+    MeshedHttp,
+    /// Outbound: a mesh destination, carried as opaque TCP over mTLS.
+    MeshedTcp,
+    /// Outbound: outside the mesh, connected in plaintext as the app asked.
+    Passthrough,
+    /// Outbound: outside the mesh with `outbound.unknown = "deny"`: closed.
+    Denied,
+}
+
+impl Transparent {
+    pub const ALL: [Transparent; 7] = [
+        Transparent::Redirected,
+        Transparent::Direct,
+        Transparent::Loop,
+        Transparent::MeshedHttp,
+        Transparent::MeshedTcp,
+        Transparent::Passthrough,
+        Transparent::Denied,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Transparent::Redirected => "redirected",
+            Transparent::Direct => "direct",
+            Transparent::Loop => "loop",
+            Transparent::MeshedHttp => "meshed_http",
+            Transparent::MeshedTcp => "meshed_tcp",
+            Transparent::Passthrough => "passthrough",
+            Transparent::Denied => "denied",
+        }
+    }
+
+    pub(super) fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Outcome label of a TLS handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Handshake {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use histogram::Histogram;
-pub use labels::{Direction, Handshake, handshake_failure};
+pub use labels::{Direction, Handshake, Transparent, handshake_failure};
 
 /// Distinct peer identities given their own label; the rest count as "other".
 pub const DEFAULT_MAX_PEER_LABELS: usize = 100;
@@ -35,6 +35,8 @@ pub struct Metrics {
     authz_errors: AtomicU64,
     /// Tunnels closed because a new policy set denies them: opaque, upgrade.
     reauthorization_closes: [AtomicU64; 2],
+    /// Connections of the transparent listeners, by direction and outcome.
+    transparent: [[AtomicU64; Transparent::ALL.len()]; 2],
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -147,6 +149,11 @@ impl Metrics {
     /// was admitted under denies it; `upgrade` or else opaque TCP.
     pub fn reauthorization_close(&self, upgrade: bool) {
         self.reauthorization_closes[usize::from(upgrade)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A transparent listener's connection and what became of it.
+    pub fn transparent(&self, direction: Direction, outcome: Transparent) {
+        self.transparent[direction.index()][outcome.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn authz_error(&self) {

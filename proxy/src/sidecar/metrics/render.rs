@@ -8,7 +8,7 @@ use crate::identity::SvidStore;
 use crate::sidecar::telemetry::TraceStats;
 
 use super::histogram::BUCKETS;
-use super::{Direction, Metrics, lock, unix_seconds};
+use super::{Direction, Metrics, Transparent, lock, unix_seconds};
 
 impl Metrics {
     /// The exposition text.
@@ -163,6 +163,26 @@ impl Metrics {
                 "warden_reauthorization_closes_total{{kind=\"{kind}\"}} {}",
                 self.reauthorization_closes[i].load(Ordering::Relaxed)
             );
+        }
+        family(
+            &mut out,
+            "warden_transparent_connections_total",
+            "counter",
+            "Connections of the transparent listeners, by direction and outcome: inbound redirected (to the app at the port it was sent to), direct (not redirected, to inbound.app) or loop (not redirected, no inbound.app: closed); outbound meshed_http, meshed_tcp (mTLS to a mesh destination), passthrough (outside the mesh, plaintext), denied (outside the mesh, outbound.unknown = \"deny\") or loop (not redirected: closed).",
+        );
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            for outcome in Transparent::ALL {
+                let n =
+                    self.transparent[direction.index()][outcome.index()].load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "warden_transparent_connections_total{{direction=\"{}\",outcome=\"{}\"}} {n}",
+                        direction.label(),
+                        outcome.label()
+                    );
+                }
+            }
         }
         family(
             &mut out,

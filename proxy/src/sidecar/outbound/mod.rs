@@ -8,12 +8,14 @@
 //! sent on the shared connection ([`forward`]), or, for a WebSocket, given
 //! its own connection ([`upgrade`]). [`observe`] records every request.
 //! Opaque routes splice each connection to the peer ([`tcp`]); the explicit
-//! HTTP proxy picks a route by the request's target ([`proxy`]).
+//! HTTP proxy picks a route by the request's target ([`proxy`]); the
+//! transparent listener by where the app was connecting ([`transparent`]).
 
 mod forward;
 mod observe;
 mod proxy;
 mod tcp;
+mod transparent;
 mod upgrade;
 
 use std::net::SocketAddr;
@@ -24,7 +26,7 @@ use hyper::body::Incoming;
 use tokio::net::{TcpListener, TcpStream};
 
 use self::observe::Observed;
-use super::admission::{Slot, accept_loop};
+use super::admission::{Side, Slot, accept_loop};
 use super::connections::serve_http;
 use super::http::{Body, Refusal, overloaded, strip_reserved, upgrade_allowed, upgrade_protocol};
 use super::metrics::Direction;
@@ -32,6 +34,7 @@ use super::peer::PeerChannel;
 use super::shared::Shared;
 
 pub(crate) use self::proxy::ProxyListener;
+pub(crate) use self::transparent::{MakeRoute, TransparentListener};
 
 /// One destination: a peer sidecar and the identity it must prove.
 pub(crate) struct Route {
@@ -42,17 +45,19 @@ pub(crate) struct Route {
     pub server_address: String,
 }
 
+impl Side for Route {
+    fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
 impl Route {
     pub async fn run(self: Arc<Self>, listener: TcpListener) {
-        let shared = self.shared.clone();
         accept_loop(
             listener,
-            shared,
             Direction::Outbound,
-            move |stream, _source, slot| {
-                let this = self.clone();
-                async move { this.connection(stream, slot).await }
-            },
+            self,
+            |this, stream, _source, slot| this.connection(stream, slot),
         )
         .await;
     }

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 
 use super::Route;
 use super::forward::peer_refusal;
-use crate::sidecar::admission::{Slot, accept_loop};
+use crate::sidecar::admission::{Side, Slot, accept_loop};
 use crate::sidecar::config::{RouteProtocol, normalize_authority};
 use crate::sidecar::connections::serve_http;
 use crate::sidecar::http::{Body, Refusal, RefusalKind, boxed, is_grpc, request_id};
@@ -32,23 +32,25 @@ pub(crate) struct ProxyListener {
     pub services: HashMap<String, (Arc<Route>, RouteProtocol)>,
 }
 
+impl Side for ProxyListener {
+    fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
 impl ProxyListener {
     pub async fn run(self: Arc<Self>, listener: TcpListener) {
-        let shared = self.shared.clone();
         accept_loop(
             listener,
-            shared,
             Direction::Outbound,
-            move |stream, _source, slot| {
-                let this = self.clone();
-                async move {
-                    let shared = this.shared.clone();
-                    serve_http(stream, &shared, slot, None, move |req| {
-                        let this = this.clone();
-                        async move { this.request(req).await }
-                    })
-                    .await;
-                }
+            self,
+            |this, stream, _source, slot| async move {
+                let shared = this.shared.clone();
+                serve_http(stream, &shared, slot, None, move |req| {
+                    let this = this.clone();
+                    async move { this.request(req).await }
+                })
+                .await;
             },
         )
         .await;

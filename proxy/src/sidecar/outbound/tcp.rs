@@ -13,13 +13,11 @@ use crate::sidecar::splice::splice;
 
 impl Route {
     pub async fn run_tcp(self: Arc<Self>, listener: TcpListener) {
-        let shared = self.shared.clone();
         accept_loop(
             listener,
-            shared,
             Direction::Outbound,
-            move |mut stream, _source, slot| {
-                let this = self.clone();
+            self,
+            |this, mut stream, _source, slot| {
                 async move {
                     // An app's opaque stream is in use from the start.
                     let _busy = slot.busy();

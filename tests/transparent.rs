@@ -1,0 +1,423 @@
+//! Transparent interception end to end, in real network namespaces with
+//! the real iptables: pods whose apps know nothing of Warden (a Python
+//! HTTP server, plain curl, PostgreSQL and psql), each pod's traffic
+//! redirected by `warden init` into its own `warden proxy`, which finds the
+//! destination by SO_ORIGINAL_DST, looks its identity up in the endpoints,
+//! and carries the connection over mTLS to the destination pod's sidecar,
+//! which authorizes it with Cedar and hands it to the app at the port the
+//! caller dialled.
+//!
+//! Needs root (namespaces, iptables). Every namespace is named for this
+//! process and deleted when the test ends, failed or not; addresses come
+//! from 198.18.0.0/15; the host's own rules and interfaces are never
+//! touched. The sidecars run as root (`--proxy-uid 0`), the apps and
+//! clients as uid 1000, so only the apps' traffic is redirected.
+
+mod support;
+
+use std::time::Duration;
+
+use support::eventually_blocking;
+use support::mesh::{FRONTEND, INTRUDER, Identities, ORDERS, Proxy, sample};
+use support::netns::{
+    Namespaces, bridge, in_ns, ok, python, root_or_skip, spawn_ready, stdout, warden_init_in,
+};
+use support::path_str;
+
+/// The apps' user: not the sidecars' (root), so its TCP is redirected.
+const APP_UID: u32 = 1000;
+
+/// A plain HTTP/1.1 app: answers every GET with what it saw (path, the
+/// XFCC and peer-id headers Warden adds) as JSON; with a second port, also
+/// echoes UDP datagrams there.
+const APP: &str = r#"
+import json, socket, sys, threading
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+class App(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = json.dumps({
+            "path": self.path,
+            "xfcc": self.headers.get("x-forwarded-client-cert"),
+            "peer": self.headers.get("x-warden-peer-id"),
+        }).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), App)
+if len(sys.argv) > 2:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("0.0.0.0", int(sys.argv[2])))
+    def echo():
+        while True:
+            data, peer = udp.recvfrom(512)
+            udp.sendto(b"udp:" + data, peer)
+    threading.Thread(target=echo, daemon=True).start()
+print("ready", flush=True)
+server.serve_forever()
+"#;
+
+/// Sends one UDP datagram and prints the answer (or "timeout").
+const UDP_CLIENT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
+try:
+    print(s.recv(512).decode())
+except socket.timeout:
+    print("timeout")
+"#;
+
+/// `curl` in `ns` as the app's user: the status code ("000" when no
+/// response came) and the body.
+fn curl(ns: &str, url: &str, extra: &[&str]) -> (String, String) {
+    let mut args = vec!["curl", "-s", "-m", "10", "-w", "\n%{http_code}"];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let out = in_ns(ns, Some(APP_UID), &args);
+    let text = stdout(&out);
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+    (code.trim().to_owned(), body.to_owned())
+}
+
+/// The admin API of the sidecar in `ns`, on its loopback.
+fn admin(ns: &str, path: &str) -> (String, String) {
+    let out = in_ns(
+        ns,
+        None,
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://127.0.0.1:15000{path}"),
+        ],
+    );
+    let text = stdout(&out);
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+    (code.trim().to_owned(), body.to_owned())
+}
+
+fn metric(ns: &str, line_prefix: &str) -> f64 {
+    let (_, body) = admin(ns, "/metrics");
+    sample(&body, line_prefix).unwrap_or(0.0)
+}
+
+/// One pod's sidecar: `warden init` (the sidecar's uid, root, left alone),
+/// then `warden proxy` with the SVID in `ids/<svid>`, ready.
+fn sidecar(ns: &str, ids: &Identities, svid: &str, extra: &[String]) -> Proxy {
+    ok(warden_init_in(
+        ns,
+        &["--proxy-uid", "0", "--backend", "iptables"],
+    ));
+    let mut settings = vec![
+        format!("identity.dir={}", path_str(&ids.path(svid))),
+        format!("service.name={svid}"),
+        "admin.listen=127.0.0.1:15000".to_owned(),
+    ];
+    settings.extend_from_slice(extra);
+    let log = ids.path(&format!("{ns}.log"));
+    let proxy = Proxy::start_in_namespace(ns, &log, &settings);
+    ready(ns, &proxy);
+    proxy
+}
+
+fn ready(ns: &str, proxy: &Proxy) {
+    eventually_blocking(
+        "the sidecar to become ready",
+        Duration::from_secs(10),
+        || match admin(ns, "/ready") {
+            (code, _) if code == "200" => Ok(()),
+            (code, body) => Err(format!("{code} {body}\n{}", proxy.logs())),
+        },
+    );
+}
+
+/// The settings of a pod that calls others: its transparent listener and
+/// the one mesh destination, `orders` at `orders_ip`.
+fn caller(orders_ip: &str, unknown: &str) -> Vec<String> {
+    vec![
+        "outbound.transparent_listen=[::]:15001".to_owned(),
+        format!("outbound.unknown={unknown}"),
+        format!("outbound.endpoints=[{{address = \"{orders_ip}\", identity = \"{ORDERS}\"}}]"),
+    ]
+}
+
+/// A real PostgreSQL server in a pod, on every address at port 5432, run
+/// as the `postgres` user (so its traffic counts as the app's); stopped and
+/// its files removed when dropped.
+struct Postgres {
+    server: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    fn start(ns: &str) -> Self {
+        let bin = support::postgres::bin_dir();
+        let dir = tempfile::tempdir().expect("tempdir");
+        ok(std::process::Command::new("chown")
+            .args(["postgres:postgres", path_str(dir.path())])
+            .output()
+            .expect("chown"));
+        let data = dir.path().join("data");
+        ok(std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("initdb"))
+            .args([
+                "-D",
+                path_str(&data),
+                "-A",
+                "trust",
+                "-U",
+                "warden",
+                "--no-sync",
+            ])
+            .output()
+            .expect("initdb"));
+        // setpriv execs the server itself: the child is the postmaster.
+        let server = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "setpriv",
+                "--reuid=postgres",
+                "--regid=postgres",
+            ])
+            .args(["--clear-groups"])
+            .arg(bin.join("postgres"))
+            .args([
+                "-D",
+                path_str(&data),
+                "-p",
+                "5432",
+                "-k",
+                path_str(dir.path()),
+            ])
+            .args(["-c", "listen_addresses=0.0.0.0", "-c", "fsync=off"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start postgres");
+        let pg = Postgres { server, _dir: dir };
+        let isready = bin.join("pg_isready");
+        eventually_blocking(
+            "PostgreSQL to accept connections",
+            Duration::from_secs(20),
+            || {
+                let out = in_ns(
+                    ns,
+                    None,
+                    &[path_str(&isready), "-h", "127.0.0.1", "-p", "5432"],
+                );
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    Err(stdout(&out))
+                }
+            },
+        );
+        pg
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // A fast shutdown (SIGINT), then the wait: bounded by the kill.
+        if let Some(pid) = rustix::process::Pid::from_raw(self.server.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+        }
+        for _ in 0..100 {
+            if matches!(self.server.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// `psql -c sql` in `ns` as the app's user; its output, or its error.
+fn psql(ns: &str, host: &str, sql: &str) -> Result<String, String> {
+    let psql = support::postgres::bin_dir().join("psql");
+    let out = in_ns(
+        ns,
+        Some(APP_UID),
+        &[
+            "env",
+            "PGCONNECT_TIMEOUT=5",
+            path_str(&psql),
+            "-X",
+            "-h",
+            host,
+            "-p",
+            "5432",
+            "-U",
+            "warden",
+            "-d",
+            "postgres",
+            "-tAc",
+            sql,
+        ],
+    );
+    if out.status.success() {
+        Ok(stdout(&out).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn server(mode: &str) -> Vec<String> {
+    vec![
+        "inbound.listen=0.0.0.0:15006".to_owned(),
+        "inbound.transparent=true".to_owned(),
+        format!("inbound.mode={mode}"),
+    ]
+}
+
+#[test]
+fn apps_that_know_nothing_of_warden_get_mtls_and_per_request_authorization() {
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Namespaces::new("tp", 5);
+    let (frontend, orders, intruder, plain) = (ns.name(0), ns.name(1), ns.name(2), ns.name(3));
+    let ips = bridge(ns.name(4), &[frontend, orders, intruder, plain], 60);
+    let (orders_ip, plain_ip) = (&ips[1], &ips[3]);
+    let ids = Identities::new();
+
+    let _orders_app = spawn_ready(orders, Some(APP_UID), &[python(), "-c", APP, "8080"]);
+    let _orders_db = Postgres::start(orders);
+    let _plain_app = spawn_ready(plain, Some(APP_UID), &[python(), "-c", APP, "9090", "5353"]);
+    let mut orders_sidecar = sidecar(orders, &ids, "orders", &server("strict"));
+    let frontend_sidecar = sidecar(
+        frontend,
+        &ids,
+        "frontend",
+        &caller(orders_ip, "passthrough"),
+    );
+    let _intruder_sidecar = sidecar(intruder, &ids, "intruder", &caller(orders_ip, "deny"));
+
+    // Plain curl to the other pod's address: mTLS between the sidecars,
+    // and the app learns who called.
+    let url = format!("http://{orders_ip}:8080/orders/1");
+    let (code, body) = curl(frontend, &url, &[]);
+    assert_eq!(code, "200", "{body}\n{}", orders_sidecar.logs());
+    assert!(body.contains(&format!("URI={FRONTEND}")), "{body}");
+    assert!(body.contains("\"path\": \"/orders/1\""), "{body}");
+    // h2c from the app, HTTP/1.1 to the app behind the other sidecar.
+    let (code, body) = curl(frontend, &url, &["--http2-prior-knowledge"]);
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains(&format!("URI={FRONTEND}")), "{body}");
+
+    // Another namespace's workload: its sidecar proves it, the policy
+    // (the built-in same-namespace rule) denies it.
+    let (code, body) = curl(intruder, &url, &[]);
+    assert_eq!(code, "403", "{body}");
+    assert!(!body.contains("URI="), "the app was never reached: {body}");
+
+    // A pod without a sidecar: strict orders refuses it at the handshake.
+    let (code, body) = curl(plain, &url, &[]);
+    assert_eq!(code, "000", "plaintext to a strict workload: {body}");
+
+    // psql to the pod's PostgreSQL: opaque TCP (the client speaks first,
+    // and not HTTP) through mTLS, one `connect` decision each.
+    let answer = psql(frontend, orders_ip, "select 'through ' || 'warden'");
+    assert_eq!(
+        answer.as_deref(),
+        Ok("through warden"),
+        "{}",
+        orders_sidecar.logs()
+    );
+    let refused = psql(intruder, orders_ip, "select 1");
+    assert!(refused.is_err(), "{refused:?}");
+    let tcp = |decision: &str| {
+        metric(
+            orders,
+            &format!(
+                "warden_tcp_connections_total{{direction=\"inbound\",decision=\"{decision}\"}}"
+            ),
+        )
+    };
+    assert_eq!((tcp("allow"), tcp("deny")), (1.0, 1.0));
+
+    // Outside the mesh: passed through in plaintext, or refused.
+    let outside = format!("http://{plain_ip}:9090/public");
+    let (code, body) = curl(frontend, &outside, &[]);
+    assert_eq!(code, "200", "passthrough: {body}");
+    assert!(
+        body.contains("\"xfcc\": null"),
+        "plaintext, no identity: {body}"
+    );
+    let (code, _) = curl(intruder, &outside, &[]);
+    assert_eq!(code, "000", "outbound.unknown = deny");
+
+    // UDP (DNS and the like) is never redirected.
+    let out = in_ns(
+        frontend,
+        Some(APP_UID),
+        &[python(), "-c", UDP_CLIENT, plain_ip, "5353"],
+    );
+    assert_eq!(stdout(&out).trim(), "udp:ping");
+
+    let outbound = |ns: &str, outcome: &str| {
+        metric(
+            ns,
+            &format!(
+                "warden_transparent_connections_total{{direction=\"outbound\",outcome=\"{outcome}\"}}"
+            ),
+        )
+    };
+    assert_eq!(outbound(frontend, "meshed_http"), 2.0);
+    assert_eq!(outbound(frontend, "passthrough"), 1.0);
+    assert_eq!(outbound(frontend, "meshed_tcp"), 1.0);
+    assert_eq!(outbound(intruder, "meshed_http"), 1.0);
+    assert_eq!(outbound(intruder, "denied"), 1.0);
+    assert!(
+        metric(
+            orders,
+            "warden_transparent_connections_total{direction=\"inbound\",outcome=\"redirected\"}"
+        ) >= 3.0
+    );
+    drop(frontend_sidecar);
+
+    // A mesh destination that does not prove the identity its endpoint
+    // names: 502, never a plaintext fallback.
+    let impostor =
+        format!("outbound.endpoints=[{{address = \"{orders_ip}\", identity = \"{INTRUDER}\"}}]");
+    let mut settings = caller(orders_ip, "passthrough");
+    settings[2] = impostor;
+    ok(warden_init_in(
+        frontend,
+        &["--proxy-uid", "0", "--backend", "iptables", "--remove"],
+    ));
+    let _frontend_sidecar = sidecar(frontend, &ids, "frontend", &settings);
+    let (code, body) = curl(frontend, &url, &[]);
+    assert_eq!(code, "502", "{body}");
+    assert!(
+        body.contains(INTRUDER),
+        "the refusal names the identity expected: {body}"
+    );
+
+    // Permissive: the plain pod is an unauthenticated caller; the built-in
+    // policy opens /healthz to anyone, nothing else.
+    let _ = orders_sidecar.terminate();
+    ok(warden_init_in(
+        orders,
+        &["--proxy-uid", "0", "--backend", "iptables", "--remove"],
+    ));
+    orders_sidecar = sidecar(orders, &ids, "orders", &server("permissive"));
+    let (code, body) = curl(plain, &format!("http://{orders_ip}:8080/healthz"), &[]);
+    assert_eq!(code, "200", "{body}\n{}", orders_sidecar.logs());
+    assert!(body.contains("\"xfcc\": null"), "{body}");
+    let (code, _) = curl(plain, &url, &[]);
+    assert_eq!(code, "403");
+}
