@@ -28,14 +28,31 @@ use support::path_str;
 const APP_UID: u32 = 1000;
 
 /// A plain HTTP/1.1 app: answers every GET with what it saw (path, the
-/// XFCC and peer-id headers Warden adds) as JSON; with a second port, also
-/// echoes UDP datagrams there.
+/// XFCC and peer-id headers Warden adds) as JSON, accepts WebSocket
+/// upgrades (then echoes bytes); with a second port, also echoes UDP
+/// datagrams there.
 const APP: &str = r#"
-import json, socket, sys, threading
+import base64, hashlib, json, socket, sys, threading
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 class App(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
+        if self.headers.get("upgrade", "").lower() == "websocket":
+            key = self.headers["sec-websocket-key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+            self.send_response(101)
+            self.send_header("upgrade", "websocket")
+            self.send_header("connection", "upgrade")
+            self.send_header("sec-websocket-accept", base64.b64encode(hashlib.sha1(key.encode()).digest()).decode())
+            self.end_headers()
+            self.wfile.flush()
+            while True:
+                data = self.rfile.read1(1024)
+                if not data:
+                    break
+                self.wfile.write(b"echo:" + data)
+                self.wfile.flush()
+            self.close_connection = True
+            return
         body = json.dumps({
             "path": self.path,
             "xfcc": self.headers.get("x-forwarded-client-cert"),
@@ -59,6 +76,51 @@ if len(sys.argv) > 2:
     threading.Thread(target=echo, daemon=True).start()
 print("ready", flush=True)
 server.serve_forever()
+"#;
+
+/// A WebSocket handshake, then bytes both ways: prints the status line and
+/// what came back.
+const WS_CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(b"GET /ws HTTP/1.1\r\nhost: orders\r\nupgrade: websocket\r\nconnection: upgrade\r\n"
+          b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n")
+head = b""
+while b"\r\n\r\n" not in head:
+    chunk = s.recv(1024)
+    if not chunk:
+        break
+    head += chunk
+print(head.split(b"\r\n")[0].decode())
+s.sendall(b"hello over the tunnel")
+print(s.recv(1024).decode())
+"#;
+
+/// A gRPC server (grpcio, generic handler, raw bytes): `Hello` answers with
+/// the caller Warden named in `x-warden-peer-id`.
+const GRPC_SERVER: &str = r#"
+import grpc, sys
+from concurrent import futures
+def hello(request, context):
+    peer = dict(context.invocation_metadata()).get("x-warden-peer-id", "nobody")
+    return b"hello " + request + b", you are " + peer.encode()
+handler = grpc.method_handlers_generic_handler("warden.Test", {"Hello": grpc.unary_unary_rpc_method_handler(hello)})
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+server.add_generic_rpc_handlers((handler,))
+server.add_insecure_port("0.0.0.0:" + sys.argv[1])
+server.start()
+print("ready", flush=True)
+server.wait_for_termination()
+"#;
+
+/// One unary call with grpcio; prints the reply or the status code.
+const GRPC_CLIENT: &str = r#"
+import grpc, sys
+channel = grpc.insecure_channel(sys.argv[1])
+try:
+    print(channel.unary_unary("/warden.Test/Hello")(b"frontend", timeout=5).decode())
+except grpc.RpcError as e:
+    print(e.code().name)
 "#;
 
 /// Sends one UDP datagram and prints the answer (or "timeout").
@@ -296,6 +358,11 @@ fn apps_that_know_nothing_of_warden_get_mtls_and_per_request_authorization() {
 
     let _orders_app = spawn_ready(orders, Some(APP_UID), &[python(), "-c", APP, "8080"]);
     let _orders_db = Postgres::start(orders);
+    let _orders_grpc = spawn_ready(
+        orders,
+        Some(APP_UID),
+        &[python(), "-c", GRPC_SERVER, "50051"],
+    );
     let _plain_app = spawn_ready(plain, Some(APP_UID), &[python(), "-c", APP, "9090", "5353"]);
     let mut orders_sidecar = sidecar(orders, &ids, "orders", &server("strict"));
     let frontend_sidecar = sidecar(
@@ -317,6 +384,30 @@ fn apps_that_know_nothing_of_warden_get_mtls_and_per_request_authorization() {
     let (code, body) = curl(frontend, &url, &["--http2-prior-knowledge"]);
     assert_eq!(code, "200", "{body}");
     assert!(body.contains(&format!("URI={FRONTEND}")), "{body}");
+
+    // A WebSocket: authorized, then spliced between the two apps.
+    let out = in_ns(
+        frontend,
+        Some(APP_UID),
+        &[python(), "-c", WS_CLIENT, orders_ip, "8080"],
+    );
+    assert_eq!(
+        stdout(&out),
+        "HTTP/1.1 101 Switching Protocols\necho:hello over the tunnel\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // gRPC (h2c from grpcio), to a gRPC server behind the other sidecar.
+    let grpc = |ns: &str| {
+        let target = format!("{orders_ip}:50051");
+        let out = in_ns(ns, Some(APP_UID), &[python(), "-c", GRPC_CLIENT, &target]);
+        stdout(&out).trim().to_owned()
+    };
+    assert_eq!(
+        grpc(frontend),
+        format!("hello frontend, you are {FRONTEND}")
+    );
+    assert_eq!(grpc(intruder), "PERMISSION_DENIED");
 
     // Another namespace's workload: its sidecar proves it, the policy
     // (the built-in same-namespace rule) denies it.
@@ -376,10 +467,10 @@ fn apps_that_know_nothing_of_warden_get_mtls_and_per_request_authorization() {
             ),
         )
     };
-    assert_eq!(outbound(frontend, "meshed_http"), 2.0);
+    assert_eq!(outbound(frontend, "meshed_http"), 4.0);
     assert_eq!(outbound(frontend, "passthrough"), 1.0);
     assert_eq!(outbound(frontend, "meshed_tcp"), 1.0);
-    assert_eq!(outbound(intruder, "meshed_http"), 1.0);
+    assert_eq!(outbound(intruder, "meshed_http"), 2.0);
     assert_eq!(outbound(intruder, "denied"), 1.0);
     assert!(
         metric(
