@@ -19,9 +19,10 @@ use clap::Parser;
 // The argument types, also at the crate root, where `cli/` imports them.
 use args::{
     AdminArgs, CaCommand, CaInitArgs, Cli, Command, ControlBackupArgs, ControlCommand,
-    ControlMigrateArgs, ControlRestoreArgs, ControlServeArgs, DemoArgs, IdCommand,
-    IdentitiesCommand, InitArgs, InitBackend, PolicyCheckArgs, PolicyCommand, PolicyEvalArgs,
-    ProxyArgs, SvidCommand, SvidInspectArgs, SvidIssueArgs, TokenCommand, TokenCreateArgs,
+    ControlMigrateArgs, ControlRestoreArgs, ControlServeArgs, DemoArgs, EndpointsCommand,
+    IdCommand, IdentitiesCommand, InitArgs, InitBackend, PolicyCheckArgs, PolicyCommand,
+    PolicyEvalArgs, ProxyArgs, SvidCommand, SvidInspectArgs, SvidIssueArgs, TokenCommand,
+    TokenCreateArgs,
 };
 use logging::init_logging;
 
@@ -49,6 +50,7 @@ fn main() -> ExitCode {
             cli::control::token_create(args)
         }
         Command::Identities(command) => cli::control::identities(command),
+        Command::Endpoints(command) => cli::control::endpoints(command),
         Command::Policy(PolicyCommand::Push { dir, admin }) => {
             cli::control::policy_push(&dir, &admin)
         }

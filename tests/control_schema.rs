@@ -29,7 +29,7 @@ async fn a_migration_failing_half_way_is_rolled_back_and_the_schema_stays(db: Db
     let (_dir, data, database) = fixture_database(&db);
     let dialect = dialect(&db);
     let broken = MigrationSet::builtin(dialect).with(
-        "V3__half_way",
+        "V4__half_way",
         "CREATE TABLE half_way (x BIGINT);\n\
          ALTER TABLE svids ADD COLUMN broken TEXT;\n\
          INSERT INTO no_such_table VALUES (1);",
@@ -37,12 +37,12 @@ async fn a_migration_failing_half_way_is_rolled_back_and_the_schema_stays(db: Db
     let err = open_with(&database, &broken).expect_err("the broken step must fail");
     let text = err.to_string();
     assert!(
-        text.contains("V3__half_way failed and was rolled back; the schema stays at version 2"),
+        text.contains("V4__half_way failed and was rolled back; the schema stays at version 3"),
         "{text}"
     );
-    // Steps 1 and 2 committed on their own; step 3 left nothing behind.
-    assert_eq!(history(&database), vec![(1, 1), (2, 1)]);
-    assert!(!has_table(&database, "half_way"), "half of V3 survived");
+    // Steps 1 to 3 committed on their own; step 4 left nothing behind.
+    assert_eq!(history(&database), vec![(1, 1), (2, 1), (3, 1)]);
+    assert!(!has_table(&database, "half_way"), "half of V4 survived");
 
     // Today's control plane starts on it and serves the fixture's rows.
     let control = Control::start(&data, any_port(), &db, &[]);
@@ -61,26 +61,26 @@ async fn a_migration_failing_half_way_is_rolled_back_and_the_schema_stays(db: Db
 async fn a_newer_schema_is_refused_at_start_and_left_unchanged(db: Db) {
     let (_dir, data, database) = fixture_database(&db);
     let dialect = dialect(&db);
-    // A future release's V3, readable by code that knows V2.
+    // A future release's V4, readable by code that knows V3.
     let compatible = MigrationSet::builtin(dialect).with(
-        "V3__additive",
-        "INSERT INTO warden_schema_compat (version, oldest_compatible) VALUES (3, 2);\n\
-         CREATE TABLE future_three (x BIGINT);",
+        "V4__additive",
+        "INSERT INTO warden_schema_compat (version, oldest_compatible) VALUES (4, 3);\n\
+         CREATE TABLE future_four (x BIGINT);",
     );
     {
         let (database, set) = (database.clone(), compatible.clone());
-        off_runtime(move || Store::open_with(&database, false, Some(&set)).map(drop)).expect("V3");
+        off_runtime(move || Store::open_with(&database, false, Some(&set)).map(drop)).expect("V4");
     }
     let control = Control::start(&data, any_port(), &db, &[]);
     drop(control);
 
-    // Its V4 is not readable by code that knows V2.
+    // Its V5 is not readable by code that knows V3.
     let incompatible = compatible.with(
-        "V4__breaking",
-        "INSERT INTO warden_schema_compat (version, oldest_compatible) VALUES (4, 4);\n\
-         CREATE TABLE future_four (x BIGINT);",
+        "V5__breaking",
+        "INSERT INTO warden_schema_compat (version, oldest_compatible) VALUES (5, 5);\n\
+         CREATE TABLE future_five (x BIGINT);",
     );
-    open_with(&database, &incompatible).expect("V4");
+    open_with(&database, &incompatible).expect("V5");
     let before = history(&database);
     let mut serve = std::process::Command::new(support::warden_bin());
     serve
@@ -94,8 +94,8 @@ async fn a_newer_schema_is_refused_at_start_and_left_unchanged(db: Db) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started on a newer schema");
     assert!(
-        stderr.contains("schema is at version 4, newer than the 2 this control plane")
-            && stderr.contains("must know version 4"),
+        stderr.contains("schema is at version 5, newer than the 3 this control plane")
+            && stderr.contains("must know version 5"),
         "{stderr}"
     );
     assert_eq!(
@@ -106,8 +106,8 @@ async fn a_newer_schema_is_refused_at_start_and_left_unchanged(db: Db) {
 }
 
 /// Two replicas starting at the same moment on one new PostgreSQL
-/// database, one of the previous schema version (knows V1) and one of
-/// this (V2), in either order: each step is applied exactly once and both
+/// database, one of the previous schema version (knows V2) and one of
+/// this (V3), in either order: each step is applied exactly once and both
 /// start. Two replicas of the same version likewise.
 #[test]
 fn postgres_replicas_of_adjacent_versions_starting_together_migrate_once() {
@@ -118,12 +118,12 @@ fn postgres_replicas_of_adjacent_versions_starting_together_migrate_once() {
         let database = Database::Postgres(url);
         let sets = match round % 3 {
             0 => [
-                Some(MigrationSet::builtin(Dialect::Postgres).up_to(1)),
+                Some(MigrationSet::builtin(Dialect::Postgres).up_to(2)),
                 None,
             ],
             1 => [
                 None,
-                Some(MigrationSet::builtin(Dialect::Postgres).up_to(1)),
+                Some(MigrationSet::builtin(Dialect::Postgres).up_to(2)),
             ],
             _ => [None, None],
         };
@@ -158,6 +158,10 @@ fn postgres_replicas_of_adjacent_versions_starting_together_migrate_once() {
         }
         // Both started: had both applied V2 (no lock), the second would
         // have failed on the column V2 adds.
-        assert_eq!(history(&database), vec![(1, 1), (2, 1)], "round {round}");
+        assert_eq!(
+            history(&database),
+            vec![(1, 1), (2, 1), (3, 1)],
+            "round {round}"
+        );
     }
 }

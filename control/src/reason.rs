@@ -43,6 +43,7 @@ pub enum Reason {
     InvalidSpiffeId,
     ForeignTrustDomain,
     ReservedId,
+    BadEndpoint,
     Csr(CsrReason),
     // No or bad credentials: 401.
     MtlsRequired,
@@ -65,6 +66,7 @@ pub enum Reason {
     MethodNotAllowed,
     AlreadyRevoked,
     RotationRefused,
+    EndpointConflict,
     BodyTooLarge,
     UnsupportedMediaType,
     // Our fault: 500.
@@ -141,6 +143,7 @@ impl Reason {
             Reason::InvalidSpiffeId,
             Reason::ForeignTrustDomain,
             Reason::ReservedId,
+            Reason::BadEndpoint,
             Reason::MtlsRequired,
             Reason::AdminCredentialsRequired,
             Reason::BadAdminCredentials,
@@ -158,6 +161,7 @@ impl Reason {
             Reason::MethodNotAllowed,
             Reason::AlreadyRevoked,
             Reason::RotationRefused,
+            Reason::EndpointConflict,
             Reason::BodyTooLarge,
             Reason::UnsupportedMediaType,
             Reason::Internal,
@@ -210,6 +214,8 @@ impl Reason {
             Reason::MethodNotAllowed => "method_not_allowed",
             Reason::AlreadyRevoked => "already_revoked",
             Reason::RotationRefused => "rotation_refused",
+            Reason::EndpointConflict => "endpoint_conflict",
+            Reason::BadEndpoint => "bad_endpoint",
             Reason::BodyTooLarge => "body_too_large",
             Reason::UnsupportedMediaType => "unsupported_media_type",
             Reason::Internal => "internal",
@@ -242,6 +248,7 @@ impl Reason {
             | Reason::InvalidSpiffeId
             | Reason::ForeignTrustDomain
             | Reason::ReservedId
+            | Reason::BadEndpoint
             | Reason::Csr(_)
             | Reason::Corrupt
             | Reason::NotABackup => StatusCode::BAD_REQUEST,
@@ -262,9 +269,10 @@ impl Reason {
             | Reason::UnknownVersion
             | Reason::FileNotFound => StatusCode::NOT_FOUND,
             Reason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Reason::AlreadyRevoked | Reason::RotationRefused | Reason::FileExists => {
-                StatusCode::CONFLICT
-            }
+            Reason::AlreadyRevoked
+            | Reason::RotationRefused
+            | Reason::EndpointConflict
+            | Reason::FileExists => StatusCode::CONFLICT,
             Reason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,

@@ -140,6 +140,17 @@ pub(crate) struct TokenCreateArgs {
 }
 
 #[derive(Subcommand)]
+pub(crate) enum EndpointsCommand {
+    /// Every live entry: address, ports, identity, instance, expiry.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
 pub(crate) enum IdentitiesCommand {
     /// Every identity: status (pending, active, expired, stale, revoked),
     /// expiry, last serial, instance and labels.

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub(crate) use control::{
     AdminArgs, ControlBackupArgs, ControlCommand, ControlMigrateArgs, ControlRestoreArgs,
-    ControlServeArgs, IdentitiesCommand, TokenCommand, TokenCreateArgs,
+    ControlServeArgs, EndpointsCommand, IdentitiesCommand, TokenCommand, TokenCreateArgs,
 };
 pub(crate) use identity::{
     CaCommand, CaInitArgs, IdCommand, SvidCommand, SvidInspectArgs, SvidIssueArgs,
@@ -95,6 +95,10 @@ pub(crate) enum Command {
     /// The inventory of every identity the control plane issued.
     #[command(subcommand)]
     Identities(IdentitiesCommand),
+    /// The discovery registry: where each workload is reached, and the
+    /// identity it must prove there.
+    #[command(subcommand)]
+    Endpoints(EndpointsCommand),
 }
 
 #[derive(Args)]

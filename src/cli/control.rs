@@ -16,7 +16,7 @@ use warden_proxy::identity::SpiffeId;
 use super::{json_shown, shown};
 use crate::{
     AdminArgs, ControlBackupArgs, ControlMigrateArgs, ControlRestoreArgs, ControlServeArgs,
-    IdentitiesCommand, TokenCreateArgs,
+    EndpointsCommand, IdentitiesCommand, TokenCreateArgs,
 };
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -332,6 +332,43 @@ pub fn identities(command: IdentitiesCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `warden endpoints list`: the discovery registry.
+pub fn endpoints(command: EndpointsCommand) -> anyhow::Result<ExitCode> {
+    let EndpointsCommand::List { admin, json } = command;
+    let client = admin_client(&admin)?;
+    let list: api::EndpointList = call(client.get(api::ADMIN_ENDPOINTS))?;
+    if json {
+        print_json(&list)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = warden_control::store::unix_now();
+    println!(
+        "{:<40} {:<16} {:<50} {:<24} EXPIRES IN",
+        "ADDRESS", "PORTS", "SPIFFE ID", "INSTANCE"
+    );
+    for e in &list.endpoints {
+        let ports = if e.ports.is_empty() {
+            "*".to_owned()
+        } else {
+            e.ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let left = Duration::from_secs(e.expires_at.saturating_sub(now).max(0).unsigned_abs());
+        println!(
+            "{:<40} {:<16} {:<50} {:<24} {}",
+            e.address,
+            ports,
+            shown(&e.spiffe_id),
+            shown(&e.instance),
+            humantime::format_duration(left)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn policy_push(dir: &Path, admin: &AdminArgs) -> anyhow::Result<ExitCode> {

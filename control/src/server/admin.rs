@@ -99,6 +99,12 @@ pub(super) async fn admin(
                 )),
             }
         }
+        (&Method::GET, api::ADMIN_ENDPOINTS) => {
+            input::only_known(&query_params(&req), &[])?;
+            let now = state.now();
+            let (mark, records) = blocking(move || db.endpoints(now)).await?;
+            Ok(json_response(StatusCode::OK, &endpoint_list(mark, records)))
+        }
         (&Method::POST, api::ADMIN_REVOCATIONS) => {
             let body: api::RevokeRequest = read_json(req, MAX_BODY).await?;
             input::check_text("reason", Reason::BadReason, &body.reason, input::MAX_REASON)?;

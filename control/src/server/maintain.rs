@@ -3,11 +3,7 @@
 
 use super::*;
 
-pub(super) async fn poll_changes(
-    state: Arc<State>,
-    tx: watch::Sender<Changes>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub(super) async fn poll_changes(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
     let mut tick: u64 = 0;
     loop {
         tokio::select! {
@@ -21,12 +17,26 @@ pub(super) async fn poll_changes(
         {
             tracing::warn!(error = %e, "CA rotation step failed; retrying");
         }
-        let db = state.db.clone();
-        let read = tokio::task::spawn_blocking(move || db.change_marks()).await;
+        state.refresh_changes().await;
+    }
+}
+
+impl State {
+    /// Reads the marks the watch compares and wakes the watchers if any
+    /// moved.
+    pub(super) async fn refresh_changes(&self) {
+        let db = self.db.clone();
+        let at = self.now();
+        let read = tokio::task::spawn_blocking(move || db.change_marks(at)).await;
         match read {
-            Ok(Ok((seq, head))) => {
-                let now = (seq, head, state.cas.load().bundle_digest.clone());
-                tx.send_if_modified(|old| {
+            Ok(Ok((revocation_seq, policy_head, endpoints_mark))) => {
+                let now = Changes {
+                    revocation_seq,
+                    policy_head,
+                    bundle_digest: self.cas.load().bundle_digest.clone(),
+                    endpoints_mark,
+                };
+                self.changes.send_if_modified(|old| {
                     let changed = *old != now;
                     *old = now;
                     changed

@@ -45,8 +45,8 @@ use crate::ca::{CertificateAuthority, CsrError, InitOptions, SignRequest};
 use crate::clock::{self, Clock};
 use crate::files::{self, PRIVATE_MODE, PUBLIC_MODE};
 use crate::store::{
-    AuditEvent, AuditSink, Database, IdentityRecord, IdentityStatus, Signed, Store, StoreError,
-    SvidKind, SvidRecord, UnknownWord,
+    AuditEvent, AuditSink, Database, EndpointOwner, EndpointRecord, IdentityRecord, IdentityStatus,
+    Signed, Store, StoreError, SvidKind, SvidRecord, UnknownWord,
 };
 
 mod admin;
@@ -69,7 +69,7 @@ use metrics::serve_metrics;
 use response::{Body, Fail, blocking, csr_refusal, fail_response, json_response, refused};
 use router::{Caller, serve_api};
 use state::{Changes, Counters, State, write_bundle_file};
-use workload::{join, renew, watch_changes};
+use workload::{endpoint_list, join, register_endpoints, renew, watch_changes};
 
 /// Largest request body, except policy pushes.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -214,12 +214,13 @@ pub async fn start_with(
     let audit_stdout = options.audit_stdout;
     let opened = {
         let database = database.clone();
+        let now = clock.unix_now();
         tokio::task::spawn_blocking(move || {
             let mut db = Store::open(&database, audit_stdout)?;
             if let Some(sink) = audit_sink {
                 db = db.with_audit_sink(sink);
             }
-            let marks = db.change_marks()?;
+            let marks = db.change_marks(now)?;
             Ok::<_, StoreError>((db, marks))
         })
         .await
@@ -299,8 +300,12 @@ pub async fn start_with(
     )
     .map_err(setup)?;
 
-    let (changes_tx, changes) =
-        watch::channel((initial.0, initial.1, cas.load().bundle_digest.clone()));
+    let (changes, _) = watch::channel(Changes {
+        revocation_seq: initial.0,
+        policy_head: initial.1,
+        bundle_digest: cas.load().bundle_digest.clone(),
+        endpoints_mark: initial.2,
+    });
     let state = Arc::new(State {
         cas,
         ca_dir,
@@ -314,7 +319,7 @@ pub async fn start_with(
         audit_limiter: Mutex::new(limiter::AuditLimiter::new(std::time::Instant::now())),
         clock,
     });
-    tokio::spawn(poll_changes(state.clone(), changes_tx, shutdown_rx.clone()));
+    tokio::spawn(poll_changes(state.clone(), shutdown_rx.clone()));
     tokio::spawn(serve_api(
         listener,
         TlsAcceptor::from(tls),

@@ -24,10 +24,10 @@ pub(super) struct State {
     pub(super) server_id: SpiffeId,
     /// The control plane's own SVID, re-issued when the signing CA changes.
     pub(super) svid_store: Arc<SvidStore>,
-    /// (revocation seq, policy head, bundle digest), refreshed from the
-    /// database and the CA directory, so that replicas sharing them see
-    /// each other's changes.
-    pub(super) changes: watch::Receiver<Changes>,
+    /// What the watch compares, refreshed from the database and the CA
+    /// directory (every 250 ms, and at once after a change made here), so
+    /// that replicas sharing them see each other's changes.
+    pub(super) changes: watch::Sender<Changes>,
     pub(super) counters: Mutex<Counters>,
     pub(super) audit_limiter: Mutex<limiter::AuditLimiter>,
     /// "Now" for every expiry, revocation and status decision. (The audit
@@ -35,7 +35,14 @@ pub(super) struct State {
     pub(super) clock: Arc<dyn Clock>,
 }
 
-pub(super) type Changes = (i64, Option<i64>, String);
+/// The marks a sidecar's watch compares with what it has.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Changes {
+    pub(super) revocation_seq: i64,
+    pub(super) policy_head: Option<i64>,
+    pub(super) bundle_digest: String,
+    pub(super) endpoints_mark: String,
+}
 
 impl State {
     /// [`State::clock`] in Unix seconds.

@@ -189,6 +189,8 @@ pub(super) async fn watch_changes(
         .unwrap_or(-1);
     let known_bundle = q.get("bundle").cloned().unwrap_or_default();
     let known_policy = q.get("policy").cloned().unwrap_or_default();
+    // Absent: a sidecar that does not watch the registry (before 0.3).
+    let known_endpoints = q.get("endpoints").cloned();
     let wait = q
         .get("wait_ms")
         .and_then(|v| v.parse().ok())
@@ -200,29 +202,45 @@ pub(super) async fn watch_changes(
         "none" | "" => head.is_some(),
         v => head.map(|h| h.to_string()) != Some(v.to_owned()),
     };
-    let mut changes = state.changes.clone();
+    let mut changes = state.changes.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
-    let head = loop {
-        let (seq, head, digest) = changes.borrow_and_update().clone();
-        if seq != known_seq || known_bundle != digest || policy_differs(head) {
-            break head;
+    let endpoints_differ = |mark: &str| {
+        known_endpoints
+            .as_deref()
+            .is_some_and(|known| known != mark)
+    };
+    let marks = loop {
+        let marks = changes.borrow_and_update().clone();
+        if marks.revocation_seq != known_seq
+            || known_bundle != marks.bundle_digest
+            || policy_differs(marks.policy_head)
+            || endpoints_differ(&marks.endpoints_mark)
+        {
+            break marks;
         }
         match tokio::time::timeout_at(deadline, changes.changed()).await {
             Ok(Ok(())) => {}
-            _ => break head,
+            _ => break marks,
         }
     };
+    let head = marks.policy_head;
     let db = state.db.clone();
     let now = state.now();
     let with_policy = policy_differs(head);
-    let (revocations, policy) = blocking(move || {
+    let with_endpoints = endpoints_differ(&marks.endpoints_mark);
+    let (revocations, policy, endpoints) = blocking(move || {
         let revocations = db.revocations(now)?;
         let policy = if with_policy {
             db.current_policy()?
         } else {
             None
         };
-        Ok((revocations, policy))
+        let endpoints = if with_endpoints {
+            Some(db.endpoints(now)?)
+        } else {
+            None
+        };
+        Ok((revocations, policy, endpoints))
     })
     .await?;
     if revocations
@@ -251,6 +269,116 @@ pub(super) async fn watch_changes(
                 digest: p.digest,
                 files: p.files,
             }),
+            // The mark the long poll compares, which the records are at
+            // least as new as.
+            endpoints: endpoints.map(|(_, records)| endpoint_list(marks.endpoints_mark, records)),
         },
     ))
+}
+
+pub(super) fn endpoint_list(mark: String, records: Vec<EndpointRecord>) -> api::EndpointList {
+    api::EndpointList {
+        mark,
+        endpoints: records
+            .into_iter()
+            .map(|r| api::Endpoint {
+                address: r.address,
+                ports: r.ports,
+                spiffe_id: r.spiffe_id,
+                instance: r.instance,
+                expires_at: r.expires_at,
+            })
+            .collect(),
+    }
+}
+
+/// `PUT /v1/endpoints`: the caller's workload addresses, for discovery. An
+/// address another live identity holds refuses the whole registration,
+/// audited; so do addresses no peer could dial.
+pub(super) async fn register_endpoints(
+    state: &Arc<State>,
+    caller: Option<&Caller>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Fail> {
+    let Some(caller) = caller.cloned() else {
+        return Err(refused(
+            state,
+            "endpoints_register",
+            "anonymous",
+            None,
+            Fail::new(
+                Reason::MtlsRequired,
+                "registering endpoints needs the current SVID as the TLS client certificate",
+            ),
+        ));
+    };
+    let id = caller.id.to_string();
+    let mut body: api::EndpointRegistration = read_json(req, MAX_BODY)
+        .await
+        .and_then(|body: api::EndpointRegistration| check_registration(&body).map(|()| body))
+        .map_err(|f| refused(state, "endpoints_register", &id, Some(&id), f))?;
+    body.instance = api::sanitize_instance(&body.instance);
+    let db = state.db.clone();
+    let now = state.now();
+    let (owner_id, serial) = (id.clone(), caller.serial.clone());
+    let outcome = blocking(move || {
+        let owner = EndpointOwner {
+            spiffe_id: &owner_id,
+            serial: &serial,
+            instance: &body.instance,
+        };
+        let records = db.register_endpoints(&owner, &body.addresses, &body.ports, now)?;
+        Ok((db.endpoints(now)?.0, records))
+    })
+    .await;
+    match outcome {
+        Ok((mark, records)) => {
+            // Watchers hear of it now, not at the next poll.
+            state.refresh_changes().await;
+            Ok(json_response(StatusCode::OK, &endpoint_list(mark, records)))
+        }
+        Err(e) => Err(refused(
+            state,
+            "endpoints_register",
+            &id,
+            Some(&id),
+            e.into(),
+        )),
+    }
+}
+
+/// Addresses a peer can dial, each once; ports that are ports; bounded.
+fn check_registration(body: &api::EndpointRegistration) -> Result<(), Fail> {
+    let bad = |message: String| Err(Fail::new(Reason::BadEndpoint, message));
+    if body.addresses.is_empty() || body.addresses.len() > api::MAX_ENDPOINT_ADDRESSES {
+        return bad(format!(
+            "a registration holds 1 to {} addresses, not {}",
+            api::MAX_ENDPOINT_ADDRESSES,
+            body.addresses.len()
+        ));
+    }
+    if body.ports.len() > api::MAX_ENDPOINT_PORTS {
+        return bad(format!(
+            "a registration lists at most {} ports (none: every port), not {}",
+            api::MAX_ENDPOINT_PORTS,
+            body.ports.len()
+        ));
+    }
+    if body.ports.contains(&0) {
+        return bad("port 0 is no port".into());
+    }
+    let mut seen = std::collections::HashSet::new();
+    for address in &body.addresses {
+        let canonical = address.to_canonical();
+        if canonical.is_unspecified() || canonical.is_loopback() || canonical.is_multicast() {
+            return bad(format!("{address} is not an address a peer can dial"));
+        }
+        if canonical != *address {
+            return bad(format!("{address}: write it as {canonical}"));
+        }
+        if !seen.insert(*address) {
+            return bad(format!("{address} is listed twice"));
+        }
+    }
+    Ok(())
 }

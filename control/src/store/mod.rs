@@ -11,6 +11,7 @@
 
 mod backend;
 mod backup;
+mod endpoints;
 mod inventory;
 mod issuance;
 mod kinds;
@@ -26,6 +27,7 @@ pub use backend::Database;
 use crate::reason::Reason;
 use backend::{Backend, Sql};
 pub use backup::{BackupReport, backup_sqlite, restore_sqlite};
+pub use endpoints::{EndpointOwner, EndpointRecord};
 pub use kinds::{IdentityStatus, STALE_LIFETIMES, SvidKind, UnknownWord};
 pub use migrate::{Dialect, MigrationSet, SchemaStatus};
 use policy::policy_head;
@@ -158,11 +160,16 @@ impl Store {
         }
     }
 
-    /// Highest revocation sequence number and the current policy version:
-    /// cheap, for the watch poller.
-    pub fn change_marks(&self) -> Result<(i64, Option<i64>), StoreError> {
-        self.backend
-            .tx(|sql| Ok((revocation_seq(sql)?, policy_head(sql)?)))
+    /// The revocation count, the current policy version and the discovery
+    /// registry's mark at `now`: cheap, for the watch poller.
+    pub fn change_marks(&self, now: i64) -> Result<(i64, Option<i64>, String), StoreError> {
+        self.backend.tx(|sql| {
+            Ok((
+                revocation_seq(sql)?,
+                policy_head(sql)?,
+                endpoints::endpoints_mark(sql, now)?,
+            ))
+        })
     }
 }
 

@@ -15,6 +15,12 @@ pub const BUNDLE: &str = "/v1/bundle";
 /// returns as soon as anything differs from what the caller has, or after
 /// `wait_ms` ([`WatchResponse`]).
 pub const WATCH: &str = "/v1/watch";
+/// `PUT`, mTLS: the caller's workload addresses and serving ports, for
+/// discovery ([`EndpointRegistration`] -> [`EndpointList`] of the caller's
+/// entries). Each entry lives as long as the SVID that registered it.
+pub const ENDPOINTS: &str = "/v1/endpoints";
+/// `GET`, admin: the discovery registry ([`EndpointList`]).
+pub const ADMIN_ENDPOINTS: &str = "/v1/admin/endpoints";
 /// `POST`, admin: a join token ([`TokenRequest`] -> [`TokenResponse`]).
 pub const ADMIN_TOKENS: &str = "/v1/admin/tokens";
 /// `GET`, admin: the inventory; `?status=S&expiring_within_secs=N`.
@@ -108,6 +114,45 @@ pub struct JoinRequest {
     pub ttl_secs: Option<u64>,
 }
 
+/// What a sidecar registers for discovery: where its workload is reached.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointRegistration {
+    /// The workload's addresses (a pod IP); at most [`MAX_ENDPOINT_ADDRESSES`].
+    pub addresses: Vec<std::net::IpAddr>,
+    /// The ports it serves; empty: every port.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    #[serde(default)]
+    pub instance: String,
+}
+
+/// The most addresses one registration may hold.
+pub const MAX_ENDPOINT_ADDRESSES: usize = 16;
+/// The most ports one registration may list.
+pub const MAX_ENDPOINT_PORTS: usize = 64;
+
+/// One address in the discovery registry, and who holds it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: std::net::IpAddr,
+    /// Empty: every port.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    pub spiffe_id: String,
+    #[serde(default)]
+    pub instance: String,
+    /// Unix seconds: when the SVID that registered it expires.
+    pub expires_at: i64,
+}
+
+/// The registry, with a mark that changes whenever it does.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct EndpointList {
+    pub mark: String,
+    pub endpoints: Vec<Endpoint>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RenewRequest {
@@ -167,6 +212,10 @@ pub struct WatchResponse {
     pub policy_version: Option<i64>,
     /// The current bundle's files, only when the caller's version differs.
     pub policy: Option<PolicyUpdate>,
+    /// The discovery registry, only when the caller asked (`endpoints=MARK`)
+    /// and its mark differs (absent from control planes before 0.3).
+    #[serde(default)]
+    pub endpoints: Option<EndpointList>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -16,7 +16,7 @@ pub use client::{ControlClient, trust_store};
 pub use error::ControlError;
 pub use source::ControlSource;
 pub use state_dir::StateDir;
-pub use watch::{WatchState, WatchTargets, revoked_set, run_watch};
+pub use watch::{ApplyRegistry, Discovery, WatchState, WatchTargets, revoked_set, run_watch};
 
 /// SHA-256 of `bytes`, lowercase hex.
 pub fn digest_hex(bytes: &[u8]) -> String {

@@ -1,5 +1,6 @@
 //! The watch: long-polls the control plane for revocations, trust-bundle
-//! changes and policy bundles, and applies them.
+//! changes, policy bundles and the discovery registry, and applies them;
+//! and registers this workload's endpoints after every new SVID.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::identity::{Backoff, Revoked, SvidStore, TrustBundle, TrustBundleSet};
 
-use super::{ControlClient, StateDir, api, digest_hex};
+use super::{ControlClient, ControlError, StateDir, api, digest_hex};
 
 /// What the watch has applied, for `/identity` and metrics.
 #[derive(Debug, Clone, Default)]
@@ -19,7 +20,24 @@ pub struct WatchState {
     pub policy_version: Option<i64>,
     pub connected: bool,
     pub last_error: Option<String>,
+    /// The discovery registry's mark, once received.
+    pub endpoints_mark: Option<String>,
+    /// Entries in the registry last received.
+    pub endpoints: usize,
+    /// Why this workload's endpoints are not registered, if they are not.
+    pub registration_error: Option<String>,
 }
+
+/// Discovery through the control plane.
+pub struct Discovery {
+    /// What this workload registers after each new SVID; None: nothing.
+    pub register: Option<api::EndpointRegistration>,
+    /// Takes the registry each time it changes; None: not watched.
+    pub apply: Option<ApplyRegistry>,
+}
+
+/// What the watch does with each new discovery registry.
+pub type ApplyRegistry = Box<dyn Fn(&api::EndpointList) + Send + Sync>;
 
 /// Turns a revocation list into what the store refuses.
 pub fn revoked_set(list: &api::RevocationList) -> Revoked {
@@ -42,6 +60,7 @@ pub struct WatchTargets {
     /// How retries back off while the control plane is unreachable
     /// (`[rotation]`, as the SVID renewals).
     pub backoff: Backoff,
+    pub discovery: Discovery,
 }
 
 /// Shortest pause between two watch calls, so that a control plane that
@@ -62,9 +81,12 @@ pub async fn run_watch(targets: WatchTargets, mut shutdown: watch::Receiver<bool
         state,
         state_dir,
         backoff,
+        discovery,
     } = targets;
     let mut failures: u32 = 0;
     let mut generation = store.subscribe();
+    // The SVID generation whose endpoints are registered (or refused).
+    let mut registered: Option<u64> = None;
     loop {
         if *shutdown.borrow() {
             return;
@@ -74,6 +96,27 @@ pub async fn run_watch(targets: WatchTargets, mut shutdown: watch::Receiver<bool
             tokio::select! {
                 _ = generation.changed() => continue,
                 _ = shutdown.changed() => return,
+            }
+        }
+        if let Some(registration) = &discovery.register {
+            let svid = *generation.borrow();
+            if registered != Some(svid) {
+                match register(&client, registration).await {
+                    Ok(()) => {
+                        registered = Some(svid);
+                        state.send_modify(|s| s.registration_error = None);
+                    }
+                    // Refused (an address another identity holds): said
+                    // once, tried again with the next SVID.
+                    Err(e @ ControlError::Refused { .. }) => {
+                        registered = Some(svid);
+                        tracing::error!(error = %e, "this workload's endpoints were not registered; peers cannot discover it");
+                        state.send_modify(|s| s.registration_error = Some(e.to_string()));
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "endpoint registration failed; retrying");
+                    }
+                }
             }
         }
         let current = state.borrow().clone();
@@ -91,13 +134,17 @@ pub async fn run_watch(targets: WatchTargets, mut shutdown: watch::Receiver<bool
         // The first call after (re)connecting answers at once, so the
         // sidecar catches up before it starts waiting.
         let wait_ms = if current.connected { 20_000 } else { 0 };
-        let path = format!(
+        let mut path = format!(
             "{}?revocations={}&bundle={}&policy={}&wait_ms={wait_ms}",
             api::WATCH,
             current.revocation_seq,
             bundle_digest,
             policy
         );
+        if discovery.apply.is_some() {
+            let mark = current.endpoints_mark.as_deref().unwrap_or("none");
+            path.push_str(&format!("&endpoints={mark}"));
+        }
         let result: Result<api::WatchResponse, _> = tokio::select! {
             r = client.call(Method::GET, &path, None, Duration::from_secs(30)) => r,
             _ = shutdown.changed() => return,
@@ -122,6 +169,11 @@ pub async fn run_watch(targets: WatchTargets, mut shutdown: watch::Receiver<bool
                     next.policy_version = Some(p.version);
                     let _ = tx.send(Some(p));
                 }
+                if let (Some(apply), Some(list)) = (&discovery.apply, update.endpoints) {
+                    apply(&list);
+                    next.endpoints = list.endpoints.len();
+                    next.endpoints_mark = Some(list.mark);
+                }
                 let _ = state.send(next);
                 tokio::select! {
                     _ = tokio::time::sleep(MIN_WATCH_INTERVAL) => {}
@@ -145,6 +197,29 @@ pub async fn run_watch(targets: WatchTargets, mut shutdown: watch::Receiver<bool
             }
         }
     }
+}
+
+/// `PUT /v1/endpoints` with the current SVID.
+async fn register(
+    client: &ControlClient,
+    registration: &api::EndpointRegistration,
+) -> Result<(), ControlError> {
+    let body = serde_json::to_vec(registration).map_err(|e| ControlError::Local(e.to_string()))?;
+    let list: api::EndpointList = client
+        .call(
+            Method::PUT,
+            api::ENDPOINTS,
+            Some(body),
+            Duration::from_secs(10),
+        )
+        .await?;
+    tracing::info!(
+        addresses = ?registration.addresses,
+        ports = ?registration.ports,
+        entries = list.endpoints.len(),
+        "endpoints registered for discovery"
+    );
+    Ok(())
 }
 
 fn apply(

@@ -285,6 +285,9 @@ fn identity(shared: &Shared) -> Response<Full<Bytes>> {
                     "revoked": w.revoked,
                     "policy_version": w.policy_version,
                     "last_error": w.last_error,
+                    "endpoints_mark": w.endpoints_mark,
+                    "endpoints": w.endpoints,
+                    "registration_error": w.registration_error,
                 })
             }),
             "trust_domains": shared.store.bundles().trust_domains().map(|t| t.to_string()).collect::<Vec<_>>(),

@@ -9,8 +9,14 @@ use tokio::sync::watch;
 
 use super::SidecarError;
 use super::config::{ControlSource, JoinToken};
-use crate::control::api::PolicyUpdate;
-use crate::control::{ControlClient, StateDir, WatchState, WatchTargets, revoked_set, run_watch};
+use arc_swap::ArcSwap;
+
+use super::discovery::Endpoints;
+use crate::control::api::{EndpointList, EndpointRegistration, PolicyUpdate};
+use crate::control::{
+    ApplyRegistry, ControlClient, Discovery, StateDir, WatchState, WatchTargets, revoked_set,
+    run_watch,
+};
 use crate::identity::{RotationPolicy, SvidStore, TrustBundle, TrustBundleSet, run_rotation};
 
 /// The policy bundles (when the sidecar takes them from the control
@@ -20,10 +26,18 @@ pub(super) type ControlChannels = (
     watch::Receiver<WatchState>,
 );
 
+/// Where the control plane's discovery registry goes: merged under the
+/// configuration's own endpoints into the transparent listener's table.
+pub(super) struct Registry {
+    pub fixed: Endpoints,
+    pub table: Arc<ArcSwap<Endpoints>>,
+}
+
 pub(super) fn start(
     config: &ControlSource,
     rotation: &RotationPolicy,
     store: &Arc<SvidStore>,
+    registry: Option<Registry>,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<ControlChannels, SidecarError> {
     let err = |key: &'static str, message: String| SidecarError::Control { key, message };
@@ -75,7 +89,7 @@ pub(super) fn start(
         store.clone(),
         trust_domain.clone(),
         token,
-        instance,
+        instance.clone(),
         config.svid_ttl,
         state.clone(),
     );
@@ -95,6 +109,20 @@ pub(super) fn start(
         (None, None)
     };
     let (state_tx, state_rx) = watch::channel(WatchState::default());
+    let register = (!config.endpoint_addresses.is_empty()).then(|| EndpointRegistration {
+        addresses: config
+            .endpoint_addresses
+            .iter()
+            .map(|a| a.to_canonical())
+            .collect(),
+        ports: config.endpoint_ports.clone(),
+        instance: instance.clone(),
+    });
+    let apply = registry.map(|Registry { fixed, table }| {
+        Box::new(move |list: &EndpointList| {
+            table.store(Arc::new(Endpoints::merged(&fixed, &list.endpoints)));
+        }) as ApplyRegistry
+    });
     tokio::spawn(run_watch(
         WatchTargets {
             client,
@@ -104,6 +132,7 @@ pub(super) fn start(
             state: state_tx,
             state_dir: state,
             backoff: rotation.backoff(),
+            discovery: Discovery { register, apply },
         },
         shutdown.clone(),
     ));

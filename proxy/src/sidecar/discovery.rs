@@ -3,9 +3,10 @@
 //! original destination up in. An entry names a whole workload address
 //! (`198.18.0.2`: every port) or one `address:port`; the port entry wins.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
+use crate::control::api;
 use crate::identity::SpiffeId;
 
 /// Where an entry applies.
@@ -100,6 +101,39 @@ impl Endpoints {
             .or_else(|| self.by_host.get(&ip))
     }
 
+    /// The control plane's registry (`discovered`) under `fixed` (the
+    /// configuration's entries): an address `fixed` names in any entry is
+    /// `fixed`'s alone. An entry whose identity does not parse is skipped.
+    pub fn merged(fixed: &Endpoints, discovered: &[api::Endpoint]) -> Endpoints {
+        let pinned: HashSet<IpAddr> = fixed
+            .by_host
+            .keys()
+            .copied()
+            .chain(fixed.by_port.keys().map(SocketAddr::ip))
+            .collect();
+        let mut table = fixed.clone();
+        for entry in discovered {
+            let ip = entry.address.to_canonical();
+            if pinned.contains(&ip) {
+                continue;
+            }
+            let Ok(identity) = entry.spiffe_id.parse::<SpiffeId>() else {
+                tracing::warn!(address = %ip, id = %entry.spiffe_id, "discovery: an entry whose identity is not a SPIFFE ID; skipped");
+                continue;
+            };
+            if entry.ports.is_empty() {
+                table.by_host.insert(ip, identity);
+            } else {
+                for port in &entry.ports {
+                    table
+                        .by_port
+                        .insert(SocketAddr::new(ip, *port), identity.clone());
+                }
+            }
+        }
+        table
+    }
+
     pub fn len(&self) -> usize {
         self.by_port.len() + self.by_host.len()
     }
@@ -136,6 +170,33 @@ mod tests {
         assert_eq!(lookup("[2001:db8::2]:80"), Some(id("v6")));
         assert_eq!(lookup("[2001:db8::2]:81"), None);
         assert_eq!(lookup("198.18.0.3:8080"), None);
+    }
+
+    #[test]
+    fn the_configuration_pins_its_addresses_over_the_registry() {
+        let fixed = Endpoints::new([(addr("198.18.0.2"), id("b"))]).expect("table");
+        let entry = |address: &str, ports: Vec<u16>, who: &str| api::Endpoint {
+            address: address.parse().expect("ip"),
+            ports,
+            spiffe_id: format!("spiffe://warden.test/{who}"),
+            instance: String::new(),
+            expires_at: 0,
+        };
+        let merged = Endpoints::merged(
+            &fixed,
+            &[
+                entry("198.18.0.2", vec![8080], "impostor"),
+                entry("198.18.0.3", vec![], "c"),
+                entry("198.18.0.4", vec![5432, 6379], "db"),
+                entry("198.18.0.5", vec![], "not an id"),
+            ],
+        );
+        let lookup = |s: &str| merged.lookup(s.parse().expect("socket")).cloned();
+        assert_eq!(lookup("198.18.0.2:8080"), Some(id("b")), "pinned");
+        assert_eq!(lookup("198.18.0.3:1"), Some(id("c")));
+        assert_eq!(lookup("198.18.0.4:6379"), Some(id("db")));
+        assert_eq!(lookup("198.18.0.4:80"), None);
+        assert_eq!(lookup("198.18.0.5:80"), None, "unparsable identity skipped");
     }
 
     #[test]

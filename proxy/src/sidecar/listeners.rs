@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 
 use super::config::{InboundApp, InboundMode, RouteProtocol, SidecarConfig};
@@ -182,11 +181,10 @@ impl Bound {
             let make_route: outbound::MakeRoute = Box::new(move |upstream, identity| {
                 route(&for_routes, versions, upstream, identity)
             });
-            let endpoints = Arc::new(ArcSwap::from_pointee(config.outbound.endpoints.clone()));
             let transparent = Arc::new(outbound::TransparentListener::new(
                 shared.clone(),
                 t.clone(),
-                endpoints,
+                shared.traffic.endpoints.clone(),
                 own,
                 make_route,
             ));

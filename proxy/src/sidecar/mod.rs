@@ -101,6 +101,9 @@ impl Sidecar {
         config.check()?;
         let store = Arc::new(SvidStore::new());
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let endpoints = Arc::new(arc_swap::ArcSwap::from_pointee(
+            config.outbound.endpoints.clone(),
+        ));
         let (svid_watcher, control_policies, control_watch) = match &config.identity {
             IdentitySource::Files(files) => {
                 let source = FileSource::new(&files.cert, &files.key, &files.bundle)
@@ -109,8 +112,18 @@ impl Sidecar {
                 (Some(watcher), None, None)
             }
             IdentitySource::Control(control) => {
+                // The registry is watched only by a sidecar that uses it.
+                let registry =
+                    config
+                        .outbound
+                        .transparent
+                        .is_some()
+                        .then(|| control_link::Registry {
+                            fixed: config.outbound.endpoints.clone(),
+                            table: endpoints.clone(),
+                        });
                 let (policies, watch) =
-                    control_link::start(control, &config.rotation, &store, &shutdown_rx)?;
+                    control_link::start(control, &config.rotation, &store, registry, &shutdown_rx)?;
                 (None, policies, Some(watch))
             }
         };
@@ -147,6 +160,7 @@ impl Sidecar {
                     config.limits.max_handshake_failures,
                     HANDSHAKE_FAILURE_WINDOW,
                 ),
+                endpoints,
             },
             policy: PolicyState {
                 control_updates: control_policies,

@@ -56,6 +56,9 @@ pub(crate) struct Traffic {
     pub builder: auto::Builder<TokioExecutor>,
     /// Sources failing TLS handshakes, refused at accept for a while.
     pub handshake_failures: admission::HandshakeFailures,
+    /// The mesh's destinations, for the transparent listener: the
+    /// configuration's, and the control plane's registry as it changes.
+    pub endpoints: Arc<arc_swap::ArcSwap<super::discovery::Endpoints>>,
 }
 
 /// The sidecar's life.

@@ -13,6 +13,10 @@ const SQLITE: &[(&str, &str)] = &[
         "V2__sidecar_version",
         include_str!("../../../migrations/sqlite/V2__sidecar_version.sql"),
     ),
+    (
+        "V3__endpoints",
+        include_str!("../../../migrations/sqlite/V3__endpoints.sql"),
+    ),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -23,6 +27,10 @@ const POSTGRES: &[(&str, &str)] = &[
     (
         "V2__sidecar_version",
         include_str!("../../../migrations/postgres/V2__sidecar_version.sql"),
+    ),
+    (
+        "V3__endpoints",
+        include_str!("../../../migrations/postgres/V3__endpoints.sql"),
     ),
 ];
 

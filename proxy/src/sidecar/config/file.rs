@@ -2,7 +2,7 @@
 //! reads them. Validation (`validate`) turns them into the types the
 //! sidecar runs on, which cannot hold a contradiction.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -89,6 +89,13 @@ pub(super) struct ControlSection {
     /// Take policies from the control plane (`warden policy push`) instead
     /// of `authz.policies`.
     pub policies: bool,
+    /// The workload's addresses, registered for discovery (a list, or one
+    /// string of comma-separated addresses, as a pod IP from the
+    /// environment is).
+    #[serde(deserialize_with = "addresses")]
+    pub endpoint_addresses: Vec<IpAddr>,
+    /// The ports it serves (none: every port).
+    pub endpoint_ports: Vec<u16>,
 }
 
 impl std::fmt::Debug for ControlSection {
@@ -215,6 +222,32 @@ pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::E
             "{text:?} is not a duration ({e}); write e.g. \"10s\" or \"500ms\""
         ))
     })
+}
+
+/// A list of IP addresses, or one string of them separated by commas.
+pub(super) fn addresses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Said {
+        List(Vec<String>),
+        One(String),
+    }
+    let texts = match Said::deserialize(d)? {
+        Said::List(list) => list,
+        Said::One(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    };
+    texts
+        .iter()
+        .map(|t| {
+            t.parse::<IpAddr>()
+                .map_err(|_| serde::de::Error::custom(format!("{t:?} is not an IP address")))
+        })
+        .collect()
 }
 
 pub(super) fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {

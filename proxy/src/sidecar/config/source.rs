@@ -40,6 +40,11 @@ pub struct ControlSource {
     pub svid_ttl: Option<Duration>,
     /// Take policies from the control plane.
     pub policies: bool,
+    /// Registered for discovery after every new SVID: the workload's
+    /// addresses (none: nothing registered) and serving ports (none: every
+    /// port).
+    pub endpoint_addresses: Vec<std::net::IpAddr>,
+    pub endpoint_ports: Vec<u16>,
 }
 
 /// The single-use join token, or the file that holds it.
@@ -88,6 +93,8 @@ impl IdentitySource {
                     || control.token.is_some()
                     || control.token_file.is_some()
                     || control.policies
+                    || !control.endpoint_addresses.is_empty()
+                    || !control.endpoint_ports.is_empty()
                 {
                     return Err(key_error(
                         "control.address",
@@ -180,6 +187,7 @@ fn control_source(
             ),
         ));
     }
+    check_endpoints(control)?;
     Ok(ControlSource {
         address,
         server_id,
@@ -189,5 +197,47 @@ fn control_source(
         instance: control.instance.clone(),
         svid_ttl: control.svid_ttl,
         policies: control.policies,
+        endpoint_addresses: control.endpoint_addresses.clone(),
+        endpoint_ports: control.endpoint_ports.clone(),
     })
+}
+
+/// What the control plane would refuse, refused here first with its key.
+fn check_endpoints(control: &ControlSection) -> Result<(), ConfigError> {
+    use crate::control::api::{MAX_ENDPOINT_ADDRESSES, MAX_ENDPOINT_PORTS};
+    let addresses = &control.endpoint_addresses;
+    if addresses.len() > MAX_ENDPOINT_ADDRESSES {
+        return Err(key_error(
+            "control.endpoint_addresses",
+            format!("at most {MAX_ENDPOINT_ADDRESSES} addresses"),
+        ));
+    }
+    for (i, address) in addresses.iter().enumerate() {
+        let canonical = address.to_canonical();
+        if canonical.is_unspecified() || canonical.is_loopback() || canonical.is_multicast() {
+            return Err(key_error(
+                "control.endpoint_addresses",
+                format!("{address} is not an address a peer can dial"),
+            ));
+        }
+        if addresses[..i].contains(address) {
+            return Err(key_error(
+                "control.endpoint_addresses",
+                format!("{address} is listed twice"),
+            ));
+        }
+    }
+    if addresses.is_empty() && !control.endpoint_ports.is_empty() {
+        return Err(key_error(
+            "control.endpoint_ports",
+            "needs control.endpoint_addresses (the ports of which addresses?)",
+        ));
+    }
+    if control.endpoint_ports.len() > MAX_ENDPOINT_PORTS || control.endpoint_ports.contains(&0) {
+        return Err(key_error(
+            "control.endpoint_ports",
+            format!("at most {MAX_ENDPOINT_PORTS} ports, none of them 0"),
+        ));
+    }
+    Ok(())
 }

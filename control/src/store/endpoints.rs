@@ -1,0 +1,198 @@
+//! Discovery: the addresses each workload is reached at, registered by
+//! its sidecar over mTLS. An address belongs to one identity at a time: a
+//! registration naming an address another live identity holds is refused
+//! whole. An entry lives as long as the SVID that registered it, and a
+//! revoked SVID's entries are ignored.
+
+use std::net::IpAddr;
+
+use super::backend::Sql;
+use super::{AuditEvent, Reason, Store, StoreError, insert_audit};
+
+/// One address in the registry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EndpointRecord {
+    pub address: IpAddr,
+    /// Empty: every port.
+    pub ports: Vec<u16>,
+    pub spiffe_id: String,
+    pub instance: String,
+    pub expires_at: i64,
+}
+
+/// Who registers: the caller's verified identity and the SVID it used.
+#[derive(Debug, Clone)]
+pub struct EndpointOwner<'a> {
+    pub spiffe_id: &'a str,
+    pub serial: &'a str,
+    pub instance: &'a str,
+}
+
+/// The live entries: not expired, their SVID not revoked.
+const LIVE: &str = "FROM endpoints e JOIN svids s ON s.serial = e.serial \
+                    WHERE e.expires_at > ?1 AND s.revoked = 0";
+
+fn ports_text(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn parse_ports(text: &str) -> Result<Vec<u16>, StoreError> {
+    text.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse()
+                .map_err(|_| StoreError::db(format!("stored port {p:?} is not a port"), false))
+        })
+        .collect()
+}
+
+impl Store {
+    /// Replaces what `owner`'s instance registered with `addresses` and
+    /// `ports`, valid until its SVID expires. Refused (and audited by the
+    /// caller) when an address is held by another live identity, or the
+    /// SVID is unknown or revoked.
+    pub fn register_endpoints(
+        &self,
+        owner: &EndpointOwner<'_>,
+        addresses: &[IpAddr],
+        ports: &[u16],
+        now: i64,
+    ) -> Result<Vec<EndpointRecord>, StoreError> {
+        let (records, event) = self.backend.tx(|sql| {
+            let svid = sql.row(
+                "SELECT expires_at, revoked, spiffe_id FROM svids WHERE serial = ?1",
+                &[owner.serial.into()],
+            )?;
+            let expires_at = match svid {
+                Some(row) if row.int(1)? == 0 && row.text(2)? == owner.spiffe_id => row.int(0)?,
+                Some(_) => {
+                    return Err(StoreError::refused(
+                        Reason::SvidRevoked,
+                        format!("SVID {} is revoked", owner.serial),
+                    ));
+                }
+                None => {
+                    return Err(StoreError::refused(
+                        Reason::UnknownSvid,
+                        format!("SVID {} was not issued here", owner.serial),
+                    ));
+                }
+            };
+            for address in addresses {
+                let holder = sql.row(
+                    &format!("SELECT e.spiffe_id {LIVE} AND e.address = ?2"),
+                    &[now.into(), address.to_string().into()],
+                )?;
+                if let Some(holder) = holder {
+                    let holder = holder.text(0)?;
+                    if holder != owner.spiffe_id {
+                        return Err(StoreError::refused(
+                            Reason::EndpointConflict,
+                            format!("{address} is registered to {holder}, which is live"),
+                        ));
+                    }
+                }
+            }
+            // This instance's earlier entries, and dead entries anywhere.
+            sql.exec(
+                "DELETE FROM endpoints WHERE (spiffe_id = ?1 AND instance = ?2) OR expires_at <= ?3",
+                &[owner.spiffe_id.into(), owner.instance.into(), now.into()],
+            )?;
+            let mut ports = ports.to_vec();
+            ports.sort_unstable();
+            ports.dedup();
+            let ports = ports_text(&ports);
+            let mut records = Vec::with_capacity(addresses.len());
+            for address in addresses {
+                // Held by this identity's other instance, or by a revoked SVID.
+                sql.exec(
+                    "DELETE FROM endpoints WHERE address = ?1",
+                    &[address.to_string().into()],
+                )?;
+                sql.exec(
+                    "INSERT INTO endpoints (address, spiffe_id, instance, serial, ports, expires_at, registered_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    &[
+                        address.to_string().into(),
+                        owner.spiffe_id.into(),
+                        owner.instance.into(),
+                        owner.serial.into(),
+                        ports.as_str().into(),
+                        expires_at.into(),
+                        now.into(),
+                    ],
+                )?;
+                records.push(EndpointRecord {
+                    address: *address,
+                    ports: parse_ports(&ports)?,
+                    spiffe_id: owner.spiffe_id.to_owned(),
+                    instance: owner.instance.to_owned(),
+                    expires_at,
+                });
+            }
+            sql.exec("UPDATE endpoint_changes SET seq = seq + 1 WHERE id = 1", &[])?;
+            let listed = addresses
+                .iter()
+                .map(IpAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let event = AuditEvent::ok(
+                "endpoints_register",
+                Some(owner.spiffe_id),
+                Some(owner.serial),
+                owner.spiffe_id,
+            )
+            .with_detail(format!(
+                "instance {:?}: addresses [{listed}], ports [{ports}]",
+                owner.instance
+            ));
+            insert_audit(sql, &event)?;
+            Ok((records, event))
+        })?;
+        self.echo(&event);
+        Ok(records)
+    }
+
+    /// The live registry, by address, and its mark.
+    pub fn endpoints(&self, now: i64) -> Result<(String, Vec<EndpointRecord>), StoreError> {
+        self.backend.tx(|sql| {
+            let mark = endpoints_mark(sql, now)?;
+            let rows = sql.rows(
+                &format!(
+                    "SELECT e.address, e.ports, e.spiffe_id, e.instance, e.expires_at {LIVE} ORDER BY e.address"
+                ),
+                &[now.into()],
+            )?;
+            let mut records = Vec::with_capacity(rows.len());
+            for row in rows {
+                let address = row.text(0)?;
+                records.push(EndpointRecord {
+                    address: address.parse().map_err(|_| {
+                        StoreError::db(format!("stored address {address:?} is not an IP"), false)
+                    })?,
+                    ports: parse_ports(&row.text(1)?)?,
+                    spiffe_id: row.text(2)?,
+                    instance: row.text(3)?,
+                    expires_at: row.int(4)?,
+                });
+            }
+            Ok((mark, records))
+        })
+    }
+}
+
+/// Changes whenever the live registry does: with every registration, and
+/// when an entry expires or its SVID is revoked (the live count).
+pub(super) fn endpoints_mark(sql: &mut dyn Sql, now: i64) -> Result<String, StoreError> {
+    let seq = sql
+        .row("SELECT seq FROM endpoint_changes WHERE id = 1", &[])?
+        .map_or(Ok(0), |r| r.int(0))?;
+    let live = sql
+        .row(&format!("SELECT COUNT(*) {LIVE}"), &[now.into()])?
+        .map_or(Ok(0), |r| r.int(0))?;
+    Ok(format!("{seq}.{live}"))
+}
