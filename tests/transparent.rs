@@ -512,3 +512,158 @@ fn apps_that_know_nothing_of_warden_get_mtls_and_per_request_authorization() {
     let (code, _) = curl(plain, &url, &[]);
     assert_eq!(code, "403");
 }
+
+/// The policies of the discovery test's `orders`: the built-in set, and
+/// when `closed`, a rule that forbids its `/orders` paths.
+fn write_policies(dir: &std::path::Path, closed: bool) {
+    std::fs::write(
+        dir.join("default.cedar"),
+        include_str!("../policies/default.cedar"),
+    )
+    .expect("policy");
+    let forbid = dir.join("closed.cedar");
+    if closed {
+        std::fs::write(
+            &forbid,
+            "forbid (principal, action == Action::\"GET\", resource) when { context.path like \"/orders*\" };\n",
+        )
+        .expect("policy");
+    } else {
+        let _ = std::fs::remove_file(&forbid);
+    }
+}
+
+/// The control plane in a pod of its own: `orders` registers its address,
+/// `frontend` (with `outbound.unknown = "deny"`, so only discovery can
+/// route it) learns it from the watch; renewals re-register before the
+/// first SVID's entry expires; a policy change and a revocation take
+/// effect through transparent interception as through routes. The
+/// sidecars' own traffic to the control plane is not redirected (else
+/// they could not join).
+#[test]
+fn discovery_rotation_policy_reload_and_revocation_in_transparent_mode() {
+    use support::control::Control;
+    if !root_or_skip() {
+        return;
+    }
+    let ns = Namespaces::new("td", 4);
+    let (frontend, orders, plane) = (ns.name(0), ns.name(1), ns.name(2));
+    let ips = bridge(ns.name(3), &[frontend, orders, plane], 61);
+    let (orders_ip, plane_ip) = (&ips[1], &ips[2]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = format!("{plane_ip}:8443").parse().expect("address");
+    let control = Control::start_in_namespace(
+        plane,
+        &dir.path().join("control"),
+        listen,
+        &["--svid-ttl", "12s"],
+    );
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).expect("policy dir");
+    write_policies(&policies, false);
+
+    let _orders_app = spawn_ready(orders, Some(APP_UID), &[python(), "-c", APP, "8080"]);
+    let start = |ns: &str, name: &str, id: &str, extra: Vec<String>| {
+        ok(warden_init_in(
+            ns,
+            &["--proxy-uid", "0", "--backend", "nftables"],
+        ));
+        let mut settings = control.sidecar_settings(name, &control.token(id), &extra);
+        settings.push("admin.listen=127.0.0.1:15000".to_owned());
+        let proxy =
+            Proxy::start_in_namespace(ns, &dir.path().join(format!("{name}.log")), &settings);
+        ready(ns, &proxy);
+        proxy
+    };
+    let mut orders_settings = server("strict");
+    orders_settings.extend([
+        format!("control.endpoint_addresses={orders_ip}"),
+        "control.endpoint_ports=[8080]".to_owned(),
+        format!("authz.policies={}", path_str(&policies)),
+        "authz.reload_interval=100ms".to_owned(),
+    ]);
+    let orders_sidecar = start(orders, "orders", ORDERS, orders_settings);
+    let frontend_sidecar = start(
+        frontend,
+        "frontend",
+        FRONTEND,
+        vec![
+            "outbound.transparent_listen=[::]:15001".to_owned(),
+            "outbound.unknown=deny".to_owned(),
+        ],
+    );
+    let identity = |ns: &str| -> serde_json::Value {
+        serde_json::from_str(&admin(ns, "/identity").1).expect("/identity is JSON")
+    };
+    eventually_blocking(
+        "frontend to learn the registry",
+        Duration::from_secs(10),
+        || {
+            let seen = identity(frontend);
+            if seen["control"]["endpoints"].as_u64() == Some(1) {
+                Ok(())
+            } else {
+                Err(format!("{seen}\n{}", orders_sidecar.logs()))
+            }
+        },
+    );
+    let url = format!("http://{orders_ip}:8080/orders/1");
+    let (code, body) = curl(frontend, &url, &[]);
+    assert_eq!(code, "200", "{body}\n{}", frontend_sidecar.logs());
+    assert!(body.contains(&format!("URI={FRONTEND}")), "{body}");
+    let listed = control.cli_ok(&["endpoints", "list"]);
+    assert!(
+        listed.contains(orders_ip.as_str()) && listed.contains(ORDERS),
+        "{listed}"
+    );
+
+    // Past the first SVIDs' lifetime: both renewed (orders re-registered,
+    // or frontend, which routes only what discovery names, would refuse).
+    let first = identity(orders);
+    let left = first["seconds_left"].as_u64().expect("seconds_left");
+    let first_expired = std::time::Instant::now() + Duration::from_secs(left + 1);
+    eventually_blocking("the first SVIDs to expire", Duration::from_secs(30), || {
+        let seen = identity(orders);
+        if seen["serial"] != first["serial"] && std::time::Instant::now() > first_expired {
+            Ok(())
+        } else {
+            Err(format!("{seen}"))
+        }
+    });
+    let (code, body) = curl(frontend, &url, &[]);
+    assert_eq!(
+        code,
+        "200",
+        "after renewals: {body}\n{}",
+        frontend_sidecar.logs()
+    );
+
+    // A policy change reaches connections made through interception.
+    write_policies(&policies, true);
+    eventually_blocking(
+        "the forbid to apply",
+        Duration::from_secs(10),
+        || match curl(frontend, &url, &[]) {
+            (code, _) if code == "403" => Ok(()),
+            (code, body) => Err(format!("{code} {body}")),
+        },
+    );
+    write_policies(&policies, false);
+    eventually_blocking("the forbid to go", Duration::from_secs(10), || {
+        match curl(frontend, &url, &[]) {
+            (code, _) if code == "200" => Ok(()),
+            (code, body) => Err(format!("{code} {body}")),
+        }
+    });
+
+    // Revoked: orders refuses frontend from then on.
+    control.cli_ok(&["identities", "revoke", FRONTEND, "--reason", "test"]);
+    eventually_blocking(
+        "the revocation to apply",
+        Duration::from_secs(10),
+        || match curl(frontend, &url, &[]) {
+            (code, body) if code == "200" => Err(format!("still served: {body}")),
+            _ => Ok(()),
+        },
+    );
+}

@@ -99,15 +99,35 @@ pub struct Control {
     pub log: PathBuf,
     /// Audit lines printed on stdout after `started`.
     pub stdout: Arc<Mutex<Vec<String>>>,
+    /// The network namespace it runs in (its CLI runs there too).
+    pub netns: Option<String>,
 }
 
 impl Control {
     /// Starts a control plane for trust domain `example.org` in `dir`, its
     /// API on `listen` (`127.0.0.1:0` for any port).
     pub fn start(dir: &Path, listen: SocketAddr, db: &Db, extra: &[&str]) -> Control {
+        Control::start_command(Command::new(warden_bin()), None, dir, listen, db, extra)
+    }
+
+    /// As [`Control::start`], inside network namespace `ns` (as root).
+    pub fn start_in_namespace(ns: &str, dir: &Path, listen: SocketAddr, extra: &[&str]) -> Control {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns, warden_bin()]);
+        Control::start_command(command, Some(ns), dir, listen, &Db::Sqlite, extra)
+    }
+
+    fn start_command(
+        mut command: Command,
+        netns: Option<&str>,
+        dir: &Path,
+        listen: SocketAddr,
+        db: &Db,
+        extra: &[&str],
+    ) -> Control {
         let log = dir.with_extension(format!("log{}", rand::random::<u32>()));
         let log_file = std::fs::File::create(&log).expect("log file");
-        let mut child = Command::new(warden_bin())
+        let mut child = command
             .args(["control", "serve", "--trust-domain", TD, "--data-dir"])
             .arg(dir)
             .args([
@@ -146,6 +166,7 @@ impl Control {
                     dir: dir.to_owned(),
                     log,
                     stdout: collected,
+                    netns: netns.map(str::to_owned),
                 };
             }
             match line.split_once(' ') {
@@ -199,6 +220,7 @@ impl Control {
             // Its logs go to the test's tracing (none): nothing to read.
             log: dir.with_extension("no-log"),
             stdout,
+            netns: None,
         }
     }
 
@@ -220,7 +242,15 @@ impl Control {
 
     /// `warden ARGS --data-dir DIR`, as an operator would run it.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(warden_bin())
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, warden_bin()]);
+                c
+            }
+            None => Command::new(warden_bin()),
+        };
+        command
             .args(args)
             .arg("--data-dir")
             .arg(&self.dir)

@@ -145,8 +145,18 @@ pub async fn run_watch(targets: WatchTargets, mut shutdown: watch::Receiver<bool
             let mark = current.endpoints_mark.as_deref().unwrap_or("none");
             path.push_str(&format!("&endpoints={mark}"));
         }
+        // A new SVID ends the long poll when there are endpoints to
+        // register with it: the entries of the old one die with it.
+        let new_svid = async {
+            if discovery.register.is_some() {
+                let _ = generation.changed().await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         let result: Result<api::WatchResponse, _> = tokio::select! {
             r = client.call(Method::GET, &path, None, Duration::from_secs(30)) => r,
+            () = new_svid => continue,
             _ = shutdown.changed() => return,
         };
         match result {

@@ -301,3 +301,63 @@ fn rotation_defaults_and_bounds() {
         assert!(err.contains(key), "{set}: {err}");
     }
 }
+
+#[test]
+fn endpoint_addresses_come_as_a_list_or_one_string_and_must_be_dialable() {
+    const CONTROL: &str = "[control]\naddress = \"127.0.0.1:8443\"\nserver_id = \"spiffe://td/warden/control\"\nbundle = \"/b.pem\"\ntoken = \"t\"\n[outbound]\ntransparent_listen = \"127.0.0.1:15001\"\n";
+    let addresses = |c: &SidecarConfig| c.control().expect("control").endpoint_addresses.clone();
+    let from_env = load(
+        CONTROL,
+        &[(
+            "WARDEN_CONTROL_ENDPOINT_ADDRESSES",
+            "198.18.0.2, 2001:db8::2",
+        )],
+        &["control.endpoint_ports=[8080]"],
+    )
+    .expect("valid");
+    assert_eq!(
+        addresses(&from_env),
+        vec![
+            "198.18.0.2".parse::<std::net::IpAddr>().expect("ip"),
+            "2001:db8::2".parse().expect("ip")
+        ]
+    );
+    assert_eq!(
+        from_env.control().expect("control").endpoint_ports,
+        vec![8080]
+    );
+    let listed = load(
+        CONTROL,
+        &[],
+        &["control.endpoint_addresses=[\"198.18.0.3\"]"],
+    )
+    .expect("valid");
+    assert_eq!(addresses(&listed).len(), 1);
+    for (set, key) in [
+        (
+            "control.endpoint_addresses=127.0.0.1",
+            "control.endpoint_addresses",
+        ),
+        (
+            "control.endpoint_addresses=0.0.0.0",
+            "control.endpoint_addresses",
+        ),
+        (
+            "control.endpoint_addresses=198.18.0.2,198.18.0.2",
+            "control.endpoint_addresses",
+        ),
+        (
+            "control.endpoint_addresses=pod.local",
+            "control.endpoint_addresses",
+        ),
+        ("control.endpoint_ports=[8080]", "control.endpoint_ports"),
+    ] {
+        let err = load(CONTROL, &[], &[set]).expect_err(set).to_string();
+        assert!(err.contains(key), "{set}: {err}");
+    }
+    // Without a control plane there is nowhere to register.
+    let err = load(MINIMAL, &[], &["control.endpoint_addresses=198.18.0.2"])
+        .expect_err("no control plane")
+        .to_string();
+    assert!(err.contains("control.address"), "{err}");
+}
