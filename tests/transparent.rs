@@ -123,6 +123,19 @@ except grpc.RpcError as e:
     print(e.code().name)
 "#;
 
+/// Connects, prints what the server said first, or "closed" when it closed
+/// without a word.
+const CONNECT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+try:
+    print(s.recv(100).decode().strip() or "closed")
+except ConnectionResetError:
+    print("closed")
+except socket.timeout:
+    print("open")
+"#;
+
 /// Sends one UDP datagram and prints the answer (or "timeout").
 const UDP_CLIENT: &str = r#"
 import socket, sys
@@ -496,6 +509,33 @@ fn apps_that_know_nothing_of_warden_get_mtls_and_per_request_authorization() {
     assert!(
         body.contains(INTRUDER),
         "the refusal names the identity expected: {body}"
+    );
+    // Opaque TCP to it: the app's connection is closed.
+    let refused = psql(frontend, orders_ip, "select 1");
+    assert!(refused.is_err(), "{refused:?}");
+
+    // Loops: the app dialling the transparent port itself (loopback is not
+    // redirected), and a peer dialling the inbound port directly (its
+    // original destination is the listener; no inbound.app to send it to).
+    let said = |ns: &str, host: &str, port: &str| {
+        let out = in_ns(ns, Some(APP_UID), &[python(), "-c", CONNECT, host, port]);
+        stdout(&out).trim().to_owned()
+    };
+    assert_eq!(said(frontend, "127.0.0.1", "15001"), "closed");
+    assert_eq!(said(plain, orders_ip, "15006"), "closed");
+    assert_eq!(
+        metric(
+            frontend,
+            "warden_transparent_connections_total{direction=\"outbound\",outcome=\"loop\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            orders,
+            "warden_transparent_connections_total{direction=\"inbound\",outcome=\"loop\"}"
+        ),
+        1.0
     );
 
     // Permissive: the plain pod is an unauthenticated caller; the built-in
