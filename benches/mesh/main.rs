@@ -13,9 +13,12 @@
 //! Run: `cargo bench --bench mesh`. `WARDEN_BENCH_SECS` (default 3) sets
 //! each phase's length; `WARDEN_BENCH_RATE` (default 2000) the open-loop
 //! rate; `WARDEN_BENCH_CONNS` (default 16) the closed-loop concurrency;
-//! `WARDEN_BENCH_ONLY=tracing` runs only the tracing-cost phases, and
-//! `WARDEN_BENCH_ROUNDS` (default 3) sets how many rounds of them, and
-//! `WARDEN_BENCH_TRACING_RATE` (default 4000) their fixed open-loop rate.
+//! `WARDEN_BENCH_ONLY=tracing` runs only the tracing-cost phases,
+//! `WARDEN_BENCH_ONLY=transparent` only the transparent scenario (pods in
+//! network namespaces; needs root, else skipped), `WARDEN_BENCH_ONLY=
+//! scenarios` only the direct-versus-route scenarios; `WARDEN_BENCH_ROUNDS`
+//! (default 3) sets how many rounds the tracing and transparent phases run,
+//! and `WARDEN_BENCH_TRACING_RATE` (default 4000) the tracing phases' rate.
 
 use std::path::Path;
 use std::time::Duration;
@@ -43,6 +46,7 @@ mod load;
 mod phases;
 mod target;
 mod tracing_cost;
+mod transparent;
 
 use load::{SCENARIOS, open_loop};
 use phases::{closed_phase, report};
@@ -96,9 +100,10 @@ async fn run() -> Result<(), Error> {
         length.as_secs()
     );
     let mut results = Vec::new();
-    // `WARDEN_BENCH_ONLY=tracing` runs only the tracing-cost phases.
-    let only_tracing = std::env::var("WARDEN_BENCH_ONLY").is_ok_and(|v| v == "tracing");
-    for scenario in SCENARIOS.iter().copied().filter(|_| !only_tracing) {
+    // `WARDEN_BENCH_ONLY=tracing` (or `transparent`) runs only those phases.
+    let only = std::env::var("WARDEN_BENCH_ONLY").unwrap_or_default();
+    let runs = |part: &str| only.is_empty() || only == part;
+    for scenario in SCENARIOS.iter().copied().filter(|_| runs("scenarios")) {
         let direct = closed_phase(app, scenario, &[], conns, length).await;
         let mesh = closed_phase(via, scenario, &[&client_sidecar, &server], conns, length).await;
         // The open loop runs both targets at one rate, at most half what the
@@ -111,7 +116,18 @@ async fn run() -> Result<(), Error> {
     }
     drop((client_sidecar, server));
 
-    results.push(tracing_cost::measure(&pair, conns, length).await?);
+    if runs("tracing") {
+        results.push(tracing_cost::measure(&pair, conns, length).await?);
+    }
+    if runs("transparent") {
+        let (dir, rounds) = (dir.path().to_owned(), env_or("WARDEN_BENCH_ROUNDS", 3));
+        results.extend(
+            tokio::task::spawn_blocking(move || {
+                transparent::measure(dir, length, rate, conns, rounds)
+            })
+            .await??,
+        );
+    }
 
     let out = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target")

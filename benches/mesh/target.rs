@@ -18,7 +18,12 @@ use crate::{Error, proc_stat, proxy, wait};
 
 /// The app: `/echo` returns the body, anything else a short text.
 pub async fn start_app() -> Result<SocketAddr, Error> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    start_app_on("127.0.0.1:0".parse()?).await
+}
+
+/// The app, listening on `addr`.
+pub async fn start_app_on(addr: SocketAddr) -> Result<SocketAddr, Error> {
+    let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -54,11 +59,29 @@ pub struct Sidecar {
 impl Sidecar {
     pub fn start(settings: &[String], env: &[(String, String)]) -> Result<Self, Error> {
         let (child, listeners) = proxy::start(env!("CARGO_BIN_EXE_warden"), settings, env)?;
-        Ok(Sidecar {
+        Ok(Sidecar::from(child, &listeners))
+    }
+
+    /// In network namespace `ns`, as user and group `uid` (root runs it).
+    pub fn start_in(ns: &str, uid: u32, settings: &[String]) -> Result<Self, Error> {
+        let mut command = std::process::Command::new("ip");
+        command.args(["netns", "exec", ns, "setpriv"]);
+        command.args([
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".to_owned(),
+        ]);
+        command.arg(env!("CARGO_BIN_EXE_warden"));
+        let (child, listeners) = proxy::start_command(command, settings, &[])?;
+        Ok(Sidecar::from(child, &listeners))
+    }
+
+    fn from(child: Child, listeners: &std::collections::HashMap<String, SocketAddr>) -> Self {
+        Sidecar {
             child,
             inbound: listeners.get("inbound").copied(),
             outbound: listeners.get("outbound[0]").copied(),
-        })
+        }
     }
 
     /// CPU time (user + system) so far, and resident memory, from /proc.

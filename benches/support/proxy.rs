@@ -15,7 +15,16 @@ pub fn start(
     settings: &[String],
     env: &[(String, String)],
 ) -> Result<(Child, HashMap<String, SocketAddr>), Error> {
-    let mut command = Command::new(bin);
+    start_command(Command::new(bin), settings, env)
+}
+
+/// As [`start`], running `command` (the binary, or a wrapper that
+/// executes it, such as `ip netns exec`).
+pub fn start_command(
+    mut command: Command,
+    settings: &[String],
+    env: &[(String, String)],
+) -> Result<(Child, HashMap<String, SocketAddr>), Error> {
     command.arg("proxy").env("WARDEN_LOG", "error");
     command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     for s in settings {
