@@ -248,7 +248,7 @@ async fn postgres_pg_dump_round_trip() {
     let restored = Db::Postgres(to.clone());
     assert_eq!(
         history(&Database::Postgres(to.clone())),
-        vec![(1, 1), (2, 1)]
+        vec![(1, 1), (2, 1), (3, 1)]
     );
     // The same CA (data directory), the restored database.
     let control = Control::start(&data, any_port(), &restored, &[]);
@@ -258,5 +258,8 @@ async fn postgres_pg_dump_round_trip() {
         .await
         .expect("list");
     assert_eq!(before, after);
-    assert_eq!(history(&Database::Postgres(to)), vec![(1, 1), (2, 1)]);
+    assert_eq!(
+        history(&Database::Postgres(to)),
+        vec![(1, 1), (2, 1), (3, 1)]
+    );
 }

@@ -18,10 +18,14 @@ use control_flows::{join, refused_code};
 use http::Method;
 use support::control::{Control, Db, TestClock, csr_pem};
 use support::mesh::{FRONTEND, INTRUDER, ORDERS};
+use warden_control::server::EndpointAddresses;
 use warden_proxy::control::{ControlClient, ControlError, api};
 use warden_proxy::identity::{SpiffeId, Svid};
 
-on_both_backends!(each_address_belongs_to_one_live_identity_and_the_watch_delivers_the_registry);
+on_both_backends!(
+    each_address_belongs_to_one_live_identity_and_the_watch_delivers_the_registry,
+    by_default_a_sidecar_registers_only_the_address_it_calls_from,
+);
 
 /// A workload of `id` that joined: a client presenting its SVID.
 async fn workload(control: &Control, id: &str) -> ControlClient {
@@ -44,7 +48,6 @@ async fn register(
     let body = api::EndpointRegistration {
         addresses: addresses.iter().map(|a| a.parse().expect("ip")).collect(),
         ports: ports.to_vec(),
-        instance: "pod-1".into(),
     };
     let body = serde_json::to_vec(&body).expect("json");
     client
@@ -75,7 +78,14 @@ fn held(list: &api::EndpointList) -> Vec<(String, String)> {
 async fn each_address_belongs_to_one_live_identity_and_the_watch_delivers_the_registry(db: Db) {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = Arc::new(TestClock::default());
-    let control = Control::start_in_process(&dir.path().join("control"), &db, clock.clone()).await;
+    // Registrations come from 127.0.0.1 here: any address may be claimed.
+    let control = Control::start_in_process_with(
+        &dir.path().join("control"),
+        &db,
+        clock.clone(),
+        EndpointAddresses::Any,
+    )
+    .await;
     let orders = workload(&control, ORDERS).await;
     let frontend = workload(&control, FRONTEND).await;
 
@@ -84,7 +94,8 @@ async fn each_address_belongs_to_one_live_identity_and_the_watch_delivers_the_re
         .expect("orders");
     assert_eq!(mine.endpoints.len(), 1);
     assert_eq!(mine.endpoints[0].ports, vec![8080]);
-    assert_eq!(mine.endpoints[0].instance, "pod-1");
+    // The instance is the one the SVID was issued to, whatever the body.
+    assert_eq!(mine.endpoints[0].instance, "test");
     // Another identity claiming it: refused, audited, nothing changed.
     assert_eq!(
         refused_code(register(&frontend, &["198.18.0.3", "198.18.0.2"], &[]).await),
@@ -206,5 +217,28 @@ async fn each_address_belongs_to_one_live_identity_and_the_watch_delivers_the_re
 
     // Expired: past every SVID's lifetime, the registry is empty.
     clock.set_offset(10 * 24 * 3600);
+    assert!(registry(&control).await.endpoints.is_empty());
+}
+
+/// The default (`--endpoint-addresses caller`): a workload cannot claim an
+/// address it does not call from, so it cannot squat a pod IP not yet (or
+/// no longer) in use. Refused and audited. (The namespace tests register
+/// real pod addresses this way.)
+async fn by_default_a_sidecar_registers_only_the_address_it_calls_from(db: Db) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(TestClock::default());
+    let control = Control::start_in_process(&dir.path().join("control"), &db, clock).await;
+    let orders = workload(&control, ORDERS).await;
+    assert_eq!(
+        refused_code(register(&orders, &["198.18.0.2"], &[8080]).await),
+        (403, "endpoint_not_source".into())
+    );
+    let audited = control.audit_lines();
+    assert!(
+        audited.iter().any(|a| a["event"] == "endpoints_register"
+            && a["reason"] == "endpoint_not_source"
+            && a["spiffe_id"] == ORDERS),
+        "{audited:#?}"
+    );
     assert!(registry(&control).await.endpoints.is_empty());
 }

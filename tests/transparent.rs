@@ -136,6 +136,34 @@ except socket.timeout:
     print("open")
 "#;
 
+/// Sends argv[3], then prints the answer, or "closed".
+const SAY: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(sys.argv[3].encode() + b"\r\n")
+try:
+    print(s.recv(100).decode().strip() or "closed")
+except ConnectionResetError:
+    print("closed")
+except socket.timeout:
+    print("no answer")
+"#;
+
+/// An HTTP server on the pod's loopback only.
+const LOOPBACK_ONLY: &str = r#"
+from http.server import HTTPServer, BaseHTTPRequestHandler
+class Local(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"loopback only")
+    def log_message(self, *args):
+        pass
+server = HTTPServer(("127.0.0.1", 7070), Local)
+print("ready", flush=True)
+server.serve_forever()
+"#;
+
 /// Sends one UDP datagram and prints the answer (or "timeout").
 const UDP_CLIENT: &str = r#"
 import socket, sys
@@ -256,6 +284,14 @@ impl Postgres {
             ])
             .output()
             .expect("initdb"));
+        // The sidecar dials the pod's own address, so that is where its
+        // connections come from.
+        use std::io::Write as _;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("pg_hba.conf"))
+            .and_then(|mut f| f.write_all(b"host all all 198.18.0.0/15 trust\n"))
+            .expect("pg_hba.conf");
         // setpriv execs the server itself: the child is the postmaster.
         let server = std::process::Command::new("ip")
             .args([
@@ -352,8 +388,9 @@ fn psql(ns: &str, host: &str, sql: &str) -> Result<String, String> {
 
 fn server(mode: &str) -> Vec<String> {
     vec![
-        "inbound.listen=0.0.0.0:15006".to_owned(),
+        "inbound.listen=[::]:15006".to_owned(),
         "inbound.transparent=true".to_owned(),
+        "inbound.opaque_ports=[5432]".to_owned(),
         format!("inbound.mode={mode}"),
     ]
 }
@@ -371,6 +408,7 @@ fn apps_that_know_nothing_of_warden_get_mtls_and_per_request_authorization() {
 
     let _orders_app = spawn_ready(orders, Some(APP_UID), &[python(), "-c", APP, "8080"]);
     let _orders_db = Postgres::start(orders);
+    let _orders_local = spawn_ready(orders, Some(APP_UID), &[python(), "-c", LOOPBACK_ONLY]);
     let _orders_grpc = spawn_ready(
         orders,
         Some(APP_UID),
@@ -428,6 +466,29 @@ fn apps_that_know_nothing_of_warden_get_mtls_and_per_request_authorization() {
     assert_eq!(code, "403", "{body}");
     assert!(!body.contains("URI="), "the app was never reached: {body}");
 
+    // Not HTTP, to a port that is not in orders' inbound.opaque_ports:
+    // refused, so leaving out ALPN never trades the port's per-request
+    // decisions for one `connect`.
+    let say = |ns: &str, host: &str, port: &str, what: &str| {
+        let out = in_ns(ns, Some(APP_UID), &[python(), "-c", SAY, host, port, what]);
+        stdout(&out).trim().to_owned()
+    };
+    assert_eq!(say(frontend, orders_ip, "8080", "HELLO"), "closed");
+    let inbound = |ns: &str, outcome: &str| {
+        metric(
+            ns,
+            &format!(
+                "warden_transparent_connections_total{{direction=\"inbound\",outcome=\"{outcome}\"}}"
+            ),
+        )
+    };
+    assert_eq!(inbound(orders, "refused"), 1.0);
+    // A service on the pod's loopback only stays there: the sidecar dials
+    // the pod's address, where nothing listens on that port.
+    let (code, body) = curl(frontend, &format!("http://{orders_ip}:7070/"), &[]);
+    assert_eq!(code, "503", "{body}");
+    assert!(!body.contains("loopback only"), "{body}");
+
     // A pod without a sidecar: strict orders refuses it at the handshake.
     let (code, body) = curl(plain, &url, &[]);
     assert_eq!(code, "000", "plaintext to a strict workload: {body}");
@@ -480,9 +541,11 @@ fn apps_that_know_nothing_of_warden_get_mtls_and_per_request_authorization() {
             ),
         )
     };
-    assert_eq!(outbound(frontend, "meshed_http"), 4.0);
+    // curl twice, the WebSocket, gRPC, the loopback-only port; psql and
+    // the bytes that are not HTTP.
+    assert_eq!(outbound(frontend, "meshed_http"), 5.0);
     assert_eq!(outbound(frontend, "passthrough"), 1.0);
-    assert_eq!(outbound(frontend, "meshed_tcp"), 1.0);
+    assert_eq!(outbound(frontend, "meshed_tcp"), 2.0);
     assert_eq!(outbound(intruder, "meshed_http"), 2.0);
     assert_eq!(outbound(intruder, "denied"), 1.0);
     assert!(
@@ -510,9 +573,12 @@ fn apps_that_know_nothing_of_warden_get_mtls_and_per_request_authorization() {
         body.contains(INTRUDER),
         "the refusal names the identity expected: {body}"
     );
-    // Opaque TCP to it: the app's connection is closed.
+    // Opaque TCP to it: the app's connection is closed, after an mTLS
+    // attempt (never passed through).
     let refused = psql(frontend, orders_ip, "select 1");
     assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(outbound(frontend, "meshed_tcp"), 1.0);
+    assert_eq!(outbound(frontend, "passthrough"), 0.0);
 
     // Loops: the app dialling the transparent port itself (loopback is not
     // redirected), and a peer dialling the inbound port directly (its
@@ -551,6 +617,10 @@ fn apps_that_know_nothing_of_warden_get_mtls_and_per_request_authorization() {
     assert!(body.contains("\"xfcc\": null"), "{body}");
     let (code, _) = curl(plain, &url, &[]);
     assert_eq!(code, "403");
+    // Plaintext that is not HTTP: refused (opaque ports take TLS only).
+    assert_eq!(say(plain, orders_ip, "8080", "HELLO"), "closed");
+    assert_eq!(say(plain, orders_ip, "5432", "HELLO"), "closed");
+    assert_eq!(inbound(orders, "refused"), 2.0);
 }
 
 /// The policies of the discovery test's `orders`: the built-in set, and
@@ -573,9 +643,9 @@ fn write_policies(dir: &std::path::Path, closed: bool) {
     }
 }
 
-/// The control plane in a pod of its own: `orders` registers its address,
-/// `frontend` (with `outbound.unknown = "deny"`, so only discovery can
-/// route it) learns it from the watch; renewals re-register before the
+/// The control plane in a pod of its own: `orders` registers its address
+/// and port, `frontend` learns it from the watch (strict `orders` serves
+/// only mTLS, so a 200 with frontend's XFCC means discovery routed it); renewals re-register before the
 /// first SVID's entry expires; a policy change and a revocation take
 /// effect through transparent interception as through routes. The
 /// sidecars' own traffic to the control plane is not redirected (else
@@ -629,7 +699,7 @@ fn discovery_rotation_policy_reload_and_revocation_in_transparent_mode() {
         FRONTEND,
         vec![
             "outbound.transparent_listen=[::]:15001".to_owned(),
-            "outbound.unknown=deny".to_owned(),
+            "outbound.unknown=passthrough".to_owned(),
         ],
     );
     let identity = |ns: &str| -> serde_json::Value {
@@ -656,6 +726,19 @@ fn discovery_rotation_policy_reload_and_revocation_in_transparent_mode() {
         listed.contains(orders_ip.as_str()) && listed.contains(ORDERS),
         "{listed}"
     );
+    // A port orders did not register, at its mesh address: closed, never
+    // passed through in plaintext (though outbound.unknown says passthrough).
+    let (code, _) = curl(frontend, &format!("http://{orders_ip}:9999/"), &[]);
+    assert_eq!(code, "000");
+    let outbound = |outcome: &str| {
+        metric(
+            frontend,
+            &format!(
+                "warden_transparent_connections_total{{direction=\"outbound\",outcome=\"{outcome}\"}}"
+            ),
+        )
+    };
+    assert_eq!((outbound("denied"), outbound("passthrough")), (1.0, 0.0));
 
     // Past the first SVIDs' lifetime: both renewed (orders re-registered,
     // or frontend, which routes only what discovery names, would refuse).
@@ -696,14 +779,15 @@ fn discovery_rotation_policy_reload_and_revocation_in_transparent_mode() {
         }
     });
 
-    // Revoked: orders refuses frontend from then on.
+    // Revoked: orders refuses frontend's certificate from then on (502
+    // from frontend's sidecar: the handshake failed).
     control.cli_ok(&["identities", "revoke", FRONTEND, "--reason", "test"]);
     eventually_blocking(
         "the revocation to apply",
         Duration::from_secs(10),
         || match curl(frontend, &url, &[]) {
-            (code, body) if code == "200" => Err(format!("still served: {body}")),
-            _ => Ok(()),
+            (code, _) if code == "502" => Ok(()),
+            (code, body) => Err(format!("{code} {body}")),
         },
     );
 }

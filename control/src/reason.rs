@@ -57,6 +57,7 @@ pub enum Reason {
     SvidRevoked,
     UnknownSvid,
     IdentityMismatch,
+    EndpointNotSource,
     // 404.
     NotFound,
     UnknownIdentity,
@@ -154,6 +155,7 @@ impl Reason {
             Reason::SvidRevoked,
             Reason::UnknownSvid,
             Reason::IdentityMismatch,
+            Reason::EndpointNotSource,
             Reason::NotFound,
             Reason::UnknownIdentity,
             Reason::UnknownSerial,
@@ -207,6 +209,7 @@ impl Reason {
             Reason::SvidRevoked => "svid_revoked",
             Reason::UnknownSvid => "unknown_svid",
             Reason::IdentityMismatch => "identity_mismatch",
+            Reason::EndpointNotSource => "endpoint_not_source",
             Reason::NotFound => "not_found",
             Reason::UnknownIdentity => "unknown_identity",
             Reason::UnknownSerial => "unknown_serial",
@@ -262,7 +265,8 @@ impl Reason {
             | Reason::IdentityRevoked
             | Reason::SvidRevoked
             | Reason::UnknownSvid
-            | Reason::IdentityMismatch => StatusCode::FORBIDDEN,
+            | Reason::IdentityMismatch
+            | Reason::EndpointNotSource => StatusCode::FORBIDDEN,
             Reason::NotFound
             | Reason::UnknownIdentity
             | Reason::UnknownSerial

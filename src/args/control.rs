@@ -101,6 +101,17 @@ pub(crate) struct ControlServeArgs {
     /// `<data-dir>/control.db`.
     #[arg(long, env = "WARDEN_CONTROL_DATABASE")]
     pub(crate) database: Option<String>,
+    /// Which addresses a sidecar may register for discovery: `caller`
+    /// (only the address it connects from) or `any` (for sidecars behind
+    /// NAT; any address no other live identity holds).
+    #[arg(long, value_enum, default_value = "caller")]
+    pub(crate) endpoint_addresses: EndpointAddressesArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum EndpointAddressesArg {
+    Caller,
+    Any,
 }
 
 /// How admin commands reach the control plane.

@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand};
 
 pub(crate) use control::{
     AdminArgs, ControlBackupArgs, ControlCommand, ControlMigrateArgs, ControlRestoreArgs,
-    ControlServeArgs, EndpointsCommand, IdentitiesCommand, TokenCommand, TokenCreateArgs,
+    ControlServeArgs, EndpointAddressesArg, EndpointsCommand, IdentitiesCommand, TokenCommand,
+    TokenCreateArgs,
 };
 pub(crate) use identity::{
     CaCommand, CaInitArgs, IdCommand, SvidCommand, SvidInspectArgs, SvidIssueArgs,

@@ -43,6 +43,10 @@ pub fn serve(args: ControlServeArgs) -> anyhow::Result<ExitCode> {
         trust_domain,
         svid_ttl: args.svid_ttl,
         audit_stdout: true,
+        endpoint_addresses: match args.endpoint_addresses {
+            crate::args::EndpointAddressesArg::Caller => server::EndpointAddresses::Caller,
+            crate::args::EndpointAddressesArg::Any => server::EndpointAddresses::Any,
+        },
         database: args
             .database
             .as_deref()

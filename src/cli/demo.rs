@@ -165,6 +165,7 @@ impl DemoControl {
             svid_ttl: Some(Duration::from_secs(120)),
             audit_stdout: false,
             database: None,
+            endpoint_addresses: server::EndpointAddresses::Caller,
         })
         .await?;
         let endpoint = control.endpoint.clone();

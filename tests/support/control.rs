@@ -187,6 +187,16 @@ impl Control {
     /// `clock`, so that a test moves the time instead of sleeping. Audit
     /// lines go to [`Control::audit_lines`] as they would on stdout.
     pub async fn start_in_process(dir: &Path, db: &Db, clock: Arc<TestClock>) -> Control {
+        Control::start_in_process_with(dir, db, clock, Default::default()).await
+    }
+
+    /// As [`Control::start_in_process`], with `endpoint_addresses`.
+    pub async fn start_in_process_with(
+        dir: &Path,
+        db: &Db,
+        clock: Arc<TestClock>,
+        endpoint_addresses: warden_control::server::EndpointAddresses,
+    ) -> Control {
         use warden_control::server::{ServeOptions, Surroundings, start_with};
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let lines = stdout.clone();
@@ -202,6 +212,7 @@ impl Control {
                 Db::Postgres(url) => Some(warden_control::store::Database::Postgres(url.clone())),
             },
             audit_stdout: true,
+            endpoint_addresses,
         };
         let surroundings = Surroundings {
             clock: Arc::new(move || clock.now()),

@@ -107,6 +107,20 @@ pub struct ServeOptions {
     /// Print every audit record as a JSON line on stdout (besides the
     /// database row).
     pub audit_stdout: bool,
+    /// Which addresses a sidecar may register for discovery.
+    pub endpoint_addresses: EndpointAddresses,
+}
+
+/// Which addresses a sidecar may register for discovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EndpointAddresses {
+    /// Only the address its registration comes from: a workload cannot
+    /// claim an address that is not its own (the default).
+    #[default]
+    Caller,
+    /// Any address no other live identity holds: for sidecars that reach
+    /// the control plane through NAT or a proxy.
+    Any,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -318,6 +332,7 @@ pub async fn start_with(
         counters: Mutex::new(Counters::default()),
         audit_limiter: Mutex::new(limiter::AuditLimiter::new(std::time::Instant::now())),
         clock,
+        endpoint_addresses: options.endpoint_addresses,
     });
     tokio::spawn(poll_changes(state.clone(), shutdown_rx.clone()));
     tokio::spawn(serve_api(

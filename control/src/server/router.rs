@@ -107,7 +107,7 @@ async fn route(
         (&Method::POST, api::JOIN) => join(state, remote, req).await,
         (&Method::POST, api::RENEW) => renew(state, caller, req).await,
         (&Method::GET, api::WATCH) => watch_changes(state, caller, req).await,
-        (&Method::PUT, api::ENDPOINTS) => register_endpoints(state, caller, req).await,
+        (&Method::PUT, api::ENDPOINTS) => register_endpoints(state, caller, remote, req).await,
         (_, p) if p.starts_with("/v1/admin/") => match admin_auth(state, &req, remote) {
             Ok(()) => admin(state, req).await,
             Err(fail) => Err(fail),

@@ -33,6 +33,8 @@ pub(super) struct State {
     /// "Now" for every expiry, revocation and status decision. (The audit
     /// limiter's windows are monotonic intervals, not times: `Instant`.)
     pub(super) clock: Arc<dyn Clock>,
+    /// Which addresses a sidecar may register.
+    pub(super) endpoint_addresses: EndpointAddresses,
 }
 
 /// The marks a sidecar's watch compares with what it has.

@@ -298,6 +298,7 @@ pub(super) fn endpoint_list(mark: String, records: Vec<EndpointRecord>) -> api::
 pub(super) async fn register_endpoints(
     state: &Arc<State>,
     caller: Option<&Caller>,
+    remote: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Fail> {
     let Some(caller) = caller.cloned() else {
@@ -313,11 +314,14 @@ pub(super) async fn register_endpoints(
         ));
     };
     let id = caller.id.to_string();
-    let mut body: api::EndpointRegistration = read_json(req, MAX_BODY)
+    let body: api::EndpointRegistration = read_json(req, MAX_BODY)
         .await
-        .and_then(|body: api::EndpointRegistration| check_registration(&body).map(|()| body))
+        .and_then(|body: api::EndpointRegistration| {
+            check_registration(&body)?;
+            check_source(state.endpoint_addresses, &body, remote)?;
+            Ok(body)
+        })
         .map_err(|f| refused(state, "endpoints_register", &id, Some(&id), f))?;
-    body.instance = api::sanitize_instance(&body.instance);
     let db = state.db.clone();
     let now = state.now();
     let (owner_id, serial) = (id.clone(), caller.serial.clone());
@@ -325,7 +329,6 @@ pub(super) async fn register_endpoints(
         let owner = EndpointOwner {
             spiffe_id: &owner_id,
             serial: &serial,
-            instance: &body.instance,
         };
         let records = db.register_endpoints(&owner, &body.addresses, &body.ports, now)?;
         Ok((db.endpoints(now)?.0, records))
@@ -344,6 +347,25 @@ pub(super) async fn register_endpoints(
             Some(&id),
             e.into(),
         )),
+    }
+}
+
+/// With [`EndpointAddresses::Caller`], only the address the registration
+/// comes from.
+fn check_source(
+    mode: EndpointAddresses,
+    body: &api::EndpointRegistration,
+    remote: SocketAddr,
+) -> Result<(), Fail> {
+    let source = remote.ip().to_canonical();
+    match body.addresses.iter().find(|a| **a != source) {
+        Some(other) if mode == EndpointAddresses::Caller => Err(Fail::new(
+            Reason::EndpointNotSource,
+            format!(
+                "{other} is not the address this registration comes from ({source}); the control plane takes only that (--endpoint-addresses caller)"
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 

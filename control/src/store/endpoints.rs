@@ -20,13 +20,16 @@ pub struct EndpointRecord {
     pub expires_at: i64,
 }
 
-/// Who registers: the caller's verified identity and the SVID it used.
+/// Who registers: the caller's verified identity and the SVID it used
+/// (whose instance, recorded at issuance, names the registration).
 #[derive(Debug, Clone)]
 pub struct EndpointOwner<'a> {
     pub spiffe_id: &'a str,
     pub serial: &'a str,
-    pub instance: &'a str,
 }
+
+/// The most live entries one identity may hold (its replicas' addresses).
+pub const MAX_ENDPOINTS_PER_IDENTITY: i64 = 1024;
 
 /// The live entries: not expired, their SVID not revoked.
 const LIVE: &str = "FROM endpoints e JOIN svids s ON s.serial = e.serial \
@@ -64,11 +67,13 @@ impl Store {
     ) -> Result<Vec<EndpointRecord>, StoreError> {
         let (records, event) = self.backend.tx(|sql| {
             let svid = sql.row(
-                "SELECT expires_at, revoked, spiffe_id FROM svids WHERE serial = ?1",
+                "SELECT expires_at, revoked, spiffe_id, instance FROM svids WHERE serial = ?1",
                 &[owner.serial.into()],
             )?;
-            let expires_at = match svid {
-                Some(row) if row.int(1)? == 0 && row.text(2)? == owner.spiffe_id => row.int(0)?,
+            let (expires_at, instance) = match svid {
+                Some(row) if row.int(1)? == 0 && row.text(2)? == owner.spiffe_id => {
+                    (row.int(0)?, row.text(3)?)
+                }
                 Some(_) => {
                     return Err(StoreError::refused(
                         Reason::SvidRevoked,
@@ -100,7 +105,7 @@ impl Store {
             // This instance's earlier entries, and dead entries anywhere.
             sql.exec(
                 "DELETE FROM endpoints WHERE (spiffe_id = ?1 AND instance = ?2) OR expires_at <= ?3",
-                &[owner.spiffe_id.into(), owner.instance.into(), now.into()],
+                &[owner.spiffe_id.into(), instance.as_str().into(), now.into()],
             )?;
             let mut ports = ports.to_vec();
             ports.sort_unstable();
@@ -119,7 +124,7 @@ impl Store {
                     &[
                         address.to_string().into(),
                         owner.spiffe_id.into(),
-                        owner.instance.into(),
+                        instance.as_str().into(),
                         owner.serial.into(),
                         ports.as_str().into(),
                         expires_at.into(),
@@ -130,9 +135,24 @@ impl Store {
                     address: *address,
                     ports: parse_ports(&ports)?,
                     spiffe_id: owner.spiffe_id.to_owned(),
-                    instance: owner.instance.to_owned(),
+                    instance: instance.clone(),
                     expires_at,
                 });
+            }
+            let held = sql
+                .row(
+                    &format!("SELECT COUNT(*) {LIVE} AND e.spiffe_id = ?2"),
+                    &[now.into(), owner.spiffe_id.into()],
+                )?
+                .map_or(Ok(0), |r| r.int(0))?;
+            if held > MAX_ENDPOINTS_PER_IDENTITY {
+                return Err(StoreError::refused(
+                    Reason::BadEndpoint,
+                    format!(
+                        "{} would hold {held} addresses; at most {MAX_ENDPOINTS_PER_IDENTITY}",
+                        owner.spiffe_id
+                    ),
+                ));
             }
             sql.exec("UPDATE endpoint_changes SET seq = seq + 1 WHERE id = 1", &[])?;
             let listed = addresses
@@ -147,8 +167,7 @@ impl Store {
                 owner.spiffe_id,
             )
             .with_detail(format!(
-                "instance {:?}: addresses [{listed}], ports [{ports}]",
-                owner.instance
+                "instance {instance:?}: addresses [{listed}], ports [{ports}]"
             ));
             insert_audit(sql, &event)?;
             Ok((records, event))

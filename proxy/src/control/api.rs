@@ -123,8 +123,6 @@ pub struct EndpointRegistration {
     /// The ports it serves; empty: every port.
     #[serde(default)]
     pub ports: Vec<u16>,
-    #[serde(default)]
-    pub instance: String,
 }
 
 /// The most addresses one registration may hold.

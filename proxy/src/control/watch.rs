@@ -106,15 +106,19 @@ pub async fn run_watch(targets: WatchTargets, mut shutdown: watch::Receiver<bool
                         registered = Some(svid);
                         state.send_modify(|s| s.registration_error = None);
                     }
-                    // Refused (an address another identity holds): said
-                    // once, tried again with the next SVID.
-                    Err(e @ ControlError::Refused { .. }) => {
+                    // Refused for what it says (an address another identity
+                    // holds, one no peer can dial): said once, tried again
+                    // with the next SVID.
+                    Err(e @ ControlError::Refused { .. }) if final_refusal(&e) => {
                         registered = Some(svid);
                         tracing::error!(error = %e, "this workload's endpoints were not registered; peers cannot discover it");
                         state.send_modify(|s| s.registration_error = Some(e.to_string()));
                     }
+                    // Anything else (unreachable, 5xx, a replica that does
+                    // not know the endpoint yet): tried again each round.
                     Err(e) => {
-                        tracing::debug!(error = %e, "endpoint registration failed; retrying");
+                        tracing::warn!(error = %e, "endpoint registration failed; retrying");
+                        state.send_modify(|s| s.registration_error = Some(e.to_string()));
                     }
                 }
             }
@@ -179,10 +183,22 @@ pub async fn run_watch(targets: WatchTargets, mut shutdown: watch::Receiver<bool
                     next.policy_version = Some(p.version);
                     let _ = tx.send(Some(p));
                 }
-                if let (Some(apply), Some(list)) = (&discovery.apply, update.endpoints) {
-                    apply(&list);
-                    next.endpoints = list.endpoints.len();
-                    next.endpoints_mark = Some(list.mark);
+                match (&discovery.apply, update.endpoints) {
+                    (Some(apply), Some(list)) => {
+                        apply(&list);
+                        next.endpoints = list.endpoints.len();
+                        next.endpoints_mark = Some(list.mark);
+                    }
+                    // Asked with `none`, answered without it: a control
+                    // plane from before discovery. Not waited for; asked
+                    // again (an empty mark) in case it is upgraded.
+                    (Some(_), None) if next.endpoints_mark.is_none() => {
+                        tracing::warn!(
+                            "the control plane sends no discovery registry (older than 0.3): only [[outbound.endpoints]] are known"
+                        );
+                        next.endpoints_mark = Some(String::new());
+                    }
+                    _ => {}
                 }
                 let _ = state.send(next);
                 tokio::select! {
@@ -207,6 +223,12 @@ pub async fn run_watch(targets: WatchTargets, mut shutdown: watch::Receiver<bool
             }
         }
     }
+}
+
+/// A refusal that trying again with the same SVID cannot change.
+fn final_refusal(e: &ControlError) -> bool {
+    matches!(e, ControlError::Refused { code, .. }
+        if matches!(code.as_str(), "endpoint_conflict" | "bad_endpoint" | "endpoint_not_source"))
 }
 
 /// `PUT /v1/endpoints` with the current SVID.

@@ -116,7 +116,6 @@ pub(super) fn start(
             .map(|a| a.to_canonical())
             .collect(),
         ports: config.endpoint_ports.clone(),
-        instance: instance.clone(),
     });
     let apply = registry.map(|Registry { fixed, table }| {
         Box::new(move |list: &EndpointList| {

@@ -47,6 +47,15 @@ impl std::fmt::Display for EndpointAddress {
     }
 }
 
+/// What the table says of one destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found<'a> {
+    Meshed(&'a SpiffeId),
+    /// A mesh address, but not a port its entries list.
+    UnlistedPort,
+    Outside,
+}
+
 /// The mesh's destinations and their identities.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Endpoints {
@@ -93,12 +102,31 @@ impl Endpoints {
         Ok(table)
     }
 
-    /// The identity `destination` must prove; None outside the mesh.
+    /// The identity `destination` must prove; None when no entry names it.
     pub fn lookup(&self, destination: SocketAddr) -> Option<&SpiffeId> {
+        match self.find(destination) {
+            Found::Meshed(identity) => Some(identity),
+            Found::UnlistedPort | Found::Outside => None,
+        }
+    }
+
+    /// What the table says of `destination`: a mesh destination, another
+    /// port of a mesh address (never to be reached in plaintext), or an
+    /// address outside the mesh.
+    pub fn find(&self, destination: SocketAddr) -> Found<'_> {
         let ip = destination.ip().to_canonical();
-        self.by_port
+        if let Some(identity) = self
+            .by_port
             .get(&SocketAddr::new(ip, destination.port()))
             .or_else(|| self.by_host.get(&ip))
+        {
+            return Found::Meshed(identity);
+        }
+        if self.by_port.keys().any(|a| a.ip() == ip) {
+            Found::UnlistedPort
+        } else {
+            Found::Outside
+        }
     }
 
     /// The control plane's registry (`discovered`) under `fixed` (the
@@ -170,6 +198,13 @@ mod tests {
         assert_eq!(lookup("[2001:db8::2]:80"), Some(id("v6")));
         assert_eq!(lookup("[2001:db8::2]:81"), None);
         assert_eq!(lookup("198.18.0.3:8080"), None);
+        let find = |s: &str| table.find(s.parse().expect("socket"));
+        assert_eq!(
+            find("[2001:db8::2]:81"),
+            Found::UnlistedPort,
+            "never plaintext"
+        );
+        assert_eq!(find("198.18.0.3:8080"), Found::Outside);
     }
 
     #[test]

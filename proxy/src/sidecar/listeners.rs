@@ -38,13 +38,25 @@ pub(super) struct Bound {
 }
 
 pub(super) async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, SidecarError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| SidecarError::Bind {
-            key: key.to_owned(),
-            addr,
-            source,
-        })
+    let bound = match addr {
+        // `[::]` takes IPv4 too whatever the host's `bindv6only`: a
+        // transparent listener gets both families' redirected connections.
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => dual_stack(addr),
+        _ => TcpListener::bind(addr).await,
+    };
+    bound.map_err(|source| SidecarError::Bind {
+        key: key.to_owned(),
+        addr,
+        source,
+    })
+}
+
+fn dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v6()?;
+    socket.set_reuseaddr(true)?;
+    rustix::net::sockopt::set_ipv6_v6only(&socket, false)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 impl Bound {
@@ -140,9 +152,15 @@ impl Bound {
                     |addr: &app::AppAddr| Arc::new(app::App::new(addr.clone(), &config.limits));
                 let (app, transparent) = match &http.app {
                     InboundApp::Fixed(addr) => (Some(app(addr)), None),
-                    InboundApp::Transparent { fallback } => (
+                    InboundApp::Transparent {
+                        fallback,
+                        opaque_ports,
+                    } => (
                         fallback.as_ref().map(app),
-                        Some(inbound::TransparentApps::default()),
+                        Some(inbound::TransparentApps::new(
+                            own.iter().map(SocketAddr::port).collect(),
+                            opaque_ports.clone(),
+                        )),
                     ),
                 };
                 let inbound = Arc::new(inbound::Inbound {

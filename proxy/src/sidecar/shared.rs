@@ -81,6 +81,16 @@ impl Shared {
         self.policy.status.get().map(|rx| rx.borrow().clone())
     }
 
+    /// Whether this sidecar watches the control plane's discovery registry
+    /// and has not received it yet.
+    pub fn registry_pending(&self) -> bool {
+        self.config.outbound.transparent.is_some()
+            && self
+                .control_watch
+                .as_ref()
+                .is_some_and(|w| w.borrow().endpoints_mark.is_none())
+    }
+
     pub fn draining(&self) -> bool {
         *self.lifecycle.shutdown.borrow()
     }
@@ -103,6 +113,9 @@ impl Shared {
                     .unwrap_or_else(|| "not loaded yet".into());
                 reasons.push(format!("no valid policy set: {why}"));
             }
+        }
+        if self.registry_pending() {
+            reasons.push("the control plane's discovery registry has not arrived yet".to_owned());
         }
         if !self.lifecycle.listeners_up.load(Ordering::Acquire) {
             reasons.push("listeners not up".to_owned());

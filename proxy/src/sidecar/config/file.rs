@@ -120,6 +120,9 @@ pub(super) struct InboundSection {
     /// Connections `warden init` redirected go to the app at the port they
     /// were sent to (HTTP or opaque TCP by the caller's ALPN).
     pub transparent: bool,
+    /// With `transparent`: the ports that may carry opaque TCP (TLS
+    /// without ALPN); every other port takes HTTP only.
+    pub opaque_ports: Vec<u16>,
     pub app_protocol: AppProtocol,
     pub mode: InboundMode,
     /// Also accept TLS 1.2 (TLS 1.3 only by default).
@@ -140,6 +143,7 @@ impl Default for InboundSection {
             listen: None,
             app: None,
             transparent: false,
+            opaque_ports: Vec::new(),
             app_protocol: AppProtocol::default(),
             mode: InboundMode::default(),
             tls12: false,

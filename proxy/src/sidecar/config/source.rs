@@ -220,7 +220,7 @@ fn check_endpoints(control: &ControlSection) -> Result<(), ConfigError> {
                 format!("{address} is not an address a peer can dial"),
             ));
         }
-        if addresses[..i].contains(address) {
+        if addresses[..i].iter().any(|a| a.to_canonical() == canonical) {
             return Err(key_error(
                 "control.endpoint_addresses",
                 format!("{address} is listed twice"),

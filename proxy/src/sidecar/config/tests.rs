@@ -200,7 +200,7 @@ fn transparent_mode_needs_no_app_and_endpoints_need_the_transparent_listener() {
     let c = load(TRANSPARENT, &[], &[]).expect("valid");
     let http = c.inbound.http.expect("inbound http");
     assert!(
-        matches!(http.app, InboundApp::Transparent { fallback: None }),
+        matches!(http.app, InboundApp::Transparent { fallback: None, .. }),
         "{:?}",
         http.app
     );
@@ -222,7 +222,10 @@ fn transparent_mode_needs_no_app_and_endpoints_need_the_transparent_listener() {
     .expect("valid");
     assert!(matches!(
         c.inbound.http.expect("http").app,
-        InboundApp::Transparent { fallback: Some(_) }
+        InboundApp::Transparent {
+            fallback: Some(_),
+            ..
+        }
     ));
     assert_eq!(
         c.outbound.transparent.expect("listener").unknown,

@@ -66,10 +66,14 @@ pub enum InboundApp {
     /// Every connection to `inbound.app`.
     Fixed(AppAddr),
     /// `inbound.transparent = true`: a connection `warden init` redirected
-    /// goes to the app on loopback at the port it was sent to; one that
-    /// was not redirected goes to `fallback` (`inbound.app`), or is closed
-    /// when there is none (it would loop into the sidecar).
-    Transparent { fallback: Option<AppAddr> },
+    /// goes to the app at the address the caller dialled; one that was not
+    /// redirected goes to `fallback` (`inbound.app`), or is closed when
+    /// there is none (it would loop into the sidecar). Opaque TCP only on
+    /// `opaque_ports` (`inbound.opaque_ports`).
+    Transparent {
+        fallback: Option<AppAddr>,
+        opaque_ports: Vec<u16>,
+    },
 }
 
 /// The outbound side, validated.

@@ -74,8 +74,20 @@ impl SidecarConfig {
 }
 
 fn inbound(section: InboundSection) -> Result<InboundConfig, ConfigError> {
+    if !section.transparent && !section.opaque_ports.is_empty() {
+        return Err(key_error(
+            "inbound.opaque_ports",
+            "only with inbound.transparent = true (declare [[inbound.opaque]] listeners otherwise)",
+        ));
+    }
+    if section.opaque_ports.contains(&0) {
+        return Err(key_error("inbound.opaque_ports", "port 0 is no port"));
+    }
     let app = match (section.app, section.transparent) {
-        (app, true) => Some(InboundApp::Transparent { fallback: app }),
+        (app, true) => Some(InboundApp::Transparent {
+            fallback: app,
+            opaque_ports: section.opaque_ports,
+        }),
         (Some(app), false) => Some(InboundApp::Fixed(app)),
         (None, false) => None,
     };

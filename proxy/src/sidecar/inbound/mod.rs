@@ -26,69 +26,44 @@ mod identity_headers;
 mod observe;
 mod opaque;
 mod target;
+mod transparent;
 mod upgrade;
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::either::Either;
 
 use self::accept::{ConnInfo, accept};
 use self::observe::Observed;
 use super::admission::{Side, Slot, accept_loop};
 use super::app::{App, AppAddr};
-use super::config::{InboundMode, Limits};
+use super::config::InboundMode;
 use super::connections::serve_http;
 use super::detect::{Detected, detect};
 use super::http::{Body, Refusal};
-use super::metrics::{Direction, Transparent};
+use super::metrics::Direction;
 use super::shared::Shared;
 use crate::authz::Decision;
-use crate::intercept::{Redirected, redirected};
 
 pub(crate) use self::opaque::Opaque;
+pub(crate) use self::transparent::TransparentApps;
+use self::transparent::{Carries, Destination};
 
 pub(crate) struct Inbound {
     pub shared: Arc<Shared>,
     /// The app of every connection, or with `inbound.transparent` of those
     /// that were not redirected; None: such connections are closed.
     pub app: Option<Arc<App>>,
-    /// With `inbound.transparent`: the app at each port connections were
-    /// redirected from, made on first use.
+    /// With `inbound.transparent`: where redirected connections go.
     pub transparent: Option<TransparentApps>,
     /// mTLS required (strict), or a certificate optional (permissive).
     pub tls: Arc<ServerConfig>,
     /// Transparent connections that are not HTTP (no ALPN) go here.
     pub opaque: Arc<Opaque>,
-}
-
-/// The apps behind a transparent inbound listener, by the port connections
-/// were sent to (on loopback: `warden init` never redirects it).
-#[derive(Default)]
-pub(crate) struct TransparentApps {
-    by_port: std::sync::Mutex<HashMap<SocketAddr, Arc<App>>>,
-}
-
-impl TransparentApps {
-    fn get(&self, original: SocketAddr, limits: &Limits) -> Arc<App> {
-        let loopback = match original {
-            SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        };
-        let addr = SocketAddr::new(loopback, original.port());
-        let mut apps = self
-            .by_port
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        apps.entry(addr)
-            .or_insert_with(|| Arc::new(App::new(AppAddr::Tcp(addr), limits)))
-            .clone()
-    }
 }
 
 impl Side for Inbound {
@@ -102,48 +77,21 @@ impl Inbound {
         accept_loop(listener, Direction::Inbound, self, Self::connection).await;
     }
 
-    /// The app a connection goes to: with `inbound.transparent`, the one at
-    /// the port it was redirected from; None: closed.
-    fn app_for(&self, stream: &TcpStream) -> Option<(Arc<App>, bool)> {
-        let Some(apps) = &self.transparent else {
-            return self.app.clone().map(|app| (app, false));
-        };
-        let metrics = &self.shared.metrics;
-        let local = stream.local_addr().ok()?;
-        match redirected(stream, local) {
-            Ok(Redirected::To(original)) => {
-                metrics.transparent(Direction::Inbound, Transparent::Redirected);
-                Some((apps.get(original, &self.shared.config.limits), true))
-            }
-            // Not redirected (or no record of it): a direct connection.
-            Ok(Redirected::Loop) | Err(_) => match &self.app {
-                Some(app) => {
-                    metrics.transparent(Direction::Inbound, Transparent::Direct);
-                    Some((app.clone(), false))
-                }
-                None => {
-                    metrics.transparent(Direction::Inbound, Transparent::Loop);
-                    tracing::debug!(%local, "inbound connection was not redirected and there is no inbound.app: closed");
-                    None
-                }
-            },
-        }
-    }
-
     async fn connection(self: Arc<Self>, stream: TcpStream, source: SocketAddr, slot: Slot) {
-        let Some((app, redirected)) = self.app_for(&stream) else {
+        let Some(target) = self.target_of(&stream) else {
             return;
         };
         let permissive = self.shared.config.inbound.mode == InboundMode::Permissive;
-        // A plaintext caller of a redirected port may speak anything: its
-        // first bytes say whether it is HTTP.
-        let plaintext_http = if permissive && redirected {
-            match detect(&stream, self.shared.config.limits.tls_handshake_timeout).await {
-                Detected::Closed => return,
-                detected => detected == Detected::Http,
+        // A plaintext caller of a redirected port must speak HTTP (an
+        // opaque port takes TLS only, as `[[inbound.opaque]]` does).
+        let plaintext_http = match (&target, permissive) {
+            (Destination::Redirected(_), true) => {
+                match detect(&stream, self.shared.config.limits.tls_handshake_timeout).await {
+                    Detected::Closed => return,
+                    detected => detected == Detected::Http,
+                }
             }
-        } else {
-            true
+            _ => true,
         };
         // A connection still in its handshake can be asked to make room too.
         let accepted = tokio::select! {
@@ -153,16 +101,26 @@ impl Inbound {
         let Some((io, conn)) = accepted else {
             return;
         };
-        // Redirected, the caller's ALPN (or its plaintext bytes) says what
-        // the connection carries: anything but HTTP is opaque TCP.
-        let http = match &io {
-            Either::Left(_) => plaintext_http,
-            Either::Right(tls) => !redirected || tls.get_ref().1.alpn_protocol().is_some(),
+        let app = match (target, self.carries(&io, plaintext_http)) {
+            (Destination::Fixed(app), _) => app,
+            (Destination::Redirected(to), Carries::Http) => self.transparent_app(to),
+            (Destination::Redirected(to), Carries::Opaque) if self.opaque_allowed(to) => {
+                self.opaque.serve(io, &conn, &AppAddr::Tcp(to), &slot).await;
+                return;
+            }
+            (Destination::Redirected(to), Carries::Opaque) => {
+                self.refuse_transparent(
+                    to,
+                    &conn,
+                    "TLS without ALPN (opaque TCP) to a port not in inbound.opaque_ports",
+                );
+                return;
+            }
+            (Destination::Redirected(to), Carries::Refused(why)) => {
+                self.refuse_transparent(to, &conn, why);
+                return;
+            }
         };
-        if !http {
-            self.opaque.serve(io, &conn, &app.addr, &slot).await;
-            return;
-        }
         let conn = Arc::new(conn);
         let shared = self.shared.clone();
         let validity = conn.validity.clone();

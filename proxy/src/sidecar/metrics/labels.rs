@@ -35,12 +35,16 @@ pub enum Transparent {
     MeshedTcp,
     /// Outbound: outside the mesh, connected in plaintext as the app asked.
     Passthrough,
-    /// Outbound: outside the mesh with `outbound.unknown = "deny"`: closed.
+    /// Outbound: outside the mesh with `outbound.unknown = "deny"`, or a
+    /// port its endpoints do not list of a mesh address: closed.
     Denied,
+    /// Inbound: redirected, but neither HTTP nor opaque TCP allowed on its
+    /// port: closed.
+    Refused,
 }
 
 impl Transparent {
-    pub const ALL: [Transparent; 7] = [
+    pub const ALL: [Transparent; 8] = [
         Transparent::Redirected,
         Transparent::Direct,
         Transparent::Loop,
@@ -48,6 +52,7 @@ impl Transparent {
         Transparent::MeshedTcp,
         Transparent::Passthrough,
         Transparent::Denied,
+        Transparent::Refused,
     ];
 
     pub fn label(self) -> &'static str {
@@ -59,6 +64,7 @@ impl Transparent {
             Transparent::MeshedTcp => "meshed_tcp",
             Transparent::Passthrough => "passthrough",
             Transparent::Denied => "denied",
+            Transparent::Refused => "refused",
         }
     }
 

@@ -22,7 +22,7 @@ use crate::sidecar::SidecarError;
 use crate::sidecar::admission::{Side, Slot, accept_loop};
 use crate::sidecar::config::{TransparentOutbound, UnknownDestination};
 use crate::sidecar::detect::{Detected, detect};
-use crate::sidecar::discovery::Endpoints;
+use crate::sidecar::discovery::{Endpoints, Found};
 use crate::sidecar::metrics::{Direction, Transparent};
 use crate::sidecar::shared::Shared;
 use crate::sidecar::splice::splice;
@@ -80,9 +80,18 @@ impl TransparentListener {
             metrics.transparent(Direction::Outbound, Transparent::Loop);
             return;
         };
-        let identity = self.endpoints.load().lookup(destination).cloned();
-        let Some(identity) = identity else {
-            return self.outside_the_mesh(stream, destination, &slot).await;
+        let found = match self.endpoints.load().find(destination) {
+            Found::Meshed(identity) => Ok(identity.clone()),
+            Found::UnlistedPort => Err(true),
+            Found::Outside => Err(false),
+        };
+        let identity = match found {
+            Ok(identity) => identity,
+            Err(mesh_address) => {
+                return self
+                    .outside_the_mesh(stream, destination, mesh_address, &slot)
+                    .await;
+            }
         };
         let route = match self.route(destination, &identity) {
             Ok(route) => route,
@@ -159,12 +168,29 @@ impl TransparentListener {
     }
 
     /// A destination no endpoint names: passed through in plaintext, or
-    /// closed, as `outbound.unknown` says.
-    async fn outside_the_mesh(&self, mut stream: TcpStream, destination: SocketAddr, slot: &Slot) {
+    /// closed, as `outbound.unknown` says. Never in plaintext: another port
+    /// of a mesh address (`mesh_address`), and anything while the control
+    /// plane's registry has not arrived yet (its destinations are unknown).
+    async fn outside_the_mesh(
+        &self,
+        mut stream: TcpStream,
+        destination: SocketAddr,
+        mesh_address: bool,
+        slot: &Slot,
+    ) {
         let metrics = &self.shared.metrics;
-        if self.config.unknown == UnknownDestination::Deny {
+        let why = if mesh_address {
+            Some("a port the endpoints of this mesh address do not list")
+        } else if self.shared.registry_pending() {
+            Some("the control plane's registry has not arrived yet")
+        } else if self.config.unknown == UnknownDestination::Deny {
+            Some("outside the mesh, outbound.unknown = \"deny\"")
+        } else {
+            None
+        };
+        if let Some(why) = why {
             metrics.transparent(Direction::Outbound, Transparent::Denied);
-            tracing::info!(%destination, "transparent outbound: destination outside the mesh, outbound.unknown = \"deny\"; closed");
+            tracing::info!(%destination, "transparent outbound: {why}; closed");
             return;
         }
         metrics.transparent(Direction::Outbound, Transparent::Passthrough);
