@@ -123,30 +123,19 @@ except grpc.RpcError as e:
     print(e.code().name)
 "#;
 
-/// Connects, prints what the server said first, or "closed" when it closed
-/// without a word.
-const CONNECT: &str = r#"
+/// Connects, sends argv[3] (if not empty), then prints what came back, or
+/// "closed" when the connection closed without a word.
+const SAY: &str = r#"
 import socket, sys
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+if sys.argv[3]:
+    s.sendall(sys.argv[3].encode() + b"\r\n")
 try:
     print(s.recv(100).decode().strip() or "closed")
 except ConnectionResetError:
     print("closed")
 except socket.timeout:
     print("open")
-"#;
-
-/// Sends argv[3], then prints the answer, or "closed".
-const SAY: &str = r#"
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-s.sendall(sys.argv[3].encode() + b"\r\n")
-try:
-    print(s.recv(100).decode().strip() or "closed")
-except ConnectionResetError:
-    print("closed")
-except socket.timeout:
-    print("no answer")
 "#;
 
 /// An HTTP server on the pod's loopback only.
@@ -583,12 +572,8 @@ fn apps_that_know_nothing_of_warden_get_mtls_and_per_request_authorization() {
     // Loops: the app dialling the transparent port itself (loopback is not
     // redirected), and a peer dialling the inbound port directly (its
     // original destination is the listener; no inbound.app to send it to).
-    let said = |ns: &str, host: &str, port: &str| {
-        let out = in_ns(ns, Some(APP_UID), &[python(), "-c", CONNECT, host, port]);
-        stdout(&out).trim().to_owned()
-    };
-    assert_eq!(said(frontend, "127.0.0.1", "15001"), "closed");
-    assert_eq!(said(plain, orders_ip, "15006"), "closed");
+    assert_eq!(say(frontend, "127.0.0.1", "15001", ""), "closed");
+    assert_eq!(say(plain, orders_ip, "15006", ""), "closed");
     assert_eq!(
         metric(
             frontend,
