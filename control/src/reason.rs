@@ -25,6 +25,60 @@ pub enum CsrReason {
     TtlTooShort,
 }
 
+/// Why a service-account token was refused (`--k8s-*` attestation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttestReason {
+    /// Not a JWT, or not one that decodes.
+    Malformed,
+    /// `none`, HMAC, or an algorithm the key does not have.
+    BadAlgorithm,
+    /// No key with the token's `kid` in the issuer's JWKS.
+    UnknownKey,
+    BadSignature,
+    WrongIssuer,
+    WrongAudience,
+    Expired,
+    NotYetValid,
+    /// The `kubernetes.io` or `sub` claims are missing or inconsistent.
+    BadClaims,
+    /// The namespace or service account is not in `--k8s-allow`.
+    NotAllowed,
+    /// This control plane does not attest Kubernetes tokens.
+    Disabled,
+}
+
+impl AttestReason {
+    pub const ALL: [AttestReason; 11] = [
+        AttestReason::Malformed,
+        AttestReason::BadAlgorithm,
+        AttestReason::UnknownKey,
+        AttestReason::BadSignature,
+        AttestReason::WrongIssuer,
+        AttestReason::WrongAudience,
+        AttestReason::Expired,
+        AttestReason::NotYetValid,
+        AttestReason::BadClaims,
+        AttestReason::NotAllowed,
+        AttestReason::Disabled,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            AttestReason::Malformed => "token_malformed",
+            AttestReason::BadAlgorithm => "token_algorithm",
+            AttestReason::UnknownKey => "token_unknown_key",
+            AttestReason::BadSignature => "token_signature",
+            AttestReason::WrongIssuer => "token_issuer",
+            AttestReason::WrongAudience => "token_audience",
+            AttestReason::Expired => "token_expired_jwt",
+            AttestReason::NotYetValid => "token_not_yet_valid",
+            AttestReason::BadClaims => "token_claims",
+            AttestReason::NotAllowed => "attestation_not_allowed",
+            AttestReason::Disabled => "attestation_disabled",
+        }
+    }
+}
+
 /// Why a request was refused or failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -45,6 +99,8 @@ pub enum Reason {
     ReservedId,
     BadEndpoint,
     Csr(CsrReason),
+    // A service-account token refused: 401, or 403 for NotAllowed and Disabled.
+    Attest(AttestReason),
     // No or bad credentials: 401.
     MtlsRequired,
     AdminCredentialsRequired,
@@ -178,6 +234,7 @@ impl Reason {
             Reason::NotABackup,
         ];
         all.extend(CsrReason::ALL.map(Reason::Csr));
+        all.extend(AttestReason::ALL.map(Reason::Attest));
         all
     }
 
@@ -199,6 +256,7 @@ impl Reason {
             Reason::ForeignTrustDomain => "foreign_trust_domain",
             Reason::ReservedId => "reserved_id",
             Reason::Csr(csr) => csr.code(),
+            Reason::Attest(attest) => attest.code(),
             Reason::MtlsRequired => "mtls_required",
             Reason::AdminCredentialsRequired => "admin_credentials_required",
             Reason::BadAdminCredentials => "bad_admin_credentials",
@@ -255,7 +313,11 @@ impl Reason {
             | Reason::Csr(_)
             | Reason::Corrupt
             | Reason::NotABackup => StatusCode::BAD_REQUEST,
-            Reason::MtlsRequired
+            Reason::Attest(AttestReason::NotAllowed | AttestReason::Disabled) => {
+                StatusCode::FORBIDDEN
+            }
+            Reason::Attest(_)
+            | Reason::MtlsRequired
             | Reason::AdminCredentialsRequired
             | Reason::BadAdminCredentials
             | Reason::BadClientCertificate => StatusCode::UNAUTHORIZED,

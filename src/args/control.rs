@@ -106,6 +106,21 @@ pub(crate) struct ControlServeArgs {
     /// NAT; any address no other live identity holds).
     #[arg(long, value_enum, default_value = "caller")]
     pub(crate) endpoint_addresses: EndpointAddressesArg,
+    /// Attest pods by their projected service-account tokens: the `iss`
+    /// of the cluster's tokens (`kubectl get --raw /.well-known/openid-configuration`).
+    #[arg(long)]
+    pub(crate) k8s_issuer: Option<String>,
+    /// The cluster issuer's public keys, a JWKS file (`kubectl get --raw
+    /// /openid/v1/jwks`); re-read when it changes.
+    #[arg(long)]
+    pub(crate) k8s_jwks: Option<PathBuf>,
+    /// The audience of the injected pods' projected tokens.
+    #[arg(long, default_value = "warden")]
+    pub(crate) k8s_audience: String,
+    /// Who may attest: NAMESPACE, NAMESPACE/SERVICE_ACCOUNT, or '*'
+    /// (repeatable; required with --k8s-issuer).
+    #[arg(long)]
+    pub(crate) k8s_allow: Vec<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

@@ -43,6 +43,16 @@ pub fn serve(args: ControlServeArgs) -> anyhow::Result<ExitCode> {
         trust_domain,
         svid_ttl: args.svid_ttl,
         audit_stdout: true,
+        k8s: match (args.k8s_issuer, args.k8s_jwks) {
+            (Some(issuer), Some(jwks)) => Some(warden_control::attest::K8sOptions {
+                issuer,
+                audience: args.k8s_audience,
+                jwks,
+                allow: args.k8s_allow,
+            }),
+            (None, None) => None,
+            _ => anyhow::bail!("--k8s-issuer and --k8s-jwks go together"),
+        },
         endpoint_addresses: match args.endpoint_addresses {
             crate::args::EndpointAddressesArg::Caller => server::EndpointAddresses::Caller,
             crate::args::EndpointAddressesArg::Any => server::EndpointAddresses::Any,

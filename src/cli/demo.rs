@@ -166,6 +166,7 @@ impl DemoControl {
             audit_stdout: false,
             database: None,
             endpoint_addresses: server::EndpointAddresses::Caller,
+            k8s: None,
         })
         .await?;
         let endpoint = control.endpoint.clone();

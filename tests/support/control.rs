@@ -213,6 +213,7 @@ impl Control {
             },
             audit_stdout: true,
             endpoint_addresses,
+            k8s: None,
         };
         let surroundings = Surroundings {
             clock: Arc::new(move || clock.now()),

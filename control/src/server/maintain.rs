@@ -13,6 +13,11 @@ pub(super) async fn poll_changes(state: Arc<State>, mut shutdown: watch::Receive
         tick += 1;
         state.flush_suppressed_audits().await;
         if tick.is_multiple_of(4)
+            && let Some(k8s) = &state.k8s
+        {
+            k8s.refresh();
+        }
+        if tick.is_multiple_of(4)
             && let Err(e) = maintain_authorities(&state).await
         {
             tracing::warn!(error = %e, "CA rotation step failed; retrying");

@@ -69,7 +69,7 @@ use metrics::serve_metrics;
 use response::{Body, Fail, blocking, csr_refusal, fail_response, json_response, refused};
 use router::{Caller, serve_api};
 use state::{Changes, Counters, State, write_bundle_file};
-use workload::{endpoint_list, join, register_endpoints, renew, watch_changes};
+use workload::{attest_k8s, endpoint_list, join, register_endpoints, renew, watch_changes};
 
 /// Largest request body, except policy pushes.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -109,6 +109,8 @@ pub struct ServeOptions {
     pub audit_stdout: bool,
     /// Which addresses a sidecar may register for discovery.
     pub endpoint_addresses: EndpointAddresses,
+    /// Attestation from Kubernetes service-account tokens, when configured.
+    pub k8s: Option<crate::attest::K8sOptions>,
 }
 
 /// Which addresses a sidecar may register for discovery.
@@ -314,6 +316,15 @@ pub async fn start_with(
     )
     .map_err(setup)?;
 
+    let k8s = match options.k8s.clone() {
+        Some(k8s) => {
+            let attestor =
+                crate::attest::K8sAttestor::new(k8s, ca.trust_domain().clone()).map_err(setup)?;
+            tracing::info!(allow = ?attestor.allow_list(), "Kubernetes service-account attestation on");
+            Some(attestor)
+        }
+        None => None,
+    };
     let (changes, _) = watch::channel(Changes {
         revocation_seq: initial.0,
         policy_head: initial.1,
@@ -333,6 +344,7 @@ pub async fn start_with(
         audit_limiter: Mutex::new(limiter::AuditLimiter::new(std::time::Instant::now())),
         clock,
         endpoint_addresses: options.endpoint_addresses,
+        k8s,
     });
     tokio::spawn(poll_changes(state.clone(), shutdown_rx.clone()));
     tokio::spawn(serve_api(

@@ -105,6 +105,7 @@ async fn route(
     let result = match (&method, path.as_str()) {
         (&Method::GET, api::BUNDLE) => Ok(json_response(StatusCode::OK, &state.bundle())),
         (&Method::POST, api::JOIN) => join(state, remote, req).await,
+        (&Method::POST, api::ATTEST_K8S) => attest_k8s(state, remote, req).await,
         (&Method::POST, api::RENEW) => renew(state, caller, req).await,
         (&Method::GET, api::WATCH) => watch_changes(state, caller, req).await,
         (&Method::PUT, api::ENDPOINTS) => register_endpoints(state, caller, remote, req).await,
@@ -112,7 +113,10 @@ async fn route(
             Ok(()) => admin(state, req).await,
             Err(fail) => Err(fail),
         },
-        (_, api::BUNDLE | api::JOIN | api::RENEW | api::WATCH | api::ENDPOINTS) => Err(Fail::new(
+        (
+            _,
+            api::BUNDLE | api::JOIN | api::ATTEST_K8S | api::RENEW | api::WATCH | api::ENDPOINTS,
+        ) => Err(Fail::new(
             Reason::MethodNotAllowed,
             format!("{method} is not allowed on {path}"),
         )),

@@ -35,6 +35,8 @@ pub(super) struct State {
     pub(super) clock: Arc<dyn Clock>,
     /// Which addresses a sidecar may register.
     pub(super) endpoint_addresses: EndpointAddresses,
+    /// Kubernetes service-account attestation, when configured.
+    pub(super) k8s: Option<crate::attest::K8sAttestor>,
 }
 
 /// The marks a sidecar's watch compares with what it has.

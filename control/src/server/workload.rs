@@ -120,6 +120,81 @@ pub(super) async fn join(
     }
 }
 
+/// `POST /v1/attest/k8s`: the first SVID of a pod, for its projected
+/// service-account token. Every refusal is audited with its reason.
+pub(super) async fn attest_k8s(
+    state: &Arc<State>,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Fail> {
+    let actor = remote.to_string();
+    let version = sidecar_version(&req).map_err(|f| refused(state, "attest", &actor, None, f))?;
+    let Some(k8s) = &state.k8s else {
+        return Err(refused(
+            state,
+            "attest",
+            &actor,
+            None,
+            Fail::new(
+                Reason::Attest(crate::reason::AttestReason::Disabled),
+                "this control plane does not attest Kubernetes service-account tokens (--k8s-issuer)",
+            ),
+        ));
+    };
+    let body: api::AttestRequest = read_json(req, MAX_BODY)
+        .await
+        .map_err(|f| refused(state, "attest", &actor, None, f))?;
+    let now = state.now();
+    let attested = k8s.verify(&body.token, now).map_err(|r| {
+        let (reason, message) = r.into();
+        refused(state, "attest", &actor, None, Fail::new(reason, message))
+    })?;
+    let id = attested.spiffe_id.to_string();
+    let (pod, pod_uid) = attested.pod.clone().unwrap_or_default();
+    let mut labels = serde_json::Map::new();
+    labels.insert("k8s.namespace".into(), attested.namespace.clone().into());
+    labels.insert(
+        "k8s.service_account".into(),
+        attested.service_account.clone().into(),
+    );
+    // The pod names the instance; a token not bound to a pod, the address.
+    let instance = if pod.is_empty() {
+        api::sanitize_instance(&actor)
+    } else {
+        api::sanitize_instance(&pod)
+    };
+    let detail = format!("pod {pod:?} uid {pod_uid:?} from {actor}");
+    let cas = state.cas.clone();
+    let db = state.db.clone();
+    let now_time = state.clock.now();
+    let outcome = blocking(move || {
+        let asked = Asked {
+            csr: &body.csr,
+            ttl_secs: body.ttl_secs,
+            kind: SvidKind::Attest,
+            instance: &instance,
+            sidecar_version: version.as_deref(),
+        };
+        db.attest(&id, &labels, now, &detail, |bound| {
+            sign(&cas.load(), bound, &asked, now_time)
+        })
+    })
+    .await;
+    match outcome {
+        Ok(svid) => {
+            state.count(|c| *c.issued.entry(SvidKind::Attest).or_default() += 1);
+            Ok(json_response(StatusCode::OK, &svid))
+        }
+        Err(e) => Err(refused(
+            state,
+            "attest",
+            &actor,
+            Some(attested.spiffe_id.as_str()),
+            e.into(),
+        )),
+    }
+}
+
 pub(super) async fn renew(
     state: &Arc<State>,
     caller: Option<&Caller>,

@@ -122,6 +122,50 @@ impl Store {
         Ok(value)
     }
 
+    /// The first SVID of an attested workload (its Kubernetes
+    /// service-account token verified by the caller): the identity is made
+    /// when new, with `labels`; refused when revoked. `sign` may run more
+    /// than once, as for [`Store::redeem_token`].
+    pub fn attest<T>(
+        &self,
+        spiffe_id: &str,
+        labels: &serde_json::Map<String, serde_json::Value>,
+        now: i64,
+        detail: &str,
+        sign: impl Fn(&str) -> Result<Signed<T>, StoreError>,
+    ) -> Result<T, StoreError> {
+        let labels_text = serde_json::Value::Object(labels.clone()).to_string();
+        let (value, event) = self.backend.tx(|sql| {
+            let known = sql
+                .row(
+                    "SELECT 1 FROM identities WHERE spiffe_id = ?1",
+                    &[spiffe_id.into()],
+                )?
+                .is_some();
+            if known {
+                check_not_revoked(sql, spiffe_id)?;
+            } else {
+                sql.exec(
+                    "INSERT INTO identities (spiffe_id, labels, created_at) VALUES (?1, ?2, ?3)",
+                    &[spiffe_id.into(), labels_text.as_str().into(), now.into()],
+                )?;
+            }
+            let signed = sign(spiffe_id)?;
+            insert_svid(sql, &signed.record)?;
+            let event = AuditEvent::ok(
+                "attest",
+                Some(spiffe_id),
+                Some(&signed.record.serial),
+                "k8s",
+            )
+            .with_detail(format!("{detail}; expires at {}", signed.record.expires_at));
+            insert_audit(sql, &event)?;
+            Ok((signed.value, event))
+        })?;
+        self.echo(&event);
+        Ok(value)
+    }
+
     /// Renews for the holder of `serial` (its current SVID, already verified
     /// by the TLS handshake): refused if that SVID was not issued here, or
     /// it or its identity is revoked. `sign` may run more than once, as for

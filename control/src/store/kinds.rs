@@ -74,15 +74,18 @@ pub enum SvidKind {
     Join,
     /// For the holder of a current SVID.
     Renew,
+    /// The first SVID of a pod, for its Kubernetes service-account token.
+    Attest,
 }
 
 impl SvidKind {
-    pub const ALL: [SvidKind; 2] = [SvidKind::Join, SvidKind::Renew];
+    pub const ALL: [SvidKind; 3] = [SvidKind::Join, SvidKind::Renew, SvidKind::Attest];
 
     pub fn as_str(self) -> &'static str {
         match self {
             SvidKind::Join => "join",
             SvidKind::Renew => "renew",
+            SvidKind::Attest => "attest",
         }
     }
 }
@@ -117,7 +120,7 @@ macro_rules! words {
 
 words!(
     IdentityStatus: "pending, active, expired, stale, revoked",
-    SvidKind: "join, renew"
+    SvidKind: "join, renew, attest"
 );
 
 #[cfg(test)]

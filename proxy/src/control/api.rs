@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 
 /// `POST`: first SVID, by join token ([`JoinRequest`] -> [`SvidResponse`]).
 pub const JOIN: &str = "/v1/join";
+/// `POST`: first SVID, by a Kubernetes projected service-account token
+/// ([`AttestRequest`] -> [`SvidResponse`]); the SPIFFE ID is the token's
+/// namespace and service account.
+pub const ATTEST_K8S: &str = "/v1/attest/k8s";
 /// `POST`, mTLS: a new SVID for the caller's own SPIFFE ID ([`RenewRequest`] -> [`SvidResponse`]).
 pub const RENEW: &str = "/v1/renew";
 /// `GET`: the trust bundle ([`BundleResponse`]).
@@ -109,6 +113,18 @@ pub struct JoinRequest {
     /// Names the sidecar instance in the inventory (host, pod).
     #[serde(default)]
     pub instance: String,
+    /// Requested lifetime; the CA's default when absent.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestRequest {
+    /// The projected service-account token (a JWT, audience `warden`).
+    pub token: String,
+    /// PEM `CERTIFICATE REQUEST`; its key was made by the caller.
+    pub csr: String,
     /// Requested lifetime; the CA's default when absent.
     #[serde(default)]
     pub ttl_secs: Option<u64>,

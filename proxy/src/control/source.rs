@@ -19,6 +19,9 @@ pub struct ControlSource {
     instance: String,
     ttl: Option<Duration>,
     state: Option<StateDir>,
+    /// A Kubernetes projected token, read at each join: attests instead
+    /// of a join token.
+    service_account: Option<std::path::PathBuf>,
 }
 
 impl ControlSource {
@@ -39,7 +42,15 @@ impl ControlSource {
             instance,
             ttl,
             state,
+            service_account: None,
         }
+    }
+
+    /// Joins by the pod's projected service-account token in `path`
+    /// (`control.k8s_token_file`) instead of a join token.
+    pub fn with_service_account_token(mut self, path: Option<std::path::PathBuf>) -> Self {
+        self.service_account = path;
+        self
     }
 
     fn bundles(&self, pem: &str) -> Result<TrustBundleSet, ControlError> {
@@ -58,8 +69,8 @@ impl SvidSource for ControlSource {
             .store
             .current()
             .filter(|s| s.is_valid_at(SystemTime::now()));
-        let (key_pem, response) = match current {
-            Some(svid) => {
+        let (key_pem, response) = match (current, self.service_account.as_deref()) {
+            (Some(svid), _) => {
                 let kc = crate::identity::new_key_and_csr(svid.spiffe_id())
                     .map_err(|e| ControlError::Local(e.to_string()))?;
                 let body = api::RenewRequest {
@@ -70,7 +81,24 @@ impl SvidSource for ControlSource {
                 let response: api::SvidResponse = self.client.post(api::RENEW, &body).await?;
                 (kc.key_pem, response)
             }
-            None => {
+            (None, Some(path)) => {
+                let token = std::fs::read_to_string(path).map_err(|e| {
+                    ControlError::Local(format!(
+                        "cannot read the service-account token {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                let kc = crate::identity::keygen::new_key_and_bare_csr()
+                    .map_err(|e| ControlError::Local(e.to_string()))?;
+                let body = api::AttestRequest {
+                    token: token.trim().to_owned(),
+                    csr: pem_encode("CERTIFICATE REQUEST", &kc.csr_der),
+                    ttl_secs,
+                };
+                let response: api::SvidResponse = self.client.post(api::ATTEST_K8S, &body).await?;
+                (kc.key_pem, response)
+            }
+            (None, None) => {
                 let token = self
                     .token
                     .lock()

@@ -64,6 +64,7 @@ pub(super) fn start(
     }
     let token = match &config.join {
         Some(JoinToken::Inline(t)) => Some(t.trim().to_owned()),
+        Some(JoinToken::ServiceAccount(_)) | None => None,
         Some(JoinToken::File(path)) => Some(
             std::fs::read_to_string(path)
                 .map_err(|e| {
@@ -75,7 +76,10 @@ pub(super) fn start(
                 .trim()
                 .to_owned(),
         ),
-        None => None,
+    };
+    let service_account = match &config.join {
+        Some(JoinToken::ServiceAccount(path)) => Some(path.clone()),
+        _ => None,
     };
     let client = ControlClient::new(config.address, config.server_id.clone(), store.clone())
         .map_err(|e| err("control.address", e.to_string()))?;
@@ -92,7 +96,8 @@ pub(super) fn start(
         instance.clone(),
         config.svid_ttl,
         state.clone(),
-    );
+    )
+    .with_service_account_token(service_account);
     let mut stop = shutdown.clone();
     tokio::spawn(run_rotation(
         store.clone(),

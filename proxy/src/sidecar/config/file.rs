@@ -79,6 +79,10 @@ pub(super) struct ControlSection {
     pub token: Option<String>,
     /// File holding the join token (read once at start).
     pub token_file: Option<PathBuf>,
+    /// A Kubernetes projected service-account token (audience `warden`),
+    /// read at each attempt (the kubelet rotates it): attests the pod
+    /// instead of a join token.
+    pub k8s_token_file: Option<PathBuf>,
     /// Keeps the SVID (key 0600) here so a restart needs no new token.
     pub state_dir: Option<PathBuf>,
     /// Names this sidecar in the inventory (default: host name and process id).

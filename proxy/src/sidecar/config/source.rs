@@ -47,11 +47,14 @@ pub struct ControlSource {
     pub endpoint_ports: Vec<u16>,
 }
 
-/// The single-use join token, or the file that holds it.
+/// The single-use join token, or the file that holds it; or the pod's
+/// projected service-account token.
 #[derive(Clone)]
 pub enum JoinToken {
     Inline(String),
     File(PathBuf),
+    /// `control.k8s_token_file`, read at each attempt.
+    ServiceAccount(PathBuf),
 }
 
 impl std::fmt::Debug for ControlSource {
@@ -60,6 +63,7 @@ impl std::fmt::Debug for ControlSource {
         let join = match &self.join {
             Some(JoinToken::Inline(_)) => "token <redacted>".to_owned(),
             Some(JoinToken::File(path)) => format!("token_file {}", path.display()),
+            Some(JoinToken::ServiceAccount(path)) => format!("k8s_token_file {}", path.display()),
             None => "state_dir".to_owned(),
         };
         f.debug_struct("ControlSource")
@@ -92,6 +96,7 @@ impl IdentitySource {
                     || control.bundle.is_some()
                     || control.token.is_some()
                     || control.token_file.is_some()
+                    || control.k8s_token_file.is_some()
                     || control.policies
                     || !control.endpoint_addresses.is_empty()
                     || !control.endpoint_ports.is_empty()
@@ -159,20 +164,21 @@ fn control_source(
             "required with control.address: the trust bundle that authenticates the control plane",
         ));
     };
-    let join = match (&control.token, &control.token_file) {
-        (Some(_), Some(_)) => {
+    let join = match (&control.token, &control.token_file, &control.k8s_token_file) {
+        (Some(token), None, None) => Some(JoinToken::Inline(token.clone())),
+        (None, Some(path), None) => Some(JoinToken::File(path.clone())),
+        (None, None, Some(path)) => Some(JoinToken::ServiceAccount(path.clone())),
+        (None, None, None) if control.state_dir.is_some() => None,
+        (None, None, None) => {
             return Err(key_error(
                 "control.token",
-                "set control.token or control.token_file, not both",
+                "required with control.address (or control.token_file, control.k8s_token_file, or control.state_dir holding an SVID from an earlier run)",
             ));
         }
-        (Some(token), None) => Some(JoinToken::Inline(token.clone())),
-        (None, Some(path)) => Some(JoinToken::File(path.clone())),
-        (None, None) if control.state_dir.is_some() => None,
-        (None, None) => {
+        _ => {
             return Err(key_error(
                 "control.token",
-                "required with control.address (or control.state_dir holding an SVID from an earlier run)",
+                "set one of control.token, control.token_file and control.k8s_token_file",
             ));
         }
     };

@@ -364,3 +364,28 @@ fn endpoint_addresses_come_as_a_list_or_one_string_and_must_be_dialable() {
         .to_string();
     assert!(err.contains("control.address"), "{err}");
 }
+
+#[test]
+fn a_service_account_token_stands_in_for_the_join_token_never_beside_it() {
+    const CONTROL: &str = "[control]\naddress = \"127.0.0.1:8443\"\nserver_id = \"spiffe://td/warden/control\"\nbundle = \"/b.pem\"\n[inbound]\nlisten = \"127.0.0.1:15006\"\napp = \"127.0.0.1:8080\"\n";
+    let c = load(
+        CONTROL,
+        &[],
+        &["control.k8s_token_file=/var/run/secrets/warden/token"],
+    )
+    .expect("valid");
+    assert!(matches!(
+        c.control().expect("control").join,
+        Some(JoinToken::ServiceAccount(_))
+    ));
+    let err = load(
+        CONTROL,
+        &[],
+        &["control.k8s_token_file=/t", "control.token=wdt_x"],
+    )
+    .expect_err("both")
+    .to_string();
+    assert!(err.contains("control.token") && err.contains("one of"), "{err}");
+    let err = load(CONTROL, &[], &[]).expect_err("neither").to_string();
+    assert!(err.contains("control.k8s_token_file"), "{err}");
+}
