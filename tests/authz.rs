@@ -233,6 +233,7 @@ fn example_federated_read_only() {
     let tcp = engine
         .for_peer(workload(partner))
         .authorize_tcp(&TcpConnectionFacts {
+            port: 5432,
             source_ip: IpAddr::from([127, 0, 0, 1]),
             tls_version: TlsVersion::Tls13,
             now: SystemTime::now(),
@@ -356,6 +357,7 @@ permit (principal, action == Action::"GET", resource) when { context.source_ip.i
     let peer = engine.for_peer(workload("spiffe://example.org/ns/db/sa/client"));
     let tcp = |ip: IpAddr| {
         peer.authorize_tcp(&TcpConnectionFacts {
+            port: 5432,
             source_ip: ip,
             tls_version: TlsVersion::Tls13,
             now: SystemTime::now(),
@@ -386,6 +388,37 @@ permit (principal, action == Action::"GET", resource) when { context.source_ip.i
     assert!(http("GET").allowed);
     let lower = http("get");
     assert!(!lower.allowed && lower.action == "OTHER", "{lower:?}");
+}
+
+#[test]
+fn a_connect_policy_can_name_the_port() {
+    let dir = dir_with(&[]);
+    write(
+        dir.path(),
+        "tcp.cedar",
+        r#"
+@id("postgres-only")
+permit (principal is Workload, action == Action::"connect", resource)
+when { context.port == 5432 };
+"#,
+    );
+    let engine = engine_for(dir.path(), Mode::Enforce);
+    let peer = engine.for_peer(workload("spiffe://example.org/ns/db/sa/client"));
+    let tcp = |port: u16| {
+        peer.authorize_tcp(&TcpConnectionFacts {
+            port,
+            source_ip: IpAddr::from([10, 0, 0, 1]),
+            tls_version: TlsVersion::Tls13,
+            now: SystemTime::now(),
+        })
+    };
+    let postgres = tcp(5432);
+    assert!(
+        postgres.allowed && postgres.errors.is_empty(),
+        "{postgres:?}"
+    );
+    let redis = tcp(6379);
+    assert!(!redis.allowed && redis.errors.is_empty(), "{redis:?}");
 }
 
 #[test]

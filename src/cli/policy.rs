@@ -113,6 +113,8 @@ pub fn eval(args: PolicyEvalArgs) -> anyhow::Result<ExitCode> {
     let authorizer = engine.for_peer(peer);
     let decision = if args.tcp {
         authorizer.authorize_tcp(&TcpConnectionFacts {
+            // The port --host names, as for HTTP (`db:5432`).
+            port: host.port.unwrap_or(80),
             source_ip: args.source_ip,
             tls_version,
             now,

@@ -204,6 +204,8 @@ pub struct HttpRequestFacts<'a> {
 /// What the proxy knows about one opaque TCP connection.
 #[derive(Debug, Clone, Copy)]
 pub struct TcpConnectionFacts {
+    /// The port the connection was addressed to.
+    pub port: u16,
     pub source_ip: IpAddr,
     pub tls_version: TlsVersion,
     pub now: SystemTime,
@@ -377,7 +379,10 @@ pub fn tcp_context(
     authenticated: bool,
     needs: &ContextNeeds,
 ) -> Result<Context, AuthzError> {
-    let mut pairs = Vec::with_capacity(3);
+    let mut pairs = Vec::with_capacity(4);
+    push_if_needed(&mut pairs, needs, "port", || {
+        RestrictedExpression::new_long(i64::from(facts.port))
+    });
     push_connection_attrs(
         &mut pairs,
         needs,

@@ -385,7 +385,10 @@ fn a_service_account_token_stands_in_for_the_join_token_never_beside_it() {
     )
     .expect_err("both")
     .to_string();
-    assert!(err.contains("control.token") && err.contains("one of"), "{err}");
+    assert!(
+        err.contains("control.token") && err.contains("one of"),
+        "{err}"
+    );
     let err = load(CONTROL, &[], &[]).expect_err("neither").to_string();
     assert!(err.contains("control.k8s_token_file"), "{err}");
 }

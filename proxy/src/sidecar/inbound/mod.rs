@@ -105,7 +105,9 @@ impl Inbound {
             (Destination::Fixed(app), _) => app,
             (Destination::Redirected(to), Carries::Http) => self.transparent_app(to),
             (Destination::Redirected(to), Carries::Opaque) if self.opaque_allowed(to) => {
-                self.opaque.serve(io, &conn, &AppAddr::Tcp(to), &slot).await;
+                self.opaque
+                    .serve(io, &conn, &AppAddr::Tcp(to), to.port(), &slot)
+                    .await;
                 return;
             }
             (Destination::Redirected(to), Carries::Opaque) => {

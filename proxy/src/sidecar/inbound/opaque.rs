@@ -52,6 +52,8 @@ impl Opaque {
         app: &AppAddr,
         slot: Slot,
     ) {
+        // The listener's own port: what the caller addressed.
+        let port = stream.local_addr().map_or(0, |a| a.port());
         // Opaque protocols may have the server speak first, so there is no
         // first byte to wait for: TLS always (certificate optional in
         // permissive mode).
@@ -60,13 +62,20 @@ impl Opaque {
             () = slot.activity().evicted() => None,
         };
         if let Some((io, conn)) = accepted {
-            self.serve(io, &conn, app, &slot).await;
+            self.serve(io, &conn, app, port, &slot).await;
         }
     }
 
-    /// An accepted connection: decided once, then spliced to `app` (and
-    /// decided again whenever the policy set changes), or closed.
-    pub(super) async fn serve(&self, mut io: PeerIo, conn: &ConnInfo, app: &AppAddr, slot: &Slot) {
+    /// An accepted connection to `port`: decided once, then spliced to
+    /// `app` (and decided again whenever the policy set changes), or closed.
+    pub(super) async fn serve(
+        &self,
+        mut io: PeerIo,
+        conn: &ConnInfo,
+        app: &AppAddr,
+        port: u16,
+        slot: &Slot,
+    ) {
         let metrics = &self.shared.metrics;
         let source = conn.source;
         // From here the stream is in use: never closed to make room.
@@ -76,6 +85,7 @@ impl Opaque {
             return;
         };
         let facts = TcpConnectionFacts {
+            port,
             source_ip: source.ip(),
             tls_version: conn.tls_version,
             now: SystemTime::now(),
