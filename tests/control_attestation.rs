@@ -127,6 +127,8 @@ async fn a_pod_attests_with_its_service_account_token_and_bad_tokens_are_refused
             path_str(&jwks),
             "--k8s-allow",
             "shop",
+            "--k8s-allow",
+            "billing/payments",
         ],
     );
 
@@ -237,16 +239,59 @@ async fn a_pod_attests_with_its_service_account_token_and_bad_tokens_are_refused
             "token_issuer",
         ),
         (
-            "expired",
-            issuer.sign(&with(&|c| c["exp"] = json!(now() - 120))),
+            "expired past the 30 s skew",
+            issuer.sign(&with(&|c| {
+                c["iat"] = json!(now() - 600);
+                c["exp"] = json!(now() - 31);
+            })),
             401,
             "token_expired_jwt",
         ),
         (
-            "not yet valid",
-            issuer.sign(&with(&|c| c["nbf"] = json!(now() + 600))),
+            "not yet valid past the skew",
+            issuer.sign(&with(&|c| c["nbf"] = json!(now() + 40))),
             401,
             "token_not_yet_valid",
+        ),
+        (
+            "minted in the future",
+            issuer.sign(&with(&|c| c["iat"] = json!(now() + 40))),
+            401,
+            "token_not_yet_valid",
+        ),
+        (
+            "longer-lived than --k8s-max-token-ttl",
+            issuer.sign(&with(&|c| c["exp"] = json!(now() + 7200))),
+            401,
+            "token_lifetime",
+        ),
+        (
+            "no exp",
+            issuer.sign(&with(&|c| {
+                c.as_object_mut().expect("claims").remove("exp");
+            })),
+            401,
+            "token_claims",
+        ),
+        (
+            "bound to no pod",
+            issuer.sign(&with(&|c| {
+                c["kubernetes.io"]
+                    .as_object_mut()
+                    .expect("claims")
+                    .remove("pod");
+            })),
+            401,
+            "token_claims",
+        ),
+        (
+            "a namespace that is no Kubernetes name",
+            issuer.sign(&with(&|c| {
+                c["kubernetes.io"]["namespace"] = json!("shop/sa/admin");
+                c["sub"] = json!("system:serviceaccount:shop/sa/admin:payments");
+            })),
+            401,
+            "token_claims",
         ),
         ("alg none", unsigned, 401, "token_algorithm"),
         ("HS256", hs256, 401, "token_algorithm"),
@@ -265,6 +310,12 @@ async fn a_pod_attests_with_its_service_account_token_and_bad_tokens_are_refused
             403,
             "attestation_not_allowed",
         ),
+        (
+            "another account of a namespace allowed one account",
+            issuer.sign(&claims("billing", "payments-admin")),
+            403,
+            "attestation_not_allowed",
+        ),
     ];
     for (what, token, status, code) in &cases {
         match attest(&control, token, payments).await {
@@ -278,6 +329,45 @@ async fn a_pod_attests_with_its_service_account_token_and_bad_tokens_are_refused
     }
     let listed = control.cli_ok(&["identities", "list", "--json"]);
     assert!(!listed.contains("payments"), "nothing issued: {listed}");
+
+    // Within the skew, `aud` as a string, no `kid` (every key tried): fine.
+    let cart = "spiffe://example.org/ns/shop/sa/cart";
+    let late = issuer.sign(&{
+        let mut c = claims("shop", "cart");
+        c["iat"] = json!(now() - 600);
+        c["exp"] = json!(now() - 20);
+        c["aud"] = json!("warden");
+        c
+    });
+    attest(&control, &late, cart)
+        .await
+        .expect("within the skew");
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = None;
+    let key = EncodingKey::from_ec_pem(issuer.key.serialize_pem().as_bytes()).expect("EC key");
+    let no_kid = encode(&header, &claims("shop", "cart"), &key).expect("sign");
+    let issued = attest(&control, &no_kid, cart).await.expect("no kid");
+    // Revoking that SVID is not undone by replaying its token.
+    control.cli_ok(&["identities", "revoke", &issued.serial, "--reason", "test"]);
+    match attest(&control, &no_kid, cart).await {
+        Err(ControlError::Refused { status, code, .. }) => {
+            assert_eq!((status.as_u16(), code.as_str()), (403, "svid_revoked"))
+        }
+        other => panic!("a replayed token after a revocation: {other:?}"),
+    }
+    // Nor is revoking the identity, by any token.
+    control.cli_ok(&["identities", "revoke", cart, "--reason", "test"]);
+    let fresh = issuer.sign(&{
+        let mut c = claims("shop", "cart");
+        c["iat"] = json!(now() + 1);
+        c
+    });
+    match attest(&control, &fresh, cart).await {
+        Err(ControlError::Refused { status, code, .. }) => {
+            assert_eq!((status.as_u16(), code.as_str()), (403, "identity_revoked"))
+        }
+        other => panic!("a revoked identity: {other:?}"),
+    }
     let audited = control.audit_lines();
     for (what, _, _, code) in &cases {
         assert!(
@@ -302,16 +392,21 @@ async fn a_pod_attests_with_its_service_account_token_and_bad_tokens_are_refused
         .map_err(|e| e.to_string())
     })
     .await;
-    assert!(
-        attest(
-            &control,
-            &issuer.sign(&claims("shop", "payments")),
-            payments
-        )
-        .await
-        .is_err(),
-        "the retired key no longer attests"
-    );
+    match attest(
+        &control,
+        &issuer.sign(&claims("shop", "payments")),
+        payments,
+    )
+    .await
+    {
+        Err(ControlError::Refused { code, .. }) => {
+            assert_eq!(
+                code, "token_unknown_key",
+                "the retired key no longer attests"
+            )
+        }
+        other => panic!("the retired key: {other:?}"),
+    }
 
     // A control plane without --k8s-issuer attests nobody.
     let clock = std::sync::Arc::new(support::control::TestClock::default());

@@ -12,9 +12,8 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::SystemTime;
 
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use warden_proxy::identity::{SpiffeId, TrustDomain};
@@ -49,6 +48,62 @@ pub struct K8sOptions {
     pub jwks: PathBuf,
     /// Who may attest: `NAMESPACE`, `NAMESPACE/SERVICE_ACCOUNT`, or `*`.
     pub allow: Vec<String>,
+    /// The longest a token may live (`exp - iat`): projected tokens for
+    /// Warden are short; a long-lived one (`kubectl create token
+    /// --duration`) is refused.
+    pub max_token_ttl: i64,
+    /// Accept only tokens bound to a pod (the kubelet's projected tokens).
+    pub require_pod: bool,
+}
+
+impl K8sOptions {
+    /// What cannot work, said at start: a bad allow entry, no audience.
+    pub fn check(&self) -> Result<(), String> {
+        if self.issuer.trim().is_empty() {
+            return Err("--k8s-issuer is empty".into());
+        }
+        if self.audience.trim().is_empty() {
+            return Err("--k8s-audience is empty".into());
+        }
+        if self.max_token_ttl < 60 {
+            return Err("--k8s-max-token-ttl must be at least 1m".into());
+        }
+        if self.allow.is_empty() {
+            return Err(
+                "--k8s-allow names no namespace: give NAMESPACE, NAMESPACE/SERVICE_ACCOUNT or '*'"
+                    .into(),
+            );
+        }
+        for entry in &self.allow {
+            let valid = match entry.split_once('/') {
+                _ if entry == "*" => true,
+                Some((ns, sa)) => is_namespace(ns) && is_account(sa),
+                None => is_namespace(entry),
+            };
+            if !valid {
+                return Err(format!(
+                    "--k8s-allow {entry:?}: give NAMESPACE, NAMESPACE/SERVICE_ACCOUNT (Kubernetes names) or '*'"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A Kubernetes namespace name (an RFC 1123 label).
+fn is_namespace(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// A service-account name (an RFC 1123 subdomain).
+fn is_account(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(is_namespace)
 }
 
 /// What a valid token proves.
@@ -57,6 +112,8 @@ pub struct Attested {
     pub spiffe_id: SpiffeId,
     pub namespace: String,
     pub service_account: String,
+    /// When the token was minted (`iat`).
+    pub issued_at: i64,
     /// The pod the token is bound to (name, uid), when it is bound to one.
     pub pod: Option<(String, String)>,
 }
@@ -84,7 +141,9 @@ impl From<Refused> for (Reason, String) {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
-    exp: i64,
+    // Options, so a missing one is a claims error, not a decoding one.
+    exp: Option<i64>,
+    iat: Option<i64>,
     #[serde(default)]
     nbf: Option<i64>,
     #[serde(rename = "kubernetes.io")]
@@ -102,6 +161,7 @@ struct KubernetesClaims {
 #[derive(Deserialize)]
 struct Named {
     name: String,
+    #[serde(default)]
     uid: String,
 }
 
@@ -109,29 +169,24 @@ struct Named {
 pub struct K8sAttestor {
     options: K8sOptions,
     trust_domain: TrustDomain,
-    keys: Mutex<(Option<SystemTime>, JwkSet)>,
+    keys: Mutex<(Vec<u8>, JwkSet)>,
 }
 
-fn read_jwks(path: &PathBuf) -> Result<(Option<SystemTime>, JwkSet), String> {
-    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+/// The JWKS file: its bytes (to tell a change) and its keys.
+fn read_jwks(path: &PathBuf) -> Result<(Vec<u8>, JwkSet), String> {
     let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let set: JwkSet = serde_json::from_slice(&text)
         .map_err(|e| format!("{}: not a JWKS: {e}", path.display()))?;
-    if set.keys.is_empty() {
-        return Err(format!("{}: the JWKS holds no key", path.display()));
-    }
-    Ok((modified, set))
+    Ok((text, set))
 }
 
 impl K8sAttestor {
     pub fn new(options: K8sOptions, trust_domain: TrustDomain) -> Result<Self, String> {
-        if options.allow.is_empty() {
-            return Err(
-                "--k8s-allow names no namespace: give NAMESPACE, NAMESPACE/SERVICE_ACCOUNT or '*'"
-                    .into(),
-            );
-        }
+        options.check()?;
         let keys = read_jwks(&options.jwks)?;
+        if keys.1.keys.is_empty() {
+            return Err(format!("{}: the JWKS holds no key", options.jwks.display()));
+        }
         Ok(K8sAttestor {
             options,
             trust_domain,
@@ -139,20 +194,16 @@ impl K8sAttestor {
         })
     }
 
-    /// Re-reads the JWKS file if it changed (the issuer rotated its keys);
-    /// a file that does not parse keeps the keys in force.
+    /// Re-reads the JWKS file if its content changed (the issuer rotated
+    /// its keys, or an operator withdrew one: an empty set attests nobody);
+    /// a file that does not parse keeps the keys in force, said each time.
     pub fn refresh(&self) {
-        let modified = std::fs::metadata(&self.options.jwks)
-            .and_then(|m| m.modified())
-            .ok();
         let mut keys = self
             .keys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if modified == keys.0 {
-            return;
-        }
         match read_jwks(&self.options.jwks) {
+            Ok(fresh) if fresh.0 == keys.0 => {}
             Ok(fresh) => {
                 tracing::info!(
                     keys = fresh.1.keys.len(),
@@ -162,7 +213,6 @@ impl K8sAttestor {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "service-account issuer keys unreadable; keeping the ones in force");
-                keys.0 = modified;
             }
         }
     }
@@ -171,7 +221,7 @@ impl K8sAttestor {
     pub fn verify(&self, token: &str, now: i64) -> Result<Attested, Refused> {
         use AttestReason::{
             BadAlgorithm, BadClaims, BadSignature, Expired, Malformed, NotAllowed, NotYetValid,
-            UnknownKey,
+            TooLong, UnknownKey,
         };
         let header = decode_header(token).map_err(|e| match declared_alg(token) {
             // `none` is no algorithm to the JWT library: say what it is.
@@ -195,10 +245,18 @@ impl K8sAttestor {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .1
             .clone();
+        // A key declared for encryption, or for another algorithm, never
+        // verifies a signature.
         let candidates: Vec<_> = keys
             .keys
             .iter()
             .filter(|k| header.kid.is_none() || k.common.key_id == header.kid)
+            .filter(|k| k.common.public_key_use != Some(PublicKeyUse::Encryption))
+            .filter(|k| {
+                k.common
+                    .key_algorithm
+                    .is_none_or(|a| a.to_string() == format!("{:?}", header.alg))
+            })
             .collect();
         if candidates.is_empty() {
             return Err(refused(
@@ -210,7 +268,7 @@ impl K8sAttestor {
         // Times are checked below against this control plane's clock.
         validation.validate_exp = false;
         validation.validate_nbf = false;
-        validation.required_spec_claims = ["exp", "iss", "aud", "sub"]
+        validation.required_spec_claims = ["exp", "iat", "iss", "aud", "sub"]
             .into_iter()
             .map(str::to_owned)
             .collect();
@@ -231,22 +289,43 @@ impl K8sAttestor {
             }
         }
         let claims = claims.ok_or(last)?;
-        if claims.exp + SKEW_SECS <= now {
-            return Err(refused(
-                Expired,
-                format!("the token expired at {}", claims.exp),
-            ));
+        let (Some(exp), Some(iat)) = (claims.exp, claims.iat) else {
+            return Err(refused(BadClaims, "the token has no exp or no iat"));
+        };
+        if exp.saturating_add(SKEW_SECS) <= now {
+            return Err(refused(Expired, format!("the token expired at {exp}")));
         }
-        if let Some(nbf) = claims.nbf
-            && nbf - SKEW_SECS > now
-        {
+        let valid_from = claims.nbf.unwrap_or(iat).max(iat);
+        if valid_from.saturating_sub(SKEW_SECS) > now {
             return Err(refused(
                 NotYetValid,
-                format!("the token is valid from {nbf}"),
+                format!("the token is valid from {valid_from}"),
+            ));
+        }
+        let lifetime = exp.saturating_sub(iat);
+        if lifetime > self.options.max_token_ttl {
+            return Err(refused(
+                TooLong,
+                format!(
+                    "the token lives {lifetime}s, longer than --k8s-max-token-ttl ({}s)",
+                    self.options.max_token_ttl
+                ),
             ));
         }
         let k = &claims.kubernetes;
         let (namespace, account) = (&k.namespace, &k.serviceaccount.name);
+        if !is_namespace(namespace) || !is_account(account) {
+            return Err(refused(
+                BadClaims,
+                format!("{namespace:?}/{account:?} are not Kubernetes names"),
+            ));
+        }
+        if self.options.require_pod && k.pod.is_none() {
+            return Err(refused(
+                BadClaims,
+                "the token is bound to no pod (a projected token from the kubelet is)",
+            ));
+        }
         if claims.sub != format!("system:serviceaccount:{namespace}:{account}") {
             return Err(refused(
                 BadClaims,
@@ -259,17 +338,14 @@ impl K8sAttestor {
                 format!("{namespace}/{account} may not attest (--k8s-allow)"),
             ));
         }
-        let id = format!(
-            "spiffe://{}/ns/{namespace}/sa/{account}",
-            self.trust_domain.name()
-        );
-        let spiffe_id = SpiffeId::parse(&id)
-            .map_err(|e| refused(BadClaims, format!("{id} is not a SPIFFE ID: {e}")))?;
-        let _ = &k.serviceaccount.uid;
+        let spiffe_id =
+            SpiffeId::from_namespace_service_account(&self.trust_domain, namespace, account)
+                .map_err(|e| refused(BadClaims, format!("{namespace}/{account}: {e}")))?;
         Ok(Attested {
             spiffe_id,
             namespace: namespace.clone(),
             service_account: account.clone(),
+            issued_at: iat,
             pod: k.pod.as_ref().map(|p| (p.name.clone(), p.uid.clone())),
         })
     }

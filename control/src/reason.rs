@@ -39,6 +39,8 @@ pub enum AttestReason {
     WrongAudience,
     Expired,
     NotYetValid,
+    /// Lives longer than `--k8s-max-token-ttl`.
+    TooLong,
     /// The `kubernetes.io` or `sub` claims are missing or inconsistent.
     BadClaims,
     /// The namespace or service account is not in `--k8s-allow`.
@@ -48,7 +50,7 @@ pub enum AttestReason {
 }
 
 impl AttestReason {
-    pub const ALL: [AttestReason; 11] = [
+    pub const ALL: [AttestReason; 12] = [
         AttestReason::Malformed,
         AttestReason::BadAlgorithm,
         AttestReason::UnknownKey,
@@ -57,6 +59,7 @@ impl AttestReason {
         AttestReason::WrongAudience,
         AttestReason::Expired,
         AttestReason::NotYetValid,
+        AttestReason::TooLong,
         AttestReason::BadClaims,
         AttestReason::NotAllowed,
         AttestReason::Disabled,
@@ -72,6 +75,7 @@ impl AttestReason {
             AttestReason::WrongAudience => "token_audience",
             AttestReason::Expired => "token_expired_jwt",
             AttestReason::NotYetValid => "token_not_yet_valid",
+            AttestReason::TooLong => "token_lifetime",
             AttestReason::BadClaims => "token_claims",
             AttestReason::NotAllowed => "attestation_not_allowed",
             AttestReason::Disabled => "attestation_disabled",

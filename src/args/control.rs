@@ -121,6 +121,12 @@ pub(crate) struct ControlServeArgs {
     /// (repeatable; required with --k8s-issuer).
     #[arg(long)]
     pub(crate) k8s_allow: Vec<String>,
+    /// The longest lifetime (exp - iat) of a token that attests.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    pub(crate) k8s_max_token_ttl: Duration,
+    /// Also accept tokens bound to no pod (`kubectl create token`).
+    #[arg(long)]
+    pub(crate) k8s_allow_unbound: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

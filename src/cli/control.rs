@@ -49,8 +49,11 @@ pub fn serve(args: ControlServeArgs) -> anyhow::Result<ExitCode> {
                 audience: args.k8s_audience,
                 jwks,
                 allow: args.k8s_allow,
+                max_token_ttl: i64::try_from(args.k8s_max_token_ttl.as_secs()).unwrap_or(i64::MAX),
+                require_pod: !args.k8s_allow_unbound,
             }),
-            (None, None) => None,
+            (None, None) if args.k8s_allow.is_empty() => None,
+            (None, None) => anyhow::bail!("--k8s-allow needs --k8s-issuer and --k8s-jwks"),
             _ => anyhow::bail!("--k8s-issuer and --k8s-jwks go together"),
         },
         endpoint_addresses: match args.endpoint_addresses {

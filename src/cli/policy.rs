@@ -112,9 +112,13 @@ pub fn eval(args: PolicyEvalArgs) -> anyhow::Result<ExitCode> {
     let active = engine.snapshot().context("policy set vanished")?;
     let authorizer = engine.for_peer(peer);
     let decision = if args.tcp {
+        let Some(port) = host.port else {
+            anyhow::bail!(
+                "--tcp decides a connection to a port: give it in --host (`--host db:5432`)"
+            );
+        };
         authorizer.authorize_tcp(&TcpConnectionFacts {
-            // The port --host names, as for HTTP (`db:5432`).
-            port: host.port.unwrap_or(80),
+            port,
             source_ip: args.source_ip,
             tls_version,
             now,

@@ -164,6 +164,7 @@ pub(super) async fn attest_k8s(
         api::sanitize_instance(&pod)
     };
     let detail = format!("pod {pod:?} uid {pod_uid:?} from {actor}");
+    let attested_id = attested.spiffe_id.clone();
     let cas = state.cas.clone();
     let db = state.db.clone();
     let now_time = state.clock.now();
@@ -175,9 +176,15 @@ pub(super) async fn attest_k8s(
             instance: &instance,
             sidecar_version: version.as_deref(),
         };
-        db.attest(&id, &labels, now, &detail, |bound| {
-            sign(&cas.load(), bound, &asked, now_time)
-        })
+        db.attest(
+            &id,
+            &instance,
+            attested.issued_at,
+            &labels,
+            now,
+            &detail,
+            |bound| sign(&cas.load(), bound, &asked, now_time),
+        )
     })
     .await;
     match outcome {
@@ -189,7 +196,7 @@ pub(super) async fn attest_k8s(
             state,
             "attest",
             &actor,
-            Some(attested.spiffe_id.as_str()),
+            Some(attested_id.as_str()),
             e.into(),
         )),
     }

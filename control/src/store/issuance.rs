@@ -126,9 +126,16 @@ impl Store {
     /// service-account token verified by the caller): the identity is made
     /// when new, with `labels`; refused when revoked. `sign` may run more
     /// than once, as for [`Store::redeem_token`].
+    ///
+    /// A token minted before one of this pod's (`instance`'s) SVIDs was
+    /// revoked cannot attest it again: revoking a serial is not undone by
+    /// replaying the token that obtained it.
+    #[allow(clippy::too_many_arguments)]
     pub fn attest<T>(
         &self,
         spiffe_id: &str,
+        instance: &str,
+        token_issued_at: i64,
         labels: &serde_json::Map<String, serde_json::Value>,
         now: i64,
         detail: &str,
@@ -144,6 +151,25 @@ impl Store {
                 .is_some();
             if known {
                 check_not_revoked(sql, spiffe_id)?;
+                let revoked = sql
+                    .row(
+                        "SELECT MAX(r.at) FROM revocations r JOIN svids s ON s.serial = r.serial \
+                         WHERE s.spiffe_id = ?1 AND s.instance = ?2",
+                        &[spiffe_id.into(), instance.into()],
+                    )?
+                    .map(|r| r.opt_int(0))
+                    .transpose()?
+                    .flatten();
+                if let Some(at) = revoked
+                    && at >= token_issued_at
+                {
+                    return Err(StoreError::refused(
+                        Reason::SvidRevoked,
+                        format!(
+                            "an SVID of pod {instance:?} was revoked at {at}; a token minted before that cannot attest it again"
+                        ),
+                    ));
+                }
             } else {
                 sql.exec(
                     "INSERT INTO identities (spiffe_id, labels, created_at) VALUES (?1, ?2, ?3)",
