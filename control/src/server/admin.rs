@@ -118,6 +118,8 @@ pub(super) async fn admin(
             let (id, n) =
                 blocking(move || db.revoke(body.target.trim(), body.reason.trim(), now)).await?;
             state.count(|c| c.revocations += 1);
+            // Watchers hear of it now, not at the next poll.
+            state.refresh_changes().await;
             let db = state.db.clone();
             let seq = blocking(move || db.revocation_seq()).await?;
             Ok(json_response(
@@ -149,6 +151,7 @@ pub(super) async fn admin(
             let now = state.now();
             let (version, changed) = blocking(move || db.push_policy(&d, &files, now)).await?;
             state.count(|c| c.policy_pushes += 1);
+            state.refresh_changes().await;
             Ok(json_response(
                 StatusCode::OK,
                 &api::PolicyPushResponse {
@@ -162,6 +165,7 @@ pub(super) async fn admin(
         (&Method::POST, api::ADMIN_POLICY_ROLLBACK) => {
             let body: api::PolicyRollback = read_json(req, MAX_BODY).await?;
             let bundle = blocking(move || db.rollback_policy(body.version)).await?;
+            state.refresh_changes().await;
             Ok(json_response(
                 StatusCode::OK,
                 &serde_json::json!({"version": bundle.version, "digest": bundle.digest}),
