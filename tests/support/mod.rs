@@ -32,6 +32,7 @@ pub mod mesh;
 pub mod netns;
 pub mod nginx;
 pub mod otlp;
+pub mod pods;
 pub mod policies;
 pub mod postgres;
 pub mod wait;
