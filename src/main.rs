@@ -3,6 +3,7 @@
 
 mod args;
 mod cli;
+mod inject;
 mod logging;
 
 /// jemalloc, its background threads returning freed memory to the system
@@ -24,6 +25,7 @@ use args::{
     PolicyEvalArgs, ProxyArgs, SvidCommand, SvidInspectArgs, SvidIssueArgs, TokenCommand,
     TokenCreateArgs,
 };
+use args::{InjectArgs, InjectCommand, InjectServeArgs, InstallArgs, MeshArgs};
 use logging::init_logging;
 
 fn main() -> ExitCode {
@@ -58,6 +60,12 @@ fn main() -> ExitCode {
             cli::control::policy_rollback(version, &admin)
         }
         Command::Policy(PolicyCommand::Versions { admin }) => cli::control::policy_versions(&admin),
+        Command::Inject(InjectArgs {
+            serve: Some(InjectCommand::Serve(args)),
+            ..
+        }) => cli::kube::serve(args),
+        Command::Inject(args) => cli::kube::inject(args),
+        Command::Install(args) => cli::kube::install(args),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 
 mod control;
 mod identity;
+mod kube;
 mod policy;
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ pub(crate) use control::{
 pub(crate) use identity::{
     CaCommand, CaInitArgs, IdCommand, SvidCommand, SvidInspectArgs, SvidIssueArgs,
 };
+pub(crate) use kube::{InjectArgs, InjectCommand, InjectServeArgs, InstallArgs, MeshArgs};
 pub(crate) use policy::{PolicyCheckArgs, PolicyCommand, PolicyEvalArgs};
 
 #[derive(Parser)]
@@ -100,6 +102,13 @@ pub(crate) enum Command {
     /// identity it must prove there.
     #[command(subcommand)]
     Endpoints(EndpointsCommand),
+    /// Add the sidecar to Kubernetes pods (manifests on stdin or in files,
+    /// to stdout), take it out (--uninject), or serve the admission
+    /// webhook that does it as pods are created (`inject serve`).
+    Inject(InjectArgs),
+    /// Print the manifests that run Warden in a cluster: the control
+    /// plane, the injection webhook and its configuration.
+    Install(InstallArgs),
 }
 
 #[derive(Args)]

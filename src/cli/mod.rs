@@ -6,6 +6,7 @@ pub mod control;
 pub mod demo;
 pub mod id;
 pub mod init;
+pub mod kube;
 pub mod policy;
 pub mod proxy;
 pub mod svid;

@@ -173,3 +173,79 @@ impl CertificateAuthority {
         Ok(svid)
     }
 }
+
+/// A TLS server certificate and its key, PEM.
+#[derive(Debug)]
+pub struct ServerCertificate {
+    /// The leaf, then the CA's chain.
+    pub chain_pem: String,
+    pub key_pem: String,
+    pub not_after: SystemTime,
+}
+
+impl CertificateAuthority {
+    /// Makes a key and signs a TLS server certificate for `dns_names`, for
+    /// a server outside the mesh that a client authenticates by name with
+    /// this CA's bundle (the Kubernetes API server calling the injection
+    /// webhook). It carries no SPIFFE ID, so it is never a workload's
+    /// identity, and only the server-auth purpose. It lives `ttl`, at most
+    /// as long as the CA.
+    pub fn issue_server_certificate(
+        &self,
+        dns_names: &[String],
+        ttl: Duration,
+    ) -> Result<ServerCertificate, IssueError> {
+        use rcgen::{
+            CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+            KeyUsagePurpose, SanType,
+        };
+        if dns_names.is_empty() {
+            return Err(IssueError::Keygen(
+                "a server certificate needs a DNS name".into(),
+            ));
+        }
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| IssueError::Keygen(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, dns_names[0].as_str());
+        params.subject_alt_names = dns_names
+            .iter()
+            .map(|name| {
+                name.as_str()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(|e| IssueError::Keygen(format!("{name:?}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = SystemTime::now();
+        let not_after = now
+            .checked_add(ttl)
+            .unwrap_or(self.not_after)
+            .min(self.not_after);
+        if not_after <= now {
+            return Err(IssueError::Sign(super::CsrError::CaExpired));
+        }
+        params.not_before = (now - Duration::from_secs(60)).into();
+        params.not_after = not_after.into();
+        params.serial_number = Some(super::random_serial());
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| IssueError::Keygen(e.to_string()))?;
+        let mut chain_pem = pem_encode("CERTIFICATE", cert.der());
+        for intermediate in &self.intermediates {
+            chain_pem.push_str(&pem_encode("CERTIFICATE", intermediate));
+        }
+        Ok(ServerCertificate {
+            chain_pem,
+            key_pem: key.serialize_pem(),
+            not_after,
+        })
+    }
+}

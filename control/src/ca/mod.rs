@@ -12,6 +12,7 @@
 //! | `bundle.pem`| the trust bundle: the root(s) peers must trust         |
 
 mod authority;
+pub use authority::ServerCertificate;
 mod certs;
 mod csr;
 mod parent;

@@ -1,7 +1,6 @@
 //! A small HTTPS client for the control plane's API: TLS 1.3, the server
 //! checked against the control plane's SPIFFE ID, one request per connection.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,13 +12,12 @@ use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::identity::{ExpectedIdentity, SpiffeId, SvidStore, TrustBundle, TrustBundleSet};
 use crate::tls::{TlsVersions, client_config};
 
-use super::{ControlError, api};
+use super::{ControlAddr, ControlError, api};
 
 /// Largest response body read from the control plane (policy bundles are
 /// the big ones).
@@ -29,7 +27,7 @@ const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 /// the control plane's SPIFFE ID. Presents the store's SVID when it has one.
 #[derive(Clone)]
 pub struct ControlClient {
-    addr: SocketAddr,
+    addr: ControlAddr,
     tls: TlsConnector,
     timeout: Duration,
     bearer: Option<String>,
@@ -60,7 +58,7 @@ impl ControlClient {
     /// A client that authenticates the control plane with `bundle` and
     /// presents no certificate (joins, and admin calls with a bearer token).
     pub fn trusting(
-        addr: SocketAddr,
+        addr: impl Into<ControlAddr>,
         server_id: SpiffeId,
         bundle: &[u8],
     ) -> Result<Self, ControlError> {
@@ -71,7 +69,7 @@ impl ControlClient {
     /// `store` supplies the bundles the server is checked against and the
     /// client certificate, if any.
     pub fn new(
-        addr: SocketAddr,
+        addr: impl Into<ControlAddr>,
         server_id: SpiffeId,
         store: Arc<SvidStore>,
     ) -> Result<Self, ControlError> {
@@ -83,7 +81,7 @@ impl ControlClient {
         )
         .map_err(|e| ControlError::Local(e.to_string()))?;
         Ok(ControlClient {
-            addr,
+            addr: addr.into(),
             tls: TlsConnector::from(tls),
             timeout: Duration::from_secs(10),
             bearer: None,
@@ -97,8 +95,8 @@ impl ControlClient {
         self
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    pub fn addr(&self) -> &ControlAddr {
+        &self.addr
     }
 
     /// The control plane's Warden version, as its last response said
@@ -160,14 +158,12 @@ impl ControlClient {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<T, ControlError> {
-        let addr = self.addr;
+        let addr = &self.addr;
         let exchange = async {
-            let tcp = TcpStream::connect(addr)
-                .await
-                .map_err(|e| ControlError::Connect {
-                    addr,
-                    reason: e.to_string(),
-                })?;
+            let tcp = addr.connect().await.map_err(|e| ControlError::Connect {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
             let _ = tcp.set_nodelay(true);
             let name = ServerName::try_from("warden-control")
                 .map_err(|e| ControlError::Local(e.to_string()))?;
@@ -176,7 +172,7 @@ impl ControlClient {
                 .connect(name, tcp)
                 .await
                 .map_err(|e| ControlError::Tls {
-                    addr,
+                    addr: addr.clone(),
                     reason: crate::identity::describe_io_error(&e),
                 })?;
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -215,7 +211,10 @@ impl ControlClient {
         };
         let (status, bytes) = tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| ControlError::Timeout { addr, timeout })??;
+            .map_err(|_| ControlError::Timeout {
+                addr: addr.clone(),
+                timeout,
+            })??;
         if !status.is_success() {
             let (code, message) = match serde_json::from_slice::<api::ApiError>(&bytes) {
                 Ok(e) => (e.error, e.message),

@@ -1,6 +1,5 @@
 //! Why a call to the control plane failed.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -9,11 +8,20 @@ use http::StatusCode;
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("cannot reach the control plane at {addr}: {reason}")]
-    Connect { addr: SocketAddr, reason: String },
+    Connect {
+        addr: super::ControlAddr,
+        reason: String,
+    },
     #[error("TLS with the control plane at {addr} failed: {reason}")]
-    Tls { addr: SocketAddr, reason: String },
+    Tls {
+        addr: super::ControlAddr,
+        reason: String,
+    },
     #[error("the control plane at {addr} did not answer within {timeout:?}")]
-    Timeout { addr: SocketAddr, timeout: Duration },
+    Timeout {
+        addr: super::ControlAddr,
+        timeout: Duration,
+    },
     #[error("HTTP with the control plane failed: {0}")]
     Http(String),
     #[error("the control plane refused ({status}, {code}): {message}")]

@@ -4,6 +4,7 @@
 
 pub mod api;
 
+mod addr;
 mod client;
 mod error;
 mod source;
@@ -12,6 +13,7 @@ mod watch;
 
 use sha2::{Digest, Sha256};
 
+pub use addr::ControlAddr;
 pub use client::{ControlClient, trust_store};
 pub use error::ControlError;
 pub use source::ControlSource;

@@ -3,6 +3,8 @@
 //! it (keep it on loopback), and `PUT /logging`, which needs the bearer
 //! token the sidecar wrote to `admin.token_file`: anything on the pod's
 //! loopback (a compromised app, an SSRF in it) can reach the admin port.
+//! `GET /app-health/<name>` runs one of `admin.app_probes` against the app
+//! (see `probes`): a pod's admin port is on its IP for the kubelet.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -39,6 +41,13 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 async move {
                     if req.uri().path() == "/logging" {
                         return Ok::<_, Infallible>(logging(req, &shared).await);
+                    }
+                    if let Some(name) = req.uri().path().strip_prefix("/app-health/")
+                        && req.method() == Method::GET
+                    {
+                        let (status, body) =
+                            super::probes::run(&shared.config.admin.app_probes, name).await;
+                        return Ok(reply(status, "text/plain", body));
                     }
                     Ok(route(&req, &shared))
                 }

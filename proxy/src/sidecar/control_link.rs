@@ -42,15 +42,9 @@ pub(super) fn start(
 ) -> Result<ControlChannels, SidecarError> {
     let err = |key: &'static str, message: String| SidecarError::Control { key, message };
     let trust_domain = config.server_id.trust_domain();
-    let bundle_path = &config.bundle;
-    let pem = std::fs::read(bundle_path).map_err(|e| {
-        err(
-            "control.bundle",
-            format!("cannot read {}: {e}", bundle_path.display()),
-        )
-    })?;
+    let (pem, origin) = config.bundle.read().map_err(|e| err("control.bundle", e))?;
     let bundle = TrustBundle::from_bytes(trust_domain.clone(), &pem)
-        .map_err(|e| err("control.bundle", format!("{}: {e}", bundle_path.display())))?;
+        .map_err(|e| err("control.bundle", format!("{origin}: {e}")))?;
     store.set_bundles(TrustBundleSet::new().with(bundle));
     let state = config.state_dir.clone().map(StateDir);
     if let Some(list) = state.as_ref().and_then(StateDir::load_revoked) {
@@ -81,8 +75,12 @@ pub(super) fn start(
         Some(JoinToken::ServiceAccount(path)) => Some(path.clone()),
         _ => None,
     };
-    let client = ControlClient::new(config.address, config.server_id.clone(), store.clone())
-        .map_err(|e| err("control.address", e.to_string()))?;
+    let client = ControlClient::new(
+        config.address.clone(),
+        config.server_id.clone(),
+        store.clone(),
+    )
+    .map_err(|e| err("control.address", e.to_string()))?;
     let instance = config.instance.clone().unwrap_or_else(|| {
         // The kernel takes any bytes as a host name; the inventory does not.
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();

@@ -25,6 +25,7 @@ mod outbound;
 mod pacing;
 mod peer;
 mod policy;
+mod probes;
 mod shared;
 mod splice;
 pub mod telemetry;
@@ -44,6 +45,15 @@ use crate::identity::{FileSource, FileWatcher, SvidStore};
 pub(crate) use builders::tuned_h2_client;
 pub use config::{ConfigError, SidecarConfig};
 pub use listeners::Addresses;
+
+/// Binds a listener as the sidecar does (`[::]` dual-stack whatever the
+/// host's `bindv6only`); errors name `key`.
+pub async fn bind_listener(
+    key: &str,
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpListener, SidecarError> {
+    listeners::bind(key, addr).await
+}
 pub use shared::HANDSHAKE_FAILURE_WINDOW;
 
 /// Reads (`None`) or replaces (`Some(filter)`) the process's log filter;

@@ -67,14 +67,18 @@ impl Default for IdentitySection {
 #[derive(Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct ControlSection {
-    /// The control plane's API, `host:port`. Setting it replaces `[identity]` files.
-    pub address: Option<SocketAddr>,
+    /// The control plane's API, `host:port` (an IP address or a DNS name,
+    /// looked up at each connection). Setting it replaces `[identity]` files.
+    pub address: Option<crate::control::ControlAddr>,
     /// The control plane's SPIFFE ID (`spiffe://<trust domain>/warden/control`);
     /// it also names the trust domain.
     #[serde(deserialize_with = "opt_spiffe_id")]
     pub server_id: Option<SpiffeId>,
     /// PEM trust bundle that authenticates the control plane before the first SVID.
     pub bundle: Option<PathBuf>,
+    /// The same bundle as PEM text (from the environment: an injected pod
+    /// carries it this way, as Linkerd's carry their trust anchors).
+    pub bundle_pem: Option<String>,
     /// Single-use join token (`warden control token create`).
     pub token: Option<String>,
     /// File holding the join token (read once at start).

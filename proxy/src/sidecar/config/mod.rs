@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 pub use super::app::AppAddr;
 pub use super::normalize::{EscapedSlashes, PathRules};
 pub use limits::{Limits, MAX_BUFFER_WINDOW, MAX_COUNT, MIN_BUFFER_WINDOW, MIN_HEADER_BYTES};
-pub use sections::{AdminConfig, AuthzConfig, ServiceConfig, TelemetryConfig};
-pub use source::{ControlSource, FileIdentity, IdentitySource, JoinToken};
+pub use sections::{AdminConfig, AppProbe, AuthzConfig, ServiceConfig, TelemetryConfig};
+pub use source::{BundleSource, ControlSource, FileIdentity, IdentitySource, JoinToken};
 pub use traffic::{
     AppProtocol, EndpointConfig, HttpProxy, InboundApp, InboundConfig, InboundHttp, InboundMode,
     OpaqueConfig, OutboundConfig, RouteConfig, RouteProtocol, ServiceRoute, TransparentOutbound,

@@ -65,6 +65,21 @@ pub struct AdminConfig {
     /// token that mutating admin requests (`PUT /logging`) must carry.
     /// Unset: the admin API is read-only.
     pub token_file: Option<PathBuf>,
+    /// The app's kubelet probes, rewritten by `warden inject` to
+    /// `/app-health/<name>` on this server: the sidecar runs each against
+    /// the app on loopback, so the app's ports stay behind mTLS.
+    pub app_probes: Vec<AppProbe>,
+}
+
+/// One probe `GET /app-health/<name>` runs: an HTTP GET of `path` on the
+/// app's `port` (its status is the answer), or with no path a TCP connect.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AppProbe {
+    pub name: String,
+    pub port: u16,
+    #[serde(default)]
+    pub path: Option<String>,
 }
 
 impl Default for AdminConfig {
@@ -72,6 +87,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 15000)),
             token_file: None,
+            app_probes: Vec::new(),
         }
     }
 }

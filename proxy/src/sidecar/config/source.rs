@@ -2,12 +2,12 @@
 //! both, never neither. Everything a source needs is resolved here, so
 //! starting it cannot find a key missing.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::file::{ControlSection, IdentitySection};
 use super::{ConfigError, key_error};
+use crate::control::ControlAddr;
 use crate::identity::SpiffeId;
 
 #[derive(Debug, Clone)]
@@ -28,11 +28,11 @@ pub struct FileIdentity {
 
 #[derive(Clone)]
 pub struct ControlSource {
-    pub address: SocketAddr,
+    pub address: ControlAddr,
     /// The control plane's SPIFFE ID; it also names the trust domain.
     pub server_id: SpiffeId,
     /// The trust bundle that authenticates the control plane.
-    pub bundle: PathBuf,
+    pub bundle: BundleSource,
     /// How to join; None when `state_dir` holds an SVID from an earlier run.
     pub join: Option<JoinToken>,
     pub state_dir: Option<PathBuf>,
@@ -45,6 +45,26 @@ pub struct ControlSource {
     /// port).
     pub endpoint_addresses: Vec<std::net::IpAddr>,
     pub endpoint_ports: Vec<u16>,
+}
+
+/// The trust bundle that authenticates the control plane: a file, or
+/// its PEM text.
+#[derive(Clone, Debug)]
+pub enum BundleSource {
+    File(PathBuf),
+    Pem(String),
+}
+
+impl BundleSource {
+    /// Its bytes, and what to call it in an error.
+    pub fn read(&self) -> Result<(Vec<u8>, String), String> {
+        match self {
+            BundleSource::File(path) => std::fs::read(path)
+                .map(|pem| (pem, path.display().to_string()))
+                .map_err(|e| format!("cannot read {}: {e}", path.display())),
+            BundleSource::Pem(pem) => Ok((pem.as_bytes().to_vec(), "control.bundle_pem".into())),
+        }
+    }
 }
 
 /// The single-use join token, or the file that holds it; or the pod's
@@ -81,7 +101,7 @@ impl IdentitySource {
         identity: &IdentitySection,
         control: &ControlSection,
     ) -> Result<Self, ConfigError> {
-        match control.address {
+        match control.address.clone() {
             Some(address) => {
                 if identity.dir.is_some() || identity.cert.is_some() || identity.key.is_some() {
                     return Err(key_error(
@@ -94,6 +114,7 @@ impl IdentitySource {
             None => {
                 if control.server_id.is_some()
                     || control.bundle.is_some()
+                    || control.bundle_pem.is_some()
                     || control.token.is_some()
                     || control.token_file.is_some()
                     || control.k8s_token_file.is_some()
@@ -149,7 +170,7 @@ fn file_identity(identity: &IdentitySection) -> Result<FileIdentity, ConfigError
 }
 
 fn control_source(
-    address: SocketAddr,
+    address: ControlAddr,
     control: &ControlSection,
 ) -> Result<ControlSource, ConfigError> {
     let Some(server_id) = control.server_id.clone() else {
@@ -158,11 +179,21 @@ fn control_source(
             "required with control.address",
         ));
     };
-    let Some(bundle) = control.bundle.clone() else {
-        return Err(key_error(
-            "control.bundle",
-            "required with control.address: the trust bundle that authenticates the control plane",
-        ));
+    let bundle = match (&control.bundle, &control.bundle_pem) {
+        (Some(path), None) => BundleSource::File(path.clone()),
+        (None, Some(pem)) => BundleSource::Pem(pem.clone()),
+        (None, None) => {
+            return Err(key_error(
+                "control.bundle",
+                "required with control.address (or control.bundle_pem): the trust bundle that authenticates the control plane",
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(key_error(
+                "control.bundle",
+                "set control.bundle (a file) or control.bundle_pem (its text), not both",
+            ));
+        }
     };
     let join = match (&control.token, &control.token_file, &control.k8s_token_file) {
         (Some(token), None, None) => Some(JoinToken::Inline(token.clone())),

@@ -69,8 +69,54 @@ impl SidecarConfig {
             at_least_a_millisecond("identity.poll_interval", files.poll_interval)?;
         }
         at_least_a_millisecond("authz.reload_interval", self.authz.reload_interval)?;
+        check_app_probes(&self.admin.app_probes)?;
         check_rotation(&self.rotation)
     }
+}
+
+/// Probe names are path segments (`/app-health/<name>`): lowercase
+/// letters, digits and `-`, each once; ports are real; paths are
+/// origin-form (`/...`, no spaces or controls).
+fn check_app_probes(probes: &[super::AppProbe]) -> Result<(), ConfigError> {
+    for (i, probe) in probes.iter().enumerate() {
+        let key = "admin.app_probes";
+        if probe.name.is_empty()
+            || probe.name.len() > 128
+            || !probe
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(key_error(
+                key,
+                format!(
+                    "probe name {:?}: 1 to 128 lowercase letters, digits and -",
+                    probe.name
+                ),
+            ));
+        }
+        if probes[..i].iter().any(|p| p.name == probe.name) {
+            return Err(key_error(
+                key,
+                format!("probe {:?} is listed twice", probe.name),
+            ));
+        }
+        if probe.port == 0 {
+            return Err(key_error(key, format!("probe {:?}: port 0", probe.name)));
+        }
+        if let Some(path) = &probe.path
+            && (!path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err())
+        {
+            return Err(key_error(
+                key,
+                format!(
+                    "probe {:?}: path {path:?} must be /... (a path and query)",
+                    probe.name
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn inbound(section: InboundSection) -> Result<InboundConfig, ConfigError> {
