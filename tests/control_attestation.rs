@@ -12,87 +12,19 @@ mod support;
 #[path = "support/control_flows.rs"]
 mod control_flows;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use base64::Engine;
 use control_flows::refused_code;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use support::control::{Control, Db, any_port, csr_pem};
+use support::k8s::{ISSUER, Issuer, POD, POD_UID, b64, claims, now};
 use support::mesh::{ORDERS, Proxy, get};
 use support::path_str;
 use warden_proxy::control::{ControlError, api};
 use warden_proxy::identity::SpiffeId;
 
 on_both_backends!(a_pod_attests_with_its_service_account_token_and_bad_tokens_are_refused);
-
-const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-const POD: &str = "orders-7c9d5-x2x4q";
-const POD_UID: &str = "0b6c7f1e-3c1a-4d5e-9f00-7d2b5a1c9e11";
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// The claims of a projected token as the kubelet mints them, for
-/// `namespace`/`account`, valid for 10 minutes from now.
-fn claims(namespace: &str, account: &str) -> Value {
-    let now = now();
-    json!({
-        "aud": ["warden"],
-        "exp": now + 600,
-        "iat": now,
-        "nbf": now,
-        "iss": ISSUER,
-        "jti": "6a3f4f6e-7f5a-4b61-8f43-0e1f1d2c3b4a",
-        "kubernetes.io": {
-            "namespace": namespace,
-            "node": {"name": "node-1", "uid": "9b0e3c4d-1111-2222-3333-444455556666"},
-            "pod": {"name": POD, "uid": POD_UID},
-            "serviceaccount": {"name": account, "uid": "5e6f7a8b-aaaa-bbbb-cccc-ddddeeeeffff"},
-            "warnafter": now + 300
-        },
-        "sub": format!("system:serviceaccount:{namespace}:{account}"),
-    })
-}
-
-/// An issuer: a P-256 key, and its JWKS.
-struct Issuer {
-    key: rcgen::KeyPair,
-    kid: &'static str,
-}
-
-impl Issuer {
-    fn new(kid: &'static str) -> Self {
-        Issuer {
-            key: rcgen::KeyPair::generate().expect("key"),
-            kid,
-        }
-    }
-
-    fn jwks(&self) -> Value {
-        // The uncompressed point: 0x04, then X and Y.
-        let point = self.key.public_key_raw();
-        json!({"keys": [{
-            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": self.kid,
-            "x": b64(&point[1..33]), "y": b64(&point[33..65]),
-        }]})
-    }
-
-    fn sign(&self, claims: &Value) -> String {
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(self.kid.to_owned());
-        let key = EncodingKey::from_ec_pem(self.key.serialize_pem().as_bytes()).expect("EC key");
-        encode(&header, claims, &key).expect("sign")
-    }
-}
 
 async fn attest(
     control: &Control,

@@ -196,7 +196,10 @@ fn visit(value: &mut Value, options: &InjectOptions, uninject: bool, reports: &m
     } else {
         super::inject(&mut meta, &mut spec, options)
     };
-    if !meta.is_null() {
+    // Injection made the template's metadata if it had none; taking
+    // Warden out leaves none again.
+    let emptied = uninject && meta.as_object().is_some_and(serde_json::Map::is_empty);
+    if !meta.is_null() && !emptied {
         template.insert("metadata".into(), meta);
     }
     if !spec.is_null() {

@@ -28,6 +28,7 @@ macro_rules! on_both_backends {
 }
 
 pub mod control;
+pub mod k8s;
 pub mod mesh;
 pub mod netns;
 pub mod nginx;

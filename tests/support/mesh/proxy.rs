@@ -48,7 +48,7 @@ impl Proxy {
 
     /// Runs `command` (the `warden` binary, or a wrapper that executes it)
     /// with `proxy --set ...` and reads the listener addresses it prints.
-    fn start_command(mut command: Command, log: &Path, settings: &[String]) -> Proxy {
+    pub fn start_command(mut command: Command, log: &Path, settings: &[String]) -> Proxy {
         command.arg("proxy");
         for s in settings {
             command.arg("--set").arg(s);
