@@ -183,7 +183,6 @@ fn inject_and_install_print_valid_kubernetes_manifests() {
         "CronJob/nightly: injected",
         "Service/orders: kind Service has no pod template",
         "ConfigMap/settings: kind ConfigMap has no pod template",
-        "port 9090 is left out of interception",
     ] {
         assert!(stderr.contains(object), "{object}:\n{stderr}");
     }
@@ -634,12 +633,6 @@ fn the_webhook_patches_pods_into_what_inject_makes() {
         assert_eq!(result["body"]["response"]["patchType"], "JSONPatch");
         assert_eq!(result["patched"], injected(pod), "{uid}");
     }
-    // Deployment pods carry the probe warning through to kubectl.
-    assert!(
-        results[0]["body"]["response"]["warnings"][0]
-            .as_str()
-            .is_some_and(|w| w.contains("9090"))
-    );
     // Allowed, unchanged: opted out, the control plane's namespace, its own
     // pods, a hostNetwork pod (with a warning), an UPDATE.
     for (i, uid) in [
@@ -730,6 +723,117 @@ fn a_sidecar_reaches_the_control_plane_by_name() {
     );
 }
 
+/// An HTTP app that answers 200 only to a request carrying `X-Probe:
+/// kubelet`, and a gRPC server (grpcio) whose health service says SERVING
+/// for "" and NOT_SERVING for "orders", as the kubelet's gRPC probe would
+/// ask it.
+const PROBE_APPS: &str = r#"
+import grpc, sys, threading
+from concurrent import futures
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+class App(BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = self.headers.get("x-probe") == "kubelet" and self.path == "/healthz?deep=1"
+        self.send_response(200 if ok else 500)
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http = ThreadingHTTPServer(("127.0.0.1", 0), App)
+threading.Thread(target=http.serve_forever, daemon=True).start()
+def check(request, context):
+    # HealthCheckRequest: field 1, the service name.
+    service = request[2:].decode() if request[:1] == b"\x0a" else ""
+    return b"\x08\x01" if service == "" else b"\x08\x02"
+handler = grpc.method_handlers_generic_handler("grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(check)})
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+server.add_generic_rpc_handlers((handler,))
+grpc_port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print(http.server_address[1], grpc_port, flush=True)
+server.wait_for_termination()
+"#;
+
+/// The sidecar runs each kind of rewritten probe as the kubelet would:
+/// HTTP with its headers and query, TCP, and gRPC health checks against a
+/// grpcio server; a probe of a port where nothing listens fails.
+#[test]
+fn the_sidecar_runs_http_tcp_and_grpc_probes_for_the_kubelet() {
+    let python = support::netns::python();
+    let has_grpc = Command::new(python)
+        .args(["-c", "import grpc"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_grpc {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI installs python3-grpcio"
+        );
+        eprintln!("skipped: no grpcio");
+        return;
+    }
+    let mut apps = Command::new(python)
+        .args(["-c", PROBE_APPS])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python apps");
+    let mut line = String::new();
+    BufReader::new(apps.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ports");
+    let ports: Vec<u16> = line
+        .split_whitespace()
+        .map(|p| p.parse().expect("port"))
+        .collect();
+    let _apps = support::netns::Background(apps);
+    let (http, grpc) = (ports[0], ports[1]);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    support::ca_init(&dir.path().join("ca"), "example.org");
+    let svid = support::svid_issue(&dir.path().join("ca"), ORDERS, &dir.path().join("svid"));
+    let probes = format!(
+        "admin.app_probes=[{{name = \"deep\", port = {http}, path = \"/healthz?deep=1\", headers = [[\"X-Probe\", \"kubelet\"]]}}, \
+         {{name = \"bare\", port = {http}, path = \"/healthz?deep=1\"}}, \
+         {{name = \"tcp\", port = {http}}}, {{name = \"tcp-closed\", port = {closed}}}, \
+         {{name = \"grpc\", port = {grpc}, grpc = \"\"}}, {{name = \"grpc-orders\", port = {grpc}, grpc = \"orders\"}}, \
+         {{name = \"grpc-closed\", port = {closed}, grpc = \"\"}}]"
+    );
+    let sidecar = Proxy::start(
+        &dir.path().join("sidecar.log"),
+        &[
+            format!("identity.dir={}", path_str(&svid)),
+            "inbound.listen=127.0.0.1:0".into(),
+            "inbound.app=127.0.0.1:9".into(),
+            "admin.listen=127.0.0.1:0".into(),
+            probes,
+        ],
+    );
+    let get = |name: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-m", "15", "-w", "%{http_code}"])
+            .arg(format!("http://{}/app-health/{name}", sidecar.admin))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for (name, expected) in [
+        ("deep", "200"),
+        ("bare", "500"),
+        ("tcp", "200"),
+        ("tcp-closed", "503"),
+        ("grpc", "200"),
+        ("grpc-orders", "503"),
+        ("grpc-closed", "503"),
+        ("nothing-here", "404"),
+    ] {
+        assert_eq!(get(name), expected, "{name}\n{}", sidecar.logs());
+    }
+}
+
 // ---------------------------------------------------------------------
 // Pods in network namespaces, started as their injected manifests say.
 
@@ -757,11 +861,7 @@ mod pods {
         for var in container["env"].as_array().into_iter().flatten() {
             let name = var["name"].as_str().expect("env name").to_owned();
             let value = if let Some(value) = var["value"].as_str() {
-                let mut value = value.to_owned();
-                for (k, v) in &env {
-                    value = value.replace(&format!("$({k})"), v);
-                }
-                value
+                expand(value, &env)
             } else {
                 match var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
                     Some("metadata.name") => pod.name.to_owned(),
@@ -773,6 +873,33 @@ mod pods {
             env.push((name, value));
         }
         env
+    }
+
+    /// The kubelet's expansion of a variable's value: `$(NAME)` of an
+    /// earlier variable is its value, `$$` is `$`, anything else stays.
+    fn expand(value: &str, env: &[(String, String)]) -> String {
+        let mut out = String::new();
+        let mut rest = value;
+        while let Some(at) = rest.find('$') {
+            out.push_str(&rest[..at]);
+            rest = &rest[at..];
+            if let Some(after) = rest.strip_prefix("$$") {
+                out.push('$');
+                rest = after;
+            } else if let Some((name, after)) = rest
+                .strip_prefix("$(")
+                .and_then(|r| r.split_once(')'))
+                .filter(|(n, _)| env.iter().any(|(k, _)| k == n))
+            {
+                out.push_str(&env.iter().find(|(k, _)| k == name).expect("defined").1);
+                rest = after;
+            } else {
+                out.push('$');
+                rest = &rest[1..];
+            }
+        }
+        out.push_str(rest);
+        out
     }
 
     /// The kubelet's view: an HTTP GET of `path` on the pod's `port` from
@@ -824,7 +951,18 @@ mod pods {
         let proxy = &inits[1];
         assert_eq!(proxy["restartPolicy"], "Always");
         let uid = proxy["securityContext"]["runAsUser"].as_u64().expect("uid");
-        let env = environment(proxy, pod);
+        let mut env = environment(proxy, pod);
+        // The kubelet adds service links for each Service of the pod's
+        // namespace; one named `warden` gives these.
+        env.extend(
+            [
+                ("WARDEN_SERVICE_HOST", "10.96.0.10"),
+                ("WARDEN_SERVICE_PORT", "80"),
+                ("WARDEN_PORT", "tcp://10.96.0.10:80"),
+                ("WARDEN_PORT_80_TCP_ADDR", "10.96.0.10"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
         let mounts = proxy["volumeMounts"].as_array().expect("mounts");
         let token_dir = mounts
             .iter()

@@ -47,8 +47,14 @@ pub fn parse(text: &str) -> Result<(Format, Vec<Value>), ManifestError> {
     } else {
         let mut documents = Vec::new();
         for document in serde_yaml_ng::Deserializer::from_str(text) {
-            let value =
-                Value::deserialize(document).map_err(|e| ManifestError::Syntax(e.to_string()))?;
+            let mut value = serde_yaml_ng::Value::deserialize(document)
+                .map_err(|e| ManifestError::Syntax(e.to_string()))?;
+            // `<<: *base` merge keys, as Kubernetes' YAML 1.1 reader applies them.
+            value
+                .apply_merge()
+                .map_err(|e| ManifestError::Syntax(e.to_string()))?;
+            let value: Value =
+                serde_json::to_value(&value).map_err(|e| ManifestError::Syntax(e.to_string()))?;
             // `---` at the end, or a document of comments only.
             if !value.is_null() {
                 documents.push(value);

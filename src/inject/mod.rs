@@ -213,6 +213,65 @@ fn quantity(key: &str, value: &str) -> Result<String, Refused> {
     }
 }
 
+/// A quantity's value (`100m` is 0.1, `64Mi` is 67108864), to compare
+/// requests with limits.
+fn quantity_value(q: &str) -> f64 {
+    let end = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(end);
+    let scale = match suffix {
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        _ => 1.0,
+    };
+    number.parse::<f64>().unwrap_or(0.0) * scale
+}
+
+/// The sidecar's requests and limits: the annotations over the defaults
+/// (requests 100m CPU and 64Mi, a 256Mi memory limit). A limit below a
+/// default request lowers the request to it, and a request above the
+/// default limit raises that limit to it (the API server refuses a request
+/// above its limit); both annotated, a request above its limit is refused.
+fn resolve_resources(s: &mut PodSettings) -> Result<(), Refused> {
+    if s.memory_limit.is_none() {
+        let raised = s
+            .memory_request
+            .clone()
+            .filter(|r| quantity_value(r) > quantity_value("256Mi"));
+        s.memory_limit = Some(raised.unwrap_or_else(|| "256Mi".to_owned()));
+    }
+    for (resource, request, limit, default) in [
+        ("cpu", &mut s.cpu_request, &s.cpu_limit, "100m"),
+        ("memory", &mut s.memory_request, &s.memory_limit, "64Mi"),
+    ] {
+        match (request.as_ref(), limit) {
+            (Some(r), Some(l)) if quantity_value(r) > quantity_value(l) => {
+                return Err(refused(format!(
+                    "the sidecar's {resource} request {r} is above its limit {l} (warden.dev/proxy-{resource}-request and -limit)"
+                )));
+            }
+            (None, Some(l)) if quantity_value(l) < quantity_value(default) => {
+                *request = Some(l.clone());
+            }
+            (None, _) => *request = Some(default.to_owned()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn settings(meta: &Value) -> Result<PodSettings, Refused> {
     let mut s = PodSettings::default();
     let get = |k: &str| annotation(meta, k);
@@ -254,6 +313,7 @@ fn settings(meta: &Value) -> Result<PodSettings, Refused> {
             *slot = Some(quantity(key, v)?);
         }
     }
+    resolve_resources(&mut s)?;
     if let Some(v) = get("warden.dev/drain-timeout") {
         humantime::parse_duration(v).map_err(|e| {
             refused(format!(
@@ -347,9 +407,9 @@ pub fn inject(
         }
     }
     let mut new_spec = spec.clone();
-    let mut notes = Vec::new();
-    let mut skip_inbound = settings.skip_inbound_ports.clone();
-    let (probes, originals) = rewrite_probes(&mut new_spec, &mut skip_inbound, &mut notes)?;
+    let notes = Vec::new();
+    let skip_inbound = settings.skip_inbound_ports.clone();
+    let (probes, originals) = rewrite_probes(&mut new_spec, &skip_inbound)?;
     let service = settings
         .service
         .clone()
@@ -443,30 +503,91 @@ const PROBES: [(&str, &str); 3] = [
     ("startupProbe", "startup"),
 ];
 
-/// A probe the sidecar runs: `{name, port, path}` (TOML for `admin.app_probes`).
+/// What the sidecar runs for one rewritten probe (`admin.app_probes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Check {
+    Http {
+        path: String,
+        headers: Vec<(String, String)>,
+    },
+    Tcp,
+    Grpc {
+        service: String,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct AppProbe {
     name: String,
     port: u16,
-    path: Option<String>,
+    check: Check,
 }
 
-/// Points the app containers' HTTP and TCP probes at the sidecar; gRPC
-/// and HTTPS probes, and probes naming a host, keep their target, and
-/// their port is left out of interception (noted). Returns the probes the
-/// sidecar runs and the original probes (by `container/kind`).
+impl AppProbe {
+    /// The probe as a TOML inline table, for `WARDEN_ADMIN_APP_PROBES`.
+    fn toml(&self) -> String {
+        let mut fields = vec![
+            format!("name = {}", toml_string(&self.name)),
+            format!("port = {}", self.port),
+        ];
+        match &self.check {
+            Check::Http { path, headers } => {
+                fields.push(format!("path = {}", toml_string(path)));
+                if !headers.is_empty() {
+                    let list: Vec<String> = headers
+                        .iter()
+                        .map(|(n, v)| format!("[{}, {}]", toml_string(n), toml_string(v)))
+                        .collect();
+                    fields.push(format!("headers = [{}]", list.join(", ")));
+                }
+            }
+            Check::Tcp => {}
+            Check::Grpc { service } => fields.push(format!("grpc = {}", toml_string(service))),
+        }
+        format!("{{{}}}", fields.join(", "))
+    }
+}
+
+/// The containers whose probes the kubelet runs while the pod serves: the
+/// app's, and native sidecars of the pod's own (init containers with
+/// `restartPolicy: Always`).
+fn probed_containers(spec: &mut Value) -> Vec<&mut Value> {
+    let mut out = Vec::new();
+    let Some(obj) = spec.as_object_mut() else {
+        return out;
+    };
+    for (key, list) in obj.iter_mut() {
+        let Some(list) = list.as_array_mut() else {
+            continue;
+        };
+        match key.as_str() {
+            "containers" => out.extend(list.iter_mut()),
+            "initContainers" => out.extend(
+                list.iter_mut()
+                    .filter(|c| c.get("restartPolicy").and_then(Value::as_str) == Some("Always")),
+            ),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Points the kubelet's HTTP, TCP and gRPC probes of the app's containers
+/// (and of its own native sidecars) at the sidecar's admin port, which runs
+/// each against the app: the kubelet has no SVID, and the app's ports stay
+/// behind mTLS. Probes naming a host go elsewhere than the pod and stay as
+/// they are. HTTPS probes and `httpGet` lifecycle hooks cannot be run by
+/// the sidecar: the pod is refused unless their port is listed in
+/// `warden.dev/skip-inbound-ports` (the operator's explicit choice to
+/// leave it unprotected). Returns the probes the sidecar runs and the
+/// original probes (by `container/kind`).
 fn rewrite_probes(
     spec: &mut Value,
-    skip_inbound: &mut Vec<u16>,
-    notes: &mut Vec<String>,
+    skip_inbound: &[u16],
 ) -> Result<(Vec<AppProbe>, Map<String, Value>), Refused> {
     let mut probes = Vec::new();
     let mut originals = Map::new();
-    let containers = spec
-        .get_mut("containers")
-        .and_then(Value::as_array_mut)
-        .ok_or_else(|| refused("the pod has no containers"))?;
-    for container in containers.iter_mut() {
+    for container in probed_containers(spec) {
         let name = container
             .get("name")
             .and_then(Value::as_str)
@@ -484,94 +605,135 @@ fn rewrite_probes(
                 ))
             })
             .collect();
+        let port_of = |what: &str, handler: &Value| -> Result<u16, Refused> {
+            match handler.get("port") {
+                Some(Value::Number(n)) => n
+                    .as_u64()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| refused(format!("container {name}: {what}: port {n}"))),
+                Some(Value::String(s)) => named_ports.get(s).copied().ok_or_else(|| {
+                    refused(format!(
+                        "container {name}: {what}: no container port named {s:?}"
+                    ))
+                }),
+                _ => Err(refused(format!("container {name}: {what}: no port"))),
+            }
+        };
+        // The kubelet calls these hooks at the pod's address: through the
+        // sidecar they would need an SVID.
+        for hook in ["postStart", "preStop"] {
+            let Some(http) = container.pointer(&format!("/lifecycle/{hook}/httpGet")) else {
+                continue;
+            };
+            if http.get("host").is_some() {
+                continue;
+            }
+            let port = port_of(hook, http)?;
+            if !skip_inbound.contains(&port) {
+                return Err(refused(format!(
+                    "container {name}: its {hook} httpGet hook calls port {port}, which the kubelet cannot reach through the sidecar; use an exec hook, or list {port} in warden.dev/skip-inbound-ports to leave it unprotected"
+                )));
+            }
+        }
         for (kind, short) in PROBES {
             let Some(probe) = container.get(kind).cloned() else {
                 continue;
             };
-            let port_of = |handler: &Value| -> Result<u16, Refused> {
-                match handler.get("port") {
-                    Some(Value::Number(n)) => n
-                        .as_u64()
-                        .and_then(|p| u16::try_from(p).ok())
-                        .filter(|p| *p != 0)
-                        .ok_or_else(|| refused(format!("container {name}: {kind}: port {n}"))),
-                    Some(Value::String(s)) => named_ports.get(s).copied().ok_or_else(|| {
-                        refused(format!(
-                            "container {name}: {kind}: no container port named {s:?}"
-                        ))
-                    }),
-                    _ => Err(refused(format!("container {name}: {kind}: no port"))),
+            let what = kind;
+            let (port, check) = if let Some(http) = probe.get("httpGet") {
+                if http.get("host").is_some() {
+                    continue;
                 }
-            };
-            let probe_name = format!("{name}-{short}");
-            let target = if let Some(http) = probe.get("httpGet") {
-                let port = port_of(http)?;
-                let https = http.get("scheme").and_then(Value::as_str) == Some("HTTPS");
-                if https || http.get("host").is_some() || http.get("httpHeaders").is_some() {
-                    Err(port)
+                let port = port_of(what, http)?;
+                if http.get("scheme").and_then(Value::as_str) == Some("HTTPS") {
+                    if skip_inbound.contains(&port) {
+                        continue;
+                    }
+                    return Err(refused(format!(
+                        "container {name}: its {kind} is HTTPS on port {port}, which the sidecar does not run; use HTTP or gRPC, or list {port} in warden.dev/skip-inbound-ports to leave it unprotected"
+                    )));
+                }
+                let path = http.get("path").and_then(Value::as_str).unwrap_or("/");
+                let path = if path.starts_with('/') {
+                    path.to_owned()
                 } else {
-                    let path = http.get("path").and_then(Value::as_str).unwrap_or("/");
-                    let path = if path.starts_with('/') {
-                        path.to_owned()
-                    } else {
-                        format!("/{path}")
+                    format!("/{path}")
+                };
+                if path.parse::<http::uri::PathAndQuery>().is_err() {
+                    return Err(refused(format!(
+                        "container {name}: {kind}: {path:?} is not an HTTP path"
+                    )));
+                }
+                let mut headers = Vec::new();
+                for header in http
+                    .get("httpHeaders")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let (Some(n), Some(v)) = (
+                        header.get("name").and_then(Value::as_str),
+                        header.get("value").and_then(Value::as_str),
+                    ) else {
+                        return Err(refused(format!(
+                            "container {name}: {kind}: a header without name or value"
+                        )));
                     };
-                    Ok(Some(path))
+                    if http::HeaderName::from_bytes(n.as_bytes()).is_err()
+                        || http::HeaderValue::from_str(v).is_err()
+                    {
+                        return Err(refused(format!(
+                            "container {name}: {kind}: header {n:?} is not a valid HTTP header"
+                        )));
+                    }
+                    headers.push((n.to_owned(), v.to_owned()));
                 }
+                (port, Check::Http { path, headers })
             } else if let Some(tcp) = probe.get("tcpSocket") {
-                let port = port_of(tcp)?;
                 if tcp.get("host").is_some() {
-                    Err(port)
-                } else {
-                    Ok(None)
+                    continue;
                 }
+                (port_of(what, tcp)?, Check::Tcp)
             } else if let Some(grpc) = probe.get("grpc") {
                 let port = grpc
                     .get("port")
                     .and_then(Value::as_u64)
                     .and_then(|p| u16::try_from(p).ok())
+                    .filter(|p| *p != 0)
                     .ok_or_else(|| refused(format!("container {name}: {kind}: grpc port")))?;
-                Err(port)
+                let service = grpc
+                    .get("service")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                (port, Check::Grpc { service })
             } else {
                 // exec probes run in the container: nothing to do.
                 continue;
             };
-            match target {
-                Ok(path) => {
-                    let port = match probe.get("httpGet").or_else(|| probe.get("tcpSocket")) {
-                        Some(h) => port_of(h)?,
-                        None => continue,
-                    };
-                    originals.insert(format!("{name}/{kind}"), probe.clone());
-                    let mut rewritten = probe.clone();
-                    let Some(obj) = rewritten.as_object_mut() else {
-                        continue;
-                    };
-                    obj.remove("tcpSocket");
-                    obj.insert(
-                        "httpGet".into(),
-                        json!({
-                            "path": format!("/app-health/{probe_name}"),
-                            "port": ADMIN_PORT,
-                            "scheme": "HTTP",
-                        }),
-                    );
-                    container[kind] = rewritten;
-                    probes.push(AppProbe {
-                        name: probe_name,
-                        port,
-                        path,
-                    });
-                }
-                Err(port) => {
-                    if !skip_inbound.contains(&port) {
-                        skip_inbound.push(port);
-                    }
-                    notes.push(format!(
-                        "container {name}: its {kind} (gRPC, HTTPS, or with a host or headers) goes to port {port} directly, so port {port} is left out of interception: no mTLS and no policy there"
-                    ));
-                }
-            }
+            let probe_name = format!("{name}-{short}");
+            originals.insert(format!("{name}/{kind}"), probe.clone());
+            let mut rewritten = probe;
+            let Some(obj) = rewritten.as_object_mut() else {
+                continue;
+            };
+            obj.remove("tcpSocket");
+            obj.remove("grpc");
+            obj.insert(
+                "httpGet".into(),
+                json!({
+                    "path": format!("/app-health/{probe_name}"),
+                    "port": ADMIN_PORT,
+                    "scheme": "HTTP",
+                }),
+            );
+            container[kind] = rewritten;
+            probes.push(AppProbe {
+                name: probe_name,
+                port,
+                check,
+            });
         }
     }
     Ok((probes, originals))
@@ -635,8 +797,15 @@ fn init_container(options: &InjectOptions, settings: &PodSettings, skip_inbound:
     container
 }
 
+/// A literal variable: the kubelet expands `$(VAR)` in values and reduces
+/// `$$` to `$`, so every `$` is doubled.
 fn env(name: &str, value: impl Into<String>) -> Value {
-    json!({"name": name, "value": value.into()})
+    json!({"name": name, "value": value.into().replace('$', "$$")})
+}
+
+/// A variable built from earlier ones by the kubelet's `$(VAR)` expansion.
+fn env_expanded(name: &str, value: &str) -> Value {
+    json!({"name": name, "value": value})
 }
 
 fn field_env(name: &str, path: &str) -> Value {
@@ -669,7 +838,7 @@ fn proxy_container(
         field_env("WARDEN_POD_NAME", "metadata.name"),
         field_env("WARDEN_POD_NAMESPACE", "metadata.namespace"),
         field_env("WARDEN_CONTROL_ENDPOINT_ADDRESSES", "status.podIPs"),
-        env(
+        env_expanded(
             "WARDEN_CONTROL_INSTANCE",
             "$(WARDEN_POD_NAMESPACE)/$(WARDEN_POD_NAME)",
         ),
@@ -682,7 +851,8 @@ fn proxy_container(
         ),
         env("WARDEN_CONTROL_STATE_DIR", format!("{STATE_DIR}/state")),
         env("WARDEN_CONTROL_POLICIES", "true"),
-        env("WARDEN_SERVICE_NAME", service),
+        // Quoted for TOML: a service named `2048` or `true` stays a string.
+        env("WARDEN_SERVICE_NAME", toml_string(service)),
         env("WARDEN_INBOUND_LISTEN", format!("[::]:{INBOUND_PORT}")),
         env("WARDEN_INBOUND_TRANSPARENT", "true"),
         env(
@@ -703,21 +873,10 @@ fn proxy_container(
         ));
     }
     if let Some(drain) = &settings.drain_timeout {
-        envs.push(env("WARDEN_LIMITS_DRAIN_TIMEOUT", drain));
+        envs.push(env("WARDEN_LIMITS_DRAIN_TIMEOUT", toml_string(drain)));
     }
     if !probes.is_empty() {
-        let list: Vec<String> = probes
-            .iter()
-            .map(|p| match &p.path {
-                Some(path) => format!(
-                    "{{name = {}, port = {}, path = {}}}",
-                    toml_string(&p.name),
-                    p.port,
-                    toml_string(path)
-                ),
-                None => format!("{{name = {}, port = {}}}", toml_string(&p.name), p.port),
-            })
-            .collect();
+        let list: Vec<String> = probes.iter().map(AppProbe::toml).collect();
         envs.push(env(
             "WARDEN_ADMIN_APP_PROBES",
             format!("[{}]", list.join(", ")),

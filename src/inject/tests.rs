@@ -24,7 +24,8 @@ fn app() -> Value {
         "name": "app",
         "image": "app:1",
         "ports": [{"name": "http", "containerPort": 8080}],
-        "livenessProbe": {"httpGet": {"path": "healthz", "port": "http"}, "periodSeconds": 3},
+        "livenessProbe": {"httpGet": {"path": "healthz", "port": "http",
+            "httpHeaders": [{"name": "X-Probe", "value": "kubelet"}]}, "periodSeconds": 3},
         "readinessProbe": {"tcpSocket": {"port": 8080}},
         "startupProbe": {"grpc": {"port": 9090}},
     })
@@ -73,23 +74,10 @@ fn a_pod_gets_init_then_sidecar_then_its_own_init_containers() {
         init["securityContext"]["capabilities"]["add"],
         json!(["NET_ADMIN", "NET_RAW"])
     );
-    // The gRPC startup probe's port is left out of interception, and said so.
-    let args: Vec<&str> = init["args"]
-        .as_array()
-        .expect("args")
-        .iter()
-        .map(|a| a.as_str().expect("arg"))
-        .collect();
-    let at = args
-        .iter()
-        .position(|a| *a == "--skip-inbound-ports")
-        .expect("skip flag");
-    assert_eq!(args[at + 1], "9090");
-    let Ok(Outcome::Changed { notes }) = &reports[0].result else {
-        panic!()
-    };
-    assert!(notes.iter().any(|n| n.contains("port 9090")), "{notes:?}");
-    // HTTP and TCP probes go through the sidecar's admin port.
+    // Every probe the kubelet would send to the app's ports goes through
+    // the sidecar's admin port: HTTP (its headers kept), TCP and gRPC; no
+    // port is left out of interception.
+    assert!(!init["args"].to_string().contains("--skip-inbound-ports"));
     let container = &injected["spec"]["containers"][0];
     assert_eq!(
         container["livenessProbe"]["httpGet"]["path"],
@@ -98,11 +86,15 @@ fn a_pod_gets_init_then_sidecar_then_its_own_init_containers() {
     assert_eq!(container["livenessProbe"]["periodSeconds"], 3);
     assert_eq!(container["readinessProbe"]["httpGet"]["port"], 15000);
     assert!(container["readinessProbe"].get("tcpSocket").is_none());
-    assert_eq!(container["startupProbe"], app()["startupProbe"]);
+    assert!(container["startupProbe"].get("grpc").is_none());
+    assert_eq!(
+        container["startupProbe"]["httpGet"]["path"],
+        "/app-health/app-startup"
+    );
     assert_eq!(
         env_of(&injected, "WARDEN_ADMIN_APP_PROBES").as_deref(),
         Some(
-            r#"[{name = "app-live", port = 8080, path = "/healthz"}, {name = "app-ready", port = 8080}]"#
+            r#"[{name = "app-live", port = 8080, path = "/healthz", headers = [["X-Probe", "kubelet"]]}, {name = "app-ready", port = 8080}, {name = "app-startup", port = 9090, grpc = ""}]"#
         )
     );
     let probes: toml::Table = toml::from_str(&format!(
@@ -110,7 +102,7 @@ fn a_pod_gets_init_then_sidecar_then_its_own_init_containers() {
         env_of(&injected, "WARDEN_ADMIN_APP_PROBES").expect("probes")
     ))
     .expect("TOML the sidecar reads");
-    assert_eq!(probes["p"].as_array().expect("list").len(), 2);
+    assert_eq!(probes["p"].as_array().expect("list").len(), 3);
     assert_eq!(
         injected["metadata"]["annotations"][ANNOTATION_INJECTED],
         env!("CARGO_PKG_VERSION")
@@ -211,6 +203,32 @@ fn refusals_leave_the_object_as_it_was() {
             ),
             "already has a volume",
         ),
+        (
+            pod(
+                json!({"containers": [{"name": "a", "image": "a", "ports": [{"containerPort": 8443}],
+                "readinessProbe": {"httpGet": {"port": 8443, "scheme": "HTTPS"}}}]}),
+            ),
+            "HTTPS on port 8443",
+        ),
+        (
+            pod(json!({"containers": [{"name": "a", "image": "a",
+                "lifecycle": {"preStop": {"httpGet": {"port": 8080, "path": "/drain"}}}}]})),
+            "preStop httpGet hook calls port 8080",
+        ),
+        (
+            pod(json!({"containers": [{"name": "a", "image": "a",
+                "livenessProbe": {"httpGet": {"port": 8080, "path": "/a b"}}}]})),
+            "not an HTTP path",
+        ),
+        (
+            {
+                let mut p = pod(json!({"containers": [app()]}));
+                p["metadata"]["annotations"] = json!({
+                    "warden.dev/proxy-cpu-request": "2", "warden.dev/proxy-cpu-limit": "500m"});
+                p
+            },
+            "request 2 is above its limit 500m",
+        ),
     ];
     for (original, expected) in cases {
         let (after, reports) = run(&original, false);
@@ -305,4 +323,89 @@ fn the_readme_documents_every_annotation() {
     for (name, _) in ANNOTATIONS {
         assert!(readme.contains(&format!("`{name}`")), "README lacks {name}");
     }
+}
+
+#[test]
+fn explicit_skips_kubelet_expansion_types_and_resources() {
+    // An HTTPS probe and an httpGet hook pass when their port is explicitly
+    // left out of interception; they are then left as they are.
+    let mut p = pod(json!({"containers": [{"name": "a", "image": "a",
+        "readinessProbe": {"httpGet": {"port": 8443, "scheme": "HTTPS"}},
+        "lifecycle": {"postStart": {"httpGet": {"port": 8443}}}},
+        {"name": "b", "image": "b", "livenessProbe": {"httpGet": {"port": 80, "host": "example.com"}}}],
+        "initContainers": [{"name": "log-shipper", "image": "l", "restartPolicy": "Always",
+            "startupProbe": {"tcpSocket": {"port": 2020}}}]}));
+    p["metadata"]["annotations"] = json!({
+        "warden.dev/skip-inbound-ports": "8443",
+        "warden.dev/service": "2048",
+        "warden.dev/drain-timeout": "0s",
+        "warden.dev/proxy-memory-limit": "32Mi",
+        "warden.dev/proxy-cpu-limit": "50m",
+    });
+    let (injected, reports) = run(&p, false);
+    assert!(
+        matches!(reports[0].result, Ok(Outcome::Changed { .. })),
+        "{reports:?}"
+    );
+    let containers = &injected["spec"]["containers"];
+    assert_eq!(
+        containers[0]["readinessProbe"],
+        p["spec"]["containers"][0]["readinessProbe"]
+    );
+    // A probe naming another host is not the pod's business.
+    assert_eq!(
+        containers[1]["livenessProbe"],
+        p["spec"]["containers"][1]["livenessProbe"]
+    );
+    // The pod's own native sidecar is probed through Warden's, too.
+    let shipper = &injected["spec"]["initContainers"][2];
+    assert_eq!(shipper["name"], "log-shipper");
+    assert_eq!(
+        shipper["startupProbe"]["httpGet"]["path"],
+        "/app-health/log-shipper-startup"
+    );
+    // Values stay strings for the sidecar's TOML reading.
+    assert_eq!(
+        env_of(&injected, "WARDEN_SERVICE_NAME").as_deref(),
+        Some("\"2048\"")
+    );
+    assert_eq!(
+        env_of(&injected, "WARDEN_LIMITS_DRAIN_TIMEOUT").as_deref(),
+        Some("\"0s\"")
+    );
+    // Limits below the default requests lower the requests.
+    let resources = &injected["spec"]["initContainers"][1]["resources"];
+    assert_eq!(
+        resources["requests"],
+        json!({"cpu": "50m", "memory": "32Mi"})
+    );
+    assert_eq!(resources["limits"], json!({"memory": "32Mi", "cpu": "50m"}));
+    // A `$` in a literal value is doubled so the kubelet's expansion keeps it.
+    let mut dollar = pod(json!({"containers": [app()]}));
+    dollar["metadata"]["annotations"] = json!({"warden.dev/service": "$(HOME)x"});
+    let (injected, _) = run(&dollar, false);
+    assert_eq!(
+        env_of(&injected, "WARDEN_SERVICE_NAME").as_deref(),
+        Some("\"$$(HOME)x\"")
+    );
+    // A request above the default memory limit raises the limit.
+    let mut big = pod(json!({"containers": [app()]}));
+    big["metadata"]["annotations"] = json!({"warden.dev/proxy-memory-request": "1Gi"});
+    let (injected, _) = run(&big, false);
+    assert_eq!(
+        injected["spec"]["initContainers"][1]["resources"]["limits"]["memory"],
+        "1Gi"
+    );
+}
+
+#[test]
+fn yaml_merge_keys_are_applied() {
+    let (_, docs) = manifest::parse(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: m}\nspec:\n  containers:\n  - &base {name: a, image: a}\n  - <<: *base\n    name: b\n",
+    )
+    .expect("yaml");
+    assert_eq!(
+        docs[0]["spec"]["containers"][1],
+        json!({"name": "b", "image": "a"})
+    );
 }

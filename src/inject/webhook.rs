@@ -29,6 +29,8 @@ use super::{InjectOptions, Outcome, Refused};
 
 /// The largest review read (the API server's own request limit is 3 MiB).
 const MAX_REVIEW: usize = 4 * 1024 * 1024;
+/// Connections served at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 256;
 
 /// What the webhook needs besides the injection options.
 #[derive(Clone, Debug)]
@@ -183,6 +185,11 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let acceptor = tls_acceptor(cert, key)?;
     let options = Arc::new(options);
+    // Any pod can reach the webhook's Service, and with failurePolicy Fail
+    // a wedged webhook stops pod creation in meshed namespaces: connections
+    // are capped, and each must send its request head within 10 s and be
+    // done within a minute.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -196,9 +203,14 @@ pub async fn serve(
             },
             () = &mut shutdown => return Ok(()),
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let acceptor = acceptor.clone();
         let options = options.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let tls = match tokio::time::timeout(
                 std::time::Duration::from_secs(10),
                 acceptor.accept(stream),
@@ -212,9 +224,14 @@ pub async fn serve(
                 let options = options.clone();
                 async move { Ok::<_, Infallible>(handle(req, &options).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(tls), service),
+            )
+            .await;
         });
     }
 }

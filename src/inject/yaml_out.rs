@@ -130,7 +130,11 @@ fn literal_block(out: &mut String, s: &str, indent: usize) {
 
 /// Characters a YAML reader does not take as they are in a scalar.
 fn needs_escape(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{feff}' | '\u{2028}' | '\u{2029}') || c == '\u{fffe}'
+    c.is_control()
+        || matches!(
+            c,
+            '\u{feff}' | '\u{2028}' | '\u{2029}' | '\u{fffe}' | '\u{ffff}'
+        )
 }
 
 /// Words YAML 1.1 reads as booleans or null, in any case.
@@ -222,6 +226,32 @@ mod tests {
         });
         let text = to_string(&value);
         assert_eq!(back(&text), value, "{text}");
+        // What YAML 1.1 (Kubernetes) reads as a boolean, number, date or
+        // null is quoted, though YAML 1.2 would read it back as a string.
+        for word in [
+            "yes",
+            "No",
+            "on",
+            "OFF",
+            "y",
+            "n",
+            "null",
+            "~",
+            "0755",
+            "1e3",
+            "1_000",
+            "0x1F",
+            "0b11",
+            "2001-12-14",
+            "12:30",
+            "1.27",
+        ] {
+            assert!(
+                text.contains(&format!("- \"{word}\"\n")),
+                "{word} not quoted:\n{text}"
+            );
+        }
+        assert!(to_string(&json!({"k": "\u{ffff}"})).contains("\\uffff"));
         assert!(text.contains("- \"on\"\n"), "{text}");
         assert!(text.contains("pem: |\n  -----BEGIN"), "{text}");
     }

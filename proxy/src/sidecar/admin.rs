@@ -24,7 +24,13 @@ use super::metrics::unix_seconds;
 use super::shared::Shared;
 use crate::identity::Timestamp;
 
+/// Connections the admin server serves at once: a pod's admin port is on
+/// its address for the kubelet, so anything in the cluster can connect;
+/// past this a new connection is closed at once.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -34,8 +40,13 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req: Request<Incoming>| {
                 let shared = shared.clone();
                 async move {
@@ -45,16 +56,31 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     if let Some(name) = req.uri().path().strip_prefix("/app-health/")
                         && req.method() == Method::GET
                     {
+                        let host = match &shared.config.identity {
+                            super::config::IdentitySource::Control(c) => {
+                                super::probes::probe_host(&c.endpoint_addresses)
+                            }
+                            super::config::IdentitySource::Files(_) => {
+                                super::probes::probe_host(&[])
+                            }
+                        };
                         let (status, body) =
-                            super::probes::run(&shared.config.admin.app_probes, name).await;
+                            super::probes::run(&shared.config.admin.app_probes, host, name).await;
                         return Ok(reply(status, "text/plain", body));
                     }
                     Ok(route(&req, &shared))
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            // A request head within 10 s, and the whole exchange within a
+            // minute: a slow client cannot hold a slot.
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service),
+            )
+            .await;
         });
     }
 }

@@ -52,7 +52,19 @@ pub(super) async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, Sid
 }
 
 fn dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = tokio::net::TcpSocket::new_v6()?;
+    let socket = match tokio::net::TcpSocket::new_v6() {
+        Ok(socket) => socket,
+        // A kernel (or a pod) without IPv6: `[::]` means every address there is.
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::AFNOSUPPORT.raw_os_error()) => {
+            tracing::info!(%addr, "no IPv6 here; listening on IPv4 only");
+            let v4 = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port());
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.set_reuseaddr(true)?;
+            socket.bind(v4)?;
+            return socket.listen(1024);
+        }
+        Err(e) => return Err(e),
+    };
     socket.set_reuseaddr(true)?;
     rustix::net::sockopt::set_ipv6_v6only(&socket, false)?;
     socket.bind(addr)?;

@@ -36,6 +36,12 @@ pub(super) fn layered(
         if !SECTIONS.contains(&section) {
             continue;
         }
+        // The kubelet's variables for each Service of the pod's namespace
+        // (a Service named `warden-control` gives WARDEN_CONTROL_SERVICE_HOST
+        // and WARDEN_CONTROL_PORT_7443_TCP): never settings.
+        if is_service_link(section, field) {
+            continue;
+        }
         set_key(
             &mut table,
             &format!("{section}.{field}"),
@@ -56,6 +62,31 @@ pub(super) fn layered(
         )?;
     }
     Ok(table)
+}
+
+/// Whether a variable's section and key (what follows `WARDEN_<SECTION>_`, lowercase)
+/// has the shape of a Kubernetes service link: `<svc>_SERVICE_HOST`,
+/// `<svc>_SERVICE_PORT[_<name>]`, `<svc>_PORT` or
+/// `<svc>_PORT_<port>_<proto>[_PROTO|_PORT|_ADDR]`. No setting is named so.
+fn is_service_link(section: &str, field: &str) -> bool {
+    // A Service named `warden`: WARDEN_SERVICE_HOST, WARDEN_SERVICE_PORT[_<name>].
+    if section == "service" && (field == "host" || field.starts_with("port")) {
+        return true;
+    }
+    if field == "port" || field.ends_with("_port") || field.ends_with("service_host") {
+        return true;
+    }
+    if field.contains("service_port") {
+        return true;
+    }
+    // `port_<digits>_<tcp|udp|sctp>...`, at the start or after a `_`.
+    let parts: Vec<&str> = field.split('_').collect();
+    parts.windows(3).any(|w| {
+        w[0] == "port"
+            && !w[1].is_empty()
+            && w[1].bytes().all(|b| b.is_ascii_digit())
+            && matches!(w[2], "tcp" | "udp" | "sctp")
+    })
 }
 
 /// Reads a value the way TOML would, falling back to a plain string, so

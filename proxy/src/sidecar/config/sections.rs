@@ -71,8 +71,10 @@ pub struct AdminConfig {
     pub app_probes: Vec<AppProbe>,
 }
 
-/// One probe `GET /app-health/<name>` runs: an HTTP GET of `path` on the
-/// app's `port` (its status is the answer), or with no path a TCP connect.
+/// One probe `GET /app-health/<name>` runs against the app's `port`: an
+/// HTTP GET of `path` with `headers` (the app's status is the answer), a
+/// gRPC health check of service `grpc` (`""`: the server as a whole;
+/// SERVING is 200), or with neither a TCP connect.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AppProbe {
@@ -80,6 +82,10 @@ pub struct AppProbe {
     pub port: u16,
     #[serde(default)]
     pub path: Option<String>,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    #[serde(default)]
+    pub grpc: Option<String>,
 }
 
 impl Default for AdminConfig {

@@ -392,3 +392,29 @@ fn a_service_account_token_stands_in_for_the_join_token_never_beside_it() {
     let err = load(CONTROL, &[], &[]).expect_err("neither").to_string();
     assert!(err.contains("control.k8s_token_file"), "{err}");
 }
+
+#[test]
+fn kubernetes_service_links_are_not_settings() {
+    // What the kubelet sets for Services named warden, warden-control and
+    // warden-inbound in the pod's namespace.
+    let links = [
+        ("WARDEN_SERVICE_HOST", "10.96.0.10"),
+        ("WARDEN_SERVICE_PORT", "80"),
+        ("WARDEN_SERVICE_PORT_HTTP", "80"),
+        ("WARDEN_PORT", "tcp://10.96.0.10:80"),
+        ("WARDEN_PORT_80_TCP", "tcp://10.96.0.10:80"),
+        ("WARDEN_PORT_80_TCP_PROTO", "tcp"),
+        ("WARDEN_PORT_80_TCP_PORT", "80"),
+        ("WARDEN_PORT_80_TCP_ADDR", "10.96.0.10"),
+        ("WARDEN_CONTROL_SERVICE_HOST", "10.96.0.11"),
+        ("WARDEN_CONTROL_SERVICE_PORT_API", "7443"),
+        ("WARDEN_CONTROL_PORT", "tcp://10.96.0.11:7443"),
+        ("WARDEN_CONTROL_PORT_7443_TCP_ADDR", "10.96.0.11"),
+        ("WARDEN_INBOUND_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+        ("WARDEN_INBOUND_SERVICE_HOST", "10.96.0.12"),
+    ];
+    let config = load(MINIMAL, &links, &[]).expect("service links are ignored");
+    assert_eq!(config.service.name, "app");
+    // A real setting next to them still counts, and a typo still fails.
+    assert!(load(MINIMAL, &[("WARDEN_INBOUND_LISTN", "x")], &[]).is_err());
+}

@@ -104,6 +104,28 @@ fn check_app_probes(probes: &[super::AppProbe]) -> Result<(), ConfigError> {
         if probe.port == 0 {
             return Err(key_error(key, format!("probe {:?}: port 0", probe.name)));
         }
+        if probe.path.is_some() && probe.grpc.is_some() {
+            return Err(key_error(
+                key,
+                format!("probe {:?}: path (HTTP) or grpc, not both", probe.name),
+            ));
+        }
+        if !probe.headers.is_empty() && probe.path.is_none() {
+            return Err(key_error(
+                key,
+                format!("probe {:?}: headers need a path (HTTP)", probe.name),
+            ));
+        }
+        for (name, value) in &probe.headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || http::HeaderValue::from_str(value).is_err()
+            {
+                return Err(key_error(
+                    key,
+                    format!("probe {:?}: header {name:?} is not valid", probe.name),
+                ));
+            }
+        }
         if let Some(path) = &probe.path
             && (!path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err())
         {
