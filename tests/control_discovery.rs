@@ -25,6 +25,7 @@ use warden_proxy::identity::{SpiffeId, Svid};
 on_both_backends!(
     each_address_belongs_to_one_live_identity_and_the_watch_delivers_the_registry,
     by_default_a_sidecar_registers_only_the_address_it_calls_from,
+    service_addresses_are_set_by_an_administrator_and_never_taken_by_a_workload,
 );
 
 /// A workload of `id` that joined: a client presenting its SVID.
@@ -241,4 +242,155 @@ async fn by_default_a_sidecar_registers_only_the_address_it_calls_from(db: Db) {
         "{audited:#?}"
     );
     assert!(registry(&control).await.endpoints.is_empty());
+}
+
+async fn set_service(
+    control: &Control,
+    address: &str,
+    spiffe_id: &str,
+    name: &str,
+    ports: &[u16],
+) -> Result<api::EndpointList, ControlError> {
+    let body = api::ServiceEndpoint {
+        address: address.parse().expect("ip"),
+        spiffe_id: spiffe_id.to_owned(),
+        name: name.to_owned(),
+        ports: ports.to_vec(),
+    };
+    control
+        .client(true)
+        .call(
+            Method::PUT,
+            api::ADMIN_ENDPOINTS,
+            Some(serde_json::to_vec(&body).expect("json")),
+            Duration::from_secs(10),
+        )
+        .await
+}
+
+/// A Kubernetes Service's ClusterIP, set by an administrator (`warden
+/// endpoints add`): in the registry the watch delivers, with no expiry;
+/// never taken over by a workload's registration, nor set over a live
+/// workload's address; removed by the administrator; only with the admin
+/// token; bad input refused.
+async fn service_addresses_are_set_by_an_administrator_and_never_taken_by_a_workload(db: Db) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(TestClock::default());
+    let control = Control::start_in_process_with(
+        &dir.path().join("control"),
+        &db,
+        clock.clone(),
+        EndpointAddresses::Any,
+    )
+    .await;
+    let orders = workload(&control, ORDERS).await;
+    let frontend = workload(&control, FRONTEND).await;
+    register(&orders, &["198.18.0.2"], &[8080])
+        .await
+        .expect("orders' pod");
+
+    let set = set_service(&control, "198.19.0.10", ORDERS, "shop/orders", &[80])
+        .await
+        .expect("service address");
+    assert_eq!(set.endpoints[0].instance, "service:shop/orders");
+    let listed = registry(&control).await;
+    assert_eq!(
+        held(&listed),
+        vec![
+            ("198.18.0.2".into(), ORDERS.into()),
+            ("198.19.0.10".into(), ORDERS.into())
+        ]
+    );
+    // A workload of any identity, the Service's own included, cannot take it.
+    for client in [&frontend, &orders] {
+        assert_eq!(
+            refused_code(register(client, &["198.19.0.10"], &[]).await),
+            (409, "endpoint_conflict".into())
+        );
+    }
+    // Nor can the administrator set one over a live workload's address.
+    assert_eq!(
+        refused_code(set_service(&control, "198.18.0.2", FRONTEND, "shop/x", &[]).await),
+        (409, "endpoint_conflict".into())
+    );
+    for (address, id, name, ports) in [
+        ("127.0.0.1", ORDERS, "shop/orders", &[][..]),
+        (
+            "198.19.0.11",
+            "spiffe://elsewhere.org/ns/a/sa/b",
+            "shop/orders",
+            &[][..],
+        ),
+        ("198.19.0.11", "not an id", "shop/orders", &[][..]),
+        ("198.19.0.11", ORDERS, "Shop/Orders", &[][..]),
+        ("198.19.0.11", ORDERS, "", &[][..]),
+        ("198.19.0.11", ORDERS, "shop/orders", &[0][..]),
+    ] {
+        assert_eq!(
+            refused_code(set_service(&control, address, id, name, ports).await),
+            (400, "bad_endpoint".into()),
+            "{address} {id} {name:?} {ports:?}"
+        );
+    }
+    // A workload's own certificate is no admin credential.
+    let body = serde_json::to_vec(&api::ServiceEndpoint {
+        address: "198.19.0.12".parse().expect("ip"),
+        spiffe_id: FRONTEND.into(),
+        name: "shop/frontend".into(),
+        ports: vec![],
+    })
+    .expect("json");
+    assert_eq!(
+        refused_code(
+            frontend
+                .call::<api::EndpointList>(
+                    Method::PUT,
+                    api::ADMIN_ENDPOINTS,
+                    Some(body),
+                    Duration::from_secs(10)
+                )
+                .await
+        )
+        .0,
+        401
+    );
+    // Set again: replaced, not doubled. It outlives every SVID.
+    set_service(&control, "198.19.0.10", ORDERS, "shop/orders", &[80, 443])
+        .await
+        .expect("replace");
+    clock.set_offset(10 * 24 * 3600);
+    let later = registry(&control).await;
+    assert_eq!(held(&later), vec![("198.19.0.10".into(), ORDERS.into())]);
+    assert_eq!(later.endpoints[0].ports, vec![80, 443]);
+    let audited = control.audit_lines();
+    assert!(
+        audited
+            .iter()
+            .any(|a| a["event"] == "service_endpoint_set" && a["outcome"] == "ok"),
+        "{audited:#?}"
+    );
+
+    let removed: api::ServiceEndpointRemoved = control
+        .client(true)
+        .call(
+            Method::DELETE,
+            &format!("{}?address=198.19.0.10", api::ADMIN_ENDPOINTS),
+            None,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("remove");
+    assert!(removed.removed);
+    assert!(registry(&control).await.endpoints.is_empty());
+    let again: api::ServiceEndpointRemoved = control
+        .client(true)
+        .call(
+            Method::DELETE,
+            &format!("{}?address=198.19.0.10", api::ADMIN_ENDPOINTS),
+            None,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("remove again");
+    assert!(!again.removed);
 }

@@ -1144,22 +1144,86 @@ mod pods {
         }
         // frontend learns orders' pod address from discovery, and plain
         // curl from the app goes over mTLS, authorized by the pushed policy.
-        eventually_blocking(
-            "frontend to learn orders' address",
-            Duration::from_secs(10),
-            || {
-                let (_, body) = admin(frontend, "/identity");
-                let seen: Value = serde_json::from_str(&body).unwrap_or_default();
-                if seen["control"]["endpoints"].as_u64() >= Some(1) {
-                    Ok(())
-                } else {
-                    Err(format!("{seen}\n{}", orders_sidecar.logs()))
-                }
-            },
-        );
+        let learns = |what: &str, entries: u64| {
+            eventually_blocking(
+                format!("frontend to learn {what}"),
+                Duration::from_secs(10),
+                || {
+                    let (_, body) = admin(frontend, "/identity");
+                    let seen: Value = serde_json::from_str(&body).unwrap_or_default();
+                    if seen["control"]["endpoints"].as_u64() >= Some(entries) {
+                        Ok(())
+                    } else {
+                        Err(format!("{seen}\n{}", orders_sidecar.logs()))
+                    }
+                },
+            )
+        };
+        learns("orders' address", 1);
         let (code, body) = curl(frontend, &format!("http://{}:8080/orders/1", ips[1]), &[]);
         assert_eq!(code, "200", "{body}\n{}", frontend_sidecar.logs());
         assert!(body.contains(&format!("URI={FRONTEND}")), "{body}");
+
+        // A Service: its ClusterIP, 198.19.0.10:80, which kube-proxy sends
+        // to orders' pod at 8080 (here one DNAT rule in frontend's
+        // namespace after Warden's chain, as kube-proxy's come after the
+        // pod's on the node). Until an administrator names its identity,
+        // the call goes as an unknown destination: plaintext, which strict
+        // orders refuses.
+        for command in [
+            &["ip", "route", "add", "198.19.0.0/24", "dev", "eth0"][..],
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "OUTPUT",
+                "-d",
+                "198.19.0.10/32",
+                "-p",
+                "tcp",
+                "--dport",
+                "80",
+                "-j",
+                "DNAT",
+                "--to-destination",
+            ][..],
+        ] {
+            let mut args = command.to_vec();
+            let target = format!("{}:8080", ips[1]);
+            if args[0] == "iptables" {
+                args.push(&target);
+            }
+            let out = in_ns(frontend, None, &args);
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let (code, body) = curl(frontend, "http://198.19.0.10/orders/2", &[]);
+        assert_eq!(code, "000", "plaintext to strict orders: {body}");
+        control.cli_ok(&[
+            "endpoints",
+            "add",
+            "--address",
+            "198.19.0.10",
+            "--spiffe-id",
+            ORDERS,
+            "--name",
+            "shop/orders",
+            "--ports",
+            "80",
+        ]);
+        learns("the Service", 3);
+        let (code, body) = curl(frontend, "http://198.19.0.10/orders/2", &[]);
+        assert_eq!(code, "200", "{body}\n{}", frontend_sidecar.logs());
+        assert!(body.contains(&format!("URI={FRONTEND}")), "{body}");
+        let listed = control.cli_ok(&["endpoints", "list"]);
+        assert!(
+            listed.contains("service:shop/orders") && listed.contains("never"),
+            "{listed}"
+        );
 
         // The kubelet's probes, rewritten to the sidecar's admin port, reach
         // the app on loopback; the app's port itself takes no plaintext.

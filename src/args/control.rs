@@ -180,6 +180,31 @@ pub(crate) enum EndpointsCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Set a service address (a Kubernetes Service's ClusterIP): sidecars
+    /// send what their apps send to it over mTLS, to this identity.
+    Add {
+        /// The address (`kubectl get svc NAME -o jsonpath='{.spec.clusterIP}'`).
+        #[arg(long)]
+        address: std::net::IpAddr,
+        /// The identity the Service's pods prove.
+        #[arg(long)]
+        spiffe_id: String,
+        /// The Service, `namespace/name`.
+        #[arg(long)]
+        name: String,
+        /// Its ports, comma-separated (none: every port).
+        #[arg(long, value_delimiter = ',')]
+        ports: Vec<u16>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove a service address.
+    Remove {
+        #[arg(long)]
+        address: std::net::IpAddr,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Subcommand)]

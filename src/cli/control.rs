@@ -353,7 +353,54 @@ pub fn identities(command: IdentitiesCommand) -> anyhow::Result<ExitCode> {
 
 /// `warden endpoints list`: the discovery registry.
 pub fn endpoints(command: EndpointsCommand) -> anyhow::Result<ExitCode> {
-    let EndpointsCommand::List { admin, json } = command;
+    let (admin, json) = match command {
+        EndpointsCommand::List { admin, json } => (admin, json),
+        EndpointsCommand::Add {
+            address,
+            spiffe_id,
+            name,
+            ports,
+            admin,
+        } => {
+            let client = admin_client(&admin)?;
+            let body = api::ServiceEndpoint {
+                address,
+                spiffe_id,
+                name,
+                ports,
+            };
+            let list: api::EndpointList = call(client.call(
+                http::Method::PUT,
+                api::ADMIN_ENDPOINTS,
+                Some(serde_json::to_vec(&body)?),
+                std::time::Duration::from_secs(10),
+            ))?;
+            for e in &list.endpoints {
+                println!(
+                    "{} -> {} ({})",
+                    e.address,
+                    shown(&e.spiffe_id),
+                    shown(&e.instance)
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        EndpointsCommand::Remove { address, admin } => {
+            let client = admin_client(&admin)?;
+            let done: api::ServiceEndpointRemoved = call(client.call(
+                http::Method::DELETE,
+                &format!("{}?address={address}", api::ADMIN_ENDPOINTS),
+                None,
+                std::time::Duration::from_secs(10),
+            ))?;
+            if done.removed {
+                println!("removed {address}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!("{address} is not a service address");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     let client = admin_client(&admin)?;
     let list: api::EndpointList = call(client.get(api::ADMIN_ENDPOINTS))?;
     if json {
@@ -375,14 +422,19 @@ pub fn endpoints(command: EndpointsCommand) -> anyhow::Result<ExitCode> {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        let left = Duration::from_secs(e.expires_at.saturating_sub(now).max(0).unsigned_abs());
+        let left = if e.expires_at == i64::MAX {
+            "never (a service address)".to_owned()
+        } else {
+            let left = Duration::from_secs(e.expires_at.saturating_sub(now).max(0).unsigned_abs());
+            humantime::format_duration(left).to_string()
+        };
         println!(
             "{:<40} {:<16} {:<50} {:<24} {}",
             e.address,
             ports,
             shown(&e.spiffe_id),
             shown(&e.instance),
-            humantime::format_duration(left)
+            left
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -105,6 +105,82 @@ pub(super) async fn admin(
             let (mark, records) = blocking(move || db.endpoints(now)).await?;
             Ok(json_response(StatusCode::OK, &endpoint_list(mark, records)))
         }
+        (&Method::PUT, api::ADMIN_ENDPOINTS) => {
+            let body: api::ServiceEndpoint = read_json(req, MAX_BODY).await?;
+            let bad = |message: String| Fail::new(Reason::BadEndpoint, message);
+            let id =
+                SpiffeId::parse(&body.spiffe_id).map_err(|e| bad(format!("spiffe_id: {e}")))?;
+            let trust_domain = state.cas.load().bundle.trust_domain().clone();
+            if !id.is_member_of(&trust_domain) {
+                return Err(bad(format!(
+                    "{id} is not of this trust domain ({trust_domain})"
+                )));
+            }
+            let name_ok = !body.name.is_empty()
+                && body.name.len() <= 253
+                && body
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-./".contains(&b));
+            if !name_ok {
+                return Err(bad(format!(
+                    "name {:?}: 1 to 253 lowercase letters, digits and -./ (namespace/service)",
+                    body.name
+                )));
+            }
+            let canonical = body.address.to_canonical();
+            if canonical.is_unspecified() || canonical.is_loopback() || canonical.is_multicast() {
+                return Err(bad(format!(
+                    "{} is not an address a peer can dial",
+                    body.address
+                )));
+            }
+            if canonical != body.address {
+                return Err(bad(format!("{}: write it as {canonical}", body.address)));
+            }
+            if body.ports.len() > api::MAX_ENDPOINT_PORTS || body.ports.contains(&0) {
+                return Err(bad(format!(
+                    "ports: at most {} ports, none of them 0",
+                    api::MAX_ENDPOINT_PORTS
+                )));
+            }
+            let now = state.now();
+            let record = blocking(move || {
+                db.set_service_endpoint(
+                    body.address,
+                    &body.spiffe_id,
+                    &body.name,
+                    &body.ports,
+                    "admin",
+                    now,
+                )
+            })
+            .await?;
+            // Watchers hear of it now, not at the next poll.
+            state.refresh_changes().await;
+            let db = state.db.clone();
+            let (mark, _) = blocking(move || db.endpoints(now)).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &endpoint_list(mark, vec![record]),
+            ))
+        }
+        (&Method::DELETE, api::ADMIN_ENDPOINTS) => {
+            let params = query_params(&req);
+            input::only_known(&params, &["address"])?;
+            let address: std::net::IpAddr = params
+                .get("address")
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| Fail::new(Reason::BadEndpoint, "?address=IP is required"))?;
+            let removed = blocking(move || db.remove_service_endpoint(address, "admin")).await?;
+            if removed {
+                state.refresh_changes().await;
+            }
+            Ok(json_response(
+                StatusCode::OK,
+                &api::ServiceEndpointRemoved { removed },
+            ))
+        }
         (&Method::POST, api::ADMIN_REVOCATIONS) => {
             let body: api::RevokeRequest = read_json(req, MAX_BODY).await?;
             input::check_text("reason", Reason::BadReason, &body.reason, input::MAX_REASON)?;

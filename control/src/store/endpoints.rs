@@ -31,9 +31,16 @@ pub struct EndpointOwner<'a> {
 /// The most live entries one identity may hold (its replicas' addresses).
 pub const MAX_ENDPOINTS_PER_IDENTITY: i64 = 1024;
 
-/// The live entries: not expired, their SVID not revoked.
-const LIVE: &str = "FROM endpoints e JOIN svids s ON s.serial = e.serial \
-                    WHERE e.expires_at > ?1 AND s.revoked = 0";
+/// The live entries: not expired, their SVID not revoked; and the
+/// service addresses an administrator set (no SVID: `serial` is empty).
+const LIVE: &str = "FROM endpoints e LEFT JOIN svids s ON s.serial = e.serial \
+                    WHERE e.expires_at > ?1 AND (e.serial = '' OR s.revoked = 0)";
+
+/// A service address never expires; an administrator removes it.
+pub const SERVICE_EXPIRES_AT: i64 = i64::MAX;
+
+/// The instance a service address is listed under: `service:<name>`.
+pub const SERVICE_INSTANCE_PREFIX: &str = "service:";
 
 fn ports_text(ports: &[u16]) -> String {
     ports
@@ -89,10 +96,16 @@ impl Store {
             };
             for address in addresses {
                 let holder = sql.row(
-                    &format!("SELECT e.spiffe_id {LIVE} AND e.address = ?2"),
+                    &format!("SELECT e.spiffe_id, e.serial {LIVE} AND e.address = ?2"),
                     &[now.into(), address.to_string().into()],
                 )?;
                 if let Some(holder) = holder {
+                    if holder.text(1)?.is_empty() {
+                        return Err(StoreError::refused(
+                            Reason::EndpointConflict,
+                            format!("{address} is a service address an administrator set"),
+                        ));
+                    }
                     let holder = holder.text(0)?;
                     if holder != owner.spiffe_id {
                         return Err(StoreError::refused(
@@ -104,7 +117,7 @@ impl Store {
             }
             // This instance's earlier entries, and dead entries anywhere.
             sql.exec(
-                "DELETE FROM endpoints WHERE (spiffe_id = ?1 AND instance = ?2) OR expires_at <= ?3",
+                "DELETE FROM endpoints WHERE serial <> '' AND ((spiffe_id = ?1 AND instance = ?2) OR expires_at <= ?3)",
                 &[owner.spiffe_id.into(), instance.as_str().into(), now.into()],
             )?;
             let mut ports = ports.to_vec();
@@ -114,22 +127,17 @@ impl Store {
             let mut records = Vec::with_capacity(addresses.len());
             for address in addresses {
                 // Held by this identity's other instance, or by a revoked SVID.
-                sql.exec(
-                    "DELETE FROM endpoints WHERE address = ?1",
-                    &[address.to_string().into()],
-                )?;
-                sql.exec(
-                    "INSERT INTO endpoints (address, spiffe_id, instance, serial, ports, expires_at, registered_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    &[
-                        address.to_string().into(),
-                        owner.spiffe_id.into(),
-                        instance.as_str().into(),
-                        owner.serial.into(),
-                        ports.as_str().into(),
-                        expires_at.into(),
-                        now.into(),
-                    ],
+                put_row(
+                    sql,
+                    &Row {
+                        address: *address,
+                        spiffe_id: owner.spiffe_id,
+                        instance: &instance,
+                        serial: owner.serial,
+                        ports: &ports,
+                        expires_at,
+                    },
+                    now,
                 )?;
                 records.push(EndpointRecord {
                     address: *address,
@@ -176,6 +184,100 @@ impl Store {
         Ok(records)
     }
 
+    /// Sets a service address (a Kubernetes Service's ClusterIP): a
+    /// connection to it must reach `spiffe_id`, on `ports` (empty: every
+    /// port). Replaces the service address's earlier entry; refused when a
+    /// live workload holds the address. Audited as `by`.
+    pub fn set_service_endpoint(
+        &self,
+        address: IpAddr,
+        spiffe_id: &str,
+        name: &str,
+        ports: &[u16],
+        by: &str,
+        now: i64,
+    ) -> Result<EndpointRecord, StoreError> {
+        let (record, event) = self.backend.tx(|sql| {
+            let holder = sql.row(
+                &format!("SELECT e.spiffe_id, e.serial {LIVE} AND e.address = ?2"),
+                &[now.into(), address.to_string().into()],
+            )?;
+            if let Some(holder) = holder
+                && !holder.text(1)?.is_empty()
+            {
+                return Err(StoreError::refused(
+                    Reason::EndpointConflict,
+                    format!(
+                        "{address} is a workload address of {}, which is live",
+                        holder.text(0)?
+                    ),
+                ));
+            }
+            let mut ports = ports.to_vec();
+            ports.sort_unstable();
+            ports.dedup();
+            let ports = ports_text(&ports);
+            let instance = format!("{SERVICE_INSTANCE_PREFIX}{name}");
+            put_row(
+                sql,
+                &Row {
+                    address,
+                    spiffe_id,
+                    instance: &instance,
+                    serial: "",
+                    ports: &ports,
+                    expires_at: SERVICE_EXPIRES_AT,
+                },
+                now,
+            )?;
+            sql.exec(
+                "UPDATE endpoint_changes SET seq = seq + 1 WHERE id = 1",
+                &[],
+            )?;
+            let event = AuditEvent::ok("service_endpoint_set", None, None, by).with_detail(
+                format!("{address} ({instance}) must be {spiffe_id}, ports [{ports}]"),
+            );
+            insert_audit(sql, &event)?;
+            Ok((
+                EndpointRecord {
+                    address,
+                    ports: parse_ports(&ports)?,
+                    spiffe_id: spiffe_id.to_owned(),
+                    instance,
+                    expires_at: SERVICE_EXPIRES_AT,
+                },
+                event,
+            ))
+        })?;
+        self.echo(&event);
+        Ok(record)
+    }
+
+    /// Removes a service address; false when there was none.
+    pub fn remove_service_endpoint(&self, address: IpAddr, by: &str) -> Result<bool, StoreError> {
+        let (removed, event) = self.backend.tx(|sql| {
+            let removed = sql.exec(
+                "DELETE FROM endpoints WHERE address = ?1 AND serial = ''",
+                &[address.to_string().into()],
+            )?;
+            if removed == 0 {
+                return Ok((false, None));
+            }
+            sql.exec(
+                "UPDATE endpoint_changes SET seq = seq + 1 WHERE id = 1",
+                &[],
+            )?;
+            let event = AuditEvent::ok("service_endpoint_remove", None, None, by)
+                .with_detail(format!("{address}"));
+            insert_audit(sql, &event)?;
+            Ok((true, Some(event)))
+        })?;
+        if let Some(event) = event {
+            self.echo(&event);
+        }
+        Ok(removed)
+    }
+
     /// The live registry, by address, and its mark.
     pub fn endpoints(&self, now: i64) -> Result<(String, Vec<EndpointRecord>), StoreError> {
         self.backend.tx(|sql| {
@@ -202,6 +304,38 @@ impl Store {
             Ok((mark, records))
         })
     }
+}
+
+/// One row of the registry as stored (`serial` empty for a service address).
+struct Row<'a> {
+    address: IpAddr,
+    spiffe_id: &'a str,
+    instance: &'a str,
+    serial: &'a str,
+    ports: &'a str,
+    expires_at: i64,
+}
+
+/// Puts `row` in place of whatever held its address.
+fn put_row(sql: &mut dyn Sql, row: &Row<'_>, now: i64) -> Result<(), StoreError> {
+    sql.exec(
+        "DELETE FROM endpoints WHERE address = ?1",
+        &[row.address.to_string().into()],
+    )?;
+    sql.exec(
+        "INSERT INTO endpoints (address, spiffe_id, instance, serial, ports, expires_at, registered_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        &[
+            row.address.to_string().into(),
+            row.spiffe_id.into(),
+            row.instance.into(),
+            row.serial.into(),
+            row.ports.into(),
+            row.expires_at.into(),
+            now.into(),
+        ],
+    )?;
+    Ok(())
 }
 
 /// Changes whenever the live registry does: with every registration, and

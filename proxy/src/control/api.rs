@@ -141,6 +141,26 @@ pub struct EndpointRegistration {
     pub ports: Vec<u16>,
 }
 
+/// A service address an administrator sets (`PUT /v1/admin/endpoints`):
+/// a Kubernetes Service's ClusterIP, and the identity its pods prove.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceEndpoint {
+    pub address: std::net::IpAddr,
+    pub spiffe_id: String,
+    /// The Service's name (`shop/orders`), listed as `service:<name>`.
+    pub name: String,
+    /// The ports it serves; empty: every port.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
+/// What `DELETE /v1/admin/endpoints?address=IP` did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServiceEndpointRemoved {
+    pub removed: bool,
+}
+
 /// The most addresses one registration may hold.
 pub const MAX_ENDPOINT_ADDRESSES: usize = 16;
 /// The most ports one registration may list.
