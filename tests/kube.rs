@@ -261,9 +261,12 @@ fn inject_and_install_print_valid_kubernetes_manifests() {
     );
     let (_, as_read, _) = setup.inject(&["--uninject"], &[&workloads]);
     assert_eq!(uninjected, as_read);
-    assert_eq!(
-        yaml_documents(&uninjected),
-        yaml_documents(&std::fs::read_to_string(&workloads).expect("fixture"))
+    // The input is read as Kubernetes reads it (YAML 1.1, as PyYAML does):
+    // `defaultMode: 0440` is 288 and `optional: yes` is true.
+    assert_eq!(yaml_documents(&as_read), pyyaml(&python, &workloads));
+    assert!(
+        injected.contains("defaultMode: 288") && injected.contains("optional: true"),
+        "{injected}"
     );
 
     // The install: the webhook fails closed and never sees the control
@@ -524,9 +527,7 @@ fn the_webhook_patches_pods_into_what_inject_makes() {
 
     // The pod the ReplicaSet controller creates from the Deployment in the
     // fixture, and a bare pod.
-    let fixture = yaml_documents(
-        &std::fs::read_to_string(Path::new(FIXTURES).join("workloads.yaml")).expect("fixture"),
-    );
+    let fixture = pyyaml(&python, &Path::new(FIXTURES).join("workloads.yaml"));
     let template = &fixture[0]["spec"]["template"];
     let mut deployment_pod = json!({
         "apiVersion": "v1",
@@ -560,6 +561,8 @@ fn the_webhook_patches_pods_into_what_inject_makes() {
         "/metadata",
         json!({"name": "b", "annotations": {"warden.dev/opaque-ports": "postgres"}}),
     );
+    let mut windows = bare_pod.clone();
+    windows["spec"]["os"] = json!({"name": "windows"});
     let mut update = review("u-update", "shop", bare_pod.clone());
     update["request"]["operation"] = json!("UPDATE");
     let mut service = review(
@@ -587,6 +590,7 @@ fn the_webhook_patches_pods_into_what_inject_makes() {
         {"body": beta},
         {"body": {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}},
         {"body": "", "method": "GET"},
+        {"body": review("u-windows", "shop", windows)},
     ]);
     let mut child = Command::new(&python)
         .args([
@@ -675,6 +679,14 @@ fn the_webhook_patches_pods_into_what_inject_makes() {
         assert_eq!(result["body"]["error"], "bad_admission_review");
     }
     assert_eq!(results[13]["status"], 404);
+    let response = &results[14]["body"]["response"];
+    assert_eq!(response["allowed"], true);
+    assert!(response.get("patch").is_none(), "{response}");
+    assert!(
+        response["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("Windows"))
+    );
     // Still serving after all of it.
     assert!(webhook_alive(&python, &webhook));
 }

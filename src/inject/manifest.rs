@@ -1,7 +1,6 @@
 //! Kubernetes manifests in and out: YAML (several documents, `---`) or
 //! JSON, `List`s, and the pod template inside each workload kind.
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::{InjectOptions, Outcome, Refused, Skip};
@@ -45,21 +44,12 @@ pub fn parse(text: &str) -> Result<(Format, Vec<Value>), ManifestError> {
         }
         (Format::Json, documents)
     } else {
-        let mut documents = Vec::new();
-        for document in serde_yaml_ng::Deserializer::from_str(text) {
-            let mut value = serde_yaml_ng::Value::deserialize(document)
-                .map_err(|e| ManifestError::Syntax(e.to_string()))?;
-            // `<<: *base` merge keys, as Kubernetes' YAML 1.1 reader applies them.
-            value
-                .apply_merge()
-                .map_err(|e| ManifestError::Syntax(e.to_string()))?;
-            let value: Value =
-                serde_json::to_value(&value).map_err(|e| ManifestError::Syntax(e.to_string()))?;
-            // `---` at the end, or a document of comments only.
-            if !value.is_null() {
-                documents.push(value);
-            }
-        }
+        // `---` at the end, or a document of comments only: nothing.
+        let documents = super::yaml_in::documents(text)
+            .map_err(ManifestError::Syntax)?
+            .into_iter()
+            .filter(|d| !d.is_null())
+            .collect();
         (Format::Yaml, documents)
     };
     if documents.is_empty() {

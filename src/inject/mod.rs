@@ -14,14 +14,16 @@
 //! - the projected service-account token (audience `warden`) it attests
 //!   with, an in-memory state directory, and the downward-API environment;
 //! - the app's HTTP and TCP probes pointed at the sidecar's admin port
-//!   (`/app-health/<container>-<kind>`), which runs them against the app on
-//!   loopback: the kubelet has no SVID, and the app's ports stay behind mTLS;
+//!   (`/app-health/<container>-<kind>`), which runs them against the app at
+//!   the pod's address: the kubelet has no SVID, and the app's ports stay
+//!   behind mTLS;
 //! - the `warden.dev/injected` annotation, and the app's original probes in
 //!   `warden.dev/original-probes` for `--uninject`.
 
 pub mod install;
 pub mod manifest;
 pub mod webhook;
+mod yaml_in;
 mod yaml_out;
 
 use std::collections::BTreeMap;
@@ -389,7 +391,22 @@ pub fn inject(
             "hostNetwork: true: the pod shares the node's network namespace, so `warden init` would redirect the node's traffic; not injected",
         ));
     }
+    if spec.pointer("/os/name").and_then(Value::as_str) == Some("windows") {
+        return Err(refused(
+            "spec.os.name: windows: Warden's containers are Linux containers (iptables, a Unix user); not injected",
+        ));
+    }
     let settings = settings(meta)?;
+    let ours = [ADMIN_PORT, OUTBOUND_PORT, INBOUND_PORT];
+    if let Some(port) = settings
+        .skip_inbound_ports
+        .iter()
+        .find(|p| ours.contains(p))
+    {
+        return Err(refused(format!(
+            "annotation warden.dev/skip-inbound-ports: {port} is one of the sidecar's own ports (15000, 15001, 15006)"
+        )));
+    }
     let containers = spec_map
         .get("containers")
         .and_then(Value::as_array)
@@ -405,6 +422,21 @@ pub fn inject(
         if !c.is_object() || c.get("name").and_then(Value::as_str).is_none() {
             return Err(refused("a container without a name"));
         }
+        for port in c
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(p) = port.get("containerPort").and_then(Value::as_u64)
+                && ours.iter().any(|o| u64::from(*o) == p)
+            {
+                return Err(refused(format!(
+                    "container {}: port {p} is one of the sidecar's own ports (15000, 15001, 15006)",
+                    c.get("name").and_then(Value::as_str).unwrap_or_default()
+                )));
+            }
+        }
     }
     let mut new_spec = spec.clone();
     let notes = Vec::new();
@@ -413,8 +445,16 @@ pub fn inject(
     let service = settings
         .service
         .clone()
-        .or_else(|| label(meta, "app.kubernetes.io/name").map(str::to_owned))
-        .or_else(|| label(meta, "app").map(str::to_owned))
+        .or_else(|| {
+            label(meta, "app.kubernetes.io/name")
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+        })
+        .or_else(|| {
+            label(meta, "app")
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+        })
         .or_else(|| {
             spec_map
                 .get("serviceAccountName")
@@ -837,7 +877,10 @@ fn proxy_container(
     let mut envs = vec![
         field_env("WARDEN_POD_NAME", "metadata.name"),
         field_env("WARDEN_POD_NAMESPACE", "metadata.namespace"),
-        field_env("WARDEN_CONTROL_ENDPOINT_ADDRESSES", "status.podIPs"),
+        // The primary address: the control plane takes, by default, only
+        // the address a registration comes from, and a dual-stack pod's
+        // second address is not it.
+        field_env("WARDEN_CONTROL_ENDPOINT_ADDRESSES", "status.podIP"),
         env_expanded(
             "WARDEN_CONTROL_INSTANCE",
             "$(WARDEN_POD_NAMESPACE)/$(WARDEN_POD_NAME)",
@@ -996,17 +1039,19 @@ pub fn uninject(meta: &mut Value, spec: &mut Value) -> Result<Outcome, Refused> 
         })
         .transpose()?
         .unwrap_or_default();
-    if let Some(Value::Array(containers)) = spec_obj.get_mut("containers") {
-        for container in containers.iter_mut() {
-            let name = container
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            for (kind, _) in PROBES {
-                if let Some(original) = originals.get(&format!("{name}/{kind}")) {
-                    container[kind] = original.clone();
-                }
+    // The app's containers and the pod's own native sidecars, as injected.
+    for container in probed_containers(&mut new_spec) {
+        let name = container
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let Some(container) = container.as_object_mut() else {
+            continue;
+        };
+        for (kind, _) in PROBES {
+            if let Some(original) = originals.get(&format!("{name}/{kind}")) {
+                container.insert(kind.to_owned(), original.clone());
             }
         }
     }

@@ -121,6 +121,11 @@ fn injecting_twice_changes_nothing_and_uninject_restores_the_original() {
     for original in [
         pod(json!({"containers": [app()]})),
         pod(json!({
+            "initContainers": [{"name": "shipper", "image": "s:1", "restartPolicy": "Always",
+                "livenessProbe": {"tcpSocket": {"port": 2020}}}],
+            "containers": [app()],
+        })),
+        pod(json!({
             "initContainers": [{"name": "migrate", "image": "m:1"}],
             "containers": [app(), {"name": "side", "image": "s:1"}],
             "volumes": [{"name": "data", "emptyDir": {}}],
@@ -228,6 +233,20 @@ fn refusals_leave_the_object_as_it_was() {
                 p
             },
             "request 2 is above its limit 500m",
+        ),
+        (
+            pod(json!({"os": {"name": "windows"}, "containers": [app()]})),
+            "windows",
+        ),
+        (
+            pod(
+                json!({"containers": [{"name": "a", "image": "a", "ports": [{"containerPort": 15000}]}]}),
+            ),
+            "port 15000 is one of the sidecar's own ports",
+        ),
+        (
+            annotated("warden.dev/skip-inbound-ports", "8080,15006"),
+            "15006 is one of the sidecar's own ports",
         ),
     ];
     for (original, expected) in cases {

@@ -29,8 +29,10 @@ use super::{InjectOptions, Outcome, Refused};
 
 /// The largest review read (the API server's own request limit is 3 MiB).
 const MAX_REVIEW: usize = 4 * 1024 * 1024;
-/// Connections served at once; more are closed at accept.
-const MAX_CONNECTIONS: usize = 256;
+/// Connections served at once, and from one source address (an API
+/// server opens several); more are closed at accept.
+const MAX_CONNECTIONS: usize = 512;
+const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
 
 /// What the webhook needs besides the injection options.
 #[derive(Clone, Debug)]
@@ -124,6 +126,12 @@ fn answer(body: &[u8], options: &WebhookOptions) -> Result<Value, String> {
             "warnings": ["warden: a hostNetwork pod shares the node's network namespace; not injected"],
         })));
     }
+    if spec.pointer("/os/name").and_then(Value::as_str) == Some("windows") {
+        tracing::warn!(namespace, pod = %name, "Windows pod admitted without a sidecar");
+        return Ok(respond(json!({
+            "warnings": ["warden: a Windows pod cannot run Warden's Linux containers; not injected"],
+        })));
+    }
     match super::inject(&mut meta, &mut spec, &options.inject) {
         Ok(Outcome::Changed { notes }) => {
             let mut injected = pod.clone();
@@ -189,10 +197,13 @@ pub async fn serve(
     // a wedged webhook stops pod creation in meshed namespaces: connections
     // are capped, and each must send its request head within 10 s and be
     // done within a minute.
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = warden_proxy::sidecar::slots::ConnectionSlots::new(
+        MAX_CONNECTIONS,
+        MAX_CONNECTIONS_PER_SOURCE,
+    );
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -203,7 +214,7 @@ pub async fn serve(
             },
             () = &mut shutdown => return Ok(()),
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Some(slot) = slots.take(peer.ip()) else {
             drop(stream);
             continue;
         };
@@ -212,7 +223,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let _slot = slot;
             let tls = match tokio::time::timeout(
-                std::time::Duration::from_secs(10),
+                std::time::Duration::from_secs(5),
                 acceptor.accept(stream),
             )
             .await

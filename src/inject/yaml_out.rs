@@ -9,7 +9,7 @@
 //! scalar style. So writing is done here: a string is plain only when it
 //! cannot be read as anything else under either version, and otherwise
 //! double-quoted with escapes; multi-line text (a PEM bundle) is a literal
-//! block. Parsing stays with serde_yaml_ng.
+//! block. Reading is `yaml_in`'s.
 
 use serde_json::Value;
 
@@ -202,8 +202,15 @@ mod tests {
     use serde::Deserialize;
     use serde_json::json;
 
+    /// What both a YAML 1.2 reader (serde_yaml_ng) and our YAML 1.1 reader
+    /// (as Kubernetes) read back; they must agree.
     fn back(text: &str) -> Value {
-        Value::deserialize(serde_yaml_ng::Deserializer::from_str(text)).expect(text)
+        let v12 = Value::deserialize(serde_yaml_ng::Deserializer::from_str(text)).expect(text);
+        let v11 = super::super::yaml_in::documents(text)
+            .expect(text)
+            .remove(0);
+        assert_eq!(v11, v12, "YAML 1.1 and 1.2 disagree on\n{text}");
+        v11
     }
 
     #[test]

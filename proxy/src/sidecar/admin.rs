@@ -24,15 +24,18 @@ use super::metrics::unix_seconds;
 use super::shared::Shared;
 use crate::identity::Timestamp;
 
-/// Connections the admin server serves at once: a pod's admin port is on
-/// its address for the kubelet, so anything in the cluster can connect;
-/// past this a new connection is closed at once.
+/// Connections the admin server serves at once, and from one source
+/// address: a pod's admin port is on its address for the kubelet, so
+/// anything in the cluster can connect; past either a new connection is
+/// closed at once.
 const MAX_ADMIN_CONNECTIONS: usize = 64;
+const MAX_ADMIN_CONNECTIONS_PER_SOURCE: usize = 8;
 
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let slots =
+        super::slots::ConnectionSlots::new(MAX_ADMIN_CONNECTIONS, MAX_ADMIN_CONNECTIONS_PER_SOURCE);
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
@@ -40,7 +43,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Some(slot) = slots.take(peer.ip()) else {
             drop(stream);
             continue;
         };

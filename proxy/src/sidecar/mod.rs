@@ -27,6 +27,7 @@ mod peer;
 mod policy;
 mod probes;
 mod shared;
+pub mod slots;
 mod splice;
 pub mod telemetry;
 
