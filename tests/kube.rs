@@ -374,6 +374,65 @@ fn bad_input_gets_a_clear_refusal_and_the_input_unchanged() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs --database"));
 }
 
+/// The object of `kind` named `name` among `docs`.
+fn object(docs: &[Value], kind: &str, name: &str) -> Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind}/{name}"))
+        .clone()
+}
+
+/// Starts `warden` with a container's `args` from a manifest, each found
+/// in `replace` swapped (the pod's paths and listen addresses for this
+/// machine's), and reads what it prints before `started`: the addresses,
+/// by what they are (`api`, `metrics`, `webhook`). Its stdout is closed
+/// then, as when the log collector reading it is gone: a server must not
+/// depend on it (the control plane's audit lines go there).
+fn start_container(
+    args: &Value,
+    replace: &[(&str, &str)],
+    log: &Path,
+) -> (std::process::Child, Vec<(String, std::net::SocketAddr)>) {
+    let args: Vec<&str> = args
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| {
+            let a = a.as_str().expect("arg");
+            replace
+                .iter()
+                .find(|(from, _)| *from == a)
+                .map_or(a, |(_, to)| to)
+        })
+        .collect();
+    let mut child = Command::new(warden_bin())
+        .args(&args)
+        .env("WARDEN_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("log"))
+        .spawn()
+        .expect("warden");
+    let mut addresses = Vec::new();
+    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    for line in lines {
+        let line = line.expect("line");
+        if line == "started" {
+            return (child, addresses);
+        }
+        if let Some((what, addr)) = line.split_once(' ')
+            && let Ok(addr) = addr.parse()
+        {
+            addresses.push((what.to_owned(), addr));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!(
+        "{args:?} did not start: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
 /// The webhook as `warden install` deploys it: its arguments, certificate
 /// and the `caBundle` the API server would trust it with.
 struct Webhook {
@@ -391,12 +450,7 @@ impl Drop for Webhook {
 
 fn start_webhook(setup: &Setup) -> Webhook {
     let docs = yaml_documents(&setup.install(&[]));
-    let find = |kind: &str, name: &str| {
-        docs.iter()
-            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-            .unwrap_or_else(|| panic!("{kind}/{name}"))
-            .clone()
-    };
+    let find = |kind: &str, name: &str| object(&docs, kind, name);
     let tls = find("Secret", "warden-injector-tls");
     let cert = setup.write(
         "tls.crt",
@@ -422,47 +476,19 @@ fn start_webhook(setup: &Setup) -> Webhook {
     let ca_bundle = setup.path("ca-bundle.pem");
     std::fs::write(&ca_bundle, ca).expect("write");
     let deployment = find("Deployment", "warden-injector");
-    let args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .expect("args")
-        .iter()
-        .map(|a| {
-            match a.as_str().expect("arg") {
-                "[::]:8443" => "127.0.0.1:0",
-                "/etc/warden/tls/tls.crt" => path_str(&cert),
-                "/etc/warden/tls/tls.key" => path_str(&key),
-                "/etc/warden/bundle/bundle.pem" => path_str(&bundle),
-                other => other,
-            }
-            .to_owned()
-        })
-        .collect();
-    let mut child = Command::new(warden_bin())
-        .args(&args)
-        .env("WARDEN_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(setup.path("webhook.log")).expect("log"))
-        .spawn()
-        .expect("warden inject serve");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut port = None;
-    for line in lines.by_ref() {
-        let line = line.expect("line");
-        if line == "started" {
-            break;
-        }
-        if let Some(addr) = line.strip_prefix("webhook ") {
-            port = addr.parse::<std::net::SocketAddr>().ok().map(|a| a.port());
-        }
-    }
+    let (child, addresses) = start_container(
+        &deployment["spec"]["template"]["spec"]["containers"][0]["args"],
+        &[
+            ("[::]:8443", "127.0.0.1:0"),
+            ("/etc/warden/tls/tls.crt", path_str(&cert)),
+            ("/etc/warden/tls/tls.key", path_str(&key)),
+            ("/etc/warden/bundle/bundle.pem", path_str(&bundle)),
+        ],
+        &setup.path("webhook.log"),
+    );
     Webhook {
         child,
-        port: port.unwrap_or_else(|| {
-            panic!(
-                "the webhook did not start: {}",
-                std::fs::read_to_string(setup.path("webhook.log")).unwrap_or_default()
-            )
-        }),
+        port: addresses[0].1.port(),
         ca_bundle,
     }
 }
@@ -702,6 +728,116 @@ fn webhook_alive(python: &str, webhook: &Webhook) -> bool {
         .output()
         .expect("python");
     String::from_utf8_lossy(&out.stdout).trim() == "200"
+}
+
+/// The control plane starts as `warden install`'s Deployment says: its
+/// arguments, the CA from the Secret's files (mounted read-only, mode
+/// 0440), the JWKS from the ConfigMap; it answers `/ready` where the
+/// readiness probe looks, and attests a pod by a token signed with the
+/// key of the JWKS given to `warden install`, with nobody reading its
+/// stdout (where the audit lines go).
+#[test]
+fn the_control_plane_starts_as_the_install_manifest_says() {
+    use std::os::unix::fs::PermissionsExt;
+    let setup = Setup::new();
+    let issuer = Issuer::new("install-key");
+    std::fs::write(setup.path("jwks.json"), issuer.jwks().to_string()).expect("jwks");
+    let docs = yaml_documents(&setup.install(&[]));
+    let find = |kind: &str, name: &str| object(&docs, kind, name);
+    let secret = setup.path("ca-secret");
+    std::fs::create_dir(&secret).expect("dir");
+    for (name, text) in find("Secret", "warden-ca")["stringData"]
+        .as_object()
+        .expect("stringData")
+    {
+        let path = secret.join(name);
+        std::fs::write(&path, text.as_str().expect("text")).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).expect("mode");
+    }
+    let jwks = setup.path("k8s-jwks.json");
+    let configmap = find("ConfigMap", "warden-k8s-jwks");
+    std::fs::write(
+        &jwks,
+        configmap["data"]["jwks.json"].as_str().expect("jwks"),
+    )
+    .expect("write");
+    let data = setup.path("data");
+    let deployment = find("Deployment", "warden-control");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let (child, addresses) = start_container(
+        &container["args"],
+        &[
+            ("[::]:7443", "127.0.0.1:0"),
+            ("[::]:7080", "127.0.0.1:0"),
+            ("/var/lib/warden-control", path_str(&data)),
+            ("/etc/warden/ca", path_str(&secret)),
+            ("/etc/warden/k8s/jwks.json", path_str(&jwks)),
+        ],
+        &setup.path("control.log"),
+    );
+    let _child = support::netns::Background(child);
+    let address = |what: &str| {
+        addresses
+            .iter()
+            .find(|(w, _)| w == what)
+            .unwrap_or_else(|| panic!("no {what} address"))
+            .1
+    };
+    let (api, metrics) = (address("api"), address("metrics"));
+    let probe = &container["readinessProbe"]["httpGet"];
+    assert_eq!(probe["port"], 7080);
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-m", "5", "-w", "%{http_code}"])
+        .arg(format!(
+            "http://{metrics}{}",
+            probe["path"].as_str().expect("path")
+        ))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    // A pod of any namespace (`--k8s-allow '*'`) attests with a token
+    // signed by the key behind the JWKS the install was given.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(
+        &token,
+        issuer.sign(&pod_claims(
+            "shop",
+            "orders",
+            "orders-1",
+            "00000000-0000-4000-8000-000000000001",
+        )),
+    )
+    .expect("token");
+    let bundle = find("ConfigMap", "warden-trust-bundle");
+    let sidecar = Proxy::start(
+        &dir.path().join("sidecar.log"),
+        &[
+            format!("control.address={api}"),
+            "control.server_id=spiffe://example.org/warden/control".into(),
+            format!(
+                "control.bundle_pem={}",
+                bundle["data"]["bundle.pem"].as_str().expect("pem")
+            ),
+            format!("control.k8s_token_file={}", path_str(&token)),
+            "inbound.listen=127.0.0.1:0".into(),
+            "inbound.app=127.0.0.1:9".into(),
+            "admin.listen=127.0.0.1:0".into(),
+        ],
+    );
+    eventually_blocking("the pod to attest", Duration::from_secs(10), || {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "5"])
+            .arg(format!("http://{}/identity", sidecar.admin))
+            .output()
+            .expect("curl");
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        if body.contains(ORDERS) {
+            Ok(())
+        } else {
+            Err(format!("{body}\n{}", sidecar.logs()))
+        }
+    });
 }
 
 /// `control.address` may be a DNS name, looked up at each connection (in

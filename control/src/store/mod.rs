@@ -119,7 +119,7 @@ impl Store {
         migrations: Option<&MigrationSet>,
     ) -> Result<Self, StoreError> {
         let echo: Option<AuditSink> = if echo_audit {
-            Some(Arc::new(|line: &str| println!("{line}")))
+            Some(Arc::new(echo_to_stdout))
         } else {
             None
         };
@@ -199,3 +199,19 @@ pub fn unix_now() -> i64 {
 
 #[cfg(test)]
 mod tests;
+
+/// An audit line on stdout, a copy of the record the database holds. A
+/// closed stdout (a log collector gone, a pipe nobody reads) must not fail
+/// the request that made the record, as `println!` would by panicking:
+/// the error is logged once, on stderr.
+fn echo_to_stdout(line: &str) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush())
+        && !WARNED.swap(true, Ordering::Relaxed)
+    {
+        tracing::warn!(error = %e, "cannot write audit lines to stdout; they are in the database");
+    }
+}
