@@ -108,11 +108,6 @@ pub fn inject(args: InjectArgs) -> anyhow::Result<ExitCode> {
             "{}",
             crate::cli::shown(&manifest::describe(report, args.uninject))
         )?;
-        if let Ok(crate::inject::Outcome::Changed { notes }) = &report.result {
-            for note in notes {
-                writeln!(stderr, "  warning: {}", crate::cli::shown(note))?;
-            }
-        }
         failed |= manifest::is_failure(report);
     }
     let workloads = reports

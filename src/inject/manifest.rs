@@ -213,8 +213,8 @@ pub fn is_failure(report: &Report) -> bool {
 /// One line for stderr.
 pub fn describe(report: &Report, uninject: bool) -> String {
     match &report.result {
-        Ok(Outcome::Changed { .. }) if uninject => format!("{}: uninjected", report.object),
-        Ok(Outcome::Changed { .. }) => format!("{}: injected", report.object),
+        Ok(Outcome::Changed) if uninject => format!("{}: uninjected", report.object),
+        Ok(Outcome::Changed) => format!("{}: injected", report.object),
         Ok(Outcome::Skipped(Skip::AlreadyInjected)) => {
             format!("{}: already injected, unchanged", report.object)
         }

@@ -133,7 +133,7 @@ fn answer(body: &[u8], options: &WebhookOptions) -> Result<Value, String> {
         })));
     }
     match super::inject(&mut meta, &mut spec, &options.inject) {
-        Ok(Outcome::Changed { notes }) => {
+        Ok(Outcome::Changed) => {
             let mut injected = pod.clone();
             if let Some(obj) = injected.as_object_mut() {
                 obj.insert("metadata".into(), meta);
@@ -142,15 +142,10 @@ fn answer(body: &[u8], options: &WebhookOptions) -> Result<Value, String> {
             let patch = json_patch::diff(pod, &injected);
             let patch = serde_json::to_vec(&patch).map_err(|e| e.to_string())?;
             tracing::info!(namespace, pod = %name, "injected");
-            let warnings: Vec<String> = notes.iter().map(|n| format!("warden: {n}")).collect();
-            let mut extra = json!({
+            Ok(respond(json!({
                 "patchType": "JSONPatch",
                 "patch": base64::engine::general_purpose::STANDARD.encode(patch),
-            });
-            if !warnings.is_empty() {
-                extra["warnings"] = json!(warnings);
-            }
-            Ok(respond(extra))
+            })))
         }
         Ok(Outcome::Skipped(skip)) => {
             tracing::info!(namespace, pod = %name, reason = %skip, "not injected");
