@@ -102,6 +102,7 @@ pub enum Reason {
     ForeignTrustDomain,
     ReservedId,
     BadEndpoint,
+    BadAudience,
     Csr(CsrReason),
     // A service-account token refused: 401, or 403 for NotAllowed and Disabled.
     Attest(AttestReason),
@@ -136,6 +137,7 @@ pub enum Reason {
     // Try again later: 503.
     CaExpired,
     Database,
+    JwtUnavailable,
     // In the audit trail only, never an API answer: a TLS handshake
     // refused for its client certificate (401), and the summary row of
     // refusals not audited one by one (429).
@@ -205,6 +207,7 @@ impl Reason {
             Reason::ForeignTrustDomain,
             Reason::ReservedId,
             Reason::BadEndpoint,
+            Reason::BadAudience,
             Reason::MtlsRequired,
             Reason::AdminCredentialsRequired,
             Reason::BadAdminCredentials,
@@ -230,6 +233,7 @@ impl Reason {
             Reason::Schema,
             Reason::CaExpired,
             Reason::Database,
+            Reason::JwtUnavailable,
             Reason::BadClientCertificate,
             Reason::RateLimited,
             Reason::FileExists,
@@ -281,6 +285,8 @@ impl Reason {
             Reason::RotationRefused => "rotation_refused",
             Reason::EndpointConflict => "endpoint_conflict",
             Reason::BadEndpoint => "bad_endpoint",
+            Reason::BadAudience => "bad_audience",
+            Reason::JwtUnavailable => "jwt_unavailable",
             Reason::BodyTooLarge => "body_too_large",
             Reason::UnsupportedMediaType => "unsupported_media_type",
             Reason::Internal => "internal",
@@ -314,6 +320,7 @@ impl Reason {
             | Reason::ForeignTrustDomain
             | Reason::ReservedId
             | Reason::BadEndpoint
+            | Reason::BadAudience
             | Reason::Csr(_)
             | Reason::Corrupt
             | Reason::NotABackup => StatusCode::BAD_REQUEST,
@@ -347,7 +354,9 @@ impl Reason {
             Reason::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::Internal | Reason::Schema => StatusCode::INTERNAL_SERVER_ERROR,
-            Reason::CaExpired | Reason::Database => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::CaExpired | Reason::Database | Reason::JwtUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 }

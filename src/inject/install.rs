@@ -107,14 +107,12 @@ pub fn manifests(options: &InstallOptions) -> anyhow::Result<Vec<Value>> {
     let ca = CertificateAuthority::load(&options.ca_dir)
         .with_context(|| format!("--ca-dir {}", options.ca_dir.display()))?;
     let trust_domain = ca.trust_domain().to_string();
-    let ca_files: serde_json::Map<String, Value> =
-        ["ca.json", "ca.crt", "ca.key", "chain.pem", "bundle.pem"]
-            .iter()
-            .map(|name| {
-                read_text(&options.ca_dir.join(name))
-                    .map(|t| ((*name).to_owned(), Value::String(t)))
-            })
-            .collect::<anyhow::Result<_>>()?;
+    let ca_files: serde_json::Map<String, Value> = warden_control::ca::CA_FILES
+        .iter()
+        .map(|name| {
+            read_text(&options.ca_dir.join(name)).map(|t| ((*name).to_owned(), Value::String(t)))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let bundle_pem = ca.bundle().to_pem();
     let jwks = read_text(&options.k8s_jwks)?;
     let parsed: Value = serde_json::from_str(&jwks)

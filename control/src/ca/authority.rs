@@ -32,7 +32,7 @@ impl CertificateAuthority {
                 options.max_svid_ttl.as_secs()
             )));
         }
-        for name in [CONFIG_FILE, CERT_FILE, KEY_FILE, CHAIN_FILE, BUNDLE_FILE] {
+        for name in super::CA_FILES {
             let path = dir.join(name);
             if path.exists() {
                 return Err(FileError::Exists(path).into());
@@ -82,6 +82,7 @@ impl CertificateAuthority {
             key.serialize_pem().as_bytes(),
             PRIVATE_MODE,
         )?;
+        super::jwt::JwtKey::create(dir)?;
         files::write_new(
             &dir.join(CERT_FILE),
             pem_encode("CERTIFICATE", &cert_der).as_bytes(),
@@ -125,12 +126,20 @@ impl CertificateAuthority {
         let bundle_path = dir.join(BUNDLE_FILE);
         let bundle = TrustBundle::from_bytes(settings.trust_domain.clone(), &read(&bundle_path)?)
             .map_err(|e| invalid(&bundle_path, e))?;
+        let jwt = match super::jwt::JwtKey::load_or_create(dir) {
+            Ok(key) => Some(std::sync::Arc::new(key)),
+            Err(e) => {
+                tracing::warn!(error = %e, "this CA has no JWT-SVID signing key: JWT-SVIDs are off until one is made");
+                None
+            }
+        };
         Ok(CertificateAuthority {
             settings,
             issuer,
             intermediates,
             bundle,
             not_after,
+            jwt,
         })
     }
 

@@ -15,6 +15,7 @@ mod authority;
 pub use authority::ServerCertificate;
 mod certs;
 mod csr;
+pub mod jwt;
 mod parent;
 pub mod rotation;
 mod sign;
@@ -65,6 +66,15 @@ const CERT_FILE: &str = "ca.crt";
 const KEY_FILE: &str = "ca.key";
 const CHAIN_FILE: &str = "chain.pem";
 const BUNDLE_FILE: &str = "bundle.pem";
+/// Every file of a CA directory, as `warden install` puts them in a Secret.
+pub const CA_FILES: [&str; 6] = [
+    CONFIG_FILE,
+    CERT_FILE,
+    KEY_FILE,
+    CHAIN_FILE,
+    BUNDLE_FILE,
+    jwt::JWT_KEY_FILE,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -210,6 +220,9 @@ pub struct CertificateAuthority {
     intermediates: Vec<CertificateDer<'static>>,
     bundle: TrustBundle,
     not_after: SystemTime,
+    /// Its JWT-SVID signing key; `None` for a CA made before JWT-SVIDs
+    /// whose directory cannot be written.
+    jwt: Option<std::sync::Arc<jwt::JwtKey>>,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -236,6 +249,11 @@ impl CertificateAuthority {
 
     pub fn not_after(&self) -> SystemTime {
         self.not_after
+    }
+
+    /// The JWT-SVID signing key.
+    pub fn jwt_key(&self) -> Option<&std::sync::Arc<jwt::JwtKey>> {
+        self.jwt.as_ref()
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use warden_proxy::identity::{Timestamp, TrustBundle};
+use warden_proxy::identity::{JwtBundle, Timestamp, TrustBundle};
 
 use super::{CaError, CertificateAuthority, InitOptions};
 use crate::files::{self, PUBLIC_MODE};
@@ -106,6 +106,8 @@ pub struct Authorities {
     /// watchers compare, computed once per change of the bundle.
     pub bundle_pem: String,
     pub bundle_digest: String,
+    /// The JWT-SVID keys of the published CAs: the JWT bundle.
+    pub jwt_bundle: JwtBundle,
 }
 
 impl Authorities {
@@ -146,12 +148,20 @@ impl Authorities {
                     reason: "no usable signing CA in the plan".into(),
                 })?;
         let mut roots = Vec::new();
+        let mut jwt_keys = Vec::new();
         let published: Vec<usize> = plan.published_at(now).map(|(i, _)| i).collect();
         for &i in &published {
             if let Some(ca) = &cas[i] {
                 roots.extend(ca.bundle().roots().iter().cloned());
+                jwt_keys.extend(ca.jwt_key().map(|k| k.jwk().clone()));
             }
         }
+        let jwt_bundle = JwtBundle::new(signing.trust_domain().clone(), jwt_keys).map_err(|e| {
+            CaError::Invalid {
+                path: ca_dir.join(PLAN_FILE),
+                reason: e.to_string(),
+            }
+        })?;
         let bundle = TrustBundle::new(signing.trust_domain().clone(), roots).map_err(|e| {
             CaError::Invalid {
                 path: ca_dir.join(PLAN_FILE),
@@ -169,6 +179,7 @@ impl Authorities {
             bundle,
             bundle_pem,
             bundle_digest,
+            jwt_bundle,
         })
     }
 

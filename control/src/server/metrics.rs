@@ -98,6 +98,11 @@ pub(super) async fn metrics_text(state: &Arc<State>) -> Result<String, StoreErro
     );
     let _ = writeln!(
         out,
+        "# HELP warden_control_jwt_svids_issued_total JWT-SVIDs signed by this replica.\n# TYPE warden_control_jwt_svids_issued_total counter\nwarden_control_jwt_svids_issued_total {}",
+        c.jwt_svids
+    );
+    let _ = writeln!(
+        out,
         "# HELP warden_control_policy_pushes_total Policy bundles pushed through this replica.\n# TYPE warden_control_policy_pushes_total counter\nwarden_control_policy_pushes_total {}",
         c.policy_pushes
     );

@@ -69,7 +69,9 @@ use metrics::serve_metrics;
 use response::{Body, Fail, blocking, csr_refusal, fail_response, json_response, refused};
 use router::{Caller, serve_api};
 use state::{Changes, Counters, State, write_bundle_file};
-use workload::{attest_k8s, endpoint_list, join, register_endpoints, renew, watch_changes};
+use workload::{
+    attest_k8s, endpoint_list, issue_jwt, join, register_endpoints, renew, watch_changes,
+};
 
 /// Largest request body, except policy pushes.
 pub const MAX_BODY: usize = 64 * 1024;

@@ -8,6 +8,8 @@ use super::*;
 pub(super) struct Caller {
     pub(super) id: SpiffeId,
     pub(super) serial: String,
+    /// When its SVID expires (Unix seconds).
+    pub(super) not_after: i64,
 }
 
 pub(super) async fn serve_api(
@@ -51,6 +53,7 @@ pub(super) async fn serve_api(
                 Some(Caller {
                     id: leaf.spiffe_id,
                     serial: leaf.serial,
+                    not_after: leaf.not_after.0,
                 })
             });
             let service = service_fn(move |req| {
@@ -107,6 +110,7 @@ async fn route(
         (&Method::POST, api::JOIN) => join(state, remote, req).await,
         (&Method::POST, api::ATTEST_K8S) => attest_k8s(state, remote, req).await,
         (&Method::POST, api::RENEW) => renew(state, caller, req).await,
+        (&Method::POST, api::JWT) => issue_jwt(state, caller, req).await,
         (&Method::GET, api::WATCH) => watch_changes(state, caller, req).await,
         (&Method::PUT, api::ENDPOINTS) => register_endpoints(state, caller, remote, req).await,
         (_, p) if p.starts_with("/v1/admin/") => match admin_auth(state, &req, remote) {
@@ -115,7 +119,13 @@ async fn route(
         },
         (
             _,
-            api::BUNDLE | api::JOIN | api::ATTEST_K8S | api::RENEW | api::WATCH | api::ENDPOINTS,
+            api::BUNDLE
+            | api::JOIN
+            | api::ATTEST_K8S
+            | api::RENEW
+            | api::JWT
+            | api::WATCH
+            | api::ENDPOINTS,
         ) => Err(Fail::new(
             Reason::MethodNotAllowed,
             format!("{method} is not allowed on {path}"),

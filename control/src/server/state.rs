@@ -11,6 +11,7 @@ pub(super) struct Counters {
     pub(super) refused: BTreeMap<(&'static str, &'static str), u64>,
     pub(super) revocations: u64,
     pub(super) policy_pushes: u64,
+    pub(super) jwt_svids: u64,
     pub(super) handshake_failures: u64,
 }
 
@@ -61,6 +62,7 @@ impl State {
             bundle_pem: cas.bundle_pem.clone(),
             digest: cas.bundle_digest.clone(),
             version: api::VERSION.to_owned(),
+            jwt_bundle: Some(cas.jwt_bundle.to_jwks().to_owned()),
         }
     }
 

@@ -253,6 +253,90 @@ pub(super) async fn renew(
     }
 }
 
+/// `POST /v1/jwt`: a JWT-SVID for the mTLS caller's own SPIFFE ID, signed
+/// by the signing CA's JWT key. It never outlives the caller's X.509-SVID,
+/// so a JWT key retires with its CA once every SVID the CA signed expired.
+pub(super) async fn issue_jwt(
+    state: &Arc<State>,
+    caller: Option<&Caller>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Fail> {
+    let Some(caller) = caller.cloned() else {
+        return Err(refused(
+            state,
+            "jwt",
+            "anonymous",
+            None,
+            Fail::new(
+                Reason::MtlsRequired,
+                "a JWT-SVID is issued over mTLS, for the SPIFFE ID of the client certificate",
+            ),
+        ));
+    };
+    let id = caller.id.to_string();
+    let refuse = |f: Fail| refused(state, "jwt", &id, Some(&id), f);
+    let body: api::JwtRequest = read_json(req, MAX_BODY).await.map_err(refuse)?;
+    api::check_audiences(&body.audiences).map_err(|m| refuse(Fail::new(Reason::BadAudience, m)))?;
+    if let Some(ttl) = body.ttl_secs
+        && ttl < api::MIN_JWT_TTL_SECS
+    {
+        return Err(refuse(Fail::new(
+            Reason::BadTtl,
+            format!(
+                "a JWT-SVID lives at least {}s, not {ttl}s",
+                api::MIN_JWT_TTL_SECS
+            ),
+        )));
+    }
+    let now = state.now();
+    let ttl = body
+        .ttl_secs
+        .unwrap_or(api::DEFAULT_JWT_TTL_SECS)
+        .min(api::MAX_JWT_TTL_SECS);
+    let expires_at = now
+        .saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX))
+        .min(caller.not_after);
+    let cas = state.cas.load_full();
+    let Some(key) = cas.signing.jwt_key().cloned() else {
+        return Err(refuse(Fail::new(
+            Reason::JwtUnavailable,
+            "JWT-SVIDs are off: the signing CA has no jwt.key and its directory cannot be written",
+        )));
+    };
+    let db = state.db.clone();
+    let (bound, serial) = (id.clone(), caller.serial.clone());
+    let subject = caller.id.clone();
+    let audiences = body.audiences;
+    let outcome = blocking(move || {
+        db.issue_jwt(&bound, &serial, || {
+            let token = key
+                .sign(&subject, &audiences, now, expires_at)
+                .map_err(|e| StoreError::refused(Reason::Internal, e.to_string()))?;
+            let detail = format!(
+                "JWT-SVID for audiences {} (key {}), expires at {expires_at}",
+                audiences.join(","),
+                key.kid()
+            );
+            Ok((token, detail))
+        })
+    })
+    .await;
+    match outcome {
+        Ok(token) => {
+            state.count(|c| c.jwt_svids += 1);
+            Ok(json_response(
+                StatusCode::OK,
+                &api::JwtResponse {
+                    spiffe_id: id,
+                    token,
+                    expires_at,
+                },
+            ))
+        }
+        Err(e) => Err(refuse(e.into())),
+    }
+}
+
 pub(super) async fn watch_changes(
     state: &Arc<State>,
     caller: Option<&Caller>,

@@ -203,30 +203,7 @@ impl Store {
         sign: impl Fn(&str) -> Result<Signed<T>, StoreError>,
     ) -> Result<T, StoreError> {
         let (value, event) = self.backend.tx(|sql| {
-            let row = sql.row(
-                "SELECT spiffe_id, revoked FROM svids WHERE serial = ?1",
-                &[serial.into()],
-            )?;
-            let Some(row) = row else {
-                return Err(StoreError::refused(
-                    Reason::UnknownSvid,
-                    format!("SVID {serial} was not issued by this control plane"),
-                ));
-            };
-            let owner = row.text(0)?;
-            if owner != spiffe_id {
-                return Err(StoreError::refused(
-                    Reason::IdentityMismatch,
-                    format!("SVID {serial} belongs to {owner}, not {spiffe_id}"),
-                ));
-            }
-            if row.int(1)? != 0 {
-                return Err(StoreError::refused(
-                    Reason::SvidRevoked,
-                    format!("SVID {serial} is revoked"),
-                ));
-            }
-            check_not_revoked(sql, spiffe_id)?;
+            check_holder(sql, spiffe_id, serial)?;
             let signed = sign(spiffe_id)?;
             insert_svid(sql, &signed.record)?;
             let event = AuditEvent::ok(
@@ -247,6 +224,29 @@ impl Store {
     }
 }
 
+impl Store {
+    /// A JWT-SVID for the holder of SVID `serial`: `sign` runs once the
+    /// holder is checked (as for a renewal), and the issuance is audited in
+    /// the same transaction.
+    pub fn issue_jwt<T>(
+        &self,
+        spiffe_id: &str,
+        serial: &str,
+        sign: impl Fn() -> Result<(T, String), StoreError>,
+    ) -> Result<T, StoreError> {
+        let (value, event) = self.backend.tx(|sql| {
+            check_holder(sql, spiffe_id, serial)?;
+            let (value, detail) = sign()?;
+            let event =
+                AuditEvent::ok("jwt", Some(spiffe_id), Some(serial), spiffe_id).with_detail(detail);
+            insert_audit(sql, &event)?;
+            Ok((value, event))
+        })?;
+        self.echo(&event);
+        Ok(value)
+    }
+}
+
 pub(super) fn revoked_at(
     sql: &mut dyn Sql,
     spiffe_id: &str,
@@ -257,6 +257,35 @@ pub(super) fn revoked_at(
     )?
     .map(|r| r.opt_int(0))
     .transpose()
+}
+
+/// Refused unless `serial` is an SVID this control plane issued to
+/// `spiffe_id`, neither of them revoked: who may renew or get a JWT-SVID.
+fn check_holder(sql: &mut dyn Sql, spiffe_id: &str, serial: &str) -> Result<(), StoreError> {
+    let row = sql.row(
+        "SELECT spiffe_id, revoked FROM svids WHERE serial = ?1",
+        &[serial.into()],
+    )?;
+    let Some(row) = row else {
+        return Err(StoreError::refused(
+            Reason::UnknownSvid,
+            format!("SVID {serial} was not issued by this control plane"),
+        ));
+    };
+    let owner = row.text(0)?;
+    if owner != spiffe_id {
+        return Err(StoreError::refused(
+            Reason::IdentityMismatch,
+            format!("SVID {serial} belongs to {owner}, not {spiffe_id}"),
+        ));
+    }
+    if row.int(1)? != 0 {
+        return Err(StoreError::refused(
+            Reason::SvidRevoked,
+            format!("SVID {serial} is revoked"),
+        ));
+    }
+    check_not_revoked(sql, spiffe_id)
 }
 
 fn check_not_revoked(sql: &mut dyn Sql, spiffe_id: &str) -> Result<(), StoreError> {

@@ -13,6 +13,8 @@ pub const JOIN: &str = "/v1/join";
 pub const ATTEST_K8S: &str = "/v1/attest/k8s";
 /// `POST`, mTLS: a new SVID for the caller's own SPIFFE ID ([`RenewRequest`] -> [`SvidResponse`]).
 pub const RENEW: &str = "/v1/renew";
+/// `POST`, mTLS: a JWT-SVID for the caller's own SPIFFE ID ([`JwtRequest`] -> [`JwtResponse`]).
+pub const JWT: &str = "/v1/jwt";
 /// `GET`: the trust bundle ([`BundleResponse`]).
 pub const BUNDLE: &str = "/v1/bundle";
 /// `GET`, mTLS, long poll: `?revocations=SEQ&bundle=DIGEST&policy=VERSION&wait_ms=N`
@@ -216,6 +218,72 @@ pub struct BundleResponse {
     /// The control plane's Warden version (empty from one before 0.2.0).
     #[serde(default)]
     pub version: String,
+    /// The JWT bundle: a JWKS of the keys that sign JWT-SVIDs (absent from
+    /// control planes before 0.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_bundle: Option<String>,
+}
+
+/// What `POST /v1/jwt` asks for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtRequest {
+    /// 1 to [`MAX_JWT_AUDIENCES`] audiences, each 1 to [`MAX_AUDIENCE`]
+    /// printable characters.
+    pub audiences: Vec<String>,
+    /// Requested lifetime: [`DEFAULT_JWT_TTL_SECS`] when absent, at most
+    /// [`MAX_JWT_TTL_SECS`], and never past the caller's X.509-SVID.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// A JWT-SVID.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JwtResponse {
+    pub spiffe_id: String,
+    /// The token (JWS compact serialization, ES256).
+    pub token: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// The most audiences one JWT-SVID may name.
+pub const MAX_JWT_AUDIENCES: usize = 8;
+/// The longest audience.
+pub const MAX_AUDIENCE: usize = 256;
+/// A JWT-SVID's lifetime when none is asked.
+pub const DEFAULT_JWT_TTL_SECS: u64 = 300;
+/// The longest lifetime a JWT-SVID gets.
+pub const MAX_JWT_TTL_SECS: u64 = 3600;
+/// The shortest lifetime asked for that is not refused.
+pub const MIN_JWT_TTL_SECS: u64 = 10;
+
+/// Why an audience list is refused.
+pub fn check_audiences(audiences: &[String]) -> Result<(), String> {
+    if audiences.is_empty() {
+        return Err("at least one audience is required".into());
+    }
+    if audiences.len() > MAX_JWT_AUDIENCES {
+        return Err(format!(
+            "{} audiences, more than the {MAX_JWT_AUDIENCES} allowed",
+            audiences.len()
+        ));
+    }
+    for audience in audiences {
+        if audience.is_empty() || audience.len() > MAX_AUDIENCE {
+            return Err(format!(
+                "an audience is 1 to {MAX_AUDIENCE} bytes, not {}",
+                audience.len()
+            ));
+        }
+        if audience.chars().any(|c| is_unsafe_char(c) || c == ' ') {
+            return Err(format!(
+                "audience {:?} holds a space or a control character",
+                audience.escape_debug().to_string()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What sidecars must refuse.

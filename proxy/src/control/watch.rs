@@ -8,7 +8,9 @@ use std::time::Duration;
 use http::Method;
 use tokio::sync::watch;
 
-use crate::identity::{Backoff, Revoked, SvidStore, TrustBundle, TrustBundleSet};
+use crate::identity::{
+    Backoff, JwtBundle, JwtBundleSet, Revoked, SvidStore, TrustBundle, TrustBundleSet,
+};
 
 use super::{ControlClient, ControlError, StateDir, api, digest_hex};
 
@@ -273,6 +275,14 @@ fn apply(
         }
         Err(e) => {
             tracing::warn!(error = %e, "the control plane sent an unusable trust bundle; keeping the current one")
+        }
+    }
+    if let Some(jwks) = &update.bundle.jwt_bundle {
+        match JwtBundle::from_jwks(trust_domain.clone(), jwks.as_bytes()) {
+            Ok(bundle) => store.set_jwt_bundles(JwtBundleSet::default().with(bundle)),
+            Err(e) => {
+                tracing::warn!(error = %e, "the control plane sent an unusable JWT bundle; keeping the current one")
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod bundle;
 pub mod file_source;
+pub mod jwt;
 pub mod keygen;
 pub mod peer;
 pub mod rotation;
@@ -17,6 +18,7 @@ pub mod verify;
 pub use backoff::Backoff;
 pub use bundle::{BundleError, TrustBundle, TrustBundleSet, pem_encode};
 pub use file_source::{FileSource, FileSourceError, FileWatcher, WatchStatus};
+pub use jwt::{JwtBundle, JwtBundleSet, JwtError, ValidatedJwt, validate_jwt_svid};
 pub use keygen::{KeyAndCsr, KeygenError, new_key_and_csr};
 pub use peer::PeerIdentity;
 pub use rotation::{RotationPolicy, SvidSource, SvidUpdate, run_rotation, run_rotation_with_clock};

@@ -16,6 +16,7 @@ use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
 use super::bundle::TrustBundleSet;
+use super::jwt::JwtBundleSet;
 use super::spiffe_id::SpiffeId;
 use super::svid::{SvidError, SvidLeaf, Timestamp};
 use super::verify::{ExpectedIdentity, PeerRole, verify_peer_svid};
@@ -40,6 +41,9 @@ pub enum SvidLoadError {
 pub struct Svid {
     leaf: SvidLeaf,
     certified: Arc<CertifiedKey>,
+    /// The key as PKCS#8 DER, for the Workload API (which hands the
+    /// workload its key); `None` when it was loaded in another encoding.
+    pkcs8: Option<Arc<rustls::pki_types::PrivatePkcs8KeyDer<'static>>>,
 }
 
 impl fmt::Debug for Svid {
@@ -61,6 +65,10 @@ impl Svid {
     ) -> Result<Self, SvidLoadError> {
         let leaf_der = chain.first().ok_or(SvidLoadError::NoCertificate)?;
         let leaf = SvidLeaf::parse(leaf_der, Timestamp::now())?;
+        let pkcs8 = match &key {
+            PrivateKeyDer::Pkcs8(der) => Some(Arc::new(der.clone_key())),
+            _ => None,
+        };
         let signing_key = crypto_provider()
             .key_provider
             .load_private_key(key)
@@ -76,6 +84,7 @@ impl Svid {
         Ok(Svid {
             leaf,
             certified: Arc::new(certified),
+            pkcs8,
         })
     }
 
@@ -108,6 +117,12 @@ impl Svid {
 
     pub fn chain(&self) -> &[CertificateDer<'static>] {
         &self.certified.cert
+    }
+
+    /// The private key as PKCS#8 DER, when it was given so (keys the
+    /// sidecar makes always are).
+    pub fn pkcs8_key(&self) -> Option<&[u8]> {
+        self.pkcs8.as_deref().map(|k| k.secret_pkcs8_der())
     }
 
     pub fn certified_key(&self) -> &Arc<CertifiedKey> {
@@ -156,6 +171,8 @@ pub struct SvidStore {
     write_lock: Mutex<()>,
     revoked: ArcSwap<Revoked>,
     revocations: watch::Sender<u64>,
+    jwt_bundles: ArcSwap<JwtBundleSet>,
+    jwt_generation: watch::Sender<u64>,
 }
 
 /// SPIFFE IDs and certificate serials that must be refused although their
@@ -202,6 +219,8 @@ impl SvidStore {
             write_lock: Mutex::new(()),
             revoked: ArcSwap::from_pointee(Revoked::default()),
             revocations: watch::Sender::new(0),
+            jwt_bundles: ArcSwap::from_pointee(JwtBundleSet::default()),
+            jwt_generation: watch::Sender::new(0),
         }
     }
 
@@ -226,6 +245,24 @@ impl SvidStore {
             return Err(SvidError::Revoked(format!("{id} (serial {serial})")));
         }
         Ok(())
+    }
+
+    /// The JWT bundles (JWKS by trust domain) that JWT-SVIDs are validated against.
+    pub fn jwt_bundles(&self) -> Arc<JwtBundleSet> {
+        self.jwt_bundles.load_full()
+    }
+
+    /// Replaces the JWT bundles when they differ from the current ones.
+    pub fn set_jwt_bundles(&self, bundles: JwtBundleSet) {
+        if **self.jwt_bundles.load() != bundles {
+            self.jwt_bundles.store(Arc::new(bundles));
+            self.jwt_generation.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// Changes whenever the JWT bundles change.
+    pub fn subscribe_jwt_bundles(&self) -> watch::Receiver<u64> {
+        self.jwt_generation.subscribe()
     }
 
     /// Changes whenever the revocation list changes.

@@ -20,10 +20,12 @@ use crate::control::{
 use crate::identity::{RotationPolicy, SvidStore, TrustBundle, TrustBundleSet, run_rotation};
 
 /// The policy bundles (when the sidecar takes them from the control
-/// plane) and what the watch has applied.
+/// plane), what the watch has applied, and the client (the Workload API
+/// asks it for JWT-SVIDs).
 pub(super) type ControlChannels = (
     Option<watch::Receiver<Option<PolicyUpdate>>>,
     watch::Receiver<WatchState>,
+    ControlClient,
 );
 
 /// Where the control plane's discovery registry goes: merged under the
@@ -127,7 +129,7 @@ pub(super) fn start(
     });
     tokio::spawn(run_watch(
         WatchTargets {
-            client,
+            client: client.clone(),
             store: store.clone(),
             trust_domain,
             policies: policy_tx,
@@ -138,5 +140,5 @@ pub(super) fn start(
         },
         shutdown.clone(),
     ));
-    Ok((policy_rx, state_rx))
+    Ok((policy_rx, state_rx, client))
 }

@@ -30,6 +30,7 @@ mod shared;
 pub mod slots;
 mod splice;
 pub mod telemetry;
+pub mod workload_api;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,6 +85,8 @@ pub enum SidecarError {
     Control { key: &'static str, message: String },
     #[error("admin.token_file: {0}")]
     Admin(String),
+    #[error("workload_api.socket: {0}")]
+    WorkloadApi(String),
 }
 
 /// A running sidecar.
@@ -115,12 +118,13 @@ impl Sidecar {
         let endpoints = Arc::new(arc_swap::ArcSwap::from_pointee(
             config.outbound.endpoints.clone(),
         ));
-        let (svid_watcher, control_policies, control_watch) = match &config.identity {
+        let (svid_watcher, control_policies, control_watch, control_client) = match &config.identity
+        {
             IdentitySource::Files(files) => {
                 let source = FileSource::new(&files.cert, &files.key, &files.bundle)
                     .with_rotation(config.rotation.clone());
                 let watcher = source.watch(store.clone(), files.poll_interval);
-                (Some(watcher), None, None)
+                (Some(watcher), None, None, None)
             }
             IdentitySource::Control(control) => {
                 // The registry is watched only by a sidecar that uses it.
@@ -133,9 +137,9 @@ impl Sidecar {
                             fixed: config.outbound.endpoints.clone(),
                             table: endpoints.clone(),
                         });
-                let (policies, watch) =
+                let (policies, watch, client) =
                     control_link::start(control, &config.rotation, &store, registry, &shutdown_rx)?;
-                (None, policies, Some(watch))
+                (None, policies, Some(watch), Some(client))
             }
         };
         let builtin = match (&config.authz.policies, config.policies_from_control()) {
@@ -152,6 +156,10 @@ impl Sidecar {
                 source,
             })?;
         let addresses = bound.addresses(admin_addr);
+        let workload_api = match &config.workload_api.socket {
+            Some(path) => Some(workload_api::bind(path, config.workload_api.mode)?),
+            None => None,
+        };
         let traces = telemetry::Tracing::from_env(&format!("warden-{}", config.service.name))
             .map_err(SidecarError::Telemetry)?;
         let admin_token = match &config.admin.token_file {
@@ -191,6 +199,15 @@ impl Sidecar {
         tokio::spawn(policy::count_rotations(shared.clone()));
         tokio::spawn(admin::serve(admin_listener, shared.clone()));
         bound.serve(&shared, addresses.admin)?;
+        if let Some(listener) = workload_api {
+            let server = workload_api::WorkloadApi::new(
+                store.clone(),
+                control_client,
+                shared.config.workload_api.allowed_uids.clone(),
+                shared.lifecycle.shutdown.clone(),
+            );
+            shared.lifecycle.tracker.spawn(server.serve(listener));
+        }
         shared.lifecycle.listeners_up.store(true, Ordering::Release);
         Ok(Sidecar {
             shared,

@@ -9,7 +9,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use super::limits::Limits;
-use super::sections::{AdminConfig, AuthzConfig, ServiceConfig, TelemetryConfig};
+use super::sections::{
+    AdminConfig, AuthzConfig, ServiceConfig, TelemetryConfig, WorkloadApiConfig,
+};
 use super::traffic::{
     AppProtocol, EndpointConfig, InboundMode, OpaqueConfig, RouteConfig, ServiceRoute,
     UnknownDestination,
@@ -31,6 +33,7 @@ pub(super) struct FileConfig {
     pub limits: Limits,
     pub telemetry: TelemetryConfig,
     pub rotation: RotationSection,
+    pub workload_api: WorkloadApiConfig,
 }
 
 /// Where the SVID comes from: files (as written by `warden svid issue` or a

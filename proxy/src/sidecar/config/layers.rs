@@ -29,13 +29,15 @@ pub(super) fn layered(
     env.sort();
     for (name, value) in env {
         let rest = name["WARDEN_".len()..].to_ascii_lowercase();
-        let Some((section, field)) = rest.split_once('_') else {
+        // The longest section the name starts with: `workload_api` holds a `_`.
+        // WARDEN_LOG, WARDEN_CONFIG and the like belong to the CLI.
+        let Some((section, field)) = SECTIONS
+            .iter()
+            .filter_map(|&s| Some((s, rest.strip_prefix(s)?.strip_prefix('_')?)))
+            .max_by_key(|(s, _)| s.len())
+        else {
             continue;
         };
-        // WARDEN_LOG, WARDEN_CONFIG and the like belong to the CLI.
-        if !SECTIONS.contains(&section) {
-            continue;
-        }
         // The kubelet's variables for each Service of the pod's namespace
         // (a Service named `warden-control` gives WARDEN_CONTROL_SERVICE_HOST
         // and WARDEN_CONTROL_PORT_7443_TCP): never settings.

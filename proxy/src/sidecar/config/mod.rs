@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 pub use super::app::AppAddr;
 pub use super::normalize::{EscapedSlashes, PathRules};
 pub use limits::{Limits, MAX_BUFFER_WINDOW, MAX_COUNT, MIN_BUFFER_WINDOW, MIN_HEADER_BYTES};
-pub use sections::{AdminConfig, AppProbe, AuthzConfig, ServiceConfig, TelemetryConfig};
+pub use sections::{
+    AdminConfig, AppProbe, AuthzConfig, ServiceConfig, TelemetryConfig, WorkloadApiConfig,
+};
 pub use source::{BundleSource, ControlSource, FileIdentity, IdentitySource, JoinToken};
 pub use traffic::{
     AppProtocol, EndpointConfig, HttpProxy, InboundApp, InboundConfig, InboundHttp, InboundMode,
@@ -33,7 +35,7 @@ pub use traffic::{
 use crate::identity::RotationPolicy;
 
 /// Sections of the file; `WARDEN_<SECTION>_<KEY>` variables map onto them.
-pub const SECTIONS: [&str; 10] = [
+pub const SECTIONS: [&str; 11] = [
     "identity",
     "control",
     "service",
@@ -44,6 +46,7 @@ pub const SECTIONS: [&str; 10] = [
     "limits",
     "telemetry",
     "rotation",
+    "workload_api",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +85,8 @@ pub struct SidecarConfig {
     pub telemetry: TelemetryConfig,
     /// `[rotation]`: SVID renewal and every retry's backoff.
     pub rotation: RotationPolicy,
+    /// `[workload_api]`: the SPIFFE Workload API socket, if any.
+    pub workload_api: WorkloadApiConfig,
 }
 
 impl SidecarConfig {

@@ -97,3 +97,57 @@ impl Default for AdminConfig {
         }
     }
 }
+
+/// `[workload_api]`: the SPIFFE Workload API on a unix socket, for apps
+/// that take their SVID and bundles from it (go-spiffe, py-spiffe,
+/// spiffe-helper, Envoy's SDS bridges).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkloadApiConfig {
+    /// The socket's path (created at start, removed at shutdown). Unset:
+    /// no Workload API.
+    pub socket: Option<PathBuf>,
+    /// The socket's permission bits: `"0660"` (a string in octal, or an
+    /// integer such as TOML's `0o660`).
+    #[serde(deserialize_with = "file_mode")]
+    pub mode: u32,
+    /// The user ids served (the app's), checked on every call from the
+    /// socket's peer credentials; any other caller gets PermissionDenied.
+    /// Required with `socket`.
+    pub allowed_uids: Vec<u32>,
+}
+
+impl Default for WorkloadApiConfig {
+    fn default() -> Self {
+        WorkloadApiConfig {
+            socket: None,
+            mode: 0o660,
+            allowed_uids: Vec::new(),
+        }
+    }
+}
+
+/// A permission mode: an integer, or a string of octal digits.
+fn file_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Said {
+        Number(u32),
+        Text(String),
+    }
+    let mode = match Said::deserialize(d)? {
+        Said::Number(n) => n,
+        Said::Text(t) => {
+            let digits = t.trim().trim_start_matches("0o");
+            u32::from_str_radix(digits, 8).map_err(|_| {
+                serde::de::Error::custom(format!("{t:?} is not an octal mode such as \"0660\""))
+            })?
+        }
+    };
+    if mode > 0o777 {
+        return Err(serde::de::Error::custom(format!(
+            "{mode:o} is not a permission mode (at most 0777)"
+        )));
+    }
+    Ok(mode)
+}

@@ -37,10 +37,11 @@ impl TryFrom<FileConfig> for SidecarConfig {
             && outbound.routes.is_empty()
             && outbound.proxy.is_none()
             && outbound.transparent.is_none()
+            && file.workload_api.socket.is_none()
         {
             return Err(key_error(
                 "inbound.listen",
-                "nothing to do: set inbound.listen/inbound.app, declare [[inbound.opaque]] or [[outbound.routes]], or set outbound.transparent_listen",
+                "nothing to do: set inbound.listen/inbound.app, declare [[inbound.opaque]] or [[outbound.routes]], set outbound.transparent_listen or workload_api.socket",
             ));
         }
         let config = SidecarConfig {
@@ -53,6 +54,7 @@ impl TryFrom<FileConfig> for SidecarConfig {
             limits: file.limits,
             telemetry: file.telemetry,
             rotation: rotation(&file.rotation),
+            workload_api: file.workload_api,
         };
         config.check()?;
         Ok(config)
@@ -70,8 +72,30 @@ impl SidecarConfig {
         }
         at_least_a_millisecond("authz.reload_interval", self.authz.reload_interval)?;
         check_app_probes(&self.admin.app_probes)?;
+        check_workload_api(&self.workload_api)?;
         check_rotation(&self.rotation)
     }
+}
+
+/// A Workload API socket serves someone: the uids are required, and root
+/// (uid 0) is not listed by accident of an empty default.
+fn check_workload_api(config: &super::WorkloadApiConfig) -> Result<(), ConfigError> {
+    let Some(socket) = &config.socket else {
+        return Ok(());
+    };
+    if !socket.is_absolute() {
+        return Err(key_error(
+            "workload_api.socket",
+            format!("{} is not an absolute path", socket.display()),
+        ));
+    }
+    if config.allowed_uids.is_empty() {
+        return Err(key_error(
+            "workload_api.allowed_uids",
+            "name the app's user ids: every other caller is refused (PermissionDenied)",
+        ));
+    }
+    Ok(())
 }
 
 /// Probe names are path segments (`/app-health/<name>`): lowercase
