@@ -7,6 +7,9 @@
 #[macro_use]
 mod support;
 
+#[path = "support/control_flows.rs"]
+mod control_flows;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use spiffe::{BundleSource as _, JwtSvid, WorkloadApiClient};
 use support::control::{Control, Db, any_port};
+use support::mesh::{FRONTEND, ORDERS, Proxy, TestApp, inbound_to, route_to};
 use tokio_stream::StreamExt as _;
 use warden_proxy::sidecar::workload_api::pb;
 
@@ -605,4 +609,55 @@ async fn as_another_uid() {
         Ok(_) => panic!("ValidateJWTSVID served"),
         Err(status) => report("ValidateJWTSVID", status),
     }
+}
+
+/// `[identity] workload_api`: a sidecar with no control plane of its own
+/// takes its SVID from another sidecar's Workload API (as it would from a
+/// SPIRE agent), serves mTLS with it, and swaps each rotated SVID in with
+/// no failed request.
+#[tokio::test]
+async fn a_sidecar_serves_mtls_with_an_svid_from_another_workload_api() {
+    let dir = open_dir();
+    let control = Control::start(
+        &dir.path().join("control"),
+        any_port(),
+        &Db::Sqlite,
+        &["--svid-ttl", "10s"],
+    );
+    let socket = dir.path().join("workload.sock");
+    let _agent = control.sidecar(
+        dir.path(),
+        "agent",
+        ORDERS,
+        &settings(&socket, &[my_uid()], "0660"),
+    );
+    let app = TestApp::start().await;
+    let mut orders_settings = inbound_to(app.addr);
+    orders_settings.extend([
+        format!("identity.workload_api=unix://{}", socket.display()),
+        "service.name=orders".to_owned(),
+        "admin.listen=127.0.0.1:0".to_owned(),
+    ]);
+    let orders = Proxy::start(&dir.path().join("orders.log"), &orders_settings);
+    orders.wait_ready().await;
+    let frontend = control.sidecar(
+        dir.path(),
+        "frontend",
+        FRONTEND,
+        &[route_to(orders.inbound(), ORDERS)],
+    );
+    frontend.wait_ready().await;
+    let traffic = control_flows::Traffic::start(frontend.outbound[0], 2);
+    // Two SVIDs after the first, each streamed from the agent.
+    control_flows::renewals(&[&orders], 2, Duration::from_secs(40)).await;
+    let (ok, failed, errors) = traffic.finish().await;
+    assert_eq!(failed, 0, "failed requests: {errors:?}\n{}", orders.logs());
+    assert!(ok > 20, "only {ok} requests");
+    assert!(
+        orders
+            .logs()
+            .contains("SVID from the upstream Workload API installed"),
+        "{}",
+        orders.logs()
+    );
 }

@@ -63,7 +63,8 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                             super::config::IdentitySource::Control(c) => {
                                 super::probes::probe_host(&c.endpoint_addresses)
                             }
-                            super::config::IdentitySource::Files(_) => {
+                            super::config::IdentitySource::Files(_)
+                            | super::config::IdentitySource::WorkloadApi(_) => {
                                 super::probes::probe_host(&[])
                             }
                         };

@@ -126,6 +126,15 @@ impl Sidecar {
                 let watcher = source.watch(store.clone(), files.poll_interval);
                 (Some(watcher), None, None, None)
             }
+            IdentitySource::WorkloadApi(upstream) => {
+                tokio::spawn(workload_api::follow_upstream(
+                    upstream.endpoint.clone(),
+                    store.clone(),
+                    config.rotation.backoff(),
+                    shutdown_rx.clone(),
+                ));
+                (None, None, None, None)
+            }
             IdentitySource::Control(control) => {
                 // The registry is watched only by a sidecar that uses it.
                 let registry =

@@ -51,11 +51,15 @@ pub(super) struct IdentitySection {
     pub bundle: Option<PathBuf>,
     #[serde(deserialize_with = "duration")]
     pub poll_interval: Duration,
+    /// Another SPIFFE Workload API (`unix:///path`) to take the SVID and
+    /// bundles from: a SPIRE agent, or another Warden sidecar.
+    pub workload_api: Option<String>,
 }
 
 impl Default for IdentitySection {
     fn default() -> Self {
         IdentitySection {
+            workload_api: None,
             dir: None,
             cert: None,
             key: None,

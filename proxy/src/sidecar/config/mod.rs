@@ -25,7 +25,9 @@ pub use limits::{Limits, MAX_BUFFER_WINDOW, MAX_COUNT, MIN_BUFFER_WINDOW, MIN_HE
 pub use sections::{
     AdminConfig, AppProbe, AuthzConfig, ServiceConfig, TelemetryConfig, WorkloadApiConfig,
 };
-pub use source::{BundleSource, ControlSource, FileIdentity, IdentitySource, JoinToken};
+pub use source::{
+    BundleSource, ControlSource, FileIdentity, IdentitySource, JoinToken, WorkloadApiIdentity,
+};
 pub use traffic::{
     AppProtocol, EndpointConfig, HttpProxy, InboundApp, InboundConfig, InboundHttp, InboundMode,
     OpaqueConfig, OutboundConfig, RouteConfig, RouteProtocol, ServiceRoute, TransparentOutbound,

@@ -16,6 +16,15 @@ pub enum IdentitySource {
     Files(FileIdentity),
     /// A control plane (`[control]`) issues and renews the SVID.
     Control(ControlSource),
+    /// Another SPIFFE Workload API (`identity.workload_api`) streams it.
+    WorkloadApi(WorkloadApiIdentity),
+}
+
+/// `identity.workload_api`: where the SVID and bundles are streamed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadApiIdentity {
+    /// `unix:///path/to/socket`, as `SPIFFE_ENDPOINT_SOCKET` is written.
+    pub endpoint: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +118,12 @@ impl IdentitySource {
                         "SVID files cannot be combined with control.address (the control plane issues the SVID)",
                     ));
                 }
+                if identity.workload_api.is_some() {
+                    return Err(key_error(
+                        "identity.workload_api",
+                        "cannot be combined with control.address: the SVID comes from one source",
+                    ));
+                }
                 control_source(address, control).map(IdentitySource::Control)
             }
             None => {
@@ -127,7 +142,12 @@ impl IdentitySource {
                         "required when other control.* keys are set",
                     ));
                 }
-                file_identity(identity).map(IdentitySource::Files)
+                match &identity.workload_api {
+                    Some(endpoint) => {
+                        workload_api_identity(identity, endpoint).map(IdentitySource::WorkloadApi)
+                    }
+                    None => file_identity(identity).map(IdentitySource::Files),
+                }
             }
         }
     }
@@ -141,15 +161,48 @@ impl IdentitySource {
                 "identity.cert",
                 "the control plane issues the SVID: there is no file",
             )),
+            IdentitySource::WorkloadApi(_) => Err(key_error(
+                "identity.cert",
+                "the SVID comes from identity.workload_api: there is no file",
+            )),
         }
     }
 
     pub fn control(&self) -> Option<&ControlSource> {
         match self {
             IdentitySource::Control(control) => Some(control),
-            IdentitySource::Files(_) => None,
+            IdentitySource::Files(_) | IdentitySource::WorkloadApi(_) => None,
         }
     }
+}
+
+fn workload_api_identity(
+    identity: &IdentitySection,
+    endpoint: &str,
+) -> Result<WorkloadApiIdentity, ConfigError> {
+    if identity.dir.is_some()
+        || identity.cert.is_some()
+        || identity.key.is_some()
+        || identity.bundle.is_some()
+    {
+        return Err(key_error(
+            "identity.workload_api",
+            "cannot be combined with identity files (dir, cert, key, bundle): the SVID comes from one source",
+        ));
+    }
+    let path = endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .unwrap_or_default();
+    if !path.starts_with('/') {
+        return Err(key_error(
+            "identity.workload_api",
+            format!("{endpoint:?} is not unix:///absolute/path/to/socket"),
+        ));
+    }
+    Ok(WorkloadApiIdentity {
+        endpoint: format!("unix://{path}"),
+    })
 }
 
 fn file_identity(identity: &IdentitySection) -> Result<FileIdentity, ConfigError> {

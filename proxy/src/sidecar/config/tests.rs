@@ -418,3 +418,97 @@ fn kubernetes_service_links_are_not_settings() {
     // A real setting next to them still counts, and a typo still fails.
     assert!(load(MINIMAL, &[("WARDEN_INBOUND_LISTN", "x")], &[]).is_err());
 }
+
+#[test]
+fn the_workload_api_section_and_its_identity_source() {
+    let c = load(
+        MINIMAL,
+        &[
+            ("WARDEN_WORKLOAD_API_SOCKET", "/run/warden/workload.sock"),
+            ("WARDEN_WORKLOAD_API_ALLOWED_UIDS", "[1000, 1001]"),
+        ],
+        &["workload_api.mode=\"0600\""],
+    )
+    .expect("valid");
+    assert_eq!(
+        c.workload_api.socket,
+        Some(PathBuf::from("/run/warden/workload.sock"))
+    );
+    assert_eq!(c.workload_api.allowed_uids, [1000, 1001]);
+    assert_eq!(c.workload_api.mode, 0o600);
+    let c = load(
+        MINIMAL,
+        &[],
+        &[
+            "workload_api.socket=\"/w.sock\"",
+            "workload_api.allowed_uids=[7]",
+            "workload_api.mode=416",
+        ],
+    )
+    .expect("valid");
+    assert_eq!(c.workload_api.mode, 0o640);
+
+    // The Workload API alone is something to do.
+    let c = load(
+        "[identity]\nworkload_api = \"unix:///run/spire/agent.sock\"\n[workload_api]\nsocket = \"/w.sock\"\nallowed_uids = [1]\n",
+        &[],
+        &[],
+    )
+    .expect("valid");
+    let IdentitySource::WorkloadApi(upstream) = &c.identity else {
+        panic!("{:?}", c.identity)
+    };
+    assert_eq!(upstream.endpoint, "unix:///run/spire/agent.sock");
+    assert!(c.identity.cert_path().is_err());
+
+    let upstream = "[identity]\nworkload_api = \"unix:/run/spire/agent.sock\"\n[inbound]\nlisten = \"127.0.0.1:15006\"\napp = \"127.0.0.1:8080\"\n";
+    let c = load(upstream, &[], &[]).expect("unix:/path is accepted too");
+    let IdentitySource::WorkloadApi(u) = &c.identity else {
+        panic!("{:?}", c.identity)
+    };
+    assert_eq!(u.endpoint, "unix:///run/spire/agent.sock");
+
+    for (file, sets, key) in [
+        (
+            MINIMAL,
+            &["workload_api.socket=\"/w.sock\""][..],
+            "workload_api.allowed_uids",
+        ),
+        (
+            MINIMAL,
+            &[
+                "workload_api.socket=\"w.sock\"",
+                "workload_api.allowed_uids=[1]",
+            ][..],
+            "workload_api.socket",
+        ),
+        (
+            MINIMAL,
+            &["workload_api.mode=\"0999\""][..],
+            "workload_api.mode",
+        ),
+        (
+            MINIMAL,
+            &["workload_api.mode=4096"][..],
+            "workload_api.mode",
+        ),
+        (
+            MINIMAL,
+            &["identity.workload_api=\"unix:///a.sock\""][..],
+            "identity.workload_api",
+        ),
+        (
+            upstream,
+            &["identity.workload_api=\"tcp://1.2.3.4:1\""][..],
+            "identity.workload_api",
+        ),
+        (
+            upstream,
+            &["control.address=\"127.0.0.1:7443\""][..],
+            "identity.workload_api",
+        ),
+    ] {
+        let err = load(file, &[], sets).expect_err("refused").to_string();
+        assert!(err.contains(key), "{sets:?}: {err}");
+    }
+}

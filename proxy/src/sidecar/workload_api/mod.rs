@@ -20,6 +20,7 @@ mod caller;
 mod jwt_svids;
 mod messages;
 mod socket;
+mod upstream;
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ use crate::control::ControlClient;
 use crate::identity::{SvidStore, validate_jwt_svid};
 
 pub use socket::{BoundSocket, bind};
+pub use upstream::follow_upstream;
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod pb {
