@@ -25,6 +25,7 @@ use args::{
     PolicyEvalArgs, ProxyArgs, SvidCommand, SvidInspectArgs, SvidIssueArgs, TokenCommand,
     TokenCreateArgs,
 };
+use args::{BundleCommand, BundleFormat};
 use args::{InjectArgs, InjectCommand, InjectServeArgs, InstallArgs, MeshArgs};
 use logging::init_logging;
 
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
         }
         Command::Identities(command) => cli::control::identities(command),
         Command::Endpoints(command) => cli::control::endpoints(command),
+        Command::Bundle(command) => cli::control::bundle(command),
         Command::Policy(PolicyCommand::Push { dir, admin }) => {
             cli::control::policy_push(&dir, &admin)
         }

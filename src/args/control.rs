@@ -127,6 +127,46 @@ pub(crate) struct ControlServeArgs {
     /// Also accept tokens bound to no pod (`kubectl create token`).
     #[arg(long)]
     pub(crate) k8s_allow_unbound: bool,
+    /// Federate with another trust domain through its SPIFFE bundle
+    /// endpoint (https_spiffe): TRUST_DOMAIN=https://HOST:PORT/PATH,spiffe_id=ENDPOINT_ID[,bundle=FILE],
+    /// FILE being its bundle to authenticate the endpoint with until the
+    /// first fetch (repeatable).
+    #[arg(long, value_name = "TD=URL,spiffe_id=ID[,bundle=FILE]", value_parser = parse_federation)]
+    pub(crate) federate_with: Vec<warden_control::server::Federation>,
+    /// The refresh hint (spiffe_refresh_hint) of the bundle this control
+    /// plane serves at /v1/spiffe-bundle.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    pub(crate) bundle_refresh_hint: Duration,
+}
+
+fn parse_federation(s: &str) -> Result<warden_control::server::Federation, String> {
+    s.parse()
+}
+
+#[derive(Subcommand)]
+pub(crate) enum BundleCommand {
+    /// This trust domain's bundle, as the SPIFFE bundle endpoint serves it
+    /// (`--format pem`: the X.509 authorities only).
+    Show {
+        #[arg(long, value_enum, default_value = "spiffe")]
+        format: BundleFormat,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Ours and every federated trust domain's: sequence, last refresh,
+    /// endpoint, and why the last fetch failed if it did.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum BundleFormat {
+    Spiffe,
+    Pem,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub(crate) use control::{
-    AdminArgs, ControlBackupArgs, ControlCommand, ControlMigrateArgs, ControlRestoreArgs,
-    ControlServeArgs, EndpointAddressesArg, EndpointsCommand, IdentitiesCommand, TokenCommand,
-    TokenCreateArgs,
+    AdminArgs, BundleCommand, BundleFormat, ControlBackupArgs, ControlCommand, ControlMigrateArgs,
+    ControlRestoreArgs, ControlServeArgs, EndpointAddressesArg, EndpointsCommand,
+    IdentitiesCommand, TokenCommand, TokenCreateArgs,
 };
 pub(crate) use identity::{
     CaCommand, CaInitArgs, IdCommand, SvidCommand, SvidInspectArgs, SvidIssueArgs,
@@ -102,6 +102,10 @@ pub(crate) enum Command {
     /// identity it must prove there.
     #[command(subcommand)]
     Endpoints(EndpointsCommand),
+    /// Trust bundles: this trust domain's (as its SPIFFE bundle endpoint
+    /// serves it) and the federated ones.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
     /// Add the sidecar to Kubernetes pods (manifests on stdin or in files,
     /// to stdout), take it out (--uninject), or serve the admission
     /// webhook that does it as pods are created (`inject serve`).

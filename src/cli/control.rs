@@ -15,8 +15,8 @@ use warden_proxy::identity::SpiffeId;
 
 use super::{json_shown, shown};
 use crate::{
-    AdminArgs, ControlBackupArgs, ControlMigrateArgs, ControlRestoreArgs, ControlServeArgs,
-    EndpointsCommand, IdentitiesCommand, TokenCreateArgs,
+    AdminArgs, BundleCommand, BundleFormat, ControlBackupArgs, ControlMigrateArgs,
+    ControlRestoreArgs, ControlServeArgs, EndpointsCommand, IdentitiesCommand, TokenCreateArgs,
 };
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -60,6 +60,8 @@ pub fn serve(args: ControlServeArgs) -> anyhow::Result<ExitCode> {
             crate::args::EndpointAddressesArg::Caller => server::EndpointAddresses::Caller,
             crate::args::EndpointAddressesArg::Any => server::EndpointAddresses::Any,
         },
+        federate_with: args.federate_with,
+        bundle_refresh_hint: args.bundle_refresh_hint,
         database: args
             .database
             .as_deref()
@@ -352,6 +354,55 @@ pub fn identities(command: IdentitiesCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// `warden endpoints list`: the discovery registry.
+/// `warden bundle show|list`.
+pub fn bundle(command: BundleCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BundleCommand::Show { format, admin } => {
+            let client = admin_client(&admin)?;
+            let listing: api::BundleListing = call(client.get(api::ADMIN_BUNDLES))?;
+            match format {
+                BundleFormat::Spiffe => println!("{}", listing.bundle),
+                BundleFormat::Pem => {
+                    let td = warden_proxy::identity::TrustDomain::new(&listing.trust_domain)?;
+                    let bundle =
+                        warden_proxy::identity::SpiffeBundle::parse(td, listing.bundle.as_bytes())?;
+                    print!("{}", bundle.x509.to_pem());
+                }
+            }
+        }
+        BundleCommand::List { json, admin } => {
+            let client = admin_client(&admin)?;
+            let listing: api::BundleListing = call(client.get(api::ADMIN_BUNDLES))?;
+            if json {
+                println!("{}", json_shown(serde_json::to_string_pretty(&listing)?));
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{} (ours)  sequence {}",
+                shown(&listing.trust_domain),
+                listing.sequence
+            );
+            for link in &listing.federated {
+                let state = match (&link.sequence, &link.last_error) {
+                    (_, Some(e)) => format!("failing: {}", shown(e)),
+                    (Some(_), None) => "ok".to_owned(),
+                    (None, None) => "not fetched yet".to_owned(),
+                };
+                println!(
+                    "{}  sequence {}  refreshed {}  from {} ({})  {state}",
+                    shown(&link.trust_domain),
+                    link.sequence.map_or("-".to_owned(), |s| s.to_string()),
+                    link.refreshed_at
+                        .map_or("never".to_owned(), |t| t.to_string()),
+                    shown(&link.endpoint_url),
+                    shown(&link.endpoint_spiffe_id),
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn endpoints(command: EndpointsCommand) -> anyhow::Result<ExitCode> {
     let (admin, json) = match command {
         EndpointsCommand::List { admin, json } => (admin, json),

@@ -167,6 +167,8 @@ impl DemoControl {
             database: None,
             endpoint_addresses: server::EndpointAddresses::Caller,
             k8s: None,
+            federate_with: Vec::new(),
+            bundle_refresh_hint: server::DEFAULT_REFRESH,
         })
         .await?;
         let endpoint = control.endpoint.clone();

@@ -101,25 +101,45 @@ pub struct Control {
     pub stdout: Arc<Mutex<Vec<String>>>,
     /// The network namespace it runs in (its CLI runs there too).
     pub netns: Option<String>,
+    /// Its trust domain (`example.org` unless started in another).
+    pub trust_domain: String,
 }
 
 impl Control {
     /// Starts a control plane for trust domain `example.org` in `dir`, its
     /// API on `listen` (`127.0.0.1:0` for any port).
     pub fn start(dir: &Path, listen: SocketAddr, db: &Db, extra: &[&str]) -> Control {
-        Control::start_command(Command::new(warden_bin()), None, dir, listen, db, extra)
+        Control::start_command(Command::new(warden_bin()), None, TD, dir, listen, db, extra)
+    }
+
+    /// As [`Control::start`], for trust domain `td`.
+    pub fn start_in_domain(
+        td: &str,
+        dir: &Path,
+        listen: SocketAddr,
+        db: &Db,
+        extra: &[&str],
+    ) -> Control {
+        Control::start_command(Command::new(warden_bin()), None, td, dir, listen, db, extra)
+    }
+
+    /// Its SPIFFE ID, `spiffe://<trust domain>/warden/control`.
+    pub fn server_id(&self) -> SpiffeId {
+        SpiffeId::parse(&format!("spiffe://{}/warden/control", self.trust_domain))
+            .expect("server id")
     }
 
     /// As [`Control::start`], inside network namespace `ns` (as root).
     pub fn start_in_namespace(ns: &str, dir: &Path, listen: SocketAddr, extra: &[&str]) -> Control {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", ns, warden_bin()]);
-        Control::start_command(command, Some(ns), dir, listen, &Db::Sqlite, extra)
+        Control::start_command(command, Some(ns), TD, dir, listen, &Db::Sqlite, extra)
     }
 
     fn start_command(
         mut command: Command,
         netns: Option<&str>,
+        td: &str,
         dir: &Path,
         listen: SocketAddr,
         db: &Db,
@@ -128,7 +148,7 @@ impl Control {
         let log = dir.with_extension(format!("log{}", rand::random::<u32>()));
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut child = command
-            .args(["control", "serve", "--trust-domain", TD, "--data-dir"])
+            .args(["control", "serve", "--trust-domain", td, "--data-dir"])
             .arg(dir)
             .args([
                 "--listen",
@@ -167,6 +187,7 @@ impl Control {
                     log,
                     stdout: collected,
                     netns: netns.map(str::to_owned),
+                    trust_domain: td.to_owned(),
                 };
             }
             match line.split_once(' ') {
@@ -214,6 +235,8 @@ impl Control {
             audit_stdout: true,
             endpoint_addresses,
             k8s: None,
+            federate_with: Vec::new(),
+            bundle_refresh_hint: warden_control::server::DEFAULT_REFRESH,
         };
         let surroundings = Surroundings {
             clock: Arc::new(move || clock.now()),
@@ -233,6 +256,7 @@ impl Control {
             log: dir.with_extension("no-log"),
             stdout,
             netns: None,
+            trust_domain: TD.to_owned(),
         }
     }
 
@@ -305,7 +329,7 @@ impl Control {
             return warden_control::server::admin_client(&self.dir).expect("admin client");
         }
         let pem = std::fs::read(self.dir.join("bundle.pem")).expect("bundle.pem");
-        ControlClient::trusting(self.api, server_id(), &pem).expect("client")
+        ControlClient::trusting(self.api, self.server_id(), &pem).expect("client")
     }
 
     /// One request written by hand over TLS (no client certificate): the
@@ -314,7 +338,7 @@ impl Control {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let tls = warden_proxy::tls::client_config(
             Arc::new(self.bundle_store()),
-            warden_proxy::identity::ExpectedIdentity::exactly(server_id()),
+            warden_proxy::identity::ExpectedIdentity::exactly(self.server_id()),
             warden_proxy::tls::TlsVersions::Tls13Only,
             &[b"http/1.1"],
         )
@@ -336,14 +360,14 @@ impl Control {
     /// A store holding only the control plane's bundle.
     pub fn bundle_store(&self) -> SvidStore {
         let pem = std::fs::read(self.dir.join("bundle.pem")).expect("bundle.pem");
-        warden_proxy::control::trust_store(&server_id(), &pem).expect("bundle")
+        warden_proxy::control::trust_store(&self.server_id(), &pem).expect("bundle")
     }
 
     /// Settings for a sidecar named `name` that joins with `token`.
     pub fn sidecar_settings(&self, name: &str, token: &str, extra: &[String]) -> Vec<String> {
         let mut s = vec![
             format!("control.address={}", self.api),
-            format!("control.server_id={SERVER_ID}"),
+            format!("control.server_id={}", self.server_id()),
             format!("control.bundle={}", path_str(&self.dir.join("bundle.pem"))),
             format!("control.token={token}"),
             format!("control.instance={name}-1"),

@@ -108,6 +108,9 @@ pub struct Authorities {
     pub bundle_digest: String,
     /// The JWT-SVID keys of the published CAs: the JWT bundle.
     pub jwt_bundle: JwtBundle,
+    /// `spiffe_sequence`: the latest moment of the plan that changed the
+    /// bundle (a publication or a retirement), the same on every replica.
+    pub sequence: u64,
 }
 
 impl Authorities {
@@ -168,6 +171,7 @@ impl Authorities {
                 reason: e.to_string(),
             }
         })?;
+        let sequence = bundle_sequence(&plan, now);
         let bundle_pem = bundle.to_pem();
         let bundle_digest = warden_proxy::control::digest_hex(bundle_pem.as_bytes());
         Ok(Authorities {
@@ -180,6 +184,7 @@ impl Authorities {
             bundle_pem,
             bundle_digest,
             jwt_bundle,
+            sequence,
         })
     }
 
@@ -200,6 +205,17 @@ impl Authorities {
                 .map(|(i, _)| i)
                 .eq(self.published.iter().copied())
     }
+}
+
+/// The plan's latest publication or retirement at or before `now`.
+fn bundle_sequence(plan: &RotationPlan, now: i64) -> u64 {
+    plan.authorities
+        .iter()
+        .flat_map(|a| [Some(a.publish_at), a.retired_at])
+        .flatten()
+        .filter(|&t| t <= now)
+        .max()
+        .map_or(0, |t| u64::try_from(t).unwrap_or(0))
 }
 
 fn resolve(ca_dir: &Path, dir: &str) -> PathBuf {

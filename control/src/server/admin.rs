@@ -99,6 +99,37 @@ pub(super) async fn admin(
                 )),
             }
         }
+        (&Method::GET, api::ADMIN_BUNDLES) => {
+            let stored = blocking(move || db.federated_bundles()).await?;
+            let own = state.spiffe_bundle();
+            let federated = state
+                .federation
+                .iter()
+                .map(|link| {
+                    let td = link.trust_domain.name();
+                    let record = stored.iter().find(|r| r.trust_domain == td);
+                    api::FederationStatus {
+                        trust_domain: td.to_owned(),
+                        endpoint_url: link.url.clone(),
+                        endpoint_spiffe_id: link.endpoint_id.to_string(),
+                        bundle: record.map(|r| r.bundle.clone()),
+                        sequence: record.map(|r| r.sequence),
+                        refreshed_at: record.map(|r| r.refreshed_at),
+                        changed_at: record.map(|r| r.changed_at),
+                        last_error: state.link_error(td),
+                    }
+                })
+                .collect();
+            Ok(json_response(
+                StatusCode::OK,
+                &api::BundleListing {
+                    trust_domain: own.x509.trust_domain().name().to_owned(),
+                    sequence: i64::try_from(own.sequence).unwrap_or(i64::MAX),
+                    bundle: own.to_json(),
+                    federated,
+                },
+            ))
+        }
         (&Method::GET, api::ADMIN_ENDPOINTS) => {
             input::only_known(&query_params(&req), &[])?;
             let now = state.now();

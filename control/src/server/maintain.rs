@@ -34,12 +34,13 @@ impl State {
         let at = self.now();
         let read = tokio::task::spawn_blocking(move || db.change_marks(at)).await;
         match read {
-            Ok(Ok((revocation_seq, policy_head, endpoints_mark))) => {
+            Ok(Ok(marks)) => {
                 let now = Changes {
-                    revocation_seq,
-                    policy_head,
+                    revocation_seq: marks.revocation_seq,
+                    policy_head: marks.policy_head,
                     bundle_digest: self.cas.load().bundle_digest.clone(),
-                    endpoints_mark,
+                    endpoints_mark: marks.endpoints,
+                    federation_mark: marks.federation,
                 };
                 self.changes.send_if_modified(|old| {
                     let changed = *old != now;

@@ -98,6 +98,16 @@ pub(super) async fn metrics_text(state: &Arc<State>) -> Result<String, StoreErro
     );
     let _ = writeln!(
         out,
+        "# HELP warden_control_federation_refreshes_total Federated bundle fetches, by trust domain and outcome (changed, unchanged, failed).\n# TYPE warden_control_federation_refreshes_total counter"
+    );
+    for ((td, outcome), n) in &c.federation {
+        let _ = writeln!(
+            out,
+            "warden_control_federation_refreshes_total{{trust_domain=\"{td}\",outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
         "# HELP warden_control_jwt_svids_issued_total JWT-SVIDs signed by this replica.\n# TYPE warden_control_jwt_svids_issued_total counter\nwarden_control_jwt_svids_issued_total {}",
         c.jwt_svids
     );

@@ -51,6 +51,7 @@ use crate::store::{
 
 mod admin;
 mod credentials;
+mod federation;
 mod input;
 mod limiter;
 mod maintain;
@@ -63,6 +64,7 @@ mod workload;
 pub use admin::{DEFAULT_ROTATION_GRACE, MAX_ROTATION_GRACE, MIN_ROTATION_GRACE};
 use admin::{admin, admin_auth};
 use credentials::{LocalSource, admin_token_hash, new_secret};
+pub use federation::{DEFAULT_REFRESH, Federation};
 use input::{percent_decode, query_params, read_json};
 use maintain::{maintain_authorities, poll_changes};
 use metrics::serve_metrics;
@@ -113,6 +115,10 @@ pub struct ServeOptions {
     pub endpoint_addresses: EndpointAddresses,
     /// Attestation from Kubernetes service-account tokens, when configured.
     pub k8s: Option<crate::attest::K8sOptions>,
+    /// Trust domains to federate with through their bundle endpoints.
+    pub federate_with: Vec<Federation>,
+    /// The `spiffe_refresh_hint` of the bundle we serve.
+    pub bundle_refresh_hint: Duration,
 }
 
 /// Which addresses a sidecar may register for discovery.
@@ -328,10 +334,11 @@ pub async fn start_with(
         None => None,
     };
     let (changes, _) = watch::channel(Changes {
-        revocation_seq: initial.0,
-        policy_head: initial.1,
+        revocation_seq: initial.revocation_seq,
+        policy_head: initial.policy_head,
         bundle_digest: cas.load().bundle_digest.clone(),
-        endpoints_mark: initial.2,
+        endpoints_mark: initial.endpoints,
+        federation_mark: initial.federation,
     });
     let state = Arc::new(State {
         cas,
@@ -347,8 +354,15 @@ pub async fn start_with(
         clock,
         endpoint_addresses: options.endpoint_addresses,
         k8s,
+        bundle_refresh_hint: options.bundle_refresh_hint,
+        federation: options.federate_with.clone(),
+        federation_status: Mutex::default(),
     });
     tokio::spawn(poll_changes(state.clone(), shutdown_rx.clone()));
+    for link in options.federate_with {
+        tracing::info!(trust_domain = %link.trust_domain.name(), endpoint = %link.url, "federating");
+        tokio::spawn(federation::follow(state.clone(), link, shutdown_rx.clone()));
+    }
     tokio::spawn(serve_api(
         listener,
         TlsAcceptor::from(tls),

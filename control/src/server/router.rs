@@ -107,6 +107,7 @@ async fn route(
     let path = req.uri().path().to_owned();
     let result = match (&method, path.as_str()) {
         (&Method::GET, api::BUNDLE) => Ok(json_response(StatusCode::OK, &state.bundle())),
+        (&Method::GET, api::SPIFFE_BUNDLE) => Ok(spiffe_bundle_response(state)),
         (&Method::POST, api::JOIN) => join(state, remote, req).await,
         (&Method::POST, api::ATTEST_K8S) => attest_k8s(state, remote, req).await,
         (&Method::POST, api::RENEW) => renew(state, caller, req).await,
@@ -120,6 +121,7 @@ async fn route(
         (
             _,
             api::BUNDLE
+            | api::SPIFFE_BUNDLE
             | api::JOIN
             | api::ATTEST_K8S
             | api::RENEW
@@ -148,6 +150,17 @@ async fn route(
     response.headers_mut().insert(
         api::VERSION_HEADER,
         header::HeaderValue::from_static(api::VERSION),
+    );
+    response
+}
+
+/// The SPIFFE bundle endpoint's answer: the document as the standard
+/// writes it.
+fn spiffe_bundle_response(state: &State) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(state.spiffe_bundle().to_json())));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
     );
     response
 }

@@ -12,6 +12,8 @@ pub(super) struct Counters {
     pub(super) revocations: u64,
     pub(super) policy_pushes: u64,
     pub(super) jwt_svids: u64,
+    /// Federated bundle refreshes by (trust domain, outcome).
+    pub(super) federation: BTreeMap<(String, &'static str), u64>,
     pub(super) handshake_failures: u64,
 }
 
@@ -38,6 +40,11 @@ pub(super) struct State {
     pub(super) endpoint_addresses: EndpointAddresses,
     /// Kubernetes service-account attestation, when configured.
     pub(super) k8s: Option<crate::attest::K8sAttestor>,
+    /// The `spiffe_refresh_hint` of the bundle we serve.
+    pub(super) bundle_refresh_hint: Duration,
+    /// The federation links, and how each fares.
+    pub(super) federation: Vec<super::federation::Federation>,
+    pub(super) federation_status: Mutex<BTreeMap<String, super::federation::LinkStatus>>,
 }
 
 /// The marks a sidecar's watch compares with what it has.
@@ -47,6 +54,7 @@ pub(super) struct Changes {
     pub(super) policy_head: Option<i64>,
     pub(super) bundle_digest: String,
     pub(super) endpoints_mark: String,
+    pub(super) federation_mark: String,
 }
 
 impl State {

@@ -357,6 +357,8 @@ pub(super) async fn watch_changes(
     let known_policy = q.get("policy").cloned().unwrap_or_default();
     // Absent: a sidecar that does not watch the registry (before 0.3).
     let known_endpoints = q.get("endpoints").cloned();
+    // Absent: a sidecar that does not take federated bundles (before 0.3).
+    let known_federation = q.get("federation").cloned();
     let wait = q
         .get("wait_ms")
         .and_then(|v| v.parse().ok())
@@ -375,12 +377,18 @@ pub(super) async fn watch_changes(
             .as_deref()
             .is_some_and(|known| known != mark)
     };
+    let federation_differs = |mark: &str| {
+        known_federation
+            .as_deref()
+            .is_some_and(|known| known != mark)
+    };
     let marks = loop {
         let marks = changes.borrow_and_update().clone();
         if marks.revocation_seq != known_seq
             || known_bundle != marks.bundle_digest
             || policy_differs(marks.policy_head)
             || endpoints_differ(&marks.endpoints_mark)
+            || federation_differs(&marks.federation_mark)
         {
             break marks;
         }
@@ -394,7 +402,8 @@ pub(super) async fn watch_changes(
     let now = state.now();
     let with_policy = policy_differs(head);
     let with_endpoints = endpoints_differ(&marks.endpoints_mark);
-    let (revocations, policy, endpoints) = blocking(move || {
+    let with_federation = federation_differs(&marks.federation_mark);
+    let (revocations, policy, endpoints, federated) = blocking(move || {
         let revocations = db.revocations(now)?;
         let policy = if with_policy {
             db.current_policy()?
@@ -406,7 +415,12 @@ pub(super) async fn watch_changes(
         } else {
             None
         };
-        Ok((revocations, policy, endpoints))
+        let federated = if with_federation {
+            Some(db.federated_bundles()?)
+        } else {
+            None
+        };
+        Ok((revocations, policy, endpoints, federated))
     })
     .await?;
     if revocations
@@ -438,6 +452,18 @@ pub(super) async fn watch_changes(
             // The mark the long poll compares, which the records are at
             // least as new as.
             endpoints: endpoints.map(|(_, records)| endpoint_list(marks.endpoints_mark, records)),
+            federation: federated.map(|records| api::FederationList {
+                mark: marks.federation_mark.clone(),
+                bundles: records
+                    .into_iter()
+                    .map(|r| api::FederatedBundle {
+                        trust_domain: r.trust_domain,
+                        bundle: r.bundle,
+                        sequence: r.sequence,
+                        refreshed_at: r.refreshed_at,
+                    })
+                    .collect(),
+            }),
         },
     ))
 }

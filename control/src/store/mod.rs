@@ -12,6 +12,7 @@
 mod backend;
 mod backup;
 mod endpoints;
+mod federation;
 mod inventory;
 mod issuance;
 mod kinds;
@@ -28,6 +29,7 @@ use crate::reason::Reason;
 use backend::{Backend, Sql};
 pub use backup::{BackupReport, backup_sqlite, restore_sqlite};
 pub use endpoints::{EndpointOwner, EndpointRecord};
+pub use federation::FederatedRecord;
 pub use kinds::{IdentityStatus, STALE_LIFETIMES, SvidKind, UnknownWord};
 pub use migrate::{Dialect, MigrationSet, SchemaStatus};
 use policy::policy_head;
@@ -162,15 +164,27 @@ impl Store {
 
     /// The revocation count, the current policy version and the discovery
     /// registry's mark at `now`: cheap, for the watch poller.
-    pub fn change_marks(&self, now: i64) -> Result<(i64, Option<i64>, String), StoreError> {
+    pub fn change_marks(&self, now: i64) -> Result<ChangeMarks, StoreError> {
         self.backend.tx(|sql| {
-            Ok((
-                revocation_seq(sql)?,
-                policy_head(sql)?,
-                endpoints::endpoints_mark(sql, now)?,
-            ))
+            Ok(ChangeMarks {
+                revocation_seq: revocation_seq(sql)?,
+                policy_head: policy_head(sql)?,
+                endpoints: endpoints::endpoints_mark(sql, now)?,
+                federation: federation::federation_mark(sql)?,
+            })
         })
     }
+}
+
+/// What the watch poller reads: each moves when what it marks changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeMarks {
+    pub revocation_seq: i64,
+    pub policy_head: Option<i64>,
+    /// The discovery registry's mark.
+    pub endpoints: String,
+    /// The federated bundles' mark.
+    pub federation: String,
 }
 
 fn insert_audit(sql: &mut dyn Sql, e: &AuditEvent) -> Result<(), StoreError> {

@@ -15,6 +15,13 @@ pub const ATTEST_K8S: &str = "/v1/attest/k8s";
 pub const RENEW: &str = "/v1/renew";
 /// `POST`, mTLS: a JWT-SVID for the caller's own SPIFFE ID ([`JwtRequest`] -> [`JwtResponse`]).
 pub const JWT: &str = "/v1/jwt";
+/// `GET`, anyone: the trust bundle in the SPIFFE bundle format (X.509 and
+/// JWT authorities, `spiffe_sequence`, `spiffe_refresh_hint`): the SPIFFE
+/// bundle endpoint, `https_spiffe` profile (the server's SVID is
+/// `spiffe://<trust domain>/warden/control`).
+pub const SPIFFE_BUNDLE: &str = "/v1/spiffe-bundle";
+/// `GET`, admin: our bundle and every federated one ([`BundleListing`]).
+pub const ADMIN_BUNDLES: &str = "/v1/admin/bundles";
 /// `GET`: the trust bundle ([`BundleResponse`]).
 pub const BUNDLE: &str = "/v1/bundle";
 /// `GET`, mTLS, long poll: `?revocations=SEQ&bundle=DIGEST&policy=VERSION&wait_ms=N`
@@ -318,6 +325,55 @@ pub struct WatchResponse {
     /// and its mark differs (absent from control planes before 0.3).
     #[serde(default)]
     pub endpoints: Option<EndpointList>,
+    /// The federated trust domains' bundles, only when the caller asked
+    /// (`federation=MARK`) and its mark differs (absent before 0.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<FederationList>,
+}
+
+/// The bundles of the trust domains this one federates with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct FederationList {
+    pub mark: String,
+    pub bundles: Vec<FederatedBundle>,
+}
+
+/// A federated trust domain's bundle, as its bundle endpoint served it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FederatedBundle {
+    pub trust_domain: String,
+    /// The SPIFFE bundle document (X.509 and JWT authorities).
+    pub bundle: String,
+    pub sequence: i64,
+    /// Unix seconds: fetched last.
+    pub refreshed_at: i64,
+}
+
+/// `GET /v1/admin/bundles`: our bundle and the federated ones, with how
+/// each federation link fares.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BundleListing {
+    pub trust_domain: String,
+    /// Ours, in the SPIFFE bundle format.
+    pub bundle: String,
+    pub sequence: i64,
+    pub federated: Vec<FederationStatus>,
+}
+
+/// One federation link.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FederationStatus {
+    pub trust_domain: String,
+    pub endpoint_url: String,
+    /// The endpoint's SPIFFE ID (`https_spiffe`).
+    pub endpoint_spiffe_id: String,
+    /// The last good bundle (none before the first fetch succeeds).
+    pub bundle: Option<String>,
+    pub sequence: Option<i64>,
+    pub refreshed_at: Option<i64>,
+    pub changed_at: Option<i64>,
+    /// Why the last fetch failed, if it did.
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

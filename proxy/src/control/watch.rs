@@ -9,7 +9,7 @@ use http::Method;
 use tokio::sync::watch;
 
 use crate::identity::{
-    Backoff, JwtBundle, JwtBundleSet, Revoked, SvidStore, TrustBundle, TrustBundleSet,
+    Backoff, JwtBundle, JwtBundleSet, Revoked, SpiffeBundle, SvidStore, TrustBundle, TrustBundleSet,
 };
 
 use super::{ControlClient, ControlError, StateDir, api, digest_hex};
@@ -28,6 +28,10 @@ pub struct WatchState {
     pub endpoints: usize,
     /// Why this workload's endpoints are not registered, if they are not.
     pub registration_error: Option<String>,
+    /// The federated bundles' mark, once received.
+    pub federation_mark: Option<String>,
+    /// The federated trust domains whose bundles are held.
+    pub federated: Vec<String>,
 }
 
 /// Discovery through the control plane.
@@ -86,6 +90,8 @@ pub async fn run_watch(targets: WatchTargets, mut shutdown: watch::Receiver<bool
         discovery,
     } = targets;
     let mut failures: u32 = 0;
+    // The federated bundles last received.
+    let mut federated: Vec<SpiffeBundle> = Vec::new();
     let mut generation = store.subscribe();
     // The SVID generation whose endpoints are registered (or refused).
     let mut registered: Option<u64> = None;
@@ -151,6 +157,8 @@ pub async fn run_watch(targets: WatchTargets, mut shutdown: watch::Receiver<bool
             let mark = current.endpoints_mark.as_deref().unwrap_or("none");
             path.push_str(&format!("&endpoints={mark}"));
         }
+        let mark = current.federation_mark.as_deref().unwrap_or("none");
+        path.push_str(&format!("&federation={mark}"));
         // A new SVID ends the long poll when there are endpoints to
         // register with it: the entries of the old one die with it.
         let new_svid = async {
@@ -168,14 +176,22 @@ pub async fn run_watch(targets: WatchTargets, mut shutdown: watch::Receiver<bool
         match result {
             Ok(update) => {
                 failures = 0;
-                apply(&store, &trust_domain, &update, &bundle_digest);
-                if update.revocations.seq != current.revocation_seq
+                let mut next = current;
+                if let Some(list) = &update.federation {
+                    federated = federated_bundles(list, &federated, &trust_domain);
+                    next.federation_mark = Some(list.mark.clone());
+                    next.federated = federated
+                        .iter()
+                        .map(|b| b.x509.trust_domain().name().to_owned())
+                        .collect();
+                }
+                apply(&store, &trust_domain, &update, &federated);
+                if update.revocations.seq != next.revocation_seq
                     && let Some(dir) = &state_dir
                     && let Err(e) = dir.save_revoked(&update.revocations)
                 {
                     tracing::warn!(error = %e, "cannot save the revocation list");
                 }
-                let mut next = current;
                 next.revocation_seq = update.revocations.seq;
                 next.revoked =
                     update.revocations.spiffe_ids.len() + update.revocations.serials.len();
@@ -256,33 +272,88 @@ async fn register(
     Ok(())
 }
 
+/// The federated bundles of `list`, each checked; one that does not parse
+/// keeps what `held` had for its trust domain. Our own trust domain is
+/// never taken from a federation.
+fn federated_bundles(
+    list: &api::FederationList,
+    held: &[SpiffeBundle],
+    own: &crate::identity::TrustDomain,
+) -> Vec<SpiffeBundle> {
+    let mut out = Vec::new();
+    for entry in &list.bundles {
+        let parsed = crate::identity::TrustDomain::new(&entry.trust_domain)
+            .map_err(|e| e.to_string())
+            .and_then(|td| {
+                if td == *own {
+                    return Err("a federated bundle for our own trust domain".to_owned());
+                }
+                SpiffeBundle::parse(td, entry.bundle.as_bytes()).map_err(|e| e.to_string())
+            });
+        match parsed {
+            Ok(bundle) => out.push(bundle),
+            Err(e) => {
+                tracing::warn!(trust_domain = %entry.trust_domain, error = %e, "the control plane sent an unusable federated bundle; keeping the one held");
+                out.extend(
+                    held.iter()
+                        .find(|b| b.x509.trust_domain().name() == entry.trust_domain)
+                        .cloned(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Applies an answer: the revocations, and the bundle sets (ours from the
+/// answer, or the one held if it is unusable; then the federated ones).
 fn apply(
     store: &SvidStore,
     trust_domain: &crate::identity::TrustDomain,
     update: &api::WatchResponse,
-    bundle_digest: &str,
+    federated: &[SpiffeBundle],
 ) {
     store.set_revoked(revoked_set(&update.revocations));
-    match TrustBundle::from_pem(trust_domain.clone(), update.bundle.bundle_pem.as_bytes()) {
-        Ok(bundle) => {
-            if digest_hex(bundle.to_pem().as_bytes()) != bundle_digest {
-                tracing::info!(
-                    roots = bundle.roots().len(),
-                    "trust bundle changed; installing it"
-                );
-                store.set_bundles(TrustBundleSet::new().with(bundle));
-            }
-        }
+    let held = store.bundles();
+    let own = match TrustBundle::from_pem(trust_domain.clone(), update.bundle.bundle_pem.as_bytes())
+    {
+        Ok(bundle) => Some(bundle),
         Err(e) => {
-            tracing::warn!(error = %e, "the control plane sent an unusable trust bundle; keeping the current one")
+            tracing::warn!(error = %e, "the control plane sent an unusable trust bundle; keeping the current one");
+            held.get(trust_domain.name()).map(|b| (**b).clone())
         }
+    };
+    let mut bundles = TrustBundleSet::new();
+    if let Some(own) = own {
+        bundles.insert(own);
     }
-    if let Some(jwks) = &update.bundle.jwt_bundle {
-        match JwtBundle::from_jwks(trust_domain.clone(), jwks.as_bytes()) {
-            Ok(bundle) => store.set_jwt_bundles(JwtBundleSet::default().with(bundle)),
+    for f in federated {
+        bundles.insert(f.x509.clone());
+    }
+    if *held != bundles {
+        tracing::info!(
+            trust_domains = ?bundles.trust_domains().map(|t| t.name()).collect::<Vec<_>>(),
+            "trust bundles changed; installing them"
+        );
+        store.set_bundles(bundles);
+    }
+    let held_jwt = store.jwt_bundles();
+    let own_jwt = match &update.bundle.jwt_bundle {
+        Some(jwks) => match JwtBundle::from_jwks(trust_domain.clone(), jwks.as_bytes()) {
+            Ok(bundle) => Some(bundle),
             Err(e) => {
-                tracing::warn!(error = %e, "the control plane sent an unusable JWT bundle; keeping the current one")
+                tracing::warn!(error = %e, "the control plane sent an unusable JWT bundle; keeping the current one");
+                held_jwt.get(trust_domain.name()).map(|b| (**b).clone())
             }
-        }
+        },
+        None => None,
+    };
+    let mut jwt = JwtBundleSet::default();
+    if let Some(own) = own_jwt {
+        jwt.insert(own);
     }
+    for f in federated {
+        jwt.insert(f.jwt.clone());
+    }
+    store.set_jwt_bundles(jwt);
 }

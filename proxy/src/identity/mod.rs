@@ -9,6 +9,7 @@ pub mod jwt;
 pub mod keygen;
 pub mod peer;
 pub mod rotation;
+pub mod spiffe_bundle;
 pub mod spiffe_id;
 pub mod store;
 pub mod svid;
@@ -22,6 +23,7 @@ pub use jwt::{JwtBundle, JwtBundleSet, JwtError, ValidatedJwt, validate_jwt_svid
 pub use keygen::{KeyAndCsr, KeygenError, new_key_and_csr};
 pub use peer::PeerIdentity;
 pub use rotation::{RotationPolicy, SvidSource, SvidUpdate, run_rotation, run_rotation_with_clock};
+pub use spiffe_bundle::SpiffeBundle;
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use store::{Revoked, Svid, SvidLoadError, SvidResolver, SvidStore};
 pub use svid::{

@@ -17,6 +17,10 @@ const SQLITE: &[(&str, &str)] = &[
         "V3__endpoints",
         include_str!("../../../migrations/sqlite/V3__endpoints.sql"),
     ),
+    (
+        "V4__federation",
+        include_str!("../../../migrations/sqlite/V4__federation.sql"),
+    ),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -31,6 +35,10 @@ const POSTGRES: &[(&str, &str)] = &[
     (
         "V3__endpoints",
         include_str!("../../../migrations/postgres/V3__endpoints.sql"),
+    ),
+    (
+        "V4__federation",
+        include_str!("../../../migrations/postgres/V4__federation.sql"),
     ),
 ];
 

@@ -72,16 +72,16 @@ fn a_step_and_its_history_row_commit_together() {
     // ungrouped mode), the table would stay with no history row, and
     // the next start would fail on it forever.
     conn.execute_batch(
-        "CREATE TRIGGER no_v4 BEFORE INSERT ON warden_schema_history \
-         WHEN NEW.version = 4 BEGIN SELECT RAISE(ABORT, 'no V4'); END;",
+        "CREATE TRIGGER no_v5 BEFORE INSERT ON warden_schema_history \
+         WHEN NEW.version = 5 BEGIN SELECT RAISE(ABORT, 'no V5'); END;",
     )
     .expect("trigger");
-    let next = set.with("V4__table", "CREATE TABLE t4 (x INTEGER);");
+    let next = set.with("V5__table", "CREATE TABLE t5 (x INTEGER);");
     let err = upgrade(&mut conn, &next, true).expect_err("history insert fails");
-    assert!(err.to_string().contains("stays at version 3"), "{err}");
+    assert!(err.to_string().contains("stays at version 4"), "{err}");
     assert!(
-        !conn.has_table("t4").expect("query"),
-        "V4 committed without its row"
+        !conn.has_table("t5").expect("query"),
+        "V5 committed without its row"
     );
 }
 
@@ -90,19 +90,19 @@ fn newer_schema_refused_unless_compatible() {
     let mut conn = rusqlite::Connection::open_in_memory().expect("open");
     let set = MigrationSet::builtin(Dialect::Sqlite);
     upgrade(&mut conn, &set, true).expect("migrate");
-    // An older control plane (knows only V1) runs on V3: V2 and V3 said so.
+    // An older control plane (knows only V1) runs on V4: V2 to V4 said so.
     let old = upgrade(&mut conn, &set.clone().up_to(1), true).expect("compatible");
-    assert_eq!((old.known, old.current), (1, 3));
-    // A step V4 that needs code knowing V4.
+    assert_eq!((old.known, old.current), (1, 4));
+    // A step V5 that needs code knowing V5.
     let next = set.clone().with(
-        "V4__incompatible",
-        "INSERT INTO warden_schema_compat VALUES (4, 4); CREATE TABLE t4 (x INTEGER);",
+        "V5__incompatible",
+        "INSERT INTO warden_schema_compat VALUES (5, 5); CREATE TABLE t5 (x INTEGER);",
     );
-    upgrade(&mut conn, &next, true).expect("v4");
+    upgrade(&mut conn, &next, true).expect("v5");
     let err = upgrade(&mut conn, &set, true).expect_err("newer");
     let text = err.to_string();
     assert!(
-        text.contains("version 4") && text.contains("the 3 this"),
+        text.contains("version 5") && text.contains("the 4 this"),
         "{text}"
     );
 }
