@@ -5,7 +5,10 @@
 //! 1. issuance: `N` joins (single-use token, CSR with a key made by the
 //!    caller, SVID recorded in the inventory) at concurrency `C`;
 //! 2. a renewal storm: the same `N` simulated sidecars all renew at once
-//!    (mTLS with their SVID, a new key each), at concurrency `C`.
+//!    (mTLS with their SVID, a new key each), at concurrency `C`;
+//! 3. JWT-SVIDs: the same `N` sidecars each ask for one (mTLS, one
+//!    audience, ES256), at concurrency `C`: read next to the renewals,
+//!    the X.509 issuance rate of the same run.
 //!
 //! For each: throughput, latency percentiles, errors and the control
 //! plane's CPU time per issuance (from /proc). The baseline, measured in
@@ -306,6 +309,7 @@ async fn bench_backend(
         })
         .collect();
     let renewing = storm.len();
+    let jwt_clients: Vec<ControlClient> = storm.iter().map(|(c, _)| c.clone()).collect();
     let (renewed, _) = run_phase(&server, storm, concurrency, |(client, csr)| async move {
         let svid: api::SvidResponse = client
             .post(
@@ -322,7 +326,34 @@ async fn bench_backend(
     })
     .await;
     let renew_json = renewed.report("renewals", renewing);
-    Ok(json!({ "tokens": tokens_json, "joins": join_json, "renewal_storm": renew_json }))
+
+    // 3. JWT-SVIDs: each sidecar asks for one over mTLS.
+    let asking = jwt_clients.len();
+    let (issued, _) = run_phase(&server, jwt_clients, concurrency, |client| async move {
+        let jwt: api::JwtResponse = client
+            .post(
+                api::JWT,
+                &api::JwtRequest {
+                    audiences: vec!["bench".into()],
+                    ttl_secs: None,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(jwt.expires_at)
+    })
+    .await;
+    let jwt_json = issued.report("JWT-SVIDs", asking);
+    let per_second = |p: &serde_json::Value| p["per_second"].as_f64().unwrap_or(0.0);
+    let ratio = per_second(&jwt_json) / per_second(&renew_json).max(f64::MIN_POSITIVE);
+    println!("{name}: JWT-SVIDs at {ratio:.2}x the rate of X.509 renewals in the same run");
+    Ok(json!({
+        "tokens": tokens_json,
+        "joins": join_json,
+        "renewal_storm": renew_json,
+        "jwt_svids": jwt_json,
+        "jwt_vs_renewals": ratio,
+    }))
 }
 
 /// The baseline: the CA alone signing `n` CSRs, in this process.
