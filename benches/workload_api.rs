@@ -82,8 +82,7 @@ fn fixture() -> Fixture {
         "admin.listen=127.0.0.1:0".to_owned(),
         "service.name=bench".to_owned(),
     ];
-    let config =
-        SidecarConfig::parse(None, Vec::<(String, String)>::new(), &sets).expect("config");
+    let config = SidecarConfig::parse(None, Vec::<(String, String)>::new(), &sets).expect("config");
     let sidecar = rt
         .block_on(async { Sidecar::start(config).await })
         .expect("sidecar");
@@ -122,7 +121,10 @@ fn bench_workload_api(c: &mut Criterion) {
         b.iter(|| rt.block_on(client.fetch_x509_svid()).expect("svid"))
     });
     g.bench_function("fetch_jwtsvid", |b| {
-        b.iter(|| rt.block_on(client.fetch_jwt_svid(["bench"], None)).expect("jwt"))
+        b.iter(|| {
+            rt.block_on(client.fetch_jwt_svid(["bench"], None))
+                .expect("jwt")
+        })
     });
     g.bench_function("validate_jwtsvid", |b| {
         b.iter(|| {
@@ -166,7 +168,7 @@ fn bench_workload_api(c: &mut Criterion) {
         })
     });
     g.finish();
-    drop(f.rt.block_on(f.sidecar.drain()));
+    let _left = f.rt.block_on(f.sidecar.drain());
 }
 
 criterion_group! {

@@ -95,6 +95,10 @@ async fn two_trust_domains_federate_through_their_bundle_endpoints(db: Db) {
             ),
             "--bundle-refresh-hint",
             "1s",
+            // The frontend renews under traffic: a renewal must keep the
+            // federated bundles.
+            "--svid-ttl",
+            "8s",
         ],
     );
     let b_db = match &db {
@@ -156,11 +160,17 @@ async fn two_trust_domains_federate_through_their_bundle_endpoints(db: Db) {
     let mut orders_settings = inbound_to(app.addr);
     orders_settings.push(format!("authz.policies={}", policies.display()));
     let orders = b.sidecar(dir.path(), "orders", FOREIGN_ORDERS, &orders_settings);
+    let socket = dir.path().join("frontend.sock");
+    let uid = rustix::process::getuid().as_raw();
     let frontend = a.sidecar(
         dir.path(),
         "frontend",
         FRONTEND,
-        &[route_to(orders.inbound(), FOREIGN_ORDERS)],
+        &[
+            route_to(orders.inbound(), FOREIGN_ORDERS),
+            format!("workload_api.socket={}", socket.display()),
+            format!("workload_api.allowed_uids=[{uid}]"),
+        ],
     );
     let intruder = a.sidecar(
         dir.path(),
@@ -181,6 +191,55 @@ async fn two_trust_domains_federate_through_their_bundle_endpoints(db: Db) {
         .expect("intruder");
     assert_eq!(denied.status, 403, "the policy names the frontend only");
 
+    // JWT-SVIDs across the federation, in the frontend's Workload API: a
+    // token other.org's control plane signed for one of its workloads
+    // validates; the same key signing for an example.org subject does not.
+    let b_key = jsonwebtoken::EncodingKey::from_ec_pem(
+        &std::fs::read(b_dir.join("ca").join("jwt.key")).expect("jwt.key"),
+    )
+    .expect("key");
+    let doc: serde_json::Value = serde_json::from_str(&own_b.bundle).expect("json");
+    let b_kid = doc["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["use"] == "jwt-svid")
+        .and_then(|k| k["kid"].as_str())
+        .expect("other.org's JWT key")
+        .to_owned();
+    let token = |sub: &str| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(b_kid.clone());
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+            + 300;
+        let claims = serde_json::json!({"sub": sub, "aud": ["frontend"], "exp": exp});
+        jsonwebtoken::encode(&header, &claims, &b_key).expect("sign")
+    };
+    let client = spiffe::WorkloadApiClient::connect_to(format!("unix://{}", socket.display()))
+        .await
+        .expect("connect");
+    let valid = eventually(LIMIT, "other.org's JWT bundle in the sidecar", || async {
+        client
+            .validate_jwt_token("frontend", &token(FOREIGN_ORDERS))
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(valid.spiffe_id().to_string(), FOREIGN_ORDERS);
+    let refused = client
+        .validate_jwt_token("frontend", &token(FRONTEND))
+        .await
+        .expect_err("a key of other.org signing for example.org");
+    assert!(
+        refused.to_string().contains(
+            "belongs to trust domain other.org, not to the subject's trust domain example.org"
+        ),
+        "{refused}"
+    );
+
     // A CA rotation in other.org reaches example.org's sidecars through
     // the bundle endpoint: the new root is trusted before it signs, so no
     // request fails while orders moves to SVIDs from the new CA.
@@ -194,7 +253,7 @@ async fn two_trust_domains_federate_through_their_bundle_endpoints(db: Db) {
     // Every SVID orders held before has expired (8 s lifetimes): the ones
     // it has now come from the new CA.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    control_flows::renewals(&[&orders], 2, LIMIT).await;
+    control_flows::renewals(&[&orders, &frontend], 2, LIMIT).await;
     let (ok, failed, errors) = traffic.finish().await;
     assert_eq!(
         failed,
@@ -393,7 +452,16 @@ async fn a_bad_bundle_endpoint_is_refused_and_the_last_good_bundle_kept() {
     let failed =
         "warden_control_federation_refreshes_total{trust_domain=\"other.org\",outcome=\"failed\"}";
     type Case<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str);
-    let cases: [Case; 3] = [
+    let older = warden_proxy::identity::SpiffeBundle::parse(
+        warden_proxy::identity::TrustDomain::new(OTHER).expect("td"),
+        good.as_bytes(),
+    )
+    .map(|mut b| {
+        b.sequence = 6;
+        b.to_json()
+    })
+    .expect("good");
+    let cases: [Case; 4] = [
         (
             "garbage",
             Box::new(|| fake.answer("<html>not a bundle</html>")),
@@ -419,6 +487,11 @@ async fn a_bad_bundle_endpoint_is_refused_and_the_last_good_bundle_kept() {
                 );
             }),
             "a CA of trust domain example.org",
+        ),
+        (
+            "a good bundle with an older sequence",
+            Box::new(|| fake.answer(&older)),
+            "sequence 6, older than the 7 held",
         ),
         (
             "a certificate with another SPIFFE ID",

@@ -240,12 +240,10 @@ async fn a_spiffe_client_gets_its_identity_and_jwt_svids(db: Db) {
     assert!(!socket.exists(), "the socket is removed at shutdown");
 }
 
-/// A Workload API client that sends what we choose, header or not.
-async fn raw_client(
-    socket: &Path,
-) -> pb::spiffe_workload_api_client::SpiffeWorkloadApiClient<tonic::transport::Channel> {
+/// A gRPC channel over the unix socket at `socket`.
+async fn unix_channel(socket: &Path) -> tonic::transport::Channel {
     let path = socket.to_owned();
-    let channel = tonic::transport::Endpoint::from_static("http://workload.invalid")
+    tonic::transport::Endpoint::from_static("http://workload.invalid")
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
             async move {
@@ -255,8 +253,14 @@ async fn raw_client(
             }
         }))
         .await
-        .expect("channel");
-    pb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel)
+        .expect("channel")
+}
+
+/// A Workload API client that sends what we choose, header or not.
+async fn raw_client(
+    socket: &Path,
+) -> pb::spiffe_workload_api_client::SpiffeWorkloadApiClient<tonic::transport::Channel> {
+    pb::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(unix_channel(socket).await)
 }
 
 fn with_header<T>(message: T) -> tonic::Request<T> {
@@ -321,6 +325,13 @@ async fn bad_calls_and_bad_tokens_are_refused_with_the_reason() {
         .await
         .expect_err("refused");
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+
+    // gRPC reflection lists the service.
+    let services = within("reflection", list_services(&socket)).await;
+    assert!(
+        services.iter().any(|s| s == "SpiffeWorkloadAPI"),
+        "{services:?}"
+    );
 
     // No audience: InvalidArgument.
     let status = raw
@@ -424,7 +435,7 @@ async fn bad_calls_and_bad_tokens_are_refused_with_the_reason() {
             "alg `none`",
         ),
         (
-            "HS256 with the public key as the secret",
+            "HS256, an HMAC keyed with the public JWKS (refused by its algorithm, before any key)",
             signed(
                 jsonwebtoken::Algorithm::HS256,
                 &jsonwebtoken::EncodingKey::from_secret(&jwks).expect("HMAC key"),
@@ -660,4 +671,33 @@ async fn a_sidecar_serves_mtls_with_an_svid_from_another_workload_api() {
         "{}",
         orders.logs()
     );
+}
+
+/// The services gRPC reflection lists on `socket`, by a reflection client
+/// we did not write (tonic-reflection's).
+async fn list_services(socket: &Path) -> Vec<String> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let channel = unix_channel(socket).await;
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let answer = answers
+        .message()
+        .await
+        .expect("an answer")
+        .expect("a message");
+    match answer.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("not a service list: {other:?}"),
+    }
 }

@@ -224,7 +224,8 @@ async fn refresh(state: &State, link: &Federation) -> Result<(Outcome, Duration)
         link.endpoint_id.clone(),
         trusted.to_pem().as_bytes(),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?
+    .with_max_response(warden_proxy::identity::spiffe_bundle::MAX_BUNDLE_BYTES);
     let document: serde_json::Value = client.get(&link.path).await.map_err(|e| match e {
         ControlError::Decode(reason) => {
             format!("the endpoint answered something that is not a bundle: {reason}")

@@ -234,6 +234,21 @@ pub async fn start_with(
         .database
         .clone()
         .unwrap_or_else(|| Database::Sqlite(data.join(DB_FILE)));
+    let mut linked = std::collections::BTreeSet::new();
+    for link in &options.federate_with {
+        if link.trust_domain == *ca.trust_domain() {
+            return Err(setup(format!(
+                "--federate-with {}: that is this control plane's own trust domain",
+                link.url
+            )));
+        }
+        if !linked.insert(link.trust_domain.name().to_owned()) {
+            return Err(setup(format!(
+                "--federate-with names trust domain {} twice",
+                link.trust_domain.name()
+            )));
+        }
+    }
     // Blocking work (PostgreSQL's client runs its own runtime): off this one.
     let audit_stdout = options.audit_stdout;
     let opened = {

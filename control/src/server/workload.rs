@@ -403,6 +403,11 @@ pub(super) async fn watch_changes(
     let with_policy = policy_differs(head);
     let with_endpoints = endpoints_differ(&marks.endpoints_mark);
     let with_federation = federation_differs(&marks.federation_mark);
+    let linked: Vec<String> = state
+        .federation
+        .iter()
+        .map(|l| l.trust_domain.name().to_owned())
+        .collect();
     let (revocations, policy, endpoints, federated) = blocking(move || {
         let revocations = db.revocations(now)?;
         let policy = if with_policy {
@@ -420,6 +425,12 @@ pub(super) async fn watch_changes(
         } else {
             None
         };
+        // Only the links this control plane is configured with: a link
+        // removed from --federate-with stops being trusted at once.
+        let federated = federated.map(|mut rows| {
+            rows.retain(|r| linked.contains(&r.trust_domain));
+            rows
+        });
         Ok((revocations, policy, endpoints, federated))
     })
     .await?;

@@ -33,6 +33,8 @@ pub struct ControlClient {
     bearer: Option<String>,
     /// The control plane's `Warden-Version`, from its last response.
     server_version: Arc<std::sync::Mutex<Option<String>>>,
+    /// The largest response body read.
+    max_response: usize,
 }
 
 impl std::fmt::Debug for ControlClient {
@@ -86,7 +88,16 @@ impl ControlClient {
             timeout: Duration::from_secs(10),
             bearer: None,
             server_version: Arc::default(),
+            max_response: MAX_RESPONSE,
         })
+    }
+
+    /// Reads response bodies of at most `bytes` (a larger one fails the
+    /// call): for servers that are not a control plane, such as a foreign
+    /// trust domain's bundle endpoint.
+    pub fn with_max_response(mut self, bytes: usize) -> Self {
+        self.max_response = bytes;
+        self
     }
 
     /// Authenticates admin calls with this token.
@@ -202,7 +213,7 @@ impl ControlClient {
                 .map_err(|e| ControlError::Http(e.to_string()))?;
             let status = response.status();
             self.note_server_version(response.headers().get(api::VERSION_HEADER));
-            let bytes = Limited::new(response.into_body(), MAX_RESPONSE)
+            let bytes = Limited::new(response.into_body(), self.max_response)
                 .collect()
                 .await
                 .map_err(|e| ControlError::Http(e.to_string()))?

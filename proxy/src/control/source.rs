@@ -53,10 +53,21 @@ impl ControlSource {
         self
     }
 
+    /// Our trust domain's bundle from the answer, with the federated ones
+    /// the store holds (the watch keeps those): a renewal must not drop
+    /// the trust in other trust domains until the next watch answer.
     fn bundles(&self, pem: &str) -> Result<TrustBundleSet, ControlError> {
         let bundle = TrustBundle::from_pem(self.trust_domain.clone(), pem.as_bytes())
             .map_err(|e| ControlError::Decode(format!("trust bundle: {e}")))?;
-        Ok(TrustBundleSet::new().with(bundle))
+        let held = self.store.bundles();
+        let mut set = TrustBundleSet::new();
+        for td in held.trust_domains().filter(|td| **td != self.trust_domain) {
+            if let Some(federated) = held.get(td.name()) {
+                set.insert((**federated).clone());
+            }
+        }
+        set.insert(bundle);
+        Ok(set)
     }
 }
 

@@ -143,8 +143,16 @@ impl JwtBundle {
         };
         let mut keys = Vec::new();
         for entry in list {
-            if entry.get("use").and_then(Value::as_str) == Some("x509-svid") {
-                continue;
+            match entry.get("use").and_then(Value::as_str) {
+                Some("x509-svid") => continue,
+                // SPIRE writes no `use` on JWT bundle keys.
+                None | Some(JWT_SVID_USE | "sig") => {}
+                Some(other) => return Err(bad(format!("a key for use {other:?}"))),
+            }
+            if entry.get("kty").and_then(Value::as_str) == Some("oct") {
+                return Err(bad(
+                    "a symmetric key (kty oct): JWT-SVIDs are signed with private keys".into(),
+                ));
             }
             let key: Jwk =
                 serde_json::from_value(entry.clone()).map_err(|e| bad(format!("a key: {e}")))?;
@@ -421,7 +429,14 @@ mod tests {
         let again =
             JwtBundle::from_jwks(td("example.org"), bundle.to_jwks().as_bytes()).expect("again");
         assert_eq!(again, bundle);
-        for bad in ["", "[]", "{\"keys\": 3}", "{\"keys\": [{\"kty\": \"EC\"}]}"] {
+        for bad in [
+            "",
+            "[]",
+            "{\"keys\": 3}",
+            "{\"keys\": [{\"kty\": \"EC\"}]}",
+            "{\"keys\": [{\"kty\": \"oct\", \"kid\": \"h\", \"k\": \"c2VjcmV0\"}]}",
+            "{\"keys\": [{\"use\": \"enc\", \"kty\": \"EC\"}]}",
+        ] {
             assert!(
                 JwtBundle::from_jwks(td("example.org"), bad.as_bytes()).is_err(),
                 "{bad}"

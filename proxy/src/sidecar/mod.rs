@@ -209,10 +209,12 @@ impl Sidecar {
         tokio::spawn(admin::serve(admin_listener, shared.clone()));
         bound.serve(&shared, addresses.admin)?;
         if let Some(listener) = workload_api {
+            let jwt_bundles = !matches!(shared.config.identity, IdentitySource::Files(_));
             let server = workload_api::WorkloadApi::new(
                 store.clone(),
                 control_client,
                 shared.config.workload_api.allowed_uids.clone(),
+                jwt_bundles,
                 shared.lifecycle.shutdown.clone(),
             );
             shared.lifecycle.tracker.spawn(server.serve(listener));

@@ -46,10 +46,6 @@ impl JwtSvids {
         }
     }
 
-    pub fn available(&self) -> bool {
-        self.control.is_some()
-    }
-
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<String>, Cached>> {
         self.cache
             .lock()

@@ -50,6 +50,8 @@ use pb::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer}
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Concurrent calls on one connection.
 const MAX_CALLS_PER_CONNECTION: usize = 32;
+/// Open streams (FetchX509SVID and the like) on one connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 
 /// The Workload API server of one sidecar.
 #[derive(Clone)]
@@ -61,6 +63,9 @@ struct Inner {
     store: Arc<SvidStore>,
     jwt: jwt_svids::JwtSvids,
     allowed_uids: Vec<u32>,
+    /// Whether JWT bundles will come (from a control plane, or an upstream
+    /// Workload API): without, FetchJWTBundles answers Unavailable.
+    jwt_bundles: bool,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -68,11 +73,13 @@ type Stream<T> = ReceiverStream<Result<T, Status>>;
 
 impl WorkloadApi {
     /// Serves `store`'s SVID and bundles; JWT-SVIDs come from `control`
-    /// (none without a control plane).
+    /// (none without a control plane); `jwt_bundles`: whether the store
+    /// will hold JWT bundles.
     pub fn new(
         store: Arc<SvidStore>,
         control: Option<ControlClient>,
         allowed_uids: Vec<u32>,
+        jwt_bundles: bool,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         WorkloadApi {
@@ -80,6 +87,7 @@ impl WorkloadApi {
                 store,
                 jwt: jwt_svids::JwtSvids::new(control),
                 allowed_uids,
+                jwt_bundles,
                 shutdown,
             }),
         }
@@ -104,6 +112,7 @@ impl WorkloadApi {
             SpiffeWorkloadApiServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES);
         let served = tonic::transport::Server::builder()
             .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .add_service(service)
             .add_optional_service(reflection)
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
@@ -191,8 +200,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<pb::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         caller::admit(&request, &self.inner.allowed_uids, "FetchJWTBundles")?;
-        if !self.inner.jwt.available() {
-            return Err(jwt_svids::no_control_plane());
+        if !self.inner.jwt_bundles {
+            return Err(Status::unavailable(
+                "this sidecar takes its identity from files: it holds no JWT bundles",
+            ));
         }
         let store = self.inner.store.clone();
         let changes = store.subscribe_jwt_bundles();

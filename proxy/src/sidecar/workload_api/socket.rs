@@ -48,8 +48,17 @@ fn error(path: &Path, what: impl std::fmt::Display) -> SidecarError {
 pub fn bind(path: &Path, mode: u32) -> Result<BoundSocket, SidecarError> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(error(path, "another process serves this socket"));
+            // Stale only when nobody listens; a socket we may not even
+            // connect to (EACCES) is someone else's, and stays.
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(error(path, "another process serves this socket")),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(e) => {
+                    return Err(error(
+                        path,
+                        format!("a socket that is not ours to replace: {e}"),
+                    ));
+                }
             }
             std::fs::remove_file(path)
                 .map_err(|e| error(path, format!("cannot remove the stale socket: {e}")))?;
