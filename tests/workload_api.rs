@@ -326,6 +326,29 @@ async fn bad_calls_and_bad_tokens_are_refused_with_the_reason() {
         .expect_err("refused");
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
 
+    // At most 128 open connections: a 129th caller waits until one closes.
+    let held: Vec<std::os::unix::net::UnixStream> = (0..128)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).expect("connect"))
+        .collect();
+    // Each accepted (the accept loop is ahead of the test by one at most).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut waiting = raw_client(&socket).await;
+    let call = waiting.fetch_jwtsvid(with_header(pb::JwtsvidRequest {
+        audience: vec!["payments".into()],
+        spiffe_id: String::new(),
+    }));
+    tokio::pin!(call);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), &mut call)
+            .await
+            .is_err(),
+        "a 129th connection was served"
+    );
+    drop(held);
+    within("the waiting caller, once a connection closed", call)
+        .await
+        .expect("served");
+
     // gRPC reflection lists the service.
     let services = within("reflection", list_services(&socket)).await;
     assert!(

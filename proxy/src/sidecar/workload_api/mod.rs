@@ -17,6 +17,7 @@
 //! (`PermissionDenied` otherwise, before anything is read from the store).
 
 mod caller;
+mod capped;
 mod jwt_svids;
 mod messages;
 mod socket;
@@ -25,7 +26,7 @@ mod upstream;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::control::ControlClient;
@@ -115,9 +116,12 @@ impl WorkloadApi {
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .add_service(service)
             .add_optional_service(reflection)
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
-                let _ = shutdown.wait_for(|stop| *stop).await;
-            })
+            .serve_with_incoming_shutdown(
+                capped::incoming(listener, capped::MAX_CONNECTIONS),
+                async move {
+                    let _ = shutdown.wait_for(|stop| *stop).await;
+                },
+            )
             .await;
         if let Err(e) = served {
             tracing::warn!(error = %e, "the Workload API stopped");
