@@ -316,3 +316,70 @@ async fn a_policy_change_closes_the_live_tunnels_it_now_denies() {
         "{logs}"
     );
 }
+
+/// `/usage` on the server's admin port: each decision aggregated by
+/// caller, route template, action, outcome and deciding policies; a flood
+/// of unique paths stays within the caller's cap and is counted as overflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_aggregates_decisions_by_route_template_within_bounds() {
+    let dir = dir_with(&[]);
+    std::fs::write(dir.path().join("base.cedar"), ONLY_HEALTHZ).expect("write");
+    let settings = vec![format!("authz.policies={}", dir.path().display())];
+    let pair = Pair::start(&settings, &[]).await;
+    for _ in 0..3 {
+        assert_eq!(status(&pair, "/healthz").await, 200);
+    }
+    assert_eq!(status(&pair, "/orders/1").await, 403);
+    assert_eq!(status(&pair, "/orders/2?x=1").await, 403);
+    let usage = |pair: &Pair| {
+        let admin = pair.server.admin;
+        async move {
+            let body = get(admin, "/usage", &[]).await.expect("usage").body;
+            serde_json::from_str::<serde_json::Value>(&body).expect("json")
+        }
+    };
+    let seen = usage(&pair).await;
+    let entries = seen["entries"].as_array().expect("entries");
+    let caller = format!("Workload::\"{FRONTEND}\"");
+    let find = |route: &str| {
+        entries
+            .iter()
+            .find(|e| e["route"] == route && e["caller"] == caller.as_str())
+            .unwrap_or_else(|| panic!("no {route} entry: {seen}"))
+    };
+    let healthz = find("/healthz");
+    assert_eq!(healthz["count"], 3);
+    assert_eq!(healthz["decision"], "allow");
+    assert_eq!(healthz["policies"], serde_json::json!(["healthz"]));
+    assert!(healthz["first_seen"].as_i64() <= healthz["last_seen"].as_i64());
+    let orders = find("/orders/{id}");
+    assert_eq!(orders["count"], 2);
+    assert_eq!(orders["decision"], "deny");
+    assert_eq!(orders["policies"], serde_json::json!([]));
+
+    // 300 unique paths: at most 256 route keys for the caller, the rest
+    // counted.
+    for i in 0..300 {
+        assert_eq!(status(&pair, &format!("/flood/p{i}x")).await, 403);
+    }
+    let seen = usage(&pair).await;
+    let kept = seen["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["caller"] == caller.as_str())
+        .count();
+    assert_eq!(kept, 256, "{seen}");
+    assert_eq!(
+        seen["overflow"],
+        serde_json::json!([[caller, 300 + 2 - 256]])
+    );
+    let metrics = get(pair.server.admin, "/metrics", &[])
+        .await
+        .expect("metrics")
+        .body;
+    assert!(
+        metrics.contains(&format!("warden_usage_overflow_total {}", 300 + 2 - 256)),
+        "{metrics}"
+    );
+}

@@ -144,19 +144,26 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
                 }),
             )
         }
-        "/metrics" => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            shared.metrics.render(
+        "/metrics" => {
+            let mut text = shared.metrics.render(
                 &shared.store,
                 shared.policy_status().as_ref(),
                 shared.traces.as_ref().map(|t| t.stats()),
-            ),
+            );
+            text.push_str(&format!(
+                "# HELP warden_usage_overflow_total Decisions counted but not kept as a /usage entry (a caller's route keys, or the callers, at their cap).\n# TYPE warden_usage_overflow_total counter\nwarden_usage_overflow_total {}\n",
+                shared.usage.overflow_total()
+            ));
+            reply(StatusCode::OK, "text/plain; version=0.0.4", text)
+        }
+        "/usage" => json_reply(
+            StatusCode::OK,
+            serde_json::to_value(shared.usage.snapshot()).unwrap_or_default(),
         ),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /live /ready /identity /policy /metrics /logging\n".into(),
+            "not found; try /live /ready /identity /policy /metrics /usage /logging\n".into(),
         ),
     }
 }

@@ -30,6 +30,7 @@ mod shared;
 pub mod slots;
 mod splice;
 pub mod telemetry;
+pub mod usage;
 pub mod workload_api;
 
 use std::net::SocketAddr;
@@ -202,6 +203,7 @@ impl Sidecar {
             config,
             store: store.clone(),
             metrics: Arc::new(Metrics::default()),
+            usage: usage::Usage::default(),
             control_watch,
         });
         tokio::spawn(policy::start_policy(shared.clone(), builtin));

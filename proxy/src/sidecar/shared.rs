@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     /// The sidecar's life: the drain signal and what a drain waits for.
     pub(super) lifecycle: Lifecycle,
     pub metrics: Arc<Metrics>,
+    /// What each caller used, for `/usage`.
+    pub usage: super::usage::Usage,
     /// Trace export, when `OTEL_EXPORTER_OTLP_ENDPOINT` asks for it.
     pub traces: Option<telemetry::Tracing>,
     /// The log filter, changeable through the admin API.

@@ -168,6 +168,14 @@ impl Inbound {
             observed,
             &shared.metrics,
         ));
+        shared.usage.record(
+            decision,
+            &target.path,
+            i64::try_from(crate::sidecar::metrics::unix_seconds(
+                std::time::SystemTime::now(),
+            ))
+            .unwrap_or(i64::MAX),
+        );
         if !decision.allowed {
             return Err(authorize::denied(decision));
         }

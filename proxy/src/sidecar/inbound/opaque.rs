@@ -98,6 +98,12 @@ impl Opaque {
         };
         let decision = decide(authorizer);
         metrics.tcp_connection(Direction::Inbound, decision.decision.as_str());
+        self.shared.usage.record(
+            &decision,
+            &format!("/tcp/{port}"),
+            i64::try_from(crate::sidecar::metrics::unix_seconds(SystemTime::now()))
+                .unwrap_or(i64::MAX),
+        );
         if decision.decision == Outcome::Deny {
             tracing::warn!(target: "warden::audit", %source, "{}", decision.audit_json());
         }
