@@ -351,7 +351,11 @@ async fn usage_aggregates_decisions_by_route_template_within_bounds() {
     assert_eq!(healthz["count"], 3);
     assert_eq!(healthz["decision"], "allow");
     assert_eq!(healthz["policies"], serde_json::json!(["healthz"]));
-    assert!(healthz["first_seen"].as_i64() <= healthz["last_seen"].as_i64());
+    let (first, last) = (
+        healthz["first_seen"].as_i64().expect("first_seen"),
+        healthz["last_seen"].as_i64().expect("last_seen"),
+    );
+    assert!(first > 0 && first <= last, "{healthz}");
     let orders = find("/orders/{id}");
     assert_eq!(orders["count"], 2);
     assert_eq!(orders["decision"], "deny");

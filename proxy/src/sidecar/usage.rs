@@ -7,7 +7,9 @@
 //! bounded memory. `GET /usage` on the admin server shows it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -17,6 +19,8 @@ use crate::authz::Decision;
 pub const MAX_ROUTES_PER_CALLER: usize = 256;
 /// Callers kept; more are counted, not kept.
 pub const MAX_CALLERS: usize = 1024;
+/// Entries kept, all callers together; more are counted, not kept.
+pub const MAX_ENTRIES: usize = 16_384;
 /// The longest route template kept (a longer one is cut, with `…`).
 pub const MAX_ROUTE: usize = 256;
 /// The most path segments a template keeps (then `/…`).
@@ -33,10 +37,12 @@ fn is_id(segment: &str) -> bool {
         return true;
     }
     let hex = |s: &[u8]| s.iter().all(u8::is_ascii_hexdigit);
-    if b.len() == 36
-        && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-')
-        && b.split(|&c| c == b'-').all(hex)
-    {
+    if b.len() == 36 && {
+        let pieces: Vec<&[u8]> = b.split(|&c| c == b'-').collect();
+        pieces.len() == 5
+            && pieces.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
+            && pieces.iter().all(|p| hex(p))
+    } {
         return true;
     }
     b.len() >= 16 && hex(b) && b.iter().any(u8::is_ascii_digit)
@@ -99,7 +105,9 @@ struct CallerTable {
 
 #[derive(Default)]
 struct Table {
-    callers: HashMap<String, CallerTable>,
+    callers: HashMap<Arc<str>, CallerTable>,
+    /// Entries of every caller.
+    entries: usize,
     overflow_callers: u64,
 }
 
@@ -107,6 +115,8 @@ struct Table {
 #[derive(Default)]
 pub struct Usage {
     table: Mutex<Table>,
+    /// Every decision counted and not kept, for `/metrics` without the lock.
+    overflow: AtomicU64,
 }
 
 /// One aggregate, as `/usage` shows it.
@@ -151,20 +161,23 @@ impl Usage {
             policies: policies.join(","),
         };
         let mut table = self.table();
-        if !table.callers.contains_key(&decision.principal) {
+        let principal: &str = &decision.principal;
+        if !table.callers.contains_key(principal) {
             if table.callers.len() >= MAX_CALLERS {
                 table.overflow_callers += 1;
+                self.overflow.fetch_add(1, Ordering::Relaxed);
                 return false;
             }
             table
                 .callers
-                .insert(decision.principal.clone(), CallerTable::default());
+                .insert(Arc::from(principal), CallerTable::default());
         }
-        let Some(caller) = table.callers.get_mut(&decision.principal) else {
+        let all_full = table.entries >= MAX_ENTRIES;
+        let Some(caller) = table.callers.get_mut(principal) else {
             return false;
         };
-        let full = caller.routes.len() >= MAX_ROUTES_PER_CALLER;
-        match caller.routes.get_mut(&key) {
+        let full = all_full || caller.routes.len() >= MAX_ROUTES_PER_CALLER;
+        let kept = match caller.routes.get_mut(&key) {
             Some(counts) => {
                 counts.count += 1;
                 counts.last_seen = counts.last_seen.max(now);
@@ -183,54 +196,73 @@ impl Usage {
                         last_seen: now,
                     },
                 );
+                table.entries += 1;
                 true
             }
+        };
+        if !kept {
+            self.overflow.fetch_add(1, Ordering::Relaxed);
         }
+        kept
     }
 
-    /// What is held now.
+    /// What is held now. The lock is held only to copy the table out.
     pub fn snapshot(&self) -> UsageSnapshot {
-        let table = self.table();
-        let mut entries: Vec<UsageEntry> = table
-            .callers
-            .iter()
-            .flat_map(|(caller, t)| {
-                t.routes.iter().map(move |(k, counts)| UsageEntry {
-                    caller: caller.clone(),
-                    action: k.action.clone(),
-                    route: k.route.clone(),
-                    decision: k.decision,
-                    policies: if k.policies.is_empty() {
-                        Vec::new()
-                    } else {
-                        k.policies.split(',').map(str::to_owned).collect()
-                    },
-                    counts: *counts,
+        type Row = (Arc<str>, RouteKey, Counts);
+        let (rows, mut overflow, overflow_callers) = {
+            let table = self.table();
+            let rows: Vec<Row> = table
+                .callers
+                .iter()
+                .flat_map(|(caller, t)| {
+                    t.routes
+                        .iter()
+                        .map(move |(k, counts)| (caller.clone(), k.clone(), *counts))
                 })
+                .collect();
+            let overflow: Vec<(String, u64)> = table
+                .callers
+                .iter()
+                .filter(|(_, t)| t.overflow > 0)
+                .map(|(c, t)| (c.to_string(), t.overflow))
+                .collect();
+            (rows, overflow, table.overflow_callers)
+        };
+        let mut entries: Vec<UsageEntry> = rows
+            .into_iter()
+            .map(|(caller, k, counts)| UsageEntry {
+                caller: caller.to_string(),
+                policies: if k.policies.is_empty() {
+                    Vec::new()
+                } else {
+                    k.policies.split(',').map(str::to_owned).collect()
+                },
+                action: k.action,
+                route: k.route,
+                decision: k.decision,
+                counts,
             })
             .collect();
         entries.sort_by(|a, b| {
-            (&a.caller, &a.route, &a.action, a.decision)
-                .cmp(&(&b.caller, &b.route, &b.action, b.decision))
+            (&a.caller, &a.route, &a.action, a.decision, &a.policies).cmp(&(
+                &b.caller,
+                &b.route,
+                &b.action,
+                b.decision,
+                &b.policies,
+            ))
         });
-        let mut overflow: Vec<(String, u64)> = table
-            .callers
-            .iter()
-            .filter(|(_, t)| t.overflow > 0)
-            .map(|(c, t)| (c.clone(), t.overflow))
-            .collect();
         overflow.sort();
         UsageSnapshot {
             entries,
             overflow,
-            overflow_callers: table.overflow_callers,
+            overflow_callers,
         }
     }
 
     /// Decisions counted as overflow, all callers together.
     pub fn overflow_total(&self) -> u64 {
-        let table = self.table();
-        table.overflow_callers + table.callers.values().map(|t| t.overflow).sum::<u64>()
+        self.overflow.load(Ordering::Relaxed)
     }
 }
 
@@ -269,6 +301,14 @@ mod tests {
             ("", "/"),
             ("/v2/orders", "/v2/orders"),
             ("/cafebabecafebabe", "/cafebabecafebabe"),
+            (
+                "/------------------------------------",
+                "/------------------------------------",
+            ),
+            (
+                "/123e4567e-89b-12d3-a456-426614174000",
+                "/123e4567e-89b-12d3-a456-426614174000",
+            ),
         ] {
             assert_eq!(route_template(path), want, "{path}");
         }
@@ -301,6 +341,23 @@ mod tests {
         );
         assert_eq!(snapshot.entries[0].decision, "deny");
         assert!(snapshot.entries[0].policies.is_empty());
+    }
+
+    #[test]
+    fn the_entries_of_all_callers_together_are_capped() {
+        let usage = Usage::default();
+        for c in 0..(MAX_ENTRIES / MAX_ROUTES_PER_CALLER) {
+            let d = decision(&format!("c{c}"), Outcome::Allow, &[]);
+            for r in 0..MAX_ROUTES_PER_CALLER {
+                assert!(usage.record(&d, &format!("/r{r}x"), 1));
+            }
+        }
+        assert_eq!(usage.overflow_total(), 0);
+        assert!(!usage.record(&decision("late", Outcome::Allow, &[]), "/a", 2));
+        assert_eq!(usage.overflow_total(), 1);
+        // A key already held still counts.
+        assert!(usage.record(&decision("c0", Outcome::Allow, &[]), "/r0x", 3));
+        assert_eq!(usage.snapshot().entries.len(), MAX_ENTRIES);
     }
 
     #[test]
