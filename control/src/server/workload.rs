@@ -202,23 +202,36 @@ pub(super) async fn attest_k8s(
     }
 }
 
+/// The mTLS caller of `event`; without a client certificate, the refusal
+/// (`mtls_required`, audited as anonymous) saying `why`.
+fn mtls_caller(
+    state: &State,
+    caller: Option<&Caller>,
+    event: &'static str,
+    why: &'static str,
+) -> Result<Caller, Fail> {
+    caller.cloned().ok_or_else(|| {
+        refused(
+            state,
+            event,
+            "anonymous",
+            None,
+            Fail::new(Reason::MtlsRequired, why),
+        )
+    })
+}
+
 pub(super) async fn renew(
     state: &Arc<State>,
     caller: Option<&Caller>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Fail> {
-    let Some(caller) = caller.cloned() else {
-        return Err(refused(
-            state,
-            "renew",
-            "anonymous",
-            None,
-            Fail::new(
-                Reason::MtlsRequired,
-                "renewal needs the current SVID as the TLS client certificate",
-            ),
-        ));
-    };
+    let caller = mtls_caller(
+        state,
+        caller,
+        "renew",
+        "renewal needs the current SVID as the TLS client certificate",
+    )?;
     let id = caller.id.to_string();
     let version = sidecar_version(&req).map_err(|f| refused(state, "renew", &id, Some(&id), f))?;
     let mut body: api::RenewRequest = read_json(req, MAX_BODY)
@@ -261,18 +274,12 @@ pub(super) async fn issue_jwt(
     caller: Option<&Caller>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Fail> {
-    let Some(caller) = caller.cloned() else {
-        return Err(refused(
-            state,
-            "jwt",
-            "anonymous",
-            None,
-            Fail::new(
-                Reason::MtlsRequired,
-                "a JWT-SVID is issued over mTLS, for the SPIFFE ID of the client certificate",
-            ),
-        ));
-    };
+    let caller = mtls_caller(
+        state,
+        caller,
+        "jwt",
+        "a JWT-SVID is issued over mTLS, for the SPIFFE ID of the client certificate",
+    )?;
     let id = caller.id.to_string();
     let refuse = |f: Fail| refused(state, "jwt", &id, Some(&id), f);
     let body: api::JwtRequest = read_json(req, MAX_BODY).await.map_err(refuse)?;
@@ -504,18 +511,12 @@ pub(super) async fn register_endpoints(
     remote: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Fail> {
-    let Some(caller) = caller.cloned() else {
-        return Err(refused(
-            state,
-            "endpoints_register",
-            "anonymous",
-            None,
-            Fail::new(
-                Reason::MtlsRequired,
-                "registering endpoints needs the current SVID as the TLS client certificate",
-            ),
-        ));
-    };
+    let caller = mtls_caller(
+        state,
+        caller,
+        "endpoints_register",
+        "registering endpoints needs the current SVID as the TLS client certificate",
+    )?;
     let id = caller.id.to_string();
     let body: api::EndpointRegistration = read_json(req, MAX_BODY)
         .await

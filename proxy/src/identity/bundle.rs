@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, TrustAnchor};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::spiffe_id::TrustDomain;
 
@@ -141,42 +141,22 @@ impl TrustBundle {
             .collect()
     }
 
-    /// The SPIFFE bundle JSON form.
+    /// The SPIFFE bundle JSON form: each root an `x509-svid` JWK, as a
+    /// bundle endpoint serves it ([`super::spiffe_bundle`]).
     pub fn to_spiffe_json(&self) -> String {
-        let doc = SpiffeBundleJson {
-            keys: self
-                .roots
-                .iter()
-                .map(|der| Jwk {
-                    use_: Some("x509-svid".into()),
-                    kty: Some(key_type(der).into()),
-                    x5c: vec![BASE64.encode(der)],
-                })
-                .collect(),
-            spiffe_sequence: self.sequence,
-            spiffe_refresh_hint: self.refresh_hint,
-        };
+        let keys: Vec<serde_json::Value> = self
+            .roots
+            .iter()
+            .map(super::spiffe_bundle::x509_jwk)
+            .collect();
+        let mut doc = serde_json::json!({ "keys": keys });
+        if let Some(sequence) = self.sequence {
+            doc["spiffe_sequence"] = sequence.into();
+        }
+        if let Some(hint) = self.refresh_hint {
+            doc["spiffe_refresh_hint"] = hint.into();
+        }
         serde_json::to_string_pretty(&doc).unwrap_or_default()
-    }
-}
-
-/// The JWK `kty` of a certificate's key, as the SPIFFE bundle format asks for.
-fn key_type(der: &[u8]) -> &'static str {
-    use x509_parser::prelude::FromDer;
-    match x509_parser::certificate::X509Certificate::from_der(der) {
-        Ok((_, cert))
-            if cert.public_key().algorithm.algorithm
-                == x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION =>
-        {
-            "RSA"
-        }
-        Ok((_, cert))
-            if cert.public_key().algorithm.algorithm
-                == x509_parser::oid_registry::OID_SIG_ED25519 =>
-        {
-            "OKP"
-        }
-        _ => "EC",
     }
 }
 
@@ -192,21 +172,18 @@ pub fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
-#[derive(Serialize, Deserialize)]
+/// What the reader needs of a SPIFFE bundle document.
+#[derive(Deserialize)]
 struct SpiffeBundleJson {
     keys: Vec<Jwk>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     spiffe_sequence: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     spiffe_refresh_hint: Option<u64>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Jwk {
     #[serde(rename = "use")]
     use_: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kty: Option<String>,
     #[serde(default)]
     x5c: Vec<String>,
 }

@@ -33,10 +33,11 @@ fn b64url(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// A certificate as an `x509-svid` JWK: its public key's parameters, and
-/// the certificate itself in `x5c`.
-fn x509_jwk(der: &CertificateDer<'_>) -> Value {
-    let mut key = json!({"use": "x509-svid", "x5c": [STANDARD.encode(der)]});
+/// A certificate as an `x509-svid` JWK: its public key's type and
+/// parameters, and the certificate itself in `x5c`. (`kty` is `EC` when the
+/// key cannot be read, as before the parameters were written.)
+pub(super) fn x509_jwk(der: &CertificateDer<'_>) -> Value {
+    let mut key = json!({"use": "x509-svid", "kty": "EC", "x5c": [STANDARD.encode(der)]});
     let Ok((_, cert)) = X509Certificate::from_der(der) else {
         return key;
     };
@@ -58,7 +59,6 @@ fn x509_jwk(der: &CertificateDer<'_>) -> Value {
             };
             // Uncompressed: 0x04, then X and Y.
             if data.len() == 1 + 2 * len && data[0] == 4 {
-                key["kty"] = json!("EC");
                 key["crv"] = json!(crv);
                 key["x"] = json!(b64url(&data[1..=len]));
                 key["y"] = json!(b64url(&data[1 + len..]));
@@ -72,6 +72,11 @@ fn x509_jwk(der: &CertificateDer<'_>) -> Value {
             key["kty"] = json!("RSA");
             key["n"] = json!(b64url(&trim(rsa.modulus)));
             key["e"] = json!(b64url(&trim(rsa.exponent)));
+        }
+        _ if spki.algorithm.algorithm == x509_parser::oid_registry::OID_SIG_ED25519 => {
+            key["kty"] = json!("OKP");
+            key["crv"] = json!("Ed25519");
+            key["x"] = json!(b64url(&spki.subject_public_key.data));
         }
         _ => {}
     }
