@@ -57,6 +57,7 @@ fn fixture() -> Fixture {
             k8s: None,
             federate_with: Vec::new(),
             bundle_refresh_hint: warden_control::server::DEFAULT_REFRESH,
+            usage_retention: warden_control::server::DEFAULT_USAGE_RETENTION,
         }))
         .expect("control plane");
     let admin = warden_control::server::admin_client(&data).expect("admin");

@@ -18,6 +18,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 // The argument types, also at the crate root, where `cli/` imports them.
+use args::{AccessCommand, BundleCommand, BundleFormat, PolicyPushArgs};
 use args::{
     AdminArgs, CaCommand, CaInitArgs, Cli, Command, ControlBackupArgs, ControlCommand,
     ControlMigrateArgs, ControlRestoreArgs, ControlServeArgs, DemoArgs, EndpointsCommand,
@@ -25,7 +26,6 @@ use args::{
     PolicyEvalArgs, ProxyArgs, SvidCommand, SvidInspectArgs, SvidIssueArgs, TokenCommand,
     TokenCreateArgs,
 };
-use args::{BundleCommand, BundleFormat};
 use args::{InjectArgs, InjectCommand, InjectServeArgs, InstallArgs, MeshArgs};
 use logging::init_logging;
 
@@ -55,9 +55,17 @@ fn main() -> ExitCode {
         Command::Identities(command) => cli::control::identities(command),
         Command::Endpoints(command) => cli::control::endpoints(command),
         Command::Bundle(command) => cli::control::bundle(command),
-        Command::Policy(PolicyCommand::Push { dir, admin }) => {
-            cli::control::policy_push(&dir, &admin)
+        Command::Policy(PolicyCommand::Push(args)) => cli::access::policy_push(&args),
+        Command::Policy(PolicyCommand::Propose { since, out, admin }) => {
+            cli::access::propose(since, out.as_deref(), &admin)
         }
+        Command::Policy(PolicyCommand::Replay {
+            dir,
+            since,
+            json,
+            admin,
+        }) => cli::access::replay(&dir, since, json, &admin),
+        Command::Access(command) => cli::access::access(command),
         Command::Policy(PolicyCommand::Rollback { version, admin }) => {
             cli::control::policy_rollback(version, &admin)
         }

@@ -2,6 +2,7 @@
 //! X.509-SVIDs ([`ca`]), the inventory and audit trail ([`store`]), and the
 //! HTTPS API sidecars and operators use ([`server`]).
 
+pub mod access;
 pub mod attest;
 pub mod ca;
 pub mod clock;

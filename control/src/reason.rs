@@ -103,6 +103,7 @@ pub enum Reason {
     ReservedId,
     BadEndpoint,
     BadAudience,
+    BadUsage,
     Csr(CsrReason),
     // A service-account token refused: 401, or 403 for NotAllowed and Disabled.
     Attest(AttestReason),
@@ -119,6 +120,7 @@ pub enum Reason {
     UnknownSvid,
     IdentityMismatch,
     EndpointNotSource,
+    UsageNotOwn,
     // 404.
     NotFound,
     UnknownIdentity,
@@ -208,6 +210,7 @@ impl Reason {
             Reason::ReservedId,
             Reason::BadEndpoint,
             Reason::BadAudience,
+            Reason::BadUsage,
             Reason::MtlsRequired,
             Reason::AdminCredentialsRequired,
             Reason::BadAdminCredentials,
@@ -219,6 +222,7 @@ impl Reason {
             Reason::UnknownSvid,
             Reason::IdentityMismatch,
             Reason::EndpointNotSource,
+            Reason::UsageNotOwn,
             Reason::NotFound,
             Reason::UnknownIdentity,
             Reason::UnknownSerial,
@@ -286,6 +290,8 @@ impl Reason {
             Reason::EndpointConflict => "endpoint_conflict",
             Reason::BadEndpoint => "bad_endpoint",
             Reason::BadAudience => "bad_audience",
+            Reason::BadUsage => "bad_usage",
+            Reason::UsageNotOwn => "usage_not_own",
             Reason::JwtUnavailable => "jwt_unavailable",
             Reason::BodyTooLarge => "body_too_large",
             Reason::UnsupportedMediaType => "unsupported_media_type",
@@ -321,6 +327,7 @@ impl Reason {
             | Reason::ReservedId
             | Reason::BadEndpoint
             | Reason::BadAudience
+            | Reason::BadUsage
             | Reason::Csr(_)
             | Reason::Corrupt
             | Reason::NotABackup => StatusCode::BAD_REQUEST,
@@ -339,7 +346,8 @@ impl Reason {
             | Reason::SvidRevoked
             | Reason::UnknownSvid
             | Reason::IdentityMismatch
-            | Reason::EndpointNotSource => StatusCode::FORBIDDEN,
+            | Reason::EndpointNotSource
+            | Reason::UsageNotOwn => StatusCode::FORBIDDEN,
             Reason::NotFound
             | Reason::UnknownIdentity
             | Reason::UnknownSerial

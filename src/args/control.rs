@@ -137,6 +137,10 @@ pub(crate) struct ControlServeArgs {
     /// plane serves at /v1/spiffe-bundle.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     pub(crate) bundle_refresh_hint: Duration,
+    /// How long the usage sidecars report is kept (whole days): older
+    /// usage, and edges not seen since, are deleted hourly.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30d")]
+    pub(crate) usage_retention: Duration,
 }
 
 fn parse_federation(s: &str) -> Result<warden_control::server::Federation, String> {
@@ -258,6 +262,11 @@ pub(crate) enum IdentitiesCommand {
         /// Only identities with this status.
         #[arg(long)]
         status: Option<String>,
+        /// Only active identities that made and served no request in this
+        /// window though they held an identity all through it (issued and
+        /// renewed, unused): candidates for removal.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        unused_for: Option<Duration>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]

@@ -1,6 +1,7 @@
 //! The command line: every command, argument and flag, with the help
 //! text clap shows. The commands themselves are in `cli/`.
 
+mod access;
 mod control;
 mod identity;
 mod kube;
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub(crate) use access::AccessCommand;
 pub(crate) use control::{
     AdminArgs, BundleCommand, BundleFormat, ControlBackupArgs, ControlCommand, ControlMigrateArgs,
     ControlRestoreArgs, ControlServeArgs, EndpointAddressesArg, EndpointsCommand,
@@ -19,7 +21,7 @@ pub(crate) use identity::{
     CaCommand, CaInitArgs, IdCommand, SvidCommand, SvidInspectArgs, SvidIssueArgs,
 };
 pub(crate) use kube::{InjectArgs, InjectCommand, InjectServeArgs, InstallArgs, MeshArgs};
-pub(crate) use policy::{PolicyCheckArgs, PolicyCommand, PolicyEvalArgs};
+pub(crate) use policy::{PolicyCheckArgs, PolicyCommand, PolicyEvalArgs, PolicyPushArgs};
 
 #[derive(Parser)]
 #[command(
@@ -102,6 +104,11 @@ pub(crate) enum Command {
     /// identity it must prove there.
     #[command(subcommand)]
     Endpoints(EndpointsCommand),
+    /// What each identity used against what the policies allow it:
+    /// report, new edges, the access graph (`warden policy propose` and
+    /// `replay` turn it into a tighter policy set).
+    #[command(subcommand)]
+    Access(AccessCommand),
     /// Trust bundles: this trust domain's (as its SPIFFE bundle endpoint
     /// serves it) and the federated ones.
     #[command(subcommand)]

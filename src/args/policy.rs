@@ -18,8 +18,33 @@ pub(crate) enum PolicyCommand {
     Eval(Box<PolicyEvalArgs>),
     /// Validate a policy directory and store it on the control plane as the
     /// next version; sidecars with `control.policies = true` hot-swap it.
-    Push {
+    /// First replays the recorded usage under it and prints what it would
+    /// break or newly allow; asks before pushing a change (--yes: do not).
+    Push(PolicyPushArgs),
+    /// Write a least-privilege policy set that permits exactly the allowed
+    /// traffic observed in the window (one permit per caller, service and
+    /// action; routes as path patterns), keeping the current forbids.
+    /// Validated against the schema. No usage in the window: says so and
+    /// writes nothing.
+    Propose {
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
+        since: std::time::Duration,
+        /// Write the files into this directory (created; refused if it
+        /// holds any file). Default: print them.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Decide the recorded usage under a candidate policy directory: every
+    /// (caller, action, service, route) whose decision would change, with
+    /// the requests affected. Exits 0 when nothing changes, 1 otherwise.
+    Replay {
         dir: PathBuf,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
+        since: std::time::Duration,
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -34,6 +59,19 @@ pub(crate) enum PolicyCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+}
+
+#[derive(Args)]
+pub(crate) struct PolicyPushArgs {
+    pub(crate) dir: PathBuf,
+    /// Push without asking, whatever the replay shows (scripts).
+    #[arg(long)]
+    pub(crate) yes: bool,
+    /// The window of usage replayed before the push.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
+    pub(crate) since: std::time::Duration,
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
 }
 
 #[derive(Args)]

@@ -62,6 +62,7 @@ pub fn serve(args: ControlServeArgs) -> anyhow::Result<ExitCode> {
         },
         federate_with: args.federate_with,
         bundle_refresh_hint: args.bundle_refresh_hint,
+        usage_retention: args.usage_retention,
         database: args
             .database
             .as_deref()
@@ -196,7 +197,7 @@ pub fn restore(args: ControlRestoreArgs) -> anyhow::Result<ExitCode> {
 
 /// An admin client from the data directory's `control.json`, `bundle.pem`
 /// and `admin.token` (each overridable).
-fn admin_client(args: &AdminArgs) -> anyhow::Result<ControlClient> {
+pub(crate) fn admin_client(args: &AdminArgs) -> anyhow::Result<ControlClient> {
     let dir = &args.data_dir;
     let read = |path: &Path| {
         std::fs::read(path).with_context(|| {
@@ -230,13 +231,22 @@ fn admin_client(args: &AdminArgs) -> anyhow::Result<ControlClient> {
         .with_bearer(token))
 }
 
-fn call<T>(f: impl Future<Output = Result<T, ControlError>>) -> anyhow::Result<T> {
+pub(crate) fn call<T>(f: impl Future<Output = Result<T, ControlError>>) -> anyhow::Result<T> {
     Ok(runtime()?.block_on(f)?)
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", json_shown(serde_json::to_string_pretty(value)?));
     Ok(())
+}
+
+/// `t` (Unix seconds) as a duration before `now`, rounded to the second.
+pub(crate) fn ago(now: i64, t: i64) -> String {
+    let secs = now.saturating_sub(t).max(0).unsigned_abs();
+    format!(
+        "{} ago",
+        humantime::format_duration(Duration::from_secs(secs))
+    )
 }
 
 pub fn token_create(args: TokenCreateArgs) -> anyhow::Result<ExitCode> {
@@ -274,6 +284,7 @@ pub fn identities(command: IdentitiesCommand) -> anyhow::Result<ExitCode> {
             admin,
             expiring_within,
             status,
+            unused_for,
             json,
         } => {
             let client = admin_client(&admin)?;
@@ -283,6 +294,9 @@ pub fn identities(command: IdentitiesCommand) -> anyhow::Result<ExitCode> {
             }
             if let Some(d) = expiring_within {
                 query.push(format!("expiring_within_secs={}", d.as_secs()));
+            }
+            if let Some(d) = unused_for {
+                query.push(format!("unused_for_secs={}", d.as_secs().max(1)));
             }
             let path = if query.is_empty() {
                 api::ADMIN_IDENTITIES.to_owned()
@@ -295,9 +309,12 @@ pub fn identities(command: IdentitiesCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let now = warden_control::store::unix_now();
+            if list.is_empty() && unused_for.is_some() {
+                eprintln!("no active identity went unused for that long");
+            }
             println!(
-                "{:<50} {:<8} {:>10} {:<34} {:<24} {:<8} LABELS",
-                "SPIFFE ID", "STATUS", "EXPIRES IN", "SERIAL", "INSTANCE", "SIDECAR"
+                "{:<50} {:<8} {:>10} {:>12} {:<34} {:<24} {:<8} LABELS",
+                "SPIFFE ID", "STATUS", "EXPIRES IN", "LAST SEEN", "SERIAL", "INSTANCE", "SIDECAR"
             );
             for i in &list {
                 let expires = i["expires_at"]
@@ -312,11 +329,19 @@ pub fn identities(command: IdentitiesCommand) -> anyhow::Result<ExitCode> {
                         }
                     })
                     .unwrap_or_else(|| "-".into());
+                // The later of its last request made and served.
+                let last_seen = [&i["last_seen_as_caller"], &i["last_seen_as_callee"]]
+                    .iter()
+                    .filter_map(|v| v.as_i64())
+                    .max()
+                    .map(|t| ago(now, t))
+                    .unwrap_or_else(|| "never".into());
                 println!(
-                    "{:<50} {:<8} {:>10} {:<34} {:<24} {:<8} {}",
+                    "{:<50} {:<8} {:>10} {:>12} {:<34} {:<24} {:<8} {}",
                     shown(i["spiffe_id"].as_str().unwrap_or("")),
                     shown(i["status"].as_str().unwrap_or("")),
                     expires,
+                    last_seen,
                     shown(i["last_serial"].as_str().unwrap_or("-")),
                     shown(i["instance"].as_str().unwrap_or("-")),
                     shown(i["sidecar_version"].as_str().unwrap_or("-")),
@@ -486,41 +511,6 @@ pub fn endpoints(command: EndpointsCommand) -> anyhow::Result<ExitCode> {
             shown(&e.spiffe_id),
             shown(&e.instance),
             left
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub fn policy_push(dir: &Path, admin: &AdminArgs) -> anyhow::Result<ExitCode> {
-    let files = warden_proxy::authz::read_policy_dir(dir)?;
-    // Check here first: the same loader the control plane and sidecars use.
-    warden_proxy::authz::PolicySnapshot::from_files(files.clone())?;
-    let mut named: BTreeMap<String, String> = files
-        .sources
-        .into_iter()
-        .map(|s| (s.name, s.text))
-        .collect();
-    if let Some(schema) = files.schema {
-        named.insert(
-            warden_proxy::authz::policy_files::SCHEMA_FILE.to_owned(),
-            schema,
-        );
-    }
-    let client = admin_client(admin)?;
-    let pushed: api::PolicyPushResponse =
-        call(client.post(api::ADMIN_POLICIES, &api::PolicyPush { files: named }))?;
-    if pushed.changed {
-        println!(
-            "policy version {} ({}, {} policies) is current",
-            pushed.version,
-            shown(&pushed.digest),
-            pushed.policies
-        );
-    } else {
-        println!(
-            "unchanged: version {} ({}) is already current",
-            pushed.version,
-            shown(&pushed.digest)
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -169,6 +169,7 @@ impl DemoControl {
             k8s: None,
             federate_with: Vec::new(),
             bundle_refresh_hint: server::DEFAULT_REFRESH,
+            usage_retention: server::DEFAULT_USAGE_RETENTION,
         })
         .await?;
         let endpoint = control.endpoint.clone();

@@ -1,6 +1,7 @@
 //! The command implementations. Each returns the process exit code, or an
 //! error that `main` prints; errors name the file and the problem.
 
+pub mod access;
 pub mod ca;
 pub mod control;
 pub mod demo;

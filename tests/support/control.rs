@@ -237,6 +237,7 @@ impl Control {
             k8s: None,
             federate_with: Vec::new(),
             bundle_refresh_hint: warden_control::server::DEFAULT_REFRESH,
+            usage_retention: warden_control::server::DEFAULT_USAGE_RETENTION,
         };
         let surroundings = Surroundings {
             clock: Arc::new(move || clock.now()),

@@ -48,9 +48,10 @@ pub(super) async fn admin(
         }
         (&Method::GET, api::ADMIN_IDENTITIES) => {
             let q = query_params(&req);
-            input::only_known(&q, &["status", "expiring_within_secs"])?;
+            input::only_known(&q, &["status", "expiring_within_secs", "unused_for_secs"])?;
             let status: Option<IdentityStatus> = input::one_of(&q, "status")?;
             let within: Option<i64> = input::number(&q, "expiring_within_secs")?;
+            let unused_for: Option<i64> = input::number(&q, "unused_for_secs")?;
             let now = state.now();
             let mut list = blocking(move || db.identities(now)).await?;
             if let Some(status) = status {
@@ -61,6 +62,17 @@ pub(super) async fn admin(
                     i.status == IdentityStatus::Active
                         && i.expires_at
                             .is_some_and(|e| e <= now.saturating_add(within))
+                });
+            }
+            if let Some(window) = unused_for {
+                // Issued and renewed, here for the whole window, and no
+                // request made or served in it: a candidate for removal.
+                let start = now.saturating_sub(window);
+                list.retain(|i| {
+                    i.status == IdentityStatus::Active
+                        && i.created_at <= start
+                        && i.last_seen_as_caller.is_none_or(|t| t < start)
+                        && i.last_seen_as_callee.is_none_or(|t| t < start)
                 });
             }
             Ok(json_response(StatusCode::OK, &list))
@@ -85,13 +97,16 @@ pub(super) async fn admin(
                         None => return Ok(None),
                     }
                 };
-                db.identity(&id, now)
+                let Some(found) = db.identity(&id, now)? else {
+                    return Ok(None);
+                };
+                Ok(Some((found, db.usage_since(0, Some(&id))?)))
             })
             .await?;
             match found {
-                Some((identity, svids)) => Ok(json_response(
+                Some(((identity, svids), usage)) => Ok(json_response(
                     StatusCode::OK,
-                    &IdentityDetail { identity, svids },
+                    &IdentityDetail::new(identity, svids, &usage),
                 )),
                 None => Err(Fail::new(
                     Reason::UnknownIdentity,
@@ -326,6 +341,9 @@ pub(super) async fn admin(
             let events = blocking(move || db.audit_tail(limit)).await?;
             Ok(json_response(StatusCode::OK, &events))
         }
+        (_, p) if p == api::ADMIN_USAGE || p.starts_with("/v1/admin/access/") => {
+            super::usage::admin_access(state, req).await
+        }
         _ => Err(Fail::new(
             Reason::NotFound,
             format!("no admin endpoint {method} {path}"),
@@ -359,6 +377,52 @@ struct IdentityDetail {
     #[serde(flatten)]
     identity: IdentityRecord,
     svids: Vec<SvidRecord>,
+    /// The services it called (within the usage retention).
+    called: Vec<UseSummary>,
+    /// The callers it served.
+    callers: Vec<UseSummary>,
+}
+
+/// Requests between an identity and one peer, as `identities show` lists them.
+#[derive(Serialize, Default)]
+struct UseSummary {
+    spiffe_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<String>,
+    allowed: u64,
+    denied: u64,
+    last_seen: i64,
+}
+
+impl IdentityDetail {
+    fn new(identity: IdentityRecord, svids: Vec<SvidRecord>, usage: &[api::UsageRow]) -> Self {
+        let mut called: BTreeMap<String, UseSummary> = BTreeMap::new();
+        let mut callers: BTreeMap<String, UseSummary> = BTreeMap::new();
+        for row in usage {
+            let (map, peer, service) = if row.caller == identity.spiffe_id {
+                (&mut called, &row.callee, Some(row.service.clone()))
+            } else {
+                (&mut callers, &row.caller, None)
+            };
+            let s = map.entry(peer.clone()).or_insert_with(|| UseSummary {
+                spiffe_id: peer.clone(),
+                service,
+                ..UseSummary::default()
+            });
+            if row.decision == "allow" {
+                s.allowed += row.count;
+            } else {
+                s.denied += row.count;
+            }
+            s.last_seen = s.last_seen.max(row.last_seen);
+        }
+        IdentityDetail {
+            identity,
+            svids,
+            called: called.into_values().collect(),
+            callers: callers.into_values().collect(),
+        }
+    }
 }
 
 pub(super) async fn create_token(

@@ -22,7 +22,23 @@ pub(super) async fn poll_changes(state: Arc<State>, mut shutdown: watch::Receive
         {
             tracing::warn!(error = %e, "CA rotation step failed; retrying");
         }
+        // Usage past its retention: soon after start, then hourly.
+        if tick == 8 || tick.is_multiple_of(4 * 3600) {
+            prune_usage(&state).await;
+        }
         state.refresh_changes().await;
+    }
+}
+
+async fn prune_usage(state: &State) {
+    let retention = i64::try_from(state.usage_retention.as_secs()).unwrap_or(i64::MAX);
+    let before = state.now().saturating_sub(retention);
+    let db = state.db.clone();
+    match tokio::task::spawn_blocking(move || db.prune_usage(before)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(rows)) => tracing::info!(rows, before, "usage past its retention deleted"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot delete usage past its retention"),
+        Err(e) => tracing::warn!(error = %e, "usage pruning task failed"),
     }
 }
 

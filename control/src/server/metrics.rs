@@ -113,6 +113,16 @@ pub(super) async fn metrics_text(state: &Arc<State>) -> Result<String, StoreErro
     );
     let _ = writeln!(
         out,
+        "# HELP warden_control_usage_reports_total Usage reports from sidecars stored by this replica.\n# TYPE warden_control_usage_reports_total counter\nwarden_control_usage_reports_total {}",
+        c.usage_reports
+    );
+    let _ = writeln!(
+        out,
+        "# HELP warden_control_new_edges_total Edges (a caller to a service, or a caller from a new source range) seen for the first time by this replica.\n# TYPE warden_control_new_edges_total counter\nwarden_control_new_edges_total {}",
+        c.new_edges
+    );
+    let _ = writeln!(
+        out,
         "# HELP warden_control_policy_pushes_total Policy bundles pushed through this replica.\n# TYPE warden_control_policy_pushes_total counter\nwarden_control_policy_pushes_total {}",
         c.policy_pushes
     );

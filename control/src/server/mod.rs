@@ -59,6 +59,7 @@ mod metrics;
 mod response;
 mod router;
 mod state;
+mod usage;
 mod workload;
 
 pub use admin::{DEFAULT_ROTATION_GRACE, MAX_ROTATION_GRACE, MIN_ROTATION_GRACE};
@@ -71,6 +72,7 @@ use metrics::serve_metrics;
 use response::{Body, Fail, blocking, csr_refusal, fail_response, json_response, refused};
 use router::{Caller, serve_api};
 use state::{Changes, Counters, State, write_bundle_file};
+pub use usage::{DEFAULT_WINDOW_SECS, MAX_USAGE_BODY};
 use workload::{
     attest_k8s, endpoint_list, issue_jwt, join, register_endpoints, renew, watch_changes,
 };
@@ -83,6 +85,8 @@ pub const MAX_POLICY_BODY: usize = 40 * 1024 * 1024;
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest a watch waits before answering "nothing changed".
+/// The default `--usage-retention`.
+pub const DEFAULT_USAGE_RETENTION: Duration = Duration::from_secs(30 * 86_400);
 pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(60);
 /// Trust domain of a CA created on first start without `--trust-domain`.
 pub const DEFAULT_TRUST_DOMAIN: &str = "warden.local";
@@ -119,6 +123,9 @@ pub struct ServeOptions {
     pub federate_with: Vec<Federation>,
     /// The `spiffe_refresh_hint` of the bundle we serve.
     pub bundle_refresh_hint: Duration,
+    /// How long usage is kept (`--usage-retention`): older days and edges
+    /// not seen since are deleted.
+    pub usage_retention: Duration,
 }
 
 /// Which addresses a sidecar may register for discovery.
@@ -370,6 +377,7 @@ pub async fn start_with(
         endpoint_addresses: options.endpoint_addresses,
         k8s,
         bundle_refresh_hint: options.bundle_refresh_hint,
+        usage_retention: options.usage_retention,
         federation: options.federate_with.clone(),
         federation_status: Mutex::default(),
     });

@@ -114,6 +114,7 @@ async fn route(
         (&Method::POST, api::JWT) => issue_jwt(state, caller, req).await,
         (&Method::GET, api::WATCH) => watch_changes(state, caller, req).await,
         (&Method::PUT, api::ENDPOINTS) => register_endpoints(state, caller, remote, req).await,
+        (&Method::POST, api::USAGE) => usage::report_usage(state, caller, req).await,
         (_, p) if p.starts_with("/v1/admin/") => match admin_auth(state, &req, remote) {
             Ok(()) => admin(state, req).await,
             Err(fail) => Err(fail),
@@ -127,7 +128,8 @@ async fn route(
             | api::RENEW
             | api::JWT
             | api::WATCH
-            | api::ENDPOINTS,
+            | api::ENDPOINTS
+            | api::USAGE,
         ) => Err(Fail::new(
             Reason::MethodNotAllowed,
             format!("{method} is not allowed on {path}"),

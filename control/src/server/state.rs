@@ -15,6 +15,10 @@ pub(super) struct Counters {
     /// Federated bundle refreshes by (trust domain, outcome).
     pub(super) federation: BTreeMap<(String, &'static str), u64>,
     pub(super) handshake_failures: u64,
+    /// Usage reports stored.
+    pub(super) usage_reports: u64,
+    /// Edges seen for the first time.
+    pub(super) new_edges: u64,
 }
 
 pub(super) struct State {
@@ -42,6 +46,7 @@ pub(super) struct State {
     pub(super) k8s: Option<crate::attest::K8sAttestor>,
     /// The `spiffe_refresh_hint` of the bundle we serve.
     pub(super) bundle_refresh_hint: Duration,
+    pub(super) usage_retention: Duration,
     /// The federation links, and how each fares.
     pub(super) federation: Vec<super::federation::Federation>,
     pub(super) federation_status: Mutex<BTreeMap<String, super::federation::LinkStatus>>,

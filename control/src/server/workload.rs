@@ -204,7 +204,7 @@ pub(super) async fn attest_k8s(
 
 /// The mTLS caller of `event`; without a client certificate, the refusal
 /// (`mtls_required`, audited as anonymous) saying `why`.
-fn mtls_caller(
+pub(super) fn mtls_caller(
     state: &State,
     caller: Option<&Caller>,
     event: &'static str,

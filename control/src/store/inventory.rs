@@ -95,7 +95,9 @@ fn query_identities(
     let rows = sql.rows(
         "SELECT i.spiffe_id, i.labels, i.created_at, i.revoked_at, i.revoke_reason, \
                 s.issued_at, s.expires_at, s.serial, s.instance, \
-                (SELECT COUNT(*) FROM svids c WHERE c.spiffe_id = i.spiffe_id), s.sidecar_version \
+                (SELECT COUNT(*) FROM svids c WHERE c.spiffe_id = i.spiffe_id), s.sidecar_version, \
+                (SELECT MAX(u.last_seen) FROM usage_daily u WHERE u.caller = i.spiffe_id), \
+                (SELECT MAX(u.last_seen) FROM usage_daily u WHERE u.callee = i.spiffe_id) \
          FROM identities i \
          LEFT JOIN svids s ON s.serial = ( \
              SELECT l.serial FROM svids l WHERE l.spiffe_id = i.spiffe_id \
@@ -123,6 +125,8 @@ fn query_identities(
                 instance: r.opt_text(8)?,
                 svids_issued: r.int(9)?,
                 sidecar_version: r.opt_text(10)?,
+                last_seen_as_caller: r.opt_int(11)?,
+                last_seen_as_callee: r.opt_int(12)?,
             })
         })
         .collect()

@@ -20,6 +20,7 @@ pub mod migrate;
 mod policy;
 mod records;
 mod revocation;
+mod usage;
 
 use std::sync::Arc;
 
@@ -35,6 +36,7 @@ pub use migrate::{Dialect, MigrationSet, SchemaStatus};
 use policy::policy_head;
 pub use records::{AuditEvent, IdentityRecord, PolicyBundle, Revocations, Signed, SvidRecord};
 use revocation::revocation_seq;
+pub use usage::NewEdge;
 
 /// A refused or failed store operation; [`StoreError::reason`] is what
 /// the API and the audit trail say.

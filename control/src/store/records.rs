@@ -44,6 +44,11 @@ pub struct IdentityRecord {
     pub svids_issued: i64,
     pub revoked_at: Option<i64>,
     pub revoke_reason: Option<String>,
+    /// Unix seconds: the last request it made (reported by the callee's
+    /// sidecar), within the usage retention.
+    pub last_seen_as_caller: Option<i64>,
+    /// The last request it served.
+    pub last_seen_as_callee: Option<i64>,
 }
 
 /// What sidecars must refuse.

@@ -146,3 +146,83 @@ fn revocation_blocks_renewal_and_is_listed() {
         "already_revoked"
     );
 }
+
+fn usage_report(
+    callee: &str,
+    caller: &str,
+    range: &str,
+    at: i64,
+) -> warden_proxy::control::api::UsageReport {
+    use warden_proxy::control::api::{SourceRecord, UsageRecord, UsageReport};
+    UsageReport {
+        callee: callee.into(),
+        service: "orders".into(),
+        entries: vec![UsageRecord {
+            caller: caller.into(),
+            action: "GET".into(),
+            route: "/orders/{id}".into(),
+            decision: "allow".into(),
+            policies: vec!["p".into()],
+            count: 2,
+            first_seen: at,
+            last_seen: at + 1,
+        }],
+        sources: vec![SourceRecord {
+            caller: caller.into(),
+            range: range.into(),
+            count: 2,
+            first_seen: at,
+            last_seen: at + 1,
+        }],
+        overflow: 0,
+    }
+}
+
+#[test]
+fn usage_sums_per_day_and_edges_are_new_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&Database::Sqlite(dir.path().join("db")), false).expect("open");
+    let (orders, frontend) = ("spiffe://td/orders", "spiffe://td/frontend");
+    let day = 20_000 * 86_400;
+    // A new caller: one new edge (its first range is part of it).
+    let new = store
+        .record_usage(&usage_report(orders, frontend, "10.0.0.0/24", day))
+        .expect("record");
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_eq!(new[0].edge.kind, "call");
+    // Again, same range: nothing new; counts add up within the day.
+    let new = store
+        .record_usage(&usage_report(orders, frontend, "10.0.0.0/24", day + 100))
+        .expect("record");
+    assert!(new.is_empty(), "{new:?}");
+    let rows = store.usage_since(day, None).expect("rows");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].count, rows[0].first_seen, rows[0].last_seen),
+        (4, day, day + 101)
+    );
+    // A known caller from a range not seen for it: a new edge.
+    let new = store
+        .record_usage(&usage_report(orders, frontend, "10.9.0.0/24", day + 200))
+        .expect("record");
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_eq!(
+        (new[0].edge.kind.as_str(), new[0].edge.value.as_str()),
+        ("source", "10.9.0.0/24")
+    );
+    let audited = store.audit_tail(10).expect("audit");
+    assert_eq!(audited.iter().filter(|e| e.event == "new_edge").count(), 2);
+    // The next day is its own row; the window and the retention cut on days.
+    store
+        .record_usage(&usage_report(orders, frontend, "10.0.0.0/24", day + 86_400))
+        .expect("record");
+    assert_eq!(store.usage_since(day, None).expect("rows")[0].count, 8);
+    assert_eq!(
+        store.usage_since(day + 86_400, None).expect("rows")[0].count,
+        2
+    );
+    assert!(store.prune_usage(day + 86_400).expect("prune") >= 1);
+    assert_eq!(store.usage_since(0, None).expect("rows")[0].count, 2);
+    let listed = store.identities(day).expect("identities");
+    assert!(listed.is_empty(), "usage creates no identity");
+}

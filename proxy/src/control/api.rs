@@ -32,6 +32,27 @@ pub const WATCH: &str = "/v1/watch";
 /// discovery ([`EndpointRegistration`] -> [`EndpointList`] of the caller's
 /// entries). Each entry lives as long as the SVID that registered it.
 pub const ENDPOINTS: &str = "/v1/endpoints";
+/// `POST`, mTLS: a sidecar's usage aggregates since its last report
+/// ([`UsageReport`] -> [`UsageAccepted`]); only for the service its SVID
+/// names.
+pub const USAGE: &str = "/v1/usage";
+/// `GET`, admin: stored usage ([`UsageRows`]); `?since_secs=N`.
+pub const ADMIN_USAGE: &str = "/v1/admin/usage";
+/// `GET`, admin: per identity, what the policies allow against what it
+/// used ([`AccessReport`]); `?since_secs=N&identity=ID`.
+pub const ADMIN_ACCESS_REPORT: &str = "/v1/admin/access/report";
+/// `GET`, admin: the least-privilege policy set for the observed allowed
+/// traffic ([`PolicyProposal`]); `?since_secs=N`.
+pub const ADMIN_ACCESS_PROPOSE: &str = "/v1/admin/access/propose";
+/// `POST`, admin: what a candidate policy set would change on recorded
+/// usage ([`ReplayRequest`] -> [`ReplayReport`]).
+pub const ADMIN_ACCESS_REPLAY: &str = "/v1/admin/access/replay";
+/// `GET`, admin: edges (a caller to a service, or a caller from a source
+/// range) first seen after `?new_since_secs=N` ago ([`EdgeList`]).
+pub const ADMIN_ACCESS_EDGES: &str = "/v1/admin/access/edges";
+/// `GET`, admin: the access graph as a self-contained HTML page (inline
+/// SVG); `?since_secs=N`.
+pub const ADMIN_ACCESS_GRAPH: &str = "/v1/admin/access/graph";
 /// `GET`, admin: the discovery registry ([`EndpointList`]).
 pub const ADMIN_ENDPOINTS: &str = "/v1/admin/endpoints";
 /// `POST`, admin: a join token ([`TokenRequest`] -> [`TokenResponse`]).
@@ -514,4 +535,207 @@ mod tests {
         assert!(!skew_supported("1.2.0", "2.2.0"));
         assert!(skew_supported("0.2.0", "dev"));
     }
+}
+
+/// The most entries one usage report may carry.
+pub const MAX_USAGE_ENTRIES: usize = 4096;
+/// The most source ranges one usage report may carry.
+pub const MAX_USAGE_SOURCES: usize = 4096;
+
+/// A sidecar's usage since its last report: every decision its inbound
+/// side made, aggregated.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UsageReport {
+    /// The reporter's own SPIFFE ID: the callee of every entry.
+    pub callee: String,
+    /// The service name the reporter decides for (`service.name`).
+    pub service: String,
+    pub entries: Vec<UsageRecord>,
+    /// Where each caller called from.
+    #[serde(default)]
+    pub sources: Vec<SourceRecord>,
+    /// Decisions counted but not kept as an entry (caps reached).
+    #[serde(default)]
+    pub overflow: u64,
+}
+
+/// One aggregate: a caller's decisions on one route.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UsageRecord {
+    /// The caller's SPIFFE ID, or `unauthenticated:<kind>`.
+    pub caller: String,
+    /// The Cedar action (`GET`, `POST`, `connect`...).
+    pub action: String,
+    /// The route template (`/orders/{id}`; `/tcp/<port>` for a connection).
+    pub route: String,
+    /// `allow` or `deny`.
+    pub decision: String,
+    /// The deciding policy ids, sorted.
+    #[serde(default)]
+    pub policies: Vec<String>,
+    pub count: u64,
+    /// Unix seconds.
+    pub first_seen: i64,
+    pub last_seen: i64,
+}
+
+/// A caller seen from a source range (an IPv4 /24 or IPv6 /64).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRecord {
+    pub caller: String,
+    pub range: String,
+    pub count: u64,
+    pub first_seen: i64,
+    pub last_seen: i64,
+}
+
+/// The answer to a usage report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UsageAccepted {
+    pub entries: usize,
+    /// Edges seen for the first time in this report.
+    #[serde(default)]
+    pub new_edges: usize,
+}
+
+/// Stored usage, summed over a window.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct UsageRows {
+    /// Unix seconds: the window's start.
+    pub since: i64,
+    pub rows: Vec<UsageRow>,
+}
+
+/// One (callee, caller, action, route, decision, policies) summed over the
+/// window.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UsageRow {
+    pub callee: String,
+    pub service: String,
+    pub caller: String,
+    pub action: String,
+    pub route: String,
+    pub decision: String,
+    pub policies: Vec<String>,
+    pub count: u64,
+    pub first_seen: i64,
+    pub last_seen: i64,
+}
+
+/// Edges first seen in a window.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct EdgeList {
+    pub edges: Vec<Edge>,
+}
+
+/// A caller calling a callee (`kind` `call`), or calling it from a source
+/// range (`kind` `source`, the range in `value`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Edge {
+    pub caller: String,
+    pub callee: String,
+    pub service: String,
+    pub kind: String,
+    #[serde(default)]
+    pub value: String,
+    pub first_seen: i64,
+    pub last_seen: i64,
+}
+
+/// A candidate policy set to replay ([`ADMIN_ACCESS_REPLAY`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// File name -> text, as [`PolicyPush`].
+    pub files: BTreeMap<String, String>,
+    /// The window, seconds back from now.
+    pub since_secs: u64,
+}
+
+/// Every recorded (caller, action, service, route) whose decision the
+/// candidate changes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ReplayReport {
+    pub since: i64,
+    /// Recorded aggregates replayed.
+    pub replayed: usize,
+    pub changes: Vec<ReplayChange>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplayChange {
+    pub caller: String,
+    pub action: String,
+    pub service: String,
+    pub callee: String,
+    pub route: String,
+    /// As recorded.
+    pub was: String,
+    /// Under the candidate.
+    pub now: String,
+    /// The candidate's deciding policies.
+    pub policies: Vec<String>,
+    pub count: u64,
+}
+
+/// The proposed least-privilege policy set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct PolicyProposal {
+    pub since: i64,
+    /// File name -> text; empty when the window holds no allowed traffic.
+    pub files: BTreeMap<String, String>,
+    pub permits: usize,
+    pub forbids_kept: usize,
+    /// Allowed requests the permits come from.
+    pub requests: u64,
+}
+
+/// Per identity, what the policies allow against what it used.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct AccessReport {
+    pub since: i64,
+    pub policy_version: String,
+    pub identities: Vec<IdentityAccess>,
+    /// Policies that decided nothing in the window.
+    pub idle_policies: Vec<String>,
+    /// Permits whose scope covers many identities of which few used them.
+    pub broad_policies: Vec<BroadPolicy>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct IdentityAccess {
+    pub identity: String,
+    /// (service, action, route) the engine allows it.
+    pub granted: Vec<Grant>,
+    /// The allowed ones it used in the window.
+    pub used: usize,
+    /// Denied attempts, requests.
+    pub denied: u64,
+    /// Allowed requests.
+    pub requests: u64,
+    pub last_seen_as_caller: Option<i64>,
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Grant {
+    pub service: String,
+    pub callee: String,
+    pub action: String,
+    pub route: String,
+    /// Allowed requests in the window (0: granted, never used).
+    pub count: u64,
+    pub policies: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BroadPolicy {
+    pub policy: String,
+    /// Identities the policy allows something.
+    pub covers: usize,
+    /// Of those, the ones that used it.
+    pub used_by: usize,
 }

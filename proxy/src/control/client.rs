@@ -169,6 +169,19 @@ impl ControlClient {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<T, ControlError> {
+        let bytes = self.call_raw(method, path, body, timeout).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ControlError::Decode(e.to_string()))
+    }
+
+    /// As [`ControlClient::call`], the answer's body as it came (a page
+    /// rather than JSON).
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Bytes, ControlError> {
         let addr = &self.addr;
         let exchange = async {
             let tcp = addr.connect().await.map_err(|e| ControlError::Connect {
@@ -240,6 +253,6 @@ impl ControlClient {
                 message,
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| ControlError::Decode(e.to_string()))
+        Ok(bytes)
     }
 }

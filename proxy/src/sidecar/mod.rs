@@ -31,6 +31,7 @@ pub mod slots;
 mod splice;
 pub mod telemetry;
 pub mod usage;
+mod usage_report;
 pub mod workload_api;
 
 use std::net::SocketAddr;
@@ -96,6 +97,8 @@ pub struct Sidecar {
     shutdown: watch::Sender<bool>,
     addresses: Addresses,
     _svid_watcher: Option<FileWatcher>,
+    /// Sends usage to the control plane; flushed once more at drain.
+    reporter: Option<Arc<usage_report::Reporter>>,
 }
 
 impl Sidecar {
@@ -166,6 +169,7 @@ impl Sidecar {
                 source,
             })?;
         let addresses = bound.addresses(admin_addr);
+        let control_client_for_usage = control_client.clone();
         let workload_api = match &config.workload_api.socket {
             Some(path) => Some(workload_api::bind(path, config.workload_api.mode)?),
             None => None,
@@ -203,7 +207,7 @@ impl Sidecar {
             config,
             store: store.clone(),
             metrics: Arc::new(Metrics::default()),
-            usage: usage::Usage::default(),
+            usage: Arc::new(usage::Usage::default()),
             control_watch,
         });
         tokio::spawn(policy::start_policy(shared.clone(), builtin));
@@ -221,12 +225,31 @@ impl Sidecar {
             );
             shared.lifecycle.tracker.spawn(server.serve(listener));
         }
+        let interval = shared.config.usage.report_interval;
+        let reporter = match (&control_client_for_usage, interval.is_zero()) {
+            (Some(client), false) => {
+                let reporter = Arc::new(usage_report::Reporter {
+                    client: client.clone(),
+                    usage: shared.usage.clone(),
+                    store: store.clone(),
+                    service: shared.config.service.name.clone(),
+                });
+                tokio::spawn(
+                    reporter
+                        .clone()
+                        .run(interval, shared.lifecycle.shutdown.clone()),
+                );
+                Some(reporter)
+            }
+            _ => None,
+        };
         shared.lifecycle.listeners_up.store(true, Ordering::Release);
         Ok(Sidecar {
             shared,
             shutdown,
             addresses,
             _svid_watcher: svid_watcher,
+            reporter,
         })
     }
 
@@ -261,6 +284,15 @@ impl Sidecar {
             );
             left
         };
+        // What the drained connections were used for reaches the control
+        // plane, within a bounded moment.
+        if let Some(reporter) = &self.reporter {
+            match tokio::time::timeout(std::time::Duration::from_secs(2), reporter.flush()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "the last usage report failed"),
+                Err(_) => tracing::warn!("the last usage report timed out"),
+            }
+        }
         // Spans still queued get a bounded moment to leave.
         if let Some(traces) = &self.shared.traces {
             traces.shutdown(std::time::Duration::from_secs(2)).await;

@@ -29,7 +29,7 @@ pub(crate) struct Shared {
     pub(super) lifecycle: Lifecycle,
     pub metrics: Arc<Metrics>,
     /// What each caller used, for `/usage`.
-    pub usage: super::usage::Usage,
+    pub usage: Arc<super::usage::Usage>,
     /// Trace export, when `OTEL_EXPORTER_OTLP_ENDPOINT` asks for it.
     pub traces: Option<telemetry::Tracing>,
     /// The log filter, changeable through the admin API.

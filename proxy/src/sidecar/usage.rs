@@ -7,6 +7,7 @@
 //! bounded memory. `GET /usage` on the admin server shows it.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 use crate::authz::Decision;
+use crate::control::api::{SourceRecord, UsageRecord, UsageReport};
 
 /// Route keys one caller may hold; more are counted, not kept.
 pub const MAX_ROUTES_PER_CALLER: usize = 256;
@@ -111,12 +113,86 @@ struct Table {
     overflow_callers: u64,
 }
 
+impl Counts {
+    fn merge(&mut self, other: Counts) {
+        self.count = self.count.saturating_add(other.count);
+        self.first_seen = self.first_seen.min(other.first_seen);
+        self.last_seen = self.last_seen.max(other.last_seen);
+    }
+}
+
+impl Table {
+    /// Adds `counts` to `key` of `caller`; whether it was kept (false:
+    /// counted as overflow, a cap being reached).
+    fn add(&mut self, caller: &str, key: &RouteKey, counts: Counts) -> bool {
+        if !self.callers.contains_key(caller) {
+            if self.callers.len() >= MAX_CALLERS {
+                self.overflow_callers = self.overflow_callers.saturating_add(counts.count);
+                return false;
+            }
+            self.callers
+                .insert(Arc::from(caller), CallerTable::default());
+        }
+        let all_full = self.entries >= MAX_ENTRIES;
+        let Some(table) = self.callers.get_mut(caller) else {
+            return false;
+        };
+        let full = all_full || table.routes.len() >= MAX_ROUTES_PER_CALLER;
+        match table.routes.get_mut(key) {
+            Some(held) => {
+                held.merge(counts);
+                true
+            }
+            None if full => {
+                table.overflow = table.overflow.saturating_add(counts.count);
+                false
+            }
+            None => {
+                table.routes.insert(key.clone(), counts);
+                self.entries += 1;
+                true
+            }
+        }
+    }
+}
+
+/// The most source ranges kept per caller until the next report.
+pub const MAX_SOURCES_PER_CALLER: usize = 16;
+
+/// Since the last report: the same aggregates, and the source ranges each
+/// caller called from.
+#[derive(Default)]
+struct Pending {
+    table: Table,
+    sources: HashMap<Arc<str>, HashMap<String, Counts>>,
+}
+
+#[derive(Default)]
+struct Tables {
+    /// Everything since start, for `/usage`.
+    all: Table,
+    /// Not yet reported to the control plane.
+    pending: Pending,
+}
+
 /// The aggregates.
 #[derive(Default)]
 pub struct Usage {
-    table: Mutex<Table>,
+    table: Mutex<Tables>,
     /// Every decision counted and not kept, for `/metrics` without the lock.
     overflow: AtomicU64,
+    /// Reports to the control plane, by outcome.
+    pub reports: ReportCounts,
+}
+
+/// Usage reports by outcome, for `/metrics`.
+#[derive(Default)]
+pub struct ReportCounts {
+    pub sent: AtomicU64,
+    /// Not sent (kept for the next report).
+    pub failed: AtomicU64,
+    /// Refused by the control plane (dropped).
+    pub refused: AtomicU64,
 }
 
 /// One aggregate, as `/usage` shows it.
@@ -142,16 +218,60 @@ pub struct UsageSnapshot {
     pub overflow_callers: u64,
 }
 
+/// The range a source address is counted in: its IPv4 /24 or IPv6 /64.
+pub fn source_range(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            format!("{a}.{b}.{c}.0/24")
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+            format!("{net}/64")
+        }
+    }
+}
+
+/// A principal as Cedar writes it (`Workload::"spiffe://..."`,
+/// `Unauthenticated::"plaintext"`) as a report names it: the SPIFFE ID,
+/// or `unauthenticated:<kind>`.
+pub fn caller_name(principal: &str) -> String {
+    let inner = |prefix: &str| {
+        principal
+            .strip_prefix(prefix)
+            .and_then(|r| r.strip_suffix('"'))
+            .map(str::to_owned)
+    };
+    if let Some(id) = inner("Workload::\"") {
+        return id;
+    }
+    if let Some(kind) = inner("Unauthenticated::\"") {
+        return format!("unauthenticated:{kind}");
+    }
+    principal.to_owned()
+}
+
+/// An action as Cedar writes it (`Action::"GET"`) as a report names it.
+pub fn action_name(action: &str) -> String {
+    action
+        .strip_prefix("Action::\"")
+        .and_then(|r| r.strip_suffix('"'))
+        .unwrap_or(action)
+        .to_owned()
+}
+
 impl Usage {
-    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+    fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
         self.table
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Counts `decision` on `path` at `now` (Unix seconds); whether it was
-    /// kept as an entry (false: counted as overflow).
-    pub fn record(&self, decision: &Decision, path: &str, now: i64) -> bool {
+    /// Counts `decision` on `path`, from `source`, at `now` (Unix
+    /// seconds); whether it was kept as an entry (false: counted as
+    /// overflow).
+    pub fn record(&self, decision: &Decision, path: &str, source: IpAddr, now: i64) -> bool {
         let mut policies = decision.policies.clone();
         policies.sort();
         let key = RouteKey {
@@ -160,57 +280,174 @@ impl Usage {
             decision: decision.decision.as_str(),
             policies: policies.join(","),
         };
-        let mut table = self.table();
+        let one = Counts {
+            count: 1,
+            first_seen: now,
+            last_seen: now,
+        };
         let principal: &str = &decision.principal;
-        if !table.callers.contains_key(principal) {
-            if table.callers.len() >= MAX_CALLERS {
-                table.overflow_callers += 1;
-                self.overflow.fetch_add(1, Ordering::Relaxed);
-                return false;
-            }
-            table
-                .callers
-                .insert(Arc::from(principal), CallerTable::default());
+        let range = source_range(source);
+        let mut tables = self.tables();
+        let kept = tables.all.add(principal, &key, one);
+        let pending = &mut tables.pending;
+        pending.table.add(principal, &key, one);
+        if let Some(ranges) = pending.sources.get_mut(principal) {
+            add_source(ranges, range, one);
+        } else if pending.sources.len() < MAX_CALLERS {
+            pending
+                .sources
+                .insert(Arc::from(principal), HashMap::from([(range, one)]));
         }
-        let all_full = table.entries >= MAX_ENTRIES;
-        let Some(caller) = table.callers.get_mut(principal) else {
-            return false;
-        };
-        let full = all_full || caller.routes.len() >= MAX_ROUTES_PER_CALLER;
-        let kept = match caller.routes.get_mut(&key) {
-            Some(counts) => {
-                counts.count += 1;
-                counts.last_seen = counts.last_seen.max(now);
-                true
-            }
-            None if full => {
-                caller.overflow += 1;
-                false
-            }
-            None => {
-                caller.routes.insert(
-                    key,
-                    Counts {
-                        count: 1,
-                        first_seen: now,
-                        last_seen: now,
-                    },
-                );
-                table.entries += 1;
-                true
-            }
-        };
+        drop(tables);
         if !kept {
             self.overflow.fetch_add(1, Ordering::Relaxed);
         }
         kept
     }
 
+    /// Takes at most `max` pending entries (and the sources of their
+    /// callers) as a report from `callee` for `service`; None when nothing
+    /// is pending. Give it back with [`Usage::restore`] if it cannot be sent.
+    pub fn take_report(&self, callee: &str, service: &str, max: usize) -> Option<UsageReport> {
+        let mut tables = self.tables();
+        let pending = &mut tables.pending;
+        if pending.table.entries == 0
+            && pending.table.overflow_callers == 0
+            && pending.table.callers.values().all(|t| t.overflow == 0)
+        {
+            return None;
+        }
+        let mut entries = Vec::new();
+        let mut sources = Vec::new();
+        let mut overflow = std::mem::take(&mut pending.table.overflow_callers);
+        let callers: Vec<Arc<str>> = pending.table.callers.keys().cloned().collect();
+        for caller in callers {
+            let Some(table) = pending.table.callers.get_mut(&caller) else {
+                continue;
+            };
+            if entries.len() + table.routes.len() > max && !entries.is_empty() {
+                continue;
+            }
+            let Some(table) = pending.table.callers.remove(&caller) else {
+                continue;
+            };
+            pending.table.entries -= table.routes.len();
+            overflow = overflow.saturating_add(table.overflow);
+            let name = caller_name(&caller);
+            for (key, counts) in table.routes {
+                entries.push(UsageRecord {
+                    caller: name.clone(),
+                    action: action_name(&key.action),
+                    route: key.route,
+                    decision: key.decision.to_owned(),
+                    policies: split_policies(&key.policies),
+                    count: counts.count,
+                    first_seen: counts.first_seen,
+                    last_seen: counts.last_seen,
+                });
+            }
+            for (range, counts) in pending.sources.remove(&caller).unwrap_or_default() {
+                sources.push(SourceRecord {
+                    caller: name.clone(),
+                    range,
+                    count: counts.count,
+                    first_seen: counts.first_seen,
+                    last_seen: counts.last_seen,
+                });
+            }
+        }
+        // Sources of callers with no entry held (every decision overflowed).
+        let orphans: Vec<Arc<str>> = pending
+            .sources
+            .keys()
+            .filter(|c| !pending.table.callers.contains_key(&**c))
+            .cloned()
+            .collect();
+        for caller in orphans {
+            if let Some(ranges) = pending.sources.remove(&caller) {
+                let name = caller_name(&caller);
+                sources.extend(ranges.into_iter().map(|(range, counts)| SourceRecord {
+                    caller: name.clone(),
+                    range,
+                    count: counts.count,
+                    first_seen: counts.first_seen,
+                    last_seen: counts.last_seen,
+                }));
+            }
+        }
+        entries.sort_by(|a, b| {
+            (&a.caller, &a.route, &a.action).cmp(&(&b.caller, &b.route, &b.action))
+        });
+        Some(UsageReport {
+            callee: callee.to_owned(),
+            service: service.to_owned(),
+            entries,
+            sources,
+            overflow,
+        })
+    }
+
+    /// Puts back a report that could not be sent: merged into what is
+    /// pending, within the same caps (what does not fit is overflow).
+    pub fn restore(&self, report: UsageReport) {
+        let mut tables = self.tables();
+        let pending = &mut tables.pending;
+        pending.table.overflow_callers = pending
+            .table
+            .overflow_callers
+            .saturating_add(report.overflow);
+        for e in report.entries {
+            let principal = principal_of(&e.caller);
+            let Some(decision) = ["allow", "deny"].into_iter().find(|d| *d == e.decision) else {
+                continue;
+            };
+            let key = RouteKey {
+                action: format!("Action::\"{}\"", e.action),
+                route: e.route,
+                decision,
+                policies: e.policies.join(","),
+            };
+            pending.table.add(
+                &principal,
+                &key,
+                Counts {
+                    count: e.count,
+                    first_seen: e.first_seen,
+                    last_seen: e.last_seen,
+                },
+            );
+        }
+        for s in report.sources {
+            let principal = principal_of(&s.caller);
+            let counts = Counts {
+                count: s.count,
+                first_seen: s.first_seen,
+                last_seen: s.last_seen,
+            };
+            if !pending.sources.contains_key(principal.as_str())
+                && pending.sources.len() >= MAX_CALLERS
+            {
+                continue;
+            }
+            let ranges = pending
+                .sources
+                .entry(Arc::from(principal.as_str()))
+                .or_default();
+            add_source(ranges, s.range, counts);
+        }
+    }
+
+    /// Entries waiting for the next report.
+    pub fn pending_entries(&self) -> usize {
+        self.tables().pending.table.entries
+    }
+
     /// What is held now. The lock is held only to copy the table out.
     pub fn snapshot(&self) -> UsageSnapshot {
         type Row = (Arc<str>, RouteKey, Counts);
         let (rows, mut overflow, overflow_callers) = {
-            let table = self.table();
+            let tables = self.tables();
+            let table = &tables.all;
             let rows: Vec<Row> = table
                 .callers
                 .iter()
@@ -232,11 +469,7 @@ impl Usage {
             .into_iter()
             .map(|(caller, k, counts)| UsageEntry {
                 caller: caller.to_string(),
-                policies: if k.policies.is_empty() {
-                    Vec::new()
-                } else {
-                    k.policies.split(',').map(str::to_owned).collect()
-                },
+                policies: split_policies(&k.policies),
                 action: k.action,
                 route: k.route,
                 decision: k.decision,
@@ -266,10 +499,40 @@ impl Usage {
     }
 }
 
+/// Adds to a caller's source ranges, within [`MAX_SOURCES_PER_CALLER`].
+fn add_source(ranges: &mut HashMap<String, Counts>, range: String, counts: Counts) {
+    let full = ranges.len() >= MAX_SOURCES_PER_CALLER;
+    match ranges.entry(range) {
+        std::collections::hash_map::Entry::Occupied(mut held) => held.get_mut().merge(counts),
+        std::collections::hash_map::Entry::Vacant(slot) if !full => {
+            slot.insert(counts);
+        }
+        std::collections::hash_map::Entry::Vacant(_) => {}
+    }
+}
+
+fn split_policies(joined: &str) -> Vec<String> {
+    if joined.is_empty() {
+        Vec::new()
+    } else {
+        joined.split(',').map(str::to_owned).collect()
+    }
+}
+
+/// The inverse of [`caller_name`].
+fn principal_of(caller: &str) -> String {
+    match caller.strip_prefix("unauthenticated:") {
+        Some(kind) => format!("Unauthenticated::\"{kind}\""),
+        None => format!("Workload::\"{caller}\""),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::authz::{Mode, Outcome};
+
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     fn decision(principal: &str, outcome: Outcome, policies: &[&str]) -> Decision {
         Decision {
@@ -323,9 +586,14 @@ mod tests {
         let usage = Usage::default();
         let frontend = "Workload::\"spiffe://example.org/ns/shop/sa/frontend\"";
         let allow = decision(frontend, Outcome::Allow, &["p2", "p1"]);
-        assert!(usage.record(&allow, "/orders/1", 100));
-        assert!(usage.record(&allow, "/orders/2", 105));
-        assert!(usage.record(&decision(frontend, Outcome::Deny, &[]), "/admin", 110));
+        assert!(usage.record(&allow, "/orders/1", LOCAL, 100));
+        assert!(usage.record(&allow, "/orders/2", LOCAL, 105));
+        assert!(usage.record(
+            &decision(frontend, Outcome::Deny, &[]),
+            "/admin",
+            LOCAL,
+            110
+        ));
         let snapshot = usage.snapshot();
         assert_eq!(snapshot.entries.len(), 2, "{snapshot:?}");
         let orders = &snapshot.entries[1];
@@ -349,14 +617,14 @@ mod tests {
         for c in 0..(MAX_ENTRIES / MAX_ROUTES_PER_CALLER) {
             let d = decision(&format!("c{c}"), Outcome::Allow, &[]);
             for r in 0..MAX_ROUTES_PER_CALLER {
-                assert!(usage.record(&d, &format!("/r{r}x"), 1));
+                assert!(usage.record(&d, &format!("/r{r}x"), LOCAL, 1));
             }
         }
         assert_eq!(usage.overflow_total(), 0);
-        assert!(!usage.record(&decision("late", Outcome::Allow, &[]), "/a", 2));
+        assert!(!usage.record(&decision("late", Outcome::Allow, &[]), "/a", LOCAL, 2));
         assert_eq!(usage.overflow_total(), 1);
         // A key already held still counts.
-        assert!(usage.record(&decision("c0", Outcome::Allow, &[]), "/r0x", 3));
+        assert!(usage.record(&decision("c0", Outcome::Allow, &[]), "/r0x", LOCAL, 3));
         assert_eq!(usage.snapshot().entries.len(), MAX_ENTRIES);
     }
 
@@ -366,18 +634,92 @@ mod tests {
         let caller = "Workload::\"spiffe://example.org/ns/x/sa/flood\"";
         let d = decision(caller, Outcome::Allow, &["p"]);
         for i in 0..(MAX_ROUTES_PER_CALLER + 500) {
-            usage.record(&d, &format!("/r{i}/x"), 1);
+            usage.record(&d, &format!("/r{i}/x"), LOCAL, 1);
         }
         let snapshot = usage.snapshot();
         assert_eq!(snapshot.entries.len(), MAX_ROUTES_PER_CALLER);
         assert_eq!(snapshot.overflow, vec![(caller.to_owned(), 500)]);
         // Known keys still count once full.
-        usage.record(&d, "/r0/x", 2);
+        usage.record(&d, "/r0/x", LOCAL, 2);
         assert_eq!(usage.overflow_total(), 500);
         for i in 0..(MAX_CALLERS + 10) {
-            usage.record(&decision(&format!("c{i}"), Outcome::Allow, &[]), "/", 3);
+            usage.record(
+                &decision(&format!("c{i}"), Outcome::Allow, &[]),
+                "/",
+                LOCAL,
+                3,
+            );
         }
         assert_eq!(usage.snapshot().overflow_callers, 11);
         assert_eq!(usage.overflow_total(), 511);
+    }
+
+    #[test]
+    fn reports_drain_what_is_pending_and_a_failed_send_gives_it_back() {
+        let usage = Usage::default();
+        let frontend = "Workload::\"spiffe://example.org/ns/shop/sa/frontend\"";
+        let allow = decision(frontend, Outcome::Allow, &["p1"]);
+        usage.record(&allow, "/orders/1", LOCAL, 100);
+        usage.record(&allow, "/orders/2", "10.1.2.3".parse().expect("ip"), 101);
+        usage.record(
+            &decision("Unauthenticated::\"plaintext\"", Outcome::Deny, &[]),
+            "/x",
+            LOCAL,
+            102,
+        );
+        let report = usage.take_report("spiffe://example.org/orders", "orders", 1024);
+        let report = report.expect("pending");
+        assert_eq!(report.entries.len(), 2, "{report:?}");
+        assert_eq!(
+            report.entries[0].caller,
+            "spiffe://example.org/ns/shop/sa/frontend"
+        );
+        assert_eq!(report.entries[0].action, "read");
+        assert_eq!(report.entries[0].count, 2);
+        assert_eq!(report.entries[1].caller, "unauthenticated:plaintext");
+        let mut ranges: Vec<&str> = report.sources.iter().map(|s| s.range.as_str()).collect();
+        ranges.sort();
+        assert_eq!(ranges, ["10.1.2.0/24", "127.0.0.0/24", "127.0.0.0/24"]);
+        assert!(usage.take_report("x", "y", 1024).is_none(), "drained");
+        // Not sent: back, and merged with what came since.
+        usage.restore(report);
+        usage.record(&allow, "/orders/3", LOCAL, 103);
+        let again = usage.take_report("x", "y", 1024).expect("restored");
+        let orders = &again.entries[0];
+        assert_eq!(
+            (orders.count, orders.first_seen, orders.last_seen),
+            (3, 100, 103)
+        );
+        // The cumulative view is not drained by reports.
+        assert_eq!(usage.snapshot().entries[1].counts.count, 3);
+        assert_eq!(
+            source_range("::ffff:10.9.8.7".parse().expect("ip")),
+            "10.9.8.0/24"
+        );
+        assert_eq!(
+            source_range("2001:db8:1:2:3::4".parse().expect("ip")),
+            "2001:db8:1:2::/64"
+        );
+    }
+
+    #[test]
+    fn a_report_holds_at_most_max_entries_and_the_rest_waits() {
+        let usage = Usage::default();
+        for c in 0..4 {
+            let d = decision(
+                &format!("Workload::\"spiffe://t/c{c}\""),
+                Outcome::Allow,
+                &[],
+            );
+            for r in 0..10 {
+                usage.record(&d, &format!("/r{r}x"), LOCAL, 1);
+            }
+        }
+        let first = usage.take_report("x", "y", 25).expect("first");
+        assert_eq!(first.entries.len(), 20);
+        assert_eq!(usage.pending_entries(), 20);
+        let second = usage.take_report("x", "y", 25).expect("second");
+        assert_eq!(second.entries.len(), 20);
+        assert!(usage.take_report("x", "y", 25).is_none());
     }
 }

@@ -21,6 +21,10 @@ const SQLITE: &[(&str, &str)] = &[
         "V4__federation",
         include_str!("../../../migrations/sqlite/V4__federation.sql"),
     ),
+    (
+        "V5__usage",
+        include_str!("../../../migrations/sqlite/V5__usage.sql"),
+    ),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -39,6 +43,10 @@ const POSTGRES: &[(&str, &str)] = &[
     (
         "V4__federation",
         include_str!("../../../migrations/postgres/V4__federation.sql"),
+    ),
+    (
+        "V5__usage",
+        include_str!("../../../migrations/postgres/V5__usage.sql"),
     ),
 ];
 

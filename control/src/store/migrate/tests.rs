@@ -73,15 +73,15 @@ fn a_step_and_its_history_row_commit_together() {
     // the next start would fail on it forever.
     conn.execute_batch(
         "CREATE TRIGGER no_v5 BEFORE INSERT ON warden_schema_history \
-         WHEN NEW.version = 5 BEGIN SELECT RAISE(ABORT, 'no V5'); END;",
+         WHEN NEW.version = 6 BEGIN SELECT RAISE(ABORT, 'no V6'); END;",
     )
     .expect("trigger");
-    let next = set.with("V5__table", "CREATE TABLE t5 (x INTEGER);");
+    let next = set.with("V6__table", "CREATE TABLE t6 (x INTEGER);");
     let err = upgrade(&mut conn, &next, true).expect_err("history insert fails");
-    assert!(err.to_string().contains("stays at version 4"), "{err}");
+    assert!(err.to_string().contains("stays at version 5"), "{err}");
     assert!(
-        !conn.has_table("t5").expect("query"),
-        "V5 committed without its row"
+        !conn.has_table("t6").expect("query"),
+        "V6 committed without its row"
     );
 }
 
@@ -90,19 +90,19 @@ fn newer_schema_refused_unless_compatible() {
     let mut conn = rusqlite::Connection::open_in_memory().expect("open");
     let set = MigrationSet::builtin(Dialect::Sqlite);
     upgrade(&mut conn, &set, true).expect("migrate");
-    // An older control plane (knows only V1) runs on V4: V2 to V4 said so.
+    // An older control plane (knows only V1) runs on V5: V2 to V5 said so.
     let old = upgrade(&mut conn, &set.clone().up_to(1), true).expect("compatible");
-    assert_eq!((old.known, old.current), (1, 4));
-    // A step V5 that needs code knowing V5.
+    assert_eq!((old.known, old.current), (1, 5));
+    // A step V6 that needs code knowing V6.
     let next = set.clone().with(
-        "V5__incompatible",
-        "INSERT INTO warden_schema_compat VALUES (5, 5); CREATE TABLE t5 (x INTEGER);",
+        "V6__incompatible",
+        "INSERT INTO warden_schema_compat VALUES (6, 6); CREATE TABLE t6 (x INTEGER);",
     );
-    upgrade(&mut conn, &next, true).expect("v5");
+    upgrade(&mut conn, &next, true).expect("v6");
     let err = upgrade(&mut conn, &set, true).expect_err("newer");
     let text = err.to_string();
     assert!(
-        text.contains("version 5") && text.contains("the 4 this"),
+        text.contains("version 6") && text.contains("the 5 this"),
         "{text}"
     );
 }

@@ -117,6 +117,14 @@ impl PolicyEngine {
         self.cache().clear();
     }
 
+    /// As [`PolicyEngine::install`], a snapshot other engines share (one
+    /// policy set decided for several services: the control plane's
+    /// replays and reports).
+    pub fn install_shared(&self, snapshot: Arc<PolicySnapshot>) {
+        self.snapshot.store(Some(snapshot));
+        self.cache().clear();
+    }
+
     pub fn snapshot(&self) -> Option<Arc<PolicySnapshot>> {
         self.snapshot.load_full()
     }

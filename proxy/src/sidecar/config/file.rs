@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::limits::Limits;
 use super::sections::{
-    AdminConfig, AuthzConfig, ServiceConfig, TelemetryConfig, WorkloadApiConfig,
+    AdminConfig, AuthzConfig, ServiceConfig, TelemetryConfig, UsageConfig, WorkloadApiConfig,
 };
 use super::traffic::{
     AppProtocol, EndpointConfig, InboundMode, OpaqueConfig, RouteConfig, ServiceRoute,
@@ -34,6 +34,7 @@ pub(super) struct FileConfig {
     pub telemetry: TelemetryConfig,
     pub rotation: RotationSection,
     pub workload_api: WorkloadApiConfig,
+    pub usage: UsageConfig,
 }
 
 /// Where the SVID comes from: files (as written by `warden svid issue` or a

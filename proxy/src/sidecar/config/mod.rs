@@ -23,7 +23,8 @@ pub use super::app::AppAddr;
 pub use super::normalize::{EscapedSlashes, PathRules};
 pub use limits::{Limits, MAX_BUFFER_WINDOW, MAX_COUNT, MIN_BUFFER_WINDOW, MIN_HEADER_BYTES};
 pub use sections::{
-    AdminConfig, AppProbe, AuthzConfig, ServiceConfig, TelemetryConfig, WorkloadApiConfig,
+    AdminConfig, AppProbe, AuthzConfig, ServiceConfig, TelemetryConfig, UsageConfig,
+    WorkloadApiConfig,
 };
 pub use source::{
     BundleSource, ControlSource, FileIdentity, IdentitySource, JoinToken, WorkloadApiIdentity,
@@ -37,7 +38,7 @@ pub use traffic::{
 use crate::identity::RotationPolicy;
 
 /// Sections of the file; `WARDEN_<SECTION>_<KEY>` variables map onto them.
-pub const SECTIONS: [&str; 11] = [
+pub const SECTIONS: [&str; 12] = [
     "identity",
     "control",
     "service",
@@ -49,6 +50,7 @@ pub const SECTIONS: [&str; 11] = [
     "telemetry",
     "rotation",
     "workload_api",
+    "usage",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,8 @@ pub struct SidecarConfig {
     pub rotation: RotationPolicy,
     /// `[workload_api]`: the SPIFFE Workload API socket, if any.
     pub workload_api: WorkloadApiConfig,
+    /// `[usage]`: reporting what callers used to the control plane.
+    pub usage: UsageConfig,
 }
 
 impl SidecarConfig {

@@ -98,6 +98,26 @@ impl Default for AdminConfig {
     }
 }
 
+/// `[usage]`: what this sidecar's callers used, reported to the control
+/// plane (with `[control]`) for `warden access report` and `warden policy
+/// propose`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// How often the aggregates go to the control plane ("0s": never).
+    /// A report that fails is kept and sent with the next one.
+    #[serde(deserialize_with = "duration")]
+    pub report_interval: Duration,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        UsageConfig {
+            report_interval: Duration::from_secs(30),
+        }
+    }
+}
+
 /// `[workload_api]`: the SPIFFE Workload API on a unix socket, for apps
 /// that take their SVID and bundles from it (go-spiffe, py-spiffe,
 /// spiffe-helper, Envoy's SDS bridges).

@@ -55,6 +55,7 @@ impl TryFrom<FileConfig> for SidecarConfig {
             telemetry: file.telemetry,
             rotation: rotation(&file.rotation),
             workload_api: file.workload_api,
+            usage: file.usage,
         };
         config.check()?;
         Ok(config)

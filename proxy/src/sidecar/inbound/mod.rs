@@ -171,6 +171,7 @@ impl Inbound {
         shared.usage.record(
             decision,
             &target.path,
+            conn.source.ip(),
             i64::try_from(crate::sidecar::metrics::unix_seconds(
                 std::time::SystemTime::now(),
             ))

@@ -101,6 +101,7 @@ impl Opaque {
         self.shared.usage.record(
             &decision,
             &format!("/tcp/{port}"),
+            source.ip(),
             i64::try_from(crate::sidecar::metrics::unix_seconds(SystemTime::now()))
                 .unwrap_or(i64::MAX),
         );

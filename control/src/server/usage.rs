@@ -1,0 +1,342 @@
+//! Usage: sidecars' reports (`POST /v1/usage`, mTLS, each for itself) and
+//! the admin views built on them: stored usage, the access report, the
+//! policy proposal, a candidate's replay, new edges and the graph.
+
+use super::*;
+use crate::access::{self, Evaluator};
+use warden_proxy::control::api::{UsageAccepted, UsageReport};
+
+/// Largest usage report body.
+pub const MAX_USAGE_BODY: usize = 4 << 20;
+/// The window of the admin views when none is given: 7 days.
+pub const DEFAULT_WINDOW_SECS: i64 = 7 * 86_400;
+/// The longest window asked for.
+const MAX_WINDOW_SECS: i64 = 400 * 86_400;
+/// How far in the future a reported time may be (clock skew).
+const MAX_SKEW_SECS: i64 = 300;
+/// Longest fields of a usage entry.
+const MAX_CALLER: usize = 2048;
+const MAX_ROUTE: usize = 512;
+const MAX_POLICIES: usize = 64;
+const MAX_POLICY_ID: usize = 256;
+
+pub(super) async fn report_usage(
+    state: &Arc<State>,
+    caller: Option<&Caller>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Fail> {
+    let caller = workload::mtls_caller(
+        state,
+        caller,
+        "usage",
+        "a usage report needs the reporting sidecar's SVID as the TLS client certificate",
+    )?;
+    let id = caller.id.to_string();
+    let report: UsageReport = read_json(req, MAX_USAGE_BODY)
+        .await
+        .and_then(|r: UsageReport| {
+            check_report(&r, &id, state.now())?;
+            Ok(r)
+        })
+        .map_err(|f| refused(state, "usage", &id, Some(&id), f))?;
+    let entries = report.entries.len();
+    let db = state.db.clone();
+    let new = blocking(move || db.record_usage(&report)).await?;
+    state.count(|c| {
+        c.usage_reports += 1;
+        c.new_edges += new.len() as u64;
+    });
+    Ok(json_response(
+        StatusCode::OK,
+        &UsageAccepted {
+            entries,
+            new_edges: new.len(),
+        },
+    ))
+}
+
+fn bad(message: impl Into<String>) -> Fail {
+    Fail::new(Reason::BadUsage, message)
+}
+
+fn check_times(what: &str, count: u64, first: i64, last: i64, now: i64) -> Result<(), Fail> {
+    if count == 0 {
+        return Err(bad(format!("{what}: count must be at least 1")));
+    }
+    if first < 0 || first > last {
+        return Err(bad(format!(
+            "{what}: first_seen {first} must be at or before last_seen {last}"
+        )));
+    }
+    if last > now.saturating_add(MAX_SKEW_SECS) {
+        return Err(bad(format!(
+            "{what}: last_seen {last} is in the future (now {now})"
+        )));
+    }
+    Ok(())
+}
+
+fn check_caller(what: &str, caller: &str) -> Result<(), Fail> {
+    if caller.len() > MAX_CALLER || access::peer_of(caller).is_none() {
+        return Err(bad(format!(
+            "{what}: caller must be a SPIFFE ID or unauthenticated:plaintext|tls-without-certificate"
+        )));
+    }
+    Ok(())
+}
+
+/// A source range as sidecars write it: an IPv4 /24 or IPv6 /64 network.
+fn valid_range(range: &str) -> bool {
+    match range.split_once('/') {
+        Some((ip, "24")) => ip
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|a| a.octets()[3] == 0),
+        Some((ip, "64")) => ip
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|a| a.segments()[4..].iter().all(|s| *s == 0)),
+        _ => false,
+    }
+}
+
+/// A report is only for the reporter's own decisions: the callee must be
+/// the SPIFFE ID of its client certificate. Then every field is bounded.
+fn check_report(report: &UsageReport, id: &str, now: i64) -> Result<(), Fail> {
+    if report.callee != id {
+        return Err(Fail::new(
+            Reason::UsageNotOwn,
+            format!(
+                "a sidecar reports only its own decisions: the report is for {:?}, the client certificate is {id}",
+                report.callee.escape_debug().to_string()
+            ),
+        ));
+    }
+    if report.entries.len() > api::MAX_USAGE_ENTRIES
+        || report.sources.len() > api::MAX_USAGE_SOURCES
+    {
+        return Err(Fail::new(
+            Reason::BodyTooLarge,
+            format!(
+                "a usage report holds at most {} entries and {} sources",
+                api::MAX_USAGE_ENTRIES,
+                api::MAX_USAGE_SOURCES
+            ),
+        ));
+    }
+    if report.service.is_empty() {
+        return Err(bad("service must not be empty"));
+    }
+    input::check_text("service", Reason::BadUsage, &report.service, 253)?;
+    for (i, e) in report.entries.iter().enumerate() {
+        let what = format!("entries[{i}]");
+        check_caller(&what, &e.caller)?;
+        if e.action.is_empty()
+            || e.action.len() > 32
+            || !e
+                .action
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(bad(format!(
+                "{what}: action must be 1-32 letters, digits, - or _"
+            )));
+        }
+        if !e.route.starts_with('/') {
+            return Err(bad(format!("{what}: route must start with /")));
+        }
+        input::check_text(
+            &format!("{what}.route"),
+            Reason::BadUsage,
+            &e.route,
+            MAX_ROUTE,
+        )?;
+        if e.decision != "allow" && e.decision != "deny" {
+            return Err(bad(format!("{what}: decision must be allow or deny")));
+        }
+        if e.policies.len() > MAX_POLICIES {
+            return Err(bad(format!("{what}: at most {MAX_POLICIES} policies")));
+        }
+        for p in &e.policies {
+            if p.is_empty() || p.contains(',') {
+                return Err(bad(format!(
+                    "{what}: a policy id is not empty and holds no ,"
+                )));
+            }
+            input::check_text(
+                &format!("{what}.policies"),
+                Reason::BadUsage,
+                p,
+                MAX_POLICY_ID,
+            )?;
+        }
+        check_times(&what, e.count, e.first_seen, e.last_seen, now)?;
+    }
+    for (i, s) in report.sources.iter().enumerate() {
+        let what = format!("sources[{i}]");
+        check_caller(&what, &s.caller)?;
+        if !valid_range(&s.range) {
+            return Err(bad(format!(
+                "{what}: range must be an IPv4 /24 or IPv6 /64 network"
+            )));
+        }
+        check_times(&what, s.count, s.first_seen, s.last_seen, now)?;
+    }
+    Ok(())
+}
+
+/// The window's start: `since_secs` (default 7 days) back from now.
+fn window(q: &BTreeMap<String, String>, name: &str, default: i64, now: i64) -> Result<i64, Fail> {
+    let secs = input::number::<i64>(q, name)?.unwrap_or(default);
+    if !(1..=MAX_WINDOW_SECS).contains(&secs) {
+        return Err(Fail::new(
+            Reason::BadQuery,
+            format!("{name} must be between 1 and {MAX_WINDOW_SECS}"),
+        ));
+    }
+    Ok(now - secs)
+}
+
+/// The current policy set's files; 404 when none was pushed (the report
+/// asks the engine with the set the control plane distributes).
+async fn current_files(db: Arc<Store>) -> Result<Option<BTreeMap<String, String>>, Fail> {
+    Ok(blocking(move || db.current_policy())
+        .await?
+        .map(|bundle| bundle.files))
+}
+
+fn no_policy() -> Fail {
+    Fail::new(
+        Reason::UnknownVersion,
+        "no policy version is stored: the report asks the engine with the set sidecars get \
+         from the control plane (`warden policy push DIR`)",
+    )
+}
+
+fn internal(e: impl std::fmt::Display) -> Fail {
+    Fail::new(Reason::Internal, e.to_string())
+}
+
+/// Runs `f` off the async threads (the policy engine is CPU work).
+async fn compute<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Fail> + Send + 'static,
+) -> Result<T, Fail> {
+    tokio::task::spawn_blocking(f).await.map_err(internal)?
+}
+
+/// The identities the inventory holds as active.
+async fn live_identities(state: &State) -> Result<Vec<String>, Fail> {
+    let db = state.db.clone();
+    let now = state.now();
+    Ok(blocking(move || db.identities(now))
+        .await?
+        .into_iter()
+        .filter(|i| i.status == IdentityStatus::Active)
+        .map(|i| i.spiffe_id)
+        .collect())
+}
+
+pub(super) async fn admin_access(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Fail> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let db = state.db.clone();
+    let now = state.now();
+    let q = query_params(&req);
+    match (&method, path.as_str()) {
+        (&Method::GET, api::ADMIN_USAGE) => {
+            input::only_known(&q, &["since_secs", "identity"])?;
+            let since = window(&q, "since_secs", DEFAULT_WINDOW_SECS, now)?;
+            let identity = q.get("identity").cloned();
+            let rows = blocking(move || db.usage_since(since, identity.as_deref())).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &api::UsageRows { since, rows },
+            ))
+        }
+        (&Method::GET, api::ADMIN_ACCESS_REPORT) | (&Method::GET, api::ADMIN_ACCESS_GRAPH) => {
+            input::only_known(&q, &["since_secs", "identity"])?;
+            let since = window(&q, "since_secs", DEFAULT_WINDOW_SECS, now)?;
+            let identity = q.get("identity").cloned();
+            let files = current_files(db.clone()).await?.ok_or_else(no_policy)?;
+            let identities = live_identities(state).await?;
+            let rows = blocking(move || db.usage_since(since, None)).await?;
+            let graph = path == api::ADMIN_ACCESS_GRAPH;
+            let out = compute(move || {
+                let mut evaluator = Evaluator::from_files(&files).map_err(internal)?;
+                let report = access::report::report(
+                    &mut evaluator,
+                    &rows,
+                    &identities,
+                    identity.as_deref(),
+                    since,
+                );
+                Ok(if graph {
+                    Err(access::graph::render(&rows, &report, "Warden access graph"))
+                } else {
+                    Ok(report)
+                })
+            })
+            .await?;
+            Ok(match out {
+                Ok(report) => json_response(StatusCode::OK, &report),
+                Err(page) => html_response(page),
+            })
+        }
+        (&Method::GET, api::ADMIN_ACCESS_PROPOSE) => {
+            input::only_known(&q, &["since_secs"])?;
+            let since = window(&q, "since_secs", DEFAULT_WINDOW_SECS, now)?;
+            let files = current_files(db.clone()).await?.unwrap_or_default();
+            let rows = blocking(move || db.usage_since(since, None)).await?;
+            let proposal = compute(move || {
+                access::propose::propose(&rows, &files, since)
+                    .map_err(|e| Fail::new(Reason::InvalidPolicy, e))
+            })
+            .await?;
+            Ok(json_response(StatusCode::OK, &proposal))
+        }
+        (&Method::POST, api::ADMIN_ACCESS_REPLAY) => {
+            let body: api::ReplayRequest = read_json(req, MAX_POLICY_BODY).await?;
+            let secs = i64::try_from(body.since_secs).unwrap_or(i64::MAX);
+            if !(1..=MAX_WINDOW_SECS).contains(&secs) {
+                return Err(Fail::new(
+                    Reason::BadBody,
+                    format!("since_secs must be between 1 and {MAX_WINDOW_SECS}"),
+                ));
+            }
+            let since = now - secs;
+            let rows = blocking(move || db.usage_since(since, None)).await?;
+            let report = compute(move || {
+                let mut candidate = Evaluator::from_files(&body.files)
+                    .map_err(|e| Fail::new(Reason::InvalidPolicy, e))?;
+                Ok(access::replay::replay(&mut candidate, &rows, since))
+            })
+            .await?;
+            Ok(json_response(StatusCode::OK, &report))
+        }
+        (&Method::GET, api::ADMIN_ACCESS_EDGES) => {
+            input::only_known(&q, &["new_since_secs"])?;
+            let since = window(&q, "new_since_secs", 3600, now)?;
+            let edges = blocking(move || db.edges_since(since)).await?;
+            Ok(json_response(StatusCode::OK, &api::EdgeList { edges }))
+        }
+        _ => Err(Fail::new(
+            Reason::NotFound,
+            format!("no admin endpoint {method} {path}"),
+        )),
+    }
+}
+
+fn html_response(page: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(page)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    // The page is self-contained: nothing else may load or run in it.
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+    );
+    response
+}

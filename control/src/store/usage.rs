@@ -1,0 +1,252 @@
+//! Usage: what each sidecar's callers used, summed per day, and the edges
+//! (a caller to a callee, a caller from a source range) with when each was
+//! first seen. A report is one transaction: its rows, its new edges and
+//! their audit records commit together or not at all.
+
+use warden_proxy::control::api::{Edge, UsageReport, UsageRow};
+
+use super::backend::{Row, Sql};
+use super::{AuditEvent, Store, StoreError, insert_audit};
+
+const DAY: i64 = 86_400;
+
+/// An edge seen for the first time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEdge {
+    pub edge: Edge,
+}
+
+fn clamp(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// `min`/`max` of a stored column and the incoming value, written the
+/// same for SQLite and PostgreSQL.
+const UPSERT_USAGE: &str = "INSERT INTO usage_daily \
+     (day, callee, service, caller, action, route, decision, policies, count, first_seen, last_seen) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+     ON CONFLICT (day, callee, caller, action, route, decision, policies) DO UPDATE SET \
+     service = excluded.service, \
+     count = usage_daily.count + excluded.count, \
+     first_seen = CASE WHEN excluded.first_seen < usage_daily.first_seen \
+                  THEN excluded.first_seen ELSE usage_daily.first_seen END, \
+     last_seen = CASE WHEN excluded.last_seen > usage_daily.last_seen \
+                 THEN excluded.last_seen ELSE usage_daily.last_seen END";
+
+fn edge_row(r: &Row) -> Result<Edge, StoreError> {
+    Ok(Edge {
+        caller: r.text(0)?,
+        callee: r.text(1)?,
+        kind: r.text(2)?,
+        value: r.text(3)?,
+        service: r.text(4)?,
+        first_seen: r.int(5)?,
+        last_seen: r.int(6)?,
+    })
+}
+
+/// Inserts `edge` if it is new (true), else moves its `last_seen`.
+fn touch_edge(sql: &mut dyn Sql, edge: &Edge) -> Result<bool, StoreError> {
+    let inserted = sql.exec(
+        "INSERT INTO access_edges (caller, callee, kind, value, service, first_seen, last_seen) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+         ON CONFLICT (caller, callee, kind, value) DO NOTHING",
+        &[
+            (&edge.caller).into(),
+            (&edge.callee).into(),
+            (&edge.kind).into(),
+            (&edge.value).into(),
+            (&edge.service).into(),
+            edge.first_seen.into(),
+            edge.last_seen.into(),
+        ],
+    )?;
+    if inserted == 0 {
+        sql.exec(
+            "UPDATE access_edges SET last_seen = ?5, service = ?6 \
+             WHERE caller = ?1 AND callee = ?2 AND kind = ?3 AND value = ?4 AND last_seen < ?5",
+            &[
+                (&edge.caller).into(),
+                (&edge.callee).into(),
+                (&edge.kind).into(),
+                (&edge.value).into(),
+                edge.last_seen.into(),
+                (&edge.service).into(),
+            ],
+        )?;
+    }
+    Ok(inserted > 0)
+}
+
+impl Store {
+    /// Stores a checked report: its entries added to their day's rows, its
+    /// edges recorded; the edges seen for the first time are audited
+    /// (`new_edge`) and returned.
+    pub fn record_usage(&self, report: &UsageReport) -> Result<Vec<NewEdge>, StoreError> {
+        let (new, events) = self.backend.tx(|sql| {
+            let mut calls: std::collections::BTreeMap<&str, (i64, i64)> = Default::default();
+            for e in &report.entries {
+                let policies = e.policies.join(",");
+                sql.exec(
+                    UPSERT_USAGE,
+                    &[
+                        (e.last_seen.div_euclid(DAY)).into(),
+                        (&report.callee).into(),
+                        (&report.service).into(),
+                        (&e.caller).into(),
+                        (&e.action).into(),
+                        (&e.route).into(),
+                        (&e.decision).into(),
+                        policies.into(),
+                        clamp(e.count).into(),
+                        e.first_seen.into(),
+                        e.last_seen.into(),
+                    ],
+                )?;
+                let seen = calls.entry(&e.caller).or_insert((e.first_seen, e.last_seen));
+                seen.0 = seen.0.min(e.first_seen);
+                seen.1 = seen.1.max(e.last_seen);
+            }
+            let mut edges: Vec<Edge> = calls
+                .into_iter()
+                .map(|(caller, (first, last))| Edge {
+                    caller: caller.to_owned(),
+                    callee: report.callee.clone(),
+                    service: report.service.clone(),
+                    kind: "call".into(),
+                    value: String::new(),
+                    first_seen: first,
+                    last_seen: last,
+                })
+                .collect();
+            // A source range is the caller's, whoever it called from it.
+            edges.extend(report.sources.iter().map(|s| Edge {
+                caller: s.caller.clone(),
+                callee: String::new(),
+                service: report.service.clone(),
+                kind: "source".into(),
+                value: s.range.clone(),
+                first_seen: s.first_seen,
+                last_seen: s.last_seen,
+            }));
+            // Callers with no edge before this report: their first range is
+            // part of their new call edge, not an alert of its own.
+            let mut unknown = std::collections::BTreeSet::new();
+            for edge in edges.iter().filter(|e| e.kind == "call") {
+                if sql
+                    .row(
+                        "SELECT 1 FROM access_edges WHERE caller = ?1 LIMIT 1",
+                        &[(&edge.caller).into()],
+                    )?
+                    .is_none()
+                {
+                    unknown.insert(edge.caller.clone());
+                }
+            }
+            let mut new = Vec::new();
+            let mut events = Vec::new();
+            for edge in edges {
+                if touch_edge(sql, &edge)? {
+                    if edge.kind == "source" && unknown.contains(&edge.caller) {
+                        continue;
+                    }
+                    let detail = match edge.kind.as_str() {
+                        "call" => format!(
+                            "new edge: {} called {} ({}) for the first time",
+                            edge.caller, edge.callee, edge.service
+                        ),
+                        _ => format!(
+                            "new edge: {} called {} ({}) from {}, a source range not seen for it before",
+                            edge.caller, report.callee, edge.service, edge.value
+                        ),
+                    };
+                    let caller_id = edge.caller.starts_with("spiffe://").then_some(edge.caller.as_str());
+                    let event = AuditEvent::ok("new_edge", caller_id, None, &report.callee)
+                        .with_detail(detail);
+                    insert_audit(sql, &event)?;
+                    events.push(event);
+                    new.push(NewEdge { edge });
+                }
+            }
+            Ok((new, events))
+        })?;
+        for event in &events {
+            self.echo(event);
+        }
+        Ok(new)
+    }
+
+    /// Usage seen at or after `since` (whole days: a day's rows hold its
+    /// counts from midnight UTC), summed per (callee, caller, action,
+    /// route, decision, policies); only `identity`'s as caller or callee if
+    /// given.
+    pub fn usage_since(
+        &self,
+        since: i64,
+        identity: Option<&str>,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        self.backend.tx(|sql| {
+            sql.rows(
+                "SELECT callee, MAX(service), caller, action, route, decision, policies, \
+                        CAST(SUM(count) AS BIGINT), MIN(first_seen), MAX(last_seen) \
+                 FROM usage_daily WHERE last_seen >= ?1 \
+                   AND (CAST(?2 AS TEXT) IS NULL OR caller = CAST(?2 AS TEXT) OR callee = CAST(?2 AS TEXT)) \
+                 GROUP BY callee, caller, action, route, decision, policies \
+                 ORDER BY caller, callee, route, action, decision, policies",
+                &[since.into(), identity.into()],
+            )?
+            .iter()
+            .map(|r| {
+                let policies = r.text(6)?;
+                Ok(UsageRow {
+                    callee: r.text(0)?,
+                    service: r.text(1)?,
+                    caller: r.text(2)?,
+                    action: r.text(3)?,
+                    route: r.text(4)?,
+                    decision: r.text(5)?,
+                    policies: if policies.is_empty() {
+                        Vec::new()
+                    } else {
+                        policies.split(',').map(str::to_owned).collect()
+                    },
+                    count: u64::try_from(r.int(7)?).unwrap_or(0),
+                    first_seen: r.int(8)?,
+                    last_seen: r.int(9)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    /// Edges first seen at or after `since`, oldest first.
+    pub fn edges_since(&self, since: i64) -> Result<Vec<Edge>, StoreError> {
+        self.backend.tx(|sql| {
+            sql.rows(
+                "SELECT caller, callee, kind, value, service, first_seen, last_seen \
+                 FROM access_edges WHERE first_seen >= ?1 \
+                 ORDER BY first_seen, caller, callee, kind, value",
+                &[since.into()],
+            )?
+            .iter()
+            .map(edge_row)
+            .collect()
+        })
+    }
+
+    /// Deletes usage of days wholly before `before`, and edges last seen
+    /// before it (seen again later, an edge is new again); the rows deleted.
+    pub fn prune_usage(&self, before: i64) -> Result<u64, StoreError> {
+        self.backend.tx(|sql| {
+            let rows = sql.exec(
+                "DELETE FROM usage_daily WHERE day < ?1",
+                &[before.div_euclid(DAY).into()],
+            )?;
+            let edges = sql.exec(
+                "DELETE FROM access_edges WHERE last_seen < ?1",
+                &[before.into()],
+            )?;
+            Ok(rows + edges)
+        })
+    }
+}
