@@ -286,7 +286,9 @@ async fn observed_use_becomes_a_report_a_proposal_and_a_checked_push(db: Db) {
     assert_eq!((of(INTRUDER).denied, of(INTRUDER).requests), (1, 0));
     assert_eq!(of(FRONTEND).used, 2);
     assert!(
-        of(IDLE).summary.contains("made no request in the window"),
+        of(IDLE)
+            .summary
+            .contains("made and served no request in the window"),
         "{}",
         of(IDLE).summary
     );
@@ -294,6 +296,13 @@ async fn observed_use_becomes_a_report_a_proposal_and_a_checked_push(db: Db) {
         of(FRONTEND).summary.contains("2 of 4 grants used"),
         "{}",
         of(FRONTEND).summary
+    );
+    assert!(
+        of(ORDERS)
+            .summary
+            .contains("made no request, served 8 requests"),
+        "{}",
+        of(ORDERS).summary
     );
     assert_eq!(report.idle_policies, vec!["ghost".to_owned()]);
     assert_eq!(
@@ -668,7 +677,9 @@ async fn bad_usage_reports_are_refused_audited_and_store_nothing() {
         (413, "body_too_large".into())
     );
     let mut huge = entry(INTRUDER);
-    huge.route = format!("/{}", "a".repeat(5 << 20));
+    // Just past the limit: the server reads (and drops) up to 4 MiB of an
+    // oversized body before it answers, so the 413 arrives rather than a reset.
+    huge.route = format!("/{}", "a".repeat((4 << 20) + 2048));
     assert_eq!(
         refused_code(post(report(FRONTEND, vec![huge])).await),
         (413, "body_too_large".into())
@@ -729,4 +740,36 @@ async fn bad_usage_reports_are_refused_audited_and_store_nothing() {
         .expect("a report of its own");
     assert_eq!(accepted.entries, 1);
     assert_eq!(usage_rows(&control).await.len(), 1);
+
+    // A report cannot widen a proposal: its "allow" of the intruder is
+    // not one the current set gives, so nothing is proposed from it.
+    let policies = dir.path().join("policies");
+    write_dir(
+        &policies,
+        &[(
+            "mesh.cedar",
+            "permit (principal == Workload::\"spiffe://example.org/ns/shop/sa/orders\", action, resource);",
+        )],
+    );
+    control.cli_ok(&["policy", "push", "--yes", path_str(&policies)]);
+    let out = control.cli(&["policy", "propose", "--since", "1h"]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("nothing to propose"),
+        "{out:?}"
+    );
+
+    // An action the schema does not have; a revoked SVID.
+    let mut e = entry(INTRUDER);
+    e.action = "BREW".into();
+    assert_eq!(
+        refused_code(post(report(FRONTEND, vec![e])).await),
+        (400, "bad_usage".into())
+    );
+    control.cli_ok(&["identities", "revoke", FRONTEND, "--reason", "test"]);
+    assert_eq!(
+        refused_code(post(report(FRONTEND, vec![entry(INTRUDER)])).await),
+        (403, "svid_revoked".into())
+    );
+    assert_eq!(usage_rows(&control).await.len(), 1, "nothing more stored");
 }

@@ -190,6 +190,9 @@ pub fn propose(since: Duration, out: Option<&Path>, admin: &AdminArgs) -> anyhow
         Some(dir) => {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
+            // Names as a policy directory holds them, nothing else.
+            warden_proxy::authz::PolicyFiles::from_named(&proposal.files)
+                .map_err(|e| anyhow::anyhow!("the control plane sent unusable files: {e}"))?;
             for (name, text) in &proposal.files {
                 let path = dir.join(name);
                 std::fs::write(&path, text)

@@ -34,25 +34,29 @@ pub fn cedar_escape(text: &str, in_like: bool) -> String {
     out
 }
 
-/// The condition matching a route template: `==` for a plain path,
-/// `like` with `*` for each `{id}` and after a cut (`…`).
-pub fn route_condition(route: &str) -> String {
-    let (body, cut) = match route.strip_suffix('…') {
-        Some(rest) => (rest, true),
-        None => (route, false),
-    };
-    if !cut && !body.contains("{id}") {
-        return format!("context.path == \"{}\"", cedar_escape(body, false));
+/// The condition matching a route template: `==` for a plain path; for
+/// one with ids, `like` with `*` for each `{id}`, held to the template's
+/// number of segments (Cedar's `*` also matches `/`). None for a cut
+/// route (`…`): what it stood for is unknown, so it is never proposed.
+pub fn route_condition(route: &str) -> Option<String> {
+    if route.contains('…') {
+        return None;
     }
-    let mut pattern = body
+    if !route.contains("{id}") {
+        return Some(format!(
+            "context.path == \"{}\"",
+            cedar_escape(route, false)
+        ));
+    }
+    let pattern = route
         .split("{id}")
         .map(|piece| cedar_escape(piece, true))
         .collect::<Vec<_>>()
         .join("*");
-    if cut {
-        pattern.push('*');
-    }
-    format!("context.path like \"{pattern}\"")
+    let deeper = "/*".repeat(route.matches('/').count() + 1);
+    Some(format!(
+        "(context.path like \"{pattern}\" && !(context.path like \"{deeper}\"))"
+    ))
 }
 
 fn principal(caller: &str) -> Option<String> {
@@ -90,15 +94,27 @@ struct Group {
 
 /// The proposal over `rows`, keeping the forbids of `current` (file name
 /// -> text); validated against `current`'s schema (or the built-in one).
-/// No allowed traffic in the window: an empty proposal (no files).
+/// A recorded allow counts only if `current` (when there is one) allows it
+/// too: a report cannot widen the set. No allowed traffic in the window:
+/// an empty proposal (no files).
 pub fn propose(
     rows: &[UsageRow],
     current: &BTreeMap<String, String>,
     since: i64,
 ) -> Result<PolicyProposal, String> {
+    let mut now_allowed = if current.is_empty() {
+        None
+    } else {
+        Some(Evaluator::from_files(current).map_err(|e| format!("the current policy set: {e}"))?)
+    };
     let mut groups: BTreeMap<(String, String, String, String), Group> = BTreeMap::new();
     for r in rows.iter().filter(|r| r.decision == "allow") {
         if peer_of(&r.caller).is_none() {
+            continue;
+        }
+        if let Some(current) = now_allowed.as_mut()
+            && !current.allows(&super::Query::of(r)).0
+        {
             continue;
         }
         let key = (
@@ -137,11 +153,10 @@ pub fn propose(
         requests += g.count;
         let _ = write!(
             permits,
-            "\n// {caller} -> {service} ({callee}): {action}, {} requests on {} route{}, \
+            "\n// {caller} -> {service} ({callee}): {action}, {} on {}, \
              first {}, last {}; decided by {}\n",
-            g.count,
-            g.routes.len(),
-            if g.routes.len() == 1 { "" } else { "s" },
+            super::report::plural(g.count, "request"),
+            super::report::plural(g.routes.len() as u64, "route"),
             date(g.first),
             date(g.last),
             g.decided_by.iter().cloned().collect::<Vec<_>>().join(", "),
@@ -170,8 +185,14 @@ pub fn propose(
                 .map(|p| format!("context.port == {p}"))
                 .collect()
         } else {
-            g.routes.keys().map(|r| route_condition(r)).collect()
+            g.routes.keys().filter_map(|r| route_condition(r)).collect()
         };
+        if routes.len() < g.routes.len() {
+            let _ = writeln!(
+                permits,
+                "// not proposed: routes cut short (…), which a permit could only match too widely"
+            );
+        }
         if routes.is_empty() {
             continue;
         }
@@ -251,16 +272,18 @@ mod tests {
 
     #[test]
     fn routes_become_exact_or_like_conditions() {
-        assert_eq!(route_condition("/orders"), "context.path == \"/orders\"");
+        let cond = |r: &str| route_condition(r).unwrap_or_default();
+        assert_eq!(cond("/orders"), "context.path == \"/orders\"");
         assert_eq!(
-            route_condition("/orders/{id}/items/{id}"),
-            "context.path like \"/orders/*/items/*\""
+            cond("/orders/{id}/items/{id}"),
+            "(context.path like \"/orders/*/items/*\" && !(context.path like \"/*/*/*/*/*\"))"
         );
         assert_eq!(
-            route_condition("/a*b/{id}"),
-            "context.path like \"/a\\*b/*\""
+            cond("/a*b/{id}"),
+            "(context.path like \"/a\\*b/*\" && !(context.path like \"/*/*/*\"))"
         );
-        assert_eq!(route_condition("/long…"), "context.path like \"/long*\"");
-        assert_eq!(route_condition("/q\"x"), "context.path == \"/q\\\"x\"");
+        assert_eq!(route_condition("/long…"), None);
+        assert_eq!(route_condition("/a/…"), None);
+        assert_eq!(cond("/q\"x"), "context.path == \"/q\\\"x\"");
     }
 }

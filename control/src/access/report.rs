@@ -9,6 +9,9 @@ use super::{Evaluator, Query};
 
 /// A permit covering at least this many identities...
 const BROAD_COVERS: usize = 3;
+/// The most questions one report asks the engine (identities x probes):
+/// a window past it is refused rather than computed for minutes.
+pub const MAX_EVALUATIONS: usize = 2_000_000;
 
 /// The (service, callee, action, route) questions asked for every
 /// identity: each route seen on a service, with each action seen on it
@@ -46,6 +49,15 @@ pub fn probes(rows: &[UsageRow]) -> Vec<(String, String, String, String)> {
     out.into_iter().collect()
 }
 
+/// `n thing` or `n things`.
+pub fn plural(n: u64, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
+
 fn short(id: &str) -> &str {
     id.rsplit('/').next().unwrap_or(id)
 }
@@ -58,16 +70,26 @@ pub fn report(
     identities: &[String],
     only: Option<&str>,
     since: i64,
-) -> AccessReport {
+) -> Result<AccessReport, String> {
     let mut everyone: BTreeSet<String> = identities.iter().cloned().collect();
     everyone.extend(rows.iter().map(|r| r.caller.clone()));
     if let Some(only) = only {
         everyone.insert(only.to_owned());
     }
     let probes = probes(rows);
+    if everyone.len().saturating_mul(probes.len()) > MAX_EVALUATIONS {
+        return Err(format!(
+            "{} identities x {} routes is more than the {MAX_EVALUATIONS} decisions a report makes: \
+             shorten the window",
+            everyone.len(),
+            probes.len()
+        ));
+    }
     // Allowed requests by (caller, callee, action, route).
     let mut used: BTreeMap<(&str, &str, &str, &str), u64> = BTreeMap::new();
     let mut denied: BTreeMap<&str, u64> = BTreeMap::new();
+    // Requests each identity served (as the callee).
+    let mut served: BTreeMap<&str, u64> = BTreeMap::new();
     let mut last_seen: BTreeMap<&str, i64> = BTreeMap::new();
     // Identities whose allowed requests a policy decided.
     let mut policy_users: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
@@ -76,6 +98,7 @@ pub fn report(
         let seen = last_seen.entry(&r.caller).or_insert(r.last_seen);
         *seen = (*seen).max(r.last_seen);
         deciding.extend(r.policies.iter().map(String::as_str));
+        *served.entry(&r.callee).or_default() += r.count;
         if r.decision == "allow" {
             *used
                 .entry((&r.caller, &r.callee, &r.action, &r.route))
@@ -153,16 +176,22 @@ pub fn report(
                 if unused.len() > 5 { ", ..." } else { "" }
             ));
         }
-        if requests == 0 && denied_here == 0 {
-            summary.push_str("; made no request in the window");
-        }
+        let served_here = served.get(identity.as_str()).copied().unwrap_or(0);
+        let idle = requests == 0 && denied_here == 0;
         if denied_here > 0 {
-            summary.push_str(&format!("; {denied_here} denied requests"));
+            summary.push_str(&format!("; {}", plural(denied_here, "denied request")));
         }
-        if !unused.is_empty() && used_grants > 0 {
-            summary.push_str(" -> `warden policy propose` narrows it to what it used");
+        if idle && served_here > 0 {
+            summary.push_str(&format!(
+                "; made no request, served {}",
+                plural(served_here, "request")
+            ));
+        }
+        if idle && served_here == 0 {
+            summary
+                .push_str("; made and served no request in the window -> a candidate for removal");
         } else if !unused.is_empty() {
-            summary.push_str(" -> a candidate for removal");
+            summary.push_str(" -> `warden policy propose` narrows it to what it used");
         }
         out.push(IdentityAccess {
             identity: identity.clone(),
@@ -198,11 +227,11 @@ pub fn report(
             })
         })
         .collect();
-    AccessReport {
+    Ok(AccessReport {
         since,
         policy_version: evaluator.snapshot().version().to_owned(),
         identities: out,
         idle_policies,
         broad_policies,
-    }
+    })
 }

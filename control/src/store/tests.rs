@@ -184,15 +184,58 @@ fn usage_sums_per_day_and_edges_are_new_once() {
     let store = Store::open(&Database::Sqlite(dir.path().join("db")), false).expect("open");
     let (orders, frontend) = ("spiffe://td/orders", "spiffe://td/frontend");
     let day = 20_000 * 86_400;
+    store
+        .create_token(
+            "h",
+            "t1",
+            orders,
+            &serde_json::Map::new(),
+            day - 10,
+            day + 10,
+        )
+        .expect("token");
+    store
+        .redeem_token("h", day - 5, |_| {
+            Ok(Signed {
+                record: record("s1", orders, day - 5, 3 * 86_400),
+                value: (),
+            })
+        })
+        .expect("redeem");
+    // Only with an SVID of the callee's, not revoked.
+    let refused = store
+        .record_usage(
+            &usage_report(orders, frontend, "10.0.0.0/24", day),
+            "nope",
+            day,
+        )
+        .expect_err("unknown SVID");
+    assert_eq!(refused.code(), "unknown_svid");
+    let refused = store
+        .record_usage(
+            &usage_report(frontend, frontend, "10.0.0.0/24", day),
+            "s1",
+            day,
+        )
+        .expect_err("another identity's SVID");
+    assert_eq!(refused.code(), "usage_not_own");
     // A new caller: one new edge (its first range is part of it).
     let new = store
-        .record_usage(&usage_report(orders, frontend, "10.0.0.0/24", day))
+        .record_usage(
+            &usage_report(orders, frontend, "10.0.0.0/24", day),
+            "s1",
+            day,
+        )
         .expect("record");
     assert_eq!(new.len(), 1, "{new:?}");
     assert_eq!(new[0].edge.kind, "call");
     // Again, same range: nothing new; counts add up within the day.
     let new = store
-        .record_usage(&usage_report(orders, frontend, "10.0.0.0/24", day + 100))
+        .record_usage(
+            &usage_report(orders, frontend, "10.0.0.0/24", day + 100),
+            "s1",
+            day + 100,
+        )
         .expect("record");
     assert!(new.is_empty(), "{new:?}");
     let rows = store.usage_since(day, None).expect("rows");
@@ -203,7 +246,11 @@ fn usage_sums_per_day_and_edges_are_new_once() {
     );
     // A known caller from a range not seen for it: a new edge.
     let new = store
-        .record_usage(&usage_report(orders, frontend, "10.9.0.0/24", day + 200))
+        .record_usage(
+            &usage_report(orders, frontend, "10.9.0.0/24", day + 200),
+            "s1",
+            day + 200,
+        )
         .expect("record");
     assert_eq!(new.len(), 1, "{new:?}");
     assert_eq!(
@@ -214,7 +261,11 @@ fn usage_sums_per_day_and_edges_are_new_once() {
     assert_eq!(audited.iter().filter(|e| e.event == "new_edge").count(), 2);
     // The next day is its own row; the window and the retention cut on days.
     store
-        .record_usage(&usage_report(orders, frontend, "10.0.0.0/24", day + 86_400))
+        .record_usage(
+            &usage_report(orders, frontend, "10.0.0.0/24", day + 86_400),
+            "s1",
+            day + 86_400,
+        )
         .expect("record");
     assert_eq!(store.usage_since(day, None).expect("rows")[0].count, 8);
     assert_eq!(
@@ -224,5 +275,14 @@ fn usage_sums_per_day_and_edges_are_new_once() {
     assert!(store.prune_usage(day + 86_400).expect("prune") >= 1);
     assert_eq!(store.usage_since(0, None).expect("rows")[0].count, 2);
     let listed = store.identities(day).expect("identities");
-    assert!(listed.is_empty(), "usage creates no identity");
+    assert_eq!(listed.len(), 1, "usage creates no identity");
+    store.revoke("s1", "test", day).expect("revoke");
+    let refused = store
+        .record_usage(
+            &usage_report(orders, frontend, "10.0.0.0/24", day + 86_400),
+            "s1",
+            day,
+        )
+        .expect_err("a revoked SVID");
+    assert_eq!(refused.code(), "svid_revoked");
 }

@@ -7,8 +7,12 @@ use warden_proxy::control::api::{Edge, UsageReport, UsageRow};
 
 use super::backend::{Row, Sql};
 use super::{AuditEvent, Store, StoreError, insert_audit};
+use crate::reason::Reason;
 
 const DAY: i64 = 86_400;
+
+/// New edges audited one by one per report; the rest get one record.
+pub const MAX_EDGE_RECORDS: usize = 16;
 
 /// An edge seen for the first time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,11 +83,46 @@ fn touch_edge(sql: &mut dyn Sql, edge: &Edge) -> Result<bool, StoreError> {
 }
 
 impl Store {
-    /// Stores a checked report: its entries added to their day's rows, its
-    /// edges recorded; the edges seen for the first time are audited
-    /// (`new_edge`) and returned.
-    pub fn record_usage(&self, report: &UsageReport) -> Result<Vec<NewEdge>, StoreError> {
+    /// Stores a checked report from the SVID `serial` (refused if it is
+    /// revoked or was not issued here): its entries added to their day's
+    /// rows, its edges recorded; the edges seen for the first time, at
+    /// `now`, are audited (`new_edge`; past [`MAX_EDGE_RECORDS`] in one
+    /// report, one record counts the rest) and returned.
+    pub fn record_usage(
+        &self,
+        report: &UsageReport,
+        serial: &str,
+        now: i64,
+    ) -> Result<Vec<NewEdge>, StoreError> {
         let (new, events) = self.backend.tx(|sql| {
+            // The TLS layer does not know revocations: refused here, in
+            // the transaction that would store the report.
+            let svid = sql.row(
+                "SELECT s.revoked, s.spiffe_id, i.revoked_at FROM svids s \
+                 JOIN identities i ON i.spiffe_id = s.spiffe_id WHERE s.serial = ?1",
+                &[serial.into()],
+            )?;
+            match svid {
+                Some(row) if row.text(1)? != report.callee => {
+                    return Err(StoreError::refused(
+                        Reason::UsageNotOwn,
+                        format!("SVID {serial} is not {}'s", report.callee),
+                    ));
+                }
+                Some(row) if row.int(0)? != 0 || row.opt_int(2)?.is_some() => {
+                    return Err(StoreError::refused(
+                        Reason::SvidRevoked,
+                        format!("SVID {serial} is revoked"),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    return Err(StoreError::refused(
+                        Reason::UnknownSvid,
+                        format!("SVID {serial} was not issued here"),
+                    ));
+                }
+            }
             let mut calls: std::collections::BTreeMap<&str, (i64, i64)> = Default::default();
             for e in &report.entries {
                 let policies = e.policies.join(",");
@@ -119,35 +158,39 @@ impl Store {
                     last_seen: last,
                 })
                 .collect();
-            // A source range is the caller's, whoever it called from it.
+            // A range is known per (caller, callee): another sidecar's
+            // reports cannot make it known (or new) here.
             edges.extend(report.sources.iter().map(|s| Edge {
                 caller: s.caller.clone(),
-                callee: String::new(),
+                callee: report.callee.clone(),
                 service: report.service.clone(),
                 kind: "source".into(),
                 value: s.range.clone(),
                 first_seen: s.first_seen,
                 last_seen: s.last_seen,
             }));
-            // Callers with no edge before this report: their first range is
-            // part of their new call edge, not an alert of its own.
-            let mut unknown = std::collections::BTreeSet::new();
-            for edge in edges.iter().filter(|e| e.kind == "call") {
-                if sql
-                    .row(
-                        "SELECT 1 FROM access_edges WHERE caller = ?1 LIMIT 1",
-                        &[(&edge.caller).into()],
-                    )?
-                    .is_none()
-                {
-                    unknown.insert(edge.caller.clone());
-                }
+            // A new edge is first seen now, whatever the report says (a
+            // late or back-dated report does not hide it from
+            // `access edges --new-since`).
+            for edge in &mut edges {
+                edge.first_seen = now;
             }
             let mut new = Vec::new();
             let mut events = Vec::new();
+            // Callers new to this callee: their first range is part of
+            // their new call edge, not an alert of its own.
+            let mut first_calls = std::collections::BTreeSet::new();
+            let mut unrecorded = 0usize;
             for edge in edges {
                 if touch_edge(sql, &edge)? {
-                    if edge.kind == "source" && unknown.contains(&edge.caller) {
+                    if edge.kind == "call" {
+                        first_calls.insert(edge.caller.clone());
+                    } else if first_calls.contains(&edge.caller) {
+                        continue;
+                    }
+                    if events.len() >= MAX_EDGE_RECORDS {
+                        unrecorded += 1;
+                        new.push(NewEdge { edge });
                         continue;
                     }
                     let detail = match edge.kind.as_str() {
@@ -167,6 +210,16 @@ impl Store {
                     events.push(event);
                     new.push(NewEdge { edge });
                 }
+            }
+            if unrecorded > 0 {
+                let event = AuditEvent::ok("new_edge", None, None, &report.callee).with_detail(
+                    format!(
+                        "{unrecorded} more new edges to {} in one report (see `warden access edges`)",
+                        report.callee
+                    ),
+                );
+                insert_audit(sql, &event)?;
+                events.push(event);
             }
             Ok((new, events))
         })?;

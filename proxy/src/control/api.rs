@@ -539,6 +539,101 @@ mod tests {
 
 /// The most entries one usage report may carry.
 pub const MAX_USAGE_ENTRIES: usize = 4096;
+/// The largest count of one usage entry (one report covers one interval).
+pub const MAX_USAGE_COUNT: u64 = 1 << 32;
+/// The longest caller in a usage entry (a SPIFFE ID is at most 2048 bytes).
+pub const MAX_USAGE_CALLER: usize = 2048;
+/// The longest route template in a usage entry.
+pub const MAX_USAGE_ROUTE: usize = 512;
+/// The most deciding policies of one usage entry, and their longest id.
+pub const MAX_USAGE_POLICIES: usize = 64;
+pub const MAX_USAGE_POLICY_ID: usize = 256;
+/// How far in the future a reported time may be (clock skew).
+pub const MAX_USAGE_SKEW: i64 = 300;
+/// The actions a usage entry may name: the schema's.
+pub const USAGE_ACTIONS: [&str; 10] = [
+    "GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "TRACE", "OTHER", "connect",
+];
+
+fn check_usage_text(what: &str, value: &str, max: usize) -> Result<(), String> {
+    if value.len() > max {
+        return Err(format!("{what} is {} bytes; at most {max}", value.len()));
+    }
+    if let Some(c) = value.chars().find(|c| is_unsafe_char(*c)) {
+        return Err(format!(
+            "{what} holds the control or formatting character U+{:04X}",
+            u32::from(c)
+        ));
+    }
+    Ok(())
+}
+
+fn check_usage_times(count: u64, first: i64, last: i64, now: i64) -> Result<(), String> {
+    if count == 0 || count > MAX_USAGE_COUNT {
+        return Err(format!("count must be 1 to {MAX_USAGE_COUNT}"));
+    }
+    if first < 0 || first > last {
+        return Err(format!(
+            "first_seen {first} must be at or before last_seen {last}"
+        ));
+    }
+    if last > now.saturating_add(MAX_USAGE_SKEW) {
+        return Err(format!("last_seen {last} is in the future (now {now})"));
+    }
+    Ok(())
+}
+
+impl UsageRecord {
+    /// What the control plane takes (the sidecar counts an entry that
+    /// fails this as overflow rather than have its report refused). The
+    /// caller's form is checked by the control plane.
+    pub fn check(&self, now: i64) -> Result<(), String> {
+        check_usage_text("caller", &self.caller, MAX_USAGE_CALLER)?;
+        if !USAGE_ACTIONS.contains(&self.action.as_str()) {
+            return Err(format!(
+                "action {:?} is not one of the schema's",
+                self.action.escape_debug().to_string()
+            ));
+        }
+        if !self.route.starts_with('/') {
+            return Err("route must start with /".into());
+        }
+        check_usage_text("route", &self.route, MAX_USAGE_ROUTE)?;
+        if self.decision != "allow" && self.decision != "deny" {
+            return Err("decision must be allow or deny".into());
+        }
+        if self.policies.len() > MAX_USAGE_POLICIES {
+            return Err(format!("at most {MAX_USAGE_POLICIES} policies"));
+        }
+        for p in &self.policies {
+            if p.is_empty() || p.contains(',') {
+                return Err("a policy id is not empty and holds no ,".into());
+            }
+            check_usage_text("a policy id", p, MAX_USAGE_POLICY_ID)?;
+        }
+        check_usage_times(self.count, self.first_seen, self.last_seen, now)
+    }
+}
+
+impl SourceRecord {
+    /// As [`UsageRecord::check`]: the range an IPv4 /24 or IPv6 /64.
+    pub fn check(&self, now: i64) -> Result<(), String> {
+        check_usage_text("caller", &self.caller, MAX_USAGE_CALLER)?;
+        let network = match self.range.split_once('/') {
+            Some((ip, "24")) => ip
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|a| a.octets()[3] == 0),
+            Some((ip, "64")) => ip
+                .parse::<std::net::Ipv6Addr>()
+                .is_ok_and(|a| a.segments()[4..].iter().all(|s| *s == 0)),
+            _ => false,
+        };
+        if !network {
+            return Err("range must be an IPv4 /24 or IPv6 /64 network".into());
+        }
+        check_usage_times(self.count, self.first_seen, self.last_seen, now)
+    }
+}
 /// The most source ranges one usage report may carry.
 pub const MAX_USAGE_SOURCES: usize = 4096;
 

@@ -155,16 +155,22 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
                 shared.usage.overflow_total()
             ));
             let reports = &shared.usage.reports;
-            text.push_str("# HELP warden_usage_reports_total Usage reports to the control plane, by outcome (failed: kept for the next; refused: dropped).\n# TYPE warden_usage_reports_total counter\n");
-            for (outcome, n) in [
-                ("sent", &reports.sent),
-                ("failed", &reports.failed),
-                ("refused", &reports.refused),
-            ] {
-                text.push_str(&format!(
-                    "warden_usage_reports_total{{outcome=\"{outcome}\"}} {}\n",
-                    n.load(std::sync::atomic::Ordering::Relaxed)
-                ));
+            let reporting = matches!(
+                shared.config.identity,
+                super::config::IdentitySource::Control(_)
+            ) && !shared.config.usage.report_interval.is_zero();
+            if reporting {
+                text.push_str("# HELP warden_usage_reports_total Usage reports to the control plane, by outcome (failed: kept for the next; refused: dropped).\n# TYPE warden_usage_reports_total counter\n");
+                for (outcome, n) in [
+                    ("sent", &reports.sent),
+                    ("failed", &reports.failed),
+                    ("refused", &reports.refused),
+                ] {
+                    text.push_str(&format!(
+                        "warden_usage_reports_total{{outcome=\"{outcome}\"}} {}\n",
+                        n.load(std::sync::atomic::Ordering::Relaxed)
+                    ));
+                }
             }
             reply(StatusCode::OK, "text/plain; version=0.0.4", text)
         }

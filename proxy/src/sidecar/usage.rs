@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 use crate::authz::Decision;
-use crate::control::api::{SourceRecord, UsageRecord, UsageReport};
+use crate::control::api::{
+    MAX_USAGE_COUNT, MAX_USAGE_SOURCES, SourceRecord, UsageRecord, UsageReport,
+};
 
 /// Route keys one caller may hold; more are counted, not kept.
 pub const MAX_ROUTES_PER_CALLER: usize = 256;
@@ -60,6 +62,12 @@ pub fn route_template(path: &str) -> String {
             out.push_str("/…");
             break;
         }
+        // A segment a template could not tell from a collapsed id or a
+        // cut ends the template: it stays a cut, which is never proposed.
+        if segment.contains(['{', '}', '…']) {
+            out.push_str("/…");
+            break;
+        }
         out.push('/');
         if is_id(segment) {
             out.push_str("{id}");
@@ -87,8 +95,8 @@ struct RouteKey {
     action: String,
     route: String,
     decision: &'static str,
-    /// The deciding policy ids, sorted, comma-joined.
-    policies: String,
+    /// The deciding policy ids, sorted.
+    policies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -278,7 +286,7 @@ impl Usage {
             action: decision.action.clone(),
             route: route_template(path),
             decision: decision.decision.as_str(),
-            policies: policies.join(","),
+            policies,
         };
         let one = Counts {
             count: 1,
@@ -308,7 +316,13 @@ impl Usage {
     /// Takes at most `max` pending entries (and the sources of their
     /// callers) as a report from `callee` for `service`; None when nothing
     /// is pending. Give it back with [`Usage::restore`] if it cannot be sent.
-    pub fn take_report(&self, callee: &str, service: &str, max: usize) -> Option<UsageReport> {
+    pub fn take_report(
+        &self,
+        callee: &str,
+        service: &str,
+        max: usize,
+        now: i64,
+    ) -> Option<UsageReport> {
         let mut tables = self.tables();
         let pending = &mut tables.pending;
         if pending.table.entries == 0
@@ -325,7 +339,10 @@ impl Usage {
             let Some(table) = pending.table.callers.get_mut(&caller) else {
                 continue;
             };
-            if entries.len() + table.routes.len() > max && !entries.is_empty() {
+            let ranges = pending.sources.get(&caller).map_or(0, HashMap::len);
+            if (entries.len() + table.routes.len() > max && !entries.is_empty())
+                || sources.len() + ranges > MAX_USAGE_SOURCES
+            {
                 continue;
             }
             let Some(table) = pending.table.callers.remove(&caller) else {
@@ -335,16 +352,26 @@ impl Usage {
             overflow = overflow.saturating_add(table.overflow);
             let name = caller_name(&caller);
             for (key, counts) in table.routes {
-                entries.push(UsageRecord {
+                let entry = UsageRecord {
                     caller: name.clone(),
                     action: action_name(&key.action),
                     route: key.route,
                     decision: key.decision.to_owned(),
-                    policies: split_policies(&key.policies),
-                    count: counts.count,
+                    policies: key.policies,
+                    count: counts.count.min(MAX_USAGE_COUNT),
                     first_seen: counts.first_seen,
                     last_seen: counts.last_seen,
-                });
+                };
+                // What the control plane would refuse (a policy id it
+                // cannot take, a clock far ahead) would cost the whole
+                // report: counted as overflow instead.
+                match entry.check(now) {
+                    Ok(()) => entries.push(entry),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "usage entry not reportable");
+                        overflow = overflow.saturating_add(counts.count);
+                    }
+                }
             }
             for (range, counts) in pending.sources.remove(&caller).unwrap_or_default() {
                 sources.push(SourceRecord {
@@ -364,6 +391,11 @@ impl Usage {
             .cloned()
             .collect();
         for caller in orphans {
+            if sources.len() + pending.sources.get(&caller).map_or(0, HashMap::len)
+                > MAX_USAGE_SOURCES
+            {
+                break;
+            }
             if let Some(ranges) = pending.sources.remove(&caller) {
                 let name = caller_name(&caller);
                 sources.extend(ranges.into_iter().map(|(range, counts)| SourceRecord {
@@ -405,7 +437,7 @@ impl Usage {
                 action: format!("Action::\"{}\"", e.action),
                 route: e.route,
                 decision,
-                policies: e.policies.join(","),
+                policies: e.policies,
             };
             pending.table.add(
                 &principal,
@@ -469,7 +501,7 @@ impl Usage {
             .into_iter()
             .map(|(caller, k, counts)| UsageEntry {
                 caller: caller.to_string(),
-                policies: split_policies(&k.policies),
+                policies: k.policies,
                 action: k.action,
                 route: k.route,
                 decision: k.decision,
@@ -511,14 +543,6 @@ fn add_source(ranges: &mut HashMap<String, Counts>, range: String, counts: Count
     }
 }
 
-fn split_policies(joined: &str) -> Vec<String> {
-    if joined.is_empty() {
-        Vec::new()
-    } else {
-        joined.split(',').map(str::to_owned).collect()
-    }
-}
-
 /// The inverse of [`caller_name`].
 fn principal_of(caller: &str) -> String {
     match caller.strip_prefix("unauthenticated:") {
@@ -540,7 +564,7 @@ mod tests {
             decision: outcome,
             mode: Mode::Enforce,
             principal: principal.into(),
-            action: "Action::\"read\"".into(),
+            action: "Action::\"GET\"".into(),
             resource: "Service::\"orders\"".into(),
             policies: policies.iter().map(|p| (*p).to_owned()).collect(),
             errors: Vec::new(),
@@ -564,6 +588,8 @@ mod tests {
             ("", "/"),
             ("/v2/orders", "/v2/orders"),
             ("/cafebabecafebabe", "/cafebabecafebabe"),
+            ("/a/{id}/b", "/a/…"),
+            ("/a/x…/b", "/a/…"),
             (
                 "/------------------------------------",
                 "/------------------------------------",
@@ -667,24 +693,24 @@ mod tests {
             LOCAL,
             102,
         );
-        let report = usage.take_report("spiffe://example.org/orders", "orders", 1024);
+        let report = usage.take_report("spiffe://example.org/orders", "orders", 1024, 200);
         let report = report.expect("pending");
         assert_eq!(report.entries.len(), 2, "{report:?}");
         assert_eq!(
             report.entries[0].caller,
             "spiffe://example.org/ns/shop/sa/frontend"
         );
-        assert_eq!(report.entries[0].action, "read");
+        assert_eq!(report.entries[0].action, "GET");
         assert_eq!(report.entries[0].count, 2);
         assert_eq!(report.entries[1].caller, "unauthenticated:plaintext");
         let mut ranges: Vec<&str> = report.sources.iter().map(|s| s.range.as_str()).collect();
         ranges.sort();
         assert_eq!(ranges, ["10.1.2.0/24", "127.0.0.0/24", "127.0.0.0/24"]);
-        assert!(usage.take_report("x", "y", 1024).is_none(), "drained");
+        assert!(usage.take_report("x", "y", 1024, 200).is_none(), "drained");
         // Not sent: back, and merged with what came since.
         usage.restore(report);
         usage.record(&allow, "/orders/3", LOCAL, 103);
-        let again = usage.take_report("x", "y", 1024).expect("restored");
+        let again = usage.take_report("x", "y", 1024, 200).expect("restored");
         let orders = &again.entries[0];
         assert_eq!(
             (orders.count, orders.first_seen, orders.last_seen),
@@ -700,6 +726,16 @@ mod tests {
             source_range("2001:db8:1:2:3::4".parse().expect("ip")),
             "2001:db8:1:2::/64"
         );
+        // What the control plane would refuse is counted, not sent.
+        usage.record(
+            &decision(frontend, Outcome::Allow, &["a,b"]),
+            "/x",
+            LOCAL,
+            104,
+        );
+        let odd = usage.take_report("x", "y", 1024, 200).expect("pending");
+        assert!(odd.entries.is_empty(), "{odd:?}");
+        assert_eq!(odd.overflow, 1);
     }
 
     #[test]
@@ -715,11 +751,11 @@ mod tests {
                 usage.record(&d, &format!("/r{r}x"), LOCAL, 1);
             }
         }
-        let first = usage.take_report("x", "y", 25).expect("first");
+        let first = usage.take_report("x", "y", 25, 200).expect("first");
         assert_eq!(first.entries.len(), 20);
         assert_eq!(usage.pending_entries(), 20);
-        let second = usage.take_report("x", "y", 25).expect("second");
+        let second = usage.take_report("x", "y", 25, 200).expect("second");
         assert_eq!(second.entries.len(), 20);
-        assert!(usage.take_report("x", "y", 25).is_none());
+        assert!(usage.take_report("x", "y", 25, 200).is_none());
     }
 }

@@ -40,9 +40,9 @@ impl Reporter {
         let callee = svid.spiffe_id().to_string();
         let mut sent = 0;
         for _ in 0..MAX_ROUNDS {
-            let Some(report) = self
-                .usage
-                .take_report(&callee, &self.service, REPORT_ENTRIES)
+            let Some(report) =
+                self.usage
+                    .take_report(&callee, &self.service, REPORT_ENTRIES, now())
             else {
                 break;
             };
@@ -90,6 +90,10 @@ impl Reporter {
             }
         }
     }
+}
+
+fn now() -> i64 {
+    i64::try_from(super::metrics::unix_seconds(std::time::SystemTime::now())).unwrap_or(i64::MAX)
 }
 
 fn final_refusal(e: &ControlError) -> bool {
