@@ -3,7 +3,10 @@
 //! slice) against plain Cedar over the whole set, in the same run. Both
 //! include building the request and its context.
 //!
-//! Run: `cargo bench --bench authz`
+//! The `usage` group: one decision alone against the same decision and its
+//! recording for `/usage` (what every request pays for usage reports).
+//!
+//! Run: `cargo bench --bench authz` (`-- usage` for that group only)
 
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -17,6 +20,7 @@ use warden_proxy::authz::{
     TlsVersion,
 };
 use warden_proxy::identity::SpiffeId;
+use warden_proxy::sidecar::usage::Usage;
 
 const IDENTITIES: usize = 1000;
 
@@ -124,9 +128,57 @@ fn bench_shape(c: &mut Criterion, group: &str, shape: Shape) {
     g.finish();
 }
 
+/// What recording a decision for `/usage` and the control plane's usage
+/// reports adds to it: one request's decision (100 policies) alone, and
+/// with `Usage::record` of the decision (steady state: the caller's route
+/// key is held; the path's ids collapse into the template), in one run.
+fn bench_usage(c: &mut Criterion) {
+    let mut g = c.benchmark_group("usage");
+    let snapshot = PolicySnapshot::from_sources(
+        "schema",
+        DEFAULT_SCHEMA,
+        vec![PolicySource {
+            name: "bench.cedar".into(),
+            text: policies(100, Shape::Path),
+        }],
+    )
+    .expect("bench policies validate");
+    let engine = Arc::new(PolicyEngine::new(
+        ServiceInfo {
+            name: "orders".into(),
+            trust_domain: "example.org".into(),
+            namespace: Some("ns1".into()),
+        },
+        Mode::Enforce,
+    ));
+    engine.install(snapshot);
+    let authorizer = engine.for_peer(Peer::Workload(SpiffeId::parse(&identity(3)).expect("id")));
+    let facts = HttpRequestFacts {
+        method: "GET",
+        path: "/api/3/items/12345",
+        host: "orders.ns3",
+        port: 80,
+        source_ip: IpAddr::from([10, 1, 2, 3]),
+        headers: &[],
+        tls_version: TlsVersion::Tls13,
+        now: SystemTime::now(),
+    };
+    let usage = Usage::default();
+    g.bench_function("decision", |b| {
+        b.iter(|| authorizer.authorize_http(black_box(&facts)))
+    });
+    g.bench_function("decision_and_record", |b| {
+        b.iter(|| {
+            let d = authorizer.authorize_http(black_box(&facts));
+            usage.record(&d, facts.path, facts.source_ip, 1_800_000_000)
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = bench_decisions
+    targets = bench_decisions, bench_usage
 }
 criterion_main!(benches);

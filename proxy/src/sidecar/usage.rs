@@ -55,8 +55,16 @@ fn is_id(segment: &str) -> bool {
 /// The route template of a path: the query dropped, each id segment
 /// `{id}`, at most [`MAX_SEGMENTS`] segments and [`MAX_ROUTE`] bytes.
 pub fn route_template(path: &str) -> String {
-    let path = path.split(['?', '#']).next().unwrap_or("");
     let mut out = String::new();
+    write_template(path, &mut out);
+    out
+}
+
+/// [`route_template`] into `out` (emptied first): no allocation once `out`
+/// has the capacity.
+fn write_template(path: &str, out: &mut String) {
+    out.clear();
+    let path = path.split(['?', '#']).next().unwrap_or("");
     for (i, segment) in path.split('/').skip(1).enumerate() {
         if i == MAX_SEGMENTS {
             out.push_str("/…");
@@ -87,7 +95,6 @@ pub fn route_template(path: &str) -> String {
     if out.is_empty() {
         out.push('/');
     }
-    out
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -99,6 +106,39 @@ struct RouteKey {
     policies: Vec<String>,
 }
 
+/// A [`RouteKey`] borrowed from a decision: looked up without allocating
+/// (it hashes as the key it stands for), made owned only when inserted.
+#[derive(Hash)]
+struct KeyRef<'a> {
+    action: &'a str,
+    route: &'a str,
+    decision: &'static str,
+    policies: &'a [String],
+}
+
+impl hashbrown::Equivalent<RouteKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &RouteKey) -> bool {
+        self.action == key.action
+            && self.route == key.route
+            && self.decision == key.decision
+            && self.policies == key.policies.as_slice()
+    }
+}
+
+impl KeyRef<'_> {
+    fn to_key(&self) -> RouteKey {
+        RouteKey {
+            action: self.action.to_owned(),
+            route: self.route.to_owned(),
+            decision: self.decision,
+            policies: self.policies.to_vec(),
+        }
+    }
+}
+
+/// Maps keyed by what a caller sends (SipHash, randomly keyed).
+type Map<K, V> = hashbrown::HashMap<K, V, std::hash::RandomState>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Counts {
     pub count: u64,
@@ -109,13 +149,13 @@ pub struct Counts {
 
 #[derive(Default)]
 struct CallerTable {
-    routes: HashMap<RouteKey, Counts>,
+    routes: Map<RouteKey, Counts>,
     overflow: u64,
 }
 
 #[derive(Default)]
 struct Table {
-    callers: HashMap<Arc<str>, CallerTable>,
+    callers: Map<Arc<str>, CallerTable>,
     /// Entries of every caller.
     entries: usize,
     overflow_callers: u64,
@@ -132,19 +172,13 @@ impl Counts {
 impl Table {
     /// Adds `counts` to `key` of `caller`; whether it was kept (false:
     /// counted as overflow, a cap being reached).
-    fn add(&mut self, caller: &str, key: &RouteKey, counts: Counts) -> bool {
-        if !self.callers.contains_key(caller) {
-            if self.callers.len() >= MAX_CALLERS {
-                self.overflow_callers = self.overflow_callers.saturating_add(counts.count);
-                return false;
-            }
-            self.callers
-                .insert(Arc::from(caller), CallerTable::default());
-        }
+    fn add(&mut self, caller: &str, key: &KeyRef<'_>, counts: Counts) -> bool {
         let all_full = self.entries >= MAX_ENTRIES;
-        let Some(table) = self.callers.get_mut(caller) else {
+        if self.callers.len() >= MAX_CALLERS && !self.callers.contains_key(caller) {
+            self.overflow_callers = self.overflow_callers.saturating_add(counts.count);
             return false;
-        };
+        }
+        let table = self.callers.entry_ref(caller).or_default();
         let full = all_full || table.routes.len() >= MAX_ROUTES_PER_CALLER;
         match table.routes.get_mut(key) {
             Some(held) => {
@@ -156,7 +190,7 @@ impl Table {
                 false
             }
             None => {
-                table.routes.insert(key.clone(), counts);
+                table.routes.insert(key.to_key(), counts);
                 self.entries += 1;
                 true
             }
@@ -172,7 +206,46 @@ pub const MAX_SOURCES_PER_CALLER: usize = 16;
 #[derive(Default)]
 struct Pending {
     table: Table,
-    sources: HashMap<Arc<str>, HashMap<String, Counts>>,
+    sources: HashMap<Arc<str>, HashMap<SourceRange, Counts>>,
+}
+
+/// A source range held without allocating: an IPv4 /24 or an IPv6 /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum SourceRange {
+    V4([u8; 3]),
+    V6([u16; 4]),
+}
+
+impl SourceRange {
+    fn of(ip: IpAddr) -> Self {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                let [a, b, c, _] = v4.octets();
+                SourceRange::V4([a, b, c])
+            }
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                SourceRange::V6([s[0], s[1], s[2], s[3]])
+            }
+        }
+    }
+
+    /// As a report writes it (`10.1.2.0/24`, `2001:db8:1:2::/64`).
+    fn text(self) -> String {
+        match self {
+            SourceRange::V4([a, b, c]) => format!("{a}.{b}.{c}.0/24"),
+            SourceRange::V6([a, b, c, d]) => {
+                format!("{}/64", std::net::Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+            }
+        }
+    }
+
+    /// The inverse of [`SourceRange::text`].
+    fn parse(text: &str) -> Option<Self> {
+        let (ip, _) = text.split_once('/')?;
+        let range = SourceRange::of(ip.parse().ok()?);
+        (range.text() == text).then_some(range)
+    }
 }
 
 #[derive(Default)]
@@ -181,6 +254,8 @@ struct Tables {
     all: Table,
     /// Not yet reported to the control plane.
     pending: Pending,
+    /// The template of the path being recorded (its capacity reused).
+    scratch: String,
 }
 
 /// The aggregates.
@@ -228,17 +303,7 @@ pub struct UsageSnapshot {
 
 /// The range a source address is counted in: its IPv4 /24 or IPv6 /64.
 pub fn source_range(ip: IpAddr) -> String {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => {
-            let [a, b, c, _] = v4.octets();
-            format!("{a}.{b}.{c}.0/24")
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
-            format!("{net}/64")
-        }
-    }
+    SourceRange::of(ip).text()
 }
 
 /// A principal as Cedar writes it (`Workload::"spiffe://..."`,
@@ -280,13 +345,13 @@ impl Usage {
     /// seconds); whether it was kept as an entry (false: counted as
     /// overflow).
     pub fn record(&self, decision: &Decision, path: &str, source: IpAddr, now: i64) -> bool {
-        let mut policies = decision.policies.clone();
-        policies.sort();
-        let key = RouteKey {
-            action: decision.action.clone(),
-            route: route_template(path),
-            decision: decision.decision.as_str(),
-            policies,
+        // Usually one policy, so already sorted: no copy.
+        let policies: std::borrow::Cow<'_, [String]> = if decision.policies.is_sorted() {
+            std::borrow::Cow::Borrowed(&decision.policies)
+        } else {
+            let mut sorted = decision.policies.clone();
+            sorted.sort();
+            std::borrow::Cow::Owned(sorted)
         };
         let one = Counts {
             count: 1,
@@ -294,10 +359,21 @@ impl Usage {
             last_seen: now,
         };
         let principal: &str = &decision.principal;
-        let range = source_range(source);
+        let range = SourceRange::of(source);
         let mut tables = self.tables();
-        let kept = tables.all.add(principal, &key, one);
-        let pending = &mut tables.pending;
+        let Tables {
+            all,
+            pending,
+            scratch,
+        } = &mut *tables;
+        write_template(path, scratch);
+        let key = KeyRef {
+            action: &decision.action,
+            route: scratch,
+            decision: decision.decision.as_str(),
+            policies: &policies,
+        };
+        let kept = all.add(principal, &key, one);
         pending.table.add(principal, &key, one);
         if let Some(ranges) = pending.sources.get_mut(principal) {
             add_source(ranges, range, one);
@@ -376,7 +452,7 @@ impl Usage {
             for (range, counts) in pending.sources.remove(&caller).unwrap_or_default() {
                 sources.push(SourceRecord {
                     caller: name.clone(),
-                    range,
+                    range: range.text(),
                     count: counts.count,
                     first_seen: counts.first_seen,
                     last_seen: counts.last_seen,
@@ -400,7 +476,7 @@ impl Usage {
                 let name = caller_name(&caller);
                 sources.extend(ranges.into_iter().map(|(range, counts)| SourceRecord {
                     caller: name.clone(),
-                    range,
+                    range: range.text(),
                     count: counts.count,
                     first_seen: counts.first_seen,
                     last_seen: counts.last_seen,
@@ -433,11 +509,12 @@ impl Usage {
             let Some(decision) = ["allow", "deny"].into_iter().find(|d| *d == e.decision) else {
                 continue;
             };
-            let key = RouteKey {
-                action: format!("Action::\"{}\"", e.action),
-                route: e.route,
+            let action = format!("Action::\"{}\"", e.action);
+            let key = KeyRef {
+                action: &action,
+                route: &e.route,
                 decision,
-                policies: e.policies,
+                policies: &e.policies,
             };
             pending.table.add(
                 &principal,
@@ -461,11 +538,14 @@ impl Usage {
             {
                 continue;
             }
+            let Some(range) = SourceRange::parse(&s.range) else {
+                continue;
+            };
             let ranges = pending
                 .sources
                 .entry(Arc::from(principal.as_str()))
                 .or_default();
-            add_source(ranges, s.range, counts);
+            add_source(ranges, range, counts);
         }
     }
 
@@ -532,7 +612,7 @@ impl Usage {
 }
 
 /// Adds to a caller's source ranges, within [`MAX_SOURCES_PER_CALLER`].
-fn add_source(ranges: &mut HashMap<String, Counts>, range: String, counts: Counts) {
+fn add_source(ranges: &mut HashMap<SourceRange, Counts>, range: SourceRange, counts: Counts) {
     let full = ranges.len() >= MAX_SOURCES_PER_CALLER;
     match ranges.entry(range) {
         std::collections::hash_map::Entry::Occupied(mut held) => held.get_mut().merge(counts),
