@@ -679,7 +679,7 @@ async fn bad_usage_reports_are_refused_audited_and_store_nothing() {
     let mut huge = entry(INTRUDER);
     // Just past the limit: the server reads (and drops) up to 4 MiB of an
     // oversized body before it answers, so the 413 arrives rather than a reset.
-    huge.route = format!("/{}", "a".repeat((4 << 20) + 2048));
+    huge.route = format!("/{}", "a".repeat(api::MAX_USAGE_BODY + 2048));
     assert_eq!(
         refused_code(post(report(FRONTEND, vec![huge])).await),
         (413, "body_too_large".into())

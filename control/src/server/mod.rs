@@ -72,7 +72,7 @@ use metrics::serve_metrics;
 use response::{Body, Fail, blocking, csr_refusal, fail_response, json_response, refused};
 use router::{Caller, serve_api};
 use state::{Changes, Counters, State, write_bundle_file};
-pub use usage::{DEFAULT_WINDOW_SECS, MAX_USAGE_BODY};
+pub use usage::DEFAULT_WINDOW_SECS;
 use workload::{
     attest_k8s, endpoint_list, issue_jwt, join, register_endpoints, renew, watch_changes,
 };

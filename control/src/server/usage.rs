@@ -6,8 +6,6 @@ use super::*;
 use crate::access::{self, Evaluator};
 use warden_proxy::control::api::{UsageAccepted, UsageReport};
 
-/// Largest usage report body.
-pub const MAX_USAGE_BODY: usize = 4 << 20;
 /// The window of the admin views when none is given: 7 days.
 pub const DEFAULT_WINDOW_SECS: i64 = 7 * 86_400;
 /// The longest window asked for.
@@ -25,7 +23,7 @@ pub(super) async fn report_usage(
         "a usage report needs the reporting sidecar's SVID as the TLS client certificate",
     )?;
     let id = caller.id.to_string();
-    let report: UsageReport = read_json(req, MAX_USAGE_BODY)
+    let report: UsageReport = read_json(req, api::MAX_USAGE_BODY)
         .await
         .and_then(|r: UsageReport| {
             check_report(&r, &id, state.now())?;

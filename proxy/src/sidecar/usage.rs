@@ -412,22 +412,30 @@ impl Usage {
         let mut overflow = std::mem::take(&mut pending.table.overflow_callers);
         let callers: Vec<Arc<str>> = pending.table.callers.keys().cloned().collect();
         for caller in callers {
+            let room = max.saturating_sub(entries.len());
+            if room == 0 {
+                break;
+            }
             let Some(table) = pending.table.callers.get_mut(&caller) else {
                 continue;
             };
             let ranges = pending.sources.get(&caller).map_or(0, HashMap::len);
-            if (entries.len() + table.routes.len() > max && !entries.is_empty())
-                || sources.len() + ranges > MAX_USAGE_SOURCES
-            {
+            if sources.len() + ranges > MAX_USAGE_SOURCES {
                 continue;
             }
-            let Some(table) = pending.table.callers.remove(&caller) else {
-                continue;
+            // A caller with more routes than there is room for: some now,
+            // the rest (and its sources) in a later report.
+            let taken: Vec<(RouteKey, Counts)> = if table.routes.len() <= room {
+                table.routes.drain().collect()
+            } else {
+                let keys: Vec<RouteKey> = table.routes.keys().take(room).cloned().collect();
+                keys.into_iter()
+                    .filter_map(|k| table.routes.remove_entry(&k))
+                    .collect()
             };
-            pending.table.entries -= table.routes.len();
-            overflow = overflow.saturating_add(table.overflow);
+            pending.table.entries -= taken.len();
             let name = caller_name(&caller);
-            for (key, counts) in table.routes {
+            for (key, counts) in taken {
                 let entry = UsageRecord {
                     caller: name.clone(),
                     action: action_name(&key.action),
@@ -448,6 +456,12 @@ impl Usage {
                         overflow = overflow.saturating_add(counts.count);
                     }
                 }
+            }
+            if !table.routes.is_empty() {
+                continue;
+            }
+            if let Some(table) = pending.table.callers.remove(&caller) {
+                overflow = overflow.saturating_add(table.overflow);
             }
             for (range, counts) in pending.sources.remove(&caller).unwrap_or_default() {
                 sources.push(SourceRecord {
@@ -831,11 +845,26 @@ mod tests {
                 usage.record(&d, &format!("/r{r}x"), LOCAL, 1);
             }
         }
+        // A caller's routes may be split; its sources go with its last part.
         let first = usage.take_report("x", "y", 25, 200).expect("first");
-        assert_eq!(first.entries.len(), 20);
-        assert_eq!(usage.pending_entries(), 20);
+        assert_eq!((first.entries.len(), first.sources.len()), (25, 2));
+        assert_eq!(usage.pending_entries(), 15);
         let second = usage.take_report("x", "y", 25, 200).expect("second");
-        assert_eq!(second.entries.len(), 20);
+        assert_eq!((second.entries.len(), second.sources.len()), (15, 2));
         assert!(usage.take_report("x", "y", 25, 200).is_none());
+        // One entry a report still moves a caller with many routes along.
+        for r in 0..3 {
+            usage.record(
+                &decision("Workload::\"spiffe://t/one\"", Outcome::Allow, &[]),
+                &format!("/r{r}x"),
+                LOCAL,
+                1,
+            );
+        }
+        for left in [2, 1, 0] {
+            let one = usage.take_report("x", "y", 1, 200).expect("one");
+            assert_eq!(one.entries.len(), 1);
+            assert_eq!(usage.pending_entries(), left);
+        }
     }
 }

@@ -39,13 +39,19 @@ impl Reporter {
         };
         let callee = svid.spiffe_id().to_string();
         let mut sent = 0;
-        for _ in 0..MAX_ROUNDS {
-            let Some(report) =
-                self.usage
-                    .take_report(&callee, &self.service, REPORT_ENTRIES, now())
-            else {
+        let mut max = REPORT_ENTRIES;
+        for _ in 0..MAX_ROUNDS * 2 {
+            let Some(report) = self.usage.take_report(&callee, &self.service, max, now()) else {
                 break;
             };
+            // Long callers, routes and policy lists: fewer entries a report,
+            // so that none is refused for its size.
+            let size = serde_json::to_vec(&report).map_or(usize::MAX, |b| b.len());
+            if size > api::MAX_USAGE_BODY && report.entries.len() > 1 {
+                self.usage.restore(report);
+                max = (max / 2).max(1);
+                continue;
+            }
             let entries = report.entries.len();
             match self
                 .client
