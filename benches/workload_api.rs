@@ -58,6 +58,7 @@ fn fixture() -> Fixture {
             federate_with: Vec::new(),
             bundle_refresh_hint: warden_control::server::DEFAULT_REFRESH,
             usage_retention: warden_control::server::DEFAULT_USAGE_RETENTION,
+            database_connections: warden_control::store::PG_POOL,
         }))
         .expect("control plane");
     let admin = warden_control::server::admin_client(&data).expect("admin");

@@ -137,6 +137,14 @@ pub(crate) struct ControlServeArgs {
     /// plane serves at /v1/spiffe-bundle.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     pub(crate) bundle_refresh_hint: Duration,
+    /// At most this many connections to PostgreSQL: concurrent requests'
+    /// transactions run side by side (SQLite: one writer, whatever this says).
+    #[arg(long, env = "WARDEN_CONTROL_DATABASE_CONNECTIONS", default_value_t = warden_control::store::PG_POOL)]
+    pub(crate) database_connections: usize,
+    /// Threads serving the API (TLS, HTTP, JSON); database work runs on
+    /// blocking threads besides. Default: one per core.
+    #[arg(long, env = "WARDEN_CONTROL_WORKERS")]
+    pub(crate) workers: Option<usize>,
     /// How long the usage sidecars report is kept (whole days): older
     /// usage, and edges not seen since, are deleted hourly.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30d")]

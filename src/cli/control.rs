@@ -63,12 +63,29 @@ pub fn serve(args: ControlServeArgs) -> anyhow::Result<ExitCode> {
         federate_with: args.federate_with,
         bundle_refresh_hint: args.bundle_refresh_hint,
         usage_retention: args.usage_retention,
+        database_connections: args.database_connections,
         database: args
             .database
             .as_deref()
             .map(warden_control::store::Database::parse),
     };
-    runtime()?.block_on(async move {
+    // Handshakes, HTTP and JSON on every core; store work on blocking threads.
+    let workers = args.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    if options.database_connections == 0 {
+        anyhow::bail!("--database-connections must be at least 1");
+    }
+    let runtime = match workers {
+        0 => anyhow::bail!("--workers must be at least 1"),
+        1 => runtime()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?,
+    };
+    runtime.block_on(async move {
         let control = server::start(options).await?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "api {}", control.endpoint.address)?;

@@ -170,6 +170,7 @@ impl DemoControl {
             federate_with: Vec::new(),
             bundle_refresh_hint: server::DEFAULT_REFRESH,
             usage_retention: server::DEFAULT_USAGE_RETENTION,
+            database_connections: warden_control::store::PG_POOL,
         })
         .await?;
         let endpoint = control.endpoint.clone();

@@ -238,6 +238,7 @@ impl Control {
             federate_with: Vec::new(),
             bundle_refresh_hint: warden_control::server::DEFAULT_REFRESH,
             usage_retention: warden_control::server::DEFAULT_USAGE_RETENTION,
+            database_connections: warden_control::store::PG_POOL,
         };
         let surroundings = Surroundings {
             clock: Arc::new(move || clock.now()),

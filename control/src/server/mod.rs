@@ -126,6 +126,8 @@ pub struct ServeOptions {
     /// How long usage is kept (`--usage-retention`): older days and edges
     /// not seen since are deleted.
     pub usage_retention: Duration,
+    /// At most this many PostgreSQL connections (`--database-connections`).
+    pub database_connections: usize,
 }
 
 /// Which addresses a sidecar may register for discovery.
@@ -258,11 +260,12 @@ pub async fn start_with(
     }
     // Blocking work (PostgreSQL's client runs its own runtime): off this one.
     let audit_stdout = options.audit_stdout;
+    let connections = options.database_connections;
     let opened = {
         let database = database.clone();
         let now = clock.unix_now();
         tokio::task::spawn_blocking(move || {
-            let mut db = Store::open(&database, audit_stdout)?;
+            let mut db = Store::open(&database, audit_stdout)?.with_connections(connections);
             if let Some(sink) = audit_sink {
                 db = db.with_audit_sink(sink);
             }

@@ -286,29 +286,55 @@ impl Sql for postgres::Transaction<'_> {
 /// conflict to another replica is retried.
 const MAX_ATTEMPTS: u32 = 8;
 
+/// Connections a control plane keeps to PostgreSQL by default: transactions
+/// of concurrent requests run side by side (each request's store work runs
+/// on a blocking thread and takes one connection for its transaction).
+pub const PG_POOL: usize = 8;
+
 pub enum Backend {
     Sqlite(Mutex<rusqlite::Connection>),
     Postgres {
         url: String,
-        client: Mutex<Option<Box<postgres::Client>>>,
+        /// Opened as needed, up to [`PG_POOL`]; a closed one is reopened.
+        pool: Vec<Mutex<Option<Box<postgres::Client>>>>,
+        /// Which busy connection the next transaction waits for.
+        next: std::sync::atomic::AtomicUsize,
     },
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
         // The blocking client shuts its own runtime down when dropped, which
-        // panics inside another runtime: drop it on a plain thread.
-        if let Backend::Postgres { client, .. } = self
-            && let Some(client) = client
-                .get_mut()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take()
-        {
-            let _ = std::thread::Builder::new()
-                .name("postgres-close".into())
-                .spawn(move || drop(client));
+        // panics inside another runtime: drop them on a plain thread.
+        if let Backend::Postgres { pool, .. } = self {
+            let clients: Vec<Box<postgres::Client>> = pool
+                .iter_mut()
+                .filter_map(|slot| {
+                    slot.get_mut()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .take()
+                })
+                .collect();
+            if !clients.is_empty() {
+                let _ = std::thread::Builder::new()
+                    .name("postgres-close".into())
+                    .spawn(move || drop(clients));
+            }
         }
     }
+}
+
+/// The first free pool slot (so that a quiet control plane uses one
+/// connection), else slot `wait` (rotating), waited for.
+fn pool_slot<T>(pool: &[Mutex<T>], wait: usize) -> std::sync::MutexGuard<'_, T> {
+    for slot in pool {
+        match slot.try_lock() {
+            Ok(guard) => return guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
+    }
+    lock(&pool[wait % pool.len()])
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -402,11 +428,37 @@ impl Backend {
                 let mut client = pg_connect(url)?;
                 let set = or_builtin(migrations, Dialect::Postgres);
                 migrate::upgrade_postgres(&mut client, &set, true)?;
+                let mut pool: Vec<Mutex<Option<Box<postgres::Client>>>> =
+                    (0..PG_POOL).map(|_| Mutex::new(None)).collect();
+                pool[0] = Mutex::new(Some(Box::new(client)));
                 Ok(Backend::Postgres {
                     url: url.clone(),
-                    client: Mutex::new(Some(Box::new(client))),
+                    pool,
+                    next: std::sync::atomic::AtomicUsize::new(0),
                 })
             }
+        }
+    }
+
+    /// At most `n` (at least 1) PostgreSQL connections; no change on SQLite.
+    pub fn set_pool_size(&mut self, n: usize) {
+        if let Backend::Postgres { pool, .. } = self {
+            let n = n.max(1);
+            if pool.len() > n {
+                let extra: Vec<_> = pool
+                    .drain(n..)
+                    .filter_map(|slot| {
+                        slot.into_inner()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    })
+                    .collect();
+                if !extra.is_empty() {
+                    let _ = std::thread::Builder::new()
+                        .name("postgres-close".into())
+                        .spawn(move || drop(extra));
+                }
+            }
+            pool.resize_with(n, || Mutex::new(None));
         }
     }
 
@@ -428,8 +480,9 @@ impl Backend {
                 tx.commit()?;
                 Ok(value)
             }
-            Backend::Postgres { url, client } => {
-                let mut guard = lock(client);
+            Backend::Postgres { url, pool, next } => {
+                let start = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut guard = pool_slot(pool, start);
                 let mut attempt = 0;
                 loop {
                     attempt += 1;

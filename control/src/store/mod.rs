@@ -24,7 +24,7 @@ mod usage;
 
 use std::sync::Arc;
 
-pub use backend::Database;
+pub use backend::{Database, PG_POOL};
 
 use crate::reason::Reason;
 use backend::{Backend, Sql};
@@ -131,6 +131,13 @@ impl Store {
             backend: Backend::open(database, migrations)?,
             echo,
         })
+    }
+
+    /// At most `n` connections to PostgreSQL (default
+    /// [`backend::PG_POOL`]); SQLite has one.
+    pub fn with_connections(mut self, n: usize) -> Self {
+        self.backend.set_pool_size(n);
+        self
     }
 
     /// Audit lines go to `sink` instead of stdout (if they are echoed at
