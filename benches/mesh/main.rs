@@ -8,7 +8,9 @@
 //! start, because tokio's timer fires up to 1 ms late; how late the
 //! generator ran is reported as `generator_lag_max_ms`),
 //! errors, the sidecars' CPU time per request (from /proc) and their RSS.
-//! Results are printed and written to `target/mesh-bench.json`.
+//! Results are printed and written to `target/mesh-bench.json`; the
+//! open-loop percentiles (p50 to p99.9) of both targets are also drawn,
+//! scenario by scenario, in `target/mesh-latency.svg`.
 //!
 //! Run: `cargo bench --bench mesh`. `WARDEN_BENCH_SECS` (default 3) sets
 //! each phase's length; `WARDEN_BENCH_RATE` (default 2000) the open-loop
@@ -44,6 +46,7 @@ mod wait;
 
 mod load;
 mod phases;
+mod plot;
 mod target;
 mod tracing_cost;
 mod transparent;
@@ -100,6 +103,7 @@ async fn run() -> Result<(), Error> {
         length.as_secs()
     );
     let mut results = Vec::new();
+    let mut panels = Vec::new();
     // `WARDEN_BENCH_ONLY=tracing` (or `transparent`) runs only those phases.
     let only = std::env::var("WARDEN_BENCH_ONLY").unwrap_or_default();
     let runs = |part: &str| only.is_empty() || only == part;
@@ -109,10 +113,23 @@ async fn run() -> Result<(), Error> {
         // The open loop runs both targets at one rate, at most half what the
         // slower one sustained, so it measures latency, not a queue.
         let fair = rate.min((direct.rps.min(mesh.rps) / 2.0) as u64).max(1);
+        let mut curves = Vec::new();
         for (label, target, phase) in [("direct", app, &direct), ("mesh", via, &mesh)] {
             let open = open_loop(target, scenario, fair, length).await;
             results.push(report(label, scenario, phase, &open, fair));
+            curves.push((
+                label.to_owned(),
+                plot::PERCENTILES
+                    .iter()
+                    .map(|(q, _)| load::percentile(&open.latencies_us, *q))
+                    .collect(),
+            ));
         }
+        panels.push(plot::Panel {
+            scenario: scenario.name.to_owned(),
+            rate: fair,
+            curves,
+        });
     }
     drop((client_sidecar, server));
 
@@ -129,6 +146,13 @@ async fn run() -> Result<(), Error> {
         );
     }
 
+    let svg = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("mesh-latency.svg");
+    if !panels.is_empty() {
+        plot::write_svg(&panels, &svg)?;
+        println!("latency plot written to {}", svg.display());
+    }
     let out = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target")
         .join("mesh-bench.json");
