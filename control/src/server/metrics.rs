@@ -123,6 +123,11 @@ pub(super) async fn metrics_text(state: &Arc<State>) -> Result<String, StoreErro
     );
     let _ = writeln!(
         out,
+        "# HELP warden_control_usage_dropped_total Reported requests not stored: their callee had added its most usage rows for the day.\n# TYPE warden_control_usage_dropped_total counter\nwarden_control_usage_dropped_total {}",
+        c.usage_dropped
+    );
+    let _ = writeln!(
+        out,
         "# HELP warden_control_policy_pushes_total Policy bundles pushed through this replica.\n# TYPE warden_control_policy_pushes_total counter\nwarden_control_policy_pushes_total {}",
         c.policy_pushes
     );

@@ -19,6 +19,8 @@ pub(super) struct Counters {
     pub(super) usage_reports: u64,
     /// Edges seen for the first time.
     pub(super) new_edges: u64,
+    /// Reported requests not stored (the callee's rows for the day full).
+    pub(super) usage_dropped: u64,
 }
 
 pub(super) struct State {

@@ -33,18 +33,23 @@ pub(super) async fn report_usage(
     let entries = report.entries.len();
     let db = state.db.clone();
     let (serial, now) = (caller.serial.clone(), state.now());
-    let new = blocking(move || db.record_usage(&report, &serial, now))
+    let recorded = blocking(move || db.record_usage(&report, &serial, now))
         .await
         .map_err(|e| refused(state, "usage", &id, Some(&id), e.into()))?;
+    if recorded.dropped > 0 {
+        tracing::warn!(callee = %id, requests = recorded.dropped, "usage past the callee's rows for the day dropped");
+    }
     state.count(|c| {
         c.usage_reports += 1;
-        c.new_edges += new.len() as u64;
+        c.new_edges += recorded.new.len() as u64;
+        c.usage_dropped += recorded.dropped;
     });
     Ok(json_response(
         StatusCode::OK,
         &UsageAccepted {
             entries,
-            new_edges: new.len(),
+            new_edges: recorded.new.len(),
+            dropped: recorded.dropped,
         },
     ))
 }

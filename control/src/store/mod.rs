@@ -36,7 +36,7 @@ pub use migrate::{Dialect, MigrationSet, SchemaStatus};
 use policy::policy_head;
 pub use records::{AuditEvent, IdentityRecord, PolicyBundle, Revocations, Signed, SvidRecord};
 use revocation::revocation_seq;
-pub use usage::NewEdge;
+pub use usage::{MAX_ROWS_PER_CALLEE_DAY, NewEdge, Recorded};
 
 /// A refused or failed store operation; [`StoreError::reason`] is what
 /// the API and the audit trail say.
@@ -102,6 +102,8 @@ pub struct Store {
     backend: Backend,
     /// Where each audit record also goes as a JSON line, if anywhere.
     echo: Option<AuditSink>,
+    /// Usage rows one callee may add per day.
+    usage_row_cap: i64,
 }
 
 fn labels_map(text: &str) -> serde_json::Map<String, serde_json::Value> {
@@ -130,6 +132,7 @@ impl Store {
         Ok(Store {
             backend: Backend::open(database, migrations)?,
             echo,
+            usage_row_cap: usage::MAX_ROWS_PER_CALLEE_DAY,
         })
     }
 
@@ -137,6 +140,13 @@ impl Store {
     /// [`backend::PG_POOL`]); SQLite has one.
     pub fn with_connections(mut self, n: usize) -> Self {
         self.backend.set_pool_size(n);
+        self
+    }
+
+    /// At most `n` usage rows per callee and day (tests; default
+    /// [`MAX_ROWS_PER_CALLEE_DAY`]).
+    pub fn with_usage_row_cap(mut self, n: i64) -> Self {
+        self.usage_row_cap = n;
         self
     }
 

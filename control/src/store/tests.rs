@@ -181,7 +181,9 @@ fn usage_report(
 #[test]
 fn usage_sums_per_day_and_edges_are_new_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&Database::Sqlite(dir.path().join("db")), false).expect("open");
+    let store = Store::open(&Database::Sqlite(dir.path().join("db")), false)
+        .expect("open")
+        .with_usage_row_cap(2);
     let (orders, frontend) = ("spiffe://td/orders", "spiffe://td/frontend");
     let day = 20_000 * 86_400;
     store
@@ -226,7 +228,8 @@ fn usage_sums_per_day_and_edges_are_new_once() {
             "s1",
             day,
         )
-        .expect("record");
+        .expect("record")
+        .new;
     assert_eq!(new.len(), 1, "{new:?}");
     assert_eq!(new[0].edge.kind, "call");
     // Again, same range: nothing new; counts add up within the day.
@@ -236,7 +239,8 @@ fn usage_sums_per_day_and_edges_are_new_once() {
             "s1",
             day + 100,
         )
-        .expect("record");
+        .expect("record")
+        .new;
     assert!(new.is_empty(), "{new:?}");
     let rows = store.usage_since(day, None).expect("rows");
     assert_eq!(rows.len(), 1);
@@ -251,12 +255,38 @@ fn usage_sums_per_day_and_edges_are_new_once() {
             "s1",
             day + 200,
         )
-        .expect("record");
+        .expect("record")
+        .new;
     assert_eq!(new.len(), 1, "{new:?}");
     assert_eq!(
         (new[0].edge.kind.as_str(), new[0].edge.value.as_str()),
         ("source", "10.9.0.0/24")
     );
+    // Two rows a day for this callee (the cap set above): a third route is
+    // not stored, while known rows still count.
+    let mut third = usage_report(orders, frontend, "10.0.0.0/24", day + 300);
+    third.entries[0].route = "/b".into();
+    assert_eq!(
+        store
+            .record_usage(&third, "s1", day + 300)
+            .expect("b")
+            .dropped,
+        0
+    );
+    third.entries[0].route = "/c".into();
+    let recorded = store.record_usage(&third, "s1", day + 300).expect("c");
+    assert_eq!(recorded.dropped, 2);
+    let known = store
+        .record_usage(
+            &usage_report(orders, frontend, "10.0.0.0/24", day + 301),
+            "s1",
+            day + 301,
+        )
+        .expect("known");
+    assert_eq!(known.dropped, 0);
+    let rows = store.usage_since(day, None).expect("rows");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows.iter().map(|r| r.count).sum::<u64>(), 10);
     let audited = store.audit_tail(10).expect("audit");
     assert_eq!(audited.iter().filter(|e| e.event == "new_edge").count(), 2);
     // The next day is its own row; the window and the retention cut on days.
@@ -267,13 +297,20 @@ fn usage_sums_per_day_and_edges_are_new_once() {
             day + 86_400,
         )
         .expect("record");
-    assert_eq!(store.usage_since(day, None).expect("rows")[0].count, 8);
-    assert_eq!(
-        store.usage_since(day + 86_400, None).expect("rows")[0].count,
-        2
-    );
+    let orders_route = |since: i64| {
+        store
+            .usage_since(since, None)
+            .expect("rows")
+            .iter()
+            .filter(|r| r.route == "/orders/{id}")
+            .map(|r| r.count)
+            .sum::<u64>()
+    };
+    assert_eq!(orders_route(day), 10);
+    assert_eq!(orders_route(day + 86_400), 2);
     assert!(store.prune_usage(day + 86_400).expect("prune") >= 1);
-    assert_eq!(store.usage_since(0, None).expect("rows")[0].count, 2);
+    assert_eq!(orders_route(0), 2);
+    assert_eq!(store.usage_since(0, None).expect("rows").len(), 1);
     let listed = store.identities(day).expect("identities");
     assert_eq!(listed.len(), 1, "usage creates no identity");
     store.revoke("s1", "test", day).expect("revoke");

@@ -13,6 +13,20 @@ const DAY: i64 = 86_400;
 
 /// New edges audited one by one per report; the rest get one record.
 pub const MAX_EDGE_RECORDS: usize = 16;
+/// Rows one callee may add per day by default: past them, reports only add
+/// to rows it already has (a flood of unique routes or callers, honest or
+/// not, stays bounded in the database too).
+pub const MAX_ROWS_PER_CALLEE_DAY: i64 = 50_000;
+
+/// What storing a report did.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// Edges seen for the first time.
+    pub new: Vec<NewEdge>,
+    /// Requests not stored: their rows would have passed the callee's
+    /// rows for the day.
+    pub dropped: u64,
+}
 
 /// An edge seen for the first time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,8 +107,9 @@ impl Store {
         report: &UsageReport,
         serial: &str,
         now: i64,
-    ) -> Result<Vec<NewEdge>, StoreError> {
-        let (new, events) = self.backend.tx(|sql| {
+    ) -> Result<Recorded, StoreError> {
+        let cap = self.usage_row_cap;
+        let (new, events, dropped) = self.backend.tx(|sql| {
             // The TLS layer does not know revocations: refused here, in
             // the transaction that would store the report.
             let svid = sql.row(
@@ -124,8 +139,49 @@ impl Store {
                 }
             }
             let mut calls: std::collections::BTreeMap<&str, (i64, i64)> = Default::default();
+            // New rows each day may still take for this callee.
+            let mut room: std::collections::BTreeMap<i64, i64> = Default::default();
+            let mut dropped = 0u64;
             for e in &report.entries {
                 let policies = e.policies.join(",");
+                let day = e.last_seen.div_euclid(DAY);
+                let left = match room.entry(day) {
+                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        let held = sql
+                            .row(
+                                "SELECT COUNT(*) FROM usage_daily WHERE day = ?1 AND callee = ?2",
+                                &[day.into(), (&report.callee).into()],
+                            )?
+                            .map_or(Ok(0), |r| r.int(0))?;
+                        v.insert(cap - held)
+                    }
+                };
+                if *left <= 0 {
+                    let exists = sql
+                        .row(
+                            "SELECT 1 FROM usage_daily WHERE day = ?1 AND callee = ?2 AND caller = ?3 \
+                             AND action = ?4 AND route = ?5 AND decision = ?6 AND policies = ?7",
+                            &[
+                                day.into(),
+                                (&report.callee).into(),
+                                (&e.caller).into(),
+                                (&e.action).into(),
+                                (&e.route).into(),
+                                (&e.decision).into(),
+                                (&policies).into(),
+                            ],
+                        )?
+                        .is_some();
+                    if !exists {
+                        dropped = dropped.saturating_add(e.count);
+                        continue;
+                    }
+                } else {
+                    // Counted as new whether or not it was (cheap, and
+                    // errs on the side of the cap).
+                    *left -= 1;
+                }
                 sql.exec(
                     UPSERT_USAGE,
                     &[
@@ -221,12 +277,12 @@ impl Store {
                 insert_audit(sql, &event)?;
                 events.push(event);
             }
-            Ok((new, events))
+            Ok((new, events, dropped))
         })?;
         for event in &events {
             self.echo(event);
         }
-        Ok(new)
+        Ok(Recorded { new, dropped })
     }
 
     /// Usage seen at or after `since` (whole days: a day's rows hold its

@@ -167,6 +167,9 @@ pub struct UsageAccepted {
     /// Edges seen for the first time in this report.
     #[serde(default)]
     pub new_edges: usize,
+    /// Requests not stored: the callee had added its most rows for the day.
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 /// Stored usage, summed over a window.
