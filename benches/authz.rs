@@ -74,6 +74,29 @@ fn policies(n: usize, shape: Shape) -> String {
     text
 }
 
+/// The engine of service `orders` with `n` policies of `shape`.
+fn engine(n: usize, shape: Shape) -> Arc<PolicyEngine> {
+    let snapshot = PolicySnapshot::from_sources(
+        "schema",
+        DEFAULT_SCHEMA,
+        vec![PolicySource {
+            name: "bench.cedar".into(),
+            text: policies(n, shape),
+        }],
+    )
+    .expect("bench policies validate");
+    let engine = Arc::new(PolicyEngine::new(
+        ServiceInfo {
+            name: "orders".into(),
+            trust_domain: "example.org".into(),
+            namespace: Some("ns1".into()),
+        },
+        Mode::Enforce,
+    ));
+    engine.install(snapshot);
+    engine
+}
+
 fn bench_decisions(c: &mut Criterion) {
     bench_shape(c, "authz_decision", Shape::Path);
     bench_shape(c, "authz_decision_rbac", Shape::Rbac);
@@ -83,24 +106,7 @@ fn bench_decisions(c: &mut Criterion) {
 fn bench_shape(c: &mut Criterion, group: &str, shape: Shape) {
     let mut g = c.benchmark_group(group);
     for n in [10, 100, 1_000, 10_000] {
-        let snapshot = PolicySnapshot::from_sources(
-            "schema",
-            DEFAULT_SCHEMA,
-            vec![PolicySource {
-                name: "bench.cedar".into(),
-                text: policies(n, shape),
-            }],
-        )
-        .expect("bench policies validate");
-        let engine = Arc::new(PolicyEngine::new(
-            ServiceInfo {
-                name: "orders".into(),
-                trust_domain: "example.org".into(),
-                namespace: Some("ns1".into()),
-            },
-            Mode::Enforce,
-        ));
-        engine.install(snapshot);
+        let engine = engine(n, shape);
         // Identity 3 holds a GET permit on /api/3/*.
         let peer = Peer::Workload(SpiffeId::parse(&identity(3)).expect("id"));
         let authorizer = engine.for_peer(peer);
@@ -134,24 +140,7 @@ fn bench_shape(c: &mut Criterion, group: &str, shape: Shape) {
 /// key is held; the path's ids collapse into the template), in one run.
 fn bench_usage(c: &mut Criterion) {
     let mut g = c.benchmark_group("usage");
-    let snapshot = PolicySnapshot::from_sources(
-        "schema",
-        DEFAULT_SCHEMA,
-        vec![PolicySource {
-            name: "bench.cedar".into(),
-            text: policies(100, Shape::Path),
-        }],
-    )
-    .expect("bench policies validate");
-    let engine = Arc::new(PolicyEngine::new(
-        ServiceInfo {
-            name: "orders".into(),
-            trust_domain: "example.org".into(),
-            namespace: Some("ns1".into()),
-        },
-        Mode::Enforce,
-    ));
-    engine.install(snapshot);
+    let engine = engine(100, Shape::Path);
     let authorizer = engine.for_peer(Peer::Workload(SpiffeId::parse(&identity(3)).expect("id")));
     let facts = HttpRequestFacts {
         method: "GET",

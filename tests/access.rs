@@ -103,6 +103,17 @@ async fn policy_version(p: &Proxy) -> Option<String> {
     json["version"].as_str().map(str::to_owned)
 }
 
+/// The orders sidecar in front of `app`: the control plane's policies,
+/// usage reported every second; ready.
+async fn reporting_orders(control: &Control, logs: &Path, app: &TestApp) -> Proxy {
+    let mut s = inbound_to(app.addr);
+    s.push("control.policies=true".into());
+    s.push("usage.report_interval=\"1s\"".into());
+    let orders = control.sidecar(logs, "orders", ORDERS, &s);
+    orders.wait_ready().await;
+    orders
+}
+
 fn short(id: &str) -> &str {
     id.rsplit('/').next().unwrap_or(id)
 }
@@ -124,11 +135,7 @@ async fn observed_use_becomes_a_report_a_proposal_and_a_checked_push(db: Db) {
 
     let t0 = warden_control::store::unix_now();
     let app = TestApp::start().await;
-    let mut s = inbound_to(app.addr);
-    s.push("control.policies=true".into());
-    s.push("usage.report_interval=\"1s\"".into());
-    let orders = control.sidecar(dir.path(), "orders", ORDERS, &s);
-    orders.wait_ready().await;
+    let orders = reporting_orders(&control, dir.path(), &app).await;
     let to_orders = [route_to(orders.inbound(), ORDERS)];
     let frontend = control.sidecar(dir.path(), "frontend", FRONTEND, &to_orders);
     let reporting = control.sidecar(dir.path(), "reporting", REPORTING, &to_orders);
@@ -560,11 +567,7 @@ async fn usage_made_while_the_control_plane_is_down_arrives_after_it_returns(db:
     write_dir(&policies, &[("mesh.cedar", support::mesh::ALLOW_ALL)]);
     control.cli_ok(&["policy", "push", path_str(&policies)]);
     let app = TestApp::start().await;
-    let mut s = inbound_to(app.addr);
-    s.push("control.policies=true".into());
-    s.push("usage.report_interval=\"1s\"".into());
-    let orders = control.sidecar(dir.path(), "orders", ORDERS, &s);
-    orders.wait_ready().await;
+    let orders = reporting_orders(&control, dir.path(), &app).await;
     let frontend = control.sidecar(
         dir.path(),
         "frontend",

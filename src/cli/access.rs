@@ -248,17 +248,12 @@ fn replay_report(
     client: &warden_proxy::control::ControlClient,
     files: &BTreeMap<String, String>,
     since: Duration,
-) -> Result<api::ReplayReport, warden_proxy::control::ControlError> {
+) -> anyhow::Result<api::ReplayReport> {
     let body = serde_json::to_vec(&api::ReplayRequest {
         files: files.clone(),
         since_secs: secs(since),
-    })
-    .map_err(|e| warden_proxy::control::ControlError::Local(e.to_string()))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| warden_proxy::control::ControlError::Local(e.to_string()))?;
-    runtime.block_on(client.call(
+    })?;
+    call(client.call(
         http::Method::POST,
         api::ADMIN_ACCESS_REPLAY,
         Some(body),
