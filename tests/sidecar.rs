@@ -10,6 +10,7 @@ use support::mesh::{
     FRONTEND, INTRUDER, ORDERS, Pair, body, get, h2c_client, http1_client, read_some, route_to,
     send,
 };
+use support::wait::eventually;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_call_reaches_the_app_with_the_verified_caller_identity() {
@@ -68,7 +69,8 @@ async fn http1_call_reaches_the_app_with_the_verified_caller_identity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_stream_both_ways_and_requests_share_one_peer_connection() {
-    let pair = Pair::start(&[], &[]).await;
+    // HTTP/1.1 carried as HTTP/2 streams on the one shared connection.
+    let pair = Pair::start(&[], &["outbound.peer_http1=multiplexed".into()]).await;
     let client = http1_client();
     let payload: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
     for _ in 0..3 {
@@ -91,6 +93,83 @@ async fn bodies_stream_both_ways_and_requests_share_one_peer_connection() {
         ),
         "{metrics}"
     );
+}
+
+fn inbound_handshakes(n: usize) -> String {
+    format!("warden_tls_handshakes_total{{direction=\"inbound\",outcome=\"ok\",reason=\"\"}} {n}\n")
+}
+
+/// Waits until the frontend's sidecar has no app connection open: the
+/// peer connections they held are back in its idle pool.
+async fn app_connections_closed(pair: &Pair) {
+    eventually(
+        "the app's connections closed",
+        Duration::from_secs(10),
+        async || {
+            pair.client
+                .metrics()
+                .await
+                .contains("warden_open_connections{direction=\"outbound\"} 0\n")
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_app_connections_get_peer_connections_of_their_own_kept_for_the_next() {
+    // `outbound.peer_http1 = "dedicated"`, the default.
+    let pair = Pair::start(&[], &[]).await;
+    let (a, b) = (http1_client(), http1_client());
+    for _ in 0..3 {
+        for client in [&a, &b] {
+            let req = Request::get(format!("http://{}/x", pair.via()))
+                .body(body(""))
+                .expect("request");
+            let reply = send(client, req).await.expect("call");
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            assert_eq!(reply.echo()["headers"]["x-warden-peer-id"], FRONTEND);
+        }
+    }
+    // Two app connections open side by side: two peer connections, each
+    // carrying its app connection's three requests.
+    let metrics = pair.server.metrics().await;
+    assert!(metrics.contains(&inbound_handshakes(2)), "{metrics}");
+    // Once they close, later app connections take the idle ones.
+    drop((a, b));
+    app_connections_closed(&pair).await;
+    for _ in 0..4 {
+        let reply = get(pair.via(), "/y", &[]).await.expect("call");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        app_connections_closed(&pair).await;
+    }
+    let metrics = pair.server.metrics().await;
+    assert!(metrics.contains(&inbound_handshakes(2)), "{metrics}");
+    assert!(
+        metrics.contains(
+            "warden_requests_total{direction=\"inbound\",status=\"200\",decision=\"allow\"} 10\n"
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_256_dedicated_peer_connections_app_connections_share_the_multiplexed_one() {
+    let pair = Pair::start(&[], &[]).await;
+    // Each client keeps its app connection open, and so its peer connection.
+    let mut clients = Vec::new();
+    for i in 0..258 {
+        let client = http1_client();
+        let req = Request::get(format!("http://{}/n/{i}", pair.via()))
+            .body(body(""))
+            .expect("request");
+        let reply = send(&client, req).await.expect("call");
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.body);
+        clients.push(client);
+    }
+    // 256 HTTP/1.1 connections, then one HTTP/2 connection for the 257th
+    // and 258th app connections.
+    let metrics = pair.server.metrics().await;
+    assert!(metrics.contains(&inbound_handshakes(257)), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

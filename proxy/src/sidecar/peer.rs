@@ -1,14 +1,19 @@
 //! Connections to peer sidecars: mTLS with our SVID, the server's SPIFFE ID
 //! checked against the identity expected for the destination, and one
-//! multiplexed HTTP/2 connection per peer, shared by every request to it.
+//! multiplexed HTTP/2 connection per peer, shared by every request to it;
+//! with `outbound.peer_http1 = "dedicated"` an app's HTTP/1.1 connection
+//! gets an HTTP/1.1 connection of its own instead.
 //!
 //! When our SVID rotates, the next request opens a fresh connection that
 //! presents the new certificate; the old one finishes its streams and closes.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
+use hyper::client::conn::http1;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
@@ -68,6 +73,39 @@ pub struct PeerChannel {
     metrics: Arc<Metrics>,
     current: Mutex<Option<Connected>>,
     connections: std::sync::atomic::AtomicU64,
+    /// HTTP/1.1 connections left by app connections that ended, for the
+    /// next ones.
+    idle_h1: std::sync::Mutex<Vec<H1Conn>>,
+    /// HTTP/1.1 connections open to the peer (idle ones included).
+    open_h1: Arc<AtomicUsize>,
+}
+
+/// HTTP/1.1 connections to one peer, at most: past them an app connection's
+/// requests share the multiplexed connection instead, so a busy app never
+/// opens more connections than the peer takes from one source.
+pub const MAX_H1_PER_PEER: usize = 256;
+
+/// Idle HTTP/1.1 connections kept per peer for app connections to come.
+const MAX_IDLE_H1: usize = 32;
+
+/// An HTTP/1.1 connection to the peer, serving one app connection at a
+/// time (`outbound.peer_http1 = "dedicated"`).
+pub struct H1Conn {
+    pub sender: http1::SendRequest<CallerBody>,
+    generation: u64,
+    /// When its last request started. It is not reused once quiet for half
+    /// the idle timeout, well before the peer closes it as idle: HTTP/1.1
+    /// has no way to say a request was not taken, so the race of a request
+    /// and an idle close is avoided instead.
+    pub last_used: Instant,
+}
+
+impl H1Conn {
+    fn usable(&self, generation: u64, fresh_for: Duration) -> bool {
+        self.generation == generation
+            && !self.sender.is_closed()
+            && self.last_used.elapsed() < fresh_for
+    }
 }
 
 struct Connected {
@@ -104,6 +142,8 @@ impl PeerChannel {
             metrics,
             current: Mutex::new(None),
             connections: std::sync::atomic::AtomicU64::new(0),
+            idle_h1: std::sync::Mutex::new(Vec::new()),
+            open_h1: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -191,13 +231,33 @@ impl PeerChannel {
         let (sender, connection) = super::tuned_h2_client(&self.limits)
             .handshake(TokioIo::new(tls))
             .await
-            .map_err(|e| PeerError::Protocol {
-                addr: self.addr,
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| self.protocol_error(e))?;
+        self.drive(connection, validity, None);
+        Ok(sender)
+    }
+
+    fn protocol_error(&self, e: hyper::Error) -> PeerError {
+        PeerError::Protocol {
+            addr: self.addr,
+            reason: e.to_string(),
+        }
+    }
+
+    /// Runs a connection to the peer until it ends, or until the peer is
+    /// revoked: then it is cut off at once (the next handshake refuses it).
+    /// `open` counts it while it runs.
+    fn drive<C>(
+        &self,
+        connection: C,
+        validity: Option<PeerValidity>,
+        open: Option<Arc<AtomicUsize>>,
+    ) where
+        C: Future<Output = hyper::Result<()>> + Send + 'static,
+    {
         let addr = self.addr;
         let mut revocations = self.store.subscribe_revocations();
         tokio::spawn(async move {
+            let _open = open.map(OpenGuard);
             tokio::pin!(connection);
             loop {
                 tokio::select! {
@@ -207,8 +267,6 @@ impl PeerChannel {
                         }
                         return;
                     }
-                    // A peer revoked while connected is cut off at once; the
-                    // next request's handshake refuses it.
                     changed = revocations.changed() => {
                         if changed.is_err() || lapsed(validity.as_ref()) == Some(Lapse::Revoked) {
                             tracing::info!(%addr, "closing the connection to a revoked peer");
@@ -218,7 +276,86 @@ impl PeerChannel {
                 }
             }
         });
-        Ok(sender)
+    }
+
+    /// The HTTP/1.1 connection for an app connection's next request: the
+    /// one it `held` while still usable, else an idle one, else a new one.
+    /// None when the peer already has [`MAX_H1_PER_PEER`] of them: the
+    /// request goes on the multiplexed connection instead.
+    pub async fn h1<'a>(
+        &self,
+        held: &'a mut Option<H1Conn>,
+    ) -> Result<Option<&'a mut H1Conn>, PeerError> {
+        let generation = *self.svid_generation.borrow();
+        let fresh_for = self.limits.idle_timeout / 2;
+        let kept = held
+            .take()
+            .filter(|c| c.usable(generation, fresh_for))
+            .or_else(|| self.take_idle_h1(generation, fresh_for));
+        let conn = match kept {
+            Some(conn) => conn,
+            None => {
+                if self.open_h1.load(Ordering::Acquire) >= MAX_H1_PER_PEER {
+                    return Ok(None);
+                }
+                tokio::time::timeout(self.connect_timeout, self.connect_h1(generation))
+                    .await
+                    .map_err(|_| PeerError::Timeout {
+                        addr: self.addr,
+                        timeout: self.connect_timeout,
+                    })??
+            }
+        };
+        Ok(Some(held.insert(conn)))
+    }
+
+    fn take_idle_h1(&self, generation: u64, fresh_for: Duration) -> Option<H1Conn> {
+        let mut idle = self
+            .idle_h1
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some(conn) = idle.pop() {
+            if conn.usable(generation, fresh_for) && conn.sender.is_ready() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Takes back the connection of an app connection that ended, for the
+    /// next one, if it is idle and still presents our current SVID.
+    pub fn release_h1(&self, conn: H1Conn) {
+        let generation = *self.svid_generation.borrow();
+        if !conn.sender.is_ready() || !conn.usable(generation, self.limits.idle_timeout / 2) {
+            return;
+        }
+        let mut idle = self
+            .idle_h1
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        idle.retain(|c| !c.sender.is_closed());
+        if idle.len() < MAX_IDLE_H1 {
+            idle.push(conn);
+        }
+    }
+
+    async fn connect_h1(&self, generation: u64) -> Result<H1Conn, PeerError> {
+        let tls = self.handshake(Carrying::Http1).await?;
+        let validity = self.validity(&tls);
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            // What is read ahead of a slow app is bounded as on every
+            // other connection.
+            .max_buf_size(self.limits.buffer_window as usize)
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| self.protocol_error(e))?;
+        self.open_h1.fetch_add(1, Ordering::AcqRel);
+        self.drive(connection, validity, Some(self.open_h1.clone()));
+        Ok(H1Conn {
+            sender,
+            generation,
+            last_used: Instant::now(),
+        })
     }
 
     /// What the server's certificate on `tls` vouches for, to watch for its
@@ -229,6 +366,15 @@ impl PeerChannel {
             identity: Arc::new(identity),
             store: self.store.clone(),
         })
+    }
+}
+
+/// Counts an HTTP/1.1 connection as open until its task ends.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -13,7 +13,7 @@ use super::sections::{
     AdminConfig, AuthzConfig, ServiceConfig, TelemetryConfig, UsageConfig, WorkloadApiConfig,
 };
 use super::traffic::{
-    AppProtocol, EndpointConfig, InboundMode, OpaqueConfig, RouteConfig, ServiceRoute,
+    AppProtocol, EndpointConfig, InboundMode, OpaqueConfig, PeerHttp1, RouteConfig, ServiceRoute,
     UnknownDestination,
 };
 use super::{AppAddr, EscapedSlashes};
@@ -188,6 +188,8 @@ pub(super) struct OutboundSection {
     pub detect_timeout: Duration,
     /// The mesh's destinations and the identity each must prove.
     pub endpoints: Vec<EndpointConfig>,
+    /// An app's HTTP/1.1 to peers: `dedicated` or `multiplexed`.
+    pub peer_http1: PeerHttp1,
 }
 
 impl Default for OutboundSection {
@@ -200,6 +202,7 @@ impl Default for OutboundSection {
             unknown: UnknownDestination::default(),
             detect_timeout: Duration::from_secs(1),
             endpoints: Vec::new(),
+            peer_http1: PeerHttp1::default(),
         }
     }
 }

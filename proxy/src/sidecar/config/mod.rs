@@ -31,8 +31,8 @@ pub use source::{
 };
 pub use traffic::{
     AppProtocol, EndpointConfig, HttpProxy, InboundApp, InboundConfig, InboundHttp, InboundMode,
-    OpaqueConfig, OutboundConfig, RouteConfig, RouteProtocol, ServiceRoute, TransparentOutbound,
-    UnknownDestination, normalize_authority,
+    OpaqueConfig, OutboundConfig, PeerHttp1, RouteConfig, RouteProtocol, ServiceRoute,
+    TransparentOutbound, UnknownDestination, normalize_authority,
 };
 
 use crate::identity::RotationPolicy;

@@ -275,6 +275,18 @@ fn transparent_mode_needs_no_app_and_endpoints_need_the_transparent_listener() {
 }
 
 #[test]
+fn http1_to_peers_is_dedicated_unless_set_to_multiplexed() {
+    let c = load(MINIMAL, &[], &[]).expect("valid");
+    assert_eq!(c.outbound.peer_http1, PeerHttp1::Dedicated, "the default");
+    let c = load(MINIMAL, &[], &["outbound.peer_http1=multiplexed"]).expect("valid");
+    assert_eq!(c.outbound.peer_http1, PeerHttp1::Multiplexed);
+    let err = load(MINIMAL, &[], &["outbound.peer_http1=pooled"])
+        .expect_err("unknown value")
+        .to_string();
+    assert!(err.contains("outbound.peer_http1"), "{err}");
+}
+
+#[test]
 fn rotation_defaults_and_bounds() {
     let c = load(MINIMAL, &[], &[]).expect("valid");
     assert_eq!(c.rotation, RotationPolicy::default());

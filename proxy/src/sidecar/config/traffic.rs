@@ -87,6 +87,23 @@ pub struct OutboundConfig {
     /// The mesh's destinations (`[[outbound.endpoints]]`), for the
     /// transparent listener.
     pub endpoints: Endpoints,
+    /// How an app's HTTP/1.1 requests travel to peer sidecars.
+    pub peer_http1: PeerHttp1,
+}
+
+/// `outbound.peer_http1`: how an app's HTTP/1.1 requests reach the peer
+/// sidecar. Either way each is checked, decided and traced alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerHttp1 {
+    /// HTTP/1.1 end to end: each app connection gets an mTLS connection of
+    /// its own to the peer, taken from (and given back to) a small pool of
+    /// idle ones, as nginx and HAProxy do. No HTTP/2 framing, no shared
+    /// connection task.
+    #[default]
+    Dedicated,
+    /// As HTTP/2 streams on the one shared mTLS connection to the peer.
+    Multiplexed,
 }
 
 /// The listener `warden init` redirects the app's outbound TCP to.

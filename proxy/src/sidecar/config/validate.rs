@@ -273,6 +273,7 @@ fn outbound(section: OutboundSection) -> Result<OutboundConfig, ConfigError> {
         proxy,
         transparent,
         endpoints,
+        peer_http1: section.peer_http1,
     })
 }
 

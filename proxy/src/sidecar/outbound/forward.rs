@@ -43,34 +43,19 @@ impl Route {
                     .map_err(peer_refusal)?;
             let Some(request) = req.take() else { break };
             match tokio::time::timeout(timeout, sender.try_send_request(request)).await {
-                Ok(Ok(mut response)) => {
-                    strip_response(&mut response);
-                    response.headers_mut().remove(ORIG_PROTO);
-                    *response.version_mut() = from_version;
-                    return Ok(response.map(boxed));
-                }
+                Ok(Ok(response)) => return Ok(from_peer(response, from_version)),
                 Ok(Err(_)) if fault.happened() => return Err(malformed_body()),
                 Ok(Err(mut e)) => {
                     req = e.take_message();
                     if req.is_none() || attempt == 1 {
-                        return Err(Refusal::new(
-                            RefusalKind::PeerFailed,
-                            format!(
-                                "peer sidecar {} failed the request: {}",
-                                self.upstream,
-                                error_chain(e.error())
-                            ),
-                        ));
+                        return Err(peer_failed(self.upstream, e.error()));
                     }
                     self.channel.reset(connection).await;
                 }
                 Err(_) => return Err(peer_timeout(self.upstream, timeout)),
             }
         }
-        Err(Refusal::new(
-            RefusalKind::PeerFailed,
-            format!("peer sidecar {} kept closing the connection", self.upstream),
-        ))
+        Err(kept_closing(self.upstream))
     }
 }
 
@@ -79,12 +64,7 @@ impl Route {
 /// headers, and the app's HTTP/1.1 noted. Returns the version the app spoke.
 fn for_peer<B>(req: &mut Request<B>, upstream: SocketAddr) -> Result<Version, Refusal> {
     let from_version = req.version();
-    let host = request_host(req);
-    let authority = if host.is_empty() {
-        upstream.to_string()
-    } else {
-        host
-    };
+    let authority = peer_authority(req, upstream);
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     *req.uri_mut() = format!("http://{authority}{path}")
         .parse::<Uri>()
@@ -103,6 +83,45 @@ fn for_peer<B>(req: &mut Request<B>, upstream: SocketAddr) -> Result<Version, Re
     }
     *req.version_mut() = Version::HTTP_2;
     Ok(from_version)
+}
+
+/// The host the app named (its `Host`, or its request target's authority),
+/// or the upstream's address when it named none.
+pub(super) fn peer_authority<B>(req: &Request<B>, upstream: SocketAddr) -> String {
+    let host = request_host(req);
+    if host.is_empty() {
+        upstream.to_string()
+    } else {
+        host
+    }
+}
+
+/// The peer's response as the app gets it: in the protocol the app spoke,
+/// without hop-by-hop or Warden's own headers.
+pub(super) fn from_peer(mut response: Response<Incoming>, version: Version) -> Response<Body> {
+    strip_response(&mut response);
+    response.headers_mut().remove(ORIG_PROTO);
+    *response.version_mut() = version;
+    response.map(boxed)
+}
+
+/// 502: the peer sidecar broke the exchange.
+pub(super) fn peer_failed(upstream: SocketAddr, e: &hyper::Error) -> Refusal {
+    Refusal::new(
+        RefusalKind::PeerFailed,
+        format!(
+            "peer sidecar {upstream} failed the request: {}",
+            error_chain(e)
+        ),
+    )
+}
+
+/// 502: every connection tried closed before taking the request.
+pub(super) fn kept_closing(upstream: SocketAddr) -> Refusal {
+    Refusal::new(
+        RefusalKind::PeerFailed,
+        format!("peer sidecar {upstream} kept closing the connection"),
+    )
 }
 
 /// 504: the peer sidecar did not start its response in time.

@@ -83,7 +83,7 @@ impl ProxyListener {
                 if let Ok(host) = HeaderValue::from_str(&original) {
                     req.headers_mut().insert(header::HOST, host);
                 }
-                Ok(route.request(req).await)
+                Ok(route.request(req, None).await)
             }
             (true, RouteProtocol::Tcp) => self.tunnel(route, req).await,
             (true, RouteProtocol::Http) => Err(Refusal::new(
