@@ -61,7 +61,11 @@ struct Server {
 
 impl Server {
     fn start(data: &Path, database: Option<&str>) -> Result<Server, Error> {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_warden"));
+        // `WARDEN_BENCH_BIN`: another build's control plane, for a before
+        // and after in one sitting.
+        let bin = std::env::var_os("WARDEN_BENCH_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_warden").into());
+        let mut command = Command::new(bin);
         command
             .args(["control", "serve", "--trust-domain", TD, "--data-dir"])
             .arg(data)

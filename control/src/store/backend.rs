@@ -198,12 +198,26 @@ fn sqlite_rows(
     Ok(out)
 }
 
+fn sqlite_exec(conn: &rusqlite::Connection, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
+    let n = conn
+        .prepare_cached(sql)?
+        .execute(rusqlite::params_from_iter(params))?;
+    Ok(n as u64)
+}
+
+impl Sql for rusqlite::Connection {
+    fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
+        sqlite_exec(self, sql, params)
+    }
+
+    fn rows(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
+        sqlite_rows(self, sql, params)
+    }
+}
+
 impl Sql for rusqlite::Transaction<'_> {
     fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
-        let n = self
-            .prepare_cached(sql)?
-            .execute(rusqlite::params_from_iter(params))?;
-        Ok(n as u64)
+        sqlite_exec(self, sql, params)
     }
 
     fn rows(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
@@ -292,7 +306,7 @@ const MAX_ATTEMPTS: u32 = 8;
 pub const PG_POOL: usize = 8;
 
 pub enum Backend {
-    Sqlite(Mutex<rusqlite::Connection>),
+    Sqlite(super::group::GroupCommit),
     Postgres {
         url: String,
         /// Opened as needed, up to [`PG_POOL`]; a closed one is reopened.
@@ -337,7 +351,7 @@ fn pool_slot<T>(pool: &[Mutex<T>], wait: usize) -> std::sync::MutexGuard<'_, T> 
     lock(&pool[wait % pool.len()])
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock dropped (rolled back) its transaction;
     // the connection itself is consistent.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -422,7 +436,7 @@ impl Backend {
                 let mut conn = sqlite_connect(path)?;
                 let set = or_builtin(migrations, Dialect::Sqlite);
                 migrate::upgrade_sqlite(&mut conn, path, &set, true)?;
-                Ok(Backend::Sqlite(Mutex::new(conn)))
+                Ok(Backend::Sqlite(super::group::GroupCommit::new(conn)))
             }
             Database::Postgres(url) => {
                 let mut client = pg_connect(url)?;
@@ -463,23 +477,17 @@ impl Backend {
     }
 
     /// Runs `f` in one transaction: committed if it returns `Ok`, rolled
-    /// back otherwise. SQLite takes the write lock up front (`BEGIN
-    /// IMMEDIATE`); PostgreSQL runs SERIALIZABLE and retries `f` when a
-    /// concurrent replica's transaction wins a conflict, so `f` must be
-    /// safe to run again.
+    /// back otherwise; `Ok` only once committed. SQLite takes the write
+    /// lock up front (`BEGIN IMMEDIATE`) and commits concurrent callers'
+    /// transactions together (see [`super::group`]); PostgreSQL runs
+    /// SERIALIZABLE and retries `f` when a concurrent replica's transaction
+    /// wins a conflict, so `f` must be safe to run again.
     pub fn tx<T>(
         &self,
         mut f: impl FnMut(&mut dyn Sql) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         match self {
-            Backend::Sqlite(conn) => {
-                let mut conn = lock(conn);
-                let mut tx =
-                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                let value = f(&mut tx)?;
-                tx.commit()?;
-                Ok(value)
-            }
+            Backend::Sqlite(group) => group.tx(f),
             Backend::Postgres { url, pool, next } => {
                 let start = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut guard = pool_slot(pool, start);

@@ -13,6 +13,7 @@ mod backend;
 mod backup;
 mod endpoints;
 mod federation;
+mod group;
 mod inventory;
 mod issuance;
 mod kinds;
