@@ -11,7 +11,9 @@
 //! commits for all and wakes them.
 //!
 //! Each transaction runs in a savepoint of the batch: one that fails is
-//! rolled back alone and the others go on. A caller learns `Ok` only once
+//! rolled back alone and the others go on; one that panics takes the whole
+//! batch down (every member gets an error), as nothing it wrote can be
+//! vouched for. A caller learns `Ok` only once
 //! the batch holding its work is committed; if that commit fails, every
 //! member gets the error and nothing of theirs was kept. The outcome is
 //! the one a sequence of separate transactions in the same order gives.
@@ -39,12 +41,21 @@ pub struct GroupCommit {
 
 struct State {
     conn: rusqlite::Connection,
-    /// The batch open now: its number and how many transactions it holds.
-    open: Option<(u64, usize)>,
+    /// The batch open now.
+    open: Option<Batch>,
     next_batch: u64,
     /// How finished batches ended, until every member asleep on one has
     /// read it: `None` committed, `Some` the error.
     outcomes: HashMap<u64, (Option<String>, usize)>,
+}
+
+/// One SQLite transaction holding several callers' transactions.
+struct Batch {
+    id: u64,
+    /// Transactions in it that succeeded: their callers wait for its commit.
+    members: usize,
+    /// Transactions that ran in it, refused ones included.
+    ran: usize,
 }
 
 impl GroupCommit {
@@ -70,44 +81,59 @@ impl GroupCommit {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let mut state = lock(&self.state);
         self.waiting.fetch_sub(1, Ordering::SeqCst);
-        let (batch, members) = match state.open {
-            Some(open) => open,
+        // SQLite rolls a transaction back by itself after some errors (a
+        // full disk, I/O): the batch is then lost, and a savepoint outside
+        // a transaction would commit on its own.
+        if state.open.is_some() && state.conn.is_autocommit() {
+            let lost = StoreError::db("the database rolled the open batch back", false);
+            let _ = self.end_batch(&mut state, false, Some(&lost));
+        }
+        let batch = match &state.open {
+            Some(open) => open.id,
             None => {
-                state.conn.execute_batch("BEGIN IMMEDIATE")?;
-                let batch = state.next_batch;
-                state.next_batch += 1;
-                (batch, 0)
-            }
-        };
-        state.open = Some((batch, members));
-        // A panic in `f` is carried to this caller once the batch is safe.
-        let ran = catch_unwind(AssertUnwindSafe(|| member(&mut state.conn, &mut f)));
-        let (ran, panicked) = match ran {
-            Ok(ran) => (ran, None),
-            Err(payload) => (
-                Ok(Err(StoreError::db("the transaction panicked", false))),
-                Some(payload),
-            ),
-        };
-        let value = match ran {
-            Ok(Ok(value)) => value,
-            Ok(Err(refused)) => {
-                // Rolled back to its savepoint: nothing of it is in the batch.
-                let _ = self.finish_if_last(&mut state, false);
-                drop(state);
-                if let Some(payload) = panicked {
-                    resume_unwind(payload);
+                if !state.conn.is_autocommit() {
+                    // Left in a transaction by a rollback that failed.
+                    state.conn.execute_batch("ROLLBACK")?;
                 }
-                return Err(refused);
-            }
-            // The savepoint could not be undone: the batch is lost.
-            Err(broken) => {
-                let _ = self.end_batch(&mut state, false, Some(&broken));
-                return Err(broken);
+                state.conn.execute_batch("BEGIN IMMEDIATE")?;
+                let id = state.next_batch;
+                state.next_batch += 1;
+                state.open = Some(Batch {
+                    id,
+                    members: 0,
+                    ran: 0,
+                });
+                id
             }
         };
         if let Some(open) = state.open.as_mut() {
-            open.1 += 1;
+            open.ran += 1;
+        }
+        let ran = catch_unwind(AssertUnwindSafe(|| member(&mut state.conn, &mut f)));
+        let value = match ran {
+            Ok(Ok(Ok(value))) => value,
+            Ok(Ok(Err(refused))) => {
+                // Rolled back to its savepoint: nothing of it is in the batch.
+                let _ = self.finish_if_last(&mut state, false);
+                return Err(refused);
+            }
+            // The savepoint could not be undone: the batch is lost.
+            Ok(Err(broken)) => {
+                let _ = self.end_batch(&mut state, false, Some(&broken));
+                return Err(broken);
+            }
+            // A panic in `f`: what it wrote cannot be vouched for, so the
+            // whole batch is rolled back (its members told), then the
+            // panic goes on to this caller.
+            Err(payload) => {
+                let panicked = StoreError::db("a transaction in the batch panicked", false);
+                let _ = self.end_batch(&mut state, false, Some(&panicked));
+                drop(state);
+                resume_unwind(payload);
+            }
+        };
+        if let Some(open) = state.open.as_mut() {
+            open.members += 1;
         }
         if let Some(committed) = self.finish_if_last(&mut state, true) {
             return committed.map(|()| value);
@@ -135,7 +161,9 @@ impl GroupCommit {
     /// Commits the open batch when nobody waits to join it or it is full;
     /// the commit's result for a caller that is a member (`joined`).
     fn finish_if_last(&self, state: &mut State, joined: bool) -> Option<Result<(), StoreError>> {
-        let full = state.open.is_some_and(|(_, n)| n >= MAX_BATCH);
+        // Every transaction that ran counts, refused ones too: a stream of
+        // refusals must not hold a batch (and the write lock) open.
+        let full = state.open.as_ref().is_some_and(|b| b.ran >= MAX_BATCH);
         if self.waiting.load(Ordering::SeqCst) > 0 && !full {
             return None;
         }
@@ -150,7 +178,7 @@ impl GroupCommit {
         joined: bool,
         broken: Option<&StoreError>,
     ) -> Result<(), StoreError> {
-        let Some((batch, members)) = state.open.take() else {
+        let Some(Batch { id, members, .. }) = state.open.take() else {
             return Ok(());
         };
         let result = match broken {
@@ -169,7 +197,7 @@ impl GroupCommit {
         let asleep = members - usize::from(joined);
         if asleep > 0 {
             let error = result.as_ref().err().map(ToString::to_string);
-            state.outcomes.insert(batch, (error, asleep));
+            state.outcomes.insert(id, (error, asleep));
             self.finished.notify_all();
         }
         result
@@ -183,34 +211,14 @@ fn member<T>(
     f: &mut impl FnMut(&mut dyn Sql) -> Result<T, StoreError>,
 ) -> Result<Result<T, StoreError>, StoreError> {
     conn.execute_batch("SAVEPOINT member")?;
-    let mut undo = Undo { conn, armed: true };
-    let result = f(&mut *undo.conn);
-    undo.armed = false;
-    match result {
+    match f(conn) {
         Ok(value) => {
-            undo.conn.execute_batch("RELEASE member")?;
+            conn.execute_batch("RELEASE member")?;
             Ok(Ok(value))
         }
         Err(e) => {
-            undo.conn
-                .execute_batch("ROLLBACK TO member; RELEASE member")?;
+            conn.execute_batch("ROLLBACK TO member; RELEASE member")?;
             Ok(Err(e))
-        }
-    }
-}
-
-/// Rolls the savepoint back if `f` unwinds.
-struct Undo<'a> {
-    conn: &'a mut rusqlite::Connection,
-    armed: bool,
-}
-
-impl Drop for Undo<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = self
-                .conn
-                .execute_batch("ROLLBACK TO member; RELEASE member");
         }
     }
 }
@@ -300,7 +308,7 @@ mod tests {
     }
 
     #[test]
-    fn a_panicking_transaction_is_rolled_back_and_panics_its_caller_only() {
+    fn a_panicking_transaction_is_rolled_back_with_its_batch_and_panics_its_caller() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (group, _path) = open(&dir);
         let group = Arc::new(group);

@@ -42,7 +42,7 @@ pub enum PeerError {
         expected: String,
         reason: String,
     },
-    #[error("peer sidecar {addr} does not speak HTTP/2: {reason}")]
+    #[error("peer sidecar {addr} does not speak the protocol asked for: {reason}")]
     Protocol { addr: SocketAddr, reason: String },
 }
 
@@ -98,6 +98,8 @@ pub struct H1Conn {
     /// has no way to say a request was not taken, so the race of a request
     /// and an idle close is avoided instead.
     pub last_used: Instant,
+    /// Requests sent on it so far.
+    pub requests: u64,
 }
 
 impl H1Conn {
@@ -246,18 +248,14 @@ impl PeerChannel {
     /// Runs a connection to the peer until it ends, or until the peer is
     /// revoked: then it is cut off at once (the next handshake refuses it).
     /// `open` counts it while it runs.
-    fn drive<C>(
-        &self,
-        connection: C,
-        validity: Option<PeerValidity>,
-        open: Option<Arc<AtomicUsize>>,
-    ) where
+    fn drive<C>(&self, connection: C, validity: Option<PeerValidity>, open: Option<OpenGuard>)
+    where
         C: Future<Output = hyper::Result<()>> + Send + 'static,
     {
         let addr = self.addr;
         let mut revocations = self.store.subscribe_revocations();
         tokio::spawn(async move {
-            let _open = open.map(OpenGuard);
+            let _open = open;
             tokio::pin!(connection);
             loop {
                 tokio::select! {
@@ -295,10 +293,13 @@ impl PeerChannel {
         let conn = match kept {
             Some(conn) => conn,
             None => {
-                if self.open_h1.load(Ordering::Acquire) >= MAX_H1_PER_PEER {
+                // The place is taken before connecting, so that a burst of
+                // new app connections cannot overshoot the cap; it is given
+                // back if the connection is not made.
+                let Some(place) = OpenGuard::take(&self.open_h1) else {
                     return Ok(None);
-                }
-                tokio::time::timeout(self.connect_timeout, self.connect_h1(generation))
+                };
+                tokio::time::timeout(self.connect_timeout, self.connect_h1(generation, place))
                     .await
                     .map_err(|_| PeerError::Timeout {
                         addr: self.addr,
@@ -333,14 +334,21 @@ impl PeerChannel {
             .idle_h1
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        idle.retain(|c| !c.sender.is_closed());
+        let fresh_for = self.limits.idle_timeout / 2;
+        idle.retain(|c| c.usable(generation, fresh_for));
         if idle.len() < MAX_IDLE_H1 {
             idle.push(conn);
         }
     }
 
-    async fn connect_h1(&self, generation: u64) -> Result<H1Conn, PeerError> {
+    async fn connect_h1(&self, generation: u64, place: OpenGuard) -> Result<H1Conn, PeerError> {
         let tls = self.handshake(Carrying::Http1).await?;
+        if tls.get_ref().1.alpn_protocol() != Some(b"http/1.1") {
+            return Err(PeerError::Protocol {
+                addr: self.addr,
+                reason: "ALPN did not select http/1.1".into(),
+            });
+        }
         let validity = self.validity(&tls);
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
             // What is read ahead of a slow app is bounded as on every
@@ -349,12 +357,12 @@ impl PeerChannel {
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|e| self.protocol_error(e))?;
-        self.open_h1.fetch_add(1, Ordering::AcqRel);
-        self.drive(connection, validity, Some(self.open_h1.clone()));
+        self.drive(connection, validity, Some(place));
         Ok(H1Conn {
             sender,
             generation,
             last_used: Instant::now(),
+            requests: 0,
         })
     }
 
@@ -371,6 +379,17 @@ impl PeerChannel {
 
 /// Counts an HTTP/1.1 connection as open until its task ends.
 struct OpenGuard(Arc<AtomicUsize>);
+
+impl OpenGuard {
+    /// One place of [`MAX_H1_PER_PEER`], if one is free.
+    fn take(open: &Arc<AtomicUsize>) -> Option<OpenGuard> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_H1_PER_PEER).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| OpenGuard(open.clone()))
+    }
+}
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {

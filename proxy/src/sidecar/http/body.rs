@@ -13,7 +13,8 @@ use http::Request;
 /// reset): the upstream request then fails, and the fault is the caller's
 /// (400), not the upstream's (502).
 pub struct CallerBody {
-    inner: hyper::body::Incoming,
+    /// None: no body (a request made again, see [`CallerBody::empty`]).
+    inner: Option<hyper::body::Incoming>,
     failed: Arc<AtomicBool>,
 }
 
@@ -33,7 +34,21 @@ impl CallerBody {
     pub fn wrap(req: Request<hyper::body::Incoming>) -> (Request<CallerBody>, BodyFault) {
         let fault = BodyFault::default();
         let failed = fault.0.clone();
-        (req.map(|inner| CallerBody { inner, failed }), fault)
+        (
+            req.map(|inner| CallerBody {
+                inner: Some(inner),
+                failed,
+            }),
+            fault,
+        )
+    }
+
+    /// No body at all: for a bodiless request sent again.
+    pub fn empty() -> Self {
+        CallerBody {
+            inner: None,
+            failed: Arc::default(),
+        }
     }
 }
 
@@ -45,7 +60,10 @@ impl http_body::Body for CallerBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
         if let Poll::Ready(Some(Err(_))) = &polled {
             self.failed.store(true, Ordering::Release);
         }
@@ -53,10 +71,15 @@ impl http_body::Body for CallerBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner
+            .as_ref()
+            .is_none_or(http_body::Body::is_end_stream)
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        self.inner.as_ref().map_or_else(
+            || http_body::SizeHint::with_exact(0),
+            http_body::Body::size_hint,
+        )
     }
 }

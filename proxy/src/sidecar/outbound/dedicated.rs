@@ -47,9 +47,10 @@ impl Drop for Lane {
 /// What became of a request on the lane.
 pub(super) enum Relayed {
     Done(Result<Response<Body>, Refusal>),
-    /// The peer has as many HTTP/1.1 connections as it takes: the request,
-    /// untouched, goes on the multiplexed connection.
-    Full(Request<Incoming>),
+    /// No HTTP/1.1 connection could be had (the peer has as many as it
+    /// takes, or refused a new one): the request, untouched, goes on the
+    /// multiplexed connection.
+    Multiplex(Request<Incoming>),
 }
 
 impl Route {
@@ -63,7 +64,15 @@ impl Route {
         let connect_timeout = self.shared.config.limits.peer_connect_timeout;
         match tokio::time::timeout(connect_timeout, self.channel.h1(&mut held)).await {
             Ok(Ok(Some(_))) => {}
-            Ok(Ok(None)) => return Relayed::Full(req),
+            Ok(Ok(None)) => return Relayed::Multiplex(req),
+            // Not for a timeout (the caller would wait twice): any other
+            // failure, such as the peer's per-source cap, gets one more
+            // chance on the multiplexed connection, which tells the caller
+            // what went wrong if it fails too.
+            Ok(Err(e)) if !matches!(e, PeerError::Timeout { .. }) => {
+                tracing::debug!(error = %e, "no HTTP/1.1 connection to the peer; multiplexing");
+                return Relayed::Multiplex(req);
+            }
             Ok(Err(e)) => return Relayed::Done(Err(peer_refusal(e))),
             Err(_) => {
                 return Relayed::Done(Err(peer_refusal(PeerError::Timeout {
@@ -80,8 +89,11 @@ impl Route {
         Relayed::Done(self.exchange(&mut held, req, &fault, from_version).await)
     }
 
-    /// Sends `req` on the held connection; a request the connection handed
-    /// back unsent (it was closing) goes once more on another.
+    /// Sends `req` on the held connection. A request the connection handed
+    /// back unsent (it was closing) goes once more on another; so does a
+    /// safe, bodiless one (GET, HEAD, OPTIONS) that a reused connection
+    /// lost before any answer, as the peer may have closed it as idle just
+    /// as it was sent (HTTP/1.1 cannot say "not taken").
     async fn exchange(
         &self,
         held: &mut Option<H1Conn>,
@@ -106,6 +118,11 @@ impl Route {
             };
             let Some(request) = req.take() else { break };
             conn.last_used = Instant::now();
+            let reused = conn.requests > 0;
+            conn.requests += 1;
+            let again = (reused && attempt == 0)
+                .then(|| replayable(&request))
+                .flatten();
             if conn.sender.ready().await.is_err() {
                 // Closed before anything was sent: another connection.
                 req = Some(request);
@@ -114,10 +131,13 @@ impl Route {
             }
             match tokio::time::timeout(timeout, conn.sender.try_send_request(request)).await {
                 Ok(Ok(response)) => return Ok(from_peer(response, from_version)),
-                Ok(Err(_)) if fault.happened() => return Err(malformed_body()),
+                Ok(Err(_)) if fault.happened() => {
+                    *held = None;
+                    return Err(malformed_body());
+                }
                 Ok(Err(mut e)) => {
                     *held = None;
-                    req = e.take_message();
+                    req = e.take_message().or(again);
                     if req.is_none() || attempt == 1 {
                         return Err(peer_failed(self.upstream, e.error()));
                     }
@@ -130,6 +150,24 @@ impl Route {
         }
         Err(kept_closing(self.upstream))
     }
+}
+
+/// A copy of `req` to send again, if it is safe to (an idempotent method
+/// that changes nothing, and no body).
+fn replayable(req: &Request<CallerBody>) -> Option<Request<CallerBody>> {
+    let safe = matches!(
+        *req.method(),
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    );
+    if !safe || !http_body::Body::is_end_stream(req.body()) {
+        return None;
+    }
+    let mut again = Request::new(CallerBody::empty());
+    *again.method_mut() = req.method().clone();
+    *again.uri_mut() = req.uri().clone();
+    *again.version_mut() = req.version();
+    *again.headers_mut() = req.headers().clone();
+    Some(again)
 }
 
 /// The app's request as the peer gets it over HTTP/1.1: origin-form, the
@@ -158,4 +196,64 @@ fn bad_host(authority: &str) -> Refusal {
         RefusalKind::BadRequest,
         format!("bad Host header {authority:?}"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bodiless(method: http::Method) -> Request<CallerBody> {
+        let mut req = Request::new(CallerBody::empty());
+        *req.method_mut() = method;
+        *req.uri_mut() = "/orders?id=7".parse().expect("uri");
+        req.headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("orders.svc"));
+        req
+    }
+
+    #[test]
+    fn only_safe_bodiless_requests_are_sent_again() {
+        for method in [http::Method::GET, http::Method::HEAD, http::Method::OPTIONS] {
+            let again = replayable(&bodiless(method.clone())).expect("safe");
+            assert_eq!(again.method(), method);
+            assert_eq!(again.uri(), "/orders?id=7");
+            assert_eq!(again.headers()[header::HOST], "orders.svc");
+            assert!(http_body::Body::is_end_stream(again.body()));
+        }
+        for method in [http::Method::POST, http::Method::PUT, http::Method::DELETE] {
+            assert!(replayable(&bodiless(method)).is_none());
+        }
+    }
+
+    #[test]
+    fn the_peer_gets_origin_form_and_the_apps_host() {
+        let upstream: SocketAddr = "127.0.0.1:7443".parse().expect("addr");
+        let mut req = Request::builder()
+            .version(Version::HTTP_10)
+            .uri("http://orders.svc:8080/x?y=1")
+            .header(header::CONNECTION, "keep-alive")
+            .header(ORIG_PROTO, "forged")
+            .body(())
+            .expect("request");
+        assert_eq!(
+            for_peer_http1(&mut req, upstream).expect("ok"),
+            Version::HTTP_10
+        );
+        assert_eq!(req.uri(), "/x?y=1");
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.headers()[header::HOST], "orders.svc:8080");
+        assert!(req.headers().get(header::CONNECTION).is_none());
+        assert!(req.headers().get(ORIG_PROTO).is_none());
+        let mut bad = Request::builder()
+            .uri("/")
+            .header(header::HOST, "bad host")
+            .body(())
+            .expect("request");
+        assert_eq!(
+            for_peer_http1(&mut bad, upstream)
+                .expect_err("refused")
+                .kind,
+            RefusalKind::BadRequest
+        );
+    }
 }

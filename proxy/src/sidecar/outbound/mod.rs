@@ -111,7 +111,7 @@ impl Route {
         {
             match self.forward_dedicated(lane, req).await {
                 Relayed::Done(outcome) => return outcome,
-                Relayed::Full(unsent) => req = unsent,
+                Relayed::Multiplex(unsent) => req = unsent,
             }
         }
         self.forward(req).await
