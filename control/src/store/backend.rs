@@ -198,26 +198,14 @@ fn sqlite_rows(
     Ok(out)
 }
 
-fn sqlite_exec(conn: &rusqlite::Connection, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
-    let n = conn
-        .prepare_cached(sql)?
-        .execute(rusqlite::params_from_iter(params))?;
-    Ok(n as u64)
-}
-
+/// SQLite's transactions are the group commit's savepoints on the one
+/// connection (see [`super::group`]).
 impl Sql for rusqlite::Connection {
     fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
-        sqlite_exec(self, sql, params)
-    }
-
-    fn rows(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
-        sqlite_rows(self, sql, params)
-    }
-}
-
-impl Sql for rusqlite::Transaction<'_> {
-    fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
-        sqlite_exec(self, sql, params)
+        let n = self
+            .prepare_cached(sql)?
+            .execute(rusqlite::params_from_iter(params))?;
+        Ok(n as u64)
     }
 
     fn rows(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {

@@ -13,10 +13,10 @@
 //! Each transaction runs in a savepoint of the batch: one that fails is
 //! rolled back alone and the others go on; one that panics takes the whole
 //! batch down (every member gets an error), as nothing it wrote can be
-//! vouched for. A caller learns `Ok` only once
-//! the batch holding its work is committed; if that commit fails, every
-//! member gets the error and nothing of theirs was kept. The outcome is
-//! the one a sequence of separate transactions in the same order gives.
+//! vouched for. A caller learns `Ok` only once the batch holding its work
+//! is committed; if that commit fails, every member gets the error and
+//! nothing of theirs was kept. The outcome is the one a sequence of
+//! separate transactions in the same order gives.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};

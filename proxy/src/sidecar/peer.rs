@@ -285,7 +285,7 @@ impl PeerChannel {
         held: &'a mut Option<H1Conn>,
     ) -> Result<Option<&'a mut H1Conn>, PeerError> {
         let generation = *self.svid_generation.borrow();
-        let fresh_for = self.limits.idle_timeout / 2;
+        let fresh_for = self.h1_fresh_for();
         let kept = held
             .take()
             .filter(|c| c.usable(generation, fresh_for))
@@ -310,6 +310,12 @@ impl PeerChannel {
         Ok(Some(held.insert(conn)))
     }
 
+    /// How long an HTTP/1.1 connection may stay quiet and still be reused:
+    /// half the idle timeout, well before the peer closes it as idle.
+    fn h1_fresh_for(&self) -> Duration {
+        self.limits.idle_timeout / 2
+    }
+
     fn take_idle_h1(&self, generation: u64, fresh_for: Duration) -> Option<H1Conn> {
         let mut idle = self
             .idle_h1
@@ -327,14 +333,14 @@ impl PeerChannel {
     /// next one, if it is idle and still presents our current SVID.
     pub fn release_h1(&self, conn: H1Conn) {
         let generation = *self.svid_generation.borrow();
-        if !conn.sender.is_ready() || !conn.usable(generation, self.limits.idle_timeout / 2) {
+        let fresh_for = self.h1_fresh_for();
+        if !conn.sender.is_ready() || !conn.usable(generation, fresh_for) {
             return;
         }
         let mut idle = self
             .idle_h1
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let fresh_for = self.limits.idle_timeout / 2;
         idle.retain(|c| c.usable(generation, fresh_for));
         if idle.len() < MAX_IDLE_H1 {
             idle.push(conn);

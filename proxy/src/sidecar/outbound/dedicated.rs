@@ -61,25 +61,19 @@ impl Route {
     ) -> Relayed {
         let mut held = lane.held.lock().await;
         // The connection first: a full peer leaves the request as it came.
-        let connect_timeout = self.shared.config.limits.peer_connect_timeout;
-        match tokio::time::timeout(connect_timeout, self.channel.h1(&mut held)).await {
-            Ok(Ok(Some(_))) => {}
-            Ok(Ok(None)) => return Relayed::Multiplex(req),
+        // `h1` bounds a new connection by the peer connect timeout.
+        match self.channel.h1(&mut held).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Relayed::Multiplex(req),
             // Not for a timeout (the caller would wait twice): any other
             // failure, such as the peer's per-source cap, gets one more
             // chance on the multiplexed connection, which tells the caller
             // what went wrong if it fails too.
-            Ok(Err(e)) if !matches!(e, PeerError::Timeout { .. }) => {
+            Err(e) if !matches!(e, PeerError::Timeout { .. }) => {
                 tracing::debug!(error = %e, "no HTTP/1.1 connection to the peer; multiplexing");
                 return Relayed::Multiplex(req);
             }
-            Ok(Err(e)) => return Relayed::Done(Err(peer_refusal(e))),
-            Err(_) => {
-                return Relayed::Done(Err(peer_refusal(PeerError::Timeout {
-                    addr: self.upstream,
-                    timeout: connect_timeout,
-                })));
-            }
+            Err(e) => return Relayed::Done(Err(peer_refusal(e))),
         }
         let from_version = match for_peer_http1(&mut req, self.upstream) {
             Ok(version) => version,
