@@ -233,7 +233,6 @@ async fn bench_backend(
     let server = Server::start(&data, database.as_deref())?;
     let admin = warden_control::server::admin_client(&data)?;
     let bundle = std::fs::read(data.join("bundle.pem"))?;
-    let anonymous = ControlClient::trusting(server.api, server_id(), &bundle)?;
     println!("{name}: {n} simulated sidecars, concurrency {concurrency}");
 
     // Setup, untimed: one token and one key + CSR per sidecar.
@@ -262,12 +261,16 @@ async fn bench_backend(
     })
     .await;
     let tokens_json = created.report("tokens", n);
-    let joins: Vec<(String, String, String)> = tokens
+    // Each simulated sidecar its own client: a join is a new sidecar's
+    // first call, on a connection of its own.
+    let joins: Vec<(ControlClient, String, String, String)> = tokens
         .into_iter()
         .flatten()
         .map(|token| {
             let kc = warden_proxy::identity::keygen::new_key_and_bare_csr().expect("keygen");
+            let client = ControlClient::trusting(server.api, server_id(), &bundle).expect("client");
             (
+                client,
                 token,
                 pem_encode("CERTIFICATE REQUEST", &kc.csr_der),
                 kc.key_pem,
@@ -276,9 +279,11 @@ async fn bench_backend(
         .collect();
 
     // 1. Issuance: every sidecar joins.
-    let (joined, svids) = run_phase(&server, joins, concurrency, move |(token, csr, key)| {
-        let client = anonymous.clone();
-        async move {
+    let (joined, svids) = run_phase(
+        &server,
+        joins,
+        concurrency,
+        move |(client, token, csr, key)| async move {
             let svid: api::SvidResponse = client
                 .post(
                     api::JOIN,
@@ -292,8 +297,8 @@ async fn bench_backend(
                 .await
                 .map_err(|e| e.to_string())?;
             Ok((svid, key))
-        }
-    })
+        },
+    )
     .await;
     let join_json = joined.report("joins", n);
 
@@ -331,8 +336,14 @@ async fn bench_backend(
     .await;
     let renew_json = renewed.report("renewals", renewing);
 
-    // 3. JWT-SVIDs: each sidecar asks for one over mTLS.
+    // 3. JWT-SVIDs: each sidecar asks for one over mTLS, on the connection
+    // its renewal left open when that was less than 5 s ago.
     let asking = jwt_clients.len();
+    let connections = |clients: &[ControlClient]| -> u64 {
+        clients.iter().map(ControlClient::connections_made).sum()
+    };
+    let before_jwt = connections(&jwt_clients);
+    let counted = jwt_clients.clone();
     let (issued, _) = run_phase(&server, jwt_clients, concurrency, |client| async move {
         let jwt: api::JwtResponse = client
             .post(
@@ -348,6 +359,11 @@ async fn bench_backend(
     })
     .await;
     let jwt_json = issued.report("JWT-SVIDs", asking);
+    let new_connections = connections(&counted) - before_jwt;
+    println!(
+        "  JWT-SVIDs on {} kept connections, {new_connections} new",
+        asking as u64 - new_connections.min(asking as u64)
+    );
     let per_second = |p: &serde_json::Value| p["per_second"].as_f64().unwrap_or(0.0);
     let ratio = per_second(&jwt_json) / per_second(&renew_json).max(f64::MIN_POSITIVE);
     println!("{name}: JWT-SVIDs at {ratio:.2}x the rate of X.509 renewals in the same run");

@@ -455,3 +455,89 @@ async fn free_text_filters_and_media_types_are_checked_at_the_api() {
         assert!(reply.starts_with("HTTP/1.1 200"), "{scheme}: {reply}");
     }
 }
+
+async fn jwt(client: &ControlClient) -> Result<api::JwtResponse, ControlError> {
+    client
+        .post(
+            api::JWT,
+            &api::JwtRequest {
+                audiences: vec!["kept".into()],
+                ttl_secs: None,
+            },
+        )
+        .await
+}
+
+/// Calls reuse a kept connection while it is made with the current SVID;
+/// a new SVID opens a new one; and a kept connection whose client
+/// certificate expired is refused by the control plane, per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_connections_follow_the_svid_and_do_not_outlive_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(TestClock::default());
+    let control =
+        Control::start_in_process(&dir.path().join("control"), &Db::Sqlite, clock.clone()).await;
+    let orders = SpiffeId::parse(ORDERS).expect("id");
+
+    // Anonymous calls share one connection.
+    let anon = control.client(false);
+    let (csr, key) = csr_pem(&orders);
+    let first = join(&anon, &control.token(ORDERS), csr)
+        .await
+        .expect("join");
+    let _: serde_json::Value = anon.get(api::BUNDLE).await.expect("bundle");
+    assert_eq!(anon.connections_made(), 1);
+
+    // A renewal, then a JWT-SVID: one connection, with the first SVID.
+    let store = Arc::new(control.bundle_store());
+    let held = Svid::from_pem(first.chain_pem.as_bytes(), key.as_bytes()).expect("svid");
+    store.install(held, None).expect("install");
+    let client = ControlClient::new(control.api, support::control::server_id(), store.clone())
+        .expect("client");
+    let (csr, key) = csr_pem(&orders);
+    let second = renew(&client, csr).await.expect("renew");
+    jwt(&client).await.expect("jwt");
+    assert_eq!(client.connections_made(), 1);
+
+    // The first SVID revoked, the second in place: the next call makes a
+    // new connection, which presents the second (with the first, the
+    // renewal would be refused as revoked).
+    let _: api::RevokeResponse = control
+        .client(true)
+        .post(
+            api::ADMIN_REVOCATIONS,
+            &api::RevokeRequest {
+                target: first.serial.clone(),
+                reason: "superseded".into(),
+            },
+        )
+        .await
+        .expect("revoke");
+    let held = Svid::from_pem(second.chain_pem.as_bytes(), key.as_bytes()).expect("svid");
+    store.install(held, None).expect("install");
+    renew(&client, csr_pem(&orders).0)
+        .await
+        .expect("renew with the second SVID");
+    assert_eq!(client.connections_made(), 2);
+
+    // Past that SVID's expiry on the control plane's clock, the kept
+    // connection's next request is refused, though its handshake passed.
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("time")
+            .as_secs(),
+    )
+    .expect("secs");
+    clock.set_offset(second.expires_at - now + 5);
+    assert_eq!(refused_code(jwt(&client).await).1, "mtls_required");
+    assert_eq!(
+        client.connections_made(),
+        2,
+        "refused on the kept connection"
+    );
+    // The control plane closed it: the next call connects again.
+    clock.set_offset(0);
+    jwt(&client).await.expect("jwt once the clock is back");
+    assert_eq!(client.connections_made(), 3);
+}

@@ -105,6 +105,32 @@ async fn route(
 ) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    // Connections are kept alive between calls, so one may outlive the
+    // client certificate its handshake checked: every request checks the
+    // expiry again, and a connection past it is refused and closed.
+    if let Some(caller) = caller
+        && caller.not_after <= state.now()
+    {
+        let fail = refused(
+            state,
+            "request",
+            caller.id.as_str(),
+            Some(caller.id.as_str()),
+            Fail::new(
+                Reason::MtlsRequired,
+                format!(
+                    "the client certificate (serial {}) expired at {}; connect again with a current SVID",
+                    caller.serial, caller.not_after
+                ),
+            ),
+        );
+        let mut response = answer_refusal(state, remote, fail).await;
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return response;
+    }
     let result = match (&method, path.as_str()) {
         (&Method::GET, api::BUNDLE) => Ok(json_response(StatusCode::OK, &state.bundle())),
         (&Method::GET, api::SPIFFE_BUNDLE) => Ok(spiffe_bundle_response(state)),
@@ -136,19 +162,27 @@ async fn route(
         )),
         _ => Err(Fail::new(Reason::NotFound, format!("no endpoint {path}"))),
     };
-    let mut response = match result {
-        Ok(response) => response,
-        Err(mut fail) => {
-            // The audit row is written before the caller hears the refusal.
-            if let Some(event) = fail.audit.take()
-                && state.audit_admitted(remote.ip())
-            {
-                let db = state.db.clone();
-                let _ = tokio::task::spawn_blocking(move || db.audit(&event)).await;
-            }
-            fail_response(&fail)
+    match result {
+        Ok(mut response) => {
+            response.headers_mut().insert(
+                api::VERSION_HEADER,
+                header::HeaderValue::from_static(api::VERSION),
+            );
+            response
         }
-    };
+        Err(fail) => answer_refusal(state, remote, fail).await,
+    }
+}
+
+/// The answer to a refused request, once its audit row is written.
+async fn answer_refusal(state: &State, remote: SocketAddr, mut fail: Fail) -> Response<Body> {
+    if let Some(event) = fail.audit.take()
+        && state.audit_admitted(remote.ip())
+    {
+        let db = state.db.clone();
+        let _ = tokio::task::spawn_blocking(move || db.audit(&event)).await;
+    }
+    let mut response = fail_response(&fail);
     response.headers_mut().insert(
         api::VERSION_HEADER,
         header::HeaderValue::from_static(api::VERSION),

@@ -1,8 +1,11 @@
 //! A small HTTPS client for the control plane's API: TLS 1.3, the server
-//! checked against the control plane's SPIFFE ID, one request per connection.
+//! checked against the control plane's SPIFFE ID, HTTP/1.1 connections kept
+//! for a few seconds between calls (the watch's next long poll, a JWT-SVID
+//! after a renewal) instead of a TLS handshake per call.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, header};
@@ -23,6 +26,63 @@ use super::{ControlAddr, ControlError, api};
 /// the big ones).
 const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 
+/// How long an idle connection is kept for the next call: long enough for
+/// the watch's next poll and calls made together, well under the control
+/// plane's own idle limit (its 10 s header read timeout), so that it is
+/// never the server that closes a connection the client is about to use.
+pub const KEEP_IDLE: Duration = Duration::from_secs(5);
+
+/// Idle connections kept at most, per client and its clones (a watch and a
+/// renewal, say, at the same time).
+const MAX_KEPT: usize = 2;
+
+/// How long a kept connection may take to be ready for the next request
+/// (its task finishing the last answer); beyond it a new one is made.
+const READY_WITHIN: Duration = Duration::from_millis(250);
+
+/// An idle connection kept after a call, and what it was made with: it is
+/// used again only while the client would make the same one now.
+struct Kept {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    /// The serial of the client certificate presented, if any.
+    svid: Option<String>,
+    /// The trust bundles the server was checked against.
+    bundles: Arc<TrustBundleSet>,
+    idle_since: Instant,
+}
+
+/// The connections a client and its clones share.
+#[derive(Default)]
+struct Connections {
+    kept: Mutex<Vec<Kept>>,
+    /// Connections made (each a TLS handshake).
+    made: AtomicU64,
+}
+
+/// How an exchange on a connection failed.
+enum Failed {
+    /// No answer came: the request may not have reached the server.
+    BeforeAnswer(ControlError),
+    /// The answer began (or the request could not be made).
+    After(ControlError),
+}
+
+impl Failed {
+    fn into_inner(self) -> ControlError {
+        match self {
+            Failed::BeforeAnswer(e) | Failed::After(e) => e,
+        }
+    }
+}
+
+/// What a new connection would be made with now.
+fn credentials(store: &SvidStore) -> (Option<String>, Arc<TrustBundleSet>) {
+    (
+        store.current().map(|svid| svid.serial().to_owned()),
+        store.bundles(),
+    )
+}
+
 /// Calls the control plane's API over TLS 1.3, checking that the server is
 /// the control plane's SPIFFE ID. Presents the store's SVID when it has one.
 #[derive(Clone)]
@@ -35,6 +95,9 @@ pub struct ControlClient {
     server_version: Arc<std::sync::Mutex<Option<String>>>,
     /// The largest response body read.
     max_response: usize,
+    /// Whose SVID and bundles the connections use.
+    store: Arc<SvidStore>,
+    connections: Arc<Connections>,
 }
 
 impl std::fmt::Debug for ControlClient {
@@ -76,7 +139,7 @@ impl ControlClient {
         store: Arc<SvidStore>,
     ) -> Result<Self, ControlError> {
         let tls: Arc<ClientConfig> = client_config(
-            store,
+            store.clone(),
             ExpectedIdentity::exactly(server_id),
             TlsVersions::Tls13Only,
             &[b"http/1.1"],
@@ -89,7 +152,15 @@ impl ControlClient {
             bearer: None,
             server_version: Arc::default(),
             max_response: MAX_RESPONSE,
+            store,
+            connections: Arc::default(),
         })
+    }
+
+    /// Connections this client and its clones have made (TLS handshakes),
+    /// for metrics and tests: calls beyond it went on kept connections.
+    pub fn connections_made(&self) -> u64 {
+        self.connections.made.load(Ordering::Relaxed)
     }
 
     /// Reads response bodies of at most `bytes` (a larger one fails the
@@ -183,55 +254,30 @@ impl ControlClient {
         timeout: Duration,
     ) -> Result<Bytes, ControlError> {
         let addr = &self.addr;
+        let body = Bytes::from(body.unwrap_or_default());
+        // Read before connecting: should the SVID change during the
+        // handshake, the connection is tagged with the older one, and so not
+        // used again.
+        let made_with = credentials(&self.store);
         let exchange = async {
-            let tcp = addr.connect().await.map_err(|e| ControlError::Connect {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
-            let _ = tcp.set_nodelay(true);
-            let name = ServerName::try_from("warden-control")
-                .map_err(|e| ControlError::Local(e.to_string()))?;
-            let tls = self
-                .tls
-                .connect(name, tcp)
-                .await
-                .map_err(|e| ControlError::Tls {
-                    addr: addr.clone(),
-                    reason: crate::identity::describe_io_error(&e),
-                })?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| ControlError::Http(e.to_string()))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            let mut request = Request::builder()
-                .method(method)
-                .uri(path)
-                .header(header::HOST, "warden-control")
-                .header(header::ACCEPT, "application/json")
-                .header(api::VERSION_HEADER, api::VERSION);
-            if let Some(token) = &self.bearer {
-                request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            // A kept connection the server closed meanwhile fails the call
+            // before any answer: it is made once more on a new connection.
+            // Once an answer began, its outcome is the call's.
+            if let Some(sender) = self.take_kept(&made_with).await {
+                match self
+                    .exchange(sender, &made_with, &method, path, &body)
+                    .await
+                {
+                    Err(Failed::BeforeAnswer(e)) => {
+                        tracing::debug!(error = %e, "a kept control-plane connection failed; connecting again");
+                    }
+                    answer => return answer.map_err(Failed::into_inner),
+                }
             }
-            if body.is_some() {
-                request = request.header(header::CONTENT_TYPE, "application/json");
-            }
-            let request = request
-                .body(Full::new(Bytes::from(body.unwrap_or_default())))
-                .map_err(|e| ControlError::Local(e.to_string()))?;
-            let response = sender
-                .send_request(request)
+            let sender = self.connect().await?;
+            self.exchange(sender, &made_with, &method, path, &body)
                 .await
-                .map_err(|e| ControlError::Http(e.to_string()))?;
-            let status = response.status();
-            self.note_server_version(response.headers().get(api::VERSION_HEADER));
-            let bytes = Limited::new(response.into_body(), self.max_response)
-                .collect()
-                .await
-                .map_err(|e| ControlError::Http(e.to_string()))?
-                .to_bytes();
-            Ok::<_, ControlError>((status, bytes))
+                .map_err(Failed::into_inner)
         };
         let (status, bytes) = tokio::time::timeout(timeout, exchange)
             .await
@@ -254,5 +300,129 @@ impl ControlClient {
             });
         }
         Ok(bytes)
+    }
+
+    /// A kept connection still good for a call now: made with the current
+    /// SVID and bundles, idle for less than [`KEEP_IDLE`], open and ready.
+    async fn take_kept(
+        &self,
+        (svid, bundles): &(Option<String>, Arc<TrustBundleSet>),
+    ) -> Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+        let mut conn = {
+            let mut kept = self
+                .connections
+                .kept
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            kept.retain(|k| {
+                k.idle_since.elapsed() < KEEP_IDLE
+                    && k.svid == *svid
+                    && Arc::ptr_eq(&k.bundles, bundles)
+                    && !k.sender.is_closed()
+            });
+            kept.pop()?
+        };
+        // The task driving the connection may not have seen the end of the
+        // last answer yet: a kept connection is ready at once, or closed.
+        match tokio::time::timeout(READY_WITHIN, conn.sender.ready()).await {
+            Ok(Ok(())) => Some(conn.sender),
+            _ => None,
+        }
+    }
+
+    /// Keeps `sender` for the next call, made with `credentials`.
+    fn keep(
+        &self,
+        sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        (svid, bundles): &(Option<String>, Arc<TrustBundleSet>),
+    ) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut kept = self
+            .connections
+            .kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        kept.retain(|k| k.idle_since.elapsed() < KEEP_IDLE && !k.sender.is_closed());
+        if kept.len() < MAX_KEPT {
+            kept.push(Kept {
+                sender,
+                svid: svid.clone(),
+                bundles: bundles.clone(),
+                idle_since: Instant::now(),
+            });
+        }
+    }
+
+    /// A new TLS connection to the control plane, its HTTP/1.1 driven by a
+    /// task of its own.
+    async fn connect(
+        &self,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ControlError> {
+        let addr = &self.addr;
+        let tcp = addr.connect().await.map_err(|e| ControlError::Connect {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        })?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from("warden-control")
+            .map_err(|e| ControlError::Local(e.to_string()))?;
+        let tls = self
+            .tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| ControlError::Tls {
+                addr: addr.clone(),
+                reason: crate::identity::describe_io_error(&e),
+            })?;
+        self.connections.made.fetch_add(1, Ordering::Relaxed);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| ControlError::Http(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// One request and its whole answer on `sender`, which is kept for the
+    /// next call once the answer is read.
+    async fn exchange(
+        &self,
+        mut sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        made_with: &(Option<String>, Arc<TrustBundleSet>),
+        method: &Method,
+        path: &str,
+        body: &Bytes,
+    ) -> Result<(http::StatusCode, Bytes), Failed> {
+        let mut request = Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header(header::HOST, "warden-control")
+            .header(header::ACCEPT, "application/json")
+            .header(api::VERSION_HEADER, api::VERSION);
+        if let Some(token) = &self.bearer {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if !body.is_empty() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(body.clone()))
+            .map_err(|e| Failed::After(ControlError::Local(e.to_string())))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| Failed::BeforeAnswer(ControlError::Http(e.to_string())))?;
+        let status = response.status();
+        self.note_server_version(response.headers().get(api::VERSION_HEADER));
+        let bytes = Limited::new(response.into_body(), self.max_response)
+            .collect()
+            .await
+            .map_err(|e| Failed::After(ControlError::Http(e.to_string())))?
+            .to_bytes();
+        self.keep(sender, made_with);
+        Ok((status, bytes))
     }
 }
