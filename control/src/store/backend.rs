@@ -3,6 +3,7 @@
 //! `?N` placeholders (rewritten to `$N` for PostgreSQL) and only types both
 //! share (64-bit integers, text).
 
+use std::collections::HashMap;
 use std::error::Error as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -264,15 +265,56 @@ fn pg_val(row: &postgres::Row, i: usize) -> Result<Val, StoreError> {
     Ok(val.unwrap_or(Val::Null))
 }
 
-impl Sql for postgres::Transaction<'_> {
+/// One PostgreSQL connection of the pool, and the statements prepared on it.
+pub struct PgConn {
+    client: postgres::Client,
+    /// By their `?N` text. A statement given as text is parsed and planned
+    /// by the server and costs a round trip of its own before it runs;
+    /// prepared once, each later use is one round trip. Prepared statements
+    /// belong to the session, not to a transaction, so a rollback keeps
+    /// them; the cache is dropped after any failed transaction (a concurrent
+    /// replica's migration may have changed what a statement reads).
+    statements: HashMap<String, postgres::Statement>,
+}
+
+impl PgConn {
+    fn new(client: postgres::Client) -> Self {
+        PgConn {
+            client,
+            statements: HashMap::new(),
+        }
+    }
+}
+
+/// A transaction on a [`PgConn`], preparing each statement once per
+/// connection.
+struct PgTx<'a, 'c> {
+    tx: &'a mut postgres::Transaction<'c>,
+    statements: &'a mut HashMap<String, postgres::Statement>,
+}
+
+impl PgTx<'_, '_> {
+    fn statement(&mut self, sql: &str) -> Result<postgres::Statement, StoreError> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.tx.prepare(pg_sql(sql).as_str())?;
+        self.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+}
+
+impl Sql for PgTx<'_, '_> {
     fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
+        let statement = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        Ok(self.execute(pg_sql(sql).as_str(), &params)?)
+        Ok(self.tx.execute(&statement, &params)?)
     }
 
     fn rows(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
+        let statement = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        let rows = self.query(pg_sql(sql).as_str(), &params)?;
+        let rows = self.tx.query(&statement, &params)?;
         rows.iter()
             .map(|r| {
                 (0..r.len())
@@ -298,7 +340,7 @@ pub enum Backend {
     Postgres {
         url: String,
         /// Opened as needed, up to [`PG_POOL`]; a closed one is reopened.
-        pool: Vec<Mutex<Option<Box<postgres::Client>>>>,
+        pool: Vec<Mutex<Option<Box<PgConn>>>>,
         /// Which busy connection the next transaction waits for.
         next: std::sync::atomic::AtomicUsize,
     },
@@ -309,7 +351,7 @@ impl Drop for Backend {
         // The blocking client shuts its own runtime down when dropped, which
         // panics inside another runtime: drop them on a plain thread.
         if let Backend::Postgres { pool, .. } = self {
-            let clients: Vec<Box<postgres::Client>> = pool
+            let clients: Vec<Box<PgConn>> = pool
                 .iter_mut()
                 .filter_map(|slot| {
                     slot.get_mut()
@@ -430,9 +472,9 @@ impl Backend {
                 let mut client = pg_connect(url)?;
                 let set = or_builtin(migrations, Dialect::Postgres);
                 migrate::upgrade_postgres(&mut client, &set, true)?;
-                let mut pool: Vec<Mutex<Option<Box<postgres::Client>>>> =
+                let mut pool: Vec<Mutex<Option<Box<PgConn>>>> =
                     (0..PG_POOL).map(|_| Mutex::new(None)).collect();
-                pool[0] = Mutex::new(Some(Box::new(client)));
+                pool[0] = Mutex::new(Some(Box::new(PgConn::new(client))));
                 Ok(Backend::Postgres {
                     url: url.clone(),
                     pool,
@@ -482,21 +524,28 @@ impl Backend {
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
-                    if guard.as_ref().is_none_or(|c| c.is_closed()) {
-                        *guard = Some(Box::new(pg_connect(url)?));
+                    if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
+                        *guard = Some(Box::new(PgConn::new(pg_connect(url)?)));
                     }
-                    let Some(client) = guard.as_mut() else {
+                    let Some(conn) = guard.as_mut() else {
                         return Err(StoreError::db("no database connection", true));
                     };
+                    let PgConn { client, statements } = &mut **conn;
                     let result: Result<T, StoreError> = (|| {
                         let mut tx = client
                             .build_transaction()
                             .isolation_level(postgres::IsolationLevel::Serializable)
                             .start()?;
-                        let value = f(&mut tx)?;
+                        let value = f(&mut PgTx {
+                            tx: &mut tx,
+                            statements: &mut *statements,
+                        })?;
                         tx.commit()?;
                         Ok(value)
                     })();
+                    if let Err(StoreError::Db { .. }) = &result {
+                        statements.clear();
+                    }
                     match result {
                         Err(e) if e.retryable() && attempt < MAX_ATTEMPTS => {
                             std::thread::sleep(std::time::Duration::from_millis(
@@ -504,7 +553,7 @@ impl Backend {
                             ));
                         }
                         Err(e) => {
-                            if guard.as_ref().is_some_and(|c| c.is_closed()) {
+                            if guard.as_ref().is_some_and(|c| c.client.is_closed()) {
                                 *guard = None;
                             }
                             return Err(e);
