@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use warden_control::ca::{CertificateAuthority, InitOptions, SignRequest};
 use warden_proxy::control::{ControlClient, api, trust_store};
-use warden_proxy::identity::{SpiffeId, Svid, TrustDomain, new_key_and_csr, pem_encode};
+use warden_proxy::identity::{SpiffeId, Svid, SvidStore, TrustDomain, new_key_and_csr, pem_encode};
 
 #[allow(dead_code)]
 #[path = "support/proc.rs"]
@@ -303,41 +303,57 @@ async fn bench_backend(
     let join_json = joined.report("joins", n);
 
     // 2. The renewal storm: each sidecar with its own SVID and a new key.
-    let storm: Vec<(ControlClient, String)> = svids
+    let storm: Vec<(ControlClient, Arc<SvidStore>, String, String)> = svids
         .into_iter()
         .flatten()
         .map(|(svid, key)| {
-            let store = trust_store(&server_id(), &bundle).expect("bundle");
+            let store = Arc::new(trust_store(&server_id(), &bundle).expect("bundle"));
             let held = Svid::from_pem(svid.chain_pem.as_bytes(), key.as_bytes()).expect("svid");
             store.install(held, None).expect("install");
             let id = SpiffeId::parse(&svid.spiffe_id).expect("id");
             let kc = new_key_and_csr(&id).expect("keygen");
             let client =
-                ControlClient::new(server.api, server_id(), Arc::new(store)).expect("client");
-            (client, pem_encode("CERTIFICATE REQUEST", &kc.csr_der))
+                ControlClient::new(server.api, server_id(), store.clone()).expect("client");
+            (
+                client,
+                store,
+                pem_encode("CERTIFICATE REQUEST", &kc.csr_der),
+                kc.key_pem,
+            )
         })
         .collect();
     let renewing = storm.len();
-    let jwt_clients: Vec<ControlClient> = storm.iter().map(|(c, _)| c.clone()).collect();
-    let (renewed, _) = run_phase(&server, storm, concurrency, |(client, csr)| async move {
-        let svid: api::SvidResponse = client
-            .post(
-                api::RENEW,
-                &api::RenewRequest {
-                    csr,
-                    instance: "bench".into(),
-                    ttl_secs: None,
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(svid.serial)
-    })
+    let jwt_clients: Vec<ControlClient> = storm.iter().map(|(c, ..)| c.clone()).collect();
+    let (renewed, renewals) = run_phase(
+        &server,
+        storm,
+        concurrency,
+        |(client, store, csr, key)| async move {
+            let svid: api::SvidResponse = client
+                .post(
+                    api::RENEW,
+                    &api::RenewRequest {
+                        csr,
+                        instance: "bench".into(),
+                        ttl_secs: None,
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((store, svid.chain_pem, key))
+        },
+    )
     .await;
     let renew_json = renewed.report("renewals", renewing);
+    // Untimed: each sidecar installs its renewed SVID, as a sidecar does, so
+    // that its next call presents it (on a new connection).
+    for (store, chain, key) in renewals.into_iter().flatten() {
+        let held = Svid::from_pem(chain.as_bytes(), key.as_bytes()).expect("renewed svid");
+        store.install(held, None).expect("install");
+    }
 
-    // 3. JWT-SVIDs: each sidecar asks for one over mTLS, on the connection
-    // its renewal left open when that was less than 5 s ago.
+    // 3. JWT-SVIDs: each sidecar asks for one over mTLS, with its renewed
+    // SVID (so on a new connection).
     let asking = jwt_clients.len();
     let connections = |clients: &[ControlClient]| -> u64 {
         clients.iter().map(ControlClient::connections_made).sum()

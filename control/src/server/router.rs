@@ -12,6 +12,23 @@ pub(super) struct Caller {
     pub(super) not_after: i64,
 }
 
+impl Caller {
+    /// Refused once its certificate has expired: a kept-alive connection
+    /// (or a long poll) can outlive the handshake that checked it.
+    pub(super) fn check_current(&self, state: &State) -> Result<(), Fail> {
+        if self.not_after > state.now() {
+            return Ok(());
+        }
+        Err(Fail::new(
+            Reason::BadClientCertificate,
+            format!(
+                "the client certificate (serial {}) expired at {}; connect again with a current SVID",
+                self.serial, self.not_after
+            ),
+        ))
+    }
+}
+
 pub(super) async fn serve_api(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -107,22 +124,17 @@ async fn route(
     let path = req.uri().path().to_owned();
     // Connections are kept alive between calls, so one may outlive the
     // client certificate its handshake checked: every request checks the
-    // expiry again, and a connection past it is refused and closed.
+    // expiry again, and a connection past it is refused (as the handshake
+    // refuses an expired certificate) and closed.
     if let Some(caller) = caller
-        && caller.not_after <= state.now()
+        && let Err(fail) = caller.check_current(state)
     {
         let fail = refused(
             state,
             "request",
             caller.id.as_str(),
             Some(caller.id.as_str()),
-            Fail::new(
-                Reason::MtlsRequired,
-                format!(
-                    "the client certificate (serial {}) expired at {}; connect again with a current SVID",
-                    caller.serial, caller.not_after
-                ),
-            ),
+            fail,
         );
         let mut response = answer_refusal(state, remote, fail).await;
         response.headers_mut().insert(

@@ -441,6 +441,8 @@ pub(super) async fn watch_changes(
         Ok((revocations, policy, endpoints, federated))
     })
     .await?;
+    // The wait may have outlived the caller's certificate.
+    caller.check_current(state)?;
     if revocations
         .spiffe_ids
         .iter()

@@ -272,8 +272,12 @@ pub struct PgConn {
     /// by the server and costs a round trip of its own before it runs;
     /// prepared once, each later use is one round trip. Prepared statements
     /// belong to the session, not to a transaction, so a rollback keeps
-    /// them; the cache is dropped after any failed transaction (a concurrent
-    /// replica's migration may have changed what a statement reads).
+    /// them; the cache is dropped after a transaction fails with a database
+    /// error other than a serialization conflict (a concurrent replica's
+    /// migration may have changed what a statement reads). Statements
+    /// outlive transactions, so the connection must be the same server
+    /// session throughout: direct, or through a session-pooling proxy, not
+    /// a transaction-pooling one.
     statements: HashMap<String, postgres::Statement>,
 }
 
@@ -543,7 +547,12 @@ impl Backend {
                         tx.commit()?;
                         Ok(value)
                     })();
-                    if let Err(StoreError::Db { .. }) = &result {
+                    // Not after a lost serialization conflict (retried at
+                    // once, with the same statements).
+                    if let Err(StoreError::Db {
+                        retryable: false, ..
+                    }) = &result
+                    {
                         statements.clear();
                     }
                     match result {

@@ -1,7 +1,7 @@
 //! A small HTTPS client for the control plane's API: TLS 1.3, the server
 //! checked against the control plane's SPIFFE ID, HTTP/1.1 connections kept
-//! for a few seconds between calls (the watch's next long poll, a JWT-SVID
-//! after a renewal) instead of a TLS handshake per call.
+//! for a few seconds between calls (the watch's next long poll goes on the
+//! connection the last one used) instead of a TLS handshake per call.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,6 +36,10 @@ pub const KEEP_IDLE: Duration = Duration::from_secs(5);
 /// renewal, say, at the same time).
 const MAX_KEPT: usize = 2;
 
+/// The longest a connection is used, however busy: then the next call makes
+/// a new one, whose handshake checks the server's certificate again.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+
 /// How long a kept connection may take to be ready for the next request
 /// (its task finishing the last answer); beyond it a new one is made.
 const READY_WITHIN: Duration = Duration::from_millis(250);
@@ -48,8 +52,65 @@ struct Kept {
     svid: Option<String>,
     /// The trust bundles the server was checked against.
     bundles: Arc<TrustBundleSet>,
+    /// The server's certificate, as its handshake checked it.
+    server: ServerLeaf,
+    made_at: Instant,
     idle_since: Instant,
 }
+
+impl Kept {
+    /// Whether the client would make this connection now: the same SVID and
+    /// bundles, the server's certificate neither expired nor revoked since,
+    /// not too old, and not idle too long.
+    fn good_for(&self, (svid, bundles): &Credentials, store: &SvidStore) -> bool {
+        self.idle_since.elapsed() < KEEP_IDLE
+            && self.made_at.elapsed() < MAX_CONNECTION_AGE
+            && self.svid == *svid
+            && Arc::ptr_eq(&self.bundles, bundles)
+            && self.server.valid_now(store)
+            && !self.sender.is_closed()
+    }
+}
+
+/// What a connection's handshake saw of the server's certificate.
+#[derive(Clone)]
+struct ServerLeaf {
+    spiffe_id: String,
+    serial: String,
+    not_after: std::time::SystemTime,
+}
+
+impl ServerLeaf {
+    fn of(tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Option<Self> {
+        let leaf = tls.get_ref().1.peer_certificates()?.first()?;
+        let leaf = crate::identity::SvidLeaf::parse(
+            leaf,
+            crate::identity::Timestamp::from_system_time(std::time::SystemTime::now()),
+        )
+        .ok()?;
+        Some(ServerLeaf {
+            spiffe_id: leaf.spiffe_id.to_string(),
+            serial: leaf.serial,
+            not_after: std::time::UNIX_EPOCH
+                + Duration::from_secs(u64::try_from(leaf.not_after.0).unwrap_or(0)),
+        })
+    }
+
+    fn valid_now(&self, store: &SvidStore) -> bool {
+        std::time::SystemTime::now() < self.not_after
+            && !store.is_revoked(&self.spiffe_id, &self.serial)
+    }
+}
+
+/// A new connection: its sender and what its handshake saw of the server.
+struct Connected {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    server: Option<ServerLeaf>,
+    made_at: Instant,
+}
+
+/// The SVID serial and bundles a connection is made with.
+type Credentials = (Option<String>, Arc<TrustBundleSet>);
 
 /// The connections a client and its clones share.
 #[derive(Default)]
@@ -61,22 +122,22 @@ struct Connections {
 
 /// How an exchange on a connection failed.
 enum Failed {
-    /// No answer came: the request may not have reached the server.
-    BeforeAnswer(ControlError),
-    /// The answer began (or the request could not be made).
-    After(ControlError),
+    /// The connection would not take the request: nothing of it was sent.
+    NotSent(ControlError),
+    /// Anything else: the request may have been acted on.
+    Other(ControlError),
 }
 
 impl Failed {
     fn into_inner(self) -> ControlError {
         match self {
-            Failed::BeforeAnswer(e) | Failed::After(e) => e,
+            Failed::NotSent(e) | Failed::Other(e) => e,
         }
     }
 }
 
 /// What a new connection would be made with now.
-fn credentials(store: &SvidStore) -> (Option<String>, Arc<TrustBundleSet>) {
+fn credentials(store: &SvidStore) -> Credentials {
     (
         store.current().map(|svid| svid.serial().to_owned()),
         store.bundles(),
@@ -231,8 +292,8 @@ impl ControlClient {
             .await
     }
 
-    /// One request on a fresh connection (calls are rare: a renewal every
-    /// half SVID lifetime, a watch every few tens of seconds).
+    /// One request, on a kept connection when one is good for it (see
+    /// [`KEEP_IDLE`]), else on a new one.
     pub async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -254,28 +315,26 @@ impl ControlClient {
         timeout: Duration,
     ) -> Result<Bytes, ControlError> {
         let addr = &self.addr;
-        let body = Bytes::from(body.unwrap_or_default());
+        let body = body.map(Bytes::from);
         // Read before connecting: should the SVID change during the
         // handshake, the connection is tagged with the older one, and so not
         // used again.
         let made_with = credentials(&self.store);
         let exchange = async {
-            // A kept connection the server closed meanwhile fails the call
-            // before any answer: it is made once more on a new connection.
-            // Once an answer began, its outcome is the call's.
-            if let Some(sender) = self.take_kept(&made_with).await {
-                match self
-                    .exchange(sender, &made_with, &method, path, &body)
-                    .await
-                {
-                    Err(Failed::BeforeAnswer(e)) => {
-                        tracing::debug!(error = %e, "a kept control-plane connection failed; connecting again");
+            // A kept connection that would not take the request (the server
+            // closed it meanwhile) sent nothing of it: the call goes on a new
+            // connection. Once any of it was sent, the outcome is the call's,
+            // so a join or renewal is never made twice by this client.
+            if let Some(kept) = self.take_kept(&made_with).await {
+                match self.exchange(kept, &made_with, &method, path, &body).await {
+                    Err(Failed::NotSent(e)) => {
+                        tracing::debug!(error = %e, "a kept control-plane connection was closed; connecting again");
                     }
                     answer => return answer.map_err(Failed::into_inner),
                 }
             }
-            let sender = self.connect().await?;
-            self.exchange(sender, &made_with, &method, path, &body)
+            let connected = self.connect().await?;
+            self.exchange(connected, &made_with, &method, path, &body)
                 .await
                 .map_err(Failed::into_inner)
         };
@@ -302,64 +361,70 @@ impl ControlClient {
         Ok(bytes)
     }
 
-    /// A kept connection still good for a call now: made with the current
-    /// SVID and bundles, idle for less than [`KEEP_IDLE`], open and ready.
-    async fn take_kept(
-        &self,
-        (svid, bundles): &(Option<String>, Arc<TrustBundleSet>),
-    ) -> Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
-        let mut conn = {
-            let mut kept = self
-                .connections
-                .kept
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            kept.retain(|k| {
-                k.idle_since.elapsed() < KEEP_IDLE
-                    && k.svid == *svid
-                    && Arc::ptr_eq(&k.bundles, bundles)
-                    && !k.sender.is_closed()
-            });
-            kept.pop()?
-        };
-        // The task driving the connection may not have seen the end of the
-        // last answer yet: a kept connection is ready at once, or closed.
-        match tokio::time::timeout(READY_WITHIN, conn.sender.ready()).await {
-            Ok(Ok(())) => Some(conn.sender),
-            _ => None,
+    /// A kept connection good for a call now (see [`Kept::good_for`]) and
+    /// ready for it.
+    async fn take_kept(&self, made_with: &Credentials) -> Option<Connected> {
+        loop {
+            let mut conn = {
+                let mut kept = self
+                    .connections
+                    .kept
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                kept.retain(|k| k.good_for(made_with, &self.store));
+                kept.pop()?
+            };
+            // The task driving the connection may not have seen the end of
+            // the last answer yet: a kept connection is ready at once, or
+            // closed.
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WITHIN, conn.sender.ready()).await {
+                return Some(Connected {
+                    sender: conn.sender,
+                    server: Some(conn.server),
+                    made_at: conn.made_at,
+                });
+            }
         }
     }
 
-    /// Keeps `sender` for the next call, made with `credentials`.
-    fn keep(
-        &self,
-        sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-        (svid, bundles): &(Option<String>, Arc<TrustBundleSet>),
-    ) {
-        if sender.is_closed() {
+    /// Keeps a connection whose answer was read whole, made with
+    /// `made_with`, for the next call: in place of the oldest when
+    /// [`MAX_KEPT`] are kept already.
+    fn keep(&self, connected: Connected, made_with: &Credentials) {
+        let Connected {
+            sender,
+            server: Some(server),
+            made_at,
+        } = connected
+        else {
+            return;
+        };
+        let kept = Kept {
+            sender,
+            svid: made_with.0.clone(),
+            bundles: made_with.1.clone(),
+            server,
+            made_at,
+            idle_since: Instant::now(),
+        };
+        if !kept.good_for(made_with, &self.store) {
             return;
         }
-        let mut kept = self
+        let mut all = self
             .connections
             .kept
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        kept.retain(|k| k.idle_since.elapsed() < KEEP_IDLE && !k.sender.is_closed());
-        if kept.len() < MAX_KEPT {
-            kept.push(Kept {
-                sender,
-                svid: svid.clone(),
-                bundles: bundles.clone(),
-                idle_since: Instant::now(),
-            });
+        all.retain(|k| k.good_for(made_with, &self.store));
+        if all.len() >= MAX_KEPT {
+            all.remove(0);
         }
+        all.push(kept);
     }
 
     /// A new TLS connection to the control plane, its HTTP/1.1 driven by a
     /// task of its own.
-    async fn connect(
-        &self,
-    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ControlError> {
+    async fn connect(&self) -> Result<Connected, ControlError> {
         let addr = &self.addr;
         let tcp = addr.connect().await.map_err(|e| ControlError::Connect {
             addr: addr.clone(),
@@ -377,24 +442,29 @@ impl ControlClient {
                 reason: crate::identity::describe_io_error(&e),
             })?;
         self.connections.made.fetch_add(1, Ordering::Relaxed);
+        let server = ServerLeaf::of(&tls);
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| ControlError::Http(e.to_string()))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(sender)
+        Ok(Connected {
+            sender,
+            server,
+            made_at: Instant::now(),
+        })
     }
 
     /// One request and its whole answer on `sender`, which is kept for the
     /// next call once the answer is read.
     async fn exchange(
         &self,
-        mut sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-        made_with: &(Option<String>, Arc<TrustBundleSet>),
+        mut connected: Connected,
+        made_with: &Credentials,
         method: &Method,
         path: &str,
-        body: &Bytes,
+        body: &Option<Bytes>,
     ) -> Result<(http::StatusCode, Bytes), Failed> {
         let mut request = Request::builder()
             .method(method.clone())
@@ -405,24 +475,33 @@ impl ControlClient {
         if let Some(token) = &self.bearer {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        if !body.is_empty() {
+        if body.is_some() {
             request = request.header(header::CONTENT_TYPE, "application/json");
         }
         let request = request
-            .body(Full::new(body.clone()))
-            .map_err(|e| Failed::After(ControlError::Local(e.to_string())))?;
-        let response = sender
-            .send_request(request)
+            .body(Full::new(body.clone().unwrap_or_default()))
+            .map_err(|e| Failed::Other(ControlError::Local(e.to_string())))?;
+        let response = connected
+            .sender
+            .try_send_request(request)
             .await
-            .map_err(|e| Failed::BeforeAnswer(ControlError::Http(e.to_string())))?;
+            .map_err(|mut e| {
+                let sent = e.take_message().is_none();
+                let error = ControlError::Http(e.into_error().to_string());
+                if sent {
+                    Failed::Other(error)
+                } else {
+                    Failed::NotSent(error)
+                }
+            })?;
         let status = response.status();
         self.note_server_version(response.headers().get(api::VERSION_HEADER));
         let bytes = Limited::new(response.into_body(), self.max_response)
             .collect()
             .await
-            .map_err(|e| Failed::After(ControlError::Http(e.to_string())))?
+            .map_err(|e| Failed::Other(ControlError::Http(e.to_string())))?
             .to_bytes();
-        self.keep(sender, made_with);
+        self.keep(connected, made_with);
         Ok((status, bytes))
     }
 }
