@@ -332,3 +332,45 @@ fn policy_check_and_eval() {
     assert_eq!(json["decision"], "allow");
     assert_eq!(json["policies"], serde_json::json!(["healthz"]));
 }
+
+/// `warden control serve` and `warden proxy` raise their soft limit on open
+/// files to the hard one (a control plane holds a watch connection per
+/// sidecar); `prlimit` (util-linux) starts them at 1024 of 4096.
+#[test]
+fn servers_raise_the_open_files_limit_to_the_hard_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("control");
+    let data_arg = data.to_str().expect("utf-8 path");
+    let mut child = std::process::Command::new("prlimit")
+        .args(["--nofile=1024:4096", "--", warden_bin()])
+        .args([
+            "control",
+            "serve",
+            "--trust-domain",
+            "example.org",
+            "--data-dir",
+            data_arg,
+        ])
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prlimit (util-linux; .ci/run installs it)");
+    let stdout = child.stdout.take().expect("stdout");
+    let started = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .map_while(Result::ok)
+        .take(64)
+        .any(|line| line == "started");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id()));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(started, "the control plane did not start");
+    let limits = limits.expect("/proc/PID/limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[3..5], ["4096", "4096"], "{line}");
+}
