@@ -8,16 +8,9 @@ pub fn main<E: From<std::io::Error>>(
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return Ok(());
     }
-    // Thousands of simulated sidecars hold a socket each: the soft limit
-    // on open files up to the hard one (the servers raise theirs too).
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    let _ = rustix::process::setrlimit(
-        rustix::process::Resource::Nofile,
-        rustix::process::Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        },
-    );
+    // Thousands of simulated sidecars hold a socket each, as the servers
+    // they call do.
+    warden_proxy::process::raise_open_files_limit();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

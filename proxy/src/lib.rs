@@ -5,6 +5,7 @@ pub mod authz;
 pub mod control;
 pub mod identity;
 pub mod intercept;
+pub mod process;
 pub mod sidecar;
 pub mod tls;
 pub mod watcher;

@@ -29,7 +29,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// `warden control serve`: prints `api ADDR`, `metrics ADDR` and `started`
 /// on stdout, then serves until SIGTERM or SIGINT.
 pub fn serve(args: ControlServeArgs) -> anyhow::Result<ExitCode> {
-    super::raise_open_files_limit();
+    warden_proxy::process::raise_open_files_limit();
     let trust_domain = args
         .trust_domain
         .as_deref()

@@ -12,7 +12,7 @@ use crate::ProxyArgs;
 /// SIGTERM or SIGINT and drains.
 pub fn run(args: ProxyArgs, log_control: LogControl) -> anyhow::Result<ExitCode> {
     exit_with_parent()?;
-    super::raise_open_files_limit();
+    warden_proxy::process::raise_open_files_limit();
     let config = SidecarConfig::load(args.config.as_deref(), std::env::vars(), &args.set)
         .context("invalid configuration")?;
     let runtime = match args.workers {

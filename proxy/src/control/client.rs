@@ -361,19 +361,22 @@ impl ControlClient {
         Ok(bytes)
     }
 
-    /// A kept connection good for a call now (see [`Kept::good_for`]) and
-    /// ready for it.
+    /// The kept connections, locked, the ones no longer good for a call
+    /// made with `made_with` (see [`Kept::good_for`]) dropped.
+    fn kept_for(&self, made_with: &Credentials) -> std::sync::MutexGuard<'_, Vec<Kept>> {
+        let mut kept = self
+            .connections
+            .kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        kept.retain(|k| k.good_for(made_with, &self.store));
+        kept
+    }
+
+    /// A kept connection good for a call now and ready for it.
     async fn take_kept(&self, made_with: &Credentials) -> Option<Connected> {
         loop {
-            let mut conn = {
-                let mut kept = self
-                    .connections
-                    .kept
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                kept.retain(|k| k.good_for(made_with, &self.store));
-                kept.pop()?
-            };
+            let mut conn = self.kept_for(made_with).pop()?;
             // The task driving the connection may not have seen the end of
             // the last answer yet: a kept connection is ready at once, or
             // closed.
@@ -410,12 +413,7 @@ impl ControlClient {
         if !kept.good_for(made_with, &self.store) {
             return;
         }
-        let mut all = self
-            .connections
-            .kept
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        all.retain(|k| k.good_for(made_with, &self.store));
+        let mut all = self.kept_for(made_with);
         if all.len() >= MAX_KEPT {
             all.remove(0);
         }
