@@ -374,3 +374,38 @@ fn servers_raise_the_open_files_limit_to_the_hard_one() {
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(fields[3..5], ["4096", "4096"], "{line}");
 }
+
+/// `src/link/sidecar.order` (build.rs hands it to the linker for release
+/// builds) lists the sidecar's code, one symbol per line: a truncated or
+/// hand-edited file would quietly spread an idle sidecar over the binary
+/// again. The release build's use of it is measured by the mesh bench
+/// (`idle:` line: RSS, and how many listed functions the binary still has).
+#[test]
+fn link_order_file_lists_the_sidecars_request_path() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/link/sidecar.order");
+    let text = std::fs::read_to_string(&path).expect("src/link/sidecar.order");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 1000, "only {} functions listed", lines.len());
+    let mut seen = std::collections::HashSet::new();
+    for line in &lines {
+        assert!(
+            !line.is_empty() && !line.contains(char::is_whitespace),
+            "not a symbol: {line:?}"
+        );
+        assert!(seen.insert(*line), "listed twice: {line}");
+    }
+    // Mangled paths of what every request runs: both sidecar halves, the
+    // Cedar evaluator, TLS and HTTP.
+    for part in [
+        "12warden_proxy7sidecar7inbound",
+        "12warden_proxy7sidecar8outbound",
+        "17cedar_policy_core9evaluator",
+        "6rustls",
+        "5hyper",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(part)),
+            "no function of {part} listed"
+        );
+    }
+}

@@ -98,11 +98,12 @@ async fn run() -> Result<(), Error> {
     let (client_sidecar, server) = pair(Vec::new())?;
     let via = client_sidecar.outbound.ok_or("no outbound")?;
     wait_serving(via).await?;
+    let idle = idle_memory(&[&client_sidecar, &server]).await;
     println!(
         "mesh bench: {}s per phase, closed loop {conns} connections, open loop {rate} req/s (or half the slower target's closed-loop rate); sidecar CPU is both sidecars, from /proc",
         length.as_secs()
     );
-    let mut results = Vec::new();
+    let mut results = vec![idle];
     let mut panels = Vec::new();
     // `WARDEN_BENCH_ONLY=tracing` (or `transparent`) runs only those phases.
     let only = std::env::var("WARDEN_BENCH_ONLY").unwrap_or_default();
@@ -162,6 +163,53 @@ async fn run() -> Result<(), Error> {
     )?;
     println!("written to {}", out.display());
     Ok(())
+}
+
+/// Both sidecars' RSS once started and idle (one request served), and how
+/// much of `src/link/sidecar.order` the binary still has: the linker packs
+/// those functions together, and a file left stale by a dependency or
+/// toolchain upgrade shows here first (`benches/link-order.sh` writes it).
+async fn idle_memory(sidecars: &[&Sidecar]) -> serde_json::Value {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss: Vec<u64> = sidecars.iter().map(|s| s.usage().1).collect();
+    let order = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/link/sidecar.order");
+    let listed: Vec<String> = std::fs::read_to_string(&order)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let found = std::process::Command::new("nm")
+        .arg(env!("CARGO_BIN_EXE_warden"))
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| {
+            let defined: std::collections::HashSet<&str> = std::str::from_utf8(&out.stdout)
+                .unwrap_or("")
+                .lines()
+                .filter_map(|line| line.split_whitespace().nth(2))
+                .collect();
+            listed
+                .iter()
+                .filter(|s| defined.contains(s.as_str()))
+                .count()
+        });
+    println!(
+        "idle: sidecar RSS {} KiB (frontend, orders); link order: {} of {} functions of {} in the binary",
+        rss.iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        found.map_or("? (no nm)".to_owned(), |n| n.to_string()),
+        listed.len(),
+        order.display()
+    );
+    json!({
+        "phase": "idle",
+        "sidecar_rss_kib": rss,
+        "link_order_listed": listed.len(),
+        "link_order_found": found,
+    })
 }
 
 fn main() -> Result<(), Error> {
