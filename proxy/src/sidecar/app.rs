@@ -294,6 +294,14 @@ impl AppH2 {
         {
             return Ok(sender.clone());
         }
+        // Boxed: the connect's future (an h2 handshake) is kilobytes, and
+        // every request's future would otherwise carry and copy it.
+        let sender = Box::pin(self.open()).await?;
+        *current = Some(sender.clone());
+        Ok(sender)
+    }
+
+    async fn open(&self) -> Result<SendRequest<CallerBody>, AppError> {
         let io = self
             .app
             .connect(self.limits.app_connect_timeout)
@@ -309,7 +317,6 @@ impl AppH2 {
                 tracing::debug!(%app, error = %e, "h2c connection to the app ended");
             }
         });
-        *current = Some(sender.clone());
         Ok(sender)
     }
 

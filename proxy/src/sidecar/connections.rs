@@ -264,7 +264,11 @@ pub(crate) async fn serve_http<I, F, Fut>(
         req.extensions_mut().insert(slot_for_tunnels.clone());
         // HTTP/2 streams are bounded by flow control and the send buffer.
         let progress = (req.version() != Version::HTTP_2).then(|| counted.progress.clone());
-        let response = handler(req);
+        // Boxed: a request's future is kilobytes (the request, its
+        // observation and every stage's state), and hyper moves the
+        // service's future twice before polling it; a box makes those
+        // moves a pointer's.
+        let response = Box::pin(handler(req));
         async move {
             let response = response.await;
             // Still in flight while the body streams: an idle check must

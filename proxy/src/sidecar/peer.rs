@@ -161,7 +161,9 @@ impl PeerChannel {
         {
             return Ok((c.sender.clone(), c.id));
         }
-        let sender = tokio::time::timeout(self.connect_timeout, self.connect())
+        // Boxed: a connect's future (TLS and h2 handshakes) is kilobytes,
+        // and every request's future would otherwise carry and copy it.
+        let sender = Box::pin(tokio::time::timeout(self.connect_timeout, self.connect()))
             .await
             .map_err(|_| PeerError::Timeout {
                 addr: self.addr,
@@ -299,12 +301,16 @@ impl PeerChannel {
                 let Some(place) = OpenGuard::take(&self.open_h1) else {
                     return Ok(None);
                 };
-                tokio::time::timeout(self.connect_timeout, self.connect_h1(generation, place))
-                    .await
-                    .map_err(|_| PeerError::Timeout {
-                        addr: self.addr,
-                        timeout: self.connect_timeout,
-                    })??
+                // Boxed, as in `sender`.
+                Box::pin(tokio::time::timeout(
+                    self.connect_timeout,
+                    self.connect_h1(generation, place),
+                ))
+                .await
+                .map_err(|_| PeerError::Timeout {
+                    addr: self.addr,
+                    timeout: self.connect_timeout,
+                })??
             }
         };
         Ok(Some(held.insert(conn)))

@@ -202,8 +202,8 @@ impl Inbound {
         let forwarded = match (prepared.upgrade, reauthorize) {
             (Some(protocol), Some(reauthorize)) => {
                 let validity = conn.validity.clone();
-                self.upgrade(app, req, target, protocol, validity, reauthorize)
-                    .await
+                // Boxed: large and rare (see the outbound's `handle`).
+                Box::pin(self.upgrade(app, req, target, protocol, validity, reauthorize)).await
             }
             _ => self.forward(app, req, target, observed.grpc).await,
         };

@@ -104,7 +104,9 @@ impl Route {
         strip_reserved(req.headers_mut());
         if let Some(protocol) = upgrade_protocol(&req) {
             upgrade_allowed(&protocol)?;
-            return self.upgrade(req, protocol).await;
+            // Boxed: an upgrade's future is large and rare; every other
+            // request's future would otherwise carry (and copy) its size.
+            return Box::pin(self.upgrade(req, protocol)).await;
         }
         if let Some(lane) = lane
             && req.version() < http::Version::HTTP_2
