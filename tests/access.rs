@@ -215,9 +215,11 @@ async fn observed_use_becomes_a_report_a_proposal_and_a_checked_push(db: Db) {
     // One new-edge audit record per caller. The control plane prints it
     // after the commit the rows above were read from, and the test reads
     // its output on another thread: waited for.
-    eventually(Duration::from_secs(20), "three new-edge records", || async {
-        (new_edge_records(&control).len() >= 3).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "three new-edge records",
+        || async { (new_edge_records(&control).len() >= 3).then_some(()) },
+    )
     .await;
     let edges = new_edge_records(&control);
     let mut callers: Vec<&str> = edges

@@ -191,17 +191,14 @@ impl SpiffeId {
     /// `(namespace, service_account)` when the path is exactly
     /// `/ns/<namespace>/sa/<service_account>`; the convention is not required.
     pub fn namespace_service_account(&self) -> Option<(&str, &str)> {
-        let mut segments = self.segments();
-        match (
-            segments.next(),
-            segments.next(),
-            segments.next(),
-            segments.next(),
-            segments.next(),
-        ) {
-            (Some("ns"), Some(ns), Some("sa"), Some(sa), None) => Some((ns, sa)),
-            _ => None,
+        // Byte scans (a policy on the namespace asks for every request).
+        let rest = self.path().strip_prefix("/ns/")?;
+        let slash = rest.bytes().position(|b| b == b'/')?;
+        let (ns, sa) = (&rest[..slash], rest[slash..].strip_prefix("/sa/")?);
+        if ns.is_empty() || sa.is_empty() || sa.bytes().any(|b| b == b'/') {
+            return None;
         }
+        Some((ns, sa))
     }
 }
 

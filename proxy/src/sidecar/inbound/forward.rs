@@ -79,9 +79,11 @@ fn app_uri(target: &Target, h2: bool, app_authority: &str) -> Result<Uri, Refusa
         Some(host) if h2 => host.as_str(),
         _ => app_authority,
     };
-    format!("http://{authority}{}", target.path_and_query())
-        .parse::<Uri>()
-        .map_err(|_| unforwardable())
+    let mut uri = String::with_capacity(7 + authority.len() + target.path.len());
+    uri.push_str("http://");
+    uri.push_str(authority);
+    target.push_path_and_query(&mut uri);
+    Uri::try_from(uri).map_err(|_| unforwardable())
 }
 
 pub(super) fn unforwardable() -> Refusal {

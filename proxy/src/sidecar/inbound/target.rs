@@ -5,7 +5,7 @@
 //! upgrade other than WebSocket is refused, and hop-by-hop and Warden's own
 //! headers are stripped: the policy sees exactly what the app will.
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request};
 
 use crate::sidecar::http::{
@@ -39,12 +39,13 @@ pub(super) fn prepare<B>(req: &mut Request<B>, rules: PathRules) -> Result<Prepa
 /// Headers some frameworks read as the real URL or method (Symfony and IIS
 /// rewrites, Rails and Express method overrides): a request carrying them
 /// would be routed to something the policy never decided on.
-const OVERRIDE_HEADERS: [&str; 5] = [
-    "x-original-url",
-    "x-rewrite-url",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
+// Names, not strings: a string is parsed into a name on every lookup.
+const OVERRIDE_HEADERS: [HeaderName; 5] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
 ];
 
 /// `Host` set to the normalized host, and the override headers dropped.
@@ -55,7 +56,7 @@ fn canonical_headers(headers: &mut HeaderMap, target: &Target) {
     {
         headers.insert(header::HOST, v);
     }
-    for name in OVERRIDE_HEADERS {
+    for name in &OVERRIDE_HEADERS {
         headers.remove(name);
     }
 }

@@ -36,9 +36,19 @@ pub struct Target {
 impl Target {
     /// Path and query, for the request line or `:path`.
     pub fn path_and_query(&self) -> String {
-        match &self.query {
-            Some(q) => format!("{}?{q}", self.path),
-            None => self.path.clone(),
+        let mut out = String::new();
+        self.push_path_and_query(&mut out);
+        out
+    }
+
+    /// [`Self::path_and_query`] appended to `out` (per request: no
+    /// formatting machinery).
+    pub fn push_path_and_query(&self, out: &mut String) {
+        out.reserve(self.path.len() + self.query.as_ref().map_or(0, |q| q.len() + 1));
+        out.push_str(&self.path);
+        if let Some(q) = &self.query {
+            out.push('?');
+            out.push_str(q);
         }
     }
 }
