@@ -13,18 +13,20 @@
 # toolchain upgrade (symbol hashes change then), or when a release
 # sidecar's idle RSS grows:
 #
-#   bash benches/link-order.sh        # needs valgrind, curl, python3
+#   bash benches/link-order.sh        # needs valgrind, curl, python3, nm
 #
-# WARDEN_BIN: a release binary to profile (default: builds one).
+# WARDEN_BIN: a release binary to profile, built with WARDEN_LINK_ORDER=off
+# (default: builds one so), so that the list follows the compiler's layout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-for tool in valgrind curl python3; do
+for tool in valgrind curl python3 nm; do
     command -v "$tool" >/dev/null || { echo "link-order: needs $tool" >&2; exit 2; }
 done
 if [ -z "${WARDEN_BIN:-}" ]; then
-    cargo build --release --locked --bin warden
-    WARDEN_BIN=$root/target/release/warden
+    WARDEN_LINK_ORDER=off cargo build --release --locked --bin warden
+    cp "$root/target/release/warden" "$root/target/release/warden-unordered"
+    WARDEN_BIN=$root/target/release/warden-unordered
 fi
 
 work=$(mktemp -d /tmp/warden-link-order.XXXXXX)
@@ -36,9 +38,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Ports on loopback only, picked by the kernel.
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-app=$(port) inbound=$(port) outbound=$(port) admin_in=$(port) admin_out=$(port)
+# Five distinct ports on loopback, picked by the kernel.
+read -r app inbound outbound admin_in admin_out < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(5)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))')
 
 "$WARDEN_BIN" ca init --trust-domain order.test --dir "$work/ca" >/dev/null
 "$WARDEN_BIN" svid issue --ca-dir "$work/ca" --spiffe-id spiffe://order.test/ns/demo/sa/server --out "$work/server" >/dev/null
@@ -107,8 +112,11 @@ curl -s -o /dev/null -X POST --data 'x=1' "$url" || true
 # SIGINT: a clean shutdown, after which callgrind writes its profile.
 kill -INT "${pids[1]}" "${pids[2]}"
 wait "${pids[1]}" "${pids[2]}" || true
+pids=("${pids[0]}")
 
-python3 - "$WARDEN_BIN" "$work/in.cg" "$work/out.cg" >"$root/src/link/sidecar.order.new" <<'PY'
+{
+echo "# $("${RUSTC:-rustc}" -V)"
+python3 - "$WARDEN_BIN" "$work/in.cg" "$work/out.cg" <<'PY'
 import re, subprocess, sys
 binary, profiles = sys.argv[1], sys.argv[2:]
 defined = {}
@@ -148,5 +156,11 @@ for path in profiles:
 ordered = sorted(cost, key=lambda n: (defined[n], n))
 sys.stdout.write("".join(n + "\n" for n in ordered))
 PY
-mv "$root/src/link/sidecar.order.new" "$root/src/link/sidecar.order"
-echo "link-order: $(wc -l <"$root/src/link/sidecar.order") functions in src/link/sidecar.order"
+} >"$work/order"
+listed=$(grep -vc '^#' "$work/order" || true)
+if [ "$listed" -lt 1000 ]; then
+    echo "link-order: only $listed functions found (a stripped binary?); src/link/sidecar.order left as it was" >&2
+    exit 1
+fi
+cp "$work/order" "$root/src/link/sidecar.order"
+echo "link-order: $listed functions in src/link/sidecar.order; build again (cargo build --release) to use them"

@@ -176,6 +176,7 @@ async fn idle_memory(sidecars: &[&Sidecar]) -> serde_json::Value {
     let listed: Vec<String> = std::fs::read_to_string(&order)
         .unwrap_or_default()
         .lines()
+        .filter(|line| !line.starts_with('#'))
         .map(str::to_owned)
         .collect();
     let found = std::process::Command::new("nm")

@@ -18,7 +18,7 @@ pub const ORIG_PROTO: HeaderName = HeaderName::from_static("x-warden-orig-proto"
 pub const ORIG_PROTO_HTTP1: &str = "HTTP/1.1";
 
 /// Headers of one hop only (RFC 9110 7.6.1), never forwarded.
-const HOP_BY_HOP: [HeaderName; 7] = [
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
