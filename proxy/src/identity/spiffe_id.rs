@@ -183,11 +183,6 @@ impl SpiffeId {
         self.path().is_empty()
     }
 
-    /// The path segments, without slashes.
-    pub fn segments(&self) -> impl Iterator<Item = &str> {
-        self.path().split('/').skip(1)
-    }
-
     /// `(namespace, service_account)` when the path is exactly
     /// `/ns/<namespace>/sa/<service_account>`; the convention is not required.
     pub fn namespace_service_account(&self) -> Option<(&str, &str)> {

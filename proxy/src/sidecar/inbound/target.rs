@@ -39,8 +39,9 @@ pub(super) fn prepare<B>(req: &mut Request<B>, rules: PathRules) -> Result<Prepa
 /// Headers some frameworks read as the real URL or method (Symfony and IIS
 /// rewrites, Rails and Express method overrides): a request carrying them
 /// would be routed to something the policy never decided on.
-// Names, not strings: a string is parsed into a name on every lookup.
-const OVERRIDE_HEADERS: [HeaderName; 5] = [
+// Names, not strings: a string is parsed into a name on every lookup. A
+// static, as `HOP_BY_HOP` is: a const array is built anew at each use.
+static OVERRIDE_HEADERS: [HeaderName; 5] = [
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-rewrite-url"),
     HeaderName::from_static("x-http-method-override"),
