@@ -1,5 +1,6 @@
 //! SPIFFE ID parsing: never a panic; what parses prints back to itself
-//! and parses again to the same ID.
+//! and parses again to the same ID; a namespace and service account read
+//! from it build it again.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -14,8 +15,11 @@ fuzz_target!(|data: &[u8]| {
         let again = SpiffeId::parse(id.as_str()).expect("a parsed ID parses again");
         assert_eq!(again, id);
         assert!(id.is_member_of(&id.trust_domain()));
-        let _ = id.namespace_service_account();
-        let _ = id.segments().count();
+        if let Some((ns, sa)) = id.namespace_service_account() {
+            let rebuilt = SpiffeId::from_namespace_service_account(&id.trust_domain(), ns, sa)
+                .expect("a namespace and service account read from an ID build one");
+            assert_eq!(rebuilt, id, "the namespace and service account are the whole path");
+        }
     }
     if let Ok(td) = TrustDomain::new(text) {
         let _ = td.workload_id("/x");
