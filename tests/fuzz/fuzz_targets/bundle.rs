@@ -16,8 +16,9 @@ fuzz_target!(|data: &[u8]| {
             let pem = TrustBundle::from_pem(td.clone(), bundle.to_pem().as_bytes())
                 .expect("our own PEM loads");
             assert_eq!(pem.roots(), bundle.roots());
-            let json = TrustBundle::from_spiffe_json(td.clone(), bundle.to_spiffe_json().as_bytes())
-                .expect("our own JSON loads");
+            let json =
+                TrustBundle::from_spiffe_json(td.clone(), bundle.to_spiffe_json().as_bytes())
+                    .expect("our own JSON loads");
             assert_eq!(json.roots(), bundle.roots());
         }
     }

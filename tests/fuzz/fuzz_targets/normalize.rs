@@ -7,9 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use warden_proxy::sidecar::normalize::{
-    EscapedSlashes, PathRules, normalize_host, normalize_path,
-};
+use warden_proxy::sidecar::normalize::{EscapedSlashes, PathRules, normalize_host, normalize_path};
 
 fn check_path(input: &str, rules: PathRules) {
     let Ok(out) = normalize_path(input, rules) else {

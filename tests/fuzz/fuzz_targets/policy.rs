@@ -19,7 +19,8 @@ fuzz_target!(|data: &[u8]| {
         name: "fuzz.cedar".into(),
         text: policies.into(),
     };
-    if let Ok(snapshot) = PolicySnapshot::from_sources("schema.cedarschema", schema, vec![source()]) {
+    if let Ok(snapshot) = PolicySnapshot::from_sources("schema.cedarschema", schema, vec![source()])
+    {
         assert!(snapshot.version().starts_with("sha256:"));
         let again = PolicySnapshot::from_sources("schema.cedarschema", schema, vec![source()])
             .expect("loads twice");

@@ -18,7 +18,10 @@ fuzz_target!(|data: &[u8]| {
         if let Some((ns, sa)) = id.namespace_service_account() {
             let rebuilt = SpiffeId::from_namespace_service_account(&id.trust_domain(), ns, sa)
                 .expect("a namespace and service account read from an ID build one");
-            assert_eq!(rebuilt, id, "the namespace and service account are the whole path");
+            assert_eq!(
+                rebuilt, id,
+                "the namespace and service account are the whole path"
+            );
         }
     }
     if let Ok(td) = TrustDomain::new(text) {
