@@ -28,7 +28,7 @@ use std::sync::Arc;
 pub use backend::{Database, PG_POOL};
 
 use crate::reason::Reason;
-use backend::{Backend, Sql};
+use backend::{Backend, Sql, Val};
 pub use backup::{BackupReport, backup_sqlite, restore_sqlite};
 pub use endpoints::{EndpointOwner, EndpointRecord};
 pub use federation::FederatedRecord;
@@ -208,21 +208,25 @@ pub struct ChangeMarks {
 }
 
 fn insert_audit(sql: &mut dyn Sql, e: &AuditEvent) -> Result<(), StoreError> {
-    sql.exec(
-        "INSERT INTO audit (at, event, outcome, spiffe_id, serial, reason, detail, actor) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        &[
-            e.at.into(),
-            (&e.event).into(),
-            (&e.outcome).into(),
-            e.spiffe_id.as_ref().into(),
-            e.serial.as_ref().into(),
-            e.reason.as_ref().into(),
-            (&e.detail).into(),
-            (&e.actor).into(),
-        ],
-    )?;
+    sql.exec(INSERT_AUDIT, &audit_params(e))?;
     Ok(())
+}
+
+/// An audit record, with [`audit_params`].
+const INSERT_AUDIT: &str = "INSERT INTO audit (at, event, outcome, spiffe_id, serial, reason, \
+     detail, actor) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+fn audit_params(e: &AuditEvent) -> [Val; 8] {
+    [
+        e.at.into(),
+        (&e.event).into(),
+        (&e.outcome).into(),
+        e.spiffe_id.as_ref().into(),
+        e.serial.as_ref().into(),
+        e.reason.as_ref().into(),
+        (&e.detail).into(),
+        (&e.actor).into(),
+    ]
 }
 
 /// The system time in Unix seconds (the server reads its injected
