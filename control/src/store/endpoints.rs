@@ -33,8 +33,20 @@ pub const MAX_ENDPOINTS_PER_IDENTITY: i64 = 1024;
 
 /// The live entries: not expired, their SVID not revoked; and the
 /// service addresses an administrator set (no SVID: `serial` is empty).
-const LIVE: &str = "FROM endpoints e LEFT JOIN svids s ON s.serial = e.serial \
-                    WHERE e.expires_at > ?1 AND (e.serial = '' OR s.revoked = 0)";
+/// A subquery, not a `LEFT JOIN`: with one, SQLite compiled the lookups
+/// below again for every new `now` (see `issuance.rs`).
+const LIVE: &str = "FROM endpoints e WHERE e.expires_at > ?1 AND (e.serial = '' OR \
+                    EXISTS (SELECT 1 FROM svids s WHERE s.serial = e.serial AND s.revoked = 0))";
+
+/// The live holder of address `?2` (its SPIFFE ID and serial).
+fn live_holder_sql() -> String {
+    format!("SELECT e.spiffe_id, e.serial {LIVE} AND e.address = ?2")
+}
+
+/// How many live entries SPIFFE ID `?2` holds.
+fn live_count_sql() -> String {
+    format!("SELECT COUNT(*) {LIVE} AND e.spiffe_id = ?2")
+}
 
 /// A service address never expires; an administrator removes it.
 pub const SERVICE_EXPIRES_AT: i64 = i64::MAX;
@@ -96,7 +108,7 @@ impl Store {
             };
             for address in addresses {
                 let holder = sql.row(
-                    &format!("SELECT e.spiffe_id, e.serial {LIVE} AND e.address = ?2"),
+                    &live_holder_sql(),
                     &[now.into(), address.to_string().into()],
                 )?;
                 if let Some(holder) = holder {
@@ -149,7 +161,7 @@ impl Store {
             }
             let held = sql
                 .row(
-                    &format!("SELECT COUNT(*) {LIVE} AND e.spiffe_id = ?2"),
+                    &live_count_sql(),
                     &[now.into(), owner.spiffe_id.into()],
                 )?
                 .map_or(Ok(0), |r| r.int(0))?;
@@ -199,7 +211,7 @@ impl Store {
     ) -> Result<EndpointRecord, StoreError> {
         let (record, event) = self.backend.tx(|sql| {
             let holder = sql.row(
-                &format!("SELECT e.spiffe_id, e.serial {LIVE} AND e.address = ?2"),
+                &live_holder_sql(),
                 &[now.into(), address.to_string().into()],
             )?;
             if let Some(holder) = holder
@@ -348,4 +360,43 @@ pub(super) fn endpoints_mark(sql: &mut dyn Sql, now: i64) -> Result<String, Stor
         .row(&format!("SELECT COUNT(*) {LIVE}"), &[now.into()])?
         .map_or(Ok(0), |r| r.int(0))?;
     Ok(format!("{seq}.{live}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LIVE, live_count_sql, live_holder_sql};
+    use crate::store::migrate::{self, Dialect, MigrationSet};
+
+    #[test]
+    fn live_lookups_are_compiled_once() {
+        let mut conn = rusqlite::Connection::open_in_memory().expect("open");
+        migrate::upgrade(&mut conn, &MigrationSet::builtin(Dialect::Sqlite), true)
+            .expect("migrate");
+        for sql in [
+            live_holder_sql(),
+            live_count_sql(),
+            format!("SELECT COUNT(*) {LIVE}"),
+        ] {
+            let params = sql.matches('?').count();
+            for now in [1_000_i64, 1_001, 1_002] {
+                let mut stmt = conn.prepare_cached(&sql).expect("prepare");
+                let values: Vec<rusqlite::types::Value> = (0..params)
+                    .map(|i| match i {
+                        0 => now.into(),
+                        _ => format!("spiffe://example.org/{now}").into(),
+                    })
+                    .collect();
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(values), |_| Ok(()))
+                    .expect("query");
+                assert!(rows.count() <= 1);
+            }
+            let stmt = conn.prepare_cached(&sql).expect("prepare");
+            assert_eq!(
+                stmt.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "{sql}"
+            );
+        }
+    }
 }
