@@ -365,38 +365,23 @@ pub(super) fn endpoints_mark(sql: &mut dyn Sql, now: i64) -> Result<String, Stor
 #[cfg(test)]
 mod tests {
     use super::{LIVE, live_count_sql, live_holder_sql};
-    use crate::store::migrate::{self, Dialect, MigrationSet};
 
     #[test]
     fn live_lookups_are_compiled_once() {
-        let mut conn = rusqlite::Connection::open_in_memory().expect("open");
-        migrate::upgrade(&mut conn, &MigrationSet::builtin(Dialect::Sqlite), true)
-            .expect("migrate");
         for sql in [
             live_holder_sql(),
             live_count_sql(),
             format!("SELECT COUNT(*) {LIVE}"),
         ] {
             let params = sql.matches('?').count();
-            for now in [1_000_i64, 1_001, 1_002] {
-                let mut stmt = conn.prepare_cached(&sql).expect("prepare");
-                let values: Vec<rusqlite::types::Value> = (0..params)
+            crate::store::assert_compiled_once(&sql, |now| {
+                (0..params)
                     .map(|i| match i {
                         0 => now.into(),
                         _ => format!("spiffe://example.org/{now}").into(),
                     })
-                    .collect();
-                let rows = stmt
-                    .query_map(rusqlite::params_from_iter(values), |_| Ok(()))
-                    .expect("query");
-                assert!(rows.count() <= 1);
-            }
-            let stmt = conn.prepare_cached(&sql).expect("prepare");
-            assert_eq!(
-                stmt.get_status(rusqlite::StatementStatus::RePrepare),
-                0,
-                "{sql}"
-            );
+                    .collect()
+            });
         }
     }
 }

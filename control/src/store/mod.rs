@@ -238,6 +238,29 @@ pub fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests;
 
+/// Runs `sql` on this build's SQLite schema three times, with `params` of
+/// 1,000, 1,001 and 1,002, and checks SQLite compiled it only once: a
+/// statement whose plan depends on a bound value (some joins, with STAT4)
+/// is compiled again on every call.
+#[cfg(test)]
+fn assert_compiled_once(sql: &str, params: impl Fn(i64) -> Vec<rusqlite::types::Value>) {
+    let mut conn = rusqlite::Connection::open_in_memory().expect("open");
+    migrate::upgrade(&mut conn, &MigrationSet::builtin(Dialect::Sqlite), true).expect("migrate");
+    for value in [1_000, 1_001, 1_002] {
+        let mut stmt = conn.prepare_cached(sql).expect("prepare");
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(params(value)), |_| Ok(()))
+            .expect("query");
+        assert!(rows.count() <= 1, "{sql}");
+    }
+    let stmt = conn.prepare_cached(sql).expect("prepare");
+    assert_eq!(
+        stmt.get_status(rusqlite::StatementStatus::RePrepare),
+        0,
+        "{sql}"
+    );
+}
+
 /// An audit line on stdout, a copy of the record the database holds. A
 /// closed stdout (a log collector gone, a pipe nobody reads) must not fail
 /// the request that made the record, as `println!` would by panicking:
