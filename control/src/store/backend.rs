@@ -261,19 +261,7 @@ fn pg_batch(statements: &[(&str, &[Val])]) -> String {
                 let _ = write!(out, "), w{i} AS (");
             }
         }
-        let mut chars = sql.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
-                let mut number = 0usize;
-                while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
-                    number = number * 10 + d as usize;
-                    chars.next();
-                }
-                let _ = write!(out, "${}", number + offset);
-            } else {
-                out.push(c);
-            }
-        }
+        push_pg_sql(&mut out, sql, offset);
         offset += params.len();
     }
     out
@@ -282,15 +270,26 @@ fn pg_batch(statements: &[(&str, &[Val])]) -> String {
 /// `?N` placeholders to PostgreSQL's `$N`.
 fn pg_sql(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
+    push_pg_sql(&mut out, sql, 0);
+    out
+}
+
+/// `sql` onto `out` with each `?N` placeholder as `$(N + offset)`.
+fn push_pg_sql(out: &mut String, sql: &str, offset: usize) {
+    use std::fmt::Write;
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
         if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
-            out.push('$');
+            let mut number = 0usize;
+            while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                number = number * 10 + d as usize;
+                chars.next();
+            }
+            let _ = write!(out, "${}", number + offset);
         } else {
             out.push(c);
         }
     }
-    out
 }
 
 fn pg_val(row: &postgres::Row, i: usize) -> Result<Val, StoreError> {

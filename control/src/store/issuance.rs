@@ -302,23 +302,19 @@ const SVID_AND_IDENTITY: &str = "SELECT s.spiffe_id, s.revoked, \
 /// revoked, read from `row`: at column `at` how many identities have the
 /// ID (0 or 1), at `at + 1` its `revoked_at`.
 fn identity_not_revoked(spiffe_id: &str, row: &Row, at: usize) -> Result<(), StoreError> {
-    if row.int(at)? == 0 {
-        return Err(StoreError::refused(
-            Reason::UnknownIdentity,
-            format!("{spiffe_id} is not in the inventory"),
-        ));
-    }
-    match row.opt_int(at + 1)? {
-        Some(revoked) => Err(StoreError::refused(
-            Reason::IdentityRevoked,
-            format!("{spiffe_id} was revoked at {revoked}"),
-        )),
-        None => Ok(()),
-    }
+    let known = row.int(at)? != 0;
+    let revoked_at = known.then(|| row.opt_int(at + 1)).transpose()?;
+    identity_standing(spiffe_id, revoked_at)
 }
 
 fn check_not_revoked(sql: &mut dyn Sql, spiffe_id: &str) -> Result<(), StoreError> {
-    match revoked_at(sql, spiffe_id)? {
+    identity_standing(spiffe_id, revoked_at(sql, spiffe_id)?)
+}
+
+/// Refused unless the identity `spiffe_id` is in the inventory (`Some`)
+/// and not revoked (`Some(None)`), as [`revoked_at`] reads it.
+fn identity_standing(spiffe_id: &str, revoked_at: Option<Option<i64>>) -> Result<(), StoreError> {
+    match revoked_at {
         Some(Some(at)) => Err(StoreError::refused(
             Reason::IdentityRevoked,
             format!("{spiffe_id} was revoked at {at}"),
