@@ -248,6 +248,17 @@ fn help_is_there_for_every_command() {
 }
 
 #[test]
+fn proxy_refuses_zero_workers() {
+    let out = warden(&["proxy", "--workers", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--workers (WARDEN_WORKERS) must be at least 1"),
+        "{err}"
+    );
+}
+
+#[test]
 fn policy_check_and_eval() {
     let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
     let ok = warden(&["policy", "check", policies]);

@@ -1,5 +1,5 @@
 //! Sidecar lifecycle under traffic: SVID rotation with zero failed requests,
-//! and a graceful drain on SIGTERM.
+//! a graceful drain on SIGTERM, and connections spread over `--workers`.
 
 mod support;
 
@@ -137,20 +137,28 @@ async fn svids_rotate_under_load_with_zero_failed_requests() {
     );
 }
 
-/// Starts three slow requests through the pair, SIGTERMs `victim` (the
-/// server or the client sidecar), and checks that its listener closes, the
-/// requests complete, and it exits 0.
-async fn drain(victim_is_server: bool) {
-    let mut pair = Pair::start(
+/// `WARDEN_WORKERS=n` for both sidecars of a pair.
+fn workers(n: usize) -> Vec<(String, String)> {
+    vec![("WARDEN_WORKERS".into(), n.to_string())]
+}
+
+/// Starts `requests` slow requests through the pair (both sidecars with
+/// `workers` worker threads), SIGTERMs `victim` (the server or the client
+/// sidecar), and checks that its listener closes (every worker's socket:
+/// one left open would take the connections), the requests complete, and
+/// it exits 0.
+async fn drain(victim_is_server: bool, workers_each: usize, requests: usize) {
+    let mut pair = Pair::start_with_env(
         &["limits.drain_timeout=10s".into()],
         &["limits.drain_timeout=10s".into()],
+        &workers(workers_each),
     )
     .await;
     let via = pair.via();
-    let in_flight: Vec<_> = (0..3)
+    let in_flight: Vec<_> = (0..requests)
         .map(|_| tokio::spawn(async move { get(via, "/slow/1500", &[]).await }))
         .collect();
-    pair.app.slow_in_flight(3).await;
+    pair.app.slow_in_flight(requests).await;
     let (victim, listener) = if victim_is_server {
         let inbound = pair.server.inbound();
         (&mut pair.server, inbound)
@@ -178,10 +186,56 @@ async fn drain(victim_is_server: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_the_inbound_side_and_exits_zero() {
-    drain(true).await;
+    drain(true, 1, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_the_outbound_side_and_exits_zero() {
-    drain(false).await;
+    drain(false, 1, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_every_worker_of_both_sides() {
+    // Twelve connections over three workers: each worker holds some (all
+    // on fewer than three has odds of about 1 in 2,600 per side).
+    drain(true, 3, 12).await;
+    drain(false, 3, 12).await;
+}
+
+/// The `warden_worker_connections_total` samples of a sidecar, by worker.
+async fn per_worker(sidecar: &support::mesh::Proxy) -> Vec<f64> {
+    let metrics = sidecar.metrics().await;
+    (0..3)
+        .map(|w| {
+            support::mesh::sample(
+                &metrics,
+                &format!("warden_worker_connections_total{{worker=\"{w}\"}}"),
+            )
+            .unwrap_or(0.0)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_three_workers_every_worker_serves_connections_on_both_sides() {
+    let pair = Pair::start_with_env(&[], &[], &workers(3)).await;
+    let via = pair.via();
+    // 48 connections at once, each one slow request: the client sidecar
+    // needs a peer connection for each (HTTP/1.1 end to end), so both
+    // sidecars accept 48. All on two workers or fewer: odds about 1e-8.
+    let requests: Vec<_> = (0..48)
+        .map(|_| tokio::spawn(async move { get(via, "/slow/300", &[]).await }))
+        .collect();
+    for request in requests {
+        let reply = request.await.expect("join").expect("request");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    for (side, sidecar) in [("client", &pair.client), ("server", &pair.server)] {
+        let counts = per_worker(sidecar).await;
+        assert!(
+            counts.iter().all(|&n| n > 0.0),
+            "{side} sidecar: connections by worker {counts:?}\n{}",
+            sidecar.logs()
+        );
+    }
 }

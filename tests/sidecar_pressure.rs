@@ -40,6 +40,12 @@ async fn request_on(stream: &mut TcpStream, path: &str) -> Result<String, String
     }
 }
 
+/// Whether a request was met by a close at accept: an end of stream, or a
+/// reset if the request arrived before the close.
+fn closed_at_accept(reply: &Result<String, String>) -> bool {
+    matches!(reply, Err(e) if e == "closed" || e.starts_with("Connection reset by peer"))
+}
+
 /// Whether a read ended in a connection reset.
 fn is_reset<T>(read: &Result<std::io::Result<T>, tokio::time::error::Elapsed>) -> bool {
     matches!(read, Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset)
@@ -240,7 +246,7 @@ async fn one_source_cannot_take_every_slot() {
     // arrived before the close.
     let refused = request_on(&mut fourth, "/x").await;
     assert!(
-        matches!(&refused, Err(e) if e == "closed" || e.starts_with("Connection reset by peer")),
+        closed_at_accept(&refused),
         "a fourth connection from the same source is closed: {refused:?}"
     );
     let mut other = connect_from([127, 0, 3, 2], inbound).await;
@@ -366,4 +372,69 @@ async fn a_source_failing_handshakes_is_refused_at_accept() {
         .await
         .expect("call");
     assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_caps_hold_for_the_listener_whatever_the_number_of_workers() {
+    let ids = Identities::new();
+    let app = TestApp::start().await;
+    let mut settings = support::mesh::inbound_to(app.addr);
+    settings.extend([
+        "inbound.mode=permissive".to_owned(),
+        format!(
+            "authz.policies={}",
+            ids.policies(support::mesh::ALLOW_ALL).display()
+        ),
+        "limits.max_connections=4".to_owned(),
+        "limits.max_connections_per_source=2".to_owned(),
+    ]);
+    let env = [("WARDEN_WORKERS".to_owned(), "2".to_owned())];
+    let sidecar = ids.start_with_env("orders", &settings, &env);
+    sidecar.wait_ready().await;
+    let inbound = sidecar.inbound();
+    // Per source: two connections held, the third closed, whichever of the
+    // two workers' sockets each one reached.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect_from([127, 0, 4, 1], inbound).await;
+        let reply = request_on(&mut s, "/x").await.expect("served");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        held.push(s);
+    }
+    let mut third = connect_from([127, 0, 4, 1], inbound).await;
+    let refused = request_on(&mut third, "/x").await;
+    assert!(
+        closed_at_accept(&refused),
+        "a third connection from the same source is closed: {refused:?}"
+    );
+    drop(held);
+    // In all: four connections busy, a fifth closed at once.
+    let mut busy = Vec::new();
+    for i in 0..4u8 {
+        let mut s = connect_from([127, 0, 4, 10 + i], inbound).await;
+        s.write_all(b"GET /slow/3000 HTTP/1.1\r\nhost: app\r\n\r\n")
+            .await
+            .expect("busy");
+        busy.push(s);
+    }
+    app.slow_in_flight(4).await;
+    let mut fifth = connect_from([127, 0, 4, 20], inbound).await;
+    let refused = request_on(&mut fifth, "/x").await;
+    assert!(
+        closed_at_accept(&refused),
+        "a fifth connection is closed while four are busy: {refused:?}"
+    );
+    let metrics = sidecar.metrics().await;
+    for reason in ["per_source", "max_connections"] {
+        assert_eq!(
+            metric(
+                &metrics,
+                &format!(
+                    "warden_connections_refused_total{{direction=\"inbound\",reason=\"{reason}\"}}"
+                )
+            ),
+            1,
+            "{metrics}"
+        );
+    }
 }

@@ -131,9 +131,10 @@ pub(crate) struct ProxyArgs {
     /// file and over `WARDEN_<SECTION>_<KEY>` environment variables.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub(crate) set: Vec<String>,
-    /// Threads serving traffic. 1 (the default) runs everything on one
-    /// thread: a sidecar shares its node with the app, and on a busy
-    /// machine cross-thread wakeups cost more than a second core gains.
+    /// Threads serving traffic, each a single-threaded runtime with its own
+    /// `SO_REUSEPORT` socket on every traffic address: a connection stays
+    /// on the thread that accepted it. 1 (the default) runs everything on
+    /// one thread.
     #[arg(long, env = "WARDEN_WORKERS", default_value_t = 1)]
     pub(crate) workers: usize,
 }

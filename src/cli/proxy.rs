@@ -11,26 +11,24 @@ use crate::ProxyArgs;
 /// supervisor or test can find ports chosen with `:0`), then serves until
 /// SIGTERM or SIGINT and drains.
 pub fn run(args: ProxyArgs, log_control: LogControl) -> anyhow::Result<ExitCode> {
+    let workers = std::num::NonZeroUsize::new(args.workers)
+        .context("--workers (WARDEN_WORKERS) must be at least 1")?;
     exit_with_parent()?;
     warden_proxy::process::raise_open_files_limit();
     let config = SidecarConfig::load(args.config.as_deref(), std::env::vars(), &args.set)
         .context("invalid configuration")?;
-    let runtime = match args.workers {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n.max(1))
-            .enable_all()
-            .build(),
-    }
-    .context("cannot start the async runtime")?;
+    // This thread is worker 0 (and runs the rest of the sidecar); each
+    // further worker gets a thread and a runtime of its own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         // Take over SIGHUP before anything else: it asks for a policy reload,
         // and its default action would kill the process.
         let _hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot handle SIGHUP")?;
-        let sidecar = Sidecar::start_with_logging(config, Some(log_control)).await?;
+        let sidecar = Sidecar::start_with_workers(config, Some(log_control), workers).await?;
         let addresses = sidecar.addresses().clone();
         let mut out = std::io::stdout().lock();
         writeln!(out, "admin {}", addresses.admin)?;

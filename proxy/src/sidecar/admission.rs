@@ -251,12 +251,47 @@ pub(crate) trait Side {
     fn shared(&self) -> &Arc<Shared>;
 }
 
+/// One configured listener as one worker sees it: the worker's own socket
+/// (with several workers, one `SO_REUSEPORT` socket each on the same
+/// address) and the connection table every worker's socket for that
+/// address shares, so `limits.max_connections` holds per listener whatever
+/// the number of workers.
+pub(crate) struct Listening {
+    pub socket: TcpListener,
+    pub table: Arc<ConnectionTable>,
+    /// The worker accepting on `socket` (0: the main thread).
+    pub worker: usize,
+}
+
+impl Listening {
+    /// The first worker's view of a listener on `direction`'s side.
+    pub fn new(socket: TcpListener, direction: Direction, limits: &super::config::Limits) -> Self {
+        // The local app is every outbound listener's only client.
+        let per_source =
+            (direction == Direction::Inbound).then_some(limits.max_connections_per_source);
+        Listening {
+            socket,
+            table: ConnectionTable::new(limits.max_connections, per_source),
+            worker: 0,
+        }
+    }
+
+    /// Another worker's socket for the same listener, sharing its table.
+    pub fn another(&self, socket: TcpListener, worker: usize) -> Self {
+        Listening {
+            socket,
+            table: self.table.clone(),
+            worker,
+        }
+    }
+}
+
 /// Accepts connections until shutdown. Each is admitted by the listener's
 /// [`ConnectionTable`] (and, inbound, the handshake-failure limiter) or
 /// closed at once; admitted ones are handled by `handle`, given the
 /// listener's side (`this`) and the connection's slot.
 pub(crate) async fn accept_loop<T, F, Fut>(
-    listener: TcpListener,
+    listening: Listening,
     direction: Direction,
     this: Arc<T>,
     handle: F,
@@ -266,10 +301,11 @@ pub(crate) async fn accept_loop<T, F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let shared = this.shared().clone();
-    let limits = &shared.config.limits;
-    // The local app is every outbound listener's only client.
-    let per_source = (direction == Direction::Inbound).then_some(limits.max_connections_per_source);
-    let table = ConnectionTable::new(limits.max_connections, per_source);
+    let Listening {
+        socket: listener,
+        table,
+        worker,
+    } = listening;
     let mut shutdown = shared.lifecycle.shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -307,6 +343,7 @@ pub(crate) async fn accept_loop<T, F, Fut>(
             }
         };
         let _ = stream.set_nodelay(true);
+        shared.metrics.worker_accepted(worker);
         let task = handle(this.clone(), stream, source, slot);
         let metrics = shared.metrics.clone();
         shared.lifecycle.tracker.spawn(async move {

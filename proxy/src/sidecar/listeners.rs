@@ -5,9 +5,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
+use super::admission::Listening;
 use super::config::{InboundApp, InboundMode, RouteProtocol, SidecarConfig};
+use super::metrics::Direction;
 use super::shared::Shared;
 use super::{SidecarError, app, inbound, outbound, peer};
 use crate::identity::{ExpectedIdentity, SpiffeId};
@@ -28,21 +30,94 @@ pub struct Addresses {
     pub transparent: Option<SocketAddr>,
 }
 
-/// Every traffic listener, bound, in the order of the configuration.
-pub(super) struct Bound {
-    inbound: Option<TcpListener>,
-    opaque: Vec<TcpListener>,
-    routes: Vec<TcpListener>,
-    proxy: Option<TcpListener>,
-    transparent: Option<TcpListener>,
+/// One thing per traffic listener, in the order of the configuration.
+pub(super) struct Listeners<T> {
+    inbound: Option<T>,
+    opaque: Vec<T>,
+    routes: Vec<T>,
+    proxy: Option<T>,
+    transparent: Option<T>,
+}
+
+/// Every traffic listener, bound, as one worker sees them.
+pub(super) type Bound = Listeners<Listening>;
+
+impl<T> Listeners<T> {
+    /// `f` applied to each, given the configuration key it comes from;
+    /// the first error stops it.
+    fn try_map<U, E>(
+        &self,
+        mut f: impl FnMut(&str, &T) -> Result<U, E>,
+    ) -> Result<Listeners<U>, E> {
+        let inbound = self
+            .inbound
+            .as_ref()
+            .map(|t| f("inbound.listen", t))
+            .transpose()?;
+        let opaque = (self.opaque.iter().enumerate())
+            .map(|(i, t)| f(&format!("inbound.opaque[{i}].listen"), t))
+            .collect::<Result<_, _>>()?;
+        let routes = (self.routes.iter().enumerate())
+            .map(|(i, t)| f(&format!("outbound.routes[{i}].listen"), t))
+            .collect::<Result<_, _>>()?;
+        let proxy = self
+            .proxy
+            .as_ref()
+            .map(|t| f("outbound.proxy_listen", t))
+            .transpose()?;
+        let transparent = (self.transparent.as_ref())
+            .map(|t| f("outbound.transparent_listen", t))
+            .transpose()?;
+        Ok(Listeners {
+            inbound,
+            opaque,
+            routes,
+            proxy,
+            transparent,
+        })
+    }
+}
+
+/// What the configuration asks for: each listener's address and side.
+fn planned(config: &SidecarConfig) -> Listeners<(SocketAddr, Direction)> {
+    let (inbound, outbound) = (Direction::Inbound, Direction::Outbound);
+    Listeners {
+        inbound: config.inbound.http.as_ref().map(|h| (h.listen, inbound)),
+        opaque: config
+            .inbound
+            .opaque
+            .iter()
+            .map(|o| (o.listen, inbound))
+            .collect(),
+        routes: config
+            .outbound
+            .routes
+            .iter()
+            .map(|r| (r.listen, outbound))
+            .collect(),
+        proxy: config.outbound.proxy.as_ref().map(|p| (p.listen, outbound)),
+        transparent: config
+            .outbound
+            .transparent
+            .as_ref()
+            .map(|t| (t.listen, outbound)),
+    }
 }
 
 pub(super) async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, SidecarError> {
+    bind_shared(key, addr, false)
+}
+
+/// Binds `addr`; with `reuse_port`, with `SO_REUSEPORT` set so that every
+/// worker binds a socket of its own to the same address and the kernel
+/// spreads new connections over them. (Only sockets of the same user may
+/// join such a group; a port held by anything else still fails the start.)
+fn bind_shared(key: &str, addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, SidecarError> {
     let bound = match addr {
         // `[::]` takes IPv4 too whatever the host's `bindv6only`: a
         // transparent listener gets both families' redirected connections.
-        SocketAddr::V6(v6) if v6.ip().is_unspecified() => dual_stack(addr),
-        _ => TcpListener::bind(addr).await,
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => dual_stack(addr, reuse_port),
+        _ => socket_for(addr).and_then(|socket| listen(socket, addr, reuse_port)),
     };
     bound.map_err(|source| SidecarError::Bind {
         key: key.to_owned(),
@@ -51,59 +126,70 @@ pub(super) async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, Sid
     })
 }
 
-fn dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = match tokio::net::TcpSocket::new_v6() {
+fn socket_for(addr: SocketAddr) -> std::io::Result<TcpSocket> {
+    if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+}
+
+/// What `TcpListener::bind` does (`SO_REUSEADDR`, a backlog of 1024),
+/// plus `SO_REUSEPORT` when asked.
+fn listen(socket: TcpSocket, addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+fn dual_stack(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = match TcpSocket::new_v6() {
         Ok(socket) => socket,
         // A kernel (or a pod) without IPv6: `[::]` means every address there is.
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::AFNOSUPPORT.raw_os_error()) => {
             tracing::info!(%addr, "no IPv6 here; listening on IPv4 only");
             let v4 = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port());
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.set_reuseaddr(true)?;
-            socket.bind(v4)?;
-            return socket.listen(1024);
+            return listen(TcpSocket::new_v4()?, v4, reuse_port);
         }
         Err(e) => return Err(e),
     };
-    socket.set_reuseaddr(true)?;
     rustix::net::sockopt::set_ipv6_v6only(&socket, false)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
+    listen(socket, addr, reuse_port)
 }
 
 impl Bound {
-    pub async fn bind_all(config: &SidecarConfig) -> Result<Self, SidecarError> {
-        let inbound = match &config.inbound.http {
-            Some(http) => Some(bind("inbound.listen", http.listen).await?),
-            None => None,
-        };
-        let mut opaque = Vec::new();
-        for (i, o) in config.inbound.opaque.iter().enumerate() {
-            opaque.push(bind(&format!("inbound.opaque[{i}].listen"), o.listen).await?);
-        }
-        let mut routes = Vec::new();
-        for (i, route) in config.outbound.routes.iter().enumerate() {
-            routes.push(bind(&format!("outbound.routes[{i}].listen"), route.listen).await?);
-        }
-        let proxy = match &config.outbound.proxy {
-            Some(p) => Some(bind("outbound.proxy_listen", p.listen).await?),
-            None => None,
-        };
-        let transparent = match &config.outbound.transparent {
-            Some(t) => Some(bind("outbound.transparent_listen", t.listen).await?),
-            None => None,
-        };
-        Ok(Bound {
-            inbound,
-            opaque,
-            routes,
-            proxy,
-            transparent,
+    /// The first worker's listeners; `reuse_port` when more workers will
+    /// bind the same addresses ([`Bound::another`]).
+    pub fn bind_all(config: &SidecarConfig, reuse_port: bool) -> Result<Self, SidecarError> {
+        planned(config).try_map(|key, &(addr, direction)| {
+            bind_shared(key, addr, reuse_port)
+                .map(|socket| Listening::new(socket, direction, &config.limits))
+        })
+    }
+
+    /// Worker `worker`'s listeners: a socket of its own on each address
+    /// this one is bound to (the port a `:0` got included), sharing each
+    /// listener's connection table. Needs `bind_all(_, true)`.
+    pub fn another(&self, worker: usize) -> Result<Self, SidecarError> {
+        self.try_map(|key, l| {
+            let addr = l.socket.local_addr().map_err(|source| SidecarError::Bind {
+                key: key.to_owned(),
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source,
+            })?;
+            bind_shared(key, addr, true).map(|socket| l.another(socket, worker))
         })
     }
 
     pub fn addresses(&self, admin: SocketAddr) -> Addresses {
-        let local = |l: &TcpListener| l.local_addr().expect("bound listener has an address");
+        let local = |l: &Listening| {
+            l.socket
+                .local_addr()
+                .expect("bound listener has an address")
+        };
         Addresses {
             admin,
             inbound: self.inbound.as_ref().map(local),

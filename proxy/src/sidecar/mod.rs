@@ -32,9 +32,11 @@ mod splice;
 pub mod telemetry;
 pub mod usage;
 mod usage_report;
+mod workers;
 pub mod workload_api;
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -89,6 +91,8 @@ pub enum SidecarError {
     Admin(String),
     #[error("workload_api.socket: {0}")]
     WorkloadApi(String),
+    #[error("cannot start worker {0}: {1}")]
+    Worker(usize, std::io::Error),
 }
 
 /// A running sidecar.
@@ -114,6 +118,19 @@ impl Sidecar {
     pub async fn start_with_logging(
         config: SidecarConfig,
         log_control: Option<LogControl>,
+    ) -> Result<Self, SidecarError> {
+        Self::start_with_workers(config, log_control, NonZeroUsize::MIN).await
+    }
+
+    /// As [`Sidecar::start_with_logging`], with the traffic listeners
+    /// served by `workers` threads (`warden proxy --workers`): this one
+    /// (which must run a current-thread runtime to keep connections on it)
+    /// and `workers - 1` more, each with its own single-threaded runtime
+    /// and its own `SO_REUSEPORT` socket on every traffic address.
+    pub async fn start_with_workers(
+        config: SidecarConfig,
+        log_control: Option<LogControl>,
+        workers: NonZeroUsize,
     ) -> Result<Self, SidecarError> {
         // Parsing checked it; a caller may have changed it since.
         config.check()?;
@@ -160,7 +177,10 @@ impl Sidecar {
             _ => None,
         };
         let admin_listener = bind("admin.listen", config.admin.listen).await?;
-        let bound = Bound::bind_all(&config).await?;
+        let bound = Bound::bind_all(&config, workers.get() > 1)?;
+        let more_workers = (1..workers.get())
+            .map(|index| workers::Worker::bind(&bound, index))
+            .collect::<Result<Vec<_>, _>>()?;
         let admin_addr = admin_listener
             .local_addr()
             .map_err(|source| SidecarError::Bind {
@@ -214,6 +234,9 @@ impl Sidecar {
         tokio::spawn(policy::count_rotations(shared.clone()));
         tokio::spawn(admin::serve(admin_listener, shared.clone()));
         bound.serve(&shared, addresses.admin)?;
+        for worker in &more_workers {
+            worker.serve(&shared, addresses.admin).await?;
+        }
         if let Some(listener) = workload_api {
             let jwt_bundles = !matches!(shared.config.identity, IdentitySource::Files(_));
             let server = workload_api::WorkloadApi::new(

@@ -130,14 +130,23 @@ pub struct Pair {
 
 impl Pair {
     pub async fn start(server_extra: &[String], client_extra: &[String]) -> Pair {
+        Pair::start_with_env(server_extra, client_extra, &[]).await
+    }
+
+    /// As [`Pair::start`], both sidecars with extra environment variables.
+    pub async fn start_with_env(
+        server_extra: &[String],
+        client_extra: &[String],
+        env: &[(String, String)],
+    ) -> Pair {
         let ids = Identities::new();
         let app = TestApp::start().await;
         let mut s = inbound_to(app.addr);
         s.extend_from_slice(server_extra);
-        let server = ids.start("orders", &s);
+        let server = ids.start_with_env("orders", &s, env);
         let mut c = vec![route_to(server.inbound(), ORDERS)];
         c.extend_from_slice(client_extra);
-        let client = ids.start("frontend", &c);
+        let client = ids.start_with_env("frontend", &c, env);
         server.wait_ready().await;
         client.wait_ready().await;
         Pair {

@@ -35,11 +35,11 @@ use std::sync::Arc;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use rustls::ServerConfig;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use self::accept::{ConnInfo, accept};
 use self::observe::Observed;
-use super::admission::{Side, Slot, accept_loop};
+use super::admission::{Listening, Side, Slot, accept_loop};
 use super::app::{App, AppAddr};
 use super::config::InboundMode;
 use super::connections::serve_http;
@@ -73,7 +73,7 @@ impl Side for Inbound {
 }
 
 impl Inbound {
-    pub async fn run(self: Arc<Self>, listener: TcpListener) {
+    pub async fn run(self: Arc<Self>, listener: Listening) {
         accept_loop(listener, Direction::Inbound, self, Self::connection).await;
     }
 

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use rustls::ServerConfig;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use super::accept::{ConnInfo, PeerIo, accept};
 use crate::authz::{Decision, Outcome, PeerAuthorizer, TcpConnectionFacts};
-use crate::sidecar::admission::{Side, Slot, accept_loop};
+use crate::sidecar::admission::{Listening, Side, Slot, accept_loop};
 use crate::sidecar::app::AppAddr;
 use crate::sidecar::metrics::Direction;
 use crate::sidecar::shared::Shared;
@@ -32,7 +32,7 @@ impl Side for Opaque {
 }
 
 impl Opaque {
-    pub async fn run(self: Arc<Self>, listener: TcpListener, app: AppAddr) {
+    pub async fn run(self: Arc<Self>, listener: Listening, app: AppAddr) {
         accept_loop(
             listener,
             Direction::Inbound,

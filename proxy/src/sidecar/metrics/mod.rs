@@ -37,6 +37,8 @@ pub struct Metrics {
     reauthorization_closes: [AtomicU64; 2],
     /// Connections of the transparent listeners, by direction and outcome.
     transparent: [[AtomicU64; Transparent::ALL.len()]; 2],
+    /// Connections accepted, by the worker (thread) that accepted them.
+    worker_connections: Mutex<BTreeMap<usize, u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -158,6 +160,11 @@ impl Metrics {
 
     pub fn authz_error(&self) {
         self.authz_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection accepted (and admitted) by worker `worker`.
+    pub fn worker_accepted(&self, worker: usize) {
+        *lock(&self.worker_connections).entry(worker).or_default() += 1;
     }
 }
 

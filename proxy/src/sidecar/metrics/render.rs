@@ -139,6 +139,18 @@ impl Metrics {
         }
         family(
             &mut out,
+            "warden_worker_connections_total",
+            "counter",
+            "Connections admitted, by the worker thread that accepted them (--workers): how evenly the kernel spreads them.",
+        );
+        for (worker, n) in lock(&self.worker_connections).iter() {
+            let _ = writeln!(
+                out,
+                "warden_worker_connections_total{{worker=\"{worker}\"}} {n}"
+            );
+        }
+        family(
+            &mut out,
             "warden_connections_evicted_total",
             "counter",
             "Idle connections closed to make room for a new one at limits.max_connections, by direction.",

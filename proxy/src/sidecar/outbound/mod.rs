@@ -26,11 +26,11 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use self::dedicated::{Lane, Relayed};
 use self::observe::Observed;
-use super::admission::{Side, Slot, accept_loop};
+use super::admission::{Listening, Side, Slot, accept_loop};
 use super::config::PeerHttp1;
 use super::connections::serve_http;
 use super::http::{Body, Refusal, overloaded, strip_reserved, upgrade_allowed, upgrade_protocol};
@@ -57,7 +57,7 @@ impl Side for Route {
 }
 
 impl Route {
-    pub async fn run(self: Arc<Self>, listener: TcpListener) {
+    pub async fn run(self: Arc<Self>, listener: Listening) {
         accept_loop(
             listener,
             Direction::Outbound,

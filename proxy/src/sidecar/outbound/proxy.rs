@@ -9,11 +9,10 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 
 use super::Route;
 use super::forward::peer_refusal;
-use crate::sidecar::admission::{Side, Slot, accept_loop};
+use crate::sidecar::admission::{Listening, Side, Slot, accept_loop};
 use crate::sidecar::config::{RouteProtocol, normalize_authority};
 use crate::sidecar::connections::serve_http;
 use crate::sidecar::http::{Body, Refusal, RefusalKind, boxed, is_grpc, request_id};
@@ -39,7 +38,7 @@ impl Side for ProxyListener {
 }
 
 impl ProxyListener {
-    pub async fn run(self: Arc<Self>, listener: TcpListener) {
+    pub async fn run(self: Arc<Self>, listener: Listening) {
         accept_loop(
             listener,
             Direction::Outbound,

@@ -3,16 +3,14 @@
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
-
 use super::Route;
-use crate::sidecar::admission::accept_loop;
+use crate::sidecar::admission::{Listening, accept_loop};
 use crate::sidecar::metrics::Direction;
 use crate::sidecar::peer::Carrying;
 use crate::sidecar::splice::splice;
 
 impl Route {
-    pub async fn run_tcp(self: Arc<Self>, listener: TcpListener) {
+    pub async fn run_tcp(self: Arc<Self>, listener: Listening) {
         accept_loop(
             listener,
             Direction::Outbound,

@@ -13,13 +13,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use super::Route;
 use crate::identity::SpiffeId;
 use crate::intercept::{Redirected, redirected};
 use crate::sidecar::SidecarError;
-use crate::sidecar::admission::{Side, Slot, accept_loop};
+use crate::sidecar::admission::{Listening, Side, Slot, accept_loop};
 use crate::sidecar::config::{TransparentOutbound, UnknownDestination};
 use crate::sidecar::detect::{Detected, detect};
 use crate::sidecar::discovery::{Endpoints, Found};
@@ -70,7 +70,7 @@ impl TransparentListener {
         }
     }
 
-    pub async fn run(self: Arc<Self>, listener: TcpListener) {
+    pub async fn run(self: Arc<Self>, listener: Listening) {
         accept_loop(listener, Direction::Outbound, self, Self::connection).await;
     }
 
