@@ -125,6 +125,7 @@ struct PodSettings {
     memory_limit: Option<String>,
     drain_timeout: Option<String>,
     service: Option<String>,
+    workers: Option<u16>,
 }
 
 /// Every annotation Warden reads, with what it sets (a test checks that
@@ -166,6 +167,10 @@ pub const ANNOTATIONS: &[(&str, &str)] = &[
     (
         "warden.dev/drain-timeout",
         "how long the sidecar drains after SIGTERM (`limits.drain_timeout`, default `20s`)",
+    ),
+    (
+        "warden.dev/proxy-workers",
+        "threads serving traffic (`warden proxy --workers`, 1 to 64; default 1)",
     ),
 ];
 
@@ -323,6 +328,14 @@ fn settings(meta: &Value) -> Result<PodSettings, Refused> {
             ))
         })?;
         s.drain_timeout = Some(v.to_owned());
+    }
+    if let Some(v) = get("warden.dev/proxy-workers") {
+        let workers = v.parse::<u16>().ok().filter(|n| (1..=64).contains(n));
+        s.workers = Some(workers.ok_or_else(|| {
+            refused(format!(
+                "annotation warden.dev/proxy-workers: {v:?} is not a number of workers (1 to 64)"
+            ))
+        })?);
     }
     if let Some(v) = get("warden.dev/service") {
         if v.is_empty() || v.len() > 253 || v.chars().any(|c| c.is_control() || c == '"') {
@@ -662,6 +675,9 @@ fn proxy_container(
     }
     if let Some(drain) = &settings.drain_timeout {
         envs.push(env("WARDEN_LIMITS_DRAIN_TIMEOUT", toml_string(drain)));
+    }
+    if let Some(workers) = settings.workers {
+        envs.push(env("WARDEN_WORKERS", workers.to_string()));
     }
     if !probes.is_empty() {
         let list: Vec<String> = probes.iter().map(AppProbe::toml).collect();

@@ -191,6 +191,14 @@ fn refusals_leave_the_object_as_it_was() {
             "drain-timeout",
         ),
         (
+            annotated("warden.dev/proxy-workers", "0"),
+            "not a number of workers",
+        ),
+        (
+            annotated("warden.dev/proxy-workers", "two"),
+            "not a number of workers",
+        ),
+        (
             annotated("warden.dev/inject", "yes"),
             "neither enabled nor disabled",
         ),
@@ -358,6 +366,7 @@ fn explicit_skips_kubelet_expansion_types_and_resources() {
         "warden.dev/skip-inbound-ports": "8443",
         "warden.dev/service": "2048",
         "warden.dev/drain-timeout": "0s",
+        "warden.dev/proxy-workers": "2",
         "warden.dev/proxy-memory-limit": "32Mi",
         "warden.dev/proxy-cpu-limit": "50m",
     });
@@ -392,6 +401,7 @@ fn explicit_skips_kubelet_expansion_types_and_resources() {
         env_of(&injected, "WARDEN_LIMITS_DRAIN_TIMEOUT").as_deref(),
         Some("\"0s\"")
     );
+    assert_eq!(env_of(&injected, "WARDEN_WORKERS").as_deref(), Some("2"));
     // Limits below the default requests lower the requests.
     let resources = &injected["spec"]["initContainers"][1]["resources"];
     assert_eq!(
