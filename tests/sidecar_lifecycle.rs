@@ -159,6 +159,13 @@ async fn drain(victim_is_server: bool, workers_each: usize, requests: usize) {
         .map(|_| tokio::spawn(async move { get(via, "/slow/1500", &[]).await }))
         .collect();
     pair.app.slow_in_flight(requests).await;
+    if workers_each > 1 {
+        // Every worker of both sidecars holds some of them.
+        for sidecar in [&pair.client, &pair.server] {
+            let counts = per_worker(sidecar, workers_each).await;
+            assert!(counts.iter().all(|&n| n > 0.0), "by worker: {counts:?}");
+        }
+    }
     let (victim, listener) = if victim_is_server {
         let inbound = pair.server.inbound();
         (&mut pair.server, inbound)
@@ -196,16 +203,16 @@ async fn sigterm_drains_the_outbound_side_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_every_worker_of_both_sides() {
-    // Twelve connections over three workers: each worker holds some (all
-    // on fewer than three has odds of about 1 in 2,600 per side).
-    drain(true, 3, 12).await;
-    drain(false, 3, 12).await;
+    // Thirty connections over three workers: one worker left without any
+    // has odds of about 1 in 60,000 per side.
+    drain(true, 3, 30).await;
+    drain(false, 3, 30).await;
 }
 
 /// The `warden_worker_connections_total` samples of a sidecar, by worker.
-async fn per_worker(sidecar: &support::mesh::Proxy) -> Vec<f64> {
+async fn per_worker(sidecar: &support::mesh::Proxy, workers: usize) -> Vec<f64> {
     let metrics = sidecar.metrics().await;
-    (0..3)
+    (0..workers)
         .map(|w| {
             support::mesh::sample(
                 &metrics,
@@ -231,7 +238,7 @@ async fn with_three_workers_every_worker_serves_connections_on_both_sides() {
         assert_eq!(reply.status, 200, "{}", reply.body);
     }
     for (side, sidecar) in [("client", &pair.client), ("server", &pair.server)] {
-        let counts = per_worker(sidecar).await;
+        let counts = per_worker(sidecar, 3).await;
         assert!(
             counts.iter().all(|&n| n > 0.0),
             "{side} sidecar: connections by worker {counts:?}\n{}",

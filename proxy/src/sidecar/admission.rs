@@ -275,15 +275,6 @@ impl Listening {
             worker: 0,
         }
     }
-
-    /// Another worker's socket for the same listener, sharing its table.
-    pub fn another(&self, socket: TcpListener, worker: usize) -> Self {
-        Listening {
-            socket,
-            table: self.table.clone(),
-            worker,
-        }
-    }
 }
 
 /// Accepts connections until shutdown. Each is admitted by the listener's

@@ -1,5 +1,9 @@
 //! The sidecar's traffic listeners: bound before anything is served (so a
-//! port in use fails the start), then each handed to its side.
+//! port in use fails the start), then each handed to its side. With
+//! several workers each binds its own `SO_REUSEPORT` socket per address;
+//! then a port held by another process of the same user that also set
+//! `SO_REUSEPORT` (another Warden with `--workers` above 1, say) does not
+//! fail the start: the two share the port's connections.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -7,7 +11,7 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket};
 
-use super::admission::Listening;
+use super::admission::{ConnectionTable, Listening};
 use super::config::{InboundApp, InboundMode, RouteProtocol, SidecarConfig};
 use super::metrics::Direction;
 use super::shared::Shared;
@@ -31,6 +35,7 @@ pub struct Addresses {
 }
 
 /// One thing per traffic listener, in the order of the configuration.
+#[derive(Clone)]
 pub(super) struct Listeners<T> {
     inbound: Option<T>,
     opaque: Vec<T>,
@@ -41,6 +46,25 @@ pub(super) struct Listeners<T> {
 
 /// Every traffic listener, bound, as one worker sees them.
 pub(super) type Bound = Listeners<Listening>;
+
+/// Every traffic listener's address and connection table: what another
+/// worker binds ([`Replicas::bind`]).
+pub(super) type Replicas = Listeners<(SocketAddr, Arc<ConnectionTable>)>;
+
+impl Replicas {
+    /// Worker `worker`'s own `SO_REUSEPORT` socket on each address, each
+    /// sharing its listener's table. Registers the sockets with the
+    /// runtime this runs in.
+    pub fn bind(&self, worker: usize) -> Result<Bound, SidecarError> {
+        self.try_map(|key, (addr, table)| {
+            bind_shared(key, *addr, true).map(|socket| Listening {
+                socket,
+                table: table.clone(),
+                worker,
+            })
+        })
+    }
+}
 
 impl<T> Listeners<T> {
     /// `f` applied to each, given the configuration key it comes from;
@@ -170,17 +194,17 @@ impl Bound {
         })
     }
 
-    /// Worker `worker`'s listeners: a socket of its own on each address
-    /// this one is bound to (the port a `:0` got included), sharing each
-    /// listener's connection table. Needs `bind_all(_, true)`.
-    pub fn another(&self, worker: usize) -> Result<Self, SidecarError> {
+    /// What another worker binds: each listener's address (the port a
+    /// `:0` got included) and its connection table. Needs
+    /// `bind_all(_, true)`.
+    pub fn replicas(&self) -> Result<Replicas, SidecarError> {
         self.try_map(|key, l| {
             let addr = l.socket.local_addr().map_err(|source| SidecarError::Bind {
                 key: key.to_owned(),
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                 source,
             })?;
-            bind_shared(key, addr, true).map(|socket| l.another(socket, worker))
+            Ok((addr, l.table.clone()))
         })
     }
 
@@ -330,6 +354,7 @@ fn route(
         shared.config.limits.clone(),
         shared.store.clone(),
         shared.metrics.clone(),
+        shared.traffic.workers,
     );
     Ok(Arc::new(outbound::Route {
         server_address: upstream.ip().to_string(),
@@ -337,4 +362,45 @@ fn route(
         upstream,
         channel,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn another_worker_binds_the_same_addresses_and_shares_each_table() {
+        let sets = [
+            "identity.dir=/run/svid",
+            "inbound.listen=127.0.0.1:0",
+            "inbound.app=127.0.0.1:8080",
+            "outbound.routes=[{listen=\"127.0.0.1:0\", upstream=\"127.0.0.1:9\", identity=\"spiffe://example.org/ns/a/sa/b\"}, {listen=\"127.0.0.1:0\", upstream=\"127.0.0.1:9\", identity=\"spiffe://example.org/ns/a/sa/b\"}]",
+        ]
+        .map(String::from);
+        let config = SidecarConfig::load(None, std::iter::empty(), &sets).expect("valid");
+        let first = Bound::bind_all(&config, true).expect("bound");
+        let second = first
+            .replicas()
+            .and_then(|r| r.bind(1))
+            .expect("bound again");
+        let admin = SocketAddr::from(([127, 0, 0, 1], 1));
+        let (a, b) = (first.addresses(admin), second.addresses(admin));
+        assert_eq!((a.inbound, &a.outbound), (b.inbound, &b.outbound));
+        assert_ne!(a.outbound[0], a.outbound[1], "two listeners, two ports");
+        let pairs = [(&first.inbound, &second.inbound)]
+            .into_iter()
+            .filter_map(|(x, y)| x.as_ref().zip(y.as_ref()))
+            .chain(first.routes.iter().zip(&second.routes));
+        let mut n = 0;
+        for (x, y) in pairs {
+            assert!(Arc::ptr_eq(&x.table, &y.table), "one table per listener");
+            assert_eq!((x.worker, y.worker), (0, 1));
+            n += 1;
+        }
+        assert_eq!(n, 3);
+        assert!(
+            !Arc::ptr_eq(&first.routes[0].table, &first.routes[1].table),
+            "each listener its own table"
+        );
+    }
 }

@@ -178,9 +178,13 @@ impl Sidecar {
         };
         let admin_listener = bind("admin.listen", config.admin.listen).await?;
         let bound = Bound::bind_all(&config, workers.get() > 1)?;
-        let more_workers = (1..workers.get())
-            .map(|index| workers::Worker::bind(&bound, index))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut more_workers = Vec::new();
+        if workers.get() > 1 {
+            let replicas = bound.replicas()?;
+            for index in 1..workers.get() {
+                more_workers.push(workers::Worker::bind(replicas.clone(), index).await?);
+            }
+        }
         let admin_addr = admin_listener
             .local_addr()
             .map_err(|source| SidecarError::Bind {
@@ -214,6 +218,7 @@ impl Sidecar {
                     HANDSHAKE_FAILURE_WINDOW,
                 ),
                 endpoints,
+                workers: workers.get(),
             },
             policy: PolicyState {
                 control_updates: control_policies,

@@ -78,11 +78,15 @@ pub struct PeerChannel {
     idle_h1: std::sync::Mutex<Vec<H1Conn>>,
     /// HTTP/1.1 connections open to the peer (idle ones included).
     open_h1: Arc<AtomicUsize>,
+    /// At most this many: [`MAX_H1_PER_PEER`] shared out between the
+    /// workers, each of which has a channel of its own to the peer.
+    max_h1: usize,
 }
 
-/// HTTP/1.1 connections to one peer, at most: past them an app connection's
-/// requests share the multiplexed connection instead, so a busy app never
-/// opens more connections than the peer takes from one source.
+/// HTTP/1.1 connections to one peer, at most (all workers together): past
+/// them an app connection's requests share the multiplexed connection
+/// instead, so a busy app never opens more connections than the peer takes
+/// from one source.
 pub const MAX_H1_PER_PEER: usize = 256;
 
 /// Idle HTTP/1.1 connections kept per peer for app connections to come.
@@ -125,6 +129,7 @@ impl PeerChannel {
         limits: super::config::Limits,
         store: Arc<SvidStore>,
         metrics: Arc<Metrics>,
+        workers: usize,
     ) -> Self {
         let with_alpn = |alpn: &[&[u8]]| {
             let mut config = ClientConfig::clone(&tls);
@@ -146,6 +151,7 @@ impl PeerChannel {
             connections: std::sync::atomic::AtomicU64::new(0),
             idle_h1: std::sync::Mutex::new(Vec::new()),
             open_h1: Arc::new(AtomicUsize::new(0)),
+            max_h1: (MAX_H1_PER_PEER / workers.max(1)).max(1),
         }
     }
 
@@ -280,7 +286,7 @@ impl PeerChannel {
 
     /// The HTTP/1.1 connection for an app connection's next request: the
     /// one it `held` while still usable, else an idle one, else a new one.
-    /// None when the peer already has [`MAX_H1_PER_PEER`] of them: the
+    /// None when the peer already has its share of [`MAX_H1_PER_PEER`]: the
     /// request goes on the multiplexed connection instead.
     pub async fn h1<'a>(
         &self,
@@ -298,7 +304,7 @@ impl PeerChannel {
                 // The place is taken before connecting, so that a burst of
                 // new app connections cannot overshoot the cap; it is given
                 // back if the connection is not made.
-                let Some(place) = OpenGuard::take(&self.open_h1) else {
+                let Some(place) = OpenGuard::take(&self.open_h1, self.max_h1) else {
                     return Ok(None);
                 };
                 // Boxed, as in `sender`.
@@ -393,10 +399,10 @@ impl PeerChannel {
 struct OpenGuard(Arc<AtomicUsize>);
 
 impl OpenGuard {
-    /// One place of [`MAX_H1_PER_PEER`], if one is free.
-    fn take(open: &Arc<AtomicUsize>) -> Option<OpenGuard> {
+    /// One place of `max`, if one is free.
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<OpenGuard> {
         open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < MAX_H1_PER_PEER).then_some(n + 1)
+            (n < max).then_some(n + 1)
         })
         .ok()
         .map(|_| OpenGuard(open.clone()))

@@ -61,6 +61,9 @@ pub(crate) struct Traffic {
     /// The mesh's destinations, for the transparent listener: the
     /// configuration's, and the control plane's registry as it changes.
     pub endpoints: Arc<arc_swap::ArcSwap<super::discovery::Endpoints>>,
+    /// Threads serving traffic (`--workers`); each has its own peer
+    /// channels, so per-peer caps are split between them.
+    pub workers: usize,
 }
 
 /// The sidecar's life.
