@@ -135,13 +135,14 @@ pub(super) async fn maintain_authorities(state: &Arc<State>) -> Result<(), Serve
         .map_err(setup)?;
     let signer_changed = !Arc::ptr_eq(&next.signing, &current.signing);
     let roots = next.bundle.roots().len();
-    write_bundle_file(&state.data_dir, &next)?;
-    state.cas.store(Arc::new(next));
-    tracing::info!(roots, signer_changed, "trust bundle or signing CA changed");
+    let next = Arc::new(next);
     // The bundle changed either way: re-issue our own SVID so it chains to
-    // the signing CA and our store trusts exactly the published roots.
+    // the oldest root still published and our store trusts exactly the
+    // published roots. First, before the new bundle is served or written:
+    // once a root retires, a client holding the new bundle (from the API
+    // or `bundle.pem`) no longer trusts an SVID the retired root signed.
     let local = LocalSource {
-        cas: state.cas.clone(),
+        cas: Arc::new(ArcSwap::new(next.clone())),
         id: state.server_id.clone(),
         clock: state.clock.clone(),
     };
@@ -150,5 +151,8 @@ pub(super) async fn maintain_authorities(state: &Arc<State>) -> Result<(), Serve
         .svid_store
         .install(fresh.svid, fresh.bundles)
         .map_err(setup)?;
+    state.cas.store(next.clone());
+    write_bundle_file(&state.data_dir, &next)?;
+    tracing::info!(roots, signer_changed, "trust bundle or signing CA changed");
     Ok(())
 }
