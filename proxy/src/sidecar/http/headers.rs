@@ -32,12 +32,19 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 /// `Upgrade` goes too: upgrades are relayed explicitly, never by accident.
 /// `te: trailers` is kept (gRPC servers require it; HTTP/2 allows it).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them: one pass over the names, instead of
-    // a hashed removal for each of the nine.
-    if !headers
-        .keys()
-        .any(|name| *name == header::UPGRADE || HOP_BY_HOP.contains(name))
-    {
+    // One pass over the names: most messages carry none of them and the
+    // rest one or two (`connection: keep-alive`), so only those present
+    // get a hashed removal, not each of the eight.
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut upgrade = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        } else if *name == header::UPGRADE {
+            upgrade = true;
+        }
+    }
+    if !upgrade && !present.contains(&true) {
         return;
     }
     let trailers = headers
@@ -46,17 +53,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    // The ones `Connection` names (those of the list are removed below).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !HOP_BY_HOP.contains(name))
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in &named {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.remove(header::UPGRADE);
+    }
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }

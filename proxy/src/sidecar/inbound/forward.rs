@@ -74,11 +74,9 @@ fn for_app<B>(
 /// and the caller must not be able to open a pool per Host header. HTTP/2
 /// has one connection, and names the host per request.
 fn app_uri(target: &Target, h2: bool, app_authority: &str) -> Result<Uri, Refusal> {
-    let host = target.host.as_ref().map(Host::authority);
-    let authority = match &host {
-        Some(host) if h2 => host.as_str(),
-        _ => app_authority,
-    };
+    // Only HTTP/2 names the caller's host; HTTP/1.1 does not format it.
+    let host = target.host.as_ref().filter(|_| h2).map(Host::authority);
+    let authority = host.as_deref().unwrap_or(app_authority);
     let mut uri = String::with_capacity(7 + authority.len() + target.path.len());
     uri.push_str("http://");
     uri.push_str(authority);
