@@ -186,7 +186,7 @@ fn dual_stack(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener
 
 impl Bound {
     /// The first worker's listeners; `reuse_port` when more workers will
-    /// bind the same addresses ([`Bound::another`]).
+    /// bind the same addresses ([`Bound::replicas`]).
     pub fn bind_all(config: &SidecarConfig, reuse_port: bool) -> Result<Self, SidecarError> {
         planned(config).try_map(|key, &(addr, direction)| {
             bind_shared(key, addr, reuse_port)
