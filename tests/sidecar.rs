@@ -3,12 +3,19 @@
 
 mod support;
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use hyper::Request;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
 use support::mesh::{
-    FRONTEND, INTRUDER, ORDERS, Pair, body, get, h2c_client, http1_client, read_some, route_to,
-    send,
+    FRONTEND, INTRUDER, Identities, ORDERS, Pair, Proxy, body, get, h2c_client, http1_client,
+    inbound_to, read_some, route_to, send,
 };
 use support::wait::eventually;
 
@@ -147,6 +154,131 @@ async fn http1_app_connections_get_peer_connections_of_their_own_kept_for_the_ne
     assert!(
         metrics.contains(
             "warden_requests_total{direction=\"inbound\",status=\"200\",decision=\"allow\"} 10\n"
+        ),
+        "{metrics}"
+    );
+}
+
+/// An HTTP/1.1 app that counts its connections, and closes each one once
+/// idle after `per_connection` requests (as an app's own keep-alive limit
+/// does), without saying so in the response.
+struct CountingApp {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
+}
+
+impl CountingApp {
+    async fn start(per_connection: usize) -> CountingApp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind app");
+        let addr = listener.local_addr().expect("addr");
+        let (accepted, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, o) = (accepted.clone(), open.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                o.fetch_add(1, Ordering::SeqCst);
+                let open = o.clone();
+                tokio::spawn(async move {
+                    let served = Arc::new(AtomicUsize::new(0));
+                    let enough = Arc::new(tokio::sync::Notify::new());
+                    let (count, notify) = (served.clone(), enough.clone());
+                    let service = hyper::service::service_fn(move |_req| {
+                        if count.fetch_add(1, Ordering::SeqCst) + 1 == per_connection {
+                            notify.notify_one();
+                        }
+                        async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok")))) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = enough.notified() => {
+                            // The response written, the connection idle.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        CountingApp {
+            addr,
+            accepted,
+            open,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// `orders` in front of `app` (with `server_extra`), and `frontend` routing
+/// to it, both ready.
+async fn pair_for(app: &CountingApp, server_extra: &[&str]) -> (Identities, Proxy, Proxy) {
+    let ids = Identities::new();
+    let mut s = inbound_to(app.addr);
+    s.extend(server_extra.iter().map(|x| x.to_string()));
+    let server = ids.start("orders", &s);
+    let client = ids.start("frontend", &[route_to(server.inbound(), ORDERS)]);
+    server.wait_ready().await;
+    client.wait_ready().await;
+    (ids, server, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_connections_are_kept_between_requests_and_closed_once_idle_for_the_idle_timeout() {
+    let app = CountingApp::start(usize::MAX).await;
+    let (_ids, _server, client) = pair_for(&app, &["limits.idle_timeout=\"1s\""]).await;
+    for i in 0..5 {
+        let reply = get(client.outbound[0], &format!("/k/{i}"), &[])
+            .await
+            .expect("call");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    assert_eq!(app.accepted(), 1, "five requests, one kept app connection");
+    // Nothing closes it but the sidecar's idle timeout.
+    eventually(
+        "the idle app connection closed by the sidecar",
+        Duration::from_secs(10),
+        async || app.open.load(Ordering::SeqCst) == 0,
+    )
+    .await;
+    let reply = get(client.outbound[0], "/after", &[]).await.expect("call");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        app.accepted(),
+        2,
+        "a new connection after the idle one closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_connections_the_app_closes_when_idle_are_not_used_again() {
+    // The app closes each connection after three requests, the third's
+    // response written; requests come now and then, some while it closes.
+    let app = CountingApp::start(3).await;
+    let (_ids, server, client) = pair_for(&app, &[]).await;
+    for i in 0..12 {
+        let reply = get(client.outbound[0], &format!("/c/{i}"), &[])
+            .await
+            .expect("call");
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.body);
+        tokio::time::sleep(Duration::from_millis(15 * (i % 3))).await;
+    }
+    // Kept while open (not 12), replaced once closed (not 1).
+    let accepted = app.accepted();
+    assert!((3..=6).contains(&accepted), "{accepted} app connections");
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains(
+            "warden_requests_total{direction=\"inbound\",status=\"200\",decision=\"allow\"} 12\n"
         ),
         "{metrics}"
     );

@@ -1,22 +1,19 @@
 //! Connections to the local app: TCP (`127.0.0.1:PORT`) or a unix socket
-//! (`unix:/path`), pooled keep-alive by hyper's client.
+//! (`unix:/path`); HTTP/1.1 ones kept alive in a pool of their own.
 
 use std::fmt;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use http::Uri;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::client::conn::{http1, http2::SendRequest};
+use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Deserializer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
@@ -152,34 +149,6 @@ impl AsyncWrite for AppStream {
     }
 }
 
-impl Connection for AppStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-/// hyper's connector for the app: every URI goes to the one app.
-#[derive(Clone)]
-pub struct AppConnector {
-    app: AppAddr,
-    timeout: Duration,
-}
-
-impl tower::Service<Uri> for AppConnector {
-    type Response = TokioIo<AppStream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<AppStream>>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Uri) -> Self::Future {
-        let (app, timeout) = (self.app.clone(), self.timeout);
-        Box::pin(async move { app.connect(timeout).await.map(TokioIo::new) })
-    }
-}
-
 /// Idle keep-alive connections kept to the app; more are closed after use.
 const MAX_IDLE_APP_CONNECTIONS: usize = 256;
 
@@ -222,25 +191,18 @@ impl App {
 /// HTTP/2 (h2c, prior knowledge) multiplexed on one connection. Both read
 /// at most `window` bytes ahead of a slow consumer.
 pub struct AppClients {
-    h1: Client<AppConnector, CallerBody>,
+    h1: AppH1,
     h2: AppH2,
 }
 
 impl AppClients {
     pub fn new(app: &AppAddr, limits: &super::config::Limits) -> Self {
-        let connector = AppConnector {
-            app: app.clone(),
-            timeout: limits.app_connect_timeout,
-        };
-        let h1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(limits.idle_timeout)
-            .pool_max_idle_per_host(MAX_IDLE_APP_CONNECTIONS)
-            // The read buffer (so each chunk read from the app) is part of
-            // what a slow caller makes the sidecar hold.
-            .http1_max_buf_size(limits.buffer_window as usize)
-            .build(connector);
         AppClients {
-            h1,
+            h1: AppH1 {
+                app: app.clone(),
+                limits: limits.clone(),
+                idle: Arc::new(Mutex::new(IdleH1::default())),
+            },
             h2: AppH2 {
                 app: app.clone(),
                 limits: limits.clone(),
@@ -249,8 +211,8 @@ impl AppClients {
         }
     }
 
-    /// Sends `req` (its URI absolute: the pool is keyed by its authority
-    /// for HTTP/1.1, and HTTP/2 sends it as `:authority`).
+    /// Sends `req`: for HTTP/1.1 its URI in origin form and its `Host`
+    /// set, for HTTP/2 its URI absolute (sent as `:authority`).
     pub async fn send(
         &self,
         req: Request<Incoming>,
@@ -260,18 +222,172 @@ impl AppClients {
         let result = if h2 {
             self.h2.send(req).await
         } else {
-            self.h1.request(req).await.map_err(|e| {
-                match super::http::find_source::<io::Error>(&e) {
-                    Some(io) if e.is_connect() => {
-                        AppError::Connect(io::Error::new(io.kind(), io.to_string()))
-                    }
-                    _ => AppError::Exchange(error_chain(&e)),
-                }
-            })
+            self.h1.send(req).await
         };
         match result {
             Err(_) if fault.happened() => Err(AppError::CallerBody),
             other => other,
+        }
+    }
+}
+
+/// How many idle HTTP/1.1 connections in a row may turn out closed as a
+/// request is sent on them before a new connection is opened for it.
+const MAX_STALE_RETRIES: usize = 2;
+
+/// HTTP/1.1 to the app: idle keep-alive connections on a stack (the most
+/// recently used on top, so a quiet period leaves the others to expire),
+/// one request at a time on each. A connection goes back on the stack as
+/// soon as its response has been read, and is closed once idle for
+/// `limits.idle_timeout` or when more than [`MAX_IDLE_APP_CONNECTIONS`]
+/// are idle.
+///
+/// This replaced hyper-util's pool, which is keyed by scheme and authority
+/// (two SipHash lookups a request) and races a connect against each
+/// checkout: about 6,500 instructions a request that one app does not need.
+struct AppH1 {
+    app: AppAddr,
+    limits: super::config::Limits,
+    idle: Arc<Mutex<IdleH1>>,
+}
+
+#[derive(Default)]
+struct IdleH1 {
+    /// Each with the time it went idle.
+    conns: Vec<(http1::SendRequest<CallerBody>, Instant)>,
+    /// Whether a task is closing the connections idle for too long.
+    reaping: bool,
+}
+
+fn lock_idle(idle: &Mutex<IdleH1>) -> std::sync::MutexGuard<'_, IdleH1> {
+    // Nothing a panic could leave half-done: a stack of connections.
+    idle.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl AppH1 {
+    async fn send(&self, req: Request<CallerBody>) -> Result<Response<Incoming>, AppError> {
+        let mut req = req;
+        let mut stale = 0;
+        loop {
+            let kept = if stale < MAX_STALE_RETRIES {
+                self.checkout()
+            } else {
+                None
+            };
+            let reused = kept.is_some();
+            let mut sender = match kept {
+                Some(sender) => sender,
+                None => self.open().await?,
+            };
+            match sender.try_send_request(req).await {
+                Ok(response) => {
+                    self.release(sender);
+                    return Ok(response);
+                }
+                Err(mut e) => match e.take_message() {
+                    // An idle connection the app closed as the request was
+                    // sent: nothing of it went, so it goes on another.
+                    Some(unsent) if reused => {
+                        req = unsent;
+                        stale += 1;
+                    }
+                    _ => return Err(AppError::Exchange(error_chain(e.error()))),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection still open, if any.
+    fn checkout(&self) -> Option<http1::SendRequest<CallerBody>> {
+        let mut idle = lock_idle(&self.idle);
+        while let Some((sender, since)) = idle.conns.pop() {
+            if sender.is_ready() && since.elapsed() < self.limits.idle_timeout {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    async fn open(&self) -> Result<http1::SendRequest<CallerBody>, AppError> {
+        let io = self
+            .app
+            .connect(self.limits.app_connect_timeout)
+            .await
+            .map_err(AppError::Connect)?;
+        let (sender, connection) = http1::Builder::new()
+            // The read buffer (so each chunk read from the app) is part of
+            // what a slow caller makes the sidecar hold.
+            .max_buf_size(self.limits.buffer_window as usize)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| AppError::Exchange(format!("HTTP/1.1: {}", error_chain(&e))))?;
+        drive(self.app.clone(), connection);
+        Ok(sender)
+    }
+
+    /// `sender` back on the stack once its response has been read: at once
+    /// when it already has (a small response arrives with its head), else
+    /// from a task that waits for it. A response body dropped unread closes
+    /// the connection, and the task ends with it.
+    fn release(&self, mut sender: http1::SendRequest<CallerBody>) {
+        if sender.is_ready() {
+            park(&self.idle, sender, self.limits.idle_timeout);
+            return;
+        }
+        let (idle, idle_timeout) = (Arc::downgrade(&self.idle), self.limits.idle_timeout);
+        tokio::spawn(async move {
+            if std::future::poll_fn(|cx| sender.poll_ready(cx))
+                .await
+                .is_ok()
+                && let Some(idle) = idle.upgrade()
+            {
+                park(&idle, sender, idle_timeout);
+            }
+        });
+    }
+}
+
+/// Runs a connection to `app` on a task of its own until it ends.
+fn drive<C>(app: AppAddr, connection: C)
+where
+    C: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(%app, error = %e, "a connection to the app ended");
+        }
+    });
+}
+
+/// Puts an idle `sender` on the stack, and starts the task that closes
+/// connections idle for `idle_timeout` if none runs.
+fn park(idle: &Arc<Mutex<IdleH1>>, sender: http1::SendRequest<CallerBody>, idle_timeout: Duration) {
+    let mut held = lock_idle(idle);
+    if held.conns.len() >= MAX_IDLE_APP_CONNECTIONS {
+        return;
+    }
+    held.conns.push((sender, Instant::now()));
+    if !held.reaping {
+        held.reaping = true;
+        tokio::spawn(reap(Arc::downgrade(idle), idle_timeout));
+    }
+}
+
+/// Closes the connections idle for `idle_timeout`, checking every quarter
+/// of it; ends when none is left idle (the next one parked starts another)
+/// or the pool is gone.
+async fn reap(idle: Weak<Mutex<IdleH1>>, idle_timeout: Duration) {
+    let every = (idle_timeout / 4).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(idle) = idle.upgrade() else { return };
+        let mut held = lock_idle(&idle);
+        held.conns
+            .retain(|(sender, since)| !sender.is_closed() && since.elapsed() < idle_timeout);
+        if held.conns.is_empty() {
+            held.reaping = false;
+            return;
         }
     }
 }
@@ -311,12 +427,7 @@ impl AppH2 {
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| AppError::Exchange(format!("HTTP/2 handshake: {}", error_chain(&e))))?;
-        let app = self.app.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%app, error = %e, "h2c connection to the app ended");
-            }
-        });
+        drive(self.app.clone(), connection);
         Ok(sender)
     }
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use http::header;
+use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
@@ -58,9 +58,13 @@ fn for_app<B>(
 ) -> Result<(), Refusal> {
     *req.uri_mut() = app_uri(target, h2, app_authority)?;
     // `Host` holds the policy's host already (the `target` stage); HTTP/2
-    // carries it as `:authority` instead.
+    // carries it as `:authority` instead. HTTP/1.1 needs one: without a
+    // host to pass on, the app's own.
     if h2 {
         req.headers_mut().remove(header::HOST);
+    } else if !req.headers().contains_key(header::HOST) {
+        let host = HeaderValue::from_str(app_authority).map_err(|_| unforwardable())?;
+        req.headers_mut().insert(header::HOST, host);
     }
     *req.version_mut() = if h2 {
         Version::HTTP_2
@@ -70,12 +74,16 @@ fn for_app<B>(
     Ok(())
 }
 
-/// HTTP/1.1: a fixed authority, since the connection pool is keyed by it
-/// and the caller must not be able to open a pool per Host header. HTTP/2
-/// has one connection, and names the host per request.
+/// HTTP/1.1: the origin form (`/path?query`), as a client sends it to a
+/// server. HTTP/2: absolute, naming the caller's host (or the app's when
+/// there is none) as `:authority`.
 fn app_uri(target: &Target, h2: bool, app_authority: &str) -> Result<Uri, Refusal> {
-    // Only HTTP/2 names the caller's host; HTTP/1.1 does not format it.
-    let host = target.host.as_ref().filter(|_| h2).map(Host::authority);
+    if !h2 {
+        let mut uri = String::with_capacity(target.path.len() + 16);
+        target.push_path_and_query(&mut uri);
+        return Uri::try_from(uri).map_err(|_| unforwardable());
+    }
+    let host = target.host.as_ref().map(Host::authority);
     let authority = host.as_deref().unwrap_or(app_authority);
     let mut uri = String::with_capacity(7 + authority.len() + target.path.len());
     uri.push_str("http://");
@@ -144,7 +152,7 @@ mod tests {
     }
 
     #[test]
-    fn http1_uses_the_app_authority_whatever_the_host() {
+    fn http1_sends_the_origin_form_and_the_policys_host() {
         let mut req = request();
         for_app(
             &mut req,
@@ -153,9 +161,18 @@ mod tests {
             "127.0.0.1:9000",
         )
         .expect("rewritten");
-        assert_eq!(req.uri(), "http://127.0.0.1:9000/api/v1?q=1");
+        assert_eq!(req.uri(), "/api/v1?q=1");
         assert_eq!(req.version(), Version::HTTP_11);
         assert_eq!(host_header(req.headers()), Some("svc.example:8080"));
+    }
+
+    #[test]
+    fn http1_without_a_host_names_the_app() {
+        let mut req = request();
+        req.headers_mut().remove(header::HOST);
+        for_app(&mut req, &target(None), false, "127.0.0.1:9000").expect("rewritten");
+        assert_eq!(req.uri(), "/api/v1?q=1");
+        assert_eq!(host_header(req.headers()), Some("127.0.0.1:9000"));
     }
 
     #[test]
