@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Deserializer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::http::{CallerBody, error_chain};
 
@@ -198,11 +199,7 @@ pub struct AppClients {
 impl AppClients {
     pub fn new(app: &AppAddr, limits: &super::config::Limits) -> Self {
         AppClients {
-            h1: AppH1 {
-                app: app.clone(),
-                limits: limits.clone(),
-                idle: Arc::new(Mutex::new(IdleH1::default())),
-            },
+            h1: AppH1::new(app, limits),
             h2: AppH2 {
                 app: app.clone(),
                 limits: limits.clone(),
@@ -239,8 +236,8 @@ const MAX_STALE_RETRIES: usize = 2;
 /// recently used on top, so a quiet period leaves the others to expire),
 /// one request at a time on each. A connection goes back on the stack as
 /// soon as its response has been read, and is closed once idle for
-/// `limits.idle_timeout` or when more than [`MAX_IDLE_APP_CONNECTIONS`]
-/// are idle.
+/// `limits.idle_timeout` (checked every quarter of it, so within 1.25
+/// times it) or when more than [`MAX_IDLE_APP_CONNECTIONS`] are idle.
 ///
 /// This replaced hyper-util's pool, which is keyed by scheme and authority
 /// (two SipHash lookups a request) and races a connect against each
@@ -249,6 +246,22 @@ struct AppH1 {
     app: AppAddr,
     limits: super::config::Limits,
     idle: Arc<Mutex<IdleH1>>,
+    /// Ends the closing task with the pool (an `App` per destination comes
+    /// and goes in transparent mode), rather than at its next check.
+    _stop: DropGuard,
+}
+
+impl AppH1 {
+    fn new(app: &AppAddr, limits: &super::config::Limits) -> Self {
+        let idle = IdleH1::default();
+        let stop = idle.stop.clone().drop_guard();
+        AppH1 {
+            app: app.clone(),
+            limits: limits.clone(),
+            idle: Arc::new(Mutex::new(idle)),
+            _stop: stop,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -257,6 +270,8 @@ struct IdleH1 {
     conns: Vec<(http1::SendRequest<CallerBody>, Instant)>,
     /// Whether a task is closing the connections idle for too long.
     reaping: bool,
+    /// Cancelled when the pool is dropped.
+    stop: CancellationToken,
 }
 
 fn lock_idle(idle: &Mutex<IdleH1>) -> std::sync::MutexGuard<'_, IdleH1> {
@@ -328,8 +343,9 @@ impl AppH1 {
 
     /// `sender` back on the stack once its response has been read: at once
     /// when it already has (a small response arrives with its head), else
-    /// from a task that waits for it. A response body dropped unread closes
-    /// the connection, and the task ends with it.
+    /// from a task that waits for it. A response body dropped unread
+    /// closes the connection (unless hyper can drain what is left of it),
+    /// and the task ends with it.
     fn release(&self, mut sender: http1::SendRequest<CallerBody>) {
         if sender.is_ready() {
             park(&self.idle, sender, self.limits.idle_timeout);
@@ -370,17 +386,21 @@ fn park(idle: &Arc<Mutex<IdleH1>>, sender: http1::SendRequest<CallerBody>, idle_
     held.conns.push((sender, Instant::now()));
     if !held.reaping {
         held.reaping = true;
-        tokio::spawn(reap(Arc::downgrade(idle), idle_timeout));
+        let stop = held.stop.clone();
+        tokio::spawn(reap(Arc::downgrade(idle), idle_timeout, stop));
     }
 }
 
 /// Closes the connections idle for `idle_timeout`, checking every quarter
 /// of it; ends when none is left idle (the next one parked starts another)
 /// or the pool is gone.
-async fn reap(idle: Weak<Mutex<IdleH1>>, idle_timeout: Duration) {
+async fn reap(idle: Weak<Mutex<IdleH1>>, idle_timeout: Duration, stop: CancellationToken) {
     let every = (idle_timeout / 4).max(Duration::from_millis(100));
     loop {
-        tokio::time::sleep(every).await;
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = stop.cancelled() => return,
+        }
         let Some(idle) = idle.upgrade() else { return };
         let mut held = lock_idle(&idle);
         held.conns
@@ -455,5 +475,34 @@ impl AppH2 {
         Err(AppError::Exchange(
             "the app kept closing the connection".into(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_closing_task_ends_with_the_pool_not_at_its_next_check() {
+        let pool = AppH1::new(
+            &AppAddr::Tcp("127.0.0.1:9".parse().expect("addr")),
+            &crate::sidecar::config::Limits::default(),
+        );
+        let stop = lock_idle(&pool.idle).stop.clone();
+        // Checks every 75 s at the default idle timeout of 300 s.
+        let task = tokio::spawn(reap(
+            Arc::downgrade(&pool.idle),
+            pool.limits.idle_timeout,
+            stop,
+        ));
+        tokio::task::yield_now().await;
+        assert!(!task.is_finished());
+        drop(pool);
+        // The clock is paused: it advances only to the next timer, so the
+        // task must end before a second passes, not after 75.
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("the task ended with the pool")
+            .expect("no panic");
     }
 }

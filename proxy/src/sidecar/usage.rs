@@ -138,10 +138,14 @@ impl KeyRef<'_> {
 /// Maps keyed by the caller's verified identity, the route template and
 /// the source range: foldhash, seeded at random per process. Not SipHash
 /// (the previous choice): three quarters of the usage table's work per
-/// request went to hashing the same keys into its five maps. Callers choose
-/// routes, but what a collision attack could cost is bounded by the caps:
-/// a caller's routes are at most [`MAX_ROUTES_PER_CALLER`], so a lookup
-/// compares at most that many keys, and the seed is not observable.
+/// request went to hashing the same keys into its five maps. foldhash does
+/// not claim resistance to collision attacks; what bounds their cost here
+/// is the caps and the seed. Callers choose routes, but a caller's routes
+/// are at most [`MAX_ROUTES_PER_CALLER`] and its source ranges at most
+/// [`MAX_SOURCES_PER_CALLER`], so a lookup there compares at most that many
+/// keys; the callers map (at most [`MAX_CALLERS`]) is keyed by verified
+/// identities, which a caller cannot pick freely; and the seed cannot be
+/// observed from outside.
 type Map<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
