@@ -3,16 +3,12 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper::Request;
 use support::mesh::{
     FRONTEND, INTRUDER, Identities, ORDERS, Pair, Proxy, body, get, h2c_client, http1_client,
     inbound_to, read_some, route_to, send,
@@ -161,7 +157,9 @@ async fn http1_app_connections_get_peer_connections_of_their_own_kept_for_the_ne
 
 /// An HTTP/1.1 app that counts its connections, and closes each one once
 /// idle after `per_connection` requests (as an app's own keep-alive limit
-/// does), without saying so in the response.
+/// does), without saying so in the response. It answers bodiless requests
+/// by hand, so that it can see the other side close: a connection counts
+/// as closed once the sidecar has closed its end too.
 struct CountingApp {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
@@ -184,27 +182,7 @@ impl CountingApp {
                 o.fetch_add(1, Ordering::SeqCst);
                 let (open, closed) = (o.clone(), c.clone());
                 tokio::spawn(async move {
-                    let served = Arc::new(AtomicUsize::new(0));
-                    let enough = Arc::new(tokio::sync::Notify::new());
-                    let (count, notify) = (served.clone(), enough.clone());
-                    let service = hyper::service::service_fn(move |_req| {
-                        if count.fetch_add(1, Ordering::SeqCst) + 1 == per_connection {
-                            notify.notify_one();
-                        }
-                        async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok")))) }
-                    });
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = enough.notified() => {
-                            // The response written, the connection idle.
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
-                        }
-                    }
+                    serve_counted(stream, per_connection).await;
                     open.fetch_sub(1, Ordering::SeqCst);
                     closed.fetch_add(1, Ordering::SeqCst);
                 });
@@ -222,9 +200,39 @@ impl CountingApp {
         self.accepted.load(Ordering::SeqCst)
     }
 
-    /// Connections the app has closed so far.
+    /// Connections closed on both sides so far.
     fn closed(&self) -> usize {
         self.closed.load(Ordering::SeqCst)
+    }
+}
+
+/// Answers `200 ok` to each request head on `stream` (bodiless requests
+/// only); after `per_connection` of them sends its FIN, then waits (at most
+/// 10 s) for the other side's. Returns when the connection is closed.
+async fn serve_counted(mut stream: tokio::net::TcpStream, per_connection: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut pending, mut served, mut buf) = (Vec::new(), 0, [0u8; 4096]);
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            pending.drain(..end + 4);
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            if stream.write_all(answer).await.is_err() {
+                return;
+            }
+            served += 1;
+            if served == per_connection {
+                let _ = stream.shutdown().await;
+                let drained =
+                    async { while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {} };
+                let _ = tokio::time::timeout(Duration::from_secs(10), drained).await;
+                return;
+            }
+        }
     }
 }
 
@@ -286,15 +294,15 @@ async fn app_connections_the_app_closes_when_idle_are_not_used_again() {
                 reply.body
             );
         }
+        // Closed on both sides: the sidecar has seen the app's close, so
+        // the next request must go on a new connection, not on the closed
+        // one (no retry needed).
         eventually(
-            "the app closing a connection after its third request",
+            "the app's connection closed after its third request",
             Duration::from_secs(10),
             async || app.closed() > closed_before,
         )
         .await;
-        // Time for the sidecar to see the close: the next request must go
-        // on a new connection, not on the closed one (no retry needed).
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Kept while open (not 12), replaced once closed (not 1).
     let accepted = app.accepted();

@@ -251,19 +251,6 @@ struct AppH1 {
     _stop: DropGuard,
 }
 
-impl AppH1 {
-    fn new(app: &AppAddr, limits: &super::config::Limits) -> Self {
-        let idle = IdleH1::default();
-        let stop = idle.stop.clone().drop_guard();
-        AppH1 {
-            app: app.clone(),
-            limits: limits.clone(),
-            idle: Arc::new(Mutex::new(idle)),
-            _stop: stop,
-        }
-    }
-}
-
 #[derive(Default)]
 struct IdleH1 {
     /// Each with the time it went idle.
@@ -281,6 +268,17 @@ fn lock_idle(idle: &Mutex<IdleH1>) -> std::sync::MutexGuard<'_, IdleH1> {
 }
 
 impl AppH1 {
+    fn new(app: &AppAddr, limits: &super::config::Limits) -> Self {
+        let idle = IdleH1::default();
+        let stop = idle.stop.clone().drop_guard();
+        AppH1 {
+            app: app.clone(),
+            limits: limits.clone(),
+            idle: Arc::new(Mutex::new(idle)),
+            _stop: stop,
+        }
+    }
+
     async fn send(&self, req: Request<CallerBody>) -> Result<Response<Incoming>, AppError> {
         let mut req = req;
         let mut stale = 0;
