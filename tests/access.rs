@@ -114,6 +114,26 @@ async fn reporting_orders(control: &Control, logs: &Path, app: &TestApp) -> Prox
     orders
 }
 
+/// Under an allow-all policy, the reporting orders sidecar and a frontend
+/// routed to it; one request made (`GET /a`) and its usage stored.
+async fn one_reported_request(control: &Control, dir: &Path) -> (TestApp, Proxy, Proxy) {
+    let policies = dir.join("policies");
+    write_dir(&policies, &[("mesh.cedar", support::mesh::ALLOW_ALL)]);
+    control.cli_ok(&["policy", "push", path_str(&policies)]);
+    let app = TestApp::start().await;
+    let orders = reporting_orders(control, dir, &app).await;
+    let frontend = control.sidecar(
+        dir,
+        "frontend",
+        FRONTEND,
+        &[route_to(orders.inbound(), ORDERS)],
+    );
+    frontend.wait_ready().await;
+    assert_eq!(status(&frontend, "GET", "/a").await, 200);
+    usage_total(control, 1).await;
+    (app, orders, frontend)
+}
+
 fn short(id: &str) -> &str {
     id.rsplit('/').next().unwrap_or(id)
 }
@@ -571,20 +591,7 @@ async fn usage_made_while_the_control_plane_is_down_arrives_after_it_returns(db:
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("control");
     let mut control = Control::start(&data, any_port(), &db, &[]);
-    let policies = dir.path().join("policies");
-    write_dir(&policies, &[("mesh.cedar", support::mesh::ALLOW_ALL)]);
-    control.cli_ok(&["policy", "push", path_str(&policies)]);
-    let app = TestApp::start().await;
-    let orders = reporting_orders(&control, dir.path(), &app).await;
-    let frontend = control.sidecar(
-        dir.path(),
-        "frontend",
-        FRONTEND,
-        &[route_to(orders.inbound(), ORDERS)],
-    );
-    frontend.wait_ready().await;
-    assert_eq!(status(&frontend, "GET", "/a").await, 200);
-    usage_total(&control, 1).await;
+    let (_app, orders, frontend) = one_reported_request(&control, dir.path()).await;
 
     let api_addr = control.api;
     control.kill9();
@@ -605,6 +612,73 @@ async fn usage_made_while_the_control_plane_is_down_arrives_after_it_returns(db:
         .find(|r| r.route == "/b/{id}")
         .expect("the requests made during the outage");
     assert_eq!(kept.count, 5);
+}
+
+/// The control plane stores a report but its answer never reaches the
+/// sidecar: the sidecar sends the same report again, and it is not counted
+/// twice. Forced on PostgreSQL, where the test can hold a lock on the usage
+/// table: the report's transaction waits on it past the sidecar's 10 s
+/// timeout and commits once the lock goes, to a sidecar that has given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_stored_after_its_sidecar_gave_up_is_not_counted_twice() {
+    let db = Db::postgres();
+    let Db::Postgres(url) = &db else {
+        unreachable!()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let control = Control::start(&dir.path().join("control"), any_port(), &db, &[]);
+    let (_app, orders, frontend) = one_reported_request(&control, dir.path()).await;
+
+    // Writes to the usage table wait for this transaction.
+    let (locked_tx, locked) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let url = url.clone();
+    let holder = std::thread::spawn(move || {
+        let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).expect("connect");
+        let mut tx = client.transaction().expect("begin");
+        tx.batch_execute("LOCK TABLE usage_daily IN EXCLUSIVE MODE")
+            .expect("lock");
+        locked_tx.send(()).expect("locked");
+        let _ = release_rx.recv_timeout(Duration::from_secs(60));
+        tx.commit().expect("commit");
+    });
+    locked.recv().expect("the lock is held");
+    for _ in 0..3 {
+        assert_eq!(status(&frontend, "GET", "/b/1").await, 200);
+    }
+    // The report of those three waits on the lock; the sidecar gives up.
+    eventually(
+        Duration::from_secs(30),
+        "a usage report without an answer",
+        || async {
+            let m = orders.metrics().await;
+            sample(&m, "warden_usage_reports_total{outcome=\"failed\"}")
+                .is_some_and(|n| n >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    release.send(()).expect("release");
+    holder.join().expect("lock holder");
+    // Stored once the lock went, then sent again and known.
+    eventually(
+        Duration::from_secs(30),
+        "the report sent again, known",
+        || async {
+            let m = get(control.metrics, "/metrics", &[]).await.ok()?;
+            sample(&m.body, "warden_control_usage_duplicate_reports_total ")
+                .is_some_and(|n| n >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let rows = usage_rows(&control).await;
+    let counts: BTreeMap<&str, u64> = rows.iter().map(|r| (r.route.as_str(), r.count)).collect();
+    assert_eq!(
+        counts,
+        BTreeMap::from([("/a", 1), ("/b/{id}", 3)]),
+        "{rows:?}"
+    );
 }
 
 /// A usage report is only for the reporter's own decisions, bounded and
@@ -728,6 +802,22 @@ async fn bad_usage_reports_are_refused_audited_and_store_nothing() {
         )
         .await;
     assert_eq!(refused_code(unknown_field).0, 400);
+    // A report number not of the form `<32 hex digits>/<number from 1>`.
+    for mark in ["", "1", &format!("{}/0", "a".repeat(32)), &"a".repeat(32)] {
+        let numbered: Result<api::UsageAccepted, ControlError> = mtls
+            .post_with_header(
+                api::USAGE,
+                &report(FRONTEND, vec![entry(INTRUDER)]),
+                api::USAGE_REPORT_HEADER,
+                mark.to_owned(),
+            )
+            .await;
+        assert_eq!(
+            refused_code(numbered),
+            (400, "bad_usage".into()),
+            "{mark:?}"
+        );
+    }
     assert!(
         usage_rows(&control).await.is_empty(),
         "a refusal stored something"

@@ -248,7 +248,7 @@ async fn postgres_pg_dump_round_trip() {
     let restored = Db::Postgres(to.clone());
     assert_eq!(
         history(&Database::Postgres(to.clone())),
-        vec![(1, 1), (2, 1), (3, 1), (4, 1), (5, 1)]
+        vec![(1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1)]
     );
     // The same CA (data directory), the restored database.
     let control = Control::start(&data, any_port(), &restored, &[]);
@@ -260,6 +260,6 @@ async fn postgres_pg_dump_round_trip() {
     assert_eq!(before, after);
     assert_eq!(
         history(&Database::Postgres(to)),
-        vec![(1, 1), (2, 1), (3, 1), (4, 1), (5, 1)]
+        vec![(1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1)]
     );
 }

@@ -29,7 +29,7 @@ async fn a_migration_failing_half_way_is_rolled_back_and_the_schema_stays(db: Db
     let (_dir, data, database) = fixture_database(&db);
     let dialect = dialect(&db);
     let broken = MigrationSet::builtin(dialect).with(
-        "V6__half_way",
+        "V7__half_way",
         "CREATE TABLE half_way (x BIGINT);\n\
          ALTER TABLE svids ADD COLUMN broken TEXT;\n\
          INSERT INTO no_such_table VALUES (1);",
@@ -37,15 +37,15 @@ async fn a_migration_failing_half_way_is_rolled_back_and_the_schema_stays(db: Db
     let err = open_with(&database, &broken).expect_err("the broken step must fail");
     let text = err.to_string();
     assert!(
-        text.contains("V6__half_way failed and was rolled back; the schema stays at version 5"),
+        text.contains("V7__half_way failed and was rolled back; the schema stays at version 6"),
         "{text}"
     );
-    // Steps 1 to 5 committed on their own; step 6 left nothing behind.
+    // Steps 1 to 6 committed on their own; step 7 left nothing behind.
     assert_eq!(
         history(&database),
-        vec![(1, 1), (2, 1), (3, 1), (4, 1), (5, 1)]
+        vec![(1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1)]
     );
-    assert!(!has_table(&database, "half_way"), "half of V6 survived");
+    assert!(!has_table(&database, "half_way"), "half of V7 survived");
 
     // Today's control plane starts on it and serves the fixture's rows.
     let control = Control::start(&data, any_port(), &db, &[]);
@@ -64,26 +64,26 @@ async fn a_migration_failing_half_way_is_rolled_back_and_the_schema_stays(db: Db
 async fn a_newer_schema_is_refused_at_start_and_left_unchanged(db: Db) {
     let (_dir, data, database) = fixture_database(&db);
     let dialect = dialect(&db);
-    // A future release's V6, readable by code that knows V5.
+    // A future release's V7, readable by code that knows V6.
     let compatible = MigrationSet::builtin(dialect).with(
-        "V6__additive",
-        "INSERT INTO warden_schema_compat (version, oldest_compatible) VALUES (6, 5);\n\
-         CREATE TABLE future_six (x BIGINT);",
+        "V7__additive",
+        "INSERT INTO warden_schema_compat (version, oldest_compatible) VALUES (7, 6);\n\
+         CREATE TABLE future_seven (x BIGINT);",
     );
     {
         let (database, set) = (database.clone(), compatible.clone());
-        off_runtime(move || Store::open_with(&database, false, Some(&set)).map(drop)).expect("V6");
+        off_runtime(move || Store::open_with(&database, false, Some(&set)).map(drop)).expect("V7");
     }
     let control = Control::start(&data, any_port(), &db, &[]);
     drop(control);
 
-    // Its V7 is not readable by code that knows V5.
+    // Its V8 is not readable by code that knows V6.
     let incompatible = compatible.with(
-        "V7__breaking",
-        "INSERT INTO warden_schema_compat (version, oldest_compatible) VALUES (7, 7);\n\
-         CREATE TABLE future_seven (x BIGINT);",
+        "V8__breaking",
+        "INSERT INTO warden_schema_compat (version, oldest_compatible) VALUES (8, 8);\n\
+         CREATE TABLE future_eight (x BIGINT);",
     );
-    open_with(&database, &incompatible).expect("V7");
+    open_with(&database, &incompatible).expect("V8");
     let before = history(&database);
     let mut serve = std::process::Command::new(support::warden_bin());
     serve
@@ -97,8 +97,8 @@ async fn a_newer_schema_is_refused_at_start_and_left_unchanged(db: Db) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started on a newer schema");
     assert!(
-        stderr.contains("schema is at version 7, newer than the 5 this control plane")
-            && stderr.contains("must know version 7"),
+        stderr.contains("schema is at version 8, newer than the 6 this control plane")
+            && stderr.contains("must know version 8"),
         "{stderr}"
     );
     assert_eq!(
@@ -163,7 +163,7 @@ fn postgres_replicas_of_adjacent_versions_starting_together_migrate_once() {
         // have failed on the column V2 adds.
         assert_eq!(
             history(&database),
-            vec![(1, 1), (2, 1), (3, 1), (4, 1), (5, 1)],
+            vec![(1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1)],
             "round {round}"
         );
     }

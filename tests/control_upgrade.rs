@@ -53,23 +53,23 @@ async fn a_0_1_database_is_migrated_and_a_0_1_sidecar_reads_every_row(db: Db) {
     };
     let listed = migrate(true);
     assert!(
-        listed.contains("schema version 0 (this warden knows 5)")
-            && listed.lines().filter(|l| l.ends_with("pending")).count() == 5
+        listed.contains("schema version 0 (this warden knows 6)")
+            && listed.lines().filter(|l| l.ends_with("pending")).count() == 6
             && listed.contains("dry run: nothing was changed"),
         "{listed}"
     );
     assert!(history_is_absent(&database), "the dry run wrote");
     let applied = migrate(false);
-    assert_eq!(applied.matches("applied now").count(), 5, "{applied}");
+    assert_eq!(applied.matches("applied now").count(), 6, "{applied}");
     assert_eq!(
         history(&database),
-        vec![(1, 1), (2, 1), (3, 1), (4, 1), (5, 1)]
+        vec![(1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1)]
     );
 
     let control = Control::start(&data, any_port(), &db, &[]);
     assert_eq!(
         history(&database),
-        vec![(1, 1), (2, 1), (3, 1), (4, 1), (5, 1)]
+        vec![(1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (6, 1)]
     );
     let admin = control.client(true);
 

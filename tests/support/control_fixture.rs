@@ -12,7 +12,7 @@ use crate::support::mesh::TD;
 use warden_proxy::identity::SpiffeId;
 
 pub const FIXTURE_TOKEN: &str = "wjt_fixture_unused_0001";
-pub const NEWEST: i32 = 5;
+pub const NEWEST: i32 = 6;
 
 pub fn id(path: &str) -> String {
     format!("spiffe://{TD}/{path}")

@@ -128,6 +128,11 @@ pub(super) async fn metrics_text(state: &Arc<State>) -> Result<String, StoreErro
     );
     let _ = writeln!(
         out,
+        "# HELP warden_control_usage_duplicate_reports_total Usage reports a sidecar sent again after this or another replica had stored them (the answer was lost): not added again.\n# TYPE warden_control_usage_duplicate_reports_total counter\nwarden_control_usage_duplicate_reports_total {}",
+        c.usage_duplicates
+    );
+    let _ = writeln!(
+        out,
         "# HELP warden_control_policy_pushes_total Policy bundles pushed through this replica.\n# TYPE warden_control_policy_pushes_total counter\nwarden_control_policy_pushes_total {}",
         c.policy_pushes
     );

@@ -21,6 +21,9 @@ pub(super) struct Counters {
     pub(super) new_edges: u64,
     /// Reported requests not stored (the callee's rows for the day full).
     pub(super) usage_dropped: u64,
+    /// Usage reports sent again after being stored (their answer lost):
+    /// not added again.
+    pub(super) usage_duplicates: u64,
 }
 
 pub(super) struct State {

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::access::{self, Evaluator};
-use warden_proxy::control::api::{UsageAccepted, UsageReport};
+use warden_proxy::control::api::{ReportMark, UsageAccepted, UsageReport};
 
 /// The window of the admin views when none is given: 7 days.
 pub const DEFAULT_WINDOW_SECS: i64 = 7 * 86_400;
@@ -23,6 +23,7 @@ pub(super) async fn report_usage(
         "a usage report needs the reporting sidecar's SVID as the TLS client certificate",
     )?;
     let id = caller.id.to_string();
+    let mark = report_mark(&req).map_err(|f| refused(state, "usage", &id, Some(&id), f))?;
     let report: UsageReport = read_json(req, api::MAX_USAGE_BODY)
         .await
         .and_then(|r: UsageReport| {
@@ -33,9 +34,22 @@ pub(super) async fn report_usage(
     let entries = report.entries.len();
     let db = state.db.clone();
     let (serial, now) = (caller.serial.clone(), state.now());
-    let recorded = blocking(move || db.record_usage(&report, &serial, now))
+    let recorded = blocking(move || db.record_usage(&report, mark.as_ref(), &serial, now))
         .await
         .map_err(|e| refused(state, "usage", &id, Some(&id), e.into()))?;
+    if recorded.duplicate {
+        tracing::debug!(callee = %id, "usage report stored before; not added again");
+        state.count(|c| c.usage_duplicates += 1);
+        return Ok(json_response(
+            StatusCode::OK,
+            &UsageAccepted {
+                duplicate: true,
+                entries,
+                new_edges: 0,
+                dropped: 0,
+            },
+        ));
+    }
     if recorded.dropped > 0 {
         tracing::warn!(callee = %id, requests = recorded.dropped, "usage past the callee's rows for the day dropped");
     }
@@ -47,11 +61,24 @@ pub(super) async fn report_usage(
     Ok(json_response(
         StatusCode::OK,
         &UsageAccepted {
+            duplicate: false,
             entries,
             new_edges: recorded.new.len(),
             dropped: recorded.dropped,
         },
     ))
+}
+
+/// The report's number, if its sidecar sent one (sidecars before it did
+/// not); a malformed one is refused.
+fn report_mark(req: &Request<Incoming>) -> Result<Option<ReportMark>, Fail> {
+    let Some(value) = req.headers().get(api::USAGE_REPORT_HEADER) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| bad(format!("{} is not ASCII", api::USAGE_REPORT_HEADER)))?;
+    ReportMark::parse(text).map(Some).map_err(bad)
 }
 
 fn bad(message: impl Into<String>) -> Fail {

@@ -178,36 +178,41 @@ fn usage_report(
     }
 }
 
-#[test]
-fn usage_sums_per_day_and_edges_are_new_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&Database::Sqlite(dir.path().join("db")), false)
+const ORDERS: &str = "spiffe://td/orders";
+const FRONTEND: &str = "spiffe://td/frontend";
+const DAY: i64 = 20_000 * 86_400;
+
+/// A store in `dir` holding SVID `s1` of ORDERS, joined just before DAY;
+/// `rows` usage rows a day for each callee.
+fn store_with_svid(dir: &std::path::Path, rows: i64) -> Store {
+    let store = Store::open(&Database::Sqlite(dir.join("db")), false)
         .expect("open")
-        .with_usage_row_cap(2);
-    let (orders, frontend) = ("spiffe://td/orders", "spiffe://td/frontend");
-    let day = 20_000 * 86_400;
+        .with_usage_row_cap(rows);
+    let no_labels = serde_json::Map::new();
     store
-        .create_token(
-            "h",
-            "t1",
-            orders,
-            &serde_json::Map::new(),
-            day - 10,
-            day + 10,
-        )
+        .create_token("h", "t1", ORDERS, &no_labels, DAY - 10, DAY + 10)
         .expect("token");
     store
-        .redeem_token("h", day - 5, |_| {
+        .redeem_token("h", DAY - 5, |_| {
             Ok(Signed {
-                record: record("s1", orders, day - 5, 3 * 86_400),
+                record: record("s1", ORDERS, DAY - 5, 3 * 86_400),
                 value: (),
             })
         })
         .expect("redeem");
+    store
+}
+
+#[test]
+fn usage_sums_per_day_and_edges_are_new_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store_with_svid(dir.path(), 2);
+    let (orders, frontend, day) = (ORDERS, FRONTEND, DAY);
     // Only with an SVID of the callee's, not revoked.
     let refused = store
         .record_usage(
             &usage_report(orders, frontend, "10.0.0.0/24", day),
+            None,
             "nope",
             day,
         )
@@ -216,6 +221,7 @@ fn usage_sums_per_day_and_edges_are_new_once() {
     let refused = store
         .record_usage(
             &usage_report(frontend, frontend, "10.0.0.0/24", day),
+            None,
             "s1",
             day,
         )
@@ -225,6 +231,7 @@ fn usage_sums_per_day_and_edges_are_new_once() {
     let new = store
         .record_usage(
             &usage_report(orders, frontend, "10.0.0.0/24", day),
+            None,
             "s1",
             day,
         )
@@ -236,6 +243,7 @@ fn usage_sums_per_day_and_edges_are_new_once() {
     let new = store
         .record_usage(
             &usage_report(orders, frontend, "10.0.0.0/24", day + 100),
+            None,
             "s1",
             day + 100,
         )
@@ -252,6 +260,7 @@ fn usage_sums_per_day_and_edges_are_new_once() {
     let new = store
         .record_usage(
             &usage_report(orders, frontend, "10.9.0.0/24", day + 200),
+            None,
             "s1",
             day + 200,
         )
@@ -268,17 +277,20 @@ fn usage_sums_per_day_and_edges_are_new_once() {
     third.entries[0].route = "/b".into();
     assert_eq!(
         store
-            .record_usage(&third, "s1", day + 300)
+            .record_usage(&third, None, "s1", day + 300)
             .expect("b")
             .dropped,
         0
     );
     third.entries[0].route = "/c".into();
-    let recorded = store.record_usage(&third, "s1", day + 300).expect("c");
+    let recorded = store
+        .record_usage(&third, None, "s1", day + 300)
+        .expect("c");
     assert_eq!(recorded.dropped, 2);
     let known = store
         .record_usage(
             &usage_report(orders, frontend, "10.0.0.0/24", day + 301),
+            None,
             "s1",
             day + 301,
         )
@@ -293,6 +305,7 @@ fn usage_sums_per_day_and_edges_are_new_once() {
     store
         .record_usage(
             &usage_report(orders, frontend, "10.0.0.0/24", day + 86_400),
+            None,
             "s1",
             day + 86_400,
         )
@@ -317,9 +330,58 @@ fn usage_sums_per_day_and_edges_are_new_once() {
     let refused = store
         .record_usage(
             &usage_report(orders, frontend, "10.0.0.0/24", day + 86_400),
+            None,
             "s1",
             day,
         )
         .expect_err("a revoked SVID");
     assert_eq!(refused.code(), "svid_revoked");
+}
+
+/// A numbered report is stored once: sent again (its answer lost), or
+/// with a lower number from the same sidecar process, it adds nothing; the
+/// next number, or another process's, adds. The numbers go with the usage
+/// at the retention.
+#[test]
+fn numbered_usage_reports_are_stored_once() {
+    use warden_proxy::control::api::ReportMark;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store_with_svid(dir.path(), MAX_ROWS_PER_CALLEE_DAY);
+    let (orders, frontend, day) = (ORDERS, FRONTEND, DAY);
+    let report = usage_report(orders, frontend, "10.0.0.0/24", day);
+    let mark = |instance: &str, seq: u64| ReportMark {
+        instance: instance.repeat(32),
+        seq,
+    };
+    let total = || {
+        store
+            .usage_since(day, None)
+            .expect("rows")
+            .iter()
+            .map(|r| r.count)
+            .sum::<u64>()
+    };
+    let record = |m: &ReportMark| {
+        store
+            .record_usage(&report, Some(m), "s1", day)
+            .expect("record")
+            .duplicate
+    };
+    assert!(!record(&mark("a", 1)));
+    assert_eq!(total(), 2);
+    assert!(record(&mark("a", 1)), "the same report again");
+    assert_eq!(total(), 2);
+    assert!(!record(&mark("a", 2)));
+    assert!(record(&mark("a", 1)), "an earlier one");
+    assert_eq!(total(), 4);
+    assert!(!record(&mark("b", 1)), "another process");
+    assert_eq!(total(), 6);
+    // Unnumbered (a sidecar older than the numbers): always added.
+    store
+        .record_usage(&report, None, "s1", day)
+        .expect("unnumbered");
+    assert_eq!(total(), 8);
+    // The numbers kept no longer than the usage they guard.
+    assert!(store.prune_usage(day + 1).expect("prune") >= 2);
+    assert!(!record(&mark("a", 2)), "pruned with its usage");
 }

@@ -3,7 +3,7 @@
 //! first seen. A report is one transaction: its rows, its new edges and
 //! their audit records commit together or not at all.
 
-use warden_proxy::control::api::{Edge, UsageReport, UsageRow};
+use warden_proxy::control::api::{Edge, ReportMark, UsageReport, UsageRow};
 
 use super::backend::{Row, Sql};
 use super::{AuditEvent, Store, StoreError, insert_audit};
@@ -26,6 +26,8 @@ pub struct Recorded {
     /// Requests not stored: their rows would have passed the callee's
     /// rows for the day.
     pub dropped: u64,
+    /// The report's number was stored already: nothing was added.
+    pub duplicate: bool,
 }
 
 /// An edge seen for the first time.
@@ -96,20 +98,58 @@ fn touch_edge(sql: &mut dyn Sql, edge: &Edge) -> Result<bool, StoreError> {
     Ok(inserted > 0)
 }
 
+/// Records `mark` as the last report of its sidecar process stored (true),
+/// or finds it stored already (false): its number is at or below the
+/// process's last. A process sends its reports one at a time, and a report
+/// again only until it is answered, so a lower number is one stored before.
+fn take_mark(
+    sql: &mut dyn Sql,
+    callee: &str,
+    mark: &ReportMark,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let seq = i64::try_from(mark.seq)
+        .map_err(|_| StoreError::refused(Reason::BadUsage, "report number out of range"))?;
+    let last = sql.row(
+        "SELECT seq FROM usage_reporters WHERE callee = ?1 AND instance = ?2",
+        &[callee.into(), (&mark.instance).into()],
+    )?;
+    if let Some(row) = last
+        && row.int(0)? >= seq
+    {
+        return Ok(false);
+    }
+    sql.exec(
+        "INSERT INTO usage_reporters (callee, instance, seq, updated) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (callee, instance) DO UPDATE SET seq = excluded.seq, updated = excluded.updated",
+        &[
+            callee.into(),
+            (&mark.instance).into(),
+            seq.into(),
+            now.into(),
+        ],
+    )?;
+    Ok(true)
+}
+
 impl Store {
     /// Stores a checked report from the SVID `serial` (refused if it is
     /// revoked or was not issued here): its entries added to their day's
     /// rows, its edges recorded; the edges seen for the first time, at
     /// `now`, are audited (`new_edge`; past [`MAX_EDGE_RECORDS`] in one
-    /// report, one record counts the rest) and returned.
+    /// report, one record counts the rest) and returned. A report with a
+    /// `mark` is stored at most once: one whose number its sidecar process
+    /// (the mark's instance) has already had stored changes nothing and is
+    /// answered as a duplicate.
     pub fn record_usage(
         &self,
         report: &UsageReport,
+        mark: Option<&ReportMark>,
         serial: &str,
         now: i64,
     ) -> Result<Recorded, StoreError> {
         let cap = self.usage_row_cap;
-        let (new, events, dropped) = self.backend.tx(|sql| {
+        let (new, events, dropped, duplicate) = self.backend.tx(|sql| {
             // The TLS layer does not know revocations: refused here, in
             // the transaction that would store the report.
             let svid = sql.row(
@@ -137,6 +177,11 @@ impl Store {
                         format!("SVID {serial} was not issued here"),
                     ));
                 }
+            }
+            if let Some(mark) = mark
+                && !take_mark(sql, &report.callee, mark, now)?
+            {
+                return Ok((Vec::new(), Vec::new(), 0, true));
             }
             let mut calls: std::collections::BTreeMap<&str, (i64, i64)> = Default::default();
             // New rows each day may still take for this callee.
@@ -277,12 +322,16 @@ impl Store {
                 insert_audit(sql, &event)?;
                 events.push(event);
             }
-            Ok((new, events, dropped))
+            Ok((new, events, dropped, false))
         })?;
         for event in &events {
             self.echo(event);
         }
-        Ok(Recorded { new, dropped })
+        Ok(Recorded {
+            new,
+            dropped,
+            duplicate,
+        })
     }
 
     /// Usage seen at or after `since` (whole days: a day's rows hold its
@@ -355,7 +404,11 @@ impl Store {
                 "DELETE FROM access_edges WHERE last_seen < ?1",
                 &[before.into()],
             )?;
-            Ok(rows + edges)
+            let reporters = sql.exec(
+                "DELETE FROM usage_reporters WHERE updated < ?1",
+                &[before.into()],
+            )?;
+            Ok(rows + edges + reporters)
         })
     }
 }

@@ -120,6 +120,15 @@ struct Connections {
     made: AtomicU64,
 }
 
+/// One request to the control plane.
+struct Call<'a> {
+    method: Method,
+    path: &'a str,
+    body: Option<Bytes>,
+    /// One more header, for facts an older control plane may ignore.
+    header: Option<(&'static str, String)>,
+}
+
 /// How an exchange on a connection failed.
 enum Failed {
     /// The connection would not take the request: nothing of it was sent.
@@ -292,6 +301,26 @@ impl ControlClient {
             .await
     }
 
+    /// As [`ControlClient::post`], with one more header (`name` is one of
+    /// the API's, lowercase).
+    pub async fn post_with_header<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        name: &'static str,
+        value: String,
+    ) -> Result<T, ControlError> {
+        let body = serde_json::to_vec(body).map_err(|e| ControlError::Local(e.to_string()))?;
+        let call = Call {
+            method: Method::POST,
+            path,
+            body: Some(Bytes::from(body)),
+            header: Some((name, value)),
+        };
+        let bytes = self.send(call, self.timeout).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ControlError::Decode(e.to_string()))
+    }
+
     /// One request, on a kept connection when one is good for it (see
     /// [`KEEP_IDLE`]), else on a new one.
     pub async fn call<T: DeserializeOwned>(
@@ -314,8 +343,17 @@ impl ControlClient {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<Bytes, ControlError> {
+        let call = Call {
+            method,
+            path,
+            body: body.map(Bytes::from),
+            header: None,
+        };
+        self.send(call, timeout).await
+    }
+
+    async fn send(&self, call: Call<'_>, timeout: Duration) -> Result<Bytes, ControlError> {
         let addr = &self.addr;
-        let body = body.map(Bytes::from);
         // Read before connecting: should the SVID change during the
         // handshake, the connection is tagged with the older one, and so not
         // used again.
@@ -326,7 +364,7 @@ impl ControlClient {
             // connection. Once any of it was sent, the outcome is the call's,
             // so a join or renewal is never made twice by this client.
             if let Some(kept) = self.take_kept(&made_with).await {
-                match self.exchange(kept, &made_with, &method, path, &body).await {
+                match self.exchange(kept, &made_with, &call).await {
                     Err(Failed::NotSent(e)) => {
                         tracing::debug!(error = %e, "a kept control-plane connection was closed; connecting again");
                     }
@@ -334,7 +372,7 @@ impl ControlClient {
                 }
             }
             let connected = self.connect().await?;
-            self.exchange(connected, &made_with, &method, path, &body)
+            self.exchange(connected, &made_with, &call)
                 .await
                 .map_err(Failed::into_inner)
         };
@@ -460,24 +498,25 @@ impl ControlClient {
         &self,
         mut connected: Connected,
         made_with: &Credentials,
-        method: &Method,
-        path: &str,
-        body: &Option<Bytes>,
+        call: &Call<'_>,
     ) -> Result<(http::StatusCode, Bytes), Failed> {
         let mut request = Request::builder()
-            .method(method.clone())
-            .uri(path)
+            .method(call.method.clone())
+            .uri(call.path)
             .header(header::HOST, "warden-control")
             .header(header::ACCEPT, "application/json")
             .header(api::VERSION_HEADER, api::VERSION);
         if let Some(token) = &self.bearer {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        if body.is_some() {
+        if let Some((name, value)) = &call.header {
+            request = request.header(*name, value.as_str());
+        }
+        if call.body.is_some() {
             request = request.header(header::CONTENT_TYPE, "application/json");
         }
         let request = request
-            .body(Full::new(body.clone().unwrap_or_default()))
+            .body(Full::new(call.body.clone().unwrap_or_default()))
             .map_err(|e| Failed::Other(ControlError::Local(e.to_string())))?;
         let response = connected
             .sender

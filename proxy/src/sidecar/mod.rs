@@ -256,12 +256,12 @@ impl Sidecar {
         let interval = shared.config.usage.report_interval;
         let reporter = match (&control_client_for_usage, interval.is_zero()) {
             (Some(client), false) => {
-                let reporter = Arc::new(usage_report::Reporter {
-                    client: client.clone(),
-                    usage: shared.usage.clone(),
-                    store: store.clone(),
-                    service: shared.config.service.name.clone(),
-                });
+                let reporter = Arc::new(usage_report::Reporter::new(
+                    client.clone(),
+                    shared.usage.clone(),
+                    store.clone(),
+                    shared.config.service.name.clone(),
+                ));
                 tokio::spawn(
                     reporter
                         .clone()

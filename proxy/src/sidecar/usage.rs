@@ -400,7 +400,8 @@ impl Usage {
 
     /// Takes at most `max` pending entries (and the sources of their
     /// callers) as a report from `callee` for `service`; None when nothing
-    /// is pending. Give it back with [`Usage::restore`] if it cannot be sent.
+    /// is pending. Give it back with [`Usage::restore`] if it is not sent
+    /// (too large: taken again in smaller parts).
     pub fn take_report(
         &self,
         callee: &str,
@@ -517,7 +518,7 @@ impl Usage {
         })
     }
 
-    /// Puts back a report that could not be sent: merged into what is
+    /// Puts back a report that was not sent: merged into what is
     /// pending, within the same caps (what does not fit is overflow).
     pub fn restore(&self, report: UsageReport) {
         let mut tables = self.tables();

@@ -1,17 +1,20 @@
 //! Sends the usage aggregates to the control plane (`POST /v1/usage`,
-//! mTLS) every `usage.report_interval`, and once more at drain. A report
-//! that cannot be sent goes back into the pending table (bounded by the
-//! same caps), so an outage of the control plane loses nothing but what
-//! the caps refuse.
+//! mTLS) every `usage.report_interval`, and once more at drain. Reports are
+//! numbered ([`api::USAGE_REPORT_HEADER`]) and go one at a time. One
+//! without an answer (the control plane down, or gone after storing it) is
+//! sent again, unchanged and with its number, before anything newer; the
+//! control plane stores a number once. Meanwhile the pending table keeps
+//! aggregating (within its caps), so an outage of the control plane loses
+//! nothing but what the caps refuse, and counts nothing twice.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Mutex, watch};
 
 use super::usage::Usage;
-use crate::control::api::{self, UsageAccepted};
+use crate::control::api::{self, ReportMark, UsageAccepted, UsageReport};
 use crate::control::{ControlClient, ControlError};
 use crate::identity::SvidStore;
 
@@ -22,23 +25,58 @@ pub const REPORT_ENTRIES: usize = 1024;
 const MAX_ROUNDS: usize = super::usage::MAX_ENTRIES / REPORT_ENTRIES + 1;
 
 pub(crate) struct Reporter {
-    pub client: ControlClient,
-    pub usage: Arc<Usage>,
-    pub store: Arc<SvidStore>,
-    pub service: String,
+    client: ControlClient,
+    usage: Arc<Usage>,
+    store: Arc<SvidStore>,
+    service: String,
+    /// Held for a whole flush: reports go one at a time, in number order.
+    outbox: Mutex<Outbox>,
+}
+
+/// This process's numbering of its reports.
+struct Outbox {
+    /// 32 hex digits, random per process.
+    instance: String,
+    /// The last number given.
+    seq: u64,
+    /// The report sent without an answer, and its number.
+    unanswered: Option<(u64, UsageReport)>,
 }
 
 impl Reporter {
-    /// Sends what is pending; the entries sent. Stops at the first failure
-    /// (what was not sent stays pending). A refusal other than overload
-    /// (400, 403, 413) cannot be cured by retrying: that report is dropped,
-    /// logged and counted.
+    pub fn new(
+        client: ControlClient,
+        usage: Arc<Usage>,
+        store: Arc<SvidStore>,
+        service: String,
+    ) -> Reporter {
+        Reporter {
+            client,
+            usage,
+            store,
+            service,
+            outbox: Mutex::new(Outbox {
+                instance: hex::encode(rand::random::<[u8; 16]>()),
+                seq: 0,
+                unanswered: None,
+            }),
+        }
+    }
+
+    /// Sends the report left without an answer, then what is pending; the
+    /// entries sent. Stops at the first failure (what was not sent stays
+    /// pending). A refusal other than overload (400, 403, 413) cannot be
+    /// cured by retrying: that report is dropped, logged and counted.
     pub async fn flush(&self) -> Result<usize, ControlError> {
+        let mut outbox = self.outbox.lock().await;
+        let mut sent = 0;
+        if let Some((seq, report)) = outbox.unanswered.take() {
+            sent += self.send(&mut outbox, seq, report).await?;
+        }
         let Some(svid) = self.store.current() else {
-            return Ok(0);
+            return Ok(sent);
         };
         let callee = svid.spiffe_id().to_string();
-        let mut sent = 0;
         let mut max = REPORT_ENTRIES;
         for _ in 0..MAX_ROUNDS * 2 {
             let Some(report) = self.usage.take_report(&callee, &self.service, max, now()) else {
@@ -52,29 +90,54 @@ impl Reporter {
                 max = (max / 2).max(1);
                 continue;
             }
-            let entries = report.entries.len();
-            match self
-                .client
-                .post::<_, UsageAccepted>(api::USAGE, &report)
-                .await
-            {
-                Ok(_) => {
-                    sent += entries;
-                    self.usage.reports.sent.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) if final_refusal(&e) => {
-                    self.usage.reports.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, entries, "the control plane refused a usage report; it is dropped");
-                    return Err(e);
-                }
-                Err(e) => {
-                    self.usage.reports.failed.fetch_add(1, Ordering::Relaxed);
-                    self.usage.restore(report);
-                    return Err(e);
-                }
-            }
+            outbox.seq += 1;
+            let seq = outbox.seq;
+            sent += self.send(&mut outbox, seq, report).await?;
         }
         Ok(sent)
+    }
+
+    /// Sends `report` as number `seq`; its entries once answered. Without
+    /// an answer it is kept, to be sent again as it is.
+    async fn send(
+        &self,
+        outbox: &mut Outbox,
+        seq: u64,
+        report: UsageReport,
+    ) -> Result<usize, ControlError> {
+        let mark = ReportMark {
+            instance: outbox.instance.clone(),
+            seq,
+        };
+        let entries = report.entries.len();
+        let answer = self
+            .client
+            .post_with_header::<_, UsageAccepted>(
+                api::USAGE,
+                &report,
+                api::USAGE_REPORT_HEADER,
+                mark.header_value(),
+            )
+            .await;
+        match answer {
+            Ok(accepted) => {
+                if accepted.duplicate {
+                    tracing::debug!(seq, "usage report stored before its answer was lost");
+                }
+                self.usage.reports.sent.fetch_add(1, Ordering::Relaxed);
+                Ok(entries)
+            }
+            Err(e) if final_refusal(&e) => {
+                self.usage.reports.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, entries, "the control plane refused a usage report; it is dropped");
+                Err(e)
+            }
+            Err(e) => {
+                self.usage.reports.failed.fetch_add(1, Ordering::Relaxed);
+                outbox.unanswered = Some((seq, report));
+                Err(e)
+            }
+        }
     }
 
     /// Reports every `interval` until shutdown.

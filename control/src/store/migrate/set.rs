@@ -25,6 +25,10 @@ const SQLITE: &[(&str, &str)] = &[
         "V5__usage",
         include_str!("../../../migrations/sqlite/V5__usage.sql"),
     ),
+    (
+        "V6__usage_reports",
+        include_str!("../../../migrations/sqlite/V6__usage_reports.sql"),
+    ),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -47,6 +51,10 @@ const POSTGRES: &[(&str, &str)] = &[
     (
         "V5__usage",
         include_str!("../../../migrations/postgres/V5__usage.sql"),
+    ),
+    (
+        "V6__usage_reports",
+        include_str!("../../../migrations/postgres/V6__usage_reports.sql"),
     ),
 ];
 

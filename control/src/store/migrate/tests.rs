@@ -72,16 +72,16 @@ fn a_step_and_its_history_row_commit_together() {
     // ungrouped mode), the table would stay with no history row, and
     // the next start would fail on it forever.
     conn.execute_batch(
-        "CREATE TRIGGER no_v5 BEFORE INSERT ON warden_schema_history \
-         WHEN NEW.version = 6 BEGIN SELECT RAISE(ABORT, 'no V6'); END;",
+        "CREATE TRIGGER no_v7 BEFORE INSERT ON warden_schema_history \
+         WHEN NEW.version = 7 BEGIN SELECT RAISE(ABORT, 'no V7'); END;",
     )
     .expect("trigger");
-    let next = set.with("V6__table", "CREATE TABLE t6 (x INTEGER);");
+    let next = set.with("V7__table", "CREATE TABLE t7 (x INTEGER);");
     let err = upgrade(&mut conn, &next, true).expect_err("history insert fails");
-    assert!(err.to_string().contains("stays at version 5"), "{err}");
+    assert!(err.to_string().contains("stays at version 6"), "{err}");
     assert!(
-        !conn.has_table("t6").expect("query"),
-        "V6 committed without its row"
+        !conn.has_table("t7").expect("query"),
+        "V7 committed without its row"
     );
 }
 
@@ -90,19 +90,19 @@ fn newer_schema_refused_unless_compatible() {
     let mut conn = rusqlite::Connection::open_in_memory().expect("open");
     let set = MigrationSet::builtin(Dialect::Sqlite);
     upgrade(&mut conn, &set, true).expect("migrate");
-    // An older control plane (knows only V1) runs on V5: V2 to V5 said so.
+    // An older control plane (knows only V1) runs on V6: V2 to V6 said so.
     let old = upgrade(&mut conn, &set.clone().up_to(1), true).expect("compatible");
-    assert_eq!((old.known, old.current), (1, 5));
-    // A step V6 that needs code knowing V6.
+    assert_eq!((old.known, old.current), (1, 6));
+    // A step V7 that needs code knowing V7.
     let next = set.clone().with(
-        "V6__incompatible",
-        "INSERT INTO warden_schema_compat VALUES (6, 6); CREATE TABLE t6 (x INTEGER);",
+        "V7__incompatible",
+        "INSERT INTO warden_schema_compat VALUES (7, 7); CREATE TABLE t7 (x INTEGER);",
     );
-    upgrade(&mut conn, &next, true).expect("v6");
+    upgrade(&mut conn, &next, true).expect("v7");
     let err = upgrade(&mut conn, &set, true).expect_err("newer");
     let text = err.to_string();
     assert!(
-        text.contains("version 6") && text.contains("the 5 this"),
+        text.contains("version 7") && text.contains("the 6 this"),
         "{text}"
     );
 }

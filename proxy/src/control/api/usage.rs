@@ -160,9 +160,64 @@ pub struct SourceRecord {
     pub last_seen: i64,
 }
 
+/// The header that numbers a usage report: `<instance>/<seq>`, the
+/// sidecar process's random instance (32 lowercase hex digits) and the
+/// report's number in it (from 1). A report the sidecar got no answer for
+/// is sent again unchanged, with the same number; the control plane stores
+/// a number at most once per (callee, instance). A header, not a body
+/// field, so that a control plane that predates it ignores it (see
+/// [`super::VERSION_HEADER`]).
+pub const USAGE_REPORT_HEADER: &str = "warden-usage-report";
+
+/// The number of one usage report ([`USAGE_REPORT_HEADER`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportMark {
+    /// The sidecar process: 32 lowercase hex digits, random per start.
+    pub instance: String,
+    /// The report's number in that process, from 1.
+    pub seq: u64,
+}
+
+impl ReportMark {
+    /// The header's value.
+    pub fn header_value(&self) -> String {
+        format!("{}/{}", self.instance, self.seq)
+    }
+
+    /// Reads a header value, refusing anything but the exact form.
+    pub fn parse(text: &str) -> Result<ReportMark, String> {
+        let bad = || {
+            format!(
+                "{USAGE_REPORT_HEADER} must be <32 lowercase hex digits>/<report number from 1 to {}>",
+                i64::MAX
+            )
+        };
+        let (instance, seq) = text.split_once('/').ok_or_else(bad)?;
+        let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+        if instance.len() != 32 || !instance.bytes().all(hex) {
+            return Err(bad());
+        }
+        if seq.is_empty() || seq.len() > 19 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let seq: u64 = seq.parse().map_err(|_| bad())?;
+        if seq == 0 || i64::try_from(seq).is_err() {
+            return Err(bad());
+        }
+        Ok(ReportMark {
+            instance: instance.to_owned(),
+            seq,
+        })
+    }
+}
+
 /// The answer to a usage report.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UsageAccepted {
+    /// A report already stored under its number ([`USAGE_REPORT_HEADER`]):
+    /// nothing of it was added again.
+    #[serde(default)]
+    pub duplicate: bool,
     pub entries: usize,
     /// Edges seen for the first time in this report.
     #[serde(default)]
@@ -309,4 +364,38 @@ pub struct BroadPolicy {
     pub covers: usize,
     /// Of those, the ones that used it.
     pub used_by: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_marks_round_trip_and_refuse_every_other_form() {
+        let mark = ReportMark {
+            instance: "0123456789abcdef0123456789abcdef".into(),
+            seq: 7,
+        };
+        assert_eq!(ReportMark::parse(&mark.header_value()), Ok(mark));
+        let max = format!("{}/{}", "f".repeat(32), i64::MAX);
+        assert_eq!(ReportMark::parse(&max).map(|m| m.seq), Ok(i64::MAX as u64));
+        for bad in [
+            "",
+            "/",
+            "0123456789abcdef0123456789abcdef",
+            "0123456789abcdef0123456789abcdef/",
+            "0123456789abcdef0123456789abcdef/0",
+            "0123456789abcdef0123456789abcdef/-1",
+            "0123456789abcdef0123456789abcdef/+1",
+            "0123456789abcdef0123456789abcdef/1/2",
+            "0123456789abcdef0123456789abcdef/ 1",
+            "0123456789abcdef0123456789abcdef/9223372036854775808",
+            "0123456789ABCDEF0123456789abcdef/1",
+            "0123456789abcdef0123456789abcde/1",
+            "0123456789abcdef0123456789abcdef0/1",
+            "0123456789abcdeg0123456789abcdef/1",
+        ] {
+            assert!(ReportMark::parse(bad).is_err(), "{bad:?} was taken");
+        }
+    }
 }
