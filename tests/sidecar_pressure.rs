@@ -407,15 +407,17 @@ async fn the_connection_caps_hold_for_the_listener_whatever_the_number_of_worker
         closed_at_accept(&refused),
         "a third connection from the same source is closed: {refused:?}"
     );
-    drop(held);
-    // In all: four connections busy, a fifth closed at once.
-    let mut busy = Vec::new();
-    for i in 0..4u8 {
-        let mut s = connect_from([127, 0, 4, 10 + i], inbound).await;
+    // In all: four connections busy (the two held and two more), a fifth
+    // closed at once. The held ones stay: had they been closed, the
+    // sidecar might not have seen it yet when the others arrive.
+    let mut busy = held;
+    for i in 0..2u8 {
+        busy.push(connect_from([127, 0, 4, 10 + i], inbound).await);
+    }
+    for s in &mut busy {
         s.write_all(b"GET /slow/3000 HTTP/1.1\r\nhost: app\r\n\r\n")
             .await
             .expect("busy");
-        busy.push(s);
     }
     app.slow_in_flight(4).await;
     let mut fifth = connect_from([127, 0, 4, 20], inbound).await;

@@ -32,36 +32,36 @@ pub(super) async fn report_usage(
         })
         .map_err(|f| refused(state, "usage", &id, Some(&id), f))?;
     let entries = report.entries.len();
-    let db = state.db.clone();
     let (serial, now) = (caller.serial.clone(), state.now());
-    let recorded = blocking(move || db.record_usage(&report, mark.as_ref(), &serial, now))
-        .await
-        .map_err(|e| refused(state, "usage", &id, Some(&id), e.into()))?;
+    let counted = state.clone();
+    // Counted where it is stored: should the sidecar give up waiting (and
+    // this handler be dropped), the transaction still commits.
+    let recorded = blocking(move || {
+        let recorded = counted
+            .db
+            .record_usage(&report, mark.as_ref(), &serial, now)?;
+        counted.count(|c| {
+            if recorded.duplicate {
+                c.usage_duplicates += 1;
+            } else {
+                c.usage_reports += 1;
+                c.new_edges += recorded.new.len() as u64;
+                c.usage_dropped += recorded.dropped;
+            }
+        });
+        Ok(recorded)
+    })
+    .await
+    .map_err(|e| refused(state, "usage", &id, Some(&id), e.into()))?;
     if recorded.duplicate {
         tracing::debug!(callee = %id, "usage report stored before; not added again");
-        state.count(|c| c.usage_duplicates += 1);
-        return Ok(json_response(
-            StatusCode::OK,
-            &UsageAccepted {
-                duplicate: true,
-                entries,
-                new_edges: 0,
-                dropped: 0,
-            },
-        ));
-    }
-    if recorded.dropped > 0 {
+    } else if recorded.dropped > 0 {
         tracing::warn!(callee = %id, requests = recorded.dropped, "usage past the callee's rows for the day dropped");
     }
-    state.count(|c| {
-        c.usage_reports += 1;
-        c.new_edges += recorded.new.len() as u64;
-        c.usage_dropped += recorded.dropped;
-    });
     Ok(json_response(
         StatusCode::OK,
         &UsageAccepted {
-            duplicate: false,
+            duplicate: recorded.duplicate,
             entries,
             new_edges: recorded.new.len(),
             dropped: recorded.dropped,
@@ -72,9 +72,13 @@ pub(super) async fn report_usage(
 /// The report's number, if its sidecar sent one (sidecars before it did
 /// not); a malformed one is refused.
 fn report_mark(req: &Request<Incoming>) -> Result<Option<ReportMark>, Fail> {
-    let Some(value) = req.headers().get(api::USAGE_REPORT_HEADER) else {
+    let mut values = req.headers().get_all(api::USAGE_REPORT_HEADER).iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    if values.next().is_some() {
+        return Err(bad(format!("more than one {}", api::USAGE_REPORT_HEADER)));
+    }
     let text = value
         .to_str()
         .map_err(|_| bad(format!("{} is not ASCII", api::USAGE_REPORT_HEADER)))?;

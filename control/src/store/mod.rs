@@ -37,7 +37,7 @@ pub use migrate::{Dialect, MigrationSet, SchemaStatus};
 use policy::policy_head;
 pub use records::{AuditEvent, IdentityRecord, PolicyBundle, Revocations, Signed, SvidRecord};
 use revocation::revocation_seq;
-pub use usage::{MAX_ROWS_PER_CALLEE_DAY, NewEdge, Recorded};
+pub use usage::{MAX_REPORTERS_PER_CALLEE, MAX_ROWS_PER_CALLEE_DAY, NewEdge, Recorded};
 
 /// A refused or failed store operation; [`StoreError::reason`] is what
 /// the API and the audit trail say.
@@ -105,6 +105,8 @@ pub struct Store {
     echo: Option<AuditSink>,
     /// Usage rows one callee may add per day.
     usage_row_cap: i64,
+    /// Sidecar processes whose last report number is kept per callee.
+    reporter_cap: i64,
 }
 
 fn labels_map(text: &str) -> serde_json::Map<String, serde_json::Value> {
@@ -134,6 +136,7 @@ impl Store {
             backend: Backend::open(database, migrations)?,
             echo,
             usage_row_cap: usage::MAX_ROWS_PER_CALLEE_DAY,
+            reporter_cap: usage::MAX_REPORTERS_PER_CALLEE,
         })
     }
 
@@ -148,6 +151,13 @@ impl Store {
     /// [`MAX_ROWS_PER_CALLEE_DAY`]).
     pub fn with_usage_row_cap(mut self, n: i64) -> Self {
         self.usage_row_cap = n;
+        self
+    }
+
+    /// At most `n` sidecar processes' report numbers kept per callee
+    /// (tests; default [`MAX_REPORTERS_PER_CALLEE`]).
+    pub fn with_reporter_cap(mut self, n: i64) -> Self {
+        self.reporter_cap = n.max(1);
         self
     }
 

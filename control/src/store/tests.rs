@@ -340,13 +340,14 @@ fn usage_sums_per_day_and_edges_are_new_once() {
 
 /// A numbered report is stored once: sent again (its answer lost), or
 /// with a lower number from the same sidecar process, it adds nothing; the
-/// next number, or another process's, adds. The numbers go with the usage
-/// at the retention.
+/// next number, or another process's, adds. Past the cap of processes per
+/// callee the least recently updated is forgotten; the numbers go on the
+/// day boundary of the usage they guard.
 #[test]
 fn numbered_usage_reports_are_stored_once() {
     use warden_proxy::control::api::ReportMark;
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = store_with_svid(dir.path(), MAX_ROWS_PER_CALLEE_DAY);
+    let store = store_with_svid(dir.path(), MAX_ROWS_PER_CALLEE_DAY).with_reporter_cap(2);
     let (orders, frontend, day) = (ORDERS, FRONTEND, DAY);
     let report = usage_report(orders, frontend, "10.0.0.0/24", day);
     let mark = |instance: &str, seq: u64| ReportMark {
@@ -361,27 +362,39 @@ fn numbered_usage_reports_are_stored_once() {
             .map(|r| r.count)
             .sum::<u64>()
     };
-    let record = |m: &ReportMark| {
+    // Whether the report was known; stored at `at`.
+    let known = |m: &ReportMark, at: i64| {
         store
-            .record_usage(&report, Some(m), "s1", day)
+            .record_usage(&report, Some(m), "s1", at)
             .expect("record")
             .duplicate
     };
-    assert!(!record(&mark("a", 1)));
+    assert!(!known(&mark("a", 1), day));
     assert_eq!(total(), 2);
-    assert!(record(&mark("a", 1)), "the same report again");
+    assert!(known(&mark("a", 1), day), "the same report again");
     assert_eq!(total(), 2);
-    assert!(!record(&mark("a", 2)));
-    assert!(record(&mark("a", 1)), "an earlier one");
+    assert!(!known(&mark("a", 2), day + 1));
+    assert!(known(&mark("a", 1), day + 1), "an earlier one");
     assert_eq!(total(), 4);
-    assert!(!record(&mark("b", 1)), "another process");
+    assert!(!known(&mark("b", 1), day + 2), "another process");
     assert_eq!(total(), 6);
+    // A third process, past the cap of two: "a" (least recently updated)
+    // is forgotten, "b" is not.
+    assert!(!known(&mark("c", 1), day + 3));
+    assert!(known(&mark("b", 1), day + 3));
+    assert!(!known(&mark("a", 2), day + 4), "forgotten past the cap");
+    assert_eq!(total(), 10);
     // Unnumbered (a sidecar older than the numbers): always added.
     store
         .record_usage(&report, None, "s1", day)
         .expect("unnumbered");
-    assert_eq!(total(), 8);
-    // The numbers kept no longer than the usage they guard.
-    assert!(store.prune_usage(day + 1).expect("prune") >= 2);
-    assert!(!record(&mark("a", 2)), "pruned with its usage");
+    assert_eq!(total(), 12);
+    // Pruning within the usage's day keeps both the usage and the numbers.
+    store.prune_usage(day + 100).expect("prune");
+    assert_eq!(total(), 12);
+    assert!(known(&mark("a", 2), day + 5), "kept with its usage");
+    // The next day's cut takes both.
+    assert!(store.prune_usage(day + 86_400).expect("prune") >= 3);
+    assert_eq!(total(), 0);
+    assert!(!known(&mark("a", 2), day + 86_400), "pruned with its usage");
 }

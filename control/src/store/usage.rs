@@ -13,6 +13,11 @@ const DAY: i64 = 86_400;
 
 /// New edges audited one by one per report; the rest get one record.
 pub const MAX_EDGE_RECORDS: usize = 16;
+/// Sidecar processes whose last report number is kept per callee, by
+/// default: past them, the least recently updated are forgotten (those
+/// updated in the same second as the last kept stay too), so a workload
+/// starting processes without end cannot grow the table without end.
+pub const MAX_REPORTERS_PER_CALLEE: i64 = 4096;
 /// Rows one callee may add per day by default: past them, reports only add
 /// to rows it already has (a flood of unique routes or callers, honest or
 /// not, stays bounded in the database too).
@@ -107,6 +112,7 @@ fn take_mark(
     callee: &str,
     mark: &ReportMark,
     now: i64,
+    cap: i64,
 ) -> Result<bool, StoreError> {
     let seq = i64::try_from(mark.seq)
         .map_err(|_| StoreError::refused(Reason::BadUsage, "report number out of range"))?;
@@ -114,7 +120,7 @@ fn take_mark(
         "SELECT seq FROM usage_reporters WHERE callee = ?1 AND instance = ?2",
         &[callee.into(), (&mark.instance).into()],
     )?;
-    if let Some(row) = last
+    if let Some(row) = &last
         && row.int(0)? >= seq
     {
         return Ok(false);
@@ -129,6 +135,15 @@ fn take_mark(
             now.into(),
         ],
     )?;
+    if last.is_none() {
+        // A new process: the callee's oldest forgotten past the cap.
+        sql.exec(
+            "DELETE FROM usage_reporters WHERE callee = ?1 AND updated < \
+             (SELECT updated FROM usage_reporters WHERE callee = ?1 \
+              ORDER BY updated DESC LIMIT 1 OFFSET ?2)",
+            &[callee.into(), (cap - 1).into()],
+        )?;
+    }
     Ok(true)
 }
 
@@ -148,7 +163,7 @@ impl Store {
         serial: &str,
         now: i64,
     ) -> Result<Recorded, StoreError> {
-        let cap = self.usage_row_cap;
+        let (cap, reporter_cap) = (self.usage_row_cap, self.reporter_cap);
         let (new, events, dropped, duplicate) = self.backend.tx(|sql| {
             // The TLS layer does not know revocations: refused here, in
             // the transaction that would store the report.
@@ -179,7 +194,7 @@ impl Store {
                 }
             }
             if let Some(mark) = mark
-                && !take_mark(sql, &report.callee, mark, now)?
+                && !take_mark(sql, &report.callee, mark, now, reporter_cap)?
             {
                 return Ok((Vec::new(), Vec::new(), 0, true));
             }
@@ -404,9 +419,10 @@ impl Store {
                 "DELETE FROM access_edges WHERE last_seen < ?1",
                 &[before.into()],
             )?;
+            // On the same day boundary as the usage they guard.
             let reporters = sql.exec(
                 "DELETE FROM usage_reporters WHERE updated < ?1",
-                &[before.into()],
+                &[(before.div_euclid(DAY) * DAY).into()],
             )?;
             Ok(rows + edges + reporters)
         })

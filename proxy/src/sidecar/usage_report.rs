@@ -39,9 +39,22 @@ struct Outbox {
     instance: String,
     /// The last number given.
     seq: u64,
-    /// The report sent without an answer, and its number.
-    unanswered: Option<(u64, UsageReport)>,
+    /// The report being sent, or sent without an answer: kept until one.
+    held: Option<Held>,
 }
+
+struct Held {
+    seq: u64,
+    report: UsageReport,
+    /// Failures the control plane answered (5xx, 408, 429).
+    answered_failures: u32,
+}
+
+/// A report the control plane answered with a failure this many times is
+/// dropped (logged and counted as refused): it would otherwise hold back
+/// every newer one. Failures without an answer (the control plane down)
+/// are not counted: it is kept through an outage of any length.
+const MAX_ANSWERED_FAILURES: u32 = 10;
 
 impl Reporter {
     pub fn new(
@@ -58,21 +71,19 @@ impl Reporter {
             outbox: Mutex::new(Outbox {
                 instance: hex::encode(rand::random::<[u8; 16]>()),
                 seq: 0,
-                unanswered: None,
+                held: None,
             }),
         }
     }
 
     /// Sends the report left without an answer, then what is pending; the
-    /// entries sent. Stops at the first failure (what was not sent stays
-    /// pending). A refusal other than overload (400, 403, 413) cannot be
-    /// cured by retrying: that report is dropped, logged and counted.
+    /// entries sent. Stops at the first failure: the report that failed is
+    /// held to be sent again first, the rest stays pending. A refusal other
+    /// than overload (400, 403, 413) cannot be cured by retrying: that
+    /// report is dropped, logged and counted.
     pub async fn flush(&self) -> Result<usize, ControlError> {
         let mut outbox = self.outbox.lock().await;
-        let mut sent = 0;
-        if let Some((seq, report)) = outbox.unanswered.take() {
-            sent += self.send(&mut outbox, seq, report).await?;
-        }
+        let mut sent = self.send_held(&mut outbox).await?;
         let Some(svid) = self.store.current() else {
             return Ok(sent);
         };
@@ -91,53 +102,73 @@ impl Reporter {
                 continue;
             }
             outbox.seq += 1;
-            let seq = outbox.seq;
-            sent += self.send(&mut outbox, seq, report).await?;
+            outbox.held = Some(Held {
+                seq: outbox.seq,
+                report,
+                answered_failures: 0,
+            });
+            sent += self.send_held(&mut outbox).await?;
         }
         Ok(sent)
     }
 
-    /// Sends `report` as number `seq`; its entries once answered. Without
-    /// an answer it is kept, to be sent again as it is.
-    async fn send(
-        &self,
-        outbox: &mut Outbox,
-        seq: u64,
-        report: UsageReport,
-    ) -> Result<usize, ControlError> {
+    /// Sends the held report, if any; its entries once answered. It stays
+    /// held until then (also should this future be dropped mid-way).
+    async fn send_held(&self, outbox: &mut Outbox) -> Result<usize, ControlError> {
+        let Some(held) = &outbox.held else {
+            return Ok(0);
+        };
+        let (seq, entries) = (held.seq, held.report.entries.len());
         let mark = ReportMark {
             instance: outbox.instance.clone(),
             seq,
         };
-        let entries = report.entries.len();
         let answer = self
             .client
             .post_with_header::<_, UsageAccepted>(
                 api::USAGE,
-                &report,
+                &held.report,
                 api::USAGE_REPORT_HEADER,
                 mark.header_value(),
             )
             .await;
+        let counts = &self.usage.reports;
         match answer {
             Ok(accepted) => {
+                outbox.held = None;
                 if accepted.duplicate {
                     tracing::debug!(seq, "usage report stored before its answer was lost");
                 }
-                self.usage.reports.sent.fetch_add(1, Ordering::Relaxed);
+                counts.sent.fetch_add(1, Ordering::Relaxed);
                 Ok(entries)
             }
             Err(e) if final_refusal(&e) => {
-                self.usage.reports.refused.fetch_add(1, Ordering::Relaxed);
+                outbox.held = None;
+                counts.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, entries, "the control plane refused a usage report; it is dropped");
                 Err(e)
             }
             Err(e) => {
-                self.usage.reports.failed.fetch_add(1, Ordering::Relaxed);
-                outbox.unanswered = Some((seq, report));
+                counts.failed.fetch_add(1, Ordering::Relaxed);
+                if let Some(held) = &mut outbox.held
+                    && matches!(e, ControlError::Refused { .. })
+                {
+                    held.answered_failures += 1;
+                    if held.answered_failures >= MAX_ANSWERED_FAILURES {
+                        outbox.held = None;
+                        counts.refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, entries, failures = MAX_ANSWERED_FAILURES, "the control plane failed a usage report every time it was sent; it is dropped");
+                    }
+                }
                 Err(e)
             }
         }
+    }
+
+    /// Entries in the report held for sending again.
+    async fn held_entries(&self) -> usize {
+        let outbox = self.outbox.lock().await;
+        outbox.held.as_ref().map_or(0, |h| h.report.entries.len())
     }
 
     /// Reports every `interval` until shutdown.
@@ -153,7 +184,8 @@ impl Reporter {
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     if failures == 1 || failures.is_power_of_two() {
-                        tracing::warn!(error = %e, failures, pending = self.usage.pending_entries(), "usage report failed; kept for the next one");
+                        let held = self.held_entries().await;
+                        tracing::warn!(error = %e, failures, held, pending = self.usage.pending_entries(), "usage report failed; kept for the next one");
                     }
                 }
             }

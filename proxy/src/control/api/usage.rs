@@ -197,7 +197,11 @@ impl ReportMark {
         if instance.len() != 32 || !instance.bytes().all(hex) {
             return Err(bad());
         }
-        if seq.is_empty() || seq.len() > 19 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        if seq.is_empty()
+            || seq.len() > 19
+            || seq.starts_with('0')
+            || !seq.bytes().all(|b| b.is_ascii_digit())
+        {
             return Err(bad());
         }
         let seq: u64 = seq.parse().map_err(|_| bad())?;
@@ -385,6 +389,7 @@ mod tests {
             "0123456789abcdef0123456789abcdef",
             "0123456789abcdef0123456789abcdef/",
             "0123456789abcdef0123456789abcdef/0",
+            "0123456789abcdef0123456789abcdef/01",
             "0123456789abcdef0123456789abcdef/-1",
             "0123456789abcdef0123456789abcdef/+1",
             "0123456789abcdef0123456789abcdef/1/2",
