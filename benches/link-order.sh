@@ -10,8 +10,9 @@
 # most of the 20 MB of text, so an idle sidecar had 12 MB of it resident.
 # Symbols no longer in the binary are skipped by the linker: a stale file
 # costs memory, never correctness. Run again after a dependency or
-# toolchain upgrade (symbol hashes change then), or when a release
-# sidecar's idle RSS grows:
+# toolchain upgrade (symbol hashes change then; the test in src/link fails
+# when Cargo.lock or a Cargo.toml changed), or when a release sidecar's idle
+# RSS grows:
 #
 #   bash benches/link-order.sh        # needs valgrind, curl, python3, nm
 #
@@ -116,6 +117,8 @@ pids=("${pids[0]}")
 
 {
 echo "# $("${RUSTC:-rustc}" -V)"
+# What decides the crates' hashes; a test (src/link) fails once it changes.
+echo "# dependencies sha256:$(cat Cargo.lock Cargo.toml proxy/Cargo.toml control/Cargo.toml | sha256sum | cut -d' ' -f1) (Cargo.lock, Cargo.toml, proxy/Cargo.toml, control/Cargo.toml)"
 python3 - "$WARDEN_BIN" "$work/in.cg" "$work/out.cg" <<'PY'
 import re, subprocess, sys
 binary, profiles = sys.argv[1], sys.argv[2:]

@@ -4,6 +4,8 @@
 mod args;
 mod cli;
 mod inject;
+#[cfg(test)]
+mod link;
 mod logging;
 
 /// jemalloc, its background threads returning freed memory to the system
