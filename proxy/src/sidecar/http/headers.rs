@@ -28,6 +28,10 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Where `Connection` and `TE` are in [`HOP_BY_HOP`].
+const CONNECTION: usize = 0;
+const TE: usize = 5;
+
 /// Removes hop-by-hop headers, and the headers `Connection` names.
 /// `Upgrade` goes too: upgrades are relayed explicitly, never by accident.
 /// `te: trailers` is kept (gRPC servers require it; HTTP/2 allows it).
@@ -47,21 +51,36 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !upgrade && !present.contains(&true) {
         return;
     }
-    let trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    // The ones `Connection` names (those of the list are removed below).
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !HOP_BY_HOP.contains(name))
-        .collect();
+    let trailers = present[TE]
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    // The ones `Connection` names, but those of the list (removed below,
+    // and usually all it names: `keep-alive`), compared before a name is
+    // made of them.
+    let mut named: Vec<HeaderName> = Vec::new();
+    if present[CONNECTION] {
+        for token in headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+        {
+            if HOP_BY_HOP
+                .iter()
+                .any(|h| h.as_str().eq_ignore_ascii_case(token))
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
     for name in &named {
         headers.remove(name);
     }
@@ -151,6 +170,12 @@ pub fn strip_response<B>(response: &mut Response<B>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_indexes_name_their_headers() {
+        assert_eq!(HOP_BY_HOP[CONNECTION], header::CONNECTION);
+        assert_eq!(HOP_BY_HOP[TE], header::TE);
+    }
 
     #[test]
     fn each_hop_by_hop_header_alone_goes() {

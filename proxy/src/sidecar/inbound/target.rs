@@ -51,13 +51,28 @@ static OVERRIDE_HEADERS: [HeaderName; 5] = [
 
 /// `Host` set to the normalized host, and the override headers dropped.
 fn canonical_headers(headers: &mut HeaderMap, target: &Target) {
-    headers.remove(header::HOST);
-    if let Some(host) = &target.host
-        && let Ok(v) = HeaderValue::from_str(&host.authority())
-    {
-        headers.insert(header::HOST, v);
+    let authority = target.host.as_ref().map(|host| host.authority());
+    // Usually one `Host`, already as normalized: left as it is.
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let kept = match (hosts.next(), hosts.next(), &authority) {
+        (Some(host), None, Some(authority)) => host.as_bytes() == authority.as_bytes(),
+        _ => false,
+    };
+    if !kept {
+        headers.remove(header::HOST);
+        if let Some(v) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            headers.insert(header::HOST, v);
+        }
     }
-    for name in &OVERRIDE_HEADERS {
+    // One pass over the names rather than a hashed removal of each
+    // override header, which requests almost never carry.
+    let mut present = [false; OVERRIDE_HEADERS.len()];
+    for name in headers.keys() {
+        if let Some(i) = OVERRIDE_HEADERS.iter().position(|o| o == name) {
+            present[i] = true;
+        }
+    }
+    for (name, _) in OVERRIDE_HEADERS.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
 }
@@ -97,6 +112,18 @@ mod tests {
         assert_eq!(prepared.target.path, "/admin/a");
         assert_eq!(req.headers()[header::HOST], "api.example.org:8080");
         assert!(prepared.upgrade.is_none());
+    }
+
+    #[test]
+    fn a_host_header_is_one_and_canonical() {
+        let mut one = request(Method::GET, "/", &[("host", "svc:8080")]);
+        prepare(&mut one, PathRules::default()).expect("prepared");
+        assert_eq!(one.headers().get_all(header::HOST).iter().count(), 1);
+        assert_eq!(one.headers()[header::HOST], "svc:8080");
+        let mut upper = request(Method::GET, "/", &[("host", "SVC:8080")]);
+        prepare(&mut upper, PathRules::default()).expect("prepared");
+        assert_eq!(upper.headers().get_all(header::HOST).iter().count(), 1);
+        assert_eq!(upper.headers()[header::HOST], "svc:8080");
     }
 
     #[test]
