@@ -688,6 +688,48 @@ async fn a_report_stored_after_its_sidecar_gave_up_is_not_counted_twice() {
     );
 }
 
+/// A report the control plane fails every time it is sent (here the
+/// database refuses one of its rows: 503) is dropped after ten answered
+/// failures and counted as refused, so that it does not hold back the
+/// reports after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_failed_every_time_is_dropped_and_holds_back_nothing() {
+    let db = Db::postgres();
+    let Db::Postgres(url) = &db else {
+        unreachable!()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let control = Control::start(&dir.path().join("control"), any_port(), &db, &[]);
+    let (_app, orders, frontend) = one_reported_request(&control, dir.path()).await;
+    let url = url.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).expect("connect");
+        client
+            .batch_execute("ALTER TABLE usage_daily ADD CONSTRAINT no_b CHECK (route <> '/b/{id}')")
+            .expect("constraint");
+    })
+    .await
+    .expect("join");
+    assert_eq!(status(&frontend, "GET", "/b/1").await, 200);
+    let refused = |m: &str| sample(m, "warden_usage_reports_total{outcome=\"refused\"}");
+    eventually(Duration::from_secs(40), "the report dropped", || async {
+        refused(&orders.metrics().await)
+            .is_some_and(|n| n >= 1.0)
+            .then_some(())
+    })
+    .await;
+    let m = orders.metrics().await;
+    let failed = sample(&m, "warden_usage_reports_total{outcome=\"failed\"}");
+    assert!(failed.is_some_and(|n| n >= 10.0), "{m}");
+    // The next report is not held back by it.
+    for _ in 0..2 {
+        assert_eq!(status(&frontend, "GET", "/c").await, 200);
+    }
+    let rows = usage_total(&control, 3).await;
+    let counts: BTreeMap<&str, u64> = rows.iter().map(|r| (r.route.as_str(), r.count)).collect();
+    assert_eq!(counts, BTreeMap::from([("/a", 1), ("/c", 2)]), "{rows:?}");
+}
+
 /// A usage report is only for the reporter's own decisions, bounded and
 /// well formed; each refusal is audited and stores nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
