@@ -114,6 +114,17 @@ async fn reporting_orders(control: &Control, logs: &Path, app: &TestApp) -> Prox
     orders
 }
 
+/// A control plane on a fresh PostgreSQL database, and that database's URL
+/// (for the test to act on it directly).
+fn on_postgres(dir: &Path) -> (String, Control) {
+    let db = Db::postgres();
+    let control = Control::start(&dir.join("control"), any_port(), &db, &[]);
+    let Db::Postgres(url) = db else {
+        unreachable!()
+    };
+    (url, control)
+}
+
 /// Under an allow-all policy, the reporting orders sidecar and a frontend
 /// routed to it; one request made (`GET /a`) and its usage stored.
 async fn one_reported_request(control: &Control, dir: &Path) -> (TestApp, Proxy, Proxy) {
@@ -621,12 +632,8 @@ async fn usage_made_while_the_control_plane_is_down_arrives_after_it_returns(db:
 /// timeout and commits once the lock goes, to a sidecar that has given up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_stored_after_its_sidecar_gave_up_is_not_counted_twice() {
-    let db = Db::postgres();
-    let Db::Postgres(url) = &db else {
-        unreachable!()
-    };
     let dir = tempfile::tempdir().expect("tempdir");
-    let control = Control::start(&dir.path().join("control"), any_port(), &db, &[]);
+    let (url, control) = on_postgres(dir.path());
     let (_app, orders, frontend) = one_reported_request(&control, dir.path()).await;
 
     let failed = |m: &str| sample(m, "warden_usage_reports_total{outcome=\"failed\"}");
@@ -634,7 +641,6 @@ async fn a_report_stored_after_its_sidecar_gave_up_is_not_counted_twice() {
     // Writes to the usage table wait for this transaction.
     let (locked_tx, locked) = std::sync::mpsc::channel();
     let (release, release_rx) = std::sync::mpsc::channel::<()>();
-    let url = url.clone();
     let holder = std::thread::spawn(move || {
         let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).expect("connect");
         let mut tx = client.transaction().expect("begin");
@@ -694,14 +700,9 @@ async fn a_report_stored_after_its_sidecar_gave_up_is_not_counted_twice() {
 /// reports after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_failed_every_time_is_dropped_and_holds_back_nothing() {
-    let db = Db::postgres();
-    let Db::Postgres(url) = &db else {
-        unreachable!()
-    };
     let dir = tempfile::tempdir().expect("tempdir");
-    let control = Control::start(&dir.path().join("control"), any_port(), &db, &[]);
+    let (url, control) = on_postgres(dir.path());
     let (_app, orders, frontend) = one_reported_request(&control, dir.path()).await;
-    let url = url.clone();
     tokio::task::spawn_blocking(move || {
         let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).expect("connect");
         client
