@@ -120,6 +120,11 @@ struct Connections {
     made: AtomicU64,
 }
 
+/// An answer's JSON body.
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ControlError> {
+    serde_json::from_slice(bytes).map_err(|e| ControlError::Decode(e.to_string()))
+}
+
 /// One request to the control plane.
 struct Call<'a> {
     method: Method,
@@ -296,9 +301,7 @@ impl ControlClient {
         path: &str,
         body: &B,
     ) -> Result<T, ControlError> {
-        let body = serde_json::to_vec(body).map_err(|e| ControlError::Local(e.to_string()))?;
-        self.call(Method::POST, path, Some(body), self.timeout)
-            .await
+        self.post_json(path, body, None).await
     }
 
     /// As [`ControlClient::post`], with one more header (`name` is one of
@@ -310,15 +313,23 @@ impl ControlClient {
         name: &'static str,
         value: String,
     ) -> Result<T, ControlError> {
+        self.post_json(path, body, Some((name, value))).await
+    }
+
+    async fn post_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        header: Option<(&'static str, String)>,
+    ) -> Result<T, ControlError> {
         let body = serde_json::to_vec(body).map_err(|e| ControlError::Local(e.to_string()))?;
         let call = Call {
             method: Method::POST,
             path,
             body: Some(Bytes::from(body)),
-            header: Some((name, value)),
+            header,
         };
-        let bytes = self.send(call, self.timeout).await?;
-        serde_json::from_slice(&bytes).map_err(|e| ControlError::Decode(e.to_string()))
+        decode(&self.send(call, self.timeout).await?)
     }
 
     /// One request, on a kept connection when one is good for it (see
@@ -330,8 +341,7 @@ impl ControlClient {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<T, ControlError> {
-        let bytes = self.call_raw(method, path, body, timeout).await?;
-        serde_json::from_slice(&bytes).map_err(|e| ControlError::Decode(e.to_string()))
+        decode(&self.call_raw(method, path, body, timeout).await?)
     }
 
     /// As [`ControlClient::call`], the answer's body as it came (a page

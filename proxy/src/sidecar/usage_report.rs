@@ -37,14 +37,14 @@ pub(crate) struct Reporter {
 struct Outbox {
     /// 32 hex digits, random per process.
     instance: String,
-    /// The last number given.
+    /// The last number given: the held report's, if one is held (a new
+    /// one is only made once none is).
     seq: u64,
     /// The report being sent, or sent without an answer: kept until one.
     held: Option<Held>,
 }
 
 struct Held {
-    seq: u64,
     report: UsageReport,
     /// Failures the control plane answered (5xx, 408, 429).
     answered_failures: u32,
@@ -103,7 +103,6 @@ impl Reporter {
             }
             outbox.seq += 1;
             outbox.held = Some(Held {
-                seq: outbox.seq,
                 report,
                 answered_failures: 0,
             });
@@ -118,7 +117,7 @@ impl Reporter {
         let Some(held) = &outbox.held else {
             return Ok(0);
         };
-        let (seq, entries) = (held.seq, held.report.entries.len());
+        let (seq, entries) = (outbox.seq, held.report.entries.len());
         let mark = ReportMark {
             instance: outbox.instance.clone(),
             seq,

@@ -197,15 +197,13 @@ impl ReportMark {
         if instance.len() != 32 || !instance.bytes().all(hex) {
             return Err(bad());
         }
-        if seq.is_empty()
-            || seq.len() > 19
-            || seq.starts_with('0')
-            || !seq.bytes().all(|b| b.is_ascii_digit())
-        {
+        // Digits only (`parse` would take a `+`), no leading zero (so not
+        // 0 either), at most i64::MAX (the database's integer).
+        if seq.is_empty() || seq.starts_with('0') || !seq.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
         let seq: u64 = seq.parse().map_err(|_| bad())?;
-        if seq == 0 || i64::try_from(seq).is_err() {
+        if i64::try_from(seq).is_err() {
             return Err(bad());
         }
         Ok(ReportMark {

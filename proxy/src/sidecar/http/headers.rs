@@ -17,8 +17,9 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-warden-request-id"
 pub const ORIG_PROTO: HeaderName = HeaderName::from_static("x-warden-orig-proto");
 pub const ORIG_PROTO_HTTP1: &str = "HTTP/1.1";
 
-/// Headers of one hop only (RFC 9110 7.6.1), never forwarded.
-static HOP_BY_HOP: [HeaderName; 7] = [
+/// Headers of one hop only (RFC 9110 7.6.1), never forwarded, and
+/// `Upgrade` (upgrades are relayed explicitly, never by accident).
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -26,29 +27,44 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::PROXY_AUTHORIZATION,
     header::TE,
     header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Where `Connection` and `TE` are in [`HOP_BY_HOP`].
 const CONNECTION: usize = 0;
 const TE: usize = 5;
 
+/// Which of `names` `headers` holds, found in one pass over its names
+/// rather than a hashed lookup of each: most messages hold none of them.
+pub fn find_listed<const N: usize>(headers: &HeaderMap, names: &[HeaderName; N]) -> [bool; N] {
+    let mut found = [false; N];
+    for name in headers.keys() {
+        if let Some(i) = names.iter().position(|n| n == name) {
+            found[i] = true;
+        }
+    }
+    found
+}
+
+/// Removes the `names` that [`find_listed`] found.
+pub fn remove_found<const N: usize>(
+    headers: &mut HeaderMap,
+    names: &[HeaderName; N],
+    found: [bool; N],
+) {
+    for (name, _) in names.iter().zip(found).filter(|(_, f)| *f) {
+        headers.remove(name);
+    }
+}
+
 /// Removes hop-by-hop headers, and the headers `Connection` names.
 /// `Upgrade` goes too: upgrades are relayed explicitly, never by accident.
 /// `te: trailers` is kept (gRPC servers require it; HTTP/2 allows it).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names: most messages carry none of them and the
-    // rest one or two (`connection: keep-alive`), so only those present
-    // get a hashed removal, not each of the eight.
-    let mut present = [false; HOP_BY_HOP.len()];
-    let mut upgrade = false;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present[i] = true;
-        } else if *name == header::UPGRADE {
-            upgrade = true;
-        }
-    }
-    if !upgrade && !present.contains(&true) {
+    // Most messages carry none of them and the rest one or two
+    // (`connection: keep-alive`): only those present get a hashed removal.
+    let present = find_listed(headers, &HOP_BY_HOP);
+    if !present.contains(&true) {
         return;
     }
     let trailers = present[TE]
@@ -84,12 +100,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &named {
         headers.remove(name);
     }
-    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
-        headers.remove(name);
-    }
-    if upgrade {
-        headers.remove(header::UPGRADE);
-    }
+    remove_found(headers, &HOP_BY_HOP, present);
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
@@ -175,11 +186,12 @@ mod tests {
     fn the_indexes_name_their_headers() {
         assert_eq!(HOP_BY_HOP[CONNECTION], header::CONNECTION);
         assert_eq!(HOP_BY_HOP[TE], header::TE);
+        assert!(HOP_BY_HOP.contains(&header::UPGRADE));
     }
 
     #[test]
     fn each_hop_by_hop_header_alone_goes() {
-        for name in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
+        for name in &HOP_BY_HOP {
             let mut h = HeaderMap::new();
             h.insert(name.clone(), HeaderValue::from_static("x"));
             h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));

@@ -16,8 +16,9 @@ use http_body_util::combinators::BoxBody;
 
 pub use body::{BodyFault, CallerBody};
 pub use headers::{
-    ORIG_PROTO, ORIG_PROTO_HTTP1, PEER_ID, REQUEST_ID, XFCC, is_reserved, restore_upgrade,
-    strip_hop_by_hop, strip_reserved, strip_response, upgrade_allowed, upgrade_protocol,
+    ORIG_PROTO, ORIG_PROTO_HTTP1, PEER_ID, REQUEST_ID, XFCC, find_listed, is_reserved,
+    remove_found, restore_upgrade, strip_hop_by_hop, strip_reserved, strip_response,
+    upgrade_allowed, upgrade_protocol,
 };
 pub use refusal::{
     GRPC_DEADLINE_EXCEEDED, GRPC_INVALID_ARGUMENT, GRPC_PERMISSION_DENIED, GRPC_UNAVAILABLE,

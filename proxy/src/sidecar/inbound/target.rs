@@ -9,7 +9,8 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request};
 
 use crate::sidecar::http::{
-    Refusal, RefusalKind, strip_hop_by_hop, strip_reserved, upgrade_allowed, upgrade_protocol,
+    Refusal, RefusalKind, find_listed, remove_found, strip_hop_by_hop, strip_reserved,
+    upgrade_allowed, upgrade_protocol,
 };
 use crate::sidecar::normalize::{NormalizeError, PathRules, Target, normalize_request};
 
@@ -64,17 +65,9 @@ fn canonical_headers(headers: &mut HeaderMap, target: &Target) {
             headers.insert(header::HOST, v);
         }
     }
-    // One pass over the names rather than a hashed removal of each
-    // override header, which requests almost never carry.
-    let mut present = [false; OVERRIDE_HEADERS.len()];
-    for name in headers.keys() {
-        if let Some(i) = OVERRIDE_HEADERS.iter().position(|o| o == name) {
-            present[i] = true;
-        }
-    }
-    for (name, _) in OVERRIDE_HEADERS.iter().zip(present).filter(|(_, p)| *p) {
-        headers.remove(name);
-    }
+    // Requests almost never carry them.
+    let found = find_listed(headers, &OVERRIDE_HEADERS);
+    remove_found(headers, &OVERRIDE_HEADERS, found);
 }
 
 /// 405 for CONNECT, 400 for every other target that does not normalize.
