@@ -11,7 +11,11 @@
 //!    the X.509 issuance rate of the same run.
 //!
 //! For each: throughput, latency percentiles, errors and the control
-//! plane's CPU time per issuance (from /proc). The baseline, measured in
+//! plane's CPU time per issuance (from /proc); then the rate against the
+//! baseline's, and where the machine's CPU went per issuance: the control
+//! plane, this process (the simulated sidecars, their TLS handshakes and
+//! requests) and the database server (every process named `postgres`),
+//! with the ceiling that sum sets with every core busy. The baseline, measured in
 //! the same run: the CA signing the same kind of CSR in this process, with
 //! no TLS, HTTP or database. Keys and CSRs are made before the clock starts.
 //!
@@ -57,6 +61,9 @@ const TD: &str = "bench.warden";
 struct Server {
     child: Child,
     api: SocketAddr,
+    /// The database's processes (`postgres`), when there is one outside
+    /// the control plane.
+    database: Option<&'static str>,
 }
 
 impl Server {
@@ -93,11 +100,53 @@ impl Server {
         // Audit lines keep coming: drain them so the server never blocks.
         std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
         let api = api.ok_or("the control plane did not start")?;
-        Ok(Server { child, api })
+        Ok(Server {
+            child,
+            api,
+            database: database.map(|_| "postgres"),
+        })
     }
 
     fn cpu(&self) -> Duration {
         proc_stat::cpu_time(self.child.id())
+    }
+
+    /// CPU time so far of the control plane, of this process (the
+    /// simulated sidecars) and of the database's processes, and the
+    /// machine's busy and total ticks.
+    fn cpu_split(&self) -> CpuSplit {
+        CpuSplit {
+            control: self.cpu(),
+            sidecars: proc_stat::cpu_time(std::process::id()),
+            database: self.database.map(proc_stat::cpu_time_named),
+            machine: proc_stat::machine_ticks(),
+        }
+    }
+}
+
+/// Where the machine's CPU time went, read at one instant.
+#[derive(Clone, Copy)]
+struct CpuSplit {
+    control: Duration,
+    sidecars: Duration,
+    database: Option<Duration>,
+    machine: (u64, u64),
+}
+
+impl CpuSplit {
+    fn since(self, before: CpuSplit) -> CpuSplit {
+        CpuSplit {
+            control: self.control.saturating_sub(before.control),
+            sidecars: self.sidecars.saturating_sub(before.sidecars),
+            database: self
+                .database
+                .zip(before.database)
+                .map(|(a, b)| a.saturating_sub(b)),
+            machine: (
+                self.machine.0.saturating_sub(before.machine.0),
+                self.machine.1.saturating_sub(before.machine.1),
+            ),
+        }
     }
 }
 
@@ -118,7 +167,7 @@ struct Phase {
     latencies_us: Vec<u64>,
     errors: usize,
     first_error: Option<String>,
-    cpu: Duration,
+    cpu: CpuSplit,
 }
 
 impl Phase {
@@ -130,10 +179,13 @@ impl Phase {
         self.latencies_us[rank.min(self.latencies_us.len() - 1)] as f64 / 1000.0
     }
 
-    fn report(&self, name: &str, n: usize) -> serde_json::Value {
+    /// Printed and as JSON; `raw` is the CA's raw signing rate of the same
+    /// run.
+    fn report(&self, name: &str, n: usize, raw: f64) -> serde_json::Value {
         let ok = self.latencies_us.len();
         let rate = ok as f64 / self.wall.as_secs_f64();
-        let cpu_us = self.cpu.as_secs_f64() * 1e6 / ok.max(1) as f64;
+        let each = |d: Duration| d.as_secs_f64() * 1e6 / ok.max(1) as f64;
+        let cpu_us = each(self.cpu.control);
         println!(
             "  {name:<9} {ok}/{n} in {:.2}s = {rate:.0}/s   p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms   control-plane CPU {cpu_us:.0} µs each   errors {}{}",
             self.wall.as_secs_f64(),
@@ -146,11 +198,35 @@ impl Phase {
                 .map(|e| format!(" (first: {e})"))
                 .unwrap_or_default()
         );
+        // What the whole machine spent on each: with every core busy and
+        // the same CPU per operation, the rate could not pass `ceiling`.
+        let sidecars_us = each(self.cpu.sidecars);
+        let database_us = self.cpu.database.map(each);
+        let total_us = cpu_us + sidecars_us + database_us.unwrap_or(0.0);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (busy, total) = self.cpu.machine;
+        let busy = busy as f64 / total.max(1) as f64;
+        let ceiling = cores as f64 * 1e6 / total_us.max(f64::MIN_POSITIVE);
+        println!(
+            "  {:<9} {:.2}x the raw signing rate; CPU each: control plane {cpu_us:.0} µs + simulated sidecars {sidecars_us:.0} µs{} = {total_us:.0} µs; {cores} cores {:.0}% busy, at most {ceiling:.0}/s = {:.2}x with every core busy",
+            "",
+            rate / raw.max(f64::MIN_POSITIVE),
+            database_us
+                .map(|d| format!(" + database {d:.0} µs"))
+                .unwrap_or_default(),
+            busy * 100.0,
+            ceiling / raw.max(f64::MIN_POSITIVE),
+        );
         json!({
             "ok": ok, "requested": n, "seconds": self.wall.as_secs_f64(), "per_second": rate,
             "p50_ms": self.percentile_ms(50.0), "p99_ms": self.percentile_ms(99.0),
             "max_ms": self.percentile_ms(100.0), "errors": self.errors,
             "control_plane_cpu_us_each": cpu_us,
+            "vs_raw_signing": rate / raw.max(f64::MIN_POSITIVE),
+            "simulated_sidecars_cpu_us_each": sidecars_us,
+            "database_cpu_us_each": database_us,
+            "machine_busy": busy,
+            "ceiling_per_second": ceiling,
         })
     }
 }
@@ -173,7 +249,7 @@ where
     let mut indexed: Vec<(usize, T)> = jobs.into_iter().enumerate().collect();
     indexed.reverse();
     let queue = Arc::new(std::sync::Mutex::new(indexed));
-    let cpu0 = server.cpu();
+    let cpu0 = server.cpu_split();
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
@@ -208,7 +284,7 @@ where
         }
     }
     let wall = started.elapsed();
-    let cpu = server.cpu().saturating_sub(cpu0);
+    let cpu = server.cpu_split().since(cpu0);
     latencies.sort_unstable();
     (
         Phase {
@@ -227,6 +303,7 @@ async fn bench_backend(
     database: Option<String>,
     n: usize,
     concurrency: usize,
+    raw: f64,
 ) -> Result<serde_json::Value, Error> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("control");
@@ -260,7 +337,7 @@ async fn bench_backend(
         }
     })
     .await;
-    let tokens_json = created.report("tokens", n);
+    let tokens_json = created.report("tokens", n, raw);
     // Each simulated sidecar its own client: a join is a new sidecar's
     // first call, on a connection of its own.
     let joins: Vec<(ControlClient, String, String, String)> = tokens
@@ -300,7 +377,7 @@ async fn bench_backend(
         },
     )
     .await;
-    let join_json = joined.report("joins", n);
+    let join_json = joined.report("joins", n, raw);
 
     // 2. The renewal storm: each sidecar with its own SVID and a new key.
     let storm: Vec<(ControlClient, Arc<SvidStore>, String, String)> = svids
@@ -344,7 +421,7 @@ async fn bench_backend(
         },
     )
     .await;
-    let renew_json = renewed.report("renewals", renewing);
+    let renew_json = renewed.report("renewals", renewing, raw);
     // Untimed: each sidecar installs its renewed SVID, as a sidecar does, so
     // that its next call presents it (on a new connection).
     for (store, chain, key) in renewals.into_iter().flatten() {
@@ -374,7 +451,7 @@ async fn bench_backend(
         Ok(jwt.expires_at)
     })
     .await;
-    let jwt_json = issued.report("JWT-SVIDs", asking);
+    let jwt_json = issued.report("JWT-SVIDs", asking, raw);
     let new_connections = connections(&counted) - before_jwt;
     println!(
         "  JWT-SVIDs on {} kept connections, {new_connections} new",
@@ -423,7 +500,9 @@ async fn run() -> Result<(), Error> {
     let concurrency: usize = env_or("WARDEN_BENCH_CONCURRENCY", 64);
     let backends: String = env_or("WARDEN_BENCH_BACKENDS", "sqlite,postgres".to_owned());
     let mut results = serde_json::Map::new();
-    results.insert("baseline_raw_signing".into(), raw_signing(n.min(2000))?);
+    let baseline = raw_signing(n.min(2000))?;
+    let raw = baseline["per_second"].as_f64().unwrap_or(f64::NAN);
+    results.insert("baseline_raw_signing".into(), baseline);
     for backend in backends.split(',').map(str::trim) {
         let database = match backend {
             "sqlite" => None,
@@ -432,7 +511,7 @@ async fn run() -> Result<(), Error> {
         };
         results.insert(
             backend.into(),
-            bench_backend(backend, database, n, concurrency).await?,
+            bench_backend(backend, database, n, concurrency, raw).await?,
         );
     }
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/control-bench.json");
