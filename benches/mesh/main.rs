@@ -29,6 +29,8 @@ use serde_json::json;
 use warden_control::ca::{CertificateAuthority, InitOptions};
 use warden_proxy::identity::SpiffeId;
 
+// Each bench uses part of the helpers.
+#[allow(dead_code)]
 #[path = "../support/proc.rs"]
 mod proc_stat;
 #[path = "../support/proxy.rs"]

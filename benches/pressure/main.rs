@@ -33,6 +33,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+// Each bench uses part of the helpers.
+#[allow(dead_code)]
 #[path = "../support/proc.rs"]
 mod proc_stat;
 #[path = "../support/proxy.rs"]
