@@ -211,6 +211,80 @@ fn sidecar_config_for_the_control_plane_is_checked() {
     );
 }
 
+/// PostgreSQL ends the control plane's connections (a failover, a restart,
+/// `pg_terminate_backend`): the pool replaces them, with no restart. A call
+/// on a connection already ended may fail (at most one per connection),
+/// and every call after it succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_ended_by_the_server_are_replaced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::postgres();
+    let Db::Postgres(url) = &db else {
+        unreachable!("Db::postgres")
+    };
+    let control = Control::start(&dir.path().join("c"), any_port(), &db, &[]);
+    let admin = control.client(true);
+    let token = |n: usize| api::TokenRequest {
+        spiffe_id: format!("spiffe://{}/ns/pool/sa/w{n}", support::mesh::TD),
+        ttl_secs: Some(600),
+        labels: BTreeMap::new(),
+    };
+    for n in 0..3 {
+        admin
+            .post::<_, api::TokenResponse>(api::ADMIN_TOKENS, &token(n))
+            .await
+            .expect("a token before");
+    }
+
+    // The server ends every connection of the control plane's.
+    let url = url.clone();
+    let ended = tokio::task::spawn_blocking(move || {
+        let mut pg = ::postgres::Client::connect(&url, ::postgres::NoTls).expect("connect");
+        let row = pg
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND application_name = 'warden-control'",
+                &[],
+            )
+            .expect("terminate");
+        row.get::<_, i64>(0)
+    })
+    .await
+    .expect("terminate");
+    assert!(ended >= 1, "the control plane held no connection");
+
+    let mut failures = 0;
+    for n in 3..(3 + ended as usize + 3) {
+        if let Err(e) = admin
+            .post::<_, api::TokenResponse>(api::ADMIN_TOKENS, &token(n))
+            .await
+        {
+            failures += 1;
+            assert!(
+                failures <= ended,
+                "{failures} calls failed after {ended} connections ended; last: {e}"
+            );
+        }
+    }
+    let list: Vec<serde_json::Value> = admin
+        .get(api::ADMIN_IDENTITIES)
+        .await
+        .expect("identities after");
+    let made = list
+        .iter()
+        .filter(|i| {
+            i["spiffe_id"]
+                .as_str()
+                .is_some_and(|id| id.contains("/ns/pool/"))
+        })
+        .count();
+    assert_eq!(
+        made,
+        3 + ended as usize + 3 - failures as usize,
+        "every call that succeeded made one identity: {list:#?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_one_postgres_database() {
     let dir = tempfile::tempdir().expect("tempdir");

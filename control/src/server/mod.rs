@@ -258,7 +258,8 @@ pub async fn start_with(
             )));
         }
     }
-    // Blocking work (PostgreSQL's client runs its own runtime): off this one.
+    // Blocking work (PostgreSQL migrations use a blocking client, which runs
+    // its own runtime): off this one.
     let audit_stdout = options.audit_stdout;
     let connections = options.database_connections;
     let opened = {

@@ -14,7 +14,7 @@ mod sqlite;
 #[cfg(test)]
 mod tests;
 
-use pg::PgConn;
+use pg::PgPool;
 use pg::pg_connect;
 use sqlite::sqlite_connect;
 
@@ -158,48 +158,9 @@ pub const PG_POOL: usize = 8;
 
 pub enum Backend {
     Sqlite(super::group::GroupCommit),
-    Postgres {
-        url: String,
-        /// Opened as needed, up to [`PG_POOL`]; a closed one is reopened.
-        pool: Vec<Mutex<Option<Box<PgConn>>>>,
-        /// Which busy connection the next transaction waits for.
-        next: std::sync::atomic::AtomicUsize,
-    },
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        // The blocking client shuts its own runtime down when dropped, which
-        // panics inside another runtime: drop them on a plain thread.
-        if let Backend::Postgres { pool, .. } = self {
-            let clients: Vec<Box<PgConn>> = pool
-                .iter_mut()
-                .filter_map(|slot| {
-                    slot.get_mut()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .take()
-                })
-                .collect();
-            if !clients.is_empty() {
-                let _ = std::thread::Builder::new()
-                    .name("postgres-close".into())
-                    .spawn(move || drop(clients));
-            }
-        }
-    }
-}
-
-/// The first free pool slot (so that a quiet control plane uses one
-/// connection), else slot `wait` (rotating), waited for.
-fn pool_slot<T>(pool: &[Mutex<T>], wait: usize) -> std::sync::MutexGuard<'_, T> {
-    for slot in pool {
-        match slot.try_lock() {
-            Ok(guard) => return guard,
-            Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {}
-        }
-    }
-    lock(&pool[wait % pool.len()])
+    /// Connections opened as needed, up to [`PG_POOL`] (or the size set);
+    /// a closed one is replaced.
+    Postgres(PgPool),
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -216,8 +177,8 @@ fn or_builtin(migrations: Option<&MigrationSet>, dialect: Dialect) -> MigrationS
 }
 
 /// Where `database`'s schema stands against `migrations` (or this build's);
-/// with `apply`, migrates it. A PostgreSQL client is closed on a plain
-/// thread (see [`Backend`]'s drop).
+/// with `apply`, migrates it. On PostgreSQL the blocking client runs (and
+/// is dropped) on a thread of its own, never inside a runtime.
 pub fn migrate(
     database: &Database,
     migrations: Option<&MigrationSet>,
@@ -276,37 +237,18 @@ impl Backend {
                 let mut client = pg_connect(url)?;
                 let set = or_builtin(migrations, Dialect::Postgres);
                 migrate::upgrade_postgres(&mut client, &set, true)?;
-                let mut pool: Vec<Mutex<Option<Box<PgConn>>>> =
-                    (0..PG_POOL).map(|_| Mutex::new(None)).collect();
-                pool[0] = Mutex::new(Some(Box::new(PgConn::new(client))));
-                Ok(Backend::Postgres {
-                    url: url.clone(),
-                    pool,
-                    next: std::sync::atomic::AtomicUsize::new(0),
-                })
+                // Dropped where it was made: the caller is not inside a
+                // runtime, or connecting would have panicked already.
+                drop(client);
+                Ok(Backend::Postgres(PgPool::new(url, PG_POOL)?))
             }
         }
     }
 
     /// At most `n` (at least 1) PostgreSQL connections; no change on SQLite.
     pub fn set_pool_size(&mut self, n: usize) {
-        if let Backend::Postgres { pool, .. } = self {
-            let n = n.max(1);
-            if pool.len() > n {
-                let extra: Vec<_> = pool
-                    .drain(n..)
-                    .filter_map(|slot| {
-                        slot.into_inner()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    })
-                    .collect();
-                if !extra.is_empty() {
-                    let _ = std::thread::Builder::new()
-                        .name("postgres-close".into())
-                        .spawn(move || drop(extra));
-                }
-            }
-            pool.resize_with(n, || Mutex::new(None));
+        if let Backend::Postgres(pool) = self {
+            pool.resize(n);
         }
     }
 
@@ -322,7 +264,7 @@ impl Backend {
     ) -> Result<T, StoreError> {
         match self {
             Backend::Sqlite(group) => group.tx(f),
-            Backend::Postgres { url, pool, next } => pg::tx(url, pool, next, f),
+            Backend::Postgres(pool) => pg::tx(pool, f),
         }
     }
 }

@@ -1,15 +1,13 @@
-//! PostgreSQL behind [`super::Sql`]: `?N` placeholders rewritten to `$N`,
-//! each statement prepared once per pooled connection, SERIALIZABLE
-//! transactions retried after a lost conflict.
+//! PostgreSQL behind [`super::Sql`]: a `deadpool-postgres` pool of
+//! `tokio-postgres` connections, `?N` placeholders rewritten to `$N`, each
+//! statement prepared once per pooled connection, SERIALIZABLE transactions
+//! retried after a lost conflict.
 
-use std::collections::HashMap;
 use std::error::Error as _;
-use std::sync::Mutex;
-use std::sync::atomic::AtomicUsize;
 
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
-use super::{Row, Sql, StoreError, Val, pool_slot};
+use super::{Row, Sql, StoreError, Val};
 
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
@@ -107,46 +105,84 @@ fn pg_val(row: &postgres::Row, i: usize) -> Result<Val, StoreError> {
     Ok(val.unwrap_or(Val::Null))
 }
 
-/// One PostgreSQL connection of the pool, and the statements prepared on it.
-pub struct PgConn {
-    client: postgres::Client,
-    /// By their `?N` text. A statement given as text is parsed and planned
-    /// by the server and costs a round trip of its own before it runs;
-    /// prepared once, each later use is one round trip. Prepared statements
-    /// belong to the session, not to a transaction, so a rollback keeps
-    /// them; the cache is dropped after a transaction fails with a database
-    /// error other than a serialization conflict (a concurrent replica's
-    /// migration may have changed what a statement reads). Statements
-    /// outlive transactions, so the connection must be the same server
-    /// session throughout: direct, or through a session-pooling proxy, not
-    /// a transaction-pooling one.
-    statements: HashMap<String, postgres::Statement>,
+/// The PostgreSQL pool: `deadpool-postgres` connections (`tokio-postgres`
+/// clients, each with the statements prepared on it), driven by a runtime
+/// of their own with one worker thread. The store's callers are blocking
+/// threads (or plain ones): each waits on that runtime with `block_on`, so
+/// the pool works the same whichever runtime, if any, the caller belongs to.
+pub struct PgPool {
+    pool: deadpool_postgres::Pool,
+    /// `Some` until dropped; shut down without waiting, so that dropping the
+    /// pool inside another runtime does not panic.
+    rt: Option<tokio::runtime::Runtime>,
 }
 
-impl PgConn {
-    pub(super) fn new(client: postgres::Client) -> Self {
-        PgConn {
-            client,
-            statements: HashMap::new(),
+impl PgPool {
+    /// Up to `size` connections to `url`, opened when first needed.
+    pub(super) fn new(url: &str, size: usize) -> Result<PgPool, StoreError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("postgres-io")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::db(format!("PostgreSQL runtime: {e}"), false))?;
+        let manager = deadpool_postgres::Manager::from_config(
+            pg_config(url)?,
+            postgres::NoTls,
+            deadpool_postgres::ManagerConfig {
+                // A closed connection is never handed out; an open one
+                // without a query first (a failed transaction rolled back).
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(size.max(1))
+            .build()
+            .map_err(|e| StoreError::db(format!("PostgreSQL pool: {e}"), false))?;
+        Ok(PgPool { pool, rt: Some(rt) })
+    }
+
+    /// At most `n` (at least 1) connections.
+    pub(super) fn resize(&self, n: usize) {
+        self.pool.resize(n.max(1));
+    }
+
+    fn block_on<F: Future>(&self, f: F) -> F::Output {
+        match &self.rt {
+            Some(rt) => rt.block_on(f),
+            // Only while dropping, when nothing runs a transaction.
+            None => unreachable!("the PostgreSQL pool's runtime is gone"),
         }
     }
 }
 
-/// A transaction on a [`PgConn`], preparing each statement once per
-/// connection.
+impl Drop for PgPool {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A transaction on a pooled connection, each statement prepared once per
+/// connection (`prepare_cached`). A statement given as text is parsed and
+/// planned by the server and costs a round trip of its own before it runs;
+/// prepared once, each later use is one round trip. Prepared statements
+/// belong to the session, not to a transaction, so a rollback keeps them;
+/// the cache is dropped after a transaction fails with a database error
+/// other than a serialization conflict (a concurrent replica's migration
+/// may have changed what a statement reads). Statements outlive
+/// transactions, so the connection must be the same server session
+/// throughout: direct, or through a session-pooling proxy, not a
+/// transaction-pooling one.
 struct PgTx<'a, 'c> {
-    tx: &'a mut postgres::Transaction<'c>,
-    statements: &'a mut HashMap<String, postgres::Statement>,
+    tx: &'a deadpool_postgres::Transaction<'c>,
+    pool: &'a PgPool,
 }
 
 impl PgTx<'_, '_> {
     fn statement(&mut self, sql: &str) -> Result<postgres::Statement, StoreError> {
-        if let Some(statement) = self.statements.get(sql) {
-            return Ok(statement.clone());
-        }
-        let statement = self.tx.prepare(pg_sql(sql).as_str())?;
-        self.statements.insert(sql.to_owned(), statement.clone());
-        Ok(statement)
+        Ok(self.pool.block_on(self.tx.prepare_cached(&pg_sql(sql)))?)
     }
 }
 
@@ -158,25 +194,27 @@ impl Sql for PgTx<'_, '_> {
         if statements.is_empty() {
             return Ok(());
         }
-        let statement = self.statement(&pg_batch(statements))?;
+        let statement = self
+            .pool
+            .block_on(self.tx.prepare_cached(&pg_batch(statements)))?;
         let params: Vec<&(dyn ToSql + Sync)> = statements
             .iter()
             .flat_map(|(_, params)| params.iter().map(|p| p as _))
             .collect();
-        self.tx.execute(&statement, &params)?;
+        self.pool.block_on(self.tx.execute(&statement, &params))?;
         Ok(())
     }
 
     fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
         let statement = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        Ok(self.tx.execute(&statement, &params)?)
+        Ok(self.pool.block_on(self.tx.execute(&statement, &params))?)
     }
 
     fn rows(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
         let statement = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        let rows = self.tx.query(&statement, &params)?;
+        let rows = self.pool.block_on(self.tx.query(&statement, &params))?;
         rows.iter()
             .map(|r| {
                 (0..r.len())
@@ -192,45 +230,54 @@ impl Sql for PgTx<'_, '_> {
 /// conflict to another replica is retried.
 const MAX_ATTEMPTS: u32 = 8;
 
-pub(super) fn pg_connect(url: &str) -> Result<postgres::Client, StoreError> {
-    let mut config: postgres::Config = url
+/// `url` as the pool's client configuration: a 5 s connect timeout, and
+/// the application name `warden-control` (seen in `pg_stat_activity`).
+fn pg_config(url: &str) -> Result<deadpool_postgres::tokio_postgres::Config, StoreError> {
+    let mut config: deadpool_postgres::tokio_postgres::Config = url
         .parse()
         .map_err(|e: postgres::Error| StoreError::db(format!("database URL: {e}"), false))?;
     config.connect_timeout(std::time::Duration::from_secs(5));
     config.application_name("warden-control");
-    Ok(config.connect(postgres::NoTls)?)
+    Ok(config)
 }
 
-/// [`super::Backend::tx`] on PostgreSQL: a pool connection (reopened if closed),
-/// SERIALIZABLE, retried after a lost serialization conflict.
+/// A blocking client, for migrations (`refinery` takes one), with the
+/// pool's settings: not inside a runtime.
+pub(super) fn pg_connect(url: &str) -> Result<postgres::Client, StoreError> {
+    Ok(postgres::Config::from(pg_config(url)?).connect(postgres::NoTls)?)
+}
+
+/// A pool's failure to hand out a connection.
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => e.into(),
+        other => StoreError::db(format!("PostgreSQL pool: {other}"), false),
+    }
+}
+
+/// [`super::Backend::tx`] on PostgreSQL: a pooled connection, SERIALIZABLE,
+/// retried after a lost serialization conflict. A connection found closed
+/// after a transaction leaves the pool.
 pub(super) fn tx<T>(
-    url: &str,
-    pool: &[Mutex<Option<Box<PgConn>>>],
-    next: &AtomicUsize,
+    pool: &PgPool,
     mut f: impl FnMut(&mut dyn Sql) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    let start = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut guard = pool_slot(pool, start);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
-            *guard = Some(Box::new(PgConn::new(pg_connect(url)?)));
-        }
-        let Some(conn) = guard.as_mut() else {
-            return Err(StoreError::db("no database connection", true));
-        };
-        let PgConn { client, statements } = &mut **conn;
+        let mut client = pool.block_on(pool.pool.get()).map_err(pool_error)?;
         let result: Result<T, StoreError> = (|| {
-            let mut tx = client
-                .build_transaction()
-                .isolation_level(postgres::IsolationLevel::Serializable)
-                .start()?;
-            let value = f(&mut PgTx {
-                tx: &mut tx,
-                statements: &mut *statements,
-            })?;
-            tx.commit()?;
+            // Dropped without a commit (an error, or a panic in `f`), the
+            // transaction queues its ROLLBACK before the connection goes
+            // back to the pool.
+            let tx = pool.block_on(
+                client
+                    .build_transaction()
+                    .isolation_level(postgres::IsolationLevel::Serializable)
+                    .start(),
+            )?;
+            let value = f(&mut PgTx { tx: &tx, pool })?;
+            pool.block_on(tx.commit())?;
             Ok(value)
         })();
         // Not after a lost serialization conflict (retried at
@@ -239,7 +286,10 @@ pub(super) fn tx<T>(
             retryable: false, ..
         }) = &result
         {
-            statements.clear();
+            client.statement_cache.clear();
+        }
+        if client.is_closed() {
+            drop(deadpool_postgres::Object::take(client));
         }
         match result {
             Err(e) if e.retryable() && attempt < MAX_ATTEMPTS => {
@@ -247,12 +297,7 @@ pub(super) fn tx<T>(
                     (2u64 << attempt.min(6)) + u64::from(rand::random::<u8>() % 8),
                 ));
             }
-            Err(e) => {
-                if guard.as_ref().is_some_and(|c| c.client.is_closed()) {
-                    *guard = None;
-                }
-                return Err(e);
-            }
+            Err(e) => return Err(e),
             Ok(v) => return Ok(v),
         }
     }
