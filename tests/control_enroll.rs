@@ -242,7 +242,9 @@ async fn postgres_connections_ended_by_the_server_are_replaced() {
         let mut pg = ::postgres::Client::connect(&url, ::postgres::NoTls).expect("connect");
         let row = pg
             .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                // Each ended and gone (waited for, up to 5 s) counts.
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) \
+                 FROM pg_stat_activity \
                  WHERE datname = current_database() AND application_name = 'warden-control'",
                 &[],
             )

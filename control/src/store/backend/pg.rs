@@ -137,6 +137,9 @@ impl PgPool {
         );
         let pool = deadpool_postgres::Pool::builder(manager)
             .max_size(size.max(1))
+            // The most recently used connection first, so that a quiet
+            // control plane keeps using one.
+            .queue_mode(deadpool_postgres::QueueMode::Lifo)
             .build()
             .map_err(|e| StoreError::db(format!("PostgreSQL pool: {e}"), false))?;
         Ok(PgPool { pool, rt: Some(rt) })
@@ -178,12 +181,37 @@ impl Drop for PgPool {
 struct PgTx<'a, 'c> {
     tx: &'a deadpool_postgres::Transaction<'c>,
     pool: &'a PgPool,
+    /// An error said the connection is gone (see [`connection_lost`]).
+    lost: bool,
 }
 
 impl PgTx<'_, '_> {
-    fn statement(&mut self, sql: &str) -> Result<postgres::Statement, StoreError> {
-        Ok(self.pool.block_on(self.tx.prepare_cached(&pg_sql(sql)))?)
+    /// `f` on the pool's runtime; its error noted when it says the
+    /// connection is gone.
+    fn run<T>(
+        &mut self,
+        f: impl Future<Output = Result<T, postgres::Error>>,
+    ) -> Result<T, StoreError> {
+        self.pool.block_on(f).map_err(|e| {
+            self.lost |= connection_lost(&e);
+            e.into()
+        })
     }
+
+    fn statement(&mut self, sql: &str) -> Result<postgres::Statement, StoreError> {
+        let tx = self.tx;
+        self.run(tx.prepare_cached(&pg_sql(sql)))
+    }
+}
+
+/// Whether `e` means the connection cannot be used again: closed, or ended
+/// by the server (class 57P: shutdown, `pg_terminate_backend`; class 08:
+/// connection exceptions). The connection task may not have seen the end
+/// yet when the error reaches the caller.
+fn connection_lost(e: &postgres::Error) -> bool {
+    e.is_closed()
+        || e.code()
+            .is_some_and(|c| c.code().starts_with("57P") || c.code().starts_with("08"))
 }
 
 impl Sql for PgTx<'_, '_> {
@@ -194,27 +222,28 @@ impl Sql for PgTx<'_, '_> {
         if statements.is_empty() {
             return Ok(());
         }
-        let statement = self
-            .pool
-            .block_on(self.tx.prepare_cached(&pg_batch(statements)))?;
+        let tx = self.tx;
+        let statement = self.run(tx.prepare_cached(&pg_batch(statements)))?;
         let params: Vec<&(dyn ToSql + Sync)> = statements
             .iter()
             .flat_map(|(_, params)| params.iter().map(|p| p as _))
             .collect();
-        self.pool.block_on(self.tx.execute(&statement, &params))?;
+        self.run(tx.execute(&statement, &params))?;
         Ok(())
     }
 
     fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
         let statement = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        Ok(self.pool.block_on(self.tx.execute(&statement, &params))?)
+        let tx = self.tx;
+        self.run(tx.execute(&statement, &params))
     }
 
     fn rows(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
         let statement = self.statement(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-        let rows = self.pool.block_on(self.tx.query(&statement, &params))?;
+        let tx = self.tx;
+        let rows = self.run(tx.query(&statement, &params))?;
         rows.iter()
             .map(|r| {
                 (0..r.len())
@@ -256,8 +285,8 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
 }
 
 /// [`super::Backend::tx`] on PostgreSQL: a pooled connection, SERIALIZABLE,
-/// retried after a lost serialization conflict. A connection found closed
-/// after a transaction leaves the pool.
+/// retried after a lost serialization conflict. A connection an error
+/// showed gone, or found closed, leaves the pool.
 pub(super) fn tx<T>(
     pool: &PgPool,
     mut f: impl FnMut(&mut dyn Sql) -> Result<T, StoreError>,
@@ -266,30 +295,44 @@ pub(super) fn tx<T>(
     loop {
         attempt += 1;
         let mut client = pool.block_on(pool.pool.get()).map_err(pool_error)?;
+        let mut lost = false;
         let result: Result<T, StoreError> = (|| {
             // Dropped without a commit (an error, or a panic in `f`), the
             // transaction queues its ROLLBACK before the connection goes
-            // back to the pool.
-            let tx = pool.block_on(
+            // back to the pool, so the next BEGIN on it follows that.
+            let begun = pool.block_on(
                 client
                     .build_transaction()
                     .isolation_level(postgres::IsolationLevel::Serializable)
                     .start(),
-            )?;
-            let value = f(&mut PgTx { tx: &tx, pool })?;
-            pool.block_on(tx.commit())?;
+            );
+            let tx = begun.inspect_err(|e| lost = connection_lost(e))?;
+            let mut sql = PgTx {
+                tx: &tx,
+                pool,
+                lost: false,
+            };
+            let value = f(&mut sql);
+            lost = sql.lost;
+            let value = value?;
+            pool.block_on(tx.commit())
+                .inspect_err(|e| lost = connection_lost(e))?;
             Ok(value)
         })();
-        // Not after a lost serialization conflict (retried at
-        // once, with the same statements).
-        if let Err(StoreError::Db {
-            retryable: false, ..
-        }) = &result
-        {
-            client.statement_cache.clear();
-        }
-        if client.is_closed() {
+        if lost || client.is_closed() {
+            // Not back to the pool: the next transaction opens another.
             drop(deadpool_postgres::Object::take(client));
+        } else {
+            // Not after a lost serialization conflict (retried at
+            // once, with the same statements).
+            if let Err(StoreError::Db {
+                retryable: false, ..
+            }) = &result
+            {
+                client.statement_cache.clear();
+            }
+            // Back to the pool before any backoff below.
+            drop(client);
         }
         match result {
             Err(e) if e.retryable() && attempt < MAX_ATTEMPTS => {
