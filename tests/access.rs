@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use control_flows::{join, refused_code};
-use support::control::{Control, Db, any_port, csr_pem, eventually};
+use support::control::{Control, Db, any_port, csr_pem, eventually, on_postgres};
 use support::mesh::{
     FRONTEND, INTRUDER, ORDERS, Proxy, TestApp, body, get, http1_client, inbound_to, route_to,
     sample, send,
@@ -112,17 +112,6 @@ async fn reporting_orders(control: &Control, logs: &Path, app: &TestApp) -> Prox
     let orders = control.sidecar(logs, "orders", ORDERS, &s);
     orders.wait_ready().await;
     orders
-}
-
-/// A control plane on a fresh PostgreSQL database, and that database's URL
-/// (for the test to act on it directly).
-fn on_postgres(dir: &Path) -> (String, Control) {
-    let db = Db::postgres();
-    let control = Control::start(&dir.join("control"), any_port(), &db, &[]);
-    let Db::Postgres(url) = db else {
-        unreachable!()
-    };
-    (url, control)
 }
 
 /// Under an allow-all policy, the reporting orders sidecar and a frontend
@@ -633,7 +622,7 @@ async fn usage_made_while_the_control_plane_is_down_arrives_after_it_returns(db:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_stored_after_its_sidecar_gave_up_is_not_counted_twice() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (url, control) = on_postgres(dir.path());
+    let (url, control) = on_postgres(&dir.path().join("control"));
     let (_app, orders, frontend) = one_reported_request(&control, dir.path()).await;
 
     let failed = |m: &str| sample(m, "warden_usage_reports_total{outcome=\"failed\"}");
@@ -701,7 +690,7 @@ async fn a_report_stored_after_its_sidecar_gave_up_is_not_counted_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_failed_every_time_is_dropped_and_holds_back_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (url, control) = on_postgres(dir.path());
+    let (url, control) = on_postgres(&dir.path().join("control"));
     let (_app, orders, frontend) = one_reported_request(&control, dir.path()).await;
     tokio::task::spawn_blocking(move || {
         let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).expect("connect");

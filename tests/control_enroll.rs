@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use control_flows::{Traffic, join, orders_and_frontend, refused_code, renewals, serial_of};
-use support::control::{Control, Db, any_port, csr_pem, eventually};
+use support::control::{Control, Db, any_port, csr_pem, eventually, on_postgres};
 use support::mesh::{FRONTEND, INTRUDER, ORDERS, Proxy, get};
 use warden_proxy::control::api;
 use warden_proxy::identity::SpiffeId;
@@ -218,11 +218,7 @@ fn sidecar_config_for_the_control_plane_is_checked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_connections_ended_by_the_server_are_replaced() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = Db::postgres();
-    let Db::Postgres(url) = &db else {
-        unreachable!("Db::postgres")
-    };
-    let control = Control::start(&dir.path().join("c"), any_port(), &db, &[]);
+    let (url, control) = on_postgres(&dir.path().join("c"));
     let admin = control.client(true);
     let token = |n: usize| api::TokenRequest {
         spiffe_id: format!("spiffe://{}/ns/pool/sa/w{n}", support::mesh::TD),
@@ -237,7 +233,6 @@ async fn postgres_connections_ended_by_the_server_are_replaced() {
     }
 
     // The server ends every connection of the control plane's.
-    let url = url.clone();
     let ended = tokio::task::spawn_blocking(move || {
         let mut pg = ::postgres::Client::connect(&url, ::postgres::NoTls).expect("connect");
         let row = pg

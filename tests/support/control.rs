@@ -55,6 +55,17 @@ impl Db {
     }
 }
 
+/// A control plane (data directory `data`) on a fresh PostgreSQL database,
+/// and that database's URL, for a test to act on the database directly.
+pub fn on_postgres(data: &Path) -> (String, Control) {
+    let db = Db::postgres();
+    let control = Control::start(data, any_port(), &db, &[]);
+    let Db::Postgres(url) = db else {
+        unreachable!("Db::postgres() is a PostgreSQL database")
+    };
+    (url, control)
+}
+
 /// A clock a test sets, for a control plane started with
 /// [`Control::start_in_process`]: the system time moved by an offset.
 #[derive(Default)]
